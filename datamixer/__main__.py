@@ -1,0 +1,5 @@
+import sys
+
+from datamixer.cli import main
+
+sys.exit(main())

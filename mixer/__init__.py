@@ -1,0 +1,1 @@
+"""Choosing domain weights: runs tables, RegMix regression, mixture scaling laws."""

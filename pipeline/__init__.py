@@ -1,0 +1,1 @@
+"""Apache Beam jobs that read corpora, score documents, select and write Parquet."""

@@ -1,0 +1,1 @@
+"""Document scorers: one module per scorer, free of Beam outside ModelHandler glue."""
