@@ -1,0 +1,145 @@
+"""The one loader for mixture and runs tables: validated, with errors that name row and column.
+
+A runs table has one row per (proxy) training run: `N` (parameters), `D` (tokens), the domain
+weights as `h_<domain>` columns, and the target losses (`loss`, or `loss_<domain>` per domain).
+A mixture table (RegMix's format) has a key column and one weight column per domain.
+"""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pandas as pd
+
+from mixer.files import read_table
+
+WEIGHT_PREFIX = "h_"
+LOSS = "loss"
+LOSS_PREFIX = "loss_"
+N = "N"
+D = "D"
+RUN = "run"
+SUM_TOLERANCE = 0.01
+
+
+def weight_columns(frame: pd.DataFrame, key: str | None = None) -> list[str]:
+    """The domain-weight columns: the `h_*` columns if any, else every column but `key`."""
+    prefixed = [c for c in frame.columns if str(c).startswith(WEIGHT_PREFIX)]
+    if prefixed:
+        return prefixed
+    return [c for c in frame.columns if c != key]
+
+
+def domain_name(column: str) -> str:
+    """`h_web` -> `web`; other names unchanged."""
+    return column[len(WEIGHT_PREFIX):] if column.startswith(WEIGHT_PREFIX) else column
+
+
+def _row_label(frame: pd.DataFrame, position: int, key: str | None) -> str:
+    if key is not None and key in frame.columns:
+        return f"row {position + 1} ({key}={frame[key].iloc[position]!r})"
+    return f"row {position + 1}"
+
+
+def validate_weights(
+    frame: pd.DataFrame, columns: list[str], key: str | None = None, tol: float = SUM_TOLERANCE
+) -> None:
+    """Raise ValueError naming the first row whose weights are missing, non-numeric, negative,
+    NaN, or do not sum to 1 +/- tol."""
+    if not columns:
+        raise ValueError("no domain-weight columns found")
+    for column in columns:
+        values = pd.to_numeric(frame[column], errors="coerce")
+        bad = values.isna() | ~np.isfinite(values.to_numpy(dtype=float, na_value=np.nan))
+        if bad.any():
+            pos = int(np.flatnonzero(bad.to_numpy())[0])
+            raise ValueError(
+                f"{_row_label(frame, pos, key)}: weight column {column!r} is missing or not a number"
+            )
+        negative = values < 0
+        if negative.any():
+            pos = int(np.flatnonzero(negative.to_numpy())[0])
+            raise ValueError(
+                f"{_row_label(frame, pos, key)}: weight column {column!r} is negative "
+                f"({values.iloc[pos]})"
+            )
+    sums = frame[columns].astype(float).sum(axis=1).to_numpy()
+    off = np.abs(sums - 1.0) > tol
+    if off.any():
+        pos = int(np.flatnonzero(off)[0])
+        raise ValueError(
+            f"{_row_label(frame, pos, key)}: weights sum to {sums[pos]:.4f}, not 1 +/- {tol}"
+        )
+
+
+def _check_positive(frame: pd.DataFrame, column: str, key: str | None) -> None:
+    if column not in frame.columns:
+        raise ValueError(f"runs table has no {column!r} column (columns: {list(frame.columns)})")
+    values = pd.to_numeric(frame[column], errors="coerce").to_numpy(dtype=float, na_value=np.nan)
+    bad = ~np.isfinite(values) | (values <= 0)
+    if bad.any():
+        pos = int(np.flatnonzero(bad)[0])
+        raise ValueError(
+            f"{_row_label(frame, pos, key)}: column {column!r} must be a positive number, "
+            f"got {frame[column].iloc[pos]!r}"
+        )
+
+
+def load_mixtures(path: str | os.PathLike[str], key: str = "index") -> pd.DataFrame:
+    """Read a mixture table, validate it, and return the weights indexed by `key`."""
+    frame = read_table(path)
+    if key not in frame.columns:
+        raise ValueError(f"{path}: key column {key!r} not found (columns: {list(frame.columns)})")
+    if frame[key].duplicated().any():
+        pos = int(np.flatnonzero(frame[key].duplicated().to_numpy())[0])
+        raise ValueError(f"{path}: {_row_label(frame, pos, key)}: duplicate key")
+    columns = weight_columns(frame, key)
+    try:
+        validate_weights(frame, columns, key)
+    except ValueError as exc:
+        raise ValueError(f"{path}: {exc}") from None
+    return frame.set_index(key)[columns].astype(float)
+
+
+def load_targets(
+    path: str | os.PathLike[str], columns: list[str], key: str = "index"
+) -> pd.DataFrame:
+    """Read target columns (e.g. losses) indexed by `key`; errors name missing or bad values."""
+    frame = read_table(path)
+    missing = [c for c in [key, *columns] if c not in frame.columns]
+    if missing:
+        raise ValueError(f"{path}: column(s) {missing} not found (columns: {list(frame.columns)})")
+    for column in columns:
+        values = pd.to_numeric(frame[column], errors="coerce").to_numpy(dtype=float, na_value=np.nan)
+        bad = ~np.isfinite(values)
+        if bad.any():
+            pos = int(np.flatnonzero(bad)[0])
+            raise ValueError(f"{path}: {_row_label(frame, pos, key)}: {column!r} is not a number")
+    return frame.set_index(key)[columns].astype(float)
+
+
+def join_on_key(mixtures: pd.DataFrame, targets: pd.DataFrame) -> pd.DataFrame:
+    """Inner-join mixtures and targets on their index; error if a mixture has no target."""
+    missing = mixtures.index.difference(targets.index)
+    if len(missing):
+        raise ValueError(f"{len(missing)} mixture(s) have no target row, e.g. key {missing[0]!r}")
+    return mixtures.join(targets, how="inner")
+
+
+def load_runs(
+    path: str | os.PathLike[str] | pd.DataFrame,
+    targets: list[str] | None = None,
+    require_weights: bool = True,
+) -> pd.DataFrame:
+    """Read and validate a runs table (`N`, `D`, `h_*`, `loss` or the given target columns)."""
+    frame = path.copy() if isinstance(path, pd.DataFrame) else read_table(path)
+    key = RUN if RUN in frame.columns else None
+    for column in (N, D, *(targets or [LOSS])):
+        _check_positive(frame, column, key)
+    weights = [c for c in frame.columns if str(c).startswith(WEIGHT_PREFIX)]
+    if require_weights:
+        if not weights:
+            raise ValueError("runs table has no h_<domain> weight columns")
+        validate_weights(frame, weights, key)
+    return frame.reset_index(drop=True)
