@@ -18,10 +18,12 @@ SCORE_PREFIX = "score_"
 RAW = "raw"
 ERROR = "error"
 STAGE = "stage"
+RECORD = "record"  # 1-based line (JSONL) or row (Parquet) number within `source`
 RAW_MAX_CHARS = 1000
 
 # Domain statistics columns. `tokens_kept` is what `datamixer regmix propose` reads as availability.
 DOCS_IN = "docs_in"
+DOCS_SCORED = "docs_scored"
 DOCS_KEPT = "docs_kept"
 DOCS_DEAD_LETTER = "docs_dead_letter"
 TOKENS_IN = "tokens_in"
@@ -59,6 +61,8 @@ DEAD_LETTER_SCHEMA = pa.schema(
     [
         pa.field(DOMAIN, pa.string()),
         pa.field(SOURCE, pa.string()),
+        pa.field(RECORD, pa.int64()),
+        pa.field(ID, pa.string()),
         pa.field(STAGE, pa.string(), nullable=False),
         pa.field(RAW, pa.string()),
         pa.field(ERROR, pa.string(), nullable=False),
@@ -69,9 +73,21 @@ DOMAIN_STATS_SCHEMA = pa.schema(
     [
         pa.field(DOMAIN, pa.string(), nullable=False),
         pa.field(DOCS_IN, pa.int64(), nullable=False),
+        pa.field(DOCS_SCORED, pa.int64(), nullable=False),
         pa.field(DOCS_KEPT, pa.int64(), nullable=False),
         pa.field(DOCS_DEAD_LETTER, pa.int64(), nullable=False),
         pa.field(TOKENS_IN, pa.int64(), nullable=False),
         pa.field(TOKENS_KEPT, pa.int64(), nullable=False),
     ]
 )
+
+
+def domain_stats_schema(selection_scorer: str | None = None) -> pa.Schema:
+    """`domain_stats.parquet`: the fixed columns, plus `cutoff_<scorer>` when a selection ran.
+
+    `docs_in = docs_scored + docs_dead_letter`; tokens count scored documents only.
+    """
+    if selection_scorer is None:
+        return DOMAIN_STATS_SCHEMA
+    cutoff = CUTOFF_PREFIX + selection_scorer.replace("-", "_")
+    return DOMAIN_STATS_SCHEMA.append(pa.field(cutoff, pa.float64()))

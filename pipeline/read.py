@@ -1,0 +1,340 @@
+"""Reading corpora into Arrow batches of documents, and the reasons a record is dead-lettered.
+
+JSONL (plain, .gz, .zst, ... by suffix) and Parquet files are read through Beam's FileSystems,
+so local paths and gs:// / s3:// / hdfs:// globs work alike. A file yields batches of a few
+thousand documents; each bad record becomes one dead-letter row naming its file, record number
+and reason. No Beam transforms here: `pipeline.job` wraps these functions.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from pipeline import schema as S
+
+DEFAULT_MAX_CHARS = 1_000_000
+OVERSIZE_POLICIES = ("dead-letter", "truncate")
+PARQUET_SUFFIXES = (".parquet", ".pq")
+_READ_BLOCK = 8 << 20
+
+
+@dataclass(frozen=True)
+class ReadOptions:
+    """How records become documents. `oversize` applies to texts longer than `max_chars`."""
+
+    text_field: str = "text"
+    id_field: str = "id"
+    max_chars: int = DEFAULT_MAX_CHARS
+    oversize: str = "dead-letter"
+    batch_size: int = 4096
+
+    def __post_init__(self) -> None:
+        if self.oversize not in OVERSIZE_POLICIES:
+            raise ValueError(f"oversize must be one of {OVERSIZE_POLICIES}; got {self.oversize!r}")
+        if self.max_chars < 1 or self.batch_size < 1:
+            raise ValueError("max_chars and batch_size must be positive")
+
+
+class BadRecord(ValueError):
+    """A record that cannot become a document; its message is the dead-letter reason."""
+
+
+def stable_id(text: str) -> str:
+    """Content hash used when a record has no id: the same text gets the same id on every run."""
+    return hashlib.blake2b(text.encode("utf-8", "surrogatepass"), digest_size=12).hexdigest()
+
+
+def expand_inputs(domain_globs: dict[str, list[str]]) -> list[tuple[str, str]]:
+    """(domain, file) pairs, files sorted within each domain; a glob matching nothing is an error."""
+    from apache_beam.io.filesystems import FileSystems
+
+    pairs: list[tuple[str, str]] = []
+    for domain, globs in domain_globs.items():
+        if not domain or not isinstance(domain, str):
+            raise ValueError(f"domain names must be non-empty strings; got {domain!r}")
+        files: set[str] = set()
+        for pattern in globs:
+            matched = [m.path for result in FileSystems.match([pattern]) for m in result.metadata_list]
+            if not matched:
+                raise FileNotFoundError(f"{pattern}: no files match this input glob (domain {domain!r})")
+            files.update(matched)
+        pairs += [(domain, f) for f in sorted(files)]
+    return pairs
+
+
+# --- documents batch -------------------------------------------------------------------------
+
+DOCS_SCHEMA = pa.schema(
+    [
+        pa.field(S.ID, pa.string(), nullable=False),
+        pa.field(S.DOMAIN, pa.string(), nullable=False),
+        pa.field(S.SOURCE, pa.string()),
+        pa.field(S.N_CHARS, pa.int64(), nullable=False),
+        pa.field(S.TEXT, pa.string(), nullable=False),
+    ]
+)
+
+
+def docs_batch(domain: str, source: str, ids: list[str], texts: list[str] | pa.Array) -> pa.RecordBatch:
+    """A batch of valid documents with the columns every later step reads."""
+    text_arr = texts if isinstance(texts, pa.Array) else pa.array(texts, pa.string())
+    n = len(ids)
+    return pa.RecordBatch.from_arrays(
+        [
+            pa.array(ids, pa.string()),
+            pa.array([domain] * n, pa.string()),
+            pa.array([source] * n, pa.string()),
+            pc.utf8_length(text_arr).cast(pa.int64()),
+            text_arr,
+        ],
+        schema=DOCS_SCHEMA,
+    )
+
+
+def dead_letter_row(
+    domain: str | None,
+    source: str | None,
+    record: int | None,
+    stage: str,
+    raw: Any,
+    error: str,
+    doc_id: str | None = None,
+) -> dict[str, Any]:
+    """One dead-letter row; `raw` is kept readable and truncated to RAW_MAX_CHARS."""
+    if isinstance(raw, bytes):
+        raw = raw.decode("utf-8", "replace")
+    elif raw is not None and not isinstance(raw, str):
+        raw = repr(raw)
+    return {
+        S.DOMAIN: domain,
+        S.SOURCE: source,
+        S.RECORD: record,
+        S.ID: doc_id,
+        S.STAGE: stage,
+        S.RAW: None if raw is None else raw[: S.RAW_MAX_CHARS],
+        S.ERROR: error,
+    }
+
+
+def dead_letter_batch(rows: list[dict[str, Any]]) -> pa.RecordBatch:
+    return pa.RecordBatch.from_pylist(rows, schema=S.DEAD_LETTER_SCHEMA)
+
+
+# --- validation of one record ------------------------------------------------------------------
+
+
+def check_text(text: Any, field: str, opts: ReadOptions) -> str:
+    """The document text, or BadRecord naming why it is not one."""
+    if text is None:
+        raise BadRecord(f"field {field!r} is missing or null")
+    if not isinstance(text, str):
+        raise BadRecord(f"field {field!r} is {type(text).__name__}, not a string")
+    if not text.strip():
+        raise BadRecord(f"field {field!r} is empty")
+    if len(text) > opts.max_chars:
+        if opts.oversize == "dead-letter":
+            raise BadRecord(f"text has {len(text):,} characters, more than max_chars={opts.max_chars:,}")
+        text = text[: opts.max_chars]
+    return text
+
+
+def parse_json_line(line: bytes, opts: ReadOptions) -> tuple[str, str]:
+    """(id, text) of one JSONL line, or BadRecord."""
+    try:
+        decoded = line.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise BadRecord(f"not valid UTF-8: byte {exc.start} is {line[exc.start : exc.start + 1]!r}") from None
+    try:
+        record = json.loads(decoded)
+    except json.JSONDecodeError as exc:
+        raise BadRecord(f"invalid JSON: {exc.msg} at column {exc.colno}") from None
+    if not isinstance(record, dict):
+        raise BadRecord(f"record is a JSON {type(record).__name__}, not an object")
+    text = check_text(record.get(opts.text_field), opts.text_field, opts)
+    doc_id = record.get(opts.id_field)
+    return (stable_id(text) if doc_id is None else str(doc_id)), text
+
+
+# --- JSONL -------------------------------------------------------------------------------------
+
+
+def _line_chunks(stream: Any, batch_size: int) -> Iterator[tuple[int, list[bytes]]]:
+    """(first line number, non-blank lines) chunks of a byte stream; blank lines are not records."""
+    carry = b""
+    line_no = 0
+    chunk: list[bytes] = []
+    first = 1
+    while True:
+        block = stream.read(_READ_BLOCK)
+        if not block:
+            break
+        lines = (carry + block).split(b"\n")
+        carry = lines.pop()
+        for line in lines:
+            line_no += 1
+            if not line.strip():
+                continue
+            if not chunk:
+                first = line_no
+            chunk.append(line)
+            if len(chunk) >= batch_size:
+                yield first, chunk
+                chunk = []
+    if carry.strip():
+        line_no += 1
+        if not chunk:
+            first = line_no
+        chunk.append(carry)
+    if chunk:
+        yield first, chunk
+
+
+def _fast_parse(lines: list[bytes], opts: ReadOptions) -> tuple[pa.Array, pa.Array] | None:
+    """Parse a chunk with Arrow's JSON reader; None when any record needs the per-line path."""
+    import pyarrow.json as pj
+
+    fields = [(opts.text_field, pa.string())]
+    if opts.id_field != opts.text_field:
+        fields.append((opts.id_field, pa.string()))
+    parse = pj.ParseOptions(explicit_schema=pa.schema(fields), unexpected_field_behavior="ignore")
+    try:
+        table = pj.read_json(
+            io.BytesIO(b"\n".join(lines)),
+            read_options=pj.ReadOptions(block_size=max(1 << 20, 2 * sum(map(len, lines)))),
+            parse_options=parse,
+        )
+    except (pa.ArrowInvalid, UnicodeDecodeError):
+        return None
+    if table.num_rows != len(lines):
+        return None
+    text = table.column(opts.text_field).combine_chunks()
+    if text.null_count:
+        return None
+    ids = table.column(opts.id_field).combine_chunks() if opts.id_field != opts.text_field else None
+    return text, ids
+
+
+def _chunk_documents(
+    domain: str, source: str, first: int, lines: list[bytes], opts: ReadOptions
+) -> tuple[pa.RecordBatch | None, list[dict[str, Any]]]:
+    fast = _fast_parse(lines, opts)
+    ids: list[str] = []
+    texts: list[str] = []
+    dead: list[dict[str, Any]] = []
+    if fast is not None:
+        text_arr, id_arr = fast
+        raw_ids = id_arr.to_pylist() if id_arr is not None else [None] * len(lines)
+        lengths = pc.utf8_length(text_arr).to_numpy()
+        blank = pc.equal(pc.utf8_trim_whitespace(text_arr), "").to_numpy(zero_copy_only=False)
+        if not blank.any() and lengths.max(initial=0) <= opts.max_chars:
+            if None in raw_ids:
+                texts_py = text_arr.to_pylist()
+                raw_ids = [stable_id(t) if i is None else i for i, t in zip(raw_ids, texts_py, strict=True)]
+            return docs_batch(domain, source, raw_ids, text_arr), []
+    for offset, line in enumerate(lines):
+        try:
+            doc_id, text = parse_json_line(line, opts)
+        except BadRecord as exc:
+            dead.append(dead_letter_row(domain, source, first + offset, "read", line, str(exc)))
+            continue
+        ids.append(doc_id)
+        texts.append(text)
+    batch = docs_batch(domain, source, ids, texts) if ids else None
+    return batch, dead
+
+
+def read_jsonl(domain: str, path: str, opts: ReadOptions) -> Iterator[tuple[pa.RecordBatch | None, list]]:
+    """(documents batch, dead-letter rows) per chunk of `opts.batch_size` lines."""
+    from apache_beam.io.filesystem import CompressionTypes
+    from apache_beam.io.filesystems import FileSystems
+
+    with FileSystems.open(path, compression_type=CompressionTypes.AUTO) as stream:
+        for first, lines in _line_chunks(stream, opts.batch_size):
+            yield _chunk_documents(domain, path, first, lines, opts)
+
+
+# --- Parquet -----------------------------------------------------------------------------------
+
+
+def _row_raw(batch: pa.RecordBatch, i: int) -> str:
+    return json.dumps(batch.slice(i, 1).to_pylist()[0], default=str, ensure_ascii=False)
+
+
+def read_parquet(domain: str, path: str, opts: ReadOptions) -> Iterator[tuple[pa.RecordBatch | None, list]]:
+    """(documents batch, dead-letter rows) per Parquet record batch."""
+    import pyarrow.parquet as pq
+    from apache_beam.io.filesystems import FileSystems
+
+    with FileSystems.open(path) as stream:
+        parquet = pq.ParquetFile(stream)
+        names = parquet.schema_arrow.names
+        row = 0
+        for batch in parquet.iter_batches(batch_size=opts.batch_size):
+            texts_in = batch.column(opts.text_field).to_pylist() if opts.text_field in names else None
+            raw_ids = batch.column(opts.id_field).to_pylist() if opts.id_field in names else None
+            ids: list[str] = []
+            texts: list[str] = []
+            dead: list[dict[str, Any]] = []
+            for i in range(batch.num_rows):
+                try:
+                    text = None if texts_in is None else texts_in[i]
+                    if isinstance(text, bytes):
+                        text = _decode(text)
+                    text = check_text(text, opts.text_field, opts)
+                except BadRecord as exc:
+                    dead.append(
+                        dead_letter_row(domain, path, row + i + 1, "read", _row_raw(batch, i), str(exc))
+                    )
+                    continue
+                doc_id = None if raw_ids is None else raw_ids[i]
+                ids.append(stable_id(text) if doc_id is None else str(doc_id))
+                texts.append(text)
+            row += batch.num_rows
+            yield (docs_batch(domain, path, ids, texts) if ids else None), dead
+
+
+def _decode(value: bytes) -> str:
+    try:
+        return value.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise BadRecord(
+            f"not valid UTF-8: byte {exc.start} is {value[exc.start : exc.start + 1]!r}"
+        ) from None
+
+
+def read_file(domain: str, path: str, opts: ReadOptions) -> Iterator[tuple[pa.RecordBatch | None, list]]:
+    """Dispatch on the file's suffix (after any compression suffix for JSONL)."""
+    if path.lower().endswith(PARQUET_SUFFIXES):
+        return read_parquet(domain, path, opts)
+    return read_jsonl(domain, path, opts)
+
+
+def sample_texts(pairs: Iterable[tuple[str, str]], opts: ReadOptions, max_chars_per_domain: int) -> list[str]:
+    """The first valid texts of each domain, up to `max_chars_per_domain` characters (for BPE training)."""
+    budget: dict[str, int] = {}
+    out: list[str] = []
+    for domain, path in pairs:
+        if budget.get(domain, 0) >= max_chars_per_domain:
+            continue
+        try:
+            for batch, _ in read_file(domain, path, opts):
+                if batch is None:
+                    continue
+                for text in batch.column(S.TEXT).to_pylist():
+                    out.append(text)
+                    budget[domain] = budget.get(domain, 0) + len(text)
+                    if budget[domain] >= max_chars_per_domain:
+                        break
+                if budget.get(domain, 0) >= max_chars_per_domain:
+                    break
+        except Exception:  # noqa: BLE001 - an unreadable file is dead-lettered by the job itself
+            continue
+    return out

@@ -1,0 +1,207 @@
+"""fastText quality classifier: training as DCLM and PreSelect do, and batch scoring.
+
+The same normalisation (newlines to spaces) is applied in training and in prediction, so a
+model trained here and DCLM's released classifier are scored identically. No Beam here: the
+pipeline wraps `FastTextScorer` (a small `setup`/`score_batch` class) in a DoFn.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import tempfile
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+HQ_LABEL = "__label__hq"
+LQ_LABEL = "__label__lq"
+
+# DCLM/PreSelect-style supervised classifier (word bigrams, softmax over hq/lq), sized so the model
+# is ~50 MB rather than fastText's default 2M-bucket ~2 GB; one thread keeps training deterministic.
+DEFAULT_TRAIN_PARAMS: dict[str, Any] = {
+    "dim": 64,
+    "epoch": 5,
+    "lr": 0.1,
+    "wordNgrams": 2,
+    "bucket": 200_000,
+    "minCount": 1,
+    "loss": "softmax",
+    "thread": 1,
+    "verbose": 0,
+}
+
+
+def normalise(text: str) -> str:
+    """fastText reads one line per example: newlines become spaces (DCLM's preprocessing)."""
+    return text.replace("\n", " ")
+
+
+def _fasttext():
+    import fasttext
+
+    # fastText prints a deprecation warning on every load_model; it says nothing useful here.
+    fasttext.FastText.eprint = lambda *args, **kwargs: None
+    return fasttext
+
+
+def load_model(path: str | os.PathLike[str]):
+    """Load any supervised fastText `.bin` (ours or a released one such as DCLM's)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such fastText model file")
+    model = _fasttext().load_model(str(path))
+    if not model.get_labels() or not str(model.get_labels()[0]).startswith("__label__"):
+        raise ValueError(f"{path}: not a supervised fastText classifier (it has no labels)")
+    return model
+
+
+def label_probabilities(model: Any, texts: Sequence[str], label: str) -> np.ndarray:
+    """Probability of `label` for each text, clamped to [0, 1] (fastText can return 1.000003)."""
+    if not texts:
+        return np.zeros(0, dtype=np.float64)
+    labels, probs = model.predict([normalise(t) for t in texts], k=-1)
+    out = np.zeros(len(texts), dtype=np.float64)
+    for i, (doc_labels, doc_probs) in enumerate(zip(labels, probs, strict=True)):
+        for name, p in zip(doc_labels, doc_probs, strict=True):
+            if name == label:
+                out[i] = p
+                break
+    return np.clip(out, 0.0, 1.0)
+
+
+class FastTextScorer:
+    """Scores a batch of texts with the probability of one label of a fastText classifier.
+
+    `setup()` loads the model once (per worker); `score_batch(texts)` returns float64 scores.
+    """
+
+    def __init__(self, model_path: str, label: str = HQ_LABEL) -> None:
+        self.model_path = model_path
+        self.label = label
+        self.model_: Any = None
+
+    def setup(self) -> FastTextScorer:
+        if self.model_ is None:
+            model = load_model(_local_copy(self.model_path))
+            if self.label not in model.get_labels():
+                raise ValueError(
+                    f"{self.model_path}: label {self.label!r} is not one of the model's labels "
+                    f"{model.get_labels()}"
+                )
+            self.model_ = model
+        return self
+
+    def score_batch(self, texts: Sequence[str]) -> np.ndarray:
+        if self.model_ is None:
+            self.setup()
+        return label_probabilities(self.model_, texts, self.label)
+
+
+def _local_copy(path: str) -> str:
+    """Workers on Dataflow/Spark read the model from any Beam filesystem (gs://, s3://, hdfs://)."""
+    if "://" not in path:
+        return path
+    from apache_beam.io.filesystems import FileSystems  # only on remote paths; the class stays Beam-free
+
+    digest = hashlib.sha1(path.encode()).hexdigest()[:16]
+    local = Path(tempfile.gettempdir()) / f"datamixer-{digest}-{Path(path).name}"
+    if not local.exists():
+        with FileSystems.open(path) as src, open(str(local) + ".part", "wb") as dst:
+            dst.write(src.read())
+        os.replace(str(local) + ".part", local)
+    return str(local)
+
+
+@dataclass(frozen=True)
+class ClassifierReport:
+    """Held-out quality of a trained classifier."""
+
+    n_train: int
+    n_test: int
+    precision: float
+    recall: float
+    auc: float
+    accuracy: float
+
+    def as_dict(self) -> dict[str, float | int]:
+        return dict(self.__dict__)
+
+
+class FastTextQualityClassifier:
+    """Trains a hq-vs-lq fastText classifier (scikit-learn style: params in __init__, fit returns self).
+
+    `fit(positive, negative)` holds out `test_fraction` of each class (seeded) and stores the
+    held-out precision/recall/AUC of the `positive_label` in `report_`; `model_` is the fastText model.
+    """
+
+    def __init__(
+        self,
+        test_fraction: float = 0.1,
+        seed: int = 0,
+        positive_label: str = HQ_LABEL,
+        negative_label: str = LQ_LABEL,
+        **train_params: Any,
+    ) -> None:
+        self.test_fraction = test_fraction
+        self.seed = seed
+        self.positive_label = positive_label
+        self.negative_label = negative_label
+        self.train_params = train_params
+
+    def fit(self, positive: Sequence[str], negative: Sequence[str]) -> FastTextQualityClassifier:
+        if not positive or not negative:
+            raise ValueError(
+                f"need texts of both classes; got {len(positive)} positive, {len(negative)} negative"
+            )
+        if not 0.0 < self.test_fraction < 1.0:
+            raise ValueError(f"test_fraction must be in (0, 1); got {self.test_fraction}")
+        rng = np.random.default_rng(self.seed)
+        train: list[tuple[str, str]] = []
+        test: list[tuple[str, int]] = []
+        for texts, label, y in ((positive, self.positive_label, 1), (negative, self.negative_label, 0)):
+            order = rng.permutation(len(texts))
+            n_test = max(1, int(round(self.test_fraction * len(texts)))) if len(texts) > 1 else 0
+            test += [(texts[i], y) for i in order[:n_test]]
+            train += [(label, texts[i]) for i in order[n_test:]]
+        train = [train[i] for i in rng.permutation(len(train))]
+        params = {**DEFAULT_TRAIN_PARAMS, **self.train_params, "seed": self.seed}
+        with tempfile.TemporaryDirectory(prefix="datamixer-fasttext-") as tmp:
+            path = Path(tmp) / "train.txt"
+            with open(path, "w", encoding="utf-8") as fh:
+                for label, text in train:
+                    fh.write(f"{label} {normalise(text)}\n")
+            self.model_ = _fasttext().train_supervised(input=str(path), **params)
+        self.report_ = self._evaluate(train_size=len(train), test=test)
+        return self
+
+    def _evaluate(self, train_size: int, test: list[tuple[str, int]]) -> ClassifierReport:
+        from sklearn.metrics import accuracy_score, precision_score, recall_score, roc_auc_score
+
+        y = np.array([t[1] for t in test])
+        p = label_probabilities(self.model_, [t[0] for t in test], self.positive_label)
+        pred = (p >= 0.5).astype(int)
+        auc = float(roc_auc_score(y, p)) if len(set(y.tolist())) == 2 else float("nan")
+        return ClassifierReport(
+            n_train=train_size,
+            n_test=len(test),
+            precision=float(precision_score(y, pred, zero_division=0)),
+            recall=float(recall_score(y, pred, zero_division=0)),
+            auc=auc,
+            accuracy=float(accuracy_score(y, pred)),
+        )
+
+    def predict_proba(self, texts: Sequence[str]) -> np.ndarray:
+        """Probability of the positive label for each text."""
+        return label_probabilities(self.model_, texts, self.positive_label)
+
+    def save(self, path: str | os.PathLike[str]) -> Path:
+        """Write the model as a fastText `.bin`, atomically."""
+        from mixer.files import atomic_path
+
+        with atomic_path(path) as tmp:
+            self.model_.save_model(str(tmp))
+        return Path(path)

@@ -1,0 +1,87 @@
+"""fastText quality classifier: train, evaluate on a held-out split, score batches."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from datamixer.cli import main
+from pipeline.corpus import CorpusOptions, build_corpus
+from scorers.fasttext import FastTextQualityClassifier, FastTextScorer, label_probabilities, normalise
+
+SMALL = {"dim": 16, "bucket": 20_000, "epoch": 20, "lr": 0.5}
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    out = tmp_path_factory.mktemp("ft") / "corpus"
+    build_corpus(out, CorpusOptions(max_bytes_per_domain=400_000), ["prose", "code"])
+    return out
+
+
+def texts(path):
+    return [json.loads(line)["text"] for line in path.read_text().splitlines()]
+
+
+def test_train_predict_separates_prose_from_code(corpus, tmp_path):
+    prose, code = texts(corpus / "prose.jsonl"), texts(corpus / "code.jsonl")
+    clf = FastTextQualityClassifier(test_fraction=0.2, seed=1, **SMALL).fit(prose, code)
+    assert clf.report_.auc > 0.9 and clf.report_.precision > 0.8 and clf.report_.recall > 0.8
+    assert clf.report_.n_test + clf.report_.n_train == len(prose) + len(code)
+    p = clf.predict_proba(prose[:20] + code[:20])
+    assert p[:20].mean() > p[20:].mean() + 0.3
+    path = clf.save(tmp_path / "m.bin")
+    scorer = FastTextScorer(str(path), "__label__hq").setup()
+    np.testing.assert_allclose(scorer.score_batch(prose[:20] + code[:20]), p)
+    lq = FastTextScorer(str(path), "__label__lq").score_batch(prose[:5])
+    np.testing.assert_allclose(lq + p[:5], 1.0, atol=1e-4)
+
+
+def test_unknown_label_and_missing_model(tmp_path, corpus):
+    clf = FastTextQualityClassifier(**SMALL).fit(["good text here"] * 5, ["bad bad"] * 5)
+    path = clf.save(tmp_path / "m.bin")
+    with pytest.raises(ValueError, match="__label__nope"):
+        FastTextScorer(str(path), "__label__nope").setup()
+    with pytest.raises(FileNotFoundError):
+        FastTextScorer(str(tmp_path / "absent.bin")).setup()
+
+
+class _OverconfidentModel:
+    """fastText can return probabilities slightly above 1."""
+
+    def predict(self, texts, k):
+        assert all("\n" not in t for t in texts)
+        return [["__label__hq", "__label__lq"]] * len(texts), [np.array([1.000003, 0.0])] * len(texts)
+
+
+def test_scores_are_clamped_and_newlines_normalised():
+    scores = label_probabilities(_OverconfidentModel(), ["line one\nline two", "x"], "__label__hq")
+    assert scores.max() == 1.0 and scores.min() >= 0.0
+    assert normalise("a\nb\n") == "a b "
+
+
+def test_cli_train(corpus, tmp_path, capsys):
+    args = [
+        "fasttext",
+        "train",
+        "--positive",
+        str(corpus / "prose.jsonl"),
+        "--negative",
+        str(corpus / "code.jsonl"),
+        "--out",
+        str(tmp_path / "q.bin"),
+        "--dim",
+        "16",
+        "--bucket",
+        "20000",
+        "--epoch",
+        "20",
+        "--lr",
+        "0.5",
+    ]
+    assert main(args) == 0
+    result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert result["auc"] > 0.9 and {"precision", "recall", "n_test"} <= set(result)
+    assert (tmp_path / "q.bin").stat().st_size > 0

@@ -1,0 +1,61 @@
+"""Token counts: the trained byte-level BPE, and the cached counter giving the library's exact counts."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from tokenizers import Tokenizer
+
+from pipeline.corpus import CorpusOptions, build_corpus
+from pipeline.tokenize import TokenCounter, read_tokenizer_json, splits_like_python, train_byte_level_bpe
+
+ODD = [
+    "tab\tand\x0bvt and\u00a0nbsp\u2003em  and\x1c\x1dseps\r\n",
+    "日本語のテキスト。 Ünïcödé wörds’s don't can't 'll",
+    "   leading\n\n\n  trailing   ",
+    "x" * 5000,
+    "    def f(x):\n        return x  # comment\n\n\n",
+]
+
+
+@pytest.fixture(scope="module")
+def texts(tmp_path_factory):
+    out = tmp_path_factory.mktemp("tok") / "corpus"
+    build_corpus(out, CorpusOptions(max_bytes_per_domain=150_000))
+    return [
+        json.loads(line)["text"]
+        for d in ("code", "prose", "legal")
+        for line in (out / f"{d}.jsonl").read_text().splitlines()
+    ]
+
+
+def test_trained_bpe_is_deterministic_and_counts_exactly(texts):
+    first = train_byte_level_bpe(texts, vocab_size=2000).to_str()
+    assert first == train_byte_level_bpe(texts, vocab_size=2000).to_str()
+    assert splits_like_python(first)
+    reference = Tokenizer.from_str(first)
+    counter = TokenCounter(first).setup()
+    assert counter.cached_
+    docs = texts + ODD
+    expected = [len(e.ids) for e in reference.encode_batch(docs, add_special_tokens=False)]
+    assert counter.count(docs).tolist() == expected
+    assert counter.count(docs[::-1]).tolist() == expected[::-1]  # warm cache, same answer
+    assert reference.decode(reference.encode(ODD[1]).ids) == ODD[1]  # byte-level: lossless
+
+
+def test_other_tokenizers_use_the_library(tmp_path):
+    spec = (
+        '{"version":"1.0","model":{"type":"WordLevel","vocab":{"[UNK]":0,"a":1},"unk_token":"[UNK]"},'
+        '"pre_tokenizer":{"type":"Whitespace"}}'
+    )
+    path = tmp_path / "tokenizer.json"
+    path.write_text(Tokenizer.from_str(spec).to_str())
+    counter = TokenCounter(read_tokenizer_json(path)).setup()
+    assert not counter.cached_
+    assert counter.count(["a b c", "a"]).tolist() == [3, 1]
+    path.write_text("not json")
+    with pytest.raises(ValueError, match="tokenizer.json"):
+        read_tokenizer_json(path)
+    with pytest.raises(FileNotFoundError):
+        read_tokenizer_json(tmp_path / "absent.json")
