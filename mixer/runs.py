@@ -38,7 +38,10 @@ def domain_name(column: str) -> str:
 
 def _row_label(frame: pd.DataFrame, position: int, key: str | None) -> str:
     if key is not None and key in frame.columns:
-        return f"row {position + 1} ({key}={frame[key].iloc[position]!r})"
+        value = frame[key].iloc[position]
+        # numpy scalars repr as np.int64(5); a message names the plain value.
+        value = value.item() if hasattr(value, "item") else value
+        return f"row {position + 1} ({key}={value!r})"
     return f"row {position + 1}"
 
 
@@ -143,3 +146,39 @@ def load_runs(
             raise ValueError("runs table has no h_<domain> weight columns")
         validate_weights(frame, weights, key)
     return frame.reset_index(drop=True)
+
+
+# Token-count columns accepted by `load_token_counts`, in order of preference. `tokens_kept` is
+# what `datamixer score` writes to domain_stats.parquet (pipeline.schema.TOKENS_KEPT); `value`
+# is what a JSON mapping {domain: tokens} reads as.
+TOKEN_COLUMNS = ("tokens", "tokens_kept", "value")
+
+
+def load_token_counts(path: str | os.PathLike[str] | pd.DataFrame) -> dict[str, float]:
+    """Domain -> token count from a `domain,tokens` table (CSV, Parquet, JSON) or a
+    `domain_stats.parquet` (`domain`, `tokens_kept`); errors name the row and column."""
+    frame = path.copy() if isinstance(path, pd.DataFrame) else read_table(path)
+    source = "token table" if isinstance(path, pd.DataFrame) else str(path)
+    if "domain" not in frame.columns:
+        raise ValueError(f"{source}: no 'domain' column (columns: {list(frame.columns)})")
+    column = next((c for c in TOKEN_COLUMNS if c in frame.columns), None)
+    if column is None:
+        raise ValueError(
+            f"{source}: no token-count column; expected one of {list(TOKEN_COLUMNS)} "
+            f"(columns: {list(frame.columns)})"
+        )
+    values = pd.to_numeric(frame[column], errors="coerce").to_numpy(dtype=float, na_value=np.nan)
+    bad = ~np.isfinite(values) | (values < 0)
+    if bad.any():
+        pos = int(np.flatnonzero(bad)[0])
+        raise ValueError(
+            f"{source}: {_row_label(frame, pos, 'domain')}: {column!r} must be a number >= 0, "
+            f"got {frame[column].iloc[pos]!r}"
+        )
+    domains = frame["domain"].astype(str)
+    if domains.duplicated().any():
+        pos = int(np.flatnonzero(domains.duplicated().to_numpy())[0])
+        raise ValueError(f"{source}: {_row_label(frame, pos, 'domain')}: duplicate domain")
+    if values.sum() <= 0:
+        raise ValueError(f"{source}: token counts sum to 0")
+    return dict(zip(domains, values.tolist(), strict=True))

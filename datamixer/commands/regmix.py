@@ -1,0 +1,288 @@
+"""`datamixer regmix`: propose proxy mixtures, fit/evaluate/predict regressors, optimise a mixture."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from datamixer.commands._common import emit, info
+
+group = typer.Typer(
+    help="RegMix (Liu et al. 2024): proxy mixtures, loss regressors, and the mixture search.",
+    no_args_is_help=True,
+)
+
+MIXTURE_SUFFIXES = (".yaml", ".yml")
+
+
+def parse_mapping(text: str | None, what: str) -> dict[str, float]:
+    """`domain=value,domain=value`, or a YAML/JSON file holding {domain: value}."""
+    if not text:
+        return {}
+    path = Path(text)
+    if path.suffix.lower() in (*MIXTURE_SUFFIXES, ".json") and path.exists():
+        import yaml
+
+        text = path.read_text()
+        data = json.loads(text) if path.suffix.lower() == ".json" else yaml.safe_load(text)
+        if isinstance(data, dict) and isinstance(data.get("weights"), dict):
+            data = data["weights"]
+        if not isinstance(data, dict):
+            raise ValueError(f"{path}: {what} file must map name -> number")
+        items = list(data.items())
+    else:
+        items = []
+        for part in text.split(","):
+            name, sep, value = part.rpartition("=")
+            if not sep or not name.strip():
+                raise ValueError(f"{what}: expected name=value pairs separated by commas, got {part!r}")
+            items.append((name.strip(), value.strip()))
+    out: dict[str, float] = {}
+    for name, value in items:
+        try:
+            out[str(name)] = float(value)
+        except (TypeError, ValueError):
+            raise ValueError(f"{what}: value for {name!r} is not a number: {value!r}") from None
+    return out
+
+
+def _read_prior(path: str) -> dict[str, float]:
+    from mixer.mixture import read_mixture
+    from mixer.runs import load_token_counts
+
+    if Path(path).suffix.lower() in MIXTURE_SUFFIXES:
+        return read_mixture(path)
+    return load_token_counts(path)
+
+
+@group.command("propose")
+def propose(
+    tokens: Annotated[
+        Path, typer.Option("--tokens", help="domain,tokens table (CSV/Parquet/JSON) or domain_stats.parquet")
+    ],
+    out: Annotated[Path, typer.Option("--out", help="output directory")],
+    n: Annotated[int, typer.Option("--n", help="number of proxy mixtures")] = 512,
+    proxy_tokens: Annotated[
+        float, typer.Option("--proxy-tokens", help="tokens each proxy run trains on")
+    ] = 1e9,
+    max_epochs: Annotated[
+        float, typer.Option("--max-epochs", help="cap: max epochs over a domain's tokens")
+    ] = 15.0,
+    temperature: Annotated[
+        float, typer.Option("--temperature", help="prior = token share ** temperature")
+    ] = 0.5,
+    min_concentration: Annotated[float, typer.Option("--min-concentration")] = 0.1,
+    max_concentration: Annotated[float, typer.Option("--max-concentration")] = 5.0,
+    min_weight: Annotated[float, typer.Option("--min-weight", help="weights below this become 0")] = 2e-4,
+    round_to: Annotated[
+        float | None, typer.Option("--round-to", help="rounding grid (default: --min-weight; 0: off)")
+    ] = None,
+    dedup_l1: Annotated[
+        float, typer.Option("--dedup-l1", help="drop mixtures within this L1 of another")
+    ] = 1e-5,
+    caps: Annotated[
+        str | None, typer.Option("--caps", help="per-domain caps: d=w,... or a YAML/JSON file")
+    ] = None,
+    floors: Annotated[
+        str | None, typer.Option("--floors", "--floor", help="per-domain floors: d=w,... or a file")
+    ] = None,
+    seed: Annotated[int, typer.Option("--seed")] = 0,
+) -> None:
+    """Sample proxy mixtures (RegMix's capped Dirichlet sampler) into DIR/proposals.parquet."""
+    from mixer.files import atomic_path, write_parquet
+    from mixer.mixture import write_mixture
+    from mixer.runs import domain_name, load_token_counts
+    from mixer.sampler import domain_caps, propose_mixtures
+
+    counts = load_token_counts(tokens)
+    cap_map = parse_mapping(caps, "--caps")
+    settings = {"proxy_tokens": proxy_tokens, "max_epochs": max_epochs, "temperature": temperature,
+                "min_concentration": min_concentration, "max_concentration": max_concentration,
+                "min_weight": min_weight, "round_to": round_to, "dedup_l1": dedup_l1}
+    info(f"sampling {n} mixtures over {len(counts)} domains from {tokens}")
+    floor_map = parse_mapping(floors, "--floors")
+    frame = propose_mixtures(counts, n, caps=cap_map, floors=floor_map, seed=seed, **settings)
+    provenance = {"method": "regmix-propose", "tokens": str(tokens), "seed": seed, **settings,
+                  **({"caps": cap_map} if cap_map else {}), **({"floors": floor_map} if floor_map else {})}
+    out.mkdir(parents=True, exist_ok=True)
+    proposals = write_parquet(out / "proposals.parquet", frame)
+    weight_columns = [c for c in frame.columns if c != "mixture"]
+    with atomic_path(out / "mixtures") as tmp:
+        tmp.mkdir()
+        for row in frame.itertuples(index=False):
+            weights = {domain_name(c): float(v) for c, v in zip(weight_columns, row[1:], strict=True)}
+            write_mixture(tmp / f"{row[0]}.yaml", weights, {**provenance, "mixture": row[0]})
+    effective_caps = {**domain_caps(counts, proxy_tokens, max_epochs), **cap_map}
+    emit({"n": len(frame), "domains": len(counts), "n_projected": frame.attrs.get("n_projected", 0),
+          "out": str(out), "proposals": str(proposals),
+          "mixtures_dir": str(out / "mixtures"), "seed": seed,
+          "caps_binding": sorted(d for d, c in effective_caps.items() if c < 1.0),
+          "max_weight": {domain_name(c): float(frame[c].max()) for c in weight_columns}})
+
+
+@group.command("fit")
+def fit(
+    mixtures: Annotated[Path, typer.Option("--mixtures", help="mixture table (CSV/Parquet) or runs table")],
+    losses: Annotated[
+        Path, typer.Option("--losses", help="loss table joined on --key (may be the same runs table)")
+    ],
+    target: Annotated[list[str], typer.Option("--target", help="loss column to predict; repeat for several")],
+    out: Annotated[Path, typer.Option("--out", help="model directory to write")],
+    key: Annotated[str, typer.Option("--key", help="column joining mixtures and losses")] = "index",
+    model: Annotated[
+        str, typer.Option("--model", help="lightgbm | law-lightgbm | ensemble | linear")
+    ] = "lightgbm",
+    cv_folds: Annotated[int, typer.Option("--cv-folds", help="k-fold CV on the training runs (0: off)")] = 5,
+    seed: Annotated[int, typer.Option("--seed")] = 0,
+) -> None:
+    """Fit one regressor per target; report k-fold CV Spearman (bootstrap 95% CI), Pearson, MSE."""
+    from mixer.regmix import MODELS, fit_regmix
+
+    if model not in MODELS:
+        raise ValueError(f"--model must be one of {list(MODELS)}, got {model!r}")
+    info(f"fitting {model} on {mixtures} -> {', '.join(target)} ({cv_folds}-fold CV)")
+    _, summary = fit_regmix(mixtures, losses, list(target), key=key, model=model, out=out,
+                            cv_folds=cv_folds, seed=seed)
+    for name, metrics in summary["cv"].items():
+        info(f"  {name}: CV spearman {metrics['spearman']:.4f} "
+             f"[{metrics['spearman_ci_low']:.4f}, {metrics['spearman_ci_high']:.4f}], "
+             f"pearson {metrics['pearson']:.4f}, mse {metrics['mse']:.5f}")
+    if len(target) == 1 and summary["cv"]:
+        summary.update({f"cv_{k}": v for k, v in summary["cv"][target[0]].items()})
+    emit(summary)
+
+
+def _load_for_model(model_dir: Path, mixtures: Path, key: str):
+    """The model and the mixtures to score: a table indexed by `key`, or one mixture file."""
+    import pandas as pd
+
+    from mixer.mixture import read_mixture
+    from mixer.regmix import RegMixModel
+    from mixer.runs import load_mixtures
+
+    model = RegMixModel.load(model_dir)
+    if mixtures.suffix.lower() in MIXTURE_SUFFIXES or (
+        mixtures.suffix.lower() == ".json" and mixtures.exists() and "weights" in mixtures.read_text()[:2000]
+    ):
+        weights = read_mixture(mixtures)
+        frame = pd.DataFrame([weights], index=pd.Index([mixtures.stem], name=key))
+    else:
+        frame = load_mixtures(mixtures, key)
+    return model, frame
+
+
+@group.command("evaluate")
+def evaluate(
+    model_dir: Annotated[Path, typer.Option("--model", help="model directory written by `regmix fit`")],
+    mixtures: Annotated[Path, typer.Option("--mixtures")],
+    losses: Annotated[Path, typer.Option("--losses")],
+    target: Annotated[
+        list[str] | None, typer.Option("--target", help="loss column (default: the model's targets)")
+    ] = None,
+    key: Annotated[str, typer.Option("--key")] = "index",
+    seed: Annotated[int, typer.Option("--seed", help="seed of the bootstrap CI")] = 0,
+) -> None:
+    """Score a fitted model on held-out runs: n, spearman (95% CI), pearson, mse."""
+    from mixer.metrics import regression_metrics
+    from mixer.regmix import RegMixModel, load_training_table
+
+    model = RegMixModel.load(model_dir)
+    targets = list(target or model.targets)
+    unknown = [t for t in targets if t not in model.targets]
+    if unknown:
+        raise ValueError(f"target(s) {unknown} not fitted in {model_dir}; it has {model.targets}")
+    weights, values = load_training_table(mixtures, losses, targets, key)
+    predictions = model.predict(weights)
+    per_target = {t: regression_metrics(values[t].to_numpy(), predictions[t].to_numpy(), seed=seed)
+                  for t in targets}
+    first = per_target[targets[0]]
+    for name, metrics in per_target.items():
+        info(f"{name}: n={metrics['n']} spearman {metrics['spearman']:.4f} "
+             f"[{metrics['spearman_ci_low']:.4f}, {metrics['spearman_ci_high']:.4f}] "
+             f"pearson {metrics['pearson']:.4f} mse {metrics['mse']:.5f}")
+    result: dict[str, Any] = {**first, "target": targets[0], "model": str(model_dir)}
+    if len(targets) > 1:
+        result["per_target"] = per_target
+    emit(result)
+
+
+@group.command("predict")
+def predict(
+    model_dir: Annotated[Path, typer.Option("--model")],
+    mixtures: Annotated[Path, typer.Option("--mixtures", help="mixture table, or one mixture YAML/JSON")],
+    key: Annotated[str, typer.Option("--key")] = "index",
+    out: Annotated[
+        Path | None, typer.Option("--out", help="write predictions here (.parquet or .csv)")
+    ] = None,
+) -> None:
+    """Predict each target for each mixture."""
+    from mixer.files import write_parquet, write_text
+
+    model, frame = _load_for_model(model_dir, mixtures, key)
+    predictions = model.predict(frame)
+    predictions.index = frame.index
+    result: dict[str, Any] = {"n": len(predictions), "targets": model.targets,
+                              "mean": {t: float(predictions[t].mean()) for t in model.targets}}
+    if len(predictions) == 1:
+        result["prediction"] = {t: float(predictions[t].iloc[0]) for t in model.targets}
+    if out is not None:
+        table = predictions.reset_index()
+        if out.suffix.lower() == ".csv":
+            write_text(out, table.to_csv(index=False))
+        else:
+            write_parquet(out, table)
+        result["out"] = str(out)
+    emit(result)
+
+
+@group.command("optimize")
+def optimize(
+    model_dir: Annotated[Path, typer.Option("--model")],
+    out: Annotated[
+        Path, typer.Option("--out", help="mixture YAML to write (JSON and top-k Parquet beside it)")
+    ],
+    draws: Annotated[int, typer.Option("--draws", help="Dirichlet draws to search")] = 1_000_000,
+    top_k: Annotated[int, typer.Option("--top-k", help="average this many best draws")] = 100,
+    prior: Annotated[
+        str | None, typer.Option("--prior", help="token table or mixture YAML (default: training mean)")
+    ] = None,
+    concentration: Annotated[float, typer.Option("--concentration", help="Dirichlet(prior x this)")] = 1.0,
+    caps: Annotated[
+        str | None, typer.Option("--caps", help="per-domain max weight: d=w,... or a YAML/JSON file")
+    ] = None,
+    floors: Annotated[
+        str | None, typer.Option("--floors", "--floor", help="per-domain min weight: d=w,... or a file")
+    ] = None,
+    target_weights: Annotated[
+        str | None, typer.Option("--target-weights", help="target=w,... (default: equal)")
+    ] = None,
+    search: Annotated[str, typer.Option("--search", help="refine (surrogate-guided) | brute")] = "refine",
+    seed: Annotated[int, typer.Option("--seed")] = 0,
+) -> None:
+    """Search for the mixture with the lowest predicted loss (RegMix: simulate, average top-k)."""
+    from mixer.regmix import optimize_regmix
+
+    if out.suffix.lower() not in MIXTURE_SUFFIXES:
+        raise ValueError(f"--out must end in .yaml or .yml, got {out}")
+    info(f"searching {draws:,} mixtures ({search}) with {model_dir}")
+    summary = optimize_regmix(
+        model_dir, out, n_draws=draws, top_k=top_k, prior=_read_prior(prior) if prior else None,
+        caps=parse_mapping(caps, "--caps"), floors=parse_mapping(floors, "--floors"),
+        target_weights=parse_mapping(target_weights, "--target-weights"),
+        concentration=concentration, search=search, seed=seed,
+    )
+    info(f"predicted {summary['predicted']:.4f}; top-{summary['top_k']} predictions "
+         f"{summary['topk_predicted_min']:.4f}..{summary['topk_predicted_max']:.4f}, "
+         f"mean L1 to the average {summary['topk_l1_to_mean']:.3f}; scored {summary['n_evaluated']:,} draws")
+    if summary["outside_training"]:
+        info(f"warning: the mixture leaves the region of the training mixtures (nearest L1 "
+             f"{summary['nearest_training_l1']:.3f} vs typical {summary['training_nn_l1_q']:.3f}; "
+             f"outside range: {summary['outside_range']}); trees predict flat there")
+    emit(summary)
+
+
+def register(app: typer.Typer) -> None:
+    app.add_typer(group, name="regmix")
