@@ -65,22 +65,30 @@ def regression_metrics(
     }
 
 
-def cross_validate(
+def out_of_fold(
     estimator: Any, X: np.ndarray, y: np.ndarray, folds: int = 5, seed: int = 0
-) -> tuple[dict[str, float], list[dict[str, float]]]:
-    """k-fold CV: metrics of the pooled out-of-fold predictions, and per-fold metrics."""
+) -> tuple[np.ndarray, KFold]:
+    """Out-of-fold predictions of a shuffled, seeded k-fold split (and the splitter used)."""
     X = np.asarray(X, dtype=float)
     y = np.asarray(y, dtype=float)
     folds = min(folds, len(y))
     if folds < 2:
         raise ValueError(f"cross-validation needs at least 2 runs and 2 folds, got {len(y)} runs")
     splitter = KFold(n_splits=folds, shuffle=True, random_state=seed)
-    oof = cross_val_predict(clone(estimator), X, y, cv=splitter)
+    return cross_val_predict(clone(estimator), X, y, cv=splitter), splitter
+
+
+def cross_validate(
+    estimator: Any, X: np.ndarray, y: np.ndarray, folds: int = 5, seed: int = 0
+) -> tuple[dict[str, float], list[dict[str, float]]]:
+    """k-fold CV: metrics of the pooled out-of-fold predictions, and per-fold metrics."""
+    y = np.asarray(y, dtype=float)
+    oof, splitter = out_of_fold(estimator, X, y, folds, seed)
     per_fold = []
-    for fold, (_, test) in enumerate(splitter.split(X)):
+    for fold, (_, test) in enumerate(splitter.split(oof)):
         row = regression_metrics(y[test], oof[test], n_boot=0)
         per_fold.append({"fold": fold, **row})
     pooled = regression_metrics(y, oof, seed=seed)
-    pooled["folds"] = folds
+    pooled["folds"] = splitter.get_n_splits()
     pooled["spearman_fold_mean"] = float(np.mean([r["spearman"] for r in per_fold]))
     return pooled, per_fold

@@ -14,12 +14,17 @@ count returned. `frame.attrs["n_projected"]` counts the mixtures that came from 
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
 
-from mixer.runs import WEIGHT_PREFIX
+from mixer.files import atomic_path, write_parquet
+from mixer.mixture import write_mixture
+from mixer.runs import WEIGHT_PREFIX, domain_name
 
 # RegMix's published sampler settings.
 TEMPERATURE = 0.5
@@ -259,3 +264,19 @@ def _check_known(mapping: Mapping[str, float], domains: list[str], what: str) ->
     unknown = sorted(set(mapping) - set(domains))
     if unknown:
         raise ValueError(f"{what} given for unknown domain(s) {unknown}; domains are {domains}")
+
+
+def write_proposals(
+    frame: pd.DataFrame, out: str | os.PathLike[str], provenance: Mapping[str, Any] | None = None
+) -> Path:
+    """Write `out/proposals.parquet` and one mixture file per proposal in `out/mixtures/`."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    proposals = write_parquet(out / "proposals.parquet", frame)
+    columns = [c for c in frame.columns if c != "mixture"]
+    with atomic_path(out / "mixtures") as tmp:
+        tmp.mkdir()
+        for row in frame.itertuples(index=False):
+            weights = {domain_name(c): float(v) for c, v in zip(columns, row[1:], strict=True)}
+            write_mixture(tmp / f"{row[0]}.yaml", weights, {**(provenance or {}), "mixture": row[0]})
+    return proposals

@@ -92,10 +92,8 @@ def propose(
     seed: Annotated[int, typer.Option("--seed")] = 0,
 ) -> None:
     """Sample proxy mixtures (RegMix's capped Dirichlet sampler) into DIR/proposals.parquet."""
-    from mixer.files import atomic_path, write_parquet
-    from mixer.mixture import write_mixture
     from mixer.runs import domain_name, load_token_counts
-    from mixer.sampler import domain_caps, propose_mixtures
+    from mixer.sampler import domain_caps, propose_mixtures, write_proposals
 
     counts = load_token_counts(tokens)
     cap_map = parse_mapping(caps, "--caps")
@@ -107,14 +105,8 @@ def propose(
     frame = propose_mixtures(counts, n, caps=cap_map, floors=floor_map, seed=seed, **settings)
     provenance = {"method": "regmix-propose", "tokens": str(tokens), "seed": seed, **settings,
                   **({"caps": cap_map} if cap_map else {}), **({"floors": floor_map} if floor_map else {})}
-    out.mkdir(parents=True, exist_ok=True)
-    proposals = write_parquet(out / "proposals.parquet", frame)
+    proposals = write_proposals(frame, out, provenance)
     weight_columns = [c for c in frame.columns if c != "mixture"]
-    with atomic_path(out / "mixtures") as tmp:
-        tmp.mkdir()
-        for row in frame.itertuples(index=False):
-            weights = {domain_name(c): float(v) for c, v in zip(weight_columns, row[1:], strict=True)}
-            write_mixture(tmp / f"{row[0]}.yaml", weights, {**provenance, "mixture": row[0]})
     effective_caps = {**domain_caps(counts, proxy_tokens, max_epochs), **cap_map}
     emit({"n": len(frame), "domains": len(counts), "n_projected": frame.attrs.get("n_projected", 0),
           "out": str(out), "proposals": str(proposals),

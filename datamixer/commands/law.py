@@ -1,0 +1,451 @@
+"""`datamixer law ...`: fit, evaluate and use loss laws L(N, D, h)."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from datamixer.commands._common import emit, info
+
+group = typer.Typer(
+    help="Fit loss laws L(N, D, h) on runs tables; predict, optimise the mixture, "
+    "find compute-optimal sizes.",
+    no_args_is_help=True,
+)
+
+LAW_KINDS = ("chinchilla", "additive", "joint", "mixing")
+
+
+def register(app: typer.Typer) -> None:
+    """Add the `law` command group."""
+    app.add_typer(group, name="law")
+
+
+def _split(values: list[str] | None) -> list[str]:
+    """`--targets a,b --targets c` -> [a, b, c]."""
+    return [part.strip() for value in (values or []) for part in value.split(",") if part.strip()]
+
+
+def _report_paths(out: Path) -> dict[str, Path]:
+    stem = out.with_suffix("") if out.suffix.lower() == ".json" else out
+    return {
+        "params": stem.with_name(stem.name + ".params.parquet"),
+        "residuals": stem.with_name(stem.name + ".residuals.parquet"),
+        "plot": stem.with_name(stem.name + ".png"),
+    }
+
+
+def _params_table(law: Any) -> Any:
+    """One row per (target, N, D, parameter): value and bootstrap interval."""
+    import numpy as np
+    import pandas as pd
+
+    from mixer.laws import public_params
+
+    rows = []
+    for fit in law.fits_:
+        boot = [
+            public_params(law.kind, theta, law.domains_, law.n_scale_, law.d_scale_)
+            for theta in fit.bootstrap
+        ]
+        for name, value in _flatten(fit.params):
+            values = np.array([dict(_flatten(b))[name] for b in boot], dtype=float)
+            low, high = np.percentile(values, [2.5, 97.5]) if values.size else (np.nan, np.nan)
+            rows.append(
+                {
+                    "target": fit.target,
+                    "N": fit.N,
+                    "D": fit.D,
+                    "parameter": name,
+                    "value": float(value),
+                    "low": float(low),
+                    "high": float(high),
+                    "objective": fit.diagnostics["objective"],
+                }
+            )
+    return pd.DataFrame(rows)
+
+
+def _flatten(params: dict[str, Any]) -> list[tuple[str, float]]:
+    out = []
+    for name, value in params.items():
+        if isinstance(value, dict):
+            out.extend((f"{name}[{k}]", float(v)) for k, v in value.items())
+        else:
+            out.append((name, float(value)))
+    return out
+
+
+def _residuals_table(law: Any, frame: Any) -> Any:
+    import pandas as pd
+
+    parts = []
+    keep = [c for c in ("run", "mixture", "size", "step") if c in frame.columns]
+    for target in law.targets_:
+        pred = law.predict_interval(frame, target)
+        part = frame[keep + ["N", "D"]].copy()
+        part["target"] = target
+        part["observed"] = frame[target].to_numpy(dtype=float)
+        part["predicted"] = pred["loss"].to_numpy()
+        part["low"], part["high"] = pred["low"].to_numpy(), pred["high"].to_numpy()
+        part["residual"] = part["predicted"] - part["observed"]
+        part["relative_error"] = part["residual"].abs() / part["observed"]
+        parts.append(part)
+    return pd.concat(parts, ignore_index=True)
+
+
+def _plot(residuals: Any, path: Path, title: str) -> None:
+    """Predicted vs observed loss, one colour per model size."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    from mixer.files import atomic_path
+
+    fig, ax = plt.subplots(figsize=(5.5, 5), dpi=110)
+    sizes = sorted(residuals["N"].unique())
+    colours = plt.cm.viridis(np.linspace(0, 0.9, max(len(sizes), 1)))
+    for colour, size in zip(colours, sizes, strict=False):
+        part = residuals[residuals["N"] == size]
+        ax.scatter(
+            part["observed"], part["predicted"], s=12, color=colour, label=f"N = {size:.3g}", alpha=0.8
+        )
+    low = float(min(residuals["observed"].min(), residuals["predicted"].min()))
+    high = float(max(residuals["observed"].max(), residuals["predicted"].max()))
+    ax.plot([low, high], [low, high], color="grey", lw=1, ls="--")
+    ax.set_xlabel("observed loss")
+    ax.set_ylabel("predicted loss")
+    ax.set_title(title, fontsize=9)
+    if len(sizes) <= 12:
+        ax.legend(fontsize=7, loc="upper left")
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png")
+    plt.close(fig)
+
+
+@group.command("fit")
+def fit_command(
+    runs: Annotated[Path, typer.Option("--runs", help="Runs table (CSV/Parquet): N, D, loss, h_<domain>.")],
+    law: Annotated[str, typer.Option("--law", help="chinchilla | additive | joint | mixing")],
+    out: Annotated[Path, typer.Option("--out", help="Law JSON to write (reports are written beside it).")],
+    targets: Annotated[
+        list[str] | None, typer.Option("--targets", help="Target column(s), comma-separated (default: loss).")
+    ] = None,
+    n_restarts: Annotated[
+        int | None, typer.Option("--restarts", help="Basin-hopping restarts (mixture laws; default 6).")
+    ] = None,
+    n_bootstrap: Annotated[
+        int | None, typer.Option("--bootstrap", help="Bootstrap refits for intervals (default 100 / 50).")
+    ] = None,
+    n_starts: Annotated[
+        int | None, typer.Option("--starts", help="Random starts screened (mixture laws; default 256).")
+    ] = None,
+    niter: Annotated[
+        int | None, typer.Option("--hops", help="Basin-hopping steps per restart (mixture laws; default 8).")
+    ] = None,
+    method: Annotated[str, typer.Option("--method", help="chinchilla only: screened | grid.")] = "screened",
+    seed: Annotated[int, typer.Option("--seed", help="Seed for starts, basin-hopping and bootstrap.")] = 0,
+) -> None:
+    """Fit a law on a runs table and write LAW.json, LAW.params.parquet, LAW.residuals.parquet, LAW.png."""
+    from mixer.files import write_parquet
+    from mixer.laws import evaluation_metrics, make_law
+    from mixer.runs import load_runs
+
+    if law not in LAW_KINDS:
+        raise ValueError(f"--law must be one of {', '.join(LAW_KINDS)}, got {law!r}")
+    target_list = _split(targets) or ["loss"]
+    kwargs: dict[str, Any] = {"targets": tuple(target_list), "seed": seed}
+    if n_bootstrap is not None:
+        kwargs["n_bootstrap"] = n_bootstrap
+    if law == "chinchilla":
+        kwargs["method"] = method
+    else:
+        options = {"n_restarts": n_restarts, "n_starts": n_starts, "niter": niter}
+        kwargs.update({k: v for k, v in options.items() if v is not None})
+    estimator = make_law(law, **kwargs)
+    frame = load_runs(runs, targets=target_list, require_weights=estimator.form_.uses_mixture)
+    info(f"fitting the {law} law on {len(frame)} rows of {runs} (targets: {', '.join(target_list)})")
+    started = time.perf_counter()
+    estimator.fit(frame)
+    seconds = time.perf_counter() - started
+    estimator.save(out)
+    paths = _report_paths(out)
+    residuals = _residuals_table(estimator, frame)
+    write_parquet(paths["params"], _params_table(estimator))
+    write_parquet(paths["residuals"], residuals)
+    first = residuals[residuals["target"] == target_list[0]]
+    metrics = evaluation_metrics(first["observed"].to_numpy(), first["predicted"].to_numpy())
+    _plot(first, paths["plot"], f"{law} law on {runs.name}: in-sample MRE {100 * metrics['mre']:.2f}%")
+    fit = estimator.fits_[0]
+    info(
+        f"objective {fit.diagnostics['objective']:.6g} ({fit.diagnostics['n_at_best']} of "
+        f"{fit.diagnostics['n_searches']} searches reached it); in-sample MRE {100 * metrics['mre']:.3f}% "
+        f"in {seconds:.1f} s"
+    )
+    emit(
+        {
+            "law": law,
+            "out": str(out),
+            "n": metrics["n"],
+            "mre": metrics["mre"],
+            "max_re": metrics["max_re"],
+            "spearman": metrics["spearman"],
+            "objective": fit.diagnostics["objective"],
+            "params": fit.params if law != "mixing" else None,
+            "n_fits": len(estimator.fits_),
+            "fit_seconds": round(seconds, 3),
+            "report": {k: str(v) for k, v in paths.items()},
+        }
+    )
+
+
+@group.command("evaluate")
+def evaluate_command(
+    law_path: Annotated[Path, typer.Option("--law", help="Law JSON from `law fit`.")],
+    runs: Annotated[Path, typer.Option("--runs", help="Runs table to predict.")],
+    target: Annotated[
+        str | None, typer.Option("--target", help="Target column (default: the law's first).")
+    ] = None,
+    out: Annotated[
+        Path | None, typer.Option("--out", help="Optional Parquet of per-run predictions and residuals.")
+    ] = None,
+) -> None:
+    """Mean and max relative error and Spearman rho of the law's predictions on a runs table."""
+    import numpy as np
+
+    from mixer.files import write_parquet
+    from mixer.laws import evaluation_metrics, load_law
+    from mixer.runs import load_runs
+
+    law = load_law(law_path)
+    target = target or law.targets_[0]
+    frame = load_runs(runs, targets=[target], require_weights=law.form_.uses_mixture)
+    observed = frame[target].to_numpy(dtype=float)
+    pred = law.predict_interval(frame, target)
+    metrics = evaluation_metrics(observed, pred["loss"].to_numpy())
+    restarts = law.predict_restarts(frame, target) if law.kind != "mixing" else np.empty((0, len(frame)))
+    restart_mre = [float(np.mean(np.abs(r - observed) / observed)) for r in restarts]
+    inside = float(np.mean((observed >= pred["low"].to_numpy()) & (observed <= pred["high"].to_numpy())))
+    if out is not None:
+        table = frame[
+            [c for c in ("run", "mixture", "size", "step") if c in frame.columns] + ["N", "D"]
+        ].copy()
+        table["observed"], table["predicted"] = observed, pred["loss"].to_numpy()
+        table["low"], table["high"] = pred["low"].to_numpy(), pred["high"].to_numpy()
+        table["relative_error"] = np.abs(table["predicted"] - observed) / observed
+        write_parquet(out, table)
+    info(
+        f"{law.kind} law on {runs}: MRE {100 * metrics['mre']:.3f}%, max {100 * metrics['max_re']:.3f}%, "
+        f"Spearman {metrics['spearman']:.4f} over {metrics['n']} rows"
+    )
+    emit(
+        {
+            **metrics,
+            "target": target,
+            "law": law.kind,
+            "interval_coverage": inside,
+            "mre_restarts": restart_mre,
+            "out": str(out) if out else None,
+        }
+    )
+
+
+def _read_mixture_arg(path: Path | None) -> dict[str, float] | None:
+    from mixer.mixture import read_mixture
+
+    return read_mixture(path) if path is not None else None
+
+
+@group.command("predict")
+def predict_command(
+    law_path: Annotated[Path, typer.Option("--law", help="Law JSON from `law fit`.")],
+    n: Annotated[float, typer.Option("--N", help="Model parameters (non-embedding), e.g. 1e9.")],
+    d: Annotated[float, typer.Option("--D", help="Training tokens, e.g. 1e11.")],
+    mixture: Annotated[
+        Path | None, typer.Option("--mixture", help="Mixture YAML/JSON (required for mixture laws).")
+    ] = None,
+    target: Annotated[str | None, typer.Option("--target", help="Target (default: the law's first).")] = None,
+    level: Annotated[float, typer.Option("--level", help="Interval level from the bootstrap fits.")] = 0.95,
+) -> None:
+    """Predicted loss at (N, D[, h]) with its bootstrap interval."""
+    from mixer.laws import load_law
+
+    law = load_law(law_path)
+    weights = _read_mixture_arg(mixture)
+    frame = law.frame_for(n, d, weights)
+    pred = law.predict_interval(frame, target, level)
+    row = pred.iloc[0]
+    info(
+        f"{law.kind} law: loss {row['loss']:.4f} [{row['low']:.4f}, {row['high']:.4f}] "
+        f"at N={n:.3g}, D={d:.3g}"
+    )
+    emit(
+        {
+            "loss": float(row["loss"]),
+            "low": float(row["low"]),
+            "high": float(row["high"]),
+            "level": level,
+            "N": n,
+            "D": d,
+            "target": target or law.targets_[0],
+            "law": law.kind,
+            "mixture": weights,
+        }
+    )
+
+
+def _read_caps(caps: str | None) -> dict[str, float] | None:
+    """CAPS is a YAML/JSON file (domain: cap, optionally under `caps:`) or inline `web=0.5,code=0.2`."""
+    if not caps:
+        return None
+    path = Path(caps)
+    if path.exists():
+        import yaml
+
+        data = yaml.safe_load(path.read_text())
+        if isinstance(data, dict) and isinstance(data.get("caps"), dict):
+            data = data["caps"]
+        if not isinstance(data, dict):
+            raise ValueError(f"{path}: expected a mapping domain -> cap")
+        items = data.items()
+    else:
+        items = []
+        for part in caps.split(","):
+            if "=" not in part:
+                raise ValueError(f"--caps {caps!r}: not a file, and {part!r} is not domain=cap")
+            key, value = part.split("=", 1)
+            items.append((key.strip(), value.strip()))
+    out = {}
+    for key, value in items:
+        try:
+            out[str(key)] = float(value)
+        except (TypeError, ValueError):
+            raise ValueError(f"--caps: cap for {key!r} is not a number ({value!r})") from None
+    return out
+
+
+@group.command("optimize")
+def optimize_command(
+    law_path: Annotated[Path, typer.Option("--law", help="Law JSON (additive, joint or mixing).")],
+    n: Annotated[float, typer.Option("--N", help="Model parameters of the target run.")],
+    d: Annotated[float, typer.Option("--D", help="Training tokens of the target run.")],
+    out: Annotated[Path, typer.Option("--out", help="Mixture YAML (or .json) to write.")],
+    floor: Annotated[float, typer.Option("--floor", help="Minimum weight of every domain.")] = 0.0,
+    caps: Annotated[
+        str | None,
+        typer.Option("--caps", help="Caps: YAML/JSON file domain -> max weight, or web=0.5,code=0.2."),
+    ] = None,
+    targets: Annotated[
+        list[str] | None, typer.Option("--targets", help="Targets to trade off (comma-separated).")
+    ] = None,
+    weights: Annotated[
+        list[str] | None, typer.Option("--weights", help="Their weights (comma-separated).")
+    ] = None,
+) -> None:
+    """The mixture minimising the (weighted) predicted loss at (N, D), by mirror descent on the simplex."""
+    from mixer.laws import load_law, optimize_mixture
+    from mixer.mixture import write_mixture
+
+    law = load_law(law_path)
+    target_list = _split(targets) or None
+    weight_list = [float(w) for w in _split(weights)] or None
+    if weight_list is not None and target_list is None:
+        raise ValueError("--weights needs --targets")
+    result = optimize_mixture(
+        law, n, d, floor=floor, caps=_read_caps(caps), targets=target_list, weights=weight_list
+    )
+    for message in result.warnings:
+        info(f"warning: {message}")
+    provenance = {
+        "method": f"law optimize ({law.kind} law, exponentiated gradient)",
+        "law": str(law_path),
+        "N": n,
+        "D": d,
+        "floor": floor,
+        "caps": _read_caps(caps),
+        "targets": list(result.losses),
+        "target_weights": weight_list,
+        "predicted_loss": result.loss,
+        "spread": result.spread,
+        "warnings": result.warnings,
+    }
+    write_mixture(out, result.weights, provenance)
+    spread = {dom: s["std"] for dom, s in result.spread.items()}
+    info("weights: " + ", ".join(f"{k} {v:.3f} (+/- {spread[k]:.3f})" for k, v in result.weights.items()))
+    emit({**result.to_dict(), "out": str(out), "N": n, "D": d, "law": law.kind})
+
+
+@group.command("compute-optimal")
+def compute_optimal_command(
+    law_path: Annotated[Path, typer.Option("--law", help="Law JSON (chinchilla, additive or joint).")],
+    flops: Annotated[float, typer.Option("--flops", help="Training compute C in FLOPs (C = 6 N D).")],
+    mixture: Annotated[
+        Path | None, typer.Option("--mixture", help="Mixture (mixture laws; default: mean training mixture).")
+    ] = None,
+    target: Annotated[str | None, typer.Option("--target", help="Target (default: the law's first).")] = None,
+) -> None:
+    """The N and D that minimise the predicted loss for a compute budget C = 6 N D."""
+    from mixer.laws import compute_optimal, load_law
+
+    law = load_law(law_path)
+    result = compute_optimal(law, flops, _read_mixture_arg(mixture), target)
+    info(
+        f"C = {flops:.3g}: N = {result['N']:.4g}, D = {result['D']:.4g} ({result['tokens_per_param']:.1f} "
+        f"tokens/param), loss {result['loss']:.4f}"
+    )
+    emit({**result, "law": law.kind})
+
+
+@group.command("reference-runs")
+def reference_runs_command(
+    source: Annotated[str, typer.Option("--source", help="mixinglaws-redpajama | chinchilla")],
+    out: Annotated[Path, typer.Option("--out", help="Runs table to write (.parquet or .csv).")],
+    sizes: Annotated[
+        list[str] | None, typer.Option("--sizes", help="mixinglaws: size labels to keep, e.g. 70M,160M,305M.")
+    ] = None,
+    include_target_runs: Annotated[
+        bool,
+        typer.Option(
+            "--include-target-runs", help="mixinglaws: keep the authors' target-scale runs (id > 900)."
+        ),
+    ] = False,
+    lowest: Annotated[
+        int, typer.Option("--lowest", help="chinchilla: keep the n lowest-loss points (0: all).")
+    ] = 240,
+    data_dir: Annotated[
+        Path | None, typer.Option("--data-dir", help="Shared data folder (default: ../shared/data).")
+    ] = None,
+) -> None:
+    """Write a runs table built from the shared reference data (Ye et al.'s RedPajama runs, Chinchilla)."""
+    from mixer.files import write_parquet, write_text
+    from mixer.reference_data import reference_runs
+
+    frame = reference_runs(
+        source,
+        data_dir,
+        sizes=_split(sizes) or None,
+        include_target_runs=include_target_runs,
+        lowest=lowest or None,
+    )
+    if out.suffix.lower() == ".csv":
+        write_text(out, frame.to_csv(index=False))
+    else:
+        write_parquet(out, frame)
+    domains = [c[2:] for c in frame.columns if c.startswith("h_")]
+    info(f"{source}: {len(frame)} rows, N {frame['N'].min():.3g}-{frame['N'].max():.3g}, domains {domains}")
+    n_values = sorted({float(v) for v in frame["N"]})
+    emit(
+        {
+            "source": source,
+            "out": str(out),
+            "n": len(frame),
+            "domains": domains,
+            "N_values": n_values if len(n_values) <= 20 else None,
+        }
+    )

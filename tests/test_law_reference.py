@@ -1,0 +1,124 @@
+"""Loss laws on the shared reference data: Besiroglu et al.'s Chinchilla refit and Ye et al.'s
+RedPajama runs (fit 70M-305M, predict 410M)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from datamixer.cli import main
+from mixer.law_fit import HuberObjective, fit_from_starts, hoffmann_grid
+from mixer.laws import AdditiveLaw, ChinchillaLaw, Features, chinchilla_law, data_hash, evaluate, load_law
+from mixer.reference_data import REDPAJAMA_DOMAINS, chinchilla_runs, mixinglaws_runs
+
+DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+REPO = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.skipif(not (DATA / "mixinglaws").exists(), reason="shared reference data not found")
+
+# Besiroglu et al. (2024), refit of Hoffmann et al.'s approach 3 on the 240 lowest-loss points
+BESIROGLU = {"E": 1.8172, "alpha": 0.3473, "beta": 0.3672, "A": 477.8, "B": 2143.9}
+
+
+@pytest.fixture(scope="module")
+def chinchilla() -> ChinchillaLaw:
+    return ChinchillaLaw(n_bootstrap=20).fit(chinchilla_runs(DATA))
+
+
+def test_chinchilla_reproduces_besiroglu_refit(chinchilla: ChinchillaLaw) -> None:
+    params = chinchilla.fits_[0].params
+    for name in ("E", "alpha", "beta"):
+        assert params[name] == pytest.approx(BESIROGLU[name], rel=0.005), name
+    for name in ("A", "B"):
+        assert params[name] == pytest.approx(BESIROGLU[name], rel=0.02), name
+    diagnostics = chinchilla.fits_[0].diagnostics
+    assert diagnostics["n_at_best"] >= 2  # more than one screened start lands on the optimum
+    assert diagnostics["residual"] == "log loss" and diagnostics["huber_delta"] == 1e-3
+
+
+def test_screened_grid_finds_the_full_grids_optimum(chinchilla: ChinchillaLaw) -> None:
+    """L-BFGS from 120 random points of Hoffmann's grid (the bench runs all 4,500) ends where the
+    screened search does."""
+    runs = chinchilla_runs(DATA)
+    x = Features(np.log(runs["N"].to_numpy()), np.log(runs["D"].to_numpy()), np.zeros((len(runs), 0)))
+    objective = HuberObjective(lambda t: chinchilla_law(t, x), np.log(runs["loss"].to_numpy()))
+    grid = hoffmann_grid()
+    subset = grid[np.random.default_rng(0).choice(len(grid), 120, replace=False)]
+    full = fit_from_starts(objective, subset)
+    best = chinchilla.fits_[0]
+    assert full.objective == pytest.approx(best.diagnostics["objective"], rel=1e-8)
+    np.testing.assert_allclose(full.theta, best.theta, rtol=1e-4)
+
+
+def test_chinchilla_intervals_contain_point(chinchilla: ChinchillaLaw) -> None:
+    frame = chinchilla.frame_for(70e9, 1.4e12)
+    pred = chinchilla.predict_interval(frame).iloc[0]
+    assert pred["low"] <= pred["loss"] <= pred["high"] and pred["high"] > pred["low"]
+
+
+def test_mixinglaws_loader() -> None:
+    runs = mixinglaws_runs(DATA)
+    assert [c[2:] for c in runs.columns if c.startswith("h_")] == list(REDPAJAMA_DOMAINS)
+    assert len(runs) == 1098 and runs["run"].is_unique
+    h = runs[[f"h_{d}" for d in REDPAJAMA_DOMAINS]].to_numpy()
+    np.testing.assert_allclose(h.sum(axis=1), 1.0, atol=1e-12)
+    assert (h == 0.1484375).any()  # full precision from the run path (the tidy `mixture` says 0.148438)
+    weights = json.loads((DATA / "mixinglaws" / "valid_weight.json").read_text())
+    pile = runs[[f"loss_{d}" for d in weights]].to_numpy()
+    np.testing.assert_allclose(runs["loss"], pile @ np.array(list(weights.values())), rtol=1e-12)
+    assert set(runs["N"]) == {18915328.0, 85056000.0, 201541632.0, 302311424.0}
+    np.testing.assert_allclose(runs["D"], runs["step"] * 1048576.0)
+    assert not runs["mixture"].isin(["RP_998", "RP_999"]).any()
+    with_targets = mixinglaws_runs(DATA, sizes=["160M"], include_target_runs=True)
+    assert with_targets["mixture"].eq("RP_999").any() and with_targets["step"].max() == 100000
+
+
+@pytest.fixture(scope="module")
+def redpajama():
+    runs = mixinglaws_runs(DATA)
+    return runs[runs["size"] != "410M"], runs[runs["size"] == "410M"]
+
+
+def test_additive_law_predicts_410m_within_one_percent(redpajama) -> None:
+    train, test = redpajama
+    law = AdditiveLaw(n_starts=128, n_restarts=3, niter=3, n_bootstrap=0).fit(train)
+    metrics = evaluate(law, test)
+    observed = test["loss"].to_numpy()
+    restart_mre = np.abs(law.predict_restarts(test) - observed).__truediv__(observed).mean(axis=1)
+    chinchilla_mre = evaluate(
+        ChinchillaLaw(n_bootstrap=0).fit(
+            train.drop(columns=[c for c in train.columns if c.startswith("h_")])
+        ),
+        test.drop(columns=[c for c in test.columns if c.startswith("h_")]),
+    )["mre"]
+    print(
+        f"410M from 70M-305M: additive MRE {metrics['mre']:.4%} (restarts {restart_mre.min():.4%}-"
+        f"{restart_mre.max():.4%}), chinchilla (no mixture) MRE {chinchilla_mre:.4%}"
+    )
+    assert metrics["mre"] <= 0.010
+    assert metrics["spearman"] > 0.95
+    assert metrics["mre"] < chinchilla_mre  # the mixture term earns its parameters
+
+
+def test_committed_law_was_fitted_on_all_redpajama_runs(tmp_path, capsys) -> None:
+    path = REPO / "examples" / "laws" / "redpajama_additive.json"
+    law = load_law(path)
+    runs = mixinglaws_runs(DATA)
+    assert law.data_["sha256"] == data_hash(runs, law.data_["columns"])
+    assert law.data_["n_rows"] == len(runs)
+    mix = tmp_path / "mix.yaml"
+    mix.write_text(
+        "weights:\n"
+        + "".join(
+            f"  {d}: {w}\n"
+            for d, w in zip(REDPAJAMA_DOMAINS, [0.5, 0.2, 0.1, 0.05, 0.05, 0.05, 0.05], strict=True)
+        )
+    )
+    assert (
+        main(["law", "predict", "--law", str(path), "--N", "1e9", "--D", "1e11", "--mixture", str(mix)]) == 0
+    )
+    pred = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert pred["low"] <= pred["loss"] <= pred["high"]
+    assert 2.0 < pred["loss"] < float(runs["loss"].min())  # 1B / 100B beats every 410M / 31B run
