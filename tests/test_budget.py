@@ -152,3 +152,44 @@ def test_optimiser_caps_merge_given_caps_with_the_budget(tmp_path):
         budget.optimiser_caps(["code"], stats=stats, tokens="1B")
     with pytest.raises(ValueError, match="need both"):
         budget.optimiser_caps(["code", "web"], tokens="1B")
+
+
+def test_optimise_commands_take_the_data_budget_as_caps(tmp_path, capsys):
+    """`regmix optimize` and `law optimize` cap a scarce domain at max_epochs * kept / planned."""
+    import json
+
+    import numpy as np
+    import pandas as pd
+
+    from datamixer.cli import main
+    from mixer.mixture import read_mixture
+
+    rng = np.random.default_rng(0)
+    h = rng.dirichlet([1.0, 1.0], size=48)
+    runs = pd.DataFrame({"run": [f"r{i}" for i in range(48)], "h_web": h[:, 0], "h_code": h[:, 1]})
+    runs["loss"] = 3.0 + 0.5 * np.exp(-3 * runs["h_web"]) + 0.05 * runs["h_code"]
+    runs_path = tmp_path / "runs.parquet"
+    runs.to_parquet(runs_path)
+    stats = tmp_path / "domain_stats.parquet"
+    pd.DataFrame({"domain": ["web", "code"], "tokens_kept": [100, 10_000]}).to_parquet(stats)
+    model = tmp_path / "model"
+    assert main(["regmix", "fit", "--mixtures", str(runs_path), "--losses", str(runs_path),
+                 "--target", "loss", "--key", "run", "--model", "linear", "--out", str(model)]) == 0
+    out = tmp_path / "mix.yaml"
+    assert main(["regmix", "optimize", "--model", str(model), "--out", str(out), "--draws", "20000",
+                 "--stats", str(stats), "--train-tokens", "1000", "--max-epochs", "2"]) == 0
+    assert read_mixture(out)["web"] <= 0.2 + 1e-6  # 2 epochs x 100 tokens / 1000 planned
+    capsys.readouterr()
+
+    big = pd.concat([runs.assign(N=n, D=d) for n in (1e6, 4e6) for d in (1e8, 4e8)], ignore_index=True)
+    big["run"] = [f"r{i}" for i in range(len(big))]
+    big["loss"] = big["loss"] + 20 / big["N"] ** 0.3 + 50 / big["D"] ** 0.3
+    big.to_parquet(runs_path)
+    law = tmp_path / "law.json"
+    assert main(["law", "fit", "--runs", str(runs_path), "--law", "additive", "--out", str(law)]) == 0
+    capsys.readouterr()
+    out = tmp_path / "law_mix.yaml"
+    assert main(["law", "optimize", "--law", str(law), "--N", "1e7", "--D", "1000", "--out", str(out),
+                 "--stats", str(stats), "--max-epochs", "2"]) == 0
+    result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert result["weights"]["web"] <= 0.2 + 1e-6

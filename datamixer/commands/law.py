@@ -347,18 +347,30 @@ def optimize_command(
     weights: Annotated[
         list[str] | None, typer.Option("--weights", help="Their weights (comma-separated).")
     ] = None,
+    stats: Annotated[
+        Path | None, typer.Option("--stats", help="domain_stats.parquet (tokens kept) for data-budget caps.")
+    ] = None,
+    train_tokens: Annotated[
+        str | None, typer.Option("--train-tokens", help="Planned tokens for the caps (default: --D).")
+    ] = None,
+    max_epochs: Annotated[
+        float, typer.Option("--max-epochs", help="Cap each domain at this many epochs of its data.")
+    ] = 4.0,
 ) -> None:
     """The mixture minimising the (weighted) predicted loss at (N, D), by mirror descent on the simplex."""
+    from mixer.budget import optimiser_caps
     from mixer.laws import load_law, optimize_mixture
     from mixer.mixture import write_mixture
 
     law = load_law(law_path)
+    planned = train_tokens if train_tokens is not None else (d if stats is not None else None)
+    bounds = optimiser_caps(list(law.domains_), _read_caps(caps), stats, planned, max_epochs)
     target_list = _split(targets) or None
     weight_list = [float(w) for w in _split(weights)] or None
     if weight_list is not None and target_list is None:
         raise ValueError("--weights needs --targets")
     result = optimize_mixture(
-        law, n, d, floor=floor, caps=_read_caps(caps), targets=target_list, weights=weight_list
+        law, n, d, floor=floor, caps=bounds, targets=target_list, weights=weight_list
     )
     for message in result.warnings:
         info(f"warning: {message}")
@@ -368,7 +380,7 @@ def optimize_command(
         "N": n,
         "D": d,
         "floor": floor,
-        "caps": _read_caps(caps),
+        "caps": bounds,
         "targets": list(result.losses),
         "target_weights": weight_list,
         "predicted_loss": result.loss,

@@ -252,17 +252,29 @@ def optimize(
         str | None, typer.Option("--target-weights", help="target=w,... (default: equal)")
     ] = None,
     search: Annotated[str, typer.Option("--search", help="refine (surrogate-guided) | brute")] = "refine",
+    stats: Annotated[
+        Path | None, typer.Option("--stats", help="domain_stats.parquet (tokens kept) for data-budget caps")
+    ] = None,
+    train_tokens: Annotated[
+        str | None, typer.Option("--train-tokens", help="planned tokens of the target run, e.g. 100B")
+    ] = None,
+    max_epochs: Annotated[
+        float, typer.Option("--max-epochs", help="cap each domain at this many epochs of its data")
+    ] = 4.0,
     seed: Annotated[int, typer.Option("--seed")] = 0,
 ) -> None:
     """Search for the mixture with the lowest predicted loss (RegMix: simulate, average top-k)."""
-    from mixer.regmix import optimize_regmix
+    from mixer.budget import optimiser_caps
+    from mixer.regmix import RegMixModel, optimize_regmix
 
     if out.suffix.lower() not in MIXTURE_SUFFIXES:
         raise ValueError(f"--out must end in .yaml or .yml, got {out}")
     info(f"searching {draws:,} mixtures ({search}) with {model_dir}")
     summary = optimize_regmix(
         model_dir, out, n_draws=draws, top_k=top_k, prior=_read_prior(prior) if prior else None,
-        caps=parse_mapping(caps, "--caps"), floors=parse_mapping(floors, "--floors"),
+        caps=optimiser_caps(RegMixModel.load(model_dir).domains, parse_mapping(caps, "--caps"), stats,
+                            train_tokens, max_epochs),
+        floors=parse_mapping(floors, "--floors"),
         target_weights=parse_mapping(target_weights, "--target-weights"),
         concentration=concentration, search=search, seed=seed,
     )
