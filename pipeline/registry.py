@@ -1,13 +1,14 @@
 """Scorer registry: a scorer name -> a function building its scoring PTransform from options.
 
 Contract of a scoring PTransform: it takes a PCollection of `pa.RecordBatch` documents (columns
-`id`, `domain`, `source`, `n_chars`, `text`, `n_tokens`) and returns a dict with
+`id`, `domain`, `source`, `record`, `n_chars`, `text`, `n_tokens`) and returns a dict with
   - "scored": the same batches with one float64 column `score_<name>` appended, and
   - "dead_letter": dead-letter row dicts (`pipeline.read.dead_letter_row`) for every document
     that could not be scored, so that documents in = scored + dead-lettered.
 
 A scorer with a small `setup()` / `score_batch(texts) -> np.ndarray` class needs only
-`ScoreBatches(factory, name)`; a torch scorer can instead return RunInference with a
+`ScoreBatches(factory, name)` (`texts` is a list of str, or the Arrow string column itself when the
+class sets `accepts_arrow = True`); a torch scorer can instead return RunInference with a
 ModelHandler whose `run_inference` takes the record batches. Adding a scorer is one entry:
 
     SCORERS["attention-influence"] = build_attention_influence   # (ScorerConfig) -> PTransform
@@ -77,7 +78,10 @@ class _ScoreBatchFn(beam.DoFn):
         self._scorer.setup()
 
     def process(self, batch: pa.RecordBatch) -> Iterator[pa.RecordBatch]:
-        scores = np.asarray(self._scorer.score_batch(batch.column(S.TEXT).to_pylist()), dtype=np.float64)
+        texts = batch.column(S.TEXT)
+        if not getattr(self._scorer, "accepts_arrow", False):
+            texts = texts.to_pylist()
+        scores = np.asarray(self._scorer.score_batch(texts), dtype=np.float64)
         if scores.shape != (batch.num_rows,):
             raise ValueError(f"scorer returned {scores.shape} scores for {batch.num_rows} documents")
         yield batch.append_column(self._column, pa.array(scores, pa.float64()))
@@ -111,8 +115,16 @@ def build_fasttext(config: ScorerConfig) -> beam.PTransform:
     return ScoreBatches(lambda: FastTextScorer(model, label), config.name)
 
 
+def build_attention_influence(config: ScorerConfig) -> beam.PTransform:
+    """AttentionInfluence through RunInference (torch is imported only when the job runs)."""
+    from pipeline.attention_influence import ScoreWithAttentionInfluence
+
+    return ScoreWithAttentionInfluence(config)
+
+
 SCORERS: dict[str, Callable[[ScorerConfig], beam.PTransform]] = {
     "fasttext": build_fasttext,
+    "attention-influence": build_attention_influence,
 }
 
 

@@ -117,6 +117,9 @@ def score(
     scorer_option: Annotated[
         list[str] | None, typer.Option("--scorer-option", help="KEY=VALUE for the scorer (repeatable).")
     ] = None,
+    heads: Annotated[
+        Path | None, typer.Option("--heads", help="HEADS.json (attention-influence scorer).")
+    ] = None,
 ) -> None:
     """Score every document, select per domain; write scored-*, dead_letter-*.parquet and domain_stats."""
     from pipeline.job import ScoreJobConfig, run_score_job
@@ -128,7 +131,8 @@ def score(
     job = ScoreJobConfig(
         inputs=domain_inputs(input or [], domain or [], config),
         output=str(output),
-        scorer=ScorerConfig(scorer, model, label, parse_scorer_options(scorer_option or [])),
+        scorer=ScorerConfig(scorer, model, label, {
+            **parse_scorer_options(scorer_option or []), **({"heads": str(heads)} if heads else {})}),
         selection=Selection(keep_top=keep_top, threshold=threshold),
         read=ReadOptions(
             text_field=text_field,

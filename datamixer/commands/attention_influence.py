@@ -1,0 +1,145 @@
+"""`datamixer attention-influence heads|score`: retrieval-head detection and standalone scoring (no Beam)."""
+
+from __future__ import annotations
+
+import glob
+import json
+import os
+import time
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from datamixer.commands._common import emit, info, progress
+
+group = typer.Typer(help="AttentionInfluence: find a model's retrieval heads; score docs by masking them.",
+                    no_args_is_help=True)
+
+ModelOpt = Annotated[Path, typer.Option("--model", help="Local HF causal LM directory.")]
+DeviceOpt = Annotated[str | None, typer.Option("--device", help="cpu, cuda, cuda:1 (default: cuda if any).")]
+DtypeOpt = Annotated[str, typer.Option("--dtype", help="auto (bf16 on CUDA, else fp32), float32, bfloat16.")]
+BatchTokensOpt = Annotated[int, typer.Option("--batch-tokens", help="Padded tokens per forward pass.")]
+
+
+def heads(
+    model: ModelOpt,
+    out: Annotated[Path, typer.Option("--out", help="HEADS.json to write.")],
+    corpus: Annotated[str | None, typer.Option(
+        "--corpus", help="JSONL glob; `text` gives probe values (default: stdlib docstrings).")] = None,
+    probes: Annotated[int, typer.Option("--probes", help="Number of synthetic retrieval probes.")] = 800,
+    max_tokens: Annotated[int | None, typer.Option(
+        "--max-tokens", help="Tokens per probe (default: min(model context, 2048)).")] = None,
+    top_fraction: Annotated[float, typer.Option("--top-fraction", help="Fraction of heads kept.")] = 0.05,
+    seed: Annotated[int, typer.Option("--seed", help="Seed for keys, values and their order.")] = 0,
+    device: DeviceOpt = None,
+    dtype: DtypeOpt = "auto",
+    batch_tokens: BatchTokensOpt = 16384,
+) -> None:
+    """Score every head's retrieval behaviour on key-value probes and select the top fraction."""
+    from mixer.files import write_json
+    from scorers import attention_influence as ai
+    from scorers import lm
+
+    start = time.perf_counter()
+    if probes < 1:
+        raise ValueError(f"--probes must be at least 1, got {probes}")
+    loaded, tokenizer = lm.load_causal_lm(model, device, dtype, attn_implementation=ai.register_attention())
+    sentences = ai.corpus_sentences(corpus) if corpus else ai.stdlib_sentences()
+    source = corpus or "python-stdlib-docstrings"
+    limit = lm.context_length(loaded, max_tokens if max_tokens is not None else ai.DEFAULT_PROBE_TOKENS)
+    info(f"building {probes} probes of up to {limit} tokens from {len(sentences)} sentences ({source})")
+    built = ai.build_probes(tokenizer, sentences, n_probes=probes, max_tokens=limit, seed=seed)
+    scores = ai.retrieval_head_scores(loaded, built, lm.pad_id(tokenizer), batch_tokens=batch_tokens)
+    selected = ai.select_heads(scores, top_fraction)
+    provenance = {"model": str(model), "corpus": source, "probes": probes, "max_tokens": limit,
+                  "top_fraction": top_fraction, "seed": seed,
+                  "mean_probe_tokens": float(sum(len(p.input_ids) for p in built) / len(built))}
+    write_json(out, ai.heads_document(scores, selected, provenance))
+    info(f"selected {len(selected)} of {scores.size} heads: {selected}")
+    emit({"out": str(out), "selected": selected, "n_heads": int(scores.size),
+          "top_scores": sorted((float(s) for s in scores.ravel()), reverse=True)[: len(selected)],
+          "probes": probes, "seconds": round(time.perf_counter() - start, 2)})
+
+
+def _read_jsonl(pattern: str, text_field: str) -> tuple[list[dict], list[str]]:
+    paths = sorted(glob.glob(os.path.expanduser(pattern), recursive=True))
+    if not paths:
+        raise FileNotFoundError(f"{pattern}: no files match")
+    rows, texts = [], []
+    for path in paths:
+        with open(path, encoding="utf-8") as handle:
+            for number, line in enumerate(handle, 1):
+                if not line.strip():
+                    continue
+                try:
+                    record = json.loads(line)
+                    text = record[text_field]
+                except (json.JSONDecodeError, KeyError, TypeError) as exc:
+                    message = f"{path}:{number}: expected a JSON object with a {text_field!r} string"
+                    raise ValueError(message) from exc
+                if not isinstance(text, str):
+                    raise ValueError(f"{path}:{number}: {text_field!r} is not a string")
+                rows.append({"id": str(record.get("id", f"{Path(path).name}:{number}")),
+                             "domain": str(record.get("domain", Path(path).name.split(".")[0])),
+                             "source": path})
+                texts.append(text)
+    return rows, texts
+
+
+def score(
+    model: ModelOpt,
+    heads_file: Annotated[Path, typer.Option("--heads", help="HEADS.json from `attention-influence heads`.")],
+    input: Annotated[str, typer.Option("--input", help="JSONL glob; each line an object with `text` "
+                                       "(optional `id`, `domain`; domain defaults to the file name).")],
+    out: Annotated[Path, typer.Option("--out", help="Parquet file to write.")],
+    keep_top: Annotated[float, typer.Option("--keep-top", help="Fraction kept per domain (by score).")] = 0.2,
+    max_tokens: Annotated[int | None, typer.Option(
+        "--max-tokens", help="Chunk length (default: min(model context, 1024)).")] = None,
+    text_field: Annotated[str, typer.Option("--text-field", help="JSON field holding the text.")] = "text",
+    device: DeviceOpt = None,
+    dtype: DtypeOpt = "auto",
+    batch_tokens: BatchTokensOpt = 16384,
+    docs_per_call: Annotated[int, typer.Option("--docs-per-call", help="Docs bucketed together.")] = 512,
+) -> None:
+    """Score a JSONL corpus with AttentionInfluence and mark the top fraction per domain (no Beam)."""
+    import numpy as np
+    import pandas as pd
+
+    from mixer.files import write_parquet
+    from pipeline import schema as S
+    from pipeline.select import top_fraction_cutoff
+    from scorers import attention_influence as ai
+
+    if not 0.0 <= keep_top <= 1.0:
+        raise ValueError(f"--keep-top must be a fraction in [0, 1]; got {keep_top}")
+    rows, texts = _read_jsonl(input, text_field)
+    scorer = ai.AttentionInfluenceScorer(model, heads_file, device=device, dtype=dtype, max_tokens=max_tokens,
+                                         batch_tokens=batch_tokens).setup()
+    info(f"scoring {len(texts)} documents; masked heads {scorer.heads_}")
+    start = time.perf_counter()
+    parts = [scorer.score_documents(texts[i:i + docs_per_call])
+             for i in progress(range(0, len(texts), docs_per_call), "scoring")]
+    seconds = time.perf_counter() - start
+    table = pd.DataFrame(rows)
+    table[S.N_TOKENS] = np.concatenate([p.n_tokens for p in parts]) if parts else np.zeros(0, dtype=np.int64)
+    table[S.score_column("attention-influence")] = np.concatenate([p.score for p in parts]) if parts else []
+    table["loss_base"] = np.concatenate([p.loss_base for p in parts]) if parts else []
+    table["loss_masked"] = np.concatenate([p.loss_masked for p in parts]) if parts else []
+    column = S.score_column("attention-influence")
+    table[S.KEEP] = False
+    for _, index in table.groupby(S.DOMAIN).groups.items():
+        values = table.loc[index, column].to_numpy(dtype=float)
+        finite = np.where(np.isfinite(values), values, -np.inf)
+        table.loc[index, S.KEEP] = finite >= top_fraction_cutoff(finite, keep_top)
+    write_parquet(out, table)
+    tokens = int(table[S.N_TOKENS].sum())
+    emit({"out": str(out), "docs": len(table), "kept": int(table[S.KEEP].sum()), "tokens": tokens,
+          "mean_score": float(np.nanmean(table[column])) if len(table) else None,
+          "tokens_per_s": round(tokens / seconds, 1) if seconds > 0 else None, "seconds": round(seconds, 2)})
+
+
+def register(app: typer.Typer) -> None:
+    group.command("heads")(heads)
+    group.command("score")(score)
+    app.add_typer(group, name="attention-influence")

@@ -1,0 +1,58 @@
+"""The AttentionInfluence scorer in the score job: Beam's RunInference with the scorer's ModelHandler.
+
+RunInference gives batching by estimated tokens, one model per worker process and GPU workers on
+Dataflow; a batch that fails to score goes to the dead-letter output, one row per document.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import apache_beam as beam
+
+from pipeline import schema as S
+from pipeline.registry import ScorerConfig, batch_failure_rows
+
+STAGE = "score_attention_influence"
+HANDLER_OPTIONS = {"device": str, "dtype": str, "max_tokens": int, "batch_tokens": int,
+                   "max_batch_tokens": int}
+
+
+def _failed_rows(failure: tuple[Any, Any]) -> list[dict[str, Any]]:
+    batch, exc = failure
+    elements = batch if isinstance(batch, (list, tuple)) else [batch]
+    error = f"{STAGE} failed: {type(exc).__name__}: {exc}"
+    return [row for element in elements for row in batch_failure_rows(element, STAGE, error)]
+
+
+class ScoreWithAttentionInfluence(beam.PTransform):
+    """Record batches -> {"scored": batches + `score_attention_influence`, "dead_letter": rows}."""
+
+    def __init__(self, config: ScorerConfig) -> None:
+        super().__init__()
+        if not config.model:
+            raise ValueError("the attention-influence scorer needs --model DIR (a local HF causal LM)")
+        heads = config.options.get("heads")
+        if not heads:
+            raise ValueError("the attention-influence scorer needs --heads HEADS.json "
+                             "(from `datamixer attention-influence heads`)")
+        unknown = set(config.options) - {"heads", *HANDLER_OPTIONS}
+        if unknown:
+            raise ValueError(f"unknown attention-influence option(s) {sorted(unknown)}; "
+                             f"known: heads, {', '.join(HANDLER_OPTIONS)}")
+        self._model = config.model
+        self._heads = heads
+        self._kwargs = {k: HANDLER_OPTIONS[k](v) for k, v in config.options.items() if k in HANDLER_OPTIONS}
+
+    def expand(self, batches: beam.PCollection) -> dict[str, beam.PCollection]:
+        from apache_beam.ml.inference.base import RunInference
+
+        from scorers.attention_influence_handler import AttentionInfluenceModelHandler
+
+        handler = AttentionInfluenceModelHandler(self._model, self._heads, text_field=S.TEXT,
+                                                 score_field=S.score_column("attention-influence"),
+                                                 **self._kwargs)
+        scored, errors = batches | "RunInference" >> RunInference(handler).with_exception_handling()
+        dead = errors.failed_inferences | "FailedDocs" >> beam.FlatMap(_failed_rows)
+        return {"scored": scored, "dead_letter": dead}
+
