@@ -32,7 +32,7 @@ from sklearn.base import BaseEstimator
 
 from mixer import law_fit
 from mixer.files import write_json
-from mixer.runs import LOSS, WEIGHT_PREFIX, domain_name, load_runs, validate_weights
+from mixer.runs import LOSS, WEIGHT_PREFIX, check_positive, domain_name, load_runs, validate_weights
 from mixer.simplex import exponentiated_gradient
 
 FORMAT = "datamixer-law/1"
@@ -310,16 +310,7 @@ def random_starts(form: str, k: int, y: np.ndarray, n: int, rng: np.random.Gener
 
 
 def _check_positive_column(frame: pd.DataFrame, column: str) -> np.ndarray:
-    if column not in frame.columns:
-        raise ValueError(f"runs table has no {column!r} column (columns: {list(frame.columns)})")
-    values = pd.to_numeric(frame[column], errors="coerce").to_numpy(dtype=float, na_value=np.nan)
-    bad = ~np.isfinite(values) | (values <= 0)
-    if bad.any():
-        pos = int(np.flatnonzero(bad)[0])
-        raise ValueError(
-            f"row {pos + 1}: column {column!r} must be a positive number, got {frame[column].iloc[pos]!r}"
-        )
-    return values
+    return check_positive(frame, column, "run" if "run" in frame.columns else None)
 
 
 def data_hash(frame: pd.DataFrame, columns: Sequence[str]) -> str:

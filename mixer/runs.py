@@ -76,7 +76,8 @@ def validate_weights(
         )
 
 
-def _check_positive(frame: pd.DataFrame, column: str, key: str | None) -> None:
+def check_positive(frame: pd.DataFrame, column: str, key: str | None = None) -> np.ndarray:
+    """The column as floats; ValueError naming the first row that is not a positive number."""
     if column not in frame.columns:
         raise ValueError(f"runs table has no {column!r} column (columns: {list(frame.columns)})")
     values = pd.to_numeric(frame[column], errors="coerce").to_numpy(dtype=float, na_value=np.nan)
@@ -87,6 +88,7 @@ def _check_positive(frame: pd.DataFrame, column: str, key: str | None) -> None:
             f"{_row_label(frame, pos, key)}: column {column!r} must be a positive number, "
             f"got {frame[column].iloc[pos]!r}"
         )
+    return values
 
 
 def load_mixtures(path: str | os.PathLike[str], key: str = "index") -> pd.DataFrame:
@@ -139,7 +141,7 @@ def load_runs(
     frame = path.copy() if isinstance(path, pd.DataFrame) else read_table(path)
     key = RUN if RUN in frame.columns else None
     for column in (N, D, *(targets or [LOSS])):
-        _check_positive(frame, column, key)
+        check_positive(frame, column, key)
     weights = [c for c in frame.columns if str(c).startswith(WEIGHT_PREFIX)]
     if require_weights:
         if not weights:

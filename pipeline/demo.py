@@ -1,0 +1,319 @@
+"""The end-to-end main job on the bundled corpus, one function per stage.
+
+build corpus -> train a quality classifier -> score and select (Beam) -> propose mixtures ->
+proxy sweep at small sizes -> RegMix fit + optimise -> scaling-law fit -> predict the target
+(N, D) for the optimised, natural and uniform mixtures -> train the target on the optimised and
+natural mixtures and compare measured with predicted -> report.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from mixer.files import atomic_path, write_json, write_parquet
+from mixer.mixture import write_mixture
+from mixer.runs import LOSS, RUN, WEIGHT_PREFIX, D, N
+from pipeline.layout import RunLayout
+
+Log = Callable[[str], None]
+
+
+@dataclass(frozen=True)
+class DemoConfig:
+    """Sizes and budgets of the demo; `quick()` is the version the tests run."""
+
+    seed: int = 0
+    corpus_bytes: int = 3_000_000  # per domain; the bundled legal text has about 1.1 MB
+    keep_top: float = 0.5
+    vocab_size: int = 1024
+    mixtures: int = 24
+    sizes: tuple[str, ...] = ("20k", "50k", "100k")
+    tokens: int = 150_000
+    eval_points: int = 4
+    batch_size: int = 8
+    context: int = 64
+    lr: float = 5e-3
+    regressors: tuple[str, ...] = ("linear", "lightgbm", "ensemble")
+    target_size: str = "200k"
+    target_tokens: int = 600_000
+    max_epochs: float = 4.0
+    law_starts: int = 64
+    law_bootstrap: int = 20
+    workers: int | None = None
+    validate: bool = True
+
+    @classmethod
+    def quick(cls, **overrides: Any) -> DemoConfig:
+        """About a minute on 2 cores: fewer, smaller runs; same stages."""
+        fast = cls(corpus_bytes=400_000, mixtures=10, sizes=("20k", "50k"), tokens=60_000,
+                   eval_points=3, target_size="100k", target_tokens=120_000, law_starts=16,
+                   law_bootstrap=5)
+        return replace(fast, **overrides)
+
+
+def build_corpus(paths: RunLayout, config: DemoConfig, log: Log) -> dict[str, Any]:
+    from pipeline.corpus import CorpusOptions
+    from pipeline.corpus import build_corpus as build
+
+    log(f"building the corpus in {paths.corpus}")
+    return build(paths.corpus, CorpusOptions(max_bytes_per_domain=config.corpus_bytes))
+
+
+def _read_texts(path: Path) -> list[str]:
+    import json
+
+    return [json.loads(line)["text"] for line in path.read_text().splitlines() if line.strip()]
+
+
+def train_quality_classifier(paths: RunLayout, config: DemoConfig, log: Log) -> dict[str, Any]:
+    """A DCLM-style classifier: reference-like text (every 4th `prose` document: documentation
+    written for people) against as many documents drawn from the other domains.
+
+    Per-domain selection then keeps, within each domain, the documents that read most like
+    explanatory prose (commented code, licence preambles over boilerplate)."""
+    from scorers.fasttext import FastTextQualityClassifier
+
+    texts = {f.stem: _read_texts(f) for f in sorted(paths.corpus.glob("*.jsonl"))}
+    positive = texts.pop("prose")[::4]
+    others = [t for domain in sorted(texts) for t in texts[domain]]
+    rng = random.Random(config.seed)
+    negative = rng.sample(others, min(len(positive), len(others)))
+    log(f"training the quality classifier on {len(positive)} + {len(negative)} documents")
+    classifier = FastTextQualityClassifier(seed=config.seed, dim=32, bucket=100_000, epoch=10,
+                                           thread=1).fit(positive, negative)
+    classifier.save(paths.quality / "quality.bin")
+    return classifier.report_.as_dict()
+
+
+def score_corpus(paths: RunLayout, config: DemoConfig, log: Log) -> dict[str, Any]:
+    from pipeline.job import ScoreJobConfig, run_score_job
+    from pipeline.registry import ScorerConfig
+    from pipeline.select import Selection
+
+    inputs = {f.stem: [str(f)] for f in sorted(paths.corpus.glob("*.jsonl"))}
+    log(f"scoring {len(inputs)} domains with the Beam job (keep top {config.keep_top:.0%})")
+    job = ScoreJobConfig(
+        inputs=inputs,
+        output=str(paths.scored),
+        scorer=ScorerConfig("fasttext", model=str(paths.quality / "quality.bin")),
+        selection=Selection(keep_top=config.keep_top),
+        vocab_size=config.vocab_size,
+    )
+    return run_score_job(job)
+
+
+def propose(paths: RunLayout, config: DemoConfig, log: Log) -> pd.DataFrame:
+    from mixer.runs import load_token_counts
+    from mixer.sampler import propose_mixtures, write_proposals
+
+    counts = load_token_counts(paths.domain_stats)
+    log(f"proposing {config.mixtures} proxy mixtures over {sorted(counts)}")
+    frame = propose_mixtures(counts, config.mixtures, proxy_tokens=config.tokens, seed=config.seed)
+    write_proposals(frame, paths.proposals_dir, {"method": "regmix-propose", "seed": config.seed})
+    return frame
+
+
+def _train_config(config: DemoConfig):
+    from pipeline.proxy.train import TrainConfig
+
+    return TrainConfig(eval_points=config.eval_points, batch_size=config.batch_size,
+                       context=config.context, lr=config.lr)
+
+
+def sweep(paths: RunLayout, config: DemoConfig, data: Any, log: Log) -> pd.DataFrame:
+    from pipeline.proxy.sweep import run_sweep
+
+    log(f"proxy sweep: {config.mixtures} mixtures x sizes {list(config.sizes)} x {config.tokens} tokens")
+    return run_sweep(data, paths.proposals, list(config.sizes), config.tokens, paths.runs,
+                     workers=config.workers, seed=config.seed, config=_train_config(config))
+
+
+def final_rows(runs: pd.DataFrame, size: str | None = None) -> pd.DataFrame:
+    """One row per (mixture, size): the evaluation at the full budget."""
+    frame = runs if size is None else runs[runs["size"] == size]
+    return frame.loc[frame.groupby(["mixture", "size"])[D].idxmax()].reset_index(drop=True)
+
+
+def fit_and_optimize_regmix(
+    paths: RunLayout, config: DemoConfig, runs: pd.DataFrame, natural: dict[str, float], log: Log
+) -> tuple[dict[str, float], dict[str, Any]]:
+    """RegMix on the largest proxy size's final losses; caps from the target's data budget."""
+    from mixer.budget import optimiser_caps
+    from mixer.metrics import out_of_fold, regression_metrics
+    from mixer.regmix import fit_regmix, make_estimator, optimize_regmix
+
+    table = final_rows(runs, config.sizes[-1])
+    weights = table[[RUN, *[c for c in table.columns if c.startswith(WEIGHT_PREFIX)]]]
+    X = weights.drop(columns=RUN).to_numpy(dtype=float)
+    y = table[LOSS].to_numpy(dtype=float)
+    candidates = {}
+    for name in config.regressors:  # model selection by out-of-fold Spearman, then MSE
+        oof, _ = out_of_fold(make_estimator(name, seed=config.seed), X, y, seed=config.seed)
+        metrics = regression_metrics(y, oof, seed=config.seed)
+        candidates[name] = (oof, {k: v for k, v in metrics.items() if isinstance(v, (int, float))})
+    chosen = max(candidates, key=lambda m: (candidates[m][1]["spearman"], -candidates[m][1]["mse"]))
+    log(f"RegMix: {len(table)} runs at size {config.sizes[-1]}; out-of-fold Spearman "
+        + ", ".join(f"{m} {c[1]['spearman']:.3f}" for m, c in candidates.items()) + f"; using {chosen}")
+    model, fit_info = fit_regmix(weights, table[[RUN, LOSS]], [LOSS], key=RUN, model=chosen,
+                                 out=paths.regmix, seed=config.seed)
+    oof, metrics = candidates[chosen]
+    write_parquet(paths.regmix_cv, pd.DataFrame({"mixture": table["mixture"], "true": y, "predicted": oof}))
+    metrics = {"model": chosen, **metrics,
+               **{f"spearman_{m}": c[1]["spearman"] for m, c in candidates.items()}}
+    write_json(paths.regmix_metrics, metrics)
+    caps = optimiser_caps(model.domains, stats=paths.domain_stats, tokens=config.target_tokens,
+                          max_epochs=config.max_epochs)
+    result = optimize_regmix(model, out=paths.mixture("optimized"), prior=natural, caps=caps,
+                             seed=config.seed)
+    return result["weights"], {"cv": metrics, "fit": fit_info.get("cv", {}), "caps": caps,
+                               "optimize": {k: v for k, v in result.items() if k != "weights"}}
+
+
+def fit_law(paths: RunLayout, config: DemoConfig, runs: pd.DataFrame, log: Log):
+    """The additive mixture law L(N, D, h) on every proxy evaluation past a quarter of the budget
+    (the earliest points sit before the power-law regime)."""
+    from mixer.laws import AdditiveLaw
+
+    table = runs[runs[D] >= config.tokens / 4].reset_index(drop=True)
+    log(f"fitting the additive mixture law on {len(table)} (N, D, h) points")
+    law = AdditiveLaw(n_starts=config.law_starts, n_bootstrap=config.law_bootstrap, seed=config.seed)
+    law.fit(table)
+    law.save(paths.law)
+    return law
+
+
+def _runs_frame(
+    mixtures: dict[str, dict[str, float]], n: float, d: float, domains: list[str]
+) -> pd.DataFrame:
+    return pd.DataFrame([
+        {"mixture": name, N: n, D: d, **{WEIGHT_PREFIX + k: w.get(k, 0.0) for k in domains}}
+        for name, w in mixtures.items()
+    ])
+
+
+def law_curves(law: Any, runs: pd.DataFrame, mixtures: dict[str, dict[str, float]], target_n: float,
+               target_d: float) -> pd.DataFrame:
+    """The law's loss over D for each proxy size and the target, for each compared mixture."""
+    sizes = sorted(set(runs[N].astype(float))) + [target_n]
+    grid = np.geomspace(runs[D].min(), target_d, 24)
+    frames = []
+    for n in sizes:
+        for d in grid:
+            frame = _runs_frame(mixtures, n, d, list(law.domains_))
+            frame["predicted"] = law.predict(frame)
+            frames.append(frame)
+    return pd.concat(frames, ignore_index=True)
+
+
+def train_targets(
+    paths: RunLayout, config: DemoConfig, data: Any, mixtures: dict[str, dict[str, float]], log: Log
+) -> dict[str, float]:
+    """Train the target size on each mixture (in parallel processes); final loss per mixture."""
+    from pipeline.proxy.sweep import run_sweep
+
+    log(f"training the target ({config.target_size}, {config.target_tokens} tokens) on {sorted(mixtures)}")
+    runs = run_sweep(data, mixtures, [config.target_size], config.target_tokens, paths.target_runs,
+                     workers=config.workers, seed=config.seed, config=_train_config(config),
+                     checkpoints=paths.checkpoints)
+    final = final_rows(runs)
+    return dict(zip(final["mixture"], final[LOSS].astype(float), strict=True))
+
+
+def run_demo(out: str | Path, config: DemoConfig | None = None, log: Log = print) -> dict[str, Any]:
+    """Run every stage into a fresh directory that replaces `out` when all succeed."""
+
+    config = config or DemoConfig()
+    with atomic_path(Path(out)) as tmp:
+        tmp.mkdir()
+        result = _run_stages(RunLayout(tmp), config, log)
+    result["out"] = str(out)
+    result["report"] = str(Path(out) / Path(result["report"]).name)
+    write_json(Path(out) / "summary.json", result)
+    return result
+
+
+def _run_stages(paths: RunLayout, config: DemoConfig, log: Log) -> dict[str, Any]:
+    from mixer.laws import optimize_mixture as law_optimize
+    from mixer.runs import load_token_counts
+    from pipeline.proxy.data import load_proxy_data
+    from pipeline.proxy.model import get_size
+    from pipeline.report import write_report
+
+    started = time.perf_counter()
+    timings: dict[str, float] = {}
+
+    def stage(name: str, fn: Callable[[], Any]) -> Any:
+        t0 = time.perf_counter()
+        value = fn()
+        timings[name] = round(time.perf_counter() - t0, 2)
+        return value
+
+    stage("corpus", lambda: build_corpus(paths, config, log))
+    quality = stage("quality", lambda: train_quality_classifier(paths, config, log))
+    scored = stage("score", lambda: score_corpus(paths, config, log))
+    stage("propose", lambda: propose(paths, config, log))
+    data = stage("load", lambda: load_proxy_data(paths.scored, vocab_size=config.vocab_size))
+    runs = stage("sweep", lambda: sweep(paths, config, data, log))
+
+    counts = load_token_counts(paths.domain_stats)
+    total = sum(counts.values())
+    natural = {d: c / total for d, c in counts.items()}
+    uniform = {d: 1.0 / len(counts) for d in counts}
+    write_mixture(paths.mixture("natural"), natural, {"method": "token share of kept data"})
+    write_mixture(paths.mixture("uniform"), uniform, {"method": "uniform"})
+    optimized, regmix_info = stage(
+        "regmix", lambda: fit_and_optimize_regmix(paths, config, runs, natural, log)
+    )
+
+    law = stage("law", lambda: fit_law(paths, config, runs, log))
+    target_n = float(get_size(config.target_size).non_embedding_params())
+    target_d = float(config.target_tokens)
+    compared = {"optimized": optimized, "natural": natural, "uniform": uniform}
+    frame = _runs_frame(compared, target_n, target_d, list(law.domains_))
+    interval = law.predict_interval(frame)
+    predictions = pd.DataFrame({"mixture": list(compared), N: target_n, D: target_d,
+                                "predicted": interval["loss"].to_numpy(),
+                                "low": interval["low"].to_numpy(), "high": interval["high"].to_numpy(),
+                                "measured": np.nan})
+    best = law_optimize(law, target_n, target_d, floor=0.0)
+    write_parquet(paths.law_curves, law_curves(law, runs, compared, target_n, target_d))
+
+    if config.validate:
+        validated = {name: compared[name] for name in ("optimized", "natural")}
+        measured = stage("target", lambda: train_targets(paths, config, data, validated, log))
+        predictions["measured"] = predictions["mixture"].map(measured)
+    write_parquet(paths.target, predictions)
+    report = stage("report", lambda: write_report(paths.root, "datamixer demo"))
+
+    by_name = predictions.set_index("mixture")
+    result: dict[str, Any] = {
+        "out": str(paths.root),
+        "documents": scored["in"],
+        "kept": scored["kept"],
+        "proxy_models": int(runs["mixture"].astype(str).str.cat(runs["size"], "/").nunique()),
+        "mixture": {k: round(v, 4) for k, v in sorted(optimized.items())},
+        "law_optimal_mixture": {k: round(v, 4) for k, v in sorted(best.weights.items())},
+        "regmix_cv_spearman": regmix_info["cv"].get("spearman"),
+        "target": {"N": int(target_n), "D": int(target_d), "size": config.target_size},
+        "predicted": by_name["predicted"].round(4).to_dict(),
+        "measured": by_name["measured"].dropna().round(4).to_dict(),
+        "quality_classifier": quality,
+        "report": report["report"],
+        "seconds": round(time.perf_counter() - started, 1),
+        "timings": timings,
+        "config": asdict(config),
+    }
+    if config.validate:
+        pred_gain = by_name.loc["natural", "predicted"] - by_name.loc["optimized", "predicted"]
+        meas_gain = by_name.loc["natural", "measured"] - by_name.loc["optimized", "measured"]
+        result["gain_over_natural"] = {"predicted": round(float(pred_gain), 4),
+                                       "measured": round(float(meas_gain), 4)}
+    return result
