@@ -1,10 +1,15 @@
 """Speed of the Beam scoring job against a plain fastText predict loop, on the same documents.
 
-    python bench/score_bench.py [--docs 120000] [--files 8] [--workers 0]
+    python bench/score_bench.py [--docs 600000] [--files 8] [--workers 0] [--mode multi_processing]
 
-Prints raw fastText docs/s (a plain per-document loop and one list call), raw token counting
-docs/s, the Beam job's docs/s on the DirectRunner (multi-processing, all cores; wall time
-including start-up, read, validate, tokenize, score, select, write), and the ratios.
+Prints, in one run: raw fastText docs/s (a plain per-document loop, one core; measured before and
+after the job, and averaged, because other work on a shared machine drifts), raw token counting
+docs/s, the Beam job's docs/s on the DirectRunner (wall time of read, validate, tokenize, score,
+per-domain top-30% and Parquet writes, including start-up), the job's fixed cost (the same job on
+one small file: Beam start-up, worker processes, graph), the job's rate without that fixed cost,
+and the ratios of both to the plain loop. It also prints docs per CPU-second of the loop and of the
+job (all its processes), which other load on the machine does not change: twice their ratio is
+what two free cores would give.
 """
 
 from __future__ import annotations
@@ -14,6 +19,7 @@ import json
 import logging
 import os
 import re
+import resource
 import sys
 import tempfile
 import time
@@ -29,73 +35,96 @@ from pipeline.select import Selection  # noqa: E402
 from pipeline.tokenize import TokenCounter, train_byte_level_bpe  # noqa: E402
 from scorers.fasttext import FastTextQualityClassifier, load_model, normalise  # noqa: E402
 
+DOMAINS = ("prose", "code", "legal")
+
 
 def documents(corpus: Path, n_docs: int) -> list[tuple[str, str]]:
     """(domain, text) paragraphs of the local corpus (>= 200 chars), cycled to `n_docs`."""
     paras: list[tuple[str, str]] = []
-    for domain in ("prose", "code", "legal"):
+    for domain in DOMAINS:
         for line in (corpus / f"{domain}.jsonl").read_text().splitlines():
             text = json.loads(line)["text"]
             paras += [(domain, p) for p in re.split(r"\n\s*\n", text) if len(p) >= 200]
     return [paras[i % len(paras)] for i in range(n_docs)]
 
 
+def write_inputs(docs: list[tuple[str, str]], root: Path, n_files: int) -> dict[str, list[str]]:
+    """`n_files` JSONL files per domain, documents dealt round them."""
+    root.mkdir(parents=True, exist_ok=True)
+    handles = {(d, k): open(root / f"{d}-{k:03d}.jsonl", "w") for d in DOMAINS for k in range(n_files)}
+    try:
+        for i, (domain, text) in enumerate(docs):
+            handles[domain, i % n_files].write(json.dumps({"id": f"d{i}", "text": text}) + "\n")
+    finally:
+        for fh in handles.values():
+            fh.close()
+    return {d: [str(root / f"{d}-{k:03d}.jsonl") for k in range(n_files)] for d in DOMAINS}
+
+
+def rate(n: int, seconds: float) -> float:
+    return n / max(seconds, 1e-9)
+
+
+def cpu_seconds() -> float:
+    """CPU time of this process and of its finished children (the DirectRunner's workers)."""
+    own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
+
+
+def predict_loop(model, texts: list[str]) -> tuple[float, float]:
+    """(docs/s, docs per CPU-second) of a plain per-document predict loop."""
+    start, cpu = time.perf_counter(), time.process_time()
+    for text in texts:
+        model.predict(normalise(text), k=-1)
+    return rate(len(texts), time.perf_counter() - start), rate(len(texts), time.process_time() - cpu)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--docs", type=int, default=120_000)
-    parser.add_argument("--files", type=int, default=8)
+    parser.add_argument("--docs", type=int, default=600_000)
+    parser.add_argument("--files", type=int, default=8, help="JSONL files per domain")
     parser.add_argument("--workers", type=int, default=0, help="DirectRunner workers (0: all cores)")
+    parser.add_argument("--mode", default="multi_processing", choices=["multi_processing", "in_memory"])
     parser.add_argument("--batch-size", type=int, default=4096)
     args = parser.parse_args()
     logging.getLogger("apache_beam").setLevel(logging.ERROR)
+    logging.getLogger().setLevel(logging.ERROR)
 
     with tempfile.TemporaryDirectory(prefix="score-bench-") as tmp_name:
         tmp = Path(tmp_name)
         build_corpus(tmp / "corpus", CorpusOptions(max_bytes_per_domain=3_000_000))
         docs = documents(tmp / "corpus", args.docs)
         texts = [t for _, t in docs]
-        inputs: dict[str, list[str]] = {}
-        for k in range(args.files):
-            for domain in ("prose", "code", "legal"):
-                path = tmp / "in" / f"{domain}-{k:03d}.jsonl"
-                path.parent.mkdir(exist_ok=True)
-                with open(path, "w") as fh:
-                    for i in range(k, len(docs), args.files):
-                        if docs[i][0] == domain:
-                            fh.write(json.dumps({"id": f"d{i}", "text": docs[i][1]}) + "\n")
-                inputs.setdefault(domain, []).append(str(path))
-        prose = [t for d, t in docs[:20_000] if d == "prose"]
-        code = [t for d, t in docs[:20_000] if d == "code"]
-        FastTextQualityClassifier().fit(prose, code).save(tmp / "quality.bin")
+        inputs = write_inputs(docs, tmp / "in", args.files)
+        sample = docs[:20_000]
+        positive = [t for d, t in sample if d == "prose"]
+        negative = [t for d, t in sample if d == "code"]
+        FastTextQualityClassifier().fit(positive, negative).save(tmp / "quality.bin")
         tokenizer = train_byte_level_bpe(texts[:20_000])
         tokenizer.save(str(tmp / "tokenizer.json"))
         mean_chars = sum(map(len, texts)) / len(texts)
+        input_mb = sum(os.path.getsize(f) for fs in inputs.values() for f in fs) / 1e6
         print(
-            f"documents: {len(texts):,} (mean {mean_chars:.0f} chars), {args.files * 3} JSONL files, "
-            f"cores: {os.cpu_count()}, load average: {os.getloadavg()[0]:.1f}"
+            f"documents: {len(texts):,} (mean {mean_chars:.0f} chars, {input_mb:.0f} MB of JSONL in "
+            f"{args.files * len(DOMAINS)} files), cores: {os.cpu_count()}, "
+            f"load average: {os.getloadavg()[0]:.1f}"
         )
 
         model = load_model(tmp / "quality.bin")
+        loop_before, loop_cpu_before = predict_loop(model, texts)
+        subset = texts[:100_000]
         start = time.perf_counter()
-        for text in texts:
-            model.predict(normalise(text), k=-1)
-        loop = len(texts) / (time.perf_counter() - start)
-        start = time.perf_counter()
-        model.predict([normalise(t) for t in texts], k=-1)
-        listed = len(texts) / (time.perf_counter() - start)
-        start = time.perf_counter()
-        for i in range(0, len(texts), args.batch_size):
-            tokenizer.encode_batch_fast(texts[i : i + args.batch_size], add_special_tokens=False)
-        encode = len(texts) / (time.perf_counter() - start)
+        for i in range(0, len(subset), args.batch_size):
+            tokenizer.encode_batch_fast(subset[i : i + args.batch_size], add_special_tokens=False)
+        encode = rate(len(subset), time.perf_counter() - start)
         counter = TokenCounter(tokenizer.to_str()).setup()
         start = time.perf_counter()
-        for i in range(0, len(texts), args.batch_size):
-            counter.count(texts[i : i + args.batch_size])
-        tokens = len(texts) / (time.perf_counter() - start)
-        print(f"raw fastText predict, plain loop:     {loop:10,.0f} docs/s")
-        print(f"raw fastText predict, one list call:  {listed:10,.0f} docs/s")
-        print(f"token counts, tokenizers encode_batch_fast: {encode:10,.0f} docs/s")
-        print(f"token counts, TokenCounter (cached chunks):  {tokens:10,.0f} docs/s")
+        for i in range(0, len(subset), args.batch_size):
+            counter.count(subset[i : i + args.batch_size])
+        tokens = rate(len(subset), time.perf_counter() - start)
+        print(f"raw fastText predict, plain loop, one core:   {loop_before:10,.0f} docs/s (before the job)")
+        print(f"token counts, tokenizers encode_batch_fast:   {encode:10,.0f} docs/s")
+        print(f"token counts, TokenCounter (cached chunks):   {tokens:10,.0f} docs/s")
 
         config = ScoreJobConfig(
             inputs=inputs,
@@ -105,22 +134,34 @@ def main() -> None:
             tokenizer=str(tmp / "tokenizer.json"),
             read=ReadOptions(batch_size=args.batch_size),
         )
-        beam_args = [f"--direct_num_workers={args.workers}"]
-        tiny = dict(config.__dict__, inputs={"prose": [inputs["prose"][0]]}, output=str(tmp / "tiny"))
-        tiny["read"] = ReadOptions(batch_size=64)
-        startup = run_score_job(ScoreJobConfig(**tiny), "direct", beam_args)["seconds"]  # ~1/24 of the docs
+        beam_args = [f"--direct_running_mode={args.mode}", f"--direct_num_workers={args.workers}"]
+        tiny_inputs = {"prose": [str(tmp / "tiny.jsonl")]}
+        with open(tmp / "tiny.jsonl", "w") as fh:
+            for i, text in enumerate(texts[:200]):
+                fh.write(json.dumps({"id": f"t{i}", "text": text}) + "\n")
+        tiny = dict(config.__dict__, inputs=tiny_inputs, output=str(tmp / "tiny"))
+        fixed = run_score_job(ScoreJobConfig(**tiny), "direct", beam_args)["seconds"]
+        cpu = cpu_seconds()
         result = run_score_job(config, "direct", beam_args)
+        job_cpu = rate(result["in"], cpu_seconds() - cpu)
         assert result["in"] == len(texts) == result["scored"], result
-        job = result["in"] / result["seconds"]
-        steady = result["in"] / max(result["seconds"] - startup, 1e-9)
+        loop_after, loop_cpu_after = predict_loop(model, texts)
+        loop, loop_cpu = (loop_before + loop_after) / 2, (loop_cpu_before + loop_cpu_after) / 2
+        job = rate(result["in"], result["seconds"])
+        steady = rate(result["in"], result["seconds"] - fixed)
+        print(f"raw fastText predict, plain loop, one core:   {loop_after:10,.0f} docs/s (after the job)")
         print(
-            f"Beam job, DirectRunner multi-processing: {job:10,.0f} docs/s ({result['seconds']:.1f} s wall)"
+            f"Beam job, DirectRunner {args.mode} ({args.workers or os.cpu_count()} workers): "
+            f"{job:10,.0f} docs/s ({result['seconds']:.1f} s wall)"
         )
-        print(f"  same job on one small file (start-up and fixed costs): {startup:.1f} s")
-        print(f"  job without those fixed costs:         {steady:10,.0f} docs/s")
-        print(f"ratio job / plain loop:             {job / loop:.2f}")
-        print(f"ratio job / list predict:           {job / listed:.2f}")
-        print(f"ratio job without start-up / plain loop: {steady / loop:.2f}")
+        print(f"  fixed cost (same job on 200 documents):    {fixed:10.1f} s")
+        print(f"  job without the fixed cost:                 {steady:10,.0f} docs/s")
+        print(f"ratio job / plain loop (mean of both):        {job / loop:10.2f}")
+        print(f"ratio job without fixed cost / plain loop:    {steady / loop:10.2f}")
+        print(f"docs per CPU-second: plain loop {loop_cpu:,.0f}, job (all processes) {job_cpu:,.0f}")
+        print(f"  ratio x {os.cpu_count()} cores (what free cores would give): "
+              f"{os.cpu_count() * job_cpu / loop_cpu:10.2f}")
+        print(f"load average at the end: {os.getloadavg()[0]:.1f}")
 
 
 if __name__ == "__main__":

@@ -228,6 +228,11 @@ FORMS = {
 }
 
 
+def _exp(x: float) -> float:
+    """exp that saturates to inf instead of raising: a diverged start must not crash a fit."""
+    return float(np.exp(np.clip(x, -745.0, 709.0))) if np.isfinite(x) else float(np.exp(x))
+
+
 def public_params(
     form: str, theta: np.ndarray, domains: Sequence[str], n_scale: float, d_scale: float
 ) -> dict[str, Any]:
@@ -237,26 +242,26 @@ def public_params(
     per_domain = lambda values: {d: float(v) for d, v in zip(domains, values, strict=False)}  # noqa: E731
     if form == "chinchilla":
         a, b, e, alpha, beta = theta
-        return {"E": math.exp(e), "A": math.exp(a), "B": math.exp(b), "alpha": alpha, "beta": beta}
+        return {"E": _exp(e), "A": _exp(a), "B": _exp(b), "alpha": alpha, "beta": beta}
     if form == "additive":
         e, a, la, b, lb = theta[:5]
-        alpha, beta = math.exp(la), math.exp(lb)
+        alpha, beta = _exp(la), _exp(lb)
         return {
-            "E": math.exp(e),
-            "A": math.exp(a + alpha * math.log(n_scale)),
+            "E": _exp(e),
+            "A": _exp(a + alpha * math.log(n_scale)),
             "alpha": alpha,
-            "B": math.exp(b + beta * math.log(d_scale)),
+            "B": _exp(b + beta * math.log(d_scale)),
             "beta": beta,
             "C": per_domain(np.exp(theta[5 : 5 + k])),
             "gamma": per_domain(np.exp(theta[5 + k :])),
         }
     if form == "joint":
         e, la, lb, g_a, g_b = theta[:5]
-        alpha, beta = math.exp(la), math.exp(lb)
+        alpha, beta = _exp(la), _exp(lb)
         shift_a = alpha * math.log(n_scale) / g_a if g_a else 0.0
         shift_b = beta * math.log(d_scale) / g_b if g_b else 0.0
         return {
-            "E": math.exp(e),
+            "E": _exp(e),
             "alpha": alpha,
             "beta": beta,
             "gamma_A": g_a,
@@ -267,7 +272,7 @@ def public_params(
             "CB": per_domain(np.exp(theta[5 + 3 * k : 5 + 4 * k] + shift_b)),
         }
     if form == "mixing":
-        return {"c": math.exp(theta[0]), "k": math.exp(theta[1]), "t": per_domain(theta[2:])}
+        return {"c": _exp(theta[0]), "k": _exp(theta[1]), "t": per_domain(theta[2:])}
     raise ValueError(f"unknown law {form!r}")
 
 

@@ -35,15 +35,15 @@ class DemoConfig:
     keep_top: float = 0.5
     vocab_size: int = 1024
     mixtures: int = 24
-    sizes: tuple[str, ...] = ("20k", "50k", "100k")
+    sizes: tuple[str, ...] = ("20k", "50k")  # same depth as the target, so N extrapolates smoothly
     tokens: int = 150_000
     eval_points: int = 4
     batch_size: int = 8
     context: int = 64
     lr: float = 5e-3
     regressors: tuple[str, ...] = ("linear", "lightgbm", "ensemble")
-    target_size: str = "200k"
-    target_tokens: int = 600_000
+    target_size: str = "100k"
+    target_tokens: int = 300_000
     max_epochs: float = 4.0
     law_starts: int = 64
     law_bootstrap: int = 20
@@ -53,9 +53,8 @@ class DemoConfig:
     @classmethod
     def quick(cls, **overrides: Any) -> DemoConfig:
         """About a minute on 2 cores: fewer, smaller runs; same stages."""
-        fast = cls(corpus_bytes=400_000, mixtures=10, sizes=("20k", "50k"), tokens=60_000,
-                   eval_points=3, target_size="100k", target_tokens=120_000, law_starts=16,
-                   law_bootstrap=5)
+        fast = cls(corpus_bytes=400_000, mixtures=10, tokens=60_000, eval_points=3,
+                   target_tokens=120_000, law_starts=16, law_bootstrap=5)
         return replace(fast, **overrides)
 
 

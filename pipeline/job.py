@@ -1,7 +1,13 @@
-"""The scoring job: read -> validate -> tokenize -> score -> select -> write, as named PTransforms.
+"""The scoring job: read -> validate -> tokenize -> score -> stage -> select -> write, as named PTransforms.
 
 Elements between steps are Arrow record batches of up to a few thousand documents, not single
 documents: Beam's per-element cost (tens of microseconds) would otherwise exceed fastText's.
+Read, tokenize, score and stage are consecutive ParDos, which runners fuse into one step: a batch
+passes through them without being encoded. The stage step writes scored batches to part files
+per output shard and sends on only file names and scores, so the text never goes through the
+runner; the top-fraction cut-offs come from a combine over those scores, and one writer per shard
+sorts its rows by (domain, source, record) and marks `keep`. Output is therefore byte-identical
+for the same inputs on any runner, worker count or batch size (see `pipeline.shards`).
 Every record that cannot be read, tokenized or scored becomes a dead-letter row, so
 `docs_in = docs_scored + docs_dead_letter` per domain.
 """
@@ -16,13 +22,33 @@ from typing import Any
 
 import apache_beam as beam
 import pyarrow as pa
+from apache_beam.transforms.window import GlobalWindows
 
 from pipeline import schema as S
-from pipeline.read import ReadOptions, dead_letter_row, expand_inputs, read_file, sample_texts
+from pipeline.read import (
+    ReadOptions,
+    dead_letter_row,
+    expand_inputs,
+    file_sizes,
+    read_file,
+    sample_texts,
+)
 from pipeline.registry import ScorerConfig, failed_batch_rows, scoring_transform
-from pipeline.select import DomainCutoffs, Selection, mark_keep
+from pipeline.select import DomainCutoffs, Selection, domain_scores, mark_keep
+from pipeline.shards import (
+    DEFAULT_NUM_SHARDS,
+    PARTS_DIR,
+    PartWriters,
+    default_num_shards,
+    read_parts,
+    remove_parts,
+    shard_name,
+    shard_of,
+    sort_dead_letters,
+    sort_documents,
+    write_parquet,
+)
 from pipeline.stats import (
-    SumArrays,
     dead_letter_counts,
     read_stats,
     scored_counts,
@@ -52,7 +78,7 @@ class ScoreJobConfig:
     with_text: bool = True
     vocab_size: int = DEFAULT_VOCAB_SIZE
     tokenizer_sample_chars: int = 2_000_000
-    num_shards: int = 0
+    num_shards: int = 0  # 0: DEFAULT_NUM_SHARDS, or one per BYTES_PER_SHARD of input when that is more
 
     def __post_init__(self) -> None:
         if not self.inputs:
@@ -111,7 +137,7 @@ class _CountTokensFn(beam.DoFn):
         self._counter.setup()
 
     def process(self, batch: pa.RecordBatch) -> Iterator[pa.RecordBatch]:
-        counts = self._counter.count(batch.column(S.TEXT).to_pylist())
+        counts = self._counter.count(batch.column(S.TEXT))
         yield batch.append_column(S.N_TOKENS, pa.array(counts, pa.int64()))
 
 
@@ -130,32 +156,95 @@ class CountTokens(beam.PTransform):
         return {"docs": result["docs"], "dead_letter": dead}
 
 
-class Select(beam.PTransform):
-    """Append `keep`: top fraction per domain (cut-off from a combine over the job) or a threshold."""
+class _StageFn(beam.DoFn):
+    """Scored batches -> part files, one per shard this bundle touches (emitted at the bundle's end),
+    plus (domain, scores) for the cut-off combine. The text is written once here and read once by
+    the shard writer instead of being encoded through the runner."""
 
-    def __init__(self, column: str, selection: Selection, with_text: bool) -> None:
+    def __init__(self, parts_dir: str, columns: list[str], num_shards: int, score_column: str | None):
+        self._parts_dir = parts_dir
+        self._columns = columns
+        self._num_shards = num_shards
+        self._score_column = score_column
+        self._writers: PartWriters | None = None
+
+    def start_bundle(self) -> None:
+        self._writers = PartWriters(self._parts_dir, self._num_shards)
+
+    def process(self, batch: pa.RecordBatch) -> Iterator[Any]:
+        batch = batch.select(self._columns)
+        self._writers.write(batch)
+        if self._score_column is not None:
+            for domain, scores in domain_scores(batch, self._score_column):
+                yield beam.pvalue.TaggedOutput("scores", (domain, scores))
+
+    def finish_bundle(self) -> Iterator[Any]:
+        for shard, path in self._writers.close():
+            yield GlobalWindows.windowed_value((shard, path))
+
+
+class StageScored(beam.PTransform):
+    """Scored batches -> {"parts": (shard, part file), "scores": (domain, scores array)}."""
+
+    def __init__(self, parts_dir: str, columns: list[str], num_shards: int, score_column: str | None):
         super().__init__()
-        self._column = column
-        self._selection = selection
-        self._with_text = with_text
+        self._fn = _StageFn(parts_dir, columns, num_shards, score_column)
 
     def expand(self, scored):
-        cutoffs = None
-        if self._selection.keep_top is not None:
-            cutoffs = scored | "DomainCutoffs" >> DomainCutoffs(self._column, self._selection.keep_top)
-        side = beam.pvalue.AsDict(cutoffs) if cutoffs is not None else None
-        tables = scored | "MarkKeep" >> beam.Map(
-            mark_keep, self._column, side, self._selection.threshold, self._with_text
+        result = scored | "WriteParts" >> beam.ParDo(self._fn).with_outputs("scores", main="parts")
+        return {"parts": result["parts"], "scores": result["scores"]}
+
+
+class Select(beam.PTransform):
+    """(domain, scores) -> (domain, cut-off): the top fraction per domain, from a combine over the job.
+    None when the selection needs no cut-off (a threshold, or keep everything)."""
+
+    def __init__(self, selection: Selection) -> None:
+        super().__init__()
+        self._selection = selection
+
+    def expand(self, domain_scores):
+        return domain_scores | "DomainCutoffs" >> DomainCutoffs(self._selection.keep_top)
+
+
+class _WriteShardFn(beam.DoFn):
+    """One shard: its part files sorted into scored-S-of-N.parquet (with `keep`), its dead letters
+    sorted into dead_letter-S-of-N.parquet; emits the shard's per-domain counts."""
+
+    def __init__(self, out_dir: str, num_shards: int, scorer: str, selection: Selection, with_text: bool):
+        self._out = out_dir
+        self._n = num_shards
+        self._schema = S.scored_schema([scorer], with_text=with_text)
+        self._column = S.score_column(scorer)
+        self._selection = selection
+
+    def process(self, element, cutoffs=None) -> Iterator[tuple[int, list[tuple[str, Any]]]]:
+        shard, values = element
+        parts = sorted(v for kind, v in values if kind == "part")
+        dead = sort_dead_letters([v for kind, v in values if kind == "dead"])
+        counts: list[tuple[str, Any]] = [dead_letter_counts(row) for row in dead]
+        table = read_parts(parts)
+        if table is None:
+            table = self._schema.empty_table()
+        else:
+            table = mark_keep(sort_documents(table), self._column, cutoffs, self._selection.threshold)
+            counts += scored_counts(table)
+        write_parquet(table, _join(self._out, shard_name(S.SCORED_PREFIX, shard, self._n)), self._schema)
+        write_parquet(
+            pa.Table.from_pylist(dead, schema=S.DEAD_LETTER_SCHEMA),
+            _join(self._out, shard_name(S.DEAD_LETTER_PREFIX, shard, self._n)),
+            S.DEAD_LETTER_SCHEMA,
         )
-        return {"tables": tables, "cutoffs": cutoffs}
+        yield shard, counts
 
 
-def _to_schema(table: pa.Table, schema: pa.Schema) -> pa.Table:
-    return table.select(schema.names).cast(schema)
+def _keyed_dead_letter(row: dict[str, Any], num_shards: int) -> tuple[int, tuple[str, Any]]:
+    return shard_of(row[S.DOMAIN], row[S.SOURCE], row[S.RECORD], num_shards), ("dead", row)
 
 
 class WriteOutputs(beam.PTransform):
-    """scored-*.parquet, dead_letter-*.parquet, domain_stats.parquet/.json into `out_dir`."""
+    """scored-S-of-N.parquet, dead_letter-S-of-N.parquet (all N of each, even when empty) and
+    domain_stats.parquet/.json into `out_dir`; takes {"parts": (shard, file), "dead_letter": rows}."""
 
     def __init__(
         self,
@@ -164,7 +253,7 @@ class WriteOutputs(beam.PTransform):
         domains: Sequence[str],
         selection: Selection,
         with_text: bool,
-        num_shards: int = 0,
+        num_shards: int = DEFAULT_NUM_SHARDS,
         cutoffs: beam.PCollection | None = None,
     ) -> None:
         super().__init__()
@@ -177,44 +266,34 @@ class WriteOutputs(beam.PTransform):
         self._num_shards = num_shards
 
     def expand(self, outputs):
-        from apache_beam.io.parquetio import WriteToParquet, WriteToParquetBatched
-
-        tables, dead, cutoffs = outputs["tables"], outputs["dead_letter"], self._cutoffs
-        schema = S.scored_schema([self._scorer], with_text=self._with_text)
-        _ = (
-            tables
-            | "ToScoredSchema" >> beam.Map(_to_schema, schema)
-            | "WriteScored"
-            >> WriteToParquetBatched(
-                _join(self._out, S.SCORED_PREFIX),
-                schema=schema,
-                file_name_suffix=".parquet",
-                num_shards=self._num_shards,
-                codec="zstd",
+        n = self._num_shards
+        side = beam.pvalue.AsDict(self._cutoffs) if self._cutoffs is not None else None
+        parts = outputs["parts"] | "KeyParts" >> beam.MapTuple(lambda shard, path: (shard, ("part", path)))
+        dead = outputs["dead_letter"] | "KeyDeadLetters" >> beam.Map(_keyed_dead_letter, n)
+        written = (
+            (parts, dead)
+            | "Gather" >> beam.Flatten()
+            | "ByShard" >> beam.GroupByKey()
+            | "WriteShards"
+            >> beam.ParDo(
+                _WriteShardFn(self._out, n, self._scorer, self._selection, self._with_text), side
             )
         )
-        _ = dead | "WriteDeadLetters" >> WriteToParquet(
-            _join(self._out, S.DEAD_LETTER_PREFIX),
-            schema=S.DEAD_LETTER_SCHEMA,
-            file_name_suffix=".parquet",
-            num_shards=self._num_shards,
-            codec="zstd",
-        )
-        counts = (
-            (
-                tables | "CountScored" >> beam.FlatMap(scored_counts),
-                dead | "CountDeadLetters" >> beam.Map(dead_letter_counts),
+        return (
+            outputs["parts"].pipeline
+            | "Once" >> beam.Create([None])
+            | "Commit"
+            >> beam.Map(
+                _commit,
+                beam.pvalue.AsList(written),
+                side,
+                self._out,
+                n,
+                self._domains,
+                self._selection,
+                self._scorer,
+                self._with_text,
             )
-            | "AllCounts" >> beam.Flatten()
-            | "SumPerDomain" >> beam.CombinePerKey(SumArrays())
-            | "Collect" >> beam.combiners.ToList()
-        )
-        side = beam.pvalue.AsDict(cutoffs) if cutoffs is not None else None
-        scorer = self._scorer if self._selection.active else None
-        threshold = self._selection.threshold
-        domains, out = self._domains, self._out
-        return counts | "WriteDomainStats" >> beam.Map(
-            _write_domain_stats, domains, side, threshold, scorer, out
         )
 
 
@@ -223,11 +302,24 @@ def _join(directory: str, name: str) -> str:
     return directory.rstrip("/") + "/" + name
 
 
-def _write_domain_stats(counts, domains, cutoffs, threshold, scorer, out_dir) -> int:
-    if threshold is not None:
-        cutoffs = dict.fromkeys(domains, threshold)
-    write_stats(stats_table(counts, domains, cutoffs, scorer), out_dir)
-    return len(counts)
+def _commit(
+    _, written, cutoffs, out_dir, num_shards, domains, selection: Selection, scorer: str, with_text: bool
+) -> int:
+    """After every shard: empty files for shards that got no rows, domain stats, no part files left."""
+    done = {shard for shard, _ in written}
+    empty = {
+        S.SCORED_PREFIX: S.scored_schema([scorer], with_text=with_text),
+        S.DEAD_LETTER_PREFIX: S.DEAD_LETTER_SCHEMA,
+    }
+    for shard in sorted(set(range(num_shards)) - done):
+        for prefix, schema in empty.items():
+            write_parquet(schema.empty_table(), _join(out_dir, shard_name(prefix, shard, num_shards)), schema)
+    if selection.threshold is not None:
+        cutoffs = dict.fromkeys(domains, selection.threshold)
+    counts = [c for _, shard_counts in written for c in shard_counts]
+    write_stats(stats_table(counts, domains, cutoffs, scorer if selection.active else None), out_dir)
+    remove_parts(_join(out_dir, PARTS_DIR))
+    return len(done)
 
 
 def build_pipeline(
@@ -238,24 +330,33 @@ def build_pipeline(
     out_dir: str,
 ) -> None:
     """Add the whole job to `pipeline` (nothing runs until `pipeline.run()`)."""
-    read = pipeline | "Files" >> beam.Create(files) | "Read" >> ReadDocuments(config.read)
+    sizes = file_sizes([path for _, path in files])
+    num_shards = config.num_shards if config.num_shards > 0 else default_num_shards(sum(sizes.values()))
+    ordered = sorted(files, key=lambda f: (-sizes.get(f[1], 0), f))  # largest first: even split
+    read = pipeline | "Files" >> beam.Create(ordered, reshuffle=False) | "Read" >> ReadDocuments(config.read)
     tokens = read["docs"] | "Tokenize" >> CountTokens(tokenizer_json)
     scored = tokens["docs"] | f"Score[{config.scorer.name}]" >> scoring_transform(config.scorer)
-    selected = scored["scored"] | "Select" >> Select(config.scorer.column, config.selection, config.with_text)
+    columns = [*S.scored_schema([config.scorer.name], with_text=config.with_text).names, S.RECORD]
+    columns.remove(S.KEEP)
+    keep_top = config.selection.keep_top is not None
+    staged = scored["scored"] | "Stage" >> StageScored(
+        _join(out_dir, PARTS_DIR), columns, num_shards, config.scorer.column if keep_top else None
+    )
+    cutoffs = (staged["scores"] | "Select" >> Select(config.selection)) if keep_top else None
     dead = (
         read["dead_letter"],
         tokens["dead_letter"],
         scored["dead_letter"],
     ) | "DeadLetters" >> beam.Flatten()
     domains = sorted(config.inputs)
-    _ = {"tables": selected["tables"], "dead_letter": dead} | "Write" >> WriteOutputs(
+    _ = {"parts": staged["parts"], "dead_letter": dead} | "Write" >> WriteOutputs(
         out_dir,
         config.scorer.name,
         domains,
         config.selection,
         config.with_text,
-        config.num_shards,
-        cutoffs=selected["cutoffs"],
+        num_shards,
+        cutoffs=cutoffs,
     )
 
 
@@ -308,7 +409,8 @@ def run_score_job(
     from pipeline.options import pipeline_options
 
     files = expand_inputs(config.inputs)
-    options = pipeline_options(runner, beam_args)
+    input_bytes = sum(file_sizes([path for _, path in files]).values())
+    options = pipeline_options(runner, beam_args, input_bytes=input_bytes)
     started = time.perf_counter()
     if "://" in config.output:
         table = _run(config, files, options, config.output, config.output)

@@ -9,6 +9,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 RUNNERS = ("direct", "dataflow", "spark", "flink", "portable")
+# Below this much input the DirectRunner runs in-process: starting one worker process per core
+# (each imports Beam, pyarrow, the tokenizer and the model) costs more than the second core saves.
+IN_PROCESS_MAX_BYTES = 64 << 20
 
 
 def direct_args(num_workers: int = 0, mode: str = "multi_processing") -> list[str]:
@@ -19,6 +22,13 @@ def direct_args(num_workers: int = 0, mode: str = "multi_processing") -> list[st
         f"--direct_num_workers={num_workers}",
         "--default_sdk_harness_log_level=ERROR",
     ]
+
+
+def auto_direct_args(input_bytes: int) -> list[str]:
+    """DirectRunner flags for an input of `input_bytes`: in-process when small, else all cores."""
+    if input_bytes < IN_PROCESS_MAX_BYTES:
+        return direct_args(num_workers=1, mode="in_memory")
+    return direct_args()
 
 
 def dataflow_args(
@@ -108,13 +118,24 @@ def runner_args(runner: str) -> list[str]:
     raise ValueError(f"unknown runner {runner!r}; use one of {RUNNERS} (and pass its flags after --)")
 
 
-def pipeline_options(runner: str = "direct", extra_args: Sequence[str] = ()):
+def pipeline_options(runner: str = "direct", extra_args: Sequence[str] = (), input_bytes: int | None = None):
     """`PipelineOptions` for `runner` plus the user's flags (a later flag overrides an earlier one).
 
-    A `--runner=...` among `extra_args` replaces the named runner's defaults entirely.
+    A `--runner=...` among `extra_args` replaces the named runner's defaults entirely. With
+    `input_bytes`, the DirectRunner picks in-process or multi-processing by input size unless
+    the flags name `--direct_running_mode`.
     """
     from apache_beam.options.pipeline_options import PipelineOptions
 
     extra = list(extra_args)
-    defaults = [] if any(a.startswith("--runner") for a in extra) else runner_args(runner)
+    if any(a.startswith("--runner") for a in extra):
+        defaults = []
+    elif (
+        input_bytes is not None
+        and runner.lower().removesuffix("runner") == "direct"
+        and not any(a.startswith("--direct_running_mode") for a in extra)
+    ):
+        defaults = auto_direct_args(input_bytes)
+    else:
+        defaults = runner_args(runner)
     return PipelineOptions([*defaults, *extra])

@@ -70,6 +70,16 @@ def expand_inputs(domain_globs: dict[str, list[str]]) -> list[tuple[str, str]]:
     return pairs
 
 
+def file_sizes(paths: Iterable[str]) -> dict[str, int]:
+    """Size in bytes of each file (any Beam filesystem)."""
+    from apache_beam.io.filesystems import FileSystems
+
+    paths = list(paths)
+    if not paths:
+        return {}
+    return {m.path: m.size_in_bytes for result in FileSystems.match(paths) for m in result.metadata_list}
+
+
 # --- documents batch -------------------------------------------------------------------------
 
 DOCS_SCHEMA = pa.schema(
@@ -77,21 +87,32 @@ DOCS_SCHEMA = pa.schema(
         pa.field(S.ID, pa.string(), nullable=False),
         pa.field(S.DOMAIN, pa.string(), nullable=False),
         pa.field(S.SOURCE, pa.string()),
+        pa.field(S.RECORD, pa.int64(), nullable=False),
         pa.field(S.N_CHARS, pa.int64(), nullable=False),
         pa.field(S.TEXT, pa.string(), nullable=False),
     ]
 )
 
 
-def docs_batch(domain: str, source: str, ids: list[str], texts: list[str] | pa.Array) -> pa.RecordBatch:
-    """A batch of valid documents with the columns every later step reads."""
+def docs_batch(
+    domain: str,
+    source: str,
+    ids: list[str] | pa.Array,
+    texts: list[str] | pa.Array,
+    records: list[int] | None = None,
+) -> pa.RecordBatch:
+    """A batch of valid documents with the columns every later step reads.
+
+    `records` are the 1-based line (JSONL) or row (Parquet) numbers in `source`; with
+    (domain, source) they order the output deterministically. Default: 1..n."""
     text_arr = texts if isinstance(texts, pa.Array) else pa.array(texts, pa.string())
-    n = len(ids)
+    n = len(text_arr)
     return pa.RecordBatch.from_arrays(
         [
-            pa.array(ids, pa.string()),
+            ids if isinstance(ids, pa.Array) else pa.array(ids, pa.string()),
             pa.array([domain] * n, pa.string()),
             pa.array([source] * n, pa.string()),
+            pa.array(range(1, n + 1) if records is None else records, pa.int64()),
             pc.utf8_length(text_arr).cast(pa.int64()),
             text_arr,
         ],
@@ -166,12 +187,12 @@ def parse_json_line(line: bytes, opts: ReadOptions) -> tuple[str, str]:
 # --- JSONL -------------------------------------------------------------------------------------
 
 
-def _line_chunks(stream: Any, batch_size: int) -> Iterator[tuple[int, list[bytes]]]:
-    """(first line number, non-blank lines) chunks of a byte stream; blank lines are not records."""
+def _line_chunks(stream: Any, batch_size: int) -> Iterator[tuple[list[int], list[bytes]]]:
+    """(line numbers, non-blank lines) chunks of a byte stream; blank lines are not records."""
     carry = b""
     line_no = 0
     chunk: list[bytes] = []
-    first = 1
+    numbers: list[int] = []
     while True:
         block = stream.read(_READ_BLOCK)
         if not block:
@@ -182,19 +203,16 @@ def _line_chunks(stream: Any, batch_size: int) -> Iterator[tuple[int, list[bytes
             line_no += 1
             if not line.strip():
                 continue
-            if not chunk:
-                first = line_no
             chunk.append(line)
+            numbers.append(line_no)
             if len(chunk) >= batch_size:
-                yield first, chunk
-                chunk = []
+                yield numbers, chunk
+                chunk, numbers = [], []
     if carry.strip():
-        line_no += 1
-        if not chunk:
-            first = line_no
         chunk.append(carry)
+        numbers.append(line_no + 1)
     if chunk:
-        yield first, chunk
+        yield numbers, chunk
 
 
 def _fast_parse(lines: list[bytes], opts: ReadOptions) -> tuple[pa.Array, pa.Array] | None:
@@ -223,31 +241,35 @@ def _fast_parse(lines: list[bytes], opts: ReadOptions) -> tuple[pa.Array, pa.Arr
 
 
 def _chunk_documents(
-    domain: str, source: str, first: int, lines: list[bytes], opts: ReadOptions
+    domain: str, source: str, numbers: list[int], lines: list[bytes], opts: ReadOptions
 ) -> tuple[pa.RecordBatch | None, list[dict[str, Any]]]:
     fast = _fast_parse(lines, opts)
     ids: list[str] = []
     texts: list[str] = []
+    records: list[int] = []
     dead: list[dict[str, Any]] = []
     if fast is not None:
         text_arr, id_arr = fast
-        raw_ids = id_arr.to_pylist() if id_arr is not None else [None] * len(lines)
         lengths = pc.utf8_length(text_arr).to_numpy()
         blank = pc.equal(pc.utf8_trim_whitespace(text_arr), "").to_numpy(zero_copy_only=False)
         if not blank.any() and lengths.max(initial=0) <= opts.max_chars:
+            if id_arr is not None and not id_arr.null_count:
+                return docs_batch(domain, source, id_arr, text_arr, numbers), []
+            raw_ids = id_arr.to_pylist() if id_arr is not None else [None] * len(lines)
             if None in raw_ids:
                 texts_py = text_arr.to_pylist()
                 raw_ids = [stable_id(t) if i is None else i for i, t in zip(raw_ids, texts_py, strict=True)]
-            return docs_batch(domain, source, raw_ids, text_arr), []
-    for offset, line in enumerate(lines):
+            return docs_batch(domain, source, raw_ids, text_arr, numbers), []
+    for number, line in zip(numbers, lines, strict=True):
         try:
             doc_id, text = parse_json_line(line, opts)
         except BadRecord as exc:
-            dead.append(dead_letter_row(domain, source, first + offset, "read", line, str(exc)))
+            dead.append(dead_letter_row(domain, source, number, "read", line, str(exc)))
             continue
         ids.append(doc_id)
         texts.append(text)
-    batch = docs_batch(domain, source, ids, texts) if ids else None
+        records.append(number)
+    batch = docs_batch(domain, source, ids, texts, records) if ids else None
     return batch, dead
 
 
@@ -257,8 +279,8 @@ def read_jsonl(domain: str, path: str, opts: ReadOptions) -> Iterator[tuple[pa.R
     from apache_beam.io.filesystems import FileSystems
 
     with FileSystems.open(path, compression_type=CompressionTypes.AUTO) as stream:
-        for first, lines in _line_chunks(stream, opts.batch_size):
-            yield _chunk_documents(domain, path, first, lines, opts)
+        for numbers, lines in _line_chunks(stream, opts.batch_size):
+            yield _chunk_documents(domain, path, numbers, lines, opts)
 
 
 # --- Parquet -----------------------------------------------------------------------------------
@@ -282,6 +304,7 @@ def read_parquet(domain: str, path: str, opts: ReadOptions) -> Iterator[tuple[pa
             raw_ids = batch.column(opts.id_field).to_pylist() if opts.id_field in names else None
             ids: list[str] = []
             texts: list[str] = []
+            records: list[int] = []
             dead: list[dict[str, Any]] = []
             for i in range(batch.num_rows):
                 try:
@@ -297,8 +320,9 @@ def read_parquet(domain: str, path: str, opts: ReadOptions) -> Iterator[tuple[pa
                 doc_id = None if raw_ids is None else raw_ids[i]
                 ids.append(stable_id(text) if doc_id is None else str(doc_id))
                 texts.append(text)
+                records.append(row + i + 1)
             row += batch.num_rows
-            yield (docs_batch(domain, path, ids, texts) if ids else None), dead
+            yield (docs_batch(domain, path, ids, texts, records) if ids else None), dead
 
 
 def _decode(value: bytes) -> str:

@@ -51,9 +51,11 @@ class ScorerConfig:
 def batch_failure_rows(batch: pa.RecordBatch, stage: str, error: str) -> list[dict[str, Any]]:
     """Dead-letter rows for every document of a batch whose step raised."""
     cols = {name: batch.column(name).to_pylist() for name in (S.ID, S.DOMAIN, S.SOURCE, S.TEXT)}
+    names = batch.schema.names
+    records = batch.column(S.RECORD).to_pylist() if S.RECORD in names else [None] * batch.num_rows
     return [
         dead_letter_row(
-            cols[S.DOMAIN][i], cols[S.SOURCE][i], None, stage, cols[S.TEXT][i], error, cols[S.ID][i]
+            cols[S.DOMAIN][i], cols[S.SOURCE][i], records[i], stage, cols[S.TEXT][i], error, cols[S.ID][i]
         )
         for i in range(batch.num_rows)
     ]

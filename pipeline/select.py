@@ -63,48 +63,55 @@ class TopFractionCutoff(beam.CombineFn):
         return top_fraction_cutoff(scores, self.fraction)
 
 
-def domain_scores(batch: pa.RecordBatch, column: str):
+def domain_scores(batch: pa.RecordBatch | pa.Table, column: str):
     """(domain, scores) per domain present in the batch."""
     domains = batch.column(S.DOMAIN)
     for domain in pc.unique(domains).to_pylist():
         mask = pc.equal(domains, domain)
-        yield domain, pc.filter(batch.column(column), mask).to_numpy()
+        yield domain, np.asarray(pc.filter(batch.column(column), mask))
 
 
 class DomainCutoffs(beam.PTransform):
-    """PCollection of (domain, cut-off) for `keep_top`, computed by the job over all documents."""
+    """(domain, scores array) pairs -> (domain, cut-off) for `keep_top`, computed over all documents."""
 
-    def __init__(self, column: str, fraction: float) -> None:
+    def __init__(self, fraction: float) -> None:
         super().__init__()
-        self._column = column
         self._fraction = fraction
 
-    def expand(self, batches):
-        return (
-            batches
-            | "DomainScores" >> beam.FlatMap(domain_scores, self._column)
-            | "Cutoff" >> beam.CombinePerKey(TopFractionCutoff(self._fraction))
-        )
+    def expand(self, domain_scores):
+        return domain_scores | "Cutoff" >> beam.CombinePerKey(TopFractionCutoff(self._fraction))
+
+
+def keep_mask(
+    table: pa.RecordBatch | pa.Table,
+    column: str,
+    cutoffs: dict[str, float] | None,
+    threshold: float | None,
+) -> np.ndarray:
+    """score >= the domain's cut-off (or >= threshold); everything when there is no selection."""
+    if cutoffs is None and threshold is None:
+        return np.ones(table.num_rows, dtype=bool)
+    scores = np.asarray(table.column(column), dtype=np.float64)
+    if threshold is not None:
+        return scores >= threshold
+    domains = table.column(S.DOMAIN)
+    if isinstance(domains, pa.ChunkedArray):
+        domains = domains.combine_chunks()
+    encoded = domains.dictionary_encode()
+    cut = np.array([cutoffs.get(d, math.inf) for d in encoded.dictionary.to_pylist()], dtype=np.float64)
+    return scores >= cut[encoded.indices.to_numpy()]
 
 
 def mark_keep(
-    batch: pa.RecordBatch,
+    batch: pa.RecordBatch | pa.Table,
     column: str,
     cutoffs: dict[str, float] | None,
     threshold: float | None,
     with_text: bool = True,
 ) -> pa.Table:
     """Append the `keep` column (score >= the domain's cut-off; everything when no selection)."""
-    if cutoffs is None and threshold is None:
-        keep = pa.array(np.ones(batch.num_rows, dtype=bool))
-    else:
-        if threshold is not None:
-            cut = np.full(batch.num_rows, threshold, dtype=np.float64)
-        else:
-            domains = batch.column(S.DOMAIN).to_pylist()
-            cut = np.array([cutoffs.get(d, math.inf) for d in domains], dtype=np.float64)
-        keep = pa.array(batch.column(column).to_numpy() >= cut)
-    out = batch.append_column(S.KEEP, keep)
-    if not with_text:
+    table = batch if isinstance(batch, pa.Table) else pa.Table.from_batches([batch])
+    out = table.append_column(S.KEEP, pa.array(keep_mask(table, column, cutoffs, threshold)))
+    if not with_text and S.TEXT in out.column_names:
         out = out.drop_columns([S.TEXT])
-    return pa.Table.from_batches([out])
+    return out

@@ -59,17 +59,35 @@ def load_model(path: str | os.PathLike[str]):
     return model
 
 
-def label_probabilities(model: Any, texts: Sequence[str], label: str) -> np.ndarray:
-    """Probability of `label` for each text, clamped to [0, 1] (fastText can return 1.000003)."""
-    if not texts:
+def prediction_lines(texts: Sequence[str] | Any) -> list[str]:
+    """Texts as fastText reads them: newlines to spaces, one line each (with its terminating newline).
+
+    An Arrow string array is normalised by Arrow's kernels before it becomes Python strings."""
+    if hasattr(texts, "to_pylist"):
+        import pyarrow.compute as pc
+
+        return pc.binary_join_element_wise(pc.replace_substring(texts, "\n", " "), "\n", "").to_pylist()
+    return [normalise(t) + "\n" for t in texts]
+
+
+def label_probabilities(model: Any, texts: Sequence[str] | Any, label: str) -> np.ndarray:
+    """Probability of `label` for each text, clamped to [0, 1] (fastText can return 1.000003).
+
+    `texts` is a list of str or an Arrow string array."""
+    if not len(texts):
         return np.zeros(0, dtype=np.float64)
-    labels, probs = model.predict([normalise(t) for t in texts], k=-1)
-    out = np.zeros(len(texts), dtype=np.float64)
+    lines = prediction_lines(texts)
+    # The binding's list call takes the normalised lines as they are; `model.predict` (also any
+    # stand-in model's) would check and copy each one.
+    binding = getattr(getattr(model, "f", None), "multilinePredict", None)
+    if binding is not None:
+        labels, probs = binding(lines, -1, 0.0, "strict")
+    else:
+        labels, probs = model.predict([line[:-1] for line in lines], k=-1)
+    out = np.zeros(len(labels), dtype=np.float64)
     for i, (doc_labels, doc_probs) in enumerate(zip(labels, probs, strict=True)):
-        for name, p in zip(doc_labels, doc_probs, strict=True):
-            if name == label:
-                out[i] = p
-                break
+        if label in doc_labels:
+            out[i] = doc_probs[doc_labels.index(label)]
     return np.clip(out, 0.0, 1.0)
 
 
@@ -78,6 +96,8 @@ class FastTextScorer:
 
     `setup()` loads the model once (per worker); `score_batch(texts)` returns float64 scores.
     """
+
+    accepts_arrow = True  # score_batch takes the Arrow text column as it is
 
     def __init__(self, model_path: str, label: str = HQ_LABEL) -> None:
         self.model_path = model_path
@@ -95,7 +115,8 @@ class FastTextScorer:
             self.model_ = model
         return self
 
-    def score_batch(self, texts: Sequence[str]) -> np.ndarray:
+    def score_batch(self, texts: Sequence[str] | Any) -> np.ndarray:
+        """Scores of a list of str or of an Arrow string array (the pipeline passes the column)."""
         if self.model_ is None:
             self.setup()
         return label_probabilities(self.model_, texts, self.label)

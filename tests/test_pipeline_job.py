@@ -112,7 +112,7 @@ def first_run(setup):
             args += ["--input", g, "--domain", domain]
     buf = io.StringIO()
     with contextlib.redirect_stdout(buf):
-        assert main(args) == 0  # default runner: DirectRunner, multi-processing on all cores
+        assert main(args) == 0  # default runner: DirectRunner, in-process for an input this small
     return {"out": out, "result": json.loads(buf.getvalue().strip().splitlines()[-1])}
 
 
@@ -215,18 +215,99 @@ def test_rerun_replaces_output(setup, first_run, capsys):
     assert not list(out.parent.glob(".scored.*"))  # no temporary directories left beside it
 
 
-def test_portable_runner_matches_direct(setup, first_run):
-    config = ScoreJobConfig(
+def _job(setup, tokenizer: Path, out: str, batch_size: int = 4096) -> ScoreJobConfig:
+    return ScoreJobConfig(
         inputs=setup["inputs"],
-        output=str(setup["root"] / "portable"),
+        output=str(setup["root"] / out),
         scorer=ScorerConfig("fasttext", setup["model"]),
         selection=Selection(keep_top=0.5),
-        tokenizer=str(first_run["out"] / "tokenizer.json"),
-        read=ReadOptions(max_chars=100_000),
+        tokenizer=str(tokenizer),
+        read=ReadOptions(max_chars=100_000, batch_size=batch_size),
     )
+
+
+def output_bytes(out: Path) -> dict[str, bytes]:
+    """Every file the job wrote except the tokenizer, by name."""
+    return {f.name: f.read_bytes() for f in sorted(out.iterdir()) if f.name != "tokenizer.json"}
+
+
+@pytest.fixture(scope="module")
+def reference_run(setup, tmp_path_factory):
+    """The job in-process (one worker) with its own copy of the first run's tokenizer."""
+    tokenizer = tmp_path_factory.mktemp("tok") / "tokenizer.json"
+    first = sorted(setup["root"].glob("scored/tokenizer.json")) or []
+    assert first, "first_run must have written its tokenizer"
+    tokenizer.write_bytes(first[0].read_bytes())
+    config = _job(setup, tokenizer, "reference")
+    result = run_score_job(config, "direct", ["--direct_running_mode=in_memory", "--direct_num_workers=1"])
+    return {"out": Path(config.output), "result": result, "tokenizer": tokenizer}
+
+
+def test_same_inputs_give_byte_identical_outputs(setup, first_run, reference_run):
+    """Another runner mode, two worker processes and a different batch size: the same bytes."""
+    config = _job(setup, reference_run["tokenizer"], "again", batch_size=37)
+    result = run_score_job(
+        config, "direct", ["--direct_running_mode=multi_processing", "--direct_num_workers=2"]
+    )
+    expected = output_bytes(reference_run["out"])
+    names = [S.DOMAIN_STATS_FILE, S.DOMAIN_STATS_JSON] + [
+        f"{prefix}-{i:05d}-of-00004.parquet" for prefix in ("dead_letter", "scored") for i in range(4)
+    ]
+    assert sorted(expected) == sorted(names)  # fixed shard count, no temporary parts left
+    again = output_bytes(Path(config.output))
+    assert sorted(again) == sorted(expected)
+    for name, data in expected.items():
+        assert again[name] == data, name
+    assert result["kept"] == reference_run["result"]["kept"] == first_run["result"]["kept"]
+    scored = read_dir(reference_run["out"], S.SCORED_PREFIX)
+    for i in range(4):  # each shard sorted by (domain, source) and by line within a file
+        part = pq.read_table(reference_run["out"] / f"scored-{i:05d}-of-00004.parquet").to_pandas()
+        keys = list(zip(part[S.DOMAIN], part[S.SOURCE], strict=True))
+        assert keys == sorted(keys)
+    assert scored.num_rows == result["scored"]
+
+
+def test_portable_runner_matches_direct(setup, first_run, reference_run):
+    config = _job(setup, reference_run["tokenizer"], "portable")
     result = run_score_job(config, runner="portable")  # PortableRunner, job_endpoint=embed, LOOPBACK
     for key in ("in", "scored", "dead_letter", "kept", "tokens_in", "tokens_kept"):
         assert result[key] == first_run["result"][key], key
+    assert output_bytes(Path(config.output)) == output_bytes(reference_run["out"])
+
+
+class _FailsOnMarker:
+    """A scorer whose batch fails when any text contains 'raise-me' (a model blowing up)."""
+
+    def setup(self):
+        return self
+
+    def score_batch(self, texts):
+        if any("raise-me" in t for t in texts):
+            raise RuntimeError("model blew up")
+        return np.full(len(texts), 0.5)
+
+
+def test_failing_batches_are_dead_lettered(tmp_path):
+    lines = [json.dumps({"id": f"a{i}", "text": f"fine document number {i}"}) for i in range(6)]
+    lines[4] = json.dumps({"id": "a4", "text": "this one says raise-me"})
+    (tmp_path / "in.jsonl").write_text("\n".join(lines) + "\n")
+    SCORERS["fails"] = lambda config: ScoreBatches(_FailsOnMarker, config.name)
+    try:
+        config = ScoreJobConfig(
+            inputs={"web": [str(tmp_path / "in.jsonl")]},
+            output=str(tmp_path / "out"),
+            scorer=ScorerConfig("fails"),
+            read=ReadOptions(batch_size=3),  # documents 1-3 and 4-6: the second batch fails
+        )
+        result = run_score_job(config)
+    finally:
+        del SCORERS["fails"]
+    assert (result["in"], result["scored"], result["dead_letter"]) == (6, 3, 3)
+    dead = read_dir(tmp_path / "out", S.DEAD_LETTER_PREFIX).to_pylist()
+    assert [r[S.RECORD] for r in dead] == [4, 5, 6] and [r[S.ID] for r in dead] == ["a3", "a4", "a5"]
+    assert all(r[S.STAGE] == "score_fails" and "model blew up" in r[S.ERROR] for r in dead)
+    scored = read_dir(tmp_path / "out", S.SCORED_PREFIX)
+    assert sorted(scored.column(S.ID).to_pylist()) == ["a0", "a1", "a2"]
 
 
 def _graph_names(args: list[str], setup, out: str) -> set[str]:
@@ -276,11 +357,13 @@ def test_remote_runner_graphs_build_without_running(setup, args):
         "Read",
         "Tokenize",
         "Score[fasttext]",
+        "Stage",
         "Select",
         "DeadLetters",
         "Write",
-        "Write/WriteScored",
-        "Write/WriteDeadLetters",
+        "Write/ByShard",
+        "Write/WriteShards",
+        "Write/Commit",
         "Select/DomainCutoffs",
     ):
         assert step in names, step
