@@ -143,18 +143,24 @@ def mixtures_section(mixtures: dict[str, dict[str, float]]) -> Section:
                    table.reset_index(names="domain"))
 
 
-def law_section(runs: pd.DataFrame, curves: pd.DataFrame) -> Section:
-    """Observed losses by model size and token count, with the fitted law's curves."""
+def law_section(runs: pd.DataFrame, curves: pd.DataFrame, target: pd.DataFrame | None = None) -> Section:
+    """Observed proxy losses by token count (coloured by size), the law's curves per size and
+    mixture, and the measured target losses."""
 
     def draw(ax) -> None:
-        for _, group in curves.groupby(["N", "mixture"]):
-            ax.plot(group["D"], group["predicted"], lw=1, alpha=0.7)
-        ax.scatter(runs["D"], runs["loss"], c=np.log10(runs["N"]), s=10, cmap="viridis")
+        for (n, mixture), group in curves.groupby(["N", "mixture"]):
+            ax.plot(group["D"], group["predicted"], lw=1, alpha=0.8, label=f"law: {mixture}, N={n:.3g}")
+        points = ax.scatter(runs["D"], runs["loss"], c=np.log10(runs["N"]), s=8, cmap="viridis")
+        if target is not None and "measured" in target:
+            done = target.dropna(subset=["measured"])
+            ax.scatter(done["D"], done["measured"], marker="*", s=120, color="C3", label="target, measured")
+        ax.figure.colorbar(points, ax=ax, label="log10 N (proxies)")
         ax.set_xscale("log")
         ax.set_xlabel("training tokens D")
         ax.set_ylabel("loss")
+        ax.legend(fontsize=6, ncol=2)
 
-    return Section("law", "Scaling law: fit and extrapolation by size", _figure_png(draw), curves)
+    return Section("law", "Scaling law: fit and extrapolation by size", _figure_png(draw, 8, 5), curves)
 
 
 def target_section(predictions: pd.DataFrame) -> Section:
@@ -204,7 +210,9 @@ def collect(run_dir: Path) -> Report:
     if named:
         report.sections.append(mixtures_section({k: read_mixture(v) for k, v in named.items()}))
     if need(paths.runs) and need(paths.law_curves):
-        report.sections.append(law_section(pd.read_parquet(paths.runs), pd.read_parquet(paths.law_curves)))
+        target = pd.read_parquet(paths.target) if paths.target.exists() else None
+        report.sections.append(law_section(pd.read_parquet(paths.runs), pd.read_parquet(paths.law_curves),
+                                           target))
     if need(paths.target):
         report.sections.append(target_section(pd.read_parquet(paths.target)))
     return report
