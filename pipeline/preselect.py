@@ -34,15 +34,10 @@ from pipeline import schema as S
 from pipeline.job import ReadDocuments
 from pipeline.read import ReadOptions, expand_inputs
 from pipeline.registry import batch_failure_rows
+from pipeline.schema import BPC_PREFIX, CORRELATION, LABEL, STRENGTH, STRENGTHS_FILE, TIEBREAK
 from scorers import preselect as P
 
-# Columns and files of this job (candidates for pipeline/schema.py).
-BPC_PREFIX = "bpc_"
-STRENGTH = "strength"
-CORRELATION = "loss_score_r"
-TIEBREAK = "tiebreak"
-LABEL = "label"
-STRENGTHS_FILE = "strengths.parquet"
+# Files of this job; its columns are named in pipeline/schema.py.
 POSITIVES_FILE = "positives.jsonl"
 NEGATIVES_FILE = "negatives.jsonl"
 DEAD_LETTER_FILE = "dead_letter.parquet"

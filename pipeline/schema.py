@@ -30,6 +30,14 @@ TOKENS_IN = "tokens_in"
 TOKENS_KEPT = "tokens_kept"
 CUTOFF_PREFIX = "cutoff_"
 
+# PreSelect columns (`datamixer preselect label` -> strengths.parquet).
+BPC_PREFIX = "bpc_"  # bits per character of one model on the document
+STRENGTH = "strength"  # concordant model pairs / all pairs
+CORRELATION = "loss_score_r"  # Pearson of -bpc with the models' scores (tie-break)
+TIEBREAK = "tiebreak"
+LABEL = "label"
+STRENGTHS_FILE = "strengths.parquet"
+
 SCORED_PREFIX = "scored"
 DEAD_LETTER_PREFIX = "dead_letter"
 DOMAIN_STATS_FILE = "domain_stats.parquet"

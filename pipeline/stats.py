@@ -10,7 +10,6 @@ import math
 from collections.abc import Iterable
 from typing import Any
 
-import apache_beam as beam
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -37,20 +36,6 @@ def scored_counts(table: pa.Table) -> list[tuple[str, np.ndarray]]:
 
 def dead_letter_counts(row: dict[str, Any]) -> tuple[str, np.ndarray]:
     return row[S.DOMAIN] or "", np.array([0, 0, 0, 0, 1], np.int64)
-
-
-class SumArrays(beam.CombineFn):
-    def create_accumulator(self) -> np.ndarray:
-        return np.zeros(len(_FIELDS), np.int64)
-
-    def add_input(self, acc: np.ndarray, value: np.ndarray) -> np.ndarray:
-        return acc + value
-
-    def merge_accumulators(self, accs: Iterable[np.ndarray]) -> np.ndarray:
-        return np.sum(list(accs), axis=0).astype(np.int64)
-
-    def extract_output(self, acc: np.ndarray) -> np.ndarray:
-        return acc
 
 
 def stats_table(

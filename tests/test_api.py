@@ -80,6 +80,19 @@ def test_hydra_config_targets_resolve_to_dicts(monkeypatch):
         run.instantiate(config["data"])
 
 
+def test_hydra_instantiate_builds_the_data_section(monkeypatch):
+    """The same config through Hydra's own `instantiate` (OmegaConf nodes, not plain dicts)."""
+    from hydra.utils import instantiate
+    from omegaconf import OmegaConf
+
+    monkeypatch.chdir(ROOT)
+    config = OmegaConf.load(ROOT / "examples" / "hydra" / "config.yaml")
+    data = instantiate(config.data, _convert_="all")
+    assert data["weights"] == EXAMPLE_WEIGHTS
+    assert data["interleave"]["probabilities"] == [0.15, 0.05, 0.3, 0.5]
+    assert data["budget"]["over_limit"] == []
+
+
 def test_training_example_trains_on_the_mixture_through_api_and_every_export(tmp_path, capsys):
     train = load_module(ROOT / "examples" / "train_with_mixture.py", "train_with_mixture_example")
     assert train.main(["--mixture", str(EXAMPLE), "--steps", "200"]) == 0
