@@ -38,9 +38,6 @@ class DemoConfig:
     sizes: tuple[str, ...] = ("20k", "50k")  # same depth as the target, so N extrapolates smoothly
     tokens: int = 150_000
     eval_points: int = 4
-    batch_size: int = 8
-    context: int = 64
-    lr: float = 5e-3
     regressors: tuple[str, ...] = ("linear", "lightgbm", "ensemble")
     target_size: str = "100k"
     target_tokens: int = 300_000
@@ -123,8 +120,7 @@ def propose(paths: RunLayout, config: DemoConfig, log: Log) -> pd.DataFrame:
 def _train_config(config: DemoConfig):
     from pipeline.proxy.train import TrainConfig
 
-    return TrainConfig(eval_points=config.eval_points, batch_size=config.batch_size,
-                       context=config.context, lr=config.lr)
+    return TrainConfig(eval_points=config.eval_points)
 
 
 def sweep(paths: RunLayout, config: DemoConfig, data: Any, log: Log) -> pd.DataFrame:

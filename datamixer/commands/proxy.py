@@ -82,9 +82,9 @@ def train(
     seed: Seed = 0,
     tokenizer: Tokenizer = None,
     vocab_size: VocabSize = None,
-    context: Context = 128,
+    context: Context = 64,
     batch_size: BatchSize = 8,
-    lr: LR = 3e-3,
+    lr: LR = 5e-3,
     val_tokens: ValTokens = 8192,
     threads: Threads = None,
     device: Annotated[str, typer.Option("--device", help="cpu, cuda or auto.")] = "cpu",
@@ -132,9 +132,9 @@ def sweep(
     seed: Seed = 0,
     tokenizer: Tokenizer = None,
     vocab_size: VocabSize = None,
-    context: Context = 128,
+    context: Context = 64,
     batch_size: BatchSize = 8,
-    lr: LR = 3e-3,
+    lr: LR = 5e-3,
     val_tokens: ValTokens = 8192,
 ) -> None:
     """Train every proposed mixture at every size, in parallel; a re-run resumes."""

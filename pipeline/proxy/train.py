@@ -31,9 +31,9 @@ SEED = "seed"
 class TrainConfig:
     """Optimiser and schedule of a proxy run (the same for every size, so sizes compare)."""
 
-    context: int = 128
+    context: int = 64
     batch_size: int = 8
-    lr: float = 3e-3
+    lr: float = 5e-3
     warmup_steps: int = 10
     weight_decay: float = 0.0
     beta1: float = 0.9
