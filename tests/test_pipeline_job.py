@@ -198,11 +198,14 @@ def test_rerun_replaces_output(setup, first_run, capsys):
         "--no-text",
         "--max-chars",
         "100000",
+        "--num-shards",
+        "2",
         *IN_MEMORY,
     ]
     assert main(args) == 0
     result = last_json(capsys)
     assert not (out / "stale.txt").exists()
+    assert len(list(out.glob(f"{S.SCORED_PREFIX}-*.parquet"))) == 2
     assert (out / "tokenizer.json").read_bytes() == tokenizer_before  # trained once, reused
     assert (
         result["in"] == first_run["result"]["in"] and result["tokens_in"] == first_run["result"]["tokens_in"]

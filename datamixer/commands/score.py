@@ -111,6 +111,9 @@ def score(
     batch_size: Annotated[
         int, typer.Option("--batch-size", help="Documents per Arrow batch between steps.")
     ] = 4096,
+    num_shards: Annotated[
+        int, typer.Option("--num-shards", help="Output shards per kind (0: 4, or 1 per 256 MiB of input).")
+    ] = 0,
     no_text: Annotated[
         bool, typer.Option("--no-text", help="Leave the text out of scored-*.parquet.")
     ] = False,
@@ -142,6 +145,7 @@ def score(
             batch_size=batch_size,
         ),
         tokenizer=tokenizer,
+        num_shards=num_shards,
         with_text=not no_text,
         vocab_size=vocab_size,
     )
