@@ -47,7 +47,7 @@ for _name in COMMAND_MODULES:
 def main(argv: list[str] | None = None) -> int:
     """Run the CLI; bad input ends in one line on stderr and a non-zero exit code."""
     try:
-        app(args=argv, standalone_mode=False)
+        app(args=argv, standalone_mode=False, prog_name="datamixer")
     except (typer.Exit, SystemExit) as exc:
         code = getattr(exc, "exit_code", getattr(exc, "code", 0))
         return int(code or 0)
@@ -57,11 +57,10 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as exc:  # noqa: BLE001 - the CLI's contract is one line per failure
         if os.environ.get("DATAMIXER_DEBUG"):
             raise
-        import click
-
-        if isinstance(exc, click.ClickException):
-            print(f"error: {exc.format_message()}", file=sys.stderr)
-            return exc.exit_code
+        if hasattr(exc, "format_message") and hasattr(exc, "exit_code"):  # click / typer usage errors
+            command = getattr(getattr(exc, "ctx", None), "command_path", "datamixer")
+            print(f"error: {command}: {' '.join(exc.format_message().split())}", file=sys.stderr)
+            return int(exc.exit_code)
         message = " ".join(str(exc).split()) or type(exc).__name__
         print(f"error: {type(exc).__name__}: {message}", file=sys.stderr)
         return 1
