@@ -238,7 +238,6 @@ def train_targets(
 
 def run_demo(out: str | Path, config: DemoConfig | None = None, log: Log = print) -> dict[str, Any]:
     """Run every stage into a fresh directory that replaces `out` when all succeed."""
-
     config = config or DemoConfig()
     with atomic_path(Path(out)) as tmp:
         tmp.mkdir()
@@ -295,6 +294,9 @@ def _run_stages(paths: RunLayout, config: DemoConfig, log: Log) -> dict[str, Any
     targets = list(law.targets_)
     best = law_optimize(law, target_n, target_d, floor=0.0, targets=targets,
                         weights=[1.0 / len(targets)] * len(targets))
+    write_mixture(paths.mixture("law_optimal"), best.weights,
+                  {"method": "additive laws per domain, mean loss, exponentiated gradient",
+                   "N": target_n, "D": target_d, "predicted_loss": best.loss, "warnings": best.warnings})
     write_parquet(paths.law_curves, law_curves(law, runs, compared, target_n, target_d))
 
     if config.validate:

@@ -43,6 +43,8 @@ def test_demo_runs_every_stage_and_chains_the_files(demo):
     assert result["mixture"] == {k: round(v, 4) for k, v in sorted(optimized.items())}
     law = load_law(paths.law)
     assert sorted(law.domains_) == ["code", "legal", "prose"]
+    law_optimal = read_mixture(paths.mixture("law_optimal"))
+    assert result["law_optimal_mixture"] == {k: round(v, 4) for k, v in sorted(law_optimal.items())}
 
 
 def test_demo_prints_predicted_beside_measured_at_the_target(demo):
