@@ -101,7 +101,8 @@ class HuberObjective:
 
 def _huber_terms(residual: np.ndarray, delta: float) -> np.ndarray:
     absolute = np.abs(residual)
-    return np.where(absolute <= delta, 0.5 * residual**2, delta * (absolute - 0.5 * delta))
+    small = np.minimum(absolute, delta)  # the square is only taken where it is used, so never overflows
+    return np.where(absolute <= delta, 0.5 * small**2, delta * (absolute - 0.5 * delta))
 
 
 def local_fit(
