@@ -91,20 +91,24 @@ def check_positive(frame: pd.DataFrame, column: str, key: str | None = None) -> 
     return values
 
 
-def load_mixtures(path: str | os.PathLike[str], key: str = "index") -> pd.DataFrame:
-    """Read a mixture table, validate it, and return the weights indexed by `key`."""
-    frame = read_table(path)
+def mixture_weights(frame: pd.DataFrame, key: str, source: str = "mixture table") -> pd.DataFrame:
+    """Validate a mixture table (a unique `key`, valid weights) and return its weights by `key`."""
     if key not in frame.columns:
-        raise ValueError(f"{path}: key column {key!r} not found (columns: {list(frame.columns)})")
+        raise ValueError(f"{source}: key column {key!r} not found (columns: {list(frame.columns)})")
     if frame[key].duplicated().any():
         pos = int(np.flatnonzero(frame[key].duplicated().to_numpy())[0])
-        raise ValueError(f"{path}: {_row_label(frame, pos, key)}: duplicate key")
+        raise ValueError(f"{source}: {_row_label(frame, pos, key)}: duplicate key")
     columns = weight_columns(frame, key)
     try:
         validate_weights(frame, columns, key)
     except ValueError as exc:
-        raise ValueError(f"{path}: {exc}") from None
+        raise ValueError(f"{source}: {exc}") from None
     return frame.set_index(key)[columns].astype(float)
+
+
+def load_mixtures(path: str | os.PathLike[str], key: str = "index") -> pd.DataFrame:
+    """Read a mixture table, validate it, and return the weights indexed by `key`."""
+    return mixture_weights(read_table(path), key, str(path))
 
 
 def load_targets(

@@ -157,8 +157,9 @@ def fit_and_optimize_regmix(
     chosen = max(candidates, key=lambda m: (candidates[m][1]["spearman"], -candidates[m][1]["mse"]))
     log(f"RegMix: {len(table)} runs at size {config.sizes[-1]}; out-of-fold Spearman "
         + ", ".join(f"{m} {c[1]['spearman']:.3f}" for m, c in candidates.items()) + f"; using {chosen}")
-    model, fit_info = fit_regmix(weights, table[[RUN, LOSS]], [LOSS], key=RUN, model=chosen,
-                                 out=paths.regmix, seed=config.seed)
+    # Cross-validated above for the choice: fit once, without a second CV.
+    model, _ = fit_regmix(weights, table[[RUN, LOSS]], [LOSS], key=RUN, model=chosen,
+                          out=paths.regmix, cv_folds=0, seed=config.seed)
     oof, metrics = candidates[chosen]
     write_parquet(paths.regmix_cv, pd.DataFrame({"mixture": table["mixture"], "true": y, "predicted": oof}))
     metrics = {"model": chosen, **metrics,
@@ -168,7 +169,7 @@ def fit_and_optimize_regmix(
                           max_epochs=config.max_epochs)
     result = optimize_regmix(model, out=paths.mixture("optimized"), prior=natural, caps=caps,
                              seed=config.seed)
-    return result["weights"], {"cv": metrics, "fit": fit_info.get("cv", {}), "caps": caps,
+    return result["weights"], {"cv": metrics, "caps": caps,
                                "optimize": {k: v for k, v in result.items() if k != "weights"}}
 
 
@@ -213,13 +214,10 @@ def law_curves(law: Any, runs: pd.DataFrame, mixtures: dict[str, dict[str, float
     """The law's loss over D for each proxy size and the target, for each compared mixture."""
     sizes = sorted(set(runs[N].astype(float))) + [target_n]
     grid = np.geomspace(runs[D].min(), target_d, 24)
-    frames = []
-    for n in sizes:
-        for d in grid:
-            frame = _runs_frame(mixtures, n, d, list(law.domains_))
-            frame["predicted"] = predict_mean_loss(law, frame)["loss"].to_numpy()
-            frames.append(frame)
-    return pd.concat(frames, ignore_index=True)
+    domains = list(law.domains_)
+    frame = pd.concat([_runs_frame(mixtures, n, d, domains) for n in sizes for d in grid], ignore_index=True)
+    frame["predicted"] = np.mean([law.predict(frame, target=t) for t in law.targets_], axis=0)
+    return frame
 
 
 def train_targets(

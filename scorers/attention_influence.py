@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import ast
 import contextlib
-import glob
 import json
 import os
 import random
@@ -193,27 +192,17 @@ def stdlib_sentences(limit: int = 20000) -> list[str]:
 
 def corpus_sentences(pattern: str, limit: int = 20000, field: str = "text") -> list[str]:
     """Sentences from the `text` field of JSONL files matching a glob, in file order."""
-    paths = sorted(glob.glob(os.path.expanduser(pattern), recursive=True))
-    if not paths:
-        raise FileNotFoundError(f"{pattern}: no files match")
+    from scorers.jsonl import jsonl_records
+
     sentences: list[str] = []
     seen: set[str] = set()
-    for path in paths:
-        with open(path, encoding="utf-8") as handle:
-            for number, line in enumerate(handle, 1):
-                if not line.strip():
-                    continue
-                try:
-                    text = json.loads(line)[field]
-                except (json.JSONDecodeError, KeyError, TypeError) as exc:
-                    message = f"{path}:{number}: expected a JSON object with a {field!r} string"
-                    raise ValueError(message) from exc
-                for sentence in split_sentences(str(text)):
-                    if sentence not in seen:
-                        seen.add(sentence)
-                        sentences.append(sentence)
-                if len(sentences) >= limit:
-                    return sentences
+    for _path, _number, record in jsonl_records(pattern, field):
+        for sentence in split_sentences(str(record[field])):
+            if sentence not in seen:
+                seen.add(sentence)
+                sentences.append(sentence)
+        if len(sentences) >= limit:
+            return sentences
     return sentences
 
 

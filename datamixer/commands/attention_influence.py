@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import glob
-import json
-import os
 import time
 from pathlib import Path
 from typing import Annotated
@@ -63,27 +60,17 @@ def heads(
 
 
 def _read_jsonl(pattern: str, text_field: str) -> tuple[list[dict], list[str]]:
-    paths = sorted(glob.glob(os.path.expanduser(pattern), recursive=True))
-    if not paths:
-        raise FileNotFoundError(f"{pattern}: no files match")
+    from scorers.jsonl import jsonl_records
+
     rows, texts = [], []
-    for path in paths:
-        with open(path, encoding="utf-8") as handle:
-            for number, line in enumerate(handle, 1):
-                if not line.strip():
-                    continue
-                try:
-                    record = json.loads(line)
-                    text = record[text_field]
-                except (json.JSONDecodeError, KeyError, TypeError) as exc:
-                    message = f"{path}:{number}: expected a JSON object with a {text_field!r} string"
-                    raise ValueError(message) from exc
-                if not isinstance(text, str):
-                    raise ValueError(f"{path}:{number}: {text_field!r} is not a string")
-                rows.append({"id": str(record.get("id", f"{Path(path).name}:{number}")),
-                             "domain": str(record.get("domain", Path(path).name.split(".")[0])),
-                             "source": path})
-                texts.append(text)
+    for path, number, record in jsonl_records(pattern, text_field):
+        text = record[text_field]
+        if not isinstance(text, str):
+            raise ValueError(f"{path}:{number}: {text_field!r} is not a string")
+        rows.append({"id": str(record.get("id", f"{Path(path).name}:{number}")),
+                     "domain": str(record.get("domain", Path(path).name.split(".")[0])),
+                     "source": path})
+        texts.append(text)
     return rows, texts
 
 

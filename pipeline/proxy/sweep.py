@@ -18,18 +18,9 @@ from typing import Any
 
 import pandas as pd
 
-from mixer.files import write_parquet
+from mixer.files import read_table, write_parquet
 from mixer.mixture import read_mixture
-from mixer.runs import (
-    RUN,
-    WEIGHT_PREFIX,
-    D,
-    N,
-    domain_name,
-    load_mixtures,
-    validate_weights,
-    weight_columns,
-)
+from mixer.runs import RUN, WEIGHT_PREFIX, D, N, domain_name, mixture_weights
 from pipeline.proxy.data import ProxyData, full_weights, load_proxy_data
 from pipeline.proxy.model import get_size
 from pipeline.proxy.train import MIXTURE, SEED, TrainConfig, run_id, train_proxy
@@ -68,25 +59,13 @@ def read_proposals(
         if not files:
             raise FileNotFoundError(f"{path}: no mixture files ({', '.join(MIXTURE_SUFFIXES)})")
         return {p.stem: read_mixture(p) for p in files}
-    table = load_mixtures(path, key=MIXTURE)
-    return _proposals_from_frame(table.reset_index(), str(path))
+    return _proposals_from_frame(read_table(path), str(path))
 
 
 def _proposals_from_frame(frame: pd.DataFrame, source: str) -> dict[str, dict[str, float]]:
-    if MIXTURE not in frame.columns:
-        raise ValueError(f"{source}: no {MIXTURE!r} column (columns: {list(frame.columns)})")
-    if frame[MIXTURE].duplicated().any():
-        first = frame[MIXTURE][frame[MIXTURE].duplicated()].iloc[0]
-        raise ValueError(f"{source}: duplicate mixture {first!r}")
-    columns = weight_columns(frame, MIXTURE)
-    try:
-        validate_weights(frame, columns, MIXTURE)
-    except ValueError as exc:
-        raise ValueError(f"{source}: {exc}") from None
-    return {
-        str(row[MIXTURE]): {domain_name(c): float(row[c]) for c in columns}
-        for _, row in frame.iterrows()
-    }
+    weights = mixture_weights(frame, MIXTURE, source)
+    return {str(mixture): {domain_name(c): float(w) for c, w in row.items()}
+            for mixture, row in weights.iterrows()}
 
 
 def append_runs(path: str | os.PathLike[str], rows: Sequence[Mapping[str, Any]]) -> pd.DataFrame:
