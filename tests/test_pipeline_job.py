@@ -171,7 +171,8 @@ def test_scores_selection_and_tokens(setup, first_run):
     for domain, part in scored.groupby(S.DOMAIN):
         cutoff = top_fraction_cutoff(part["score_fasttext"].to_numpy(), 0.5)
         assert stats[domain]["cutoff_fasttext"] == pytest.approx(cutoff)
-        assert part[S.KEEP].sum() == math.ceil(0.5 * len(part))  # float scores: no ties
+        # the top half, more only where documents tie at the cut-off (identical texts score alike)
+        assert part[S.KEEP].sum() == (part["score_fasttext"] >= cutoff).sum() >= math.ceil(0.5 * len(part))
         assert (
             part.loc[part[S.KEEP], "score_fasttext"].min() >= part.loc[~part[S.KEEP], "score_fasttext"].max()
         )
