@@ -19,12 +19,12 @@ from scipy.stats import spearmanr
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from mixer.metrics import spearman_ci  # noqa: E402
-from mixer.regmix import (  # noqa: E402
+from mixer.regressors import (  # noqa: E402
+    GaussianProcessMixtureRegressor,
     LawBlendRegressor,
     LightGBMRegressor,
+    MixingLawRegressor,
     RidgeRegressor,
-    _law_predict,
-    fit_exp_law,
 )
 from mixer.runs import load_mixtures, load_targets  # noqa: E402
 
@@ -60,17 +60,6 @@ class Ensemble:
         return sum(w * m.predict(X) for w, m in zip(self.weights, self.members, strict=True))
 
 
-class LawOnly:
-    """The exponential mixing law alone (Ye et al.)."""
-
-    def fit(self, X: np.ndarray, y: np.ndarray) -> LawOnly:
-        self.params_ = fit_exp_law(X, y)
-        return self
-
-    def predict(self, X: np.ndarray) -> np.ndarray:
-        return _law_predict(self.params_, X)
-
-
 class Bagged(LightGBMRegressor):
     """LightGBM with row/column subsampling, so different seeds give different trees."""
 
@@ -89,13 +78,14 @@ def variants(domains: list[str]) -> dict[str, Callable[[], object]]:
         "lightgbm, 2000 trees": lambda: LightGBMRegressor(n_estimators=2000),
         "bagged lightgbm x5 seeds": lambda: Ensemble([Bagged(random_state=s) for s in range(5)]),
         "lightgbm 0.8 + ridge 0.2": lambda: Ensemble([LightGBMRegressor(), RidgeRegressor()], [0.8, 0.2]),
-        "mixing law alone": lambda: LawOnly(),
+        "mixing law alone (--model mixing-law)": lambda: MixingLawRegressor(),
+        "gaussian process (--model gp)": lambda: GaussianProcessMixtureRegressor(),
         "law + lightgbm on residuals": lambda: LightGBMRegressor(law_residual=True),
         "law + lightgbm residuals, monotone": lambda: LightGBMRegressor(
             law_residual=True, monotone_constraints=monotone),
         "law-residual x5 bagged seeds": lambda: Ensemble(
             [Bagged(random_state=s, law_residual=True) for s in range(5)]),
-        "law-residual + plain lightgbm (--model ensemble)": lambda: LawBlendRegressor(),
+        "law-residual + plain lightgbm (--model law-blend)": lambda: LawBlendRegressor(),
     }
 
 

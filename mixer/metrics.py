@@ -35,23 +35,42 @@ def spearman_ci(
 ) -> tuple[float, float]:
     """Percentile bootstrap interval of Spearman's rho over (target, prediction) pairs."""
     y_true, y_pred = _pair(y_true, y_pred)
-    rng = np.random.default_rng(seed)
-    idx = rng.integers(0, len(y_true), size=(n_boot, len(y_true)))
-    # Spearman = Pearson of ranks; rank each resample once, vectorised.
+    idx = np.random.default_rng(seed).integers(0, len(y_true), size=(n_boot, len(y_true)))
+    tail = (1 - confidence) / 2
+    lo, hi = np.quantile(_resampled_spearman(y_true, y_pred, idx), [tail, 1 - tail])
+    return float(lo), float(hi)
+
+
+def _resampled_spearman(y_true: np.ndarray, y_pred: np.ndarray, idx: np.ndarray) -> np.ndarray:
+    """Spearman's rho on each resample (row of `idx`): Pearson of ranks, vectorised."""
     rt = stats.rankdata(y_true[idx], axis=1)
     rp = stats.rankdata(y_pred[idx], axis=1)
     rt -= rt.mean(axis=1, keepdims=True)
     rp -= rp.mean(axis=1, keepdims=True)
     denom = np.sqrt((rt**2).sum(axis=1) * (rp**2).sum(axis=1))
-    rho = np.divide((rt * rp).sum(axis=1), denom, out=np.zeros(n_boot), where=denom > 0)
+    return np.divide((rt * rp).sum(axis=1), denom, out=np.zeros(len(idx)), where=denom > 0)
+
+
+def spearman_gap(
+    y_true: np.ndarray, y_pred: np.ndarray, y_base: np.ndarray, n_boot: int = BOOTSTRAP_SAMPLES,
+    confidence: float = CONFIDENCE, seed: int = 0,
+) -> dict[str, float]:
+    """Spearman of a model and of a baseline on the same runs, and a paired bootstrap interval
+    of the difference (model minus baseline): `beats_baseline` when the interval lies above 0."""
+    y_true, y_pred = _pair(y_true, y_pred)
+    _, y_base = _pair(y_true, y_base)
+    idx = np.random.default_rng(seed).integers(0, len(y_true), size=(n_boot, len(y_true)))
+    gaps = _resampled_spearman(y_true, y_pred, idx) - _resampled_spearman(y_true, y_base, idx)
     tail = (1 - confidence) / 2
-    lo, hi = np.quantile(rho, [tail, 1 - tail])
-    return float(lo), float(hi)
+    lo, hi = np.quantile(gaps, [tail, 1 - tail])
+    model, base = _correlation("spearman", y_true, y_pred), _correlation("spearman", y_true, y_base)
+    return {"spearman": model, "baseline_spearman": base, "gap": model - base,
+            "gap_ci_low": float(lo), "gap_ci_high": float(hi), "beats_baseline": bool(lo > 0)}
 
 
 def regression_metrics(
     y_true: np.ndarray, y_pred: np.ndarray, n_boot: int = BOOTSTRAP_SAMPLES, seed: int = 0
-) -> dict[str, float]:
+) -> dict[str, Any]:
     """n, Spearman (with bootstrap 95% CI), Pearson and MSE of predictions against targets."""
     y_true, y_pred = _pair(y_true, y_pred)
     lo, hi = spearman_ci(y_true, y_pred, n_boot=n_boot, seed=seed) if n_boot else (np.nan, np.nan)
@@ -79,9 +98,11 @@ def out_of_fold(
 
 
 def cross_validate(
-    estimator: Any, X: np.ndarray, y: np.ndarray, folds: int = 5, seed: int = 0
-) -> tuple[dict[str, float], list[dict[str, float]]]:
-    """k-fold CV: metrics of the pooled out-of-fold predictions, and per-fold metrics."""
+    estimator: Any, X: np.ndarray, y: np.ndarray, folds: int = 5, seed: int = 0,
+    baseline: np.ndarray | None = None,
+) -> tuple[dict[str, Any], list[dict[str, float]]]:
+    """k-fold CV: metrics of the pooled out-of-fold predictions, and per-fold metrics; with a
+    `baseline` prediction, also its Spearman and the gap's paired bootstrap CI (`spearman_gap`)."""
     y = np.asarray(y, dtype=float)
     oof, splitter = out_of_fold(estimator, X, y, folds, seed)
     per_fold = []
@@ -91,4 +112,6 @@ def cross_validate(
     pooled = regression_metrics(y, oof, seed=seed)
     pooled["folds"] = splitter.get_n_splits()
     pooled["spearman_fold_mean"] = float(np.mean([r["spearman"] for r in per_fold]))
+    if baseline is not None:
+        pooled.update(spearman_gap(y, oof, baseline, seed=seed))
     return pooled, per_fold

@@ -12,21 +12,44 @@ from __future__ import annotations
 import json
 import math
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
-from scipy import optimize as sopt
-from sklearn.base import BaseEstimator, RegressorMixin
-from sklearn.linear_model import Ridge
-from threadpoolctl import threadpool_limits
 
 from mixer import optimize as opt
-from mixer.files import atomic_path, write_parquet
-from mixer.metrics import cross_validate
+from mixer.exact import SMOOTH_MODELS, kl_to_prior, solve_exact
+from mixer.files import atomic_path, read_table, write_parquet
+from mixer.interaction import interaction_matrix, write_interaction
+from mixer.laws import in_convex_hull
 from mixer.mixture import write_mixture
+from mixer.model_selection import (
+    SCALE_COLUMNS,
+    best_model,
+    build_estimator,
+    cross_scale,
+    cv_scores,
+    scale_groups,
+)
+from mixer.regressors import (  # noqa: F401  (re-exported: the estimators' historical home)
+    ALIASES,
+    DEFAULT_MODEL,
+    ESTIMATORS,
+    MODELS,
+    GaussianProcessMixtureRegressor,
+    LawBlendRegressor,
+    LightGBMRegressor,
+    MixingLawRegressor,
+    RidgeRegressor,
+    auto_min_child_samples,
+    canonical_model,
+    fit_mixing_law,
+    law_predict,
+    make_estimator,
+)
+from mixer.reuse import Reuse, reduced_bounds
 from mixer.runs import (
     domain_name,
     join_on_key,
@@ -41,8 +64,7 @@ MODEL_VERSION = 1
 MANIFEST = "manifest.json"
 TRAINING_MIXTURES = "training_mixtures.parquet"
 CV_REPORT = "cv_report.parquet"
-MODELS = ("lightgbm", "law-lightgbm", "ensemble", "linear")
-LOG_EPS = 1e-3
+INTERACTION = "interaction.parquet"
 
 
 def _as_matrix(X: Any) -> np.ndarray:
@@ -50,262 +72,6 @@ def _as_matrix(X: Any) -> np.ndarray:
     if X.ndim != 2:
         raise ValueError(f"expected a 2-D array of mixtures, got shape {X.shape}")
     return X
-
-
-def _features(X: np.ndarray, log_features: bool) -> np.ndarray:
-    """Weights, plus log(weight + 1e-3) when asked (trees split the same; ridge gains curvature)."""
-    return np.hstack([X, np.log(X + LOG_EPS)]) if log_features else X
-
-
-def auto_min_child_samples(n: int) -> int:
-    """Leaf size that lets trees split from 32 runs up and equals LightGBM's default (20) at 500+.
-
-    LightGBM's defaults (20 per leaf, 3 per bin) leave a 32-run fit with no legal split, so the
-    model predicts a constant; RegMix's recipe only works from about 64 runs.
-    """
-    return int(np.clip(n // 25, 2, 20))
-
-
-# ---------------------------------------------------------------------------------------------
-# The exponential mixing law of Ye et al. (2024), L = c + k exp(sum_j t_j h_j), used as a smooth
-# base under the trees: it extrapolates where trees go flat.
-
-
-def _law_predict(params: np.ndarray, X: np.ndarray) -> np.ndarray:
-    return params[0] + params[1] * np.exp(np.clip(X @ params[2:], -50, 50))
-
-
-LAW_STARTS = 5
-
-
-def fit_exp_law(X: np.ndarray, y: np.ndarray, starts: int = LAW_STARTS, seed: int = 0) -> np.ndarray:
-    """Huber least squares of L = c + k exp(h . t) from several starts; returns [c, k, t...].
-
-    BLAS is held to one thread: on a busy 2-core machine OpenBLAS threads on these tiny
-    matrices made the fit 20x slower (130 s against 6 s). On the RegMix runs 1, 3, 5, 10 and 20
-    starts all reached the same optimum, hence 5.
-    """
-    with threadpool_limits(limits=1, user_api="blas"):
-        return _fit_exp_law(X, y, starts, seed)
-
-
-def _fit_exp_law(X: np.ndarray, y: np.ndarray, starts: int, seed: int) -> np.ndarray:
-    rng = np.random.default_rng(seed)
-    best: tuple[float, np.ndarray] | None = None
-    scale = float(np.std(y)) or 1.0
-
-    def residual(p: np.ndarray) -> np.ndarray:
-        return _law_predict(p, X) - y
-
-    def jacobian(p: np.ndarray) -> np.ndarray:
-        e = np.exp(np.clip(X @ p[2:], -50, 50))
-        return np.column_stack([np.ones(len(X)), e, (p[1] * e)[:, None] * X])
-
-    for _ in range(starts):
-        p0 = np.concatenate([[y.min() * rng.uniform(0.5, 1.0), scale * rng.uniform(0.5, 2.0)],
-                             rng.normal(0.0, 1.0, X.shape[1])])
-        fit = sopt.least_squares(residual, p0, jac=jacobian, loss="huber", f_scale=0.1 * scale,
-                                 max_nfev=500)
-        if best is None or fit.cost < best[0]:
-            best = (float(fit.cost), fit.x)
-    assert best is not None
-    return best[1]
-
-
-class LightGBMRegressor(RegressorMixin, BaseEstimator):
-    """RegMix's gradient-boosted trees: 1,000 trees at learning rate 0.01, no early stopping.
-
-    `min_child_samples=None` picks a leaf size that works from 32 runs (see
-    `auto_min_child_samples`); `law_residual=True` boosts on the residuals of a fitted
-    exponential mixing law; `log_features` adds log weights; `monotone_constraints` goes to
-    LightGBM as is (one entry per feature). `n_jobs=1` by default: on a busy 2-core machine
-    LightGBM's OpenMP training threads spin-wait and a 1-second fit took 50 seconds.
-    """
-
-    def __init__(
-        self,
-        n_estimators: int = 1000,
-        learning_rate: float = 0.01,
-        num_leaves: int = 31,
-        min_child_samples: int | None = None,
-        min_data_in_bin: int | None = None,
-        log_features: bool = False,
-        law_residual: bool = False,
-        monotone_constraints: Sequence[int] | None = None,
-        law_starts: int = LAW_STARTS,
-        random_state: int = 42,
-        n_jobs: int = 1,
-    ) -> None:
-        self.n_estimators = n_estimators
-        self.learning_rate = learning_rate
-        self.num_leaves = num_leaves
-        self.min_child_samples = min_child_samples
-        self.min_data_in_bin = min_data_in_bin
-        self.log_features = log_features
-        self.law_residual = law_residual
-        self.monotone_constraints = monotone_constraints
-        self.law_starts = law_starts
-        self.random_state = random_state
-        self.n_jobs = n_jobs
-
-    def lgb_params(self, n: int) -> dict[str, Any]:
-        """The LightGBM parameters used for `n` training runs."""
-        params: dict[str, Any] = {
-            "objective": "regression",
-            "n_estimators": self.n_estimators,
-            "learning_rate": self.learning_rate,
-            "num_leaves": self.num_leaves,
-            "min_child_samples": self.min_child_samples or auto_min_child_samples(n),
-            "min_data_in_bin": self.min_data_in_bin or (3 if n >= 64 else 1),
-            "random_state": self.random_state,
-            "deterministic": True,
-            "force_row_wise": True,
-            "n_jobs": self.n_jobs,
-            "verbosity": -1,
-        }
-        if self.monotone_constraints is not None:
-            params["monotone_constraints"] = list(self.monotone_constraints)
-        return params
-
-    def fit(self, X: Any, y: Any) -> LightGBMRegressor:
-        import lightgbm as lgb
-
-        X = _as_matrix(X)
-        y = np.asarray(y, dtype=float).ravel()
-        self.n_features_in_ = X.shape[1]
-        self.law_ = fit_exp_law(X, y, self.law_starts, self.random_state) if self.law_residual else None
-        base = _law_predict(self.law_, X) if self.law_ is not None else 0.0
-        model = lgb.LGBMRegressor(**self.lgb_params(len(y)))
-        model.fit(_features(X, self.log_features), y - base)
-        self.booster_ = model.booster_
-        return self
-
-    def predict(self, X: Any, n_jobs: int | None = None) -> np.ndarray:
-        X = _as_matrix(X)
-        threads = self.n_jobs if n_jobs is None else n_jobs
-        pred = self.booster_.predict(_features(X, self.log_features), num_threads=threads)
-        if getattr(self, "law_", None) is not None:
-            pred = pred + _law_predict(self.law_, X)
-        return np.asarray(pred, dtype=float)
-
-    def save_state(self, directory: Path, stem: str) -> dict[str, Any]:
-        """Write LightGBM's text model; return the manifest entry."""
-        file = f"{stem}.lightgbm.txt"
-        (directory / file).write_text(self.booster_.model_to_string())
-        law = None if self.law_ is None else [float(v) for v in self.law_]
-        return {"estimator": "lightgbm", "params": self.get_params(), "file": file, "law": law,
-                "n_features_in": self.n_features_in_}
-
-    @classmethod
-    def load_state(cls, directory: Path, entry: Mapping[str, Any]) -> LightGBMRegressor:
-        import lightgbm as lgb
-
-        est = cls(**entry["params"])
-        est.booster_ = lgb.Booster(model_str=(directory / entry["file"]).read_text())
-        est.law_ = None if entry.get("law") is None else np.array(entry["law"], dtype=float)
-        est.n_features_in_ = int(entry["n_features_in"])
-        return est
-
-
-class LawBlendRegressor(RegressorMixin, BaseEstimator):
-    """Mean of RegMix's LightGBM and a LightGBM boosted on an exponential mixing law's residuals.
-
-    The best of the variants in bench/regmix_accuracy.py on the RegMix runs (Spearman 0.994 at
-    1M and 0.989 at 60M against 0.990 / 0.986 for LightGBM alone); the law part also keeps
-    predictions sloped where the training mixtures are sparse.
-    """
-
-    def __init__(
-        self,
-        n_estimators: int = 1000,
-        learning_rate: float = 0.01,
-        num_leaves: int = 31,
-        min_child_samples: int | None = None,
-        min_data_in_bin: int | None = None,
-        law_starts: int = LAW_STARTS,
-        random_state: int = 42,
-        n_jobs: int = 1,
-    ) -> None:
-        self.n_estimators = n_estimators
-        self.learning_rate = learning_rate
-        self.num_leaves = num_leaves
-        self.min_child_samples = min_child_samples
-        self.min_data_in_bin = min_data_in_bin
-        self.law_starts = law_starts
-        self.random_state = random_state
-        self.n_jobs = n_jobs
-
-    def fit(self, X: Any, y: Any) -> LawBlendRegressor:
-        params = self.get_params()
-        self.plain_ = LightGBMRegressor(**params).fit(X, y)
-        self.residual_ = LightGBMRegressor(law_residual=True, **params).fit(X, y)
-        self.n_features_in_ = self.plain_.n_features_in_
-        return self
-
-    def predict(self, X: Any, n_jobs: int | None = None) -> np.ndarray:
-        return 0.5 * (self.plain_.predict(X, n_jobs) + self.residual_.predict(X, n_jobs))
-
-    def save_state(self, directory: Path, stem: str) -> dict[str, Any]:
-        return {"estimator": "law-blend", "params": self.get_params(), "n_features_in": self.n_features_in_,
-                "members": [self.plain_.save_state(directory, f"{stem}.plain"),
-                            self.residual_.save_state(directory, f"{stem}.law_residual")]}
-
-    @classmethod
-    def load_state(cls, directory: Path, entry: Mapping[str, Any]) -> LawBlendRegressor:
-        est = cls(**entry["params"])
-        est.plain_, est.residual_ = (LightGBMRegressor.load_state(directory, m) for m in entry["members"])
-        est.n_features_in_ = int(entry["n_features_in"])
-        return est
-
-
-class RidgeRegressor(RegressorMixin, BaseEstimator):
-    """RegMix's linear baseline: ridge regression (alpha 1e-3) on the domain weights."""
-
-    def __init__(self, alpha: float = 1e-3, log_features: bool = False) -> None:
-        self.alpha = alpha
-        self.log_features = log_features
-
-    def fit(self, X: Any, y: Any) -> RidgeRegressor:
-        X = _as_matrix(X)
-        self.n_features_in_ = X.shape[1]
-        ridge = Ridge(alpha=self.alpha).fit(_features(X, self.log_features), np.ravel(y))
-        self.coef_ = ridge.coef_.astype(float)
-        self.intercept_ = float(ridge.intercept_)
-        return self
-
-    def predict(self, X: Any, n_jobs: int | None = None) -> np.ndarray:
-        return _features(_as_matrix(X), self.log_features) @ self.coef_ + self.intercept_
-
-    def save_state(self, directory: Path, stem: str) -> dict[str, Any]:
-        return {"estimator": "linear", "params": self.get_params(), "coef": self.coef_.tolist(),
-                "intercept": self.intercept_, "n_features_in": self.n_features_in_}
-
-    @classmethod
-    def load_state(cls, directory: Path, entry: Mapping[str, Any]) -> RidgeRegressor:
-        est = cls(**entry["params"])
-        est.coef_ = np.array(entry["coef"], dtype=float)
-        est.intercept_ = float(entry["intercept"])
-        est.n_features_in_ = int(entry["n_features_in"])
-        return est
-
-
-ESTIMATORS = {"lightgbm": LightGBMRegressor, "law-blend": LawBlendRegressor, "linear": RidgeRegressor}
-
-
-def make_estimator(
-    model: str, seed: int = 42, **params: Any
-) -> LightGBMRegressor | LawBlendRegressor | RidgeRegressor:
-    """`lightgbm` (RegMix's recipe), `law-lightgbm` (trees on a mixing law's residuals),
-    `ensemble` (the mean of those two), `linear` (ridge)."""
-    if model == "lightgbm":
-        return LightGBMRegressor(random_state=seed, **params)
-    if model == "law-lightgbm":
-        return LightGBMRegressor(random_state=seed, law_residual=True, **params)
-    if model == "ensemble":
-        return LawBlendRegressor(random_state=seed, **params)
-    if model == "linear":
-        return RidgeRegressor(**params)
-    raise ValueError(f"unknown model {model!r}; choose one of {list(MODELS)}")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -343,23 +109,56 @@ class RegMixModel:
             )
         return mixtures[[columns[d] for d in self.domains]].to_numpy(dtype=float)
 
+    def set_threads(self, n_jobs: int | None) -> None:
+        """Prediction threads of every estimator (None: leave as fitted)."""
+        if n_jobs is not None:
+            for est in self.estimators.values():
+                est.set_params(n_jobs=n_jobs)
+
     def predict(self, X: np.ndarray | pd.DataFrame, n_jobs: int | None = None) -> pd.DataFrame:
         """Predicted target values, one column per target."""
         X = self.matrix(X) if isinstance(X, pd.DataFrame) else _as_matrix(X)
-        return pd.DataFrame({t: est.predict(X, n_jobs=n_jobs) for t, est in self.estimators.items()})
+        self.set_threads(n_jobs)
+        return pd.DataFrame({t: est.predict(X) for t, est in self.estimators.items()})
 
     def objective(self, target_weights: Mapping[str, float] | None = None, n_jobs: int | None = None):
         """A function of a weight matrix: the weighted mean of the targets' predictions."""
         weights = resolve_target_weights(self.targets, target_weights)
+        self.set_threads(n_jobs)
 
         def combined(X: np.ndarray) -> np.ndarray:
             X = np.asarray(X, dtype=float)
             total = np.zeros(len(X))
             for target, w in weights.items():
-                total += w * self.estimators[target].predict(X, n_jobs=n_jobs)
+                total += w * self.estimators[target].predict(X)
             return total
 
         return combined
+
+    def interaction(self) -> pd.DataFrame:
+        """(domain, target, effect): each domain's effect on each target over the training mixtures."""
+        train = self.matrix(self.training_mixtures)
+        return interaction_matrix({t: e.predict for t, e in self.estimators.items()}, self.domains, train)
+
+    def has_std(self) -> bool:
+        """Whether every estimator gives a predictive standard deviation (the GP)."""
+        return all(isinstance(e, GaussianProcessMixtureRegressor) for e in self.estimators.values())
+
+    def uncertainty(self, target_weights: Mapping[str, float] | None = None):
+        """A function of a weight matrix: the target-weighted GP sd, or for other models the L2
+        distance to the nearest training mixture (0 on a training mixture)."""
+        weights = resolve_target_weights(self.targets, target_weights)
+        train = self.matrix(self.training_mixtures)
+
+        def gp_sd(X: np.ndarray) -> np.ndarray:
+            return sum(w * self.estimators[t].predict(X, return_std=True)[1] for t, w in weights.items())
+
+        def distance(X: np.ndarray) -> np.ndarray:
+            X = np.atleast_2d(np.asarray(X, dtype=float))
+            squared = (X**2).sum(1)[:, None] - 2 * X @ train.T + (train**2).sum(1)[None, :]
+            return np.sqrt(np.maximum(squared.min(axis=1), 0.0))
+
+        return gp_sd if self.has_std() else distance
 
     def save(self, path: str | os.PathLike[str]) -> Path:
         """Write the model directory atomically."""
@@ -389,7 +188,8 @@ class RegMixModel:
             klass = ESTIMATORS[entry["estimator"]]
             estimators[entry["target"]] = klass.load_state(path, entry)
         training = pd.read_parquet(path / TRAINING_MIXTURES)
-        return cls(manifest["domains"], estimators, manifest["model"], training, manifest.get("info"))
+        model = canonical_model(manifest["model"]) if manifest["model"] in ALIASES else manifest["model"]
+        return cls(manifest["domains"], estimators, model, training, manifest.get("info"))
 
 
 def resolve_target_weights(
@@ -444,50 +244,107 @@ def _load_mixture_frame(mixtures: str | os.PathLike[str] | pd.DataFrame, key: st
     return frame.rename(columns=lambda c: domain_name(str(c)))
 
 
+def _scale_values(
+    mixtures: str | os.PathLike[str] | pd.DataFrame, losses: str | os.PathLike[str] | pd.DataFrame,
+    index: pd.Index, key: str, scale: str | None,
+) -> tuple[str | None, np.ndarray | None]:
+    """The model size (or token count) of each joined run: column `scale`, or by default the first
+    of N, D that holds two or more values in the losses or mixtures table."""
+    for source in (losses, mixtures):
+        frame = source if isinstance(source, pd.DataFrame) else read_table(source)
+        frame = frame.set_index(key) if key in frame.columns else frame
+        names = [scale] if scale else [c for c in SCALE_COLUMNS if c in frame.columns]
+        for name in names:
+            if name not in frame.columns:
+                continue
+            values = pd.to_numeric(frame[name], errors="coerce").reindex(index).to_numpy(dtype=float)
+            if not np.isfinite(values).all():
+                raise ValueError(f"scale column {name!r}: missing or non-numeric for some runs")
+            if scale or len(np.unique(values)) >= 2:
+                return name, values
+    if scale:
+        raise ValueError(f"scale column {scale!r} not found in the mixtures or losses table")
+    return None, None
+
+
 def fit_regmix(
     mixtures: str | os.PathLike[str] | pd.DataFrame,
     losses: str | os.PathLike[str] | pd.DataFrame,
     targets: str | list[str],
     key: str = "index",
-    model: str = "lightgbm",
+    model: str = DEFAULT_MODEL,
     out: str | os.PathLike[str] | None = None,
     cv_folds: int = 5,
     seed: int = 0,
     params: Mapping[str, Any] | None = None,
+    select: str | None = None,
+    scale: str | None = None,
 ) -> tuple[RegMixModel, dict[str, Any]]:
     """Fit one regressor per target on (mixture, loss) runs, cross-validate, optionally save.
 
-    Returns the model and a summary (per target: k-fold Spearman with bootstrap 95% CI,
-    Pearson, MSE). With `out`, writes the model directory and `cv_report.parquet` inside it.
+    Per target, the summary holds k-fold CV metrics (Spearman with bootstrap 95% CI, Pearson, MSE)
+    beside the trivial baseline's Spearman and the gap's CI. When the runs hold 2+ scales (column
+    `scale`, by default N or D), every model is fitted on the smallest scale and scored on the
+    larger ones (`cross_scale`), and the final model is fitted on the smallest scale. `select`
+    ("cv" or "cross-scale") picks the model with the best mean Spearman by that figure instead of
+    `model`. With `out`, writes the model directory, `cv_report.parquet` and `interaction.parquet`.
     """
     targets = [targets] if isinstance(targets, str) else list(targets)
     if not targets:
         raise ValueError("give at least one target column")
+    if select not in (None, "cv", "cross-scale"):
+        raise ValueError(f"select must be 'cv' or 'cross-scale', got {select!r}")
+    model = canonical_model(model)
     weights, values = load_training_table(mixtures, losses, targets, key)
-    X = weights.to_numpy(dtype=float)
+    scale_name, scales = _scale_values(mixtures, losses, weights.index, key, scale)
+    groups = scale_groups(scales)
+    if select == "cross-scale" and groups is None:
+        raise ValueError("--select cross-scale needs runs at two or more model sizes (N) or token counts (D)")
+    domains = list(weights.columns)
+    X_all = weights.to_numpy(dtype=float)
+    fit_rows = groups[1] if groups is not None else np.ones(len(X_all), dtype=bool)
+    X = X_all[fit_rows]
+    across: dict[str, Any] = {}
+    if groups is not None:
+        across = {t: cross_scale(MODELS, X_all, values[t].to_numpy(dtype=float), groups, domains, t, seed,
+                                 params) for t in targets}
+    cv_all: dict[str, Any] = {}
+    if select == "cv":
+        cv_all = {t: cv_scores(MODELS, X, values[t].to_numpy(dtype=float)[fit_rows], domains, t, cv_folds,
+                               seed, params) for t in targets}
+        model = best_model({t: {m: r[0] for m, r in per.items()} for t, per in cv_all.items()})
+    elif select == "cross-scale":
+        model = best_model(across)
     estimators: dict[str, Any] = {}
     cv: dict[str, Any] = {}
     rows: list[dict[str, Any]] = []
     for target in targets:
-        y = values[target].to_numpy(dtype=float)
-        est = make_estimator(model, **dict(params or {}))
+        y = values[target].to_numpy(dtype=float)[fit_rows]
         if cv_folds and cv_folds > 1:
-            pooled, per_fold = cross_validate(est, X, y, folds=cv_folds, seed=seed)
+            pooled, per_fold = (cv_all[target][model] if cv_all else
+                                cv_scores([model], X, y, domains, target, cv_folds, seed, params)[model])
             cv[target] = pooled
             rows += [{"target": target, **r} for r in per_fold]
-            rows.append({"target": target, "fold": -1, **{k: v for k, v in pooled.items() if k != "folds"}})
-        estimators[target] = est.fit(X, y)
-    info = {"n_runs": len(X), "key": key, "seed": seed, "cv_folds": cv_folds, "cv": cv,
+            rows.append({"target": target, "fold": -1, **{k: v for k, v in pooled.items()
+                                                          if k not in ("folds", "baseline")}})
+        estimators[target] = build_estimator(model, seed, params).fit(X, y)
+    info = {"n_runs": len(X), "key": key, "seed": seed, "cv_folds": cv_folds, "cv": cv, "select": select,
+            "scale_column": scale_name, "fit_scale": groups[0] if groups else None, "cross_scale": across,
             "mixtures": str(mixtures) if not isinstance(mixtures, pd.DataFrame) else None,
             "losses": str(losses) if not isinstance(losses, pd.DataFrame) else None}
-    fitted = RegMixModel(list(weights.columns), estimators, model, weights.reset_index(drop=True), info)
-    summary: dict[str, Any] = {"model": model, "n": len(X), "domains": len(weights.columns),
-                               "targets": targets, "cv": cv}
+    fitted = RegMixModel(domains, estimators, model, weights.reset_index(drop=True)[fit_rows], info)
+    summary: dict[str, Any] = {"model": model, "n": len(X), "domains": len(domains), "targets": targets,
+                               "cv": cv, "select": select}
+    if cv_all:
+        summary["cv_by_model"] = {t: {m: r[0] for m, r in per.items()} for t, per in cv_all.items()}
+    if groups is not None:
+        summary.update({"scale_column": scale_name, "fit_scale": groups[0], "cross_scale": across})
     if out is not None:
         fitted.save(out)
         if rows:
             write_parquet(Path(out) / CV_REPORT, pd.DataFrame(rows))
-        summary["out"] = str(out)
+        write_interaction(fitted.interaction(), Path(out) / INTERACTION)
+        summary.update({"out": str(out), "interaction": str(Path(out) / INTERACTION)})
     return fitted, summary
 
 
@@ -513,9 +370,20 @@ def optimize_regmix(
     search: str = "refine",
     seed: int = 0,
     n_jobs: int | None = None,
+    proposer: str = "simulate",
+    kl_reg: float = 0.0,
+    worst: bool = False,
+    uncertainty_penalty: float = 0.0,
+    reuse: Reuse | None = None,
 ) -> dict[str, Any]:
-    """RegMix's simulate-and-average search for the mixture with the lowest predicted loss.
+    """The mixture with the lowest predicted loss (the highest with `worst`, Olmix's counterfactual).
 
+    `proposer="simulate"` is RegMix's simulate-and-average search; `"exact"` (smooth models:
+    mixing-law, linear, gp) also solves with scipy's SLSQP and writes that answer; the summary
+    reports both. The objective adds `kl_reg` x KL(h || prior) (Olmix's `kl_reg`) and
+    `uncertainty_penalty` x the model's uncertainty at h (the GP's predictive sd, or for other
+    models the L2 distance to the nearest training mixture). `reuse` searches only the frozen
+    virtual domain and the changed domains (`mixer.reuse`).
     `prior` is domain -> token count or share (default: the mean of the training mixtures);
     `caps`/`floors` bound each domain's weight; `target_weights` combines several fitted targets
     (default: their mean); `n_jobs` sets LightGBM's prediction threads (default: the model's, 1).
@@ -526,55 +394,116 @@ def optimize_regmix(
     if not isinstance(model, RegMixModel):
         model_dir = str(model)
         model = RegMixModel.load(model)
+    if proposer not in ("simulate", "exact"):
+        raise ValueError(f"proposer must be 'simulate' or 'exact', got {proposer!r}")
+    if proposer == "exact" and model.model not in SMOOTH_MODELS:
+        raise ValueError(f"--proposer exact needs a smooth model ({', '.join(SMOOTH_MODELS)}); this model is "
+                         f"{model.model!r}: refit with --model mixing-law or use --proposer simulate")
+    if kl_reg < 0 or uncertainty_penalty < 0:
+        raise ValueError("--kl-reg and --uncertainty-penalty must be >= 0")
     domains = model.domains
     train = model.matrix(model.training_mixtures)
-    if prior:
-        prior_vec = _domain_vector(prior, domains, "prior", 0.0)
-        prior_source = "given"
-    else:
-        prior_vec = train.mean(axis=0)
-        prior_source = "training-mixture mean"
-    if prior_vec.sum() <= 0 or np.any(prior_vec < 0):
-        raise ValueError("prior must be >= 0 for every domain and not all 0")
+    prior_vec, prior_source = _prior_vector(prior, domains, train)
     weights_of_targets = resolve_target_weights(model.targets, target_weights)
-    result = opt.optimize_mixture(
-        model.objective(weights_of_targets, n_jobs=n_jobs),
-        prior=prior_vec / prior_vec.sum(),
-        caps=_domain_vector(caps, domains, "cap", 1.0),
-        floors=_domain_vector(floors, domains, "floor", 0.0),
-        n_draws=n_draws, top_k=top_k, concentration=concentration, search=search, seed=seed,
-    )
-    coverage = opt.coverage(result.weights, train, domains)
-    mixture = dict(zip(domains, result.weights.tolist(), strict=True))
+    predicted = model.objective(weights_of_targets, n_jobs=n_jobs)
+    uncertainty = model.uncertainty(weights_of_targets)
+    lower = _domain_vector(floors, domains, "floor", 0.0)
+    upper = _domain_vector(caps, domains, "cap", 1.0)
+    if reuse is not None:
+        if list(reuse.domains) != domains:
+            raise ValueError(f"--reuse: the model's domains {domains} differ from the reuse domains "
+                             f"{list(reuse.domains)}")
+        expand, (lower, upper) = reuse.expand, reduced_bounds(reuse, lower, upper)
+        search_prior = reuse.reduce(prior_vec[None, :])[0]
+    else:
+        expand, search_prior = (lambda Z: np.atleast_2d(np.asarray(Z, dtype=float))), prior_vec
+    sign = -1.0 if worst else 1.0
+
+    def score(Z: np.ndarray) -> np.ndarray:
+        X = expand(Z)
+        value = sign * predicted(X)
+        if kl_reg:
+            value = value + kl_reg * kl_to_prior(X, prior_vec)
+        if uncertainty_penalty:
+            value = value + uncertainty_penalty * uncertainty(X)
+        return value
+
+    result = opt.optimize_mixture(score, prior=search_prior, caps=upper, floors=lower, n_draws=n_draws,
+                                  top_k=top_k, concentration=concentration, search=search, seed=seed)
+    candidates = {"simulate": expand(result.weights)[0]}
+    if proposer == "exact":
+        exact, _ = solve_exact(score, lower, upper, [result.weights, search_prior, result.top_draws[0]])
+        candidates["exact"] = expand(exact)[0]
+    chosen = candidates[proposer]
+    report = {name: _mixture_report(h, domains, predicted, prior_vec, uncertainty)
+              for name, h in candidates.items()}
+    mixture = dict(zip(domains, chosen.tolist(), strict=True))
+    top_predicted = predicted(expand(result.top_draws))
     summary: dict[str, Any] = {
         "weights": mixture,
-        "predicted": float(model.objective(weights_of_targets)(result.weights[None, :])[0]),
-        "topk_predicted_mean": float(result.top_scores.mean()),
-        "topk_predicted_min": float(result.top_scores.min()),
-        "topk_predicted_max": float(result.top_scores.max()),
+        "predicted": report[proposer]["predicted"],
+        "proposer": proposer, "worst": worst, "kl_reg": kl_reg, "uncertainty_penalty": uncertainty_penalty,
+        "proposals": report if len(report) > 1 else None,
+        "kl_to_prior": report[proposer]["kl_to_prior"], "uncertainty": report[proposer]["uncertainty"],
+        "uncertainty_kind": "gp sd" if model.has_std() else "L2 to nearest training mixture",
+        "in_training_hull": in_convex_hull(chosen, train),
+        "topk_predicted_mean": float(top_predicted.mean()),
+        "topk_predicted_min": float(top_predicted.min()),
+        "topk_predicted_max": float(top_predicted.max()),
         "topk_weight_std_max": float(result.top_draws.std(axis=0).max()),
         "topk_l1_to_mean": float(np.abs(result.top_draws - result.weights).sum(axis=1).mean()),
         "n_draws": n_draws, "top_k": len(result.top_scores), "n_evaluated": result.n_evaluated,
         "search": search, "prior": prior_source, "concentration": concentration, "seed": seed,
-        "targets": weights_of_targets, **coverage,
+        "targets": weights_of_targets, **opt.coverage(chosen, train, domains),
     }
+    if reuse is not None:
+        summary["reuse"] = {"changed": list(reuse.changed), "frozen": list(reuse.frozen),
+                            "virtual_weight": float(reuse.reduce(chosen[None, :])[0, 0])}
     if out is not None:
-        out = Path(out)
-        provenance = {"method": "regmix", "model": model_dir or model.model, "model_kind": model.model,
-                      "seed": seed, "targets": weights_of_targets, "n_draws": n_draws, "top_k": top_k,
-                      "prior": prior_source, "concentration": concentration, "search": search,
-                      "predicted": summary["predicted"]}
-        if caps:
-            provenance["caps"] = {d: float(v) for d, v in caps.items()}
-        if floors:
-            provenance["floors"] = {d: float(v) for d, v in floors.items()}
-        write_mixture(out, mixture, provenance)
-        json_path = out.with_suffix(".json")
-        write_mixture(json_path, mixture, provenance)
-        report = pd.DataFrame(result.top_draws, columns=[f"h_{d}" for d in domains])
-        report.insert(0, "predicted", result.top_scores)
-        report.insert(0, "rank", np.arange(1, len(report) + 1))
-        topk_path = out.with_name(out.stem + ".topk.parquet")
-        write_parquet(topk_path, report)
-        summary.update({"out": str(out), "json": str(json_path), "topk_report": str(topk_path)})
+        summary.update(_write_optimum(Path(out), mixture, result, expand, top_predicted, domains, summary,
+                                      model_dir or model.model, model.model, caps, floors))
     return summary
+
+
+def _prior_vector(
+    prior: Mapping[str, float] | None, domains: list[str], train: np.ndarray
+) -> tuple[np.ndarray, str]:
+    """The prior as shares over `domains` (default: the training-mixture mean) and its source."""
+    if prior:
+        vec, source = _domain_vector(prior, domains, "prior", 0.0), "given"
+    else:
+        vec, source = train.mean(axis=0), "training-mixture mean"
+    if vec.sum() <= 0 or np.any(vec < 0):
+        raise ValueError("prior must be >= 0 for every domain and not all 0")
+    return vec / vec.sum(), source
+
+
+def _mixture_report(h, domains, predicted, prior, uncertainty) -> dict[str, Any]:
+    return {"weights": dict(zip(domains, h.tolist(), strict=True)),
+            "predicted": float(predicted(h[None, :])[0]),
+            "kl_to_prior": float(kl_to_prior(h, prior)[0]), "uncertainty": float(uncertainty(h[None, :])[0])}
+
+
+def _write_optimum(out: Path, mixture, result, expand, top_predicted, domains, summary, model_ref, model_kind,
+                   caps, floors) -> dict[str, str]:
+    """The mixture YAML and JSON, and the top-k draws as Parquet; returns their paths."""
+    provenance = {"method": "regmix", "model": model_ref, "model_kind": model_kind,
+                  **{k: summary[k] for k in ("seed", "targets", "n_draws", "top_k", "prior", "concentration",
+                                             "search", "predicted", "proposer", "worst", "kl_reg",
+                                             "uncertainty_penalty")}}
+    if "reuse" in summary:
+        provenance["reuse"] = summary["reuse"]
+    if caps:
+        provenance["caps"] = {d: float(v) for d, v in caps.items()}
+    if floors:
+        provenance["floors"] = {d: float(v) for d, v in floors.items()}
+    write_mixture(out, mixture, provenance)
+    json_path = out.with_suffix(".json")
+    write_mixture(json_path, mixture, provenance)
+    report = pd.DataFrame(expand(result.top_draws), columns=[f"h_{d}" for d in domains])
+    report.insert(0, "score", result.top_scores)
+    report.insert(0, "predicted", top_predicted)
+    report.insert(0, "rank", np.arange(1, len(report) + 1))
+    topk_path = out.with_name(out.stem + ".topk.parquet")
+    write_parquet(topk_path, report)
+    return {"out": str(out), "json": str(json_path), "topk_report": str(topk_path)}

@@ -80,7 +80,7 @@ def test_fit_evaluate_predict_optimize(runs_dir: Path, tmp_path: Path, capsys) -
     mix, loss = str(runs_dir / "mixtures.csv"), str(runs_dir / "losses.csv")
     model = str(tmp_path / "model")
     fitted = run(["regmix", "fit", "--mixtures", mix, "--losses", loss, "--target", "loss_web",
-                  "--target", "loss_code", "--out", model, "--cv-folds", "3"], capsys)
+                  "--target", "loss_code", "--out", model, "--cv-folds", "3", "--model", "lightgbm"], capsys)
     assert fitted["n"] == 96 and set(fitted["cv"]) == {"loss_web", "loss_code"}
     assert fitted["cv"]["loss_web"]["spearman"] > 0.8
     assert (tmp_path / "model" / "cv_report.parquet").exists()

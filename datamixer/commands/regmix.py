@@ -89,22 +89,36 @@ def propose(
     floors: Annotated[
         str | None, typer.Option("--floors", "--floor", help="per-domain floors: d=w,... or a file")
     ] = None,
+    reuse: Annotated[
+        Path | None, typer.Option("--reuse", help="previous mixture YAML: freeze unchanged domains' ratios")
+    ] = None,
+    changed: Annotated[
+        str | None, typer.Option("--changed", help="with --reuse: domains added or revised, d1,d2")
+    ] = None,
     seed: Annotated[int, typer.Option("--seed")] = 0,
 ) -> None:
-    """Sample proxy mixtures (RegMix's capped Dirichlet sampler) into DIR/proposals.parquet."""
+    """Sample proxy mixtures (RegMix's capped Dirichlet sampler) into DIR/proposals.parquet.
+
+    With --reuse PREVIOUS.yaml --changed d1,d2 (Olmix's mixture reuse), the unchanged domains keep
+    their previous ratios as one virtual domain: a small swarm over it and the changed domains."""
     from mixer.runs import domain_name, load_token_counts
     from mixer.sampler import domain_caps, propose_mixtures, write_proposals
 
     counts = load_token_counts(tokens)
+    frozen = _reuse(reuse, changed, list(counts))
     cap_map = parse_mapping(caps, "--caps")
     settings = {"proxy_tokens": proxy_tokens, "max_epochs": max_epochs, "temperature": temperature,
                 "min_concentration": min_concentration, "max_concentration": max_concentration,
                 "min_weight": min_weight, "round_to": round_to, "dedup_l1": dedup_l1}
     info(f"sampling {n} mixtures over {len(counts)} domains from {tokens}")
     floor_map = parse_mapping(floors, "--floors")
-    frame = propose_mixtures(counts, n, caps=cap_map, floors=floor_map, seed=seed, **settings)
+    if frozen is None:
+        frame = propose_mixtures(counts, n, caps=cap_map, floors=floor_map, seed=seed, **settings)
+    else:
+        frame = _propose_reused(frozen, counts, n, cap_map, floor_map, seed, settings)
     provenance = {"method": "regmix-propose", "tokens": str(tokens), "seed": seed, **settings,
-                  **({"caps": cap_map} if cap_map else {}), **({"floors": floor_map} if floor_map else {})}
+                  **({"caps": cap_map} if cap_map else {}), **({"floors": floor_map} if floor_map else {}),
+                  **({"reuse": str(reuse), "changed": list(frozen.changed)} if frozen else {})}
     proposals = write_proposals(frame, out, provenance)
     weight_columns = [c for c in frame.columns if c != "mixture"]
     effective_caps = {**domain_caps(counts, proxy_tokens, max_epochs), **cap_map}
@@ -125,26 +139,53 @@ def fit(
     out: Annotated[Path, typer.Option("--out", help="model directory to write")],
     key: Annotated[str, typer.Option("--key", help="column joining mixtures and losses")] = "index",
     model: Annotated[
-        str, typer.Option("--model", help="lightgbm | law-lightgbm | ensemble | linear")
-    ] = "lightgbm",
+        str, typer.Option("--model", help="law-blend (alias ensemble) | lightgbm | law-lightgbm | "
+                          "mixing-law | gp | linear")
+    ] = "law-blend",
+    select: Annotated[
+        str | None, typer.Option("--select", help="choose the model by: cv | cross-scale (overrides --model)")
+    ] = None,
+    scale: Annotated[
+        str | None, typer.Option("--scale", help="size/token column for cross-scale checks (default: N, D)")
+    ] = None,
     cv_folds: Annotated[int, typer.Option("--cv-folds", help="k-fold CV on the training runs (0: off)")] = 5,
     seed: Annotated[int, typer.Option("--seed")] = 0,
 ) -> None:
-    """Fit one regressor per target; report k-fold CV Spearman (bootstrap 95% CI), Pearson, MSE."""
-    from mixer.regmix import MODELS, fit_regmix
+    """Fit one regressor per target; report CV Spearman (95% CI) beside the trivial baseline, and
+    rank accuracy across scale when the runs hold two or more model sizes."""
+    from mixer.model_selection import baseline_warning
+    from mixer.regmix import canonical_model, fit_regmix
 
-    if model not in MODELS:
-        raise ValueError(f"--model must be one of {list(MODELS)}, got {model!r}")
-    info(f"fitting {model} on {mixtures} -> {', '.join(target)} ({cv_folds}-fold CV)")
+    model = canonical_model(model)
+    info(f"fitting {select and f'the best by {select}' or model} on {mixtures} -> {', '.join(target)} "
+         f"({cv_folds}-fold CV)")
     _, summary = fit_regmix(mixtures, losses, list(target), key=key, model=model, out=out,
-                            cv_folds=cv_folds, seed=seed)
+                            cv_folds=cv_folds, seed=seed, select=select, scale=scale)
     for name, metrics in summary["cv"].items():
-        info(f"  {name}: CV spearman {metrics['spearman']:.4f} "
+        info(f"  {name}: {summary['model']} CV spearman {metrics['spearman']:.4f} "
              f"[{metrics['spearman_ci_low']:.4f}, {metrics['spearman_ci_high']:.4f}], "
-             f"pearson {metrics['pearson']:.4f}, mse {metrics['mse']:.5f}")
+             f"pearson {metrics['pearson']:.4f}, mse {metrics['mse']:.5f}" + _baseline_text(metrics))
+        warning = baseline_warning(name, metrics, "CV")
+        if warning:
+            info(warning)
+    for name, per_model in summary.get("cross_scale", {}).items():
+        for kind, metrics in per_model.items():
+            info(f"  {name}: {kind} fitted at {summary['scale_column']}={metrics['fit_scale']:g}, "
+                 f"spearman at "
+                 f"{metrics['scale']:g}: {metrics['spearman']:.4f}" + _baseline_text(metrics))
+        warning = baseline_warning(name, per_model[summary["model"]], "cross-scale")
+        if warning:
+            info(warning)
     if len(target) == 1 and summary["cv"]:
         summary.update({f"cv_{k}": v for k, v in summary["cv"][target[0]].items()})
     emit(summary)
+
+
+def _baseline_text(metrics: dict[str, Any]) -> str:
+    if metrics.get("baseline") is None:
+        return "; no trivial baseline (no domain matches the target's name)"
+    return (f"; trivial baseline {metrics['baseline_spearman']:.4f} (gap {metrics['gap']:+.4f}, "
+            f"95% CI [{metrics['gap_ci_low']:+.4f}, {metrics['gap_ci_high']:+.4f}])")
 
 
 def _load_for_model(model_dir: Path, mixtures: Path, key: str):
@@ -177,8 +218,10 @@ def evaluate(
     key: Annotated[str, typer.Option("--key")] = "index",
     seed: Annotated[int, typer.Option("--seed", help="seed of the bootstrap CI")] = 0,
 ) -> None:
-    """Score a fitted model on held-out runs: n, spearman (95% CI), pearson, mse."""
+    """Score a fitted model on held-out runs: n, spearman (95% CI), pearson, mse, beside the
+    trivial baseline (minus the target domain's weight); warn when the model does not beat it."""
     from mixer.metrics import regression_metrics
+    from mixer.model_selection import baseline_warning, compare_to_baseline
     from mixer.regmix import RegMixModel, load_training_table
 
     model = RegMixModel.load(model_dir)
@@ -188,13 +231,20 @@ def evaluate(
         raise ValueError(f"target(s) {unknown} not fitted in {model_dir}; it has {model.targets}")
     weights, values = load_training_table(mixtures, losses, targets, key)
     predictions = model.predict(weights)
-    per_target = {t: regression_metrics(values[t].to_numpy(), predictions[t].to_numpy(), seed=seed)
-                  for t in targets}
+    X = weights.to_numpy(dtype=float)
+    per_target = {}
+    for t in targets:
+        y, pred = values[t].to_numpy(), predictions[t].to_numpy()
+        per_target[t] = {**regression_metrics(y, pred, seed=seed),
+                         **compare_to_baseline(y, pred, X, model.domains, {t: 1.0}, seed)}
     first = per_target[targets[0]]
     for name, metrics in per_target.items():
         info(f"{name}: n={metrics['n']} spearman {metrics['spearman']:.4f} "
              f"[{metrics['spearman_ci_low']:.4f}, {metrics['spearman_ci_high']:.4f}] "
-             f"pearson {metrics['pearson']:.4f} mse {metrics['mse']:.5f}")
+             f"pearson {metrics['pearson']:.4f} mse {metrics['mse']:.5f}" + _baseline_text(metrics))
+        warning = baseline_warning(name, metrics, "held-out")
+        if warning:
+            info(warning)
     result: dict[str, Any] = {**first, "target": targets[0], "model": str(model_dir)}
     if len(targets) > 1:
         result["per_target"] = per_target
@@ -261,31 +311,99 @@ def optimize(
     max_epochs: Annotated[
         float, typer.Option("--max-epochs", help="cap each domain at this many epochs of its data")
     ] = 4.0,
+    proposer: Annotated[
+        str, typer.Option("--proposer", help="simulate (RegMix top-k) | exact (SLSQP; smooth models)")
+    ] = "simulate",
+    kl_reg: Annotated[float, typer.Option("--kl-reg", help="penalty x KL(mixture || prior), as Olmix")] = 0.0,
+    worst: Annotated[
+        bool, typer.Option("--worst", help="propose the worst mixture under the model (a counterfactual run)")
+    ] = False,
+    uncertainty_penalty: Annotated[
+        float, typer.Option("--uncertainty-penalty",
+                            help="penalty x GP sd (gp) or L2 distance to the nearest training mixture")
+    ] = 0.0,
+    families: Annotated[
+        Path | None, typer.Option("--families", help="task-family YAML: targets grouped and weighted")
+    ] = None,
+    reuse: Annotated[
+        Path | None, typer.Option("--reuse", help="previous mixture YAML: keep unchanged domains' ratios")
+    ] = None,
+    changed: Annotated[
+        str | None, typer.Option("--changed", help="with --reuse: domains added or revised, d1,d2")
+    ] = None,
     seed: Annotated[int, typer.Option("--seed")] = 0,
 ) -> None:
-    """Search for the mixture with the lowest predicted loss (RegMix: simulate, average top-k)."""
+    """Search for the mixture with the lowest predicted loss (RegMix: simulate, average top-k;
+    or solve it exactly), with Olmix's KL regulariser, task families and mixture reuse."""
     from mixer.budget import optimiser_caps
+    from mixer.families import read_families
     from mixer.regmix import RegMixModel, optimize_regmix
 
     if out.suffix.lower() not in MIXTURE_SUFFIXES:
         raise ValueError(f"--out must end in .yaml or .yml, got {out}")
-    info(f"searching {draws:,} mixtures ({search}) with {model_dir}")
+    if families and target_weights:
+        raise ValueError("give --families or --target-weights, not both")
+    domains = RegMixModel.load(model_dir).domains
+    info(f"searching {draws:,} mixtures ({search}, proposer {proposer}) with {model_dir}")
     summary = optimize_regmix(
         model_dir, out, n_draws=draws, top_k=top_k, prior=_read_prior(prior) if prior else None,
-        caps=optimiser_caps(RegMixModel.load(model_dir).domains, parse_mapping(caps, "--caps"), stats,
-                            train_tokens, max_epochs),
+        caps=optimiser_caps(domains, parse_mapping(caps, "--caps"), stats, train_tokens, max_epochs),
         floors=parse_mapping(floors, "--floors"),
-        target_weights=parse_mapping(target_weights, "--target-weights"),
-        concentration=concentration, search=search, seed=seed,
+        target_weights=(read_families(families) if families
+                        else parse_mapping(target_weights, "--target-weights")),
+        concentration=concentration, search=search, seed=seed, proposer=proposer, kl_reg=kl_reg, worst=worst,
+        uncertainty_penalty=uncertainty_penalty, reuse=_reuse(reuse, changed, domains),
     )
+    for name, proposal in (summary["proposals"] or {}).items():
+        info(f"  {name}: predicted {proposal['predicted']:.4f}, KL to prior {proposal['kl_to_prior']:.4f}")
     info(f"predicted {summary['predicted']:.4f}; top-{summary['top_k']} predictions "
          f"{summary['topk_predicted_min']:.4f}..{summary['topk_predicted_max']:.4f}, "
          f"mean L1 to the average {summary['topk_l1_to_mean']:.3f}; scored {summary['n_evaluated']:,} draws")
+    if not summary["in_training_hull"]:
+        info(f"warning: the mixture lies outside the convex hull of the training mixtures "
+             f"(uncertainty, {summary['uncertainty_kind']}: {summary['uncertainty']:.4f})")
     if summary["outside_training"]:
         info(f"warning: the mixture leaves the region of the training mixtures (nearest L1 "
              f"{summary['nearest_training_l1']:.3f} vs typical {summary['training_nn_l1_q']:.3f}; "
              f"outside range: {summary['outside_range']}); trees predict flat there")
     emit(summary)
+
+
+def _propose_reused(frozen, counts, n, caps, floors, seed, settings):
+    """Propose over (virtual frozen domain, changed domains), then recompose over every domain."""
+    import numpy as np
+
+    from mixer.reuse import VIRTUAL, expand_frame, reduced_bounds
+    from mixer.sampler import domain_caps, propose_mixtures
+
+    domains = list(frozen.domains)
+    upper = np.array([{**domain_caps(counts, settings["proxy_tokens"], settings["max_epochs"]), **caps}[d]
+                      for d in domains])
+    lower = np.array([floors.get(d, 0.0) for d in domains])
+    low, high = reduced_bounds(frozen, lower, upper)
+    names = frozen.reduced_domains
+    reduced_counts = {VIRTUAL: sum(counts[d] for d in frozen.frozen),
+                      **{d: counts[d] for d in frozen.changed}}
+    reduced = propose_mixtures(reduced_counts, n, seed=seed,
+                               caps=dict(zip(names, high.tolist(), strict=True)),
+                               floors={d: v for d, v in zip(names, low.tolist(), strict=True) if v > 0},
+                               **settings)
+    return expand_frame(frozen, reduced)
+
+
+def _reuse(previous: Path | None, changed: str | None, domains: list[str]):
+    """The frozen-ratio reuse of `previous` (None without --reuse); --changed is required with it."""
+    from mixer.mixture import read_mixture
+    from mixer.reuse import freeze
+
+    if previous is None:
+        if changed:
+            raise ValueError("--changed needs --reuse PREVIOUS.yaml")
+        return None
+    names = [c.strip() for c in (changed or "").split(",") if c.strip()]
+    if not names:
+        raise ValueError("--reuse needs --changed d1,d2 (the domains added or revised)")
+    return freeze(read_mixture(previous), domains, names)
 
 
 def register(app: typer.Typer) -> None:
