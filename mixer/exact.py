@@ -25,6 +25,15 @@ def kl_to_prior(X: np.ndarray, prior: np.ndarray) -> np.ndarray:
     return np.sum(X * (np.log(X + KL_EPS) - np.log(np.asarray(prior, dtype=float) + KL_EPS)), axis=1)
 
 
+def feasible(h: np.ndarray, lower: np.ndarray, upper: np.ndarray, tol: float = 1e-9) -> np.ndarray:
+    """`h` clipped into the bounds; moved onto the simplex only if clipping leaves it off (a
+    projection would also move feasible points)."""
+    h = np.clip(h, lower, upper)
+    if abs(h.sum() - 1.0) <= tol:
+        return h / h.sum()
+    return box_simplex_projection(h[None, :], lower, upper)[0]
+
+
 def solve_exact(
     objective: Callable[[np.ndarray], np.ndarray],
     lower: np.ndarray,
@@ -42,7 +51,7 @@ def solve_exact(
     constraint = {"type": "eq", "fun": lambda h: h.sum() - 1.0, "jac": lambda h: np.ones_like(h)}
     best: tuple[np.ndarray, float] | None = None
     for start in starts:
-        start = box_simplex_projection(np.asarray(start, dtype=float)[None, :], lower, upper)[0]
+        start = feasible(np.asarray(start, dtype=float), lower, upper)
         result = minimize(
             fun,
             start,
@@ -51,10 +60,9 @@ def solve_exact(
             constraints=[constraint],
             options={"maxiter": max_iter, "ftol": 1e-12},
         )
-        # SLSQP may end a hair outside the bounds: project back before scoring.
-        h = box_simplex_projection(np.clip(result.x, lower, upper)[None, :], lower, upper)[0]
-        value = fun(h)
-        if best is None or value < best[1]:
-            best = (h, value)
+        for h in (start, feasible(result.x, lower, upper)):  # SLSQP never returns worse than its start
+            value = fun(h)
+            if best is None or value < best[1]:
+                best = (h, value)
     assert best is not None
     return best

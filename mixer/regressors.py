@@ -16,12 +16,14 @@ model; `load_state` reads it back.
 from __future__ import annotations
 
 import json
+import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from sklearn.base import BaseEstimator, RegressorMixin
+from sklearn.exceptions import ConvergenceWarning
 from sklearn.gaussian_process import GaussianProcessRegressor
 from sklearn.gaussian_process.kernels import RBF, ConstantKernel, WhiteKernel
 from sklearn.linear_model import Ridge
@@ -145,7 +147,8 @@ class MixingLawRegressor(_MixtureRegressor):
         return self
 
     def predict(self, X: Any) -> np.ndarray:
-        return law_predict(self.theta_, self._predict_data(X), self.offset_)
+        X = self._predict_data(X)
+        return law_predict(self.theta_, X, self.offset_)
 
     def gradient(self, h: np.ndarray) -> np.ndarray:
         """dL/dh at one mixture (for the exact proposer)."""
@@ -411,7 +414,11 @@ class GaussianProcessMixtureRegressor(_MixtureRegressor):
             n_restarts_optimizer=self.n_restarts_optimizer,
             random_state=self.random_state,
         )
-        with threadpool_limits(limits=self.n_jobs, user_api="blas"):
+        with threadpool_limits(limits=self.n_jobs, user_api="blas"), warnings.catch_warnings():
+            # ARD length scales at their upper bound mark domains that do not move the loss: expected.
+            warnings.filterwarnings(
+                "ignore", message=".*close to the specified upper bound", category=ConvergenceWarning
+            )
             self.gp_ = gp.fit(X, y)
         return self
 
