@@ -52,10 +52,13 @@ SMALL = [
     GaussianProcessMixtureRegressor(),
     RidgeRegressor(),
 ]
-# Every check applies. Scores on scikit-learn's generic (non-mixture) data sets are exempt
-# through the `poor_score` tag, which the estimators set because they model losses of mixtures.
+# Every check applies (the only skip is scikit-learn's own array-API check, which needs
+# SCIPY_ARRAY_API=1). Scores on scikit-learn's generic (non-mixture) data sets are exempt through
+# the `poor_score` tag, which the estimators set because they model losses of mixtures. About a
+# minute in all on 2 cores, hence slow.
 
 
+@pytest.mark.slow
 @parametrize_with_checks(SMALL)
 def test_scikit_learn_conformance(estimator, check) -> None:
     check(estimator)
@@ -83,8 +86,9 @@ def test_gp_and_mixing_law_round_trip_and_gp_uncertainty(tmp_path: Path) -> None
     X, losses = runs(64)
     test, test_losses = runs(200, seed=1)
     for kind in ("mixing-law", "gp"):
-        model, summary = fit_regmix(X, losses, ["loss_web", "loss_code"], model=kind, cv_folds=3,
-                                    out=tmp_path / kind)
+        model, summary = fit_regmix(
+            X, losses, ["loss_web", "loss_code"], model=kind, cv_folds=3, out=tmp_path / kind
+        )
         assert summary["cv"]["loss_web"]["spearman"] > 0.9
         loaded = RegMixModel.load(tmp_path / kind)
         np.testing.assert_allclose(loaded.predict(test).to_numpy(), model.predict(test).to_numpy(), rtol=1e-9)
@@ -111,8 +115,13 @@ def test_mixing_law_alone_ranks_like_the_truth() -> None:
 
 
 def test_target_domain_matches_regmix_and_runs_table_names() -> None:
-    regmix = ["train_the_pile_arxiv", "train_the_pile_pile_cc", "train_the_pile_pubmed_central",
-              "train_the_pile_pubmed_abstracts", "train_the_pile_github"]
+    regmix = [
+        "train_the_pile_arxiv",
+        "train_the_pile_pile_cc",
+        "train_the_pile_pubmed_central",
+        "train_the_pile_pubmed_abstracts",
+        "train_the_pile_github",
+    ]
     assert target_domain("metric/the_pile_pile_cc_val_loss", regmix) == "train_the_pile_pile_cc"
     assert target_domain("metric/the_pile_pubmed_central_val_loss", regmix) == "train_the_pile_pubmed_central"
     assert target_domain("loss_code", DOMAINS) == "code"
@@ -141,8 +150,16 @@ def two_scale_runs(n: int = 64) -> pd.DataFrame:
 def test_cross_scale_validation_scores_every_model_and_selects(tmp_path: Path) -> None:
     table = two_scale_runs()
     params = {"n_estimators": 50, "learning_rate": 0.1, "law_starts": 8, "n_starts": 16}
-    model, summary = fit_regmix(table, table, ["loss_web"], key="run", cv_folds=3, params=params,
-                                select="cross-scale", out=tmp_path / "m")
+    model, summary = fit_regmix(
+        table,
+        table,
+        ["loss_web"],
+        key="run",
+        cv_folds=3,
+        params=params,
+        select="cross-scale",
+        out=tmp_path / "m",
+    )
     across = summary["cross_scale"]["loss_web"]
     assert set(across) == {"law-blend", "lightgbm", "law-lightgbm", "mixing-law", "gp", "linear"}
     assert summary["scale_column"] == "N" and summary["fit_scale"] == 1e6 and summary["n"] == 64
@@ -195,16 +212,27 @@ def law_model() -> RegMixModel:
 
 def test_exact_proposer_beats_or_matches_simulate_within_caps(law_model: RegMixModel, tmp_path: Path) -> None:
     out = tmp_path / "mix.yaml"
-    result = optimize_regmix(law_model, out, n_draws=20000, top_k=20, proposer="exact", caps={"web": 0.4},
-                             floors={"math": 0.05})
+    result = optimize_regmix(
+        law_model, out, n_draws=20000, top_k=20, proposer="exact", caps={"web": 0.4}, floors={"math": 0.05}
+    )
     exact, simulate = result["proposals"]["exact"], result["proposals"]["simulate"]
     assert exact["predicted"] <= simulate["predicted"] + 1e-6
     assert result["predicted"] == exact["predicted"] and result["weights"] == exact["weights"]
     assert result["weights"]["web"] <= 0.4 + 1e-9 and result["weights"]["math"] >= 0.05 - 1e-9
     assert sum(result["weights"].values()) == pytest.approx(1.0)
     # a grid over the feasible simplex finds nothing better than the exact answer
-    grid = propose_mixtures({d: 1.0 for d in DOMAINS}, 3000, proxy_tokens=1e-9, caps={"web": 0.4},
-                            floors={"math": 0.05}, seed=5).drop(columns="mixture").to_numpy()
+    grid = (
+        propose_mixtures(
+            {d: 1.0 for d in DOMAINS},
+            3000,
+            proxy_tokens=1e-9,
+            caps={"web": 0.4},
+            floors={"math": 0.05},
+            seed=5,
+        )
+        .drop(columns="mixture")
+        .to_numpy()
+    )
     assert law_model.objective()(grid).min() >= exact["predicted"] - 1e-4
     written = json.loads(out.with_suffix(".json").read_text())
     assert written["provenance"]["proposer"] == "exact"
@@ -239,8 +267,9 @@ def test_exact_needs_a_smooth_model() -> None:
 
 
 def test_task_families_weight_targets() -> None:
-    weights = family_target_weights({"code": {"weight": 1, "targets": ["a", "b"]},
-                                     "prose": {"weight": 3, "targets": {"c": 2, "d": 1}}})
+    weights = family_target_weights(
+        {"code": {"weight": 1, "targets": ["a", "b"]}, "prose": {"weight": 3, "targets": {"c": 2, "d": 1}}}
+    )
     assert weights == pytest.approx({"a": 0.125, "b": 0.125, "c": 0.5, "d": 0.25})
     with pytest.raises(ValueError, match="family 'x'"):
         family_target_weights({"x": {"weight": 1}})
@@ -262,3 +291,233 @@ def test_freeze_expand_reduce_and_bounds() -> None:
         freeze({"web": 1.0}, DOMAINS, ["math"])
     with pytest.raises(ValueError, match="unknown domain"):
         freeze(previous, DOMAINS, ["video"])
+
+
+REGMIX = Path(__file__).resolve().parents[2] / "shared" / "data" / "regmix"
+FOUR_TARGETS = [f"metric/the_pile_{t}_val_loss" for t in ("pile_cc", "github", "arxiv", "wikipedia_en")]
+
+
+@pytest.mark.slow
+def test_reuse_on_regmix_reaches_full_reoptimisation_with_16_runs() -> None:
+    """Olmix Sec. 5.1 on RegMix's 17 domains: three domains change (here: arrive), 14 stay frozen."""
+    if not REGMIX.exists():
+        pytest.skip(f"shared RegMix runs not found at {REGMIX}")
+    from mixer.reuse import VIRTUAL, expand_frame
+    from mixer.runs import load_mixtures, load_targets
+
+    mixtures = load_mixtures(REGMIX / "train_mixture_1m.csv")
+    losses = load_targets(REGMIX / "train_pile_loss_1m.csv", FOUR_TARGETS)
+    # the oracle: a smooth model of the 512 shared runs stands in for training runs
+    oracle, _ = fit_regmix(mixtures, losses, FOUR_TARGETS, model="mixing-law", cv_folds=0)
+    truth = oracle.objective()
+    changed = ["train_the_pile_github", "train_the_pile_arxiv", "train_the_pile_wikipedia_en"]
+    previous = optimize_regmix(
+        oracle, n_draws=20000, top_k=50, proposer="exact", caps=dict.fromkeys(changed, 0.0)
+    )
+    full = optimize_regmix(oracle, n_draws=20000, top_k=50, proposer="exact")
+    reuse = freeze(previous["weights"], oracle.domains, changed)
+    swarm = propose_mixtures({VIRTUAL: 1.0, **dict.fromkeys(changed, 1.0)}, 16, proxy_tokens=1e-9, seed=0)
+    runs_16 = expand_frame(reuse, swarm).drop(columns="mixture")
+    labels = oracle.predict(runs_16.to_numpy())
+    labels.index = runs_16.index
+    small, _ = fit_regmix(runs_16, labels, FOUR_TARGETS, model="mixing-law", cv_folds=0)
+    reused = optimize_regmix(small, n_draws=20000, top_k=50, proposer="exact", reuse=reuse)
+    got = float(truth(np.array([list(reused["weights"].values())]))[0])
+    before, best = previous["predicted"], full["predicted"]
+    assert got <= best * 1.005  # within 0.5% of the full re-optimisation's loss
+    assert before - got > 0.5 * (before - best)  # and most of its gain, from 16 runs instead of 512
+    frozen = np.array([reused["weights"][d] for d in reuse.frozen])
+    np.testing.assert_allclose(frozen / frozen.sum(), reuse.ratios, rtol=1e-9)
+
+
+# --- the CLI -------------------------------------------------------------------------------------
+
+
+def cli(args: list[str], capsys) -> tuple[dict, str]:
+    from datamixer.cli import main
+
+    assert main(args) == 0, capsys.readouterr().err
+    captured = capsys.readouterr()
+    return json.loads(captured.out.strip().splitlines()[-1]), captured.err
+
+
+@pytest.fixture(scope="module")
+def tables(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("mixer_models")
+    X, losses = runs(96)
+    X.rename(columns=lambda c: c[2:]).rename_axis("index").reset_index().to_csv(path / "mix.csv", index=False)
+    losses.rename_axis("index").reset_index().to_csv(path / "loss.csv", index=False)
+    # a loss that no mixture explains: the model cannot beat the baseline on it
+    rng = np.random.default_rng(9)
+    noise = pd.DataFrame({"index": X.index, "loss_web": 3 + rng.normal(0, 0.1, len(X))})
+    noise.to_csv(path / "noise.csv", index=False)
+    # web loss driven mostly by the books weight: here the model must beat "minus the web weight"
+    h = X.to_numpy()
+    mixed = 3 + 0.3 * np.exp(-4 * h[:, 0]) + 1.0 * np.exp(-6 * h[:, 2]) + rng.normal(0, 0.005, len(X))
+    pd.DataFrame({"index": X.index, "loss_web": mixed}).to_csv(path / "mixed.csv", index=False)
+    pd.DataFrame({"domain": ["web", "code", "books", "math"], "tokens": [5e10, 2e10, 1e10, 5e9]}).to_csv(
+        path / "tokens.csv", index=False
+    )
+    return path
+
+
+def test_cli_fit_and_evaluate_print_the_baseline_and_warn(tables: Path, tmp_path: Path, capsys) -> None:
+    def fit(losses: str, out: Path) -> tuple[dict, str]:
+        return cli(
+            [
+                "regmix",
+                "fit",
+                "--mixtures",
+                str(tables / "mix.csv"),
+                "--target",
+                "loss_web",
+                "--cv-folds",
+                "3",
+                "--losses",
+                str(tables / losses),
+                "--model",
+                "mixing-law",
+                "--out",
+                str(out),
+            ],
+            capsys,
+        )
+
+    # web loss follows the web weight almost alone: the trivial baseline is as good, and fit says so
+    fitted, err = fit("loss.csv", tmp_path / "plain")
+    assert "does not beat the trivial baseline" in err and fitted["cv_beats_baseline"] is False
+    fitted, err = fit("mixed.csv", tmp_path / "m")
+    assert "trivial baseline" in err and "warning" not in err
+    assert fitted["cv_baseline_spearman"] < fitted["cv_spearman"] and fitted["cv_beats_baseline"]
+    assert (tmp_path / "m" / "interaction.parquet").exists()
+    evaluated, err = cli(
+        [
+            "regmix",
+            "evaluate",
+            "--model",
+            str(tmp_path / "m"),
+            "--mixtures",
+            str(tables / "mix.csv"),
+            "--losses",
+            str(tables / "noise.csv"),
+        ],
+        capsys,
+    )
+    assert "trivial baseline" in err and "does not beat the trivial baseline" in err
+    assert evaluated["beats_baseline"] is False and "baseline_spearman" in evaluated
+
+
+def test_cli_optimize_exact_families_and_reuse(tables: Path, tmp_path: Path, capsys) -> None:
+    model = str(tmp_path / "m")
+    cli(
+        [
+            "regmix",
+            "fit",
+            "--mixtures",
+            str(tables / "mix.csv"),
+            "--losses",
+            str(tables / "loss.csv"),
+            "--target",
+            "loss_web",
+            "--target",
+            "loss_code",
+            "--model",
+            "mixing-law",
+            "--cv-folds",
+            "0",
+            "--out",
+            model,
+        ],
+        capsys,
+    )
+    families = tmp_path / "families.yaml"
+    families.write_text(
+        "families:\n  prose: {weight: 3, targets: [loss_web]}\n  code: {weight: 1, targets: [loss_code]}\n"
+    )
+    out = tmp_path / "best.yaml"
+    result, err = cli(
+        [
+            "regmix",
+            "optimize",
+            "--model",
+            model,
+            "--out",
+            str(out),
+            "--draws",
+            "5000",
+            "--top-k",
+            "20",
+            "--proposer",
+            "exact",
+            "--kl-reg",
+            "0.01",
+            "--families",
+            str(families),
+        ],
+        capsys,
+    )
+    assert result["targets"] == {"loss_web": 0.75, "loss_code": 0.25}
+    assert set(result["proposals"]) == {"simulate", "exact"} and "exact: predicted" in err
+    worst, _ = cli(
+        [
+            "regmix",
+            "optimize",
+            "--model",
+            model,
+            "--out",
+            str(tmp_path / "worst.yaml"),
+            "--draws",
+            "5000",
+            "--top-k",
+            "20",
+            "--worst",
+        ],
+        capsys,
+    )
+    assert worst["predicted"] > result["predicted"]
+    reused, _ = cli(
+        [
+            "regmix",
+            "optimize",
+            "--model",
+            model,
+            "--out",
+            str(tmp_path / "reuse.yaml"),
+            "--draws",
+            "5000",
+            "--top-k",
+            "20",
+            "--reuse",
+            str(out),
+            "--changed",
+            "math",
+        ],
+        capsys,
+    )
+    frozen = {d: reused["weights"][d] for d in ("web", "code", "books")}
+    before = {d: result["weights"][d] for d in frozen}
+    for d in frozen:
+        assert frozen[d] / sum(frozen.values()) == pytest.approx(before[d] / sum(before.values()), rel=1e-6)
+    proposed, _ = cli(
+        [
+            "regmix",
+            "propose",
+            "--tokens",
+            str(tables / "tokens.csv"),
+            "--out",
+            str(tmp_path / "swarm"),
+            "--n",
+            "12",
+            "--reuse",
+            str(out),
+            "--changed",
+            "math,books",
+        ],
+        capsys,
+    )
+    swarm = pd.read_parquet(tmp_path / "swarm" / "proposals.parquet")
+    assert proposed["n"] == 12 and list(swarm.columns) == ["mixture", "h_web", "h_code", "h_books", "h_math"]
+    live = swarm["h_code"] > 0.01  # the rounding grid (2e-4) blurs the ratio of tiny weights
+    assert live.sum() >= 6
+    ratio = swarm["h_web"][live] / swarm["h_code"][live]
+    assert np.allclose(ratio, result["weights"]["web"] / result["weights"]["code"], rtol=0.05)
