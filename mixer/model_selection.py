@@ -54,16 +54,22 @@ def target_domain(target: str, domains: Sequence[str]) -> str | None:
     return inside[0] if inside else None
 
 
-def baseline_weights(target_weights: Mapping[str, float], domains: Sequence[str]) -> dict[str, float] | None:
+def baseline_weights(
+    target_weights: Mapping[str, float], domains: Sequence[str], partial: bool = False
+) -> dict[str, float] | None:
     """Domain -> weight of the trivial baseline for a weighted sum of targets; None when a target
-    matches no domain (then there is no trivial baseline)."""
+    matches no domain (then there is no trivial baseline). With `partial`, targets that match no
+    domain are left out (None only if none matches): e.g. Ye et al.'s overall loss, a weighted sum
+    of 22 Pile losses of which only some name a training domain."""
     out: dict[str, float] = {}
     for target, weight in target_weights.items():
         domain = target_domain(target, domains)
         if domain is None:
+            if partial:
+                continue
             return None
         out[domain] = out.get(domain, 0.0) + float(weight)
-    return out
+    return out or None
 
 
 def trivial_prediction(X: np.ndarray, domains: Sequence[str], weights: Mapping[str, float]) -> np.ndarray:

@@ -430,6 +430,23 @@ def test_cli_optimize_exact_families_and_reuse(tables: Path, tmp_path: Path, cap
         ],
         capsys,
     )
+    scored, err = cli(
+        [
+            "regmix",
+            "evaluate",
+            "--model",
+            model,
+            "--mixtures",
+            str(tables / "mix.csv"),
+            "--losses",
+            str(tables / "loss.csv"),
+            "--target-weights",
+            "loss_web=1,loss_code=3",
+        ],
+        capsys,
+    )
+    assert scored["combined"]["target_weights"] == {"loss_web": 0.25, "loss_code": 0.75}
+    assert scored["combined"]["baseline"] is not None and "weighted targets: spearman" in err
     families = tmp_path / "families.yaml"
     families.write_text(
         "families:\n  prose: {weight: 3, targets: [loss_web]}\n  code: {weight: 1, targets: [loss_code]}\n"

@@ -216,10 +216,14 @@ def evaluate(
         list[str] | None, typer.Option("--target", help="loss column (default: the model's targets)")
     ] = None,
     key: Annotated[str, typer.Option("--key")] = "index",
+    target_weights: Annotated[
+        str | None, typer.Option("--target-weights", help="also score this weighted sum of targets: t=w,...")
+    ] = None,
     seed: Annotated[int, typer.Option("--seed", help="seed of the bootstrap CI")] = 0,
 ) -> None:
     """Score a fitted model on held-out runs: n, spearman (95% CI), pearson, mse, beside the
-    trivial baseline (minus the target domain's weight); warn when the model does not beat it."""
+    trivial baseline (minus the target domain's weight; for a weighted sum of targets, minus the
+    weighted sum of their domains' weights); warn when the model does not beat it."""
     from mixer.metrics import regression_metrics
     from mixer.model_selection import baseline_warning, compare_to_baseline
     from mixer.regmix import RegMixModel, load_training_table
@@ -248,6 +252,19 @@ def evaluate(
     result: dict[str, Any] = {**first, "target": targets[0], "model": str(model_dir)}
     if len(targets) > 1:
         result["per_target"] = per_target
+    if target_weights:
+        from mixer.regmix import resolve_target_weights
+
+        tw = resolve_target_weights(targets, parse_mapping(target_weights, "--target-weights"))
+        y = sum(w * values[t].to_numpy() for t, w in tw.items())
+        pred = sum(w * predictions[t].to_numpy() for t, w in tw.items())
+        combined = {**regression_metrics(y, pred, seed=seed),
+                    **compare_to_baseline(y, pred, X, model.domains, tw, seed), "target_weights": tw}
+        info("weighted targets: spearman " f"{combined['spearman']:.4f}" + _baseline_text(combined))
+        warning = baseline_warning("weighted targets", combined, "held-out")
+        if warning:
+            info(warning)
+        result["combined"] = combined
     emit(result)
 
 
