@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import math
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -279,6 +279,7 @@ def fit_regmix(
     params: Mapping[str, Any] | None = None,
     select: str | None = None,
     scale: str | None = None,
+    candidates: Sequence[str] = MODELS,
 ) -> tuple[RegMixModel, dict[str, Any]]:
     """Fit one regressor per target on (mixture, loss) runs, cross-validate, optionally save.
 
@@ -287,7 +288,8 @@ def fit_regmix(
     `scale`, by default N or D), every model is fitted on the smallest scale and scored on the
     larger ones (`cross_scale`), and the final model is fitted on the smallest scale. `select`
     ("cv" or "cross-scale") picks the model with the best mean Spearman by that figure instead of
-    `model`. With `out`, writes the model directory, `cv_report.parquet` and `interaction.parquet`.
+    `model`; `candidates` are the models compared (default: all). With `out`, writes the model
+    directory, `cv_report.parquet` and `interaction.parquet`.
     """
     targets = [targets] if isinstance(targets, str) else list(targets)
     if not targets:
@@ -295,6 +297,7 @@ def fit_regmix(
     if select not in (None, "cv", "cross-scale"):
         raise ValueError(f"select must be 'cv' or 'cross-scale', got {select!r}")
     model = canonical_model(model)
+    candidates = [canonical_model(m) for m in candidates]
     weights, values = load_training_table(mixtures, losses, targets, key)
     scale_name, scales = _scale_values(mixtures, losses, weights.index, key, scale)
     groups = scale_groups(scales)
@@ -306,11 +309,11 @@ def fit_regmix(
     X = X_all[fit_rows]
     across: dict[str, Any] = {}
     if groups is not None:
-        across = {t: cross_scale(MODELS, X_all, values[t].to_numpy(dtype=float), groups, domains, t, seed,
+        across = {t: cross_scale(candidates, X_all, values[t].to_numpy(dtype=float), groups, domains, t, seed,
                                  params) for t in targets}
     cv_all: dict[str, Any] = {}
     if select == "cv":
-        cv_all = {t: cv_scores(MODELS, X, values[t].to_numpy(dtype=float)[fit_rows], domains, t, cv_folds,
+        cv_all = {t: cv_scores(candidates, X, values[t].to_numpy(dtype=float)[fit_rows], domains, t, cv_folds,
                                seed, params) for t in targets}
         model = best_model({t: {m: r[0] for m, r in per.items()} for t, per in cv_all.items()})
     elif select == "cross-scale":

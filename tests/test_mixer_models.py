@@ -538,3 +538,40 @@ def test_cli_optimize_exact_families_and_reuse(tables: Path, tmp_path: Path, cap
     assert live.sum() >= 6
     ratio = swarm["h_web"][live] / swarm["h_code"][live]
     assert np.allclose(ratio, result["weights"]["web"] / result["weights"]["code"], rtol=0.05)
+
+
+@pytest.mark.slow
+def test_regmix_cross_scale_fit_on_1m_scored_at_60m(tmp_path: Path) -> None:
+    """RegMix's shared runs as one runs table: 512 train runs at 1M, 256 test mixtures at 60M."""
+    if not REGMIX.exists():
+        pytest.skip(f"shared RegMix runs not found at {REGMIX}")
+    from mixer.runs import load_mixtures, load_targets
+
+    target = "metric/the_pile_pile_cc_val_loss"
+    tables = []
+    for mixtures, losses, size in (
+        ("train_mixture_1m", "train_pile_loss_1m", 1e6),
+        ("test_mixture_60m", "test_pile_loss_60m", 6e7),
+    ):
+        weights = load_mixtures(REGMIX / f"{mixtures}.csv")
+        table = weights.add_prefix("h_").reset_index(drop=True)
+        table[target] = load_targets(REGMIX / f"{losses}.csv", [target]).loc[weights.index, target].to_numpy()
+        table["N"] = size
+        tables.append(table)
+    table = pd.concat(tables, ignore_index=True)
+    table.insert(0, "run", np.arange(len(table)))
+    model, summary = fit_regmix(
+        table,
+        table,
+        [target],
+        key="run",
+        cv_folds=0,
+        select="cross-scale",
+        candidates=["law-blend", "lightgbm", "mixing-law", "linear"],
+    )
+    across = summary["cross_scale"][target]
+    assert summary["n"] == 512 and summary["fit_scale"] == 1e6
+    assert across["lightgbm"]["spearman"] > 0.98 and across["linear"]["spearman"] < 0.9
+    assert across["lightgbm"]["baseline_spearman"] == pytest.approx(0.814, abs=0.01)
+    assert all(m["beats_baseline"] for m in across.values())
+    assert summary["model"] == "law-blend" and across["law-blend"]["spearman"] > 0.985
