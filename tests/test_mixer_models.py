@@ -575,3 +575,37 @@ def test_regmix_cross_scale_fit_on_1m_scored_at_60m(tmp_path: Path) -> None:
     assert across["lightgbm"]["baseline_spearman"] == pytest.approx(0.814, abs=0.01)
     assert all(m["beats_baseline"] for m in across.values())
     assert summary["model"] == "law-blend" and across["law-blend"]["spearman"] > 0.985
+
+
+def test_cli_fit_select_cross_scale_with_candidates(tmp_path: Path, capsys) -> None:
+    table = two_scale_runs(48)
+    table.to_parquet(tmp_path / "runs.parquet", index=False)
+    runs_path = str(tmp_path / "runs.parquet")
+    fitted, err = cli(
+        [
+            "regmix",
+            "fit",
+            "--mixtures",
+            runs_path,
+            "--losses",
+            runs_path,
+            "--key",
+            "run",
+            "--target",
+            "loss_web",
+            "--select",
+            "cross-scale",
+            "--candidates",
+            "linear,mixing-law",
+            "--cv-folds",
+            "0",
+            "--out",
+            str(tmp_path / "m"),
+        ],
+        capsys,
+    )
+    across = fitted["cross_scale"]["loss_web"]
+    assert set(across) == {"linear", "mixing-law"} and fitted["model"] in across
+    assert fitted["model"] == max(across, key=lambda m: across[m]["spearman"])
+    assert "fitted at N=1e+06, spearman at 1e+08" in err
+    assert RegMixModel.load(tmp_path / "m").model == fitted["model"]

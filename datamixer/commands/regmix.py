@@ -148,19 +148,23 @@ def fit(
     scale: Annotated[
         str | None, typer.Option("--scale", help="size/token column for cross-scale checks (default: N, D)")
     ] = None,
+    candidates: Annotated[
+        str | None, typer.Option("--candidates", help="models compared by --select and across scale: m1,m2")
+    ] = None,
     cv_folds: Annotated[int, typer.Option("--cv-folds", help="k-fold CV on the training runs (0: off)")] = 5,
     seed: Annotated[int, typer.Option("--seed")] = 0,
 ) -> None:
     """Fit one regressor per target; report CV Spearman (95% CI) beside the trivial baseline, and
     rank accuracy across scale when the runs hold two or more model sizes."""
     from mixer.model_selection import baseline_warning
-    from mixer.regmix import canonical_model, fit_regmix
+    from mixer.regmix import MODELS, canonical_model, fit_regmix
 
     model = canonical_model(model)
     info(f"fitting {select and f'the best by {select}' or model} on {mixtures} -> {', '.join(target)} "
          f"({cv_folds}-fold CV)")
+    models = [m.strip() for m in candidates.split(",") if m.strip()] if candidates else list(MODELS)
     _, summary = fit_regmix(mixtures, losses, list(target), key=key, model=model, out=out,
-                            cv_folds=cv_folds, seed=seed, select=select, scale=scale)
+                            cv_folds=cv_folds, seed=seed, select=select, scale=scale, candidates=models)
     for name, metrics in summary["cv"].items():
         info(f"  {name}: {summary['model']} CV spearman {metrics['spearman']:.4f} "
              f"[{metrics['spearman_ci_low']:.4f}, {metrics['spearman_ci_high']:.4f}], "
