@@ -267,6 +267,28 @@ def _scale_values(
     return None, None
 
 
+def _compare_models(
+    model: str, select: str | None, candidates: Sequence[str], X_all: np.ndarray, values: pd.DataFrame,
+    groups: Any, fit_rows: np.ndarray, domains: list[str], cv_folds: int, seed: int,
+    params: Mapping[str, Any] | None,
+) -> tuple[str, dict[str, Any], dict[str, Any]]:
+    """Every candidate's cross-scale figure (when there are 2+ scales) and, for `select="cv"`, its
+    k-fold CV; the model to fit (`model`, or the best by `select`)."""
+    across: dict[str, Any] = {}
+    if groups is not None:
+        across = {t: cross_scale(candidates, X_all, values[t].to_numpy(dtype=float), groups, domains, t, seed,
+                                 params) for t in values.columns}
+    cv_all: dict[str, Any] = {}
+    if select == "cv":
+        X, Y = X_all[fit_rows], values.to_numpy(dtype=float)[fit_rows]
+        cv_all = {t: cv_scores(candidates, X, Y[:, j], domains, t, cv_folds, seed, params)
+                  for j, t in enumerate(values.columns)}
+        model = best_model({t: {m: r[0] for m, r in per.items()} for t, per in cv_all.items()})
+    elif select == "cross-scale":
+        model = best_model(across)
+    return model, across, cv_all
+
+
 def fit_regmix(
     mixtures: str | os.PathLike[str] | pd.DataFrame,
     losses: str | os.PathLike[str] | pd.DataFrame,
@@ -303,21 +325,14 @@ def fit_regmix(
     groups = scale_groups(scales)
     if select == "cross-scale" and groups is None:
         raise ValueError("--select cross-scale needs runs at two or more model sizes (N) or token counts (D)")
+    if select == "cv" and not (cv_folds and cv_folds > 1):
+        raise ValueError("--select cv needs --cv-folds of 2 or more")
     domains = list(weights.columns)
     X_all = weights.to_numpy(dtype=float)
     fit_rows = groups[1] if groups is not None else np.ones(len(X_all), dtype=bool)
     X = X_all[fit_rows]
-    across: dict[str, Any] = {}
-    if groups is not None:
-        across = {t: cross_scale(candidates, X_all, values[t].to_numpy(dtype=float), groups, domains, t, seed,
-                                 params) for t in targets}
-    cv_all: dict[str, Any] = {}
-    if select == "cv":
-        cv_all = {t: cv_scores(candidates, X, values[t].to_numpy(dtype=float)[fit_rows], domains, t, cv_folds,
-                               seed, params) for t in targets}
-        model = best_model({t: {m: r[0] for m, r in per.items()} for t, per in cv_all.items()})
-    elif select == "cross-scale":
-        model = best_model(across)
+    model, across, cv_all = _compare_models(model, select, candidates, X_all, values, groups, fit_rows,
+                                            domains, cv_folds, seed, params)
     estimators: dict[str, Any] = {}
     cv: dict[str, Any] = {}
     rows: list[dict[str, Any]] = []
