@@ -51,6 +51,7 @@ from mixer.regressors import (  # noqa: F401  (re-exported: the estimators' hist
 )
 from mixer.reuse import Reuse, reduced_bounds
 from mixer.runs import (
+    D,
     domain_name,
     join_on_key,
     load_mixtures,
@@ -244,27 +245,42 @@ def _load_mixture_frame(mixtures: str | os.PathLike[str] | pd.DataFrame, key: st
     return frame.rename(columns=lambda c: domain_name(str(c)))
 
 
-def _scale_values(
+def _column_values(
     mixtures: str | os.PathLike[str] | pd.DataFrame, losses: str | os.PathLike[str] | pd.DataFrame,
-    index: pd.Index, key: str, scale: str | None,
-) -> tuple[str | None, np.ndarray | None]:
-    """The model size (or token count) of each joined run: column `scale`, or by default the first
-    of N, D that holds two or more values in the losses or mixtures table."""
+    index: pd.Index, key: str, name: str,
+) -> np.ndarray | None:
+    """Column `name` of the losses (else the mixtures) table for the joined runs; None if absent."""
     for source in (losses, mixtures):
         frame = source if isinstance(source, pd.DataFrame) else read_table(source)
         frame = frame.set_index(key) if key in frame.columns else frame
-        names = [scale] if scale else [c for c in SCALE_COLUMNS if c in frame.columns]
-        for name in names:
-            if name not in frame.columns:
-                continue
+        if name in frame.columns:
             values = pd.to_numeric(frame[name], errors="coerce").reindex(index).to_numpy(dtype=float)
             if not np.isfinite(values).all():
-                raise ValueError(f"scale column {name!r}: missing or non-numeric for some runs")
-            if scale or len(np.unique(values)) >= 2:
-                return name, values
+                raise ValueError(f"column {name!r}: missing or non-numeric for some runs")
+            return values
+    return None
+
+
+def _scale_values(
+    mixtures: str | os.PathLike[str] | pd.DataFrame, losses: str | os.PathLike[str] | pd.DataFrame,
+    index: pd.Index, key: str, scale: str | None,
+) -> tuple[str | None, np.ndarray | None, np.ndarray]:
+    """The model size (or token count) of each joined run: column `scale`, or by default the first
+    of N, D that holds two or more values; and the rows to keep: with sizes as the scale and a D
+    column, only each size's final checkpoint (the largest D), so one fit never mixes budgets."""
+    keep = np.ones(len(index), dtype=bool)
+    for name in [scale] if scale else list(SCALE_COLUMNS):
+        values = _column_values(mixtures, losses, index, key, name)
+        if values is None or not (scale or len(np.unique(values)) >= 2):
+            continue
+        tokens = _column_values(mixtures, losses, index, key, D) if name != D else None
+        if tokens is not None:
+            final = pd.Series(tokens).groupby(values).transform("max").to_numpy()
+            keep = tokens == final
+        return name, values, keep
     if scale:
         raise ValueError(f"scale column {scale!r} not found in the mixtures or losses table")
-    return None, None
+    return None, None, keep
 
 
 def _compare_models(
@@ -321,7 +337,9 @@ def fit_regmix(
     model = canonical_model(model)
     candidates = [canonical_model(m) for m in candidates]
     weights, values = load_training_table(mixtures, losses, targets, key)
-    scale_name, scales = _scale_values(mixtures, losses, weights.index, key, scale)
+    scale_name, scales, keep = _scale_values(mixtures, losses, weights.index, key, scale)
+    if not keep.all():
+        weights, values, scales = weights[keep], values[keep], scales[keep] if scales is not None else None
     groups = scale_groups(scales)
     if select == "cross-scale" and groups is None:
         raise ValueError("--select cross-scale needs runs at two or more model sizes (N) or token counts (D)")
@@ -356,7 +374,8 @@ def fit_regmix(
     if cv_all:
         summary["cv_by_model"] = {t: {m: r[0] for m, r in per.items()} for t, per in cv_all.items()}
     if groups is not None:
-        summary.update({"scale_column": scale_name, "fit_scale": groups[0], "cross_scale": across})
+        summary.update({"scale_column": scale_name, "fit_scale": groups[0], "cross_scale": across,
+                        "earlier_checkpoints_left_out": int((~keep).sum())})
     if out is not None:
         fitted.save(out)
         if rows:

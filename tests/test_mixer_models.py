@@ -609,3 +609,20 @@ def test_cli_fit_select_cross_scale_with_candidates(tmp_path: Path, capsys) -> N
     assert fitted["model"] == max(across, key=lambda m: across[m]["spearman"])
     assert "fitted at N=1e+06, spearman at 1e+08" in err
     assert RegMixModel.load(tmp_path / "m").model == fitted["model"]
+
+
+def test_cross_scale_keeps_each_sizes_final_checkpoint() -> None:
+    table = two_scale_runs(40)
+    early = table.assign(D=5e8, loss_web=table["loss_web"] + 0.5, run=table["run"] + "@early")
+    both = pd.concat([table, early], ignore_index=True)
+    _, summary = fit_regmix(
+        both, both, ["loss_web"], key="run", cv_folds=0, candidates=["linear"], model="linear"
+    )
+    assert summary["n"] == 40 and summary["earlier_checkpoints_left_out"] == 80
+    _, alone = fit_regmix(
+        table, table, ["loss_web"], key="run", cv_folds=0, candidates=["linear"], model="linear"
+    )
+    assert (
+        summary["cross_scale"]["loss_web"]["linear"]["spearman"]
+        == alone["cross_scale"]["loss_web"]["linear"]["spearman"]
+    )
