@@ -1,10 +1,12 @@
-"""RegMix regressors (Liu et al. 2024): domain weights -> a target loss, and the model directory.
+"""RegMix (Liu et al. 2024): the model directory, fitting with checks, and the mixture search.
 
-Two scikit-learn estimators (`LightGBMRegressor`, `RidgeRegressor`) map a mixture (one weight per
-domain) to one loss. `RegMixModel` holds one fitted estimator per target column, the domain order
-and the training mixtures; it saves as a directory with `manifest.json`, LightGBM's own text
-model per target and `training_mixtures.parquet` (never pickle). `fit_regmix` and
-`optimize_regmix` are the two calls the CLI and the demo make.
+The regressors live in `mixer.regressors` (re-exported here). `RegMixModel` holds one fitted
+estimator per target column, the domain order and the training mixtures; it saves as a directory
+with `manifest.json`, each estimator's own text/JSON state and `training_mixtures.parquet` (never
+pickle). `fit_regmix` (cross-validation and cross-scale checks beside the trivial baseline, model
+selection, the interaction matrix) and `optimize_regmix` (simulate or exact proposer, KL
+regulariser, uncertainty penalty, worst mixture, mixture reuse) are the calls the CLI and the
+demo make.
 """
 
 from __future__ import annotations
@@ -61,7 +63,7 @@ from mixer.runs import (
 )
 
 MODEL_FORMAT = "datamixer-regmix"
-MODEL_VERSION = 1
+MODEL_VERSION = 2  # 2: mixing-law parameters stored as (log c, log k, t); version 1 still loads
 MANIFEST = "manifest.json"
 TRAINING_MIXTURES = "training_mixtures.parquet"
 CV_REPORT = "cv_report.parquet"
