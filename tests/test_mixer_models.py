@@ -626,3 +626,13 @@ def test_cross_scale_keeps_each_sizes_final_checkpoint() -> None:
         summary["cross_scale"]["loss_web"]["linear"]["spearman"]
         == alone["cross_scale"]["loss_web"]["linear"]["spearman"]
     )
+
+
+def test_gp_uncertainty_penalty_uses_the_predictive_sd() -> None:
+    X, losses = runs(64)
+    low_web = X["h_web"].to_numpy() <= 0.3  # the optimum (more web) lies outside the training region
+    gp, _ = fit_regmix(X[low_web], losses[low_web], ["loss_web"], model="gp", cv_folds=0)
+    free = optimize_regmix(gp, n_draws=5000, top_k=20, proposer="exact")
+    careful = optimize_regmix(gp, n_draws=5000, top_k=20, proposer="exact", uncertainty_penalty=20.0)
+    assert free["uncertainty_kind"] == careful["uncertainty_kind"] == "gp sd"
+    assert careful["uncertainty"] < free["uncertainty"] and careful["weights"]["web"] < free["weights"]["web"]
