@@ -38,7 +38,7 @@ class DemoConfig:
     sizes: tuple[str, ...] = ("20k", "50k")  # same depth as the target, so N extrapolates smoothly
     tokens: int = 150_000
     eval_points: int = 4
-    regressors: tuple[str, ...] = ("linear", "lightgbm", "ensemble")
+    regressors: tuple[str, ...] = ("linear", "lightgbm", "law-blend")
     target_size: str = "100k"
     target_tokens: int = 300_000
     max_epochs: float = 4.0

@@ -79,6 +79,7 @@ def test_model_directory_round_trip_without_pickle(tmp_path: Path) -> None:
         assert not any(name.endswith((".pkl", ".pickle", ".joblib")) for name in files)
         manifest = json.loads((tmp_path / kind / "manifest.json").read_text())
         assert manifest["domains"] == ["web", "code", "books", "math"]
+        assert manifest["model"] == {"ensemble": "law-blend"}.get(kind, kind)  # one name per model
         cv = pd.read_parquet(tmp_path / kind / "cv_report.parquet")
         assert set(cv["target"]) == {"loss_web", "loss_code"}
         assert summary["cv"]["loss_web"]["spearman_ci_low"] <= summary["cv"]["loss_web"]["spearman"]
@@ -135,7 +136,7 @@ def test_accuracy_floors_on_regmix_runs() -> None:
     y = load_targets(REGMIX / "train_pile_loss_1m.csv", [PILE_CC]).loc[train.index, PILE_CC]
     lgbm = LightGBMRegressor().fit(train, y)  # RegMix's recipe: 1,000 trees, lr 0.01
     linear = RidgeRegressor().fit(train, y)
-    blend = LawBlendRegressor().fit(train, y)  # `--model ensemble`
+    blend = LawBlendRegressor().fit(train, y)  # `--model law-blend` (alias ensemble)
     test = load_mixtures(REGMIX / "test_mixture_1m.csv")
     for size, floor in (("1m", 0.985), ("60m", 0.982)):
         truth = load_targets(REGMIX / f"test_pile_loss_{size}.csv", [PILE_CC]).loc[test.index, PILE_CC]
