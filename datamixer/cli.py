@@ -46,6 +46,9 @@ for _name in COMMAND_MODULES:
 
 def main(argv: list[str] | None = None) -> int:
     """Run the CLI; bad input ends in one line on stderr and a non-zero exit code."""
+    from datamixer.commands._common import quiet_library_warnings
+
+    quiet_library_warnings()
     try:
         app(args=argv, standalone_mode=False, prog_name="datamixer")
     except (typer.Exit, SystemExit) as exc:

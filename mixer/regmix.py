@@ -26,6 +26,7 @@ from mixer.exact import SMOOTH_MODELS, kl_to_prior, solve_exact
 from mixer.files import atomic_path, read_table, write_parquet
 from mixer.interaction import interaction_matrix, write_interaction
 from mixer.laws import in_convex_hull
+from mixer.metrics import out_of_fold
 from mixer.mixture import write_mixture
 from mixer.model_selection import (
     SCALE_COLUMNS,
@@ -67,6 +68,7 @@ MODEL_VERSION = 2  # 2: mixing-law parameters stored as (log c, log k, t); versi
 MANIFEST = "manifest.json"
 TRAINING_MIXTURES = "training_mixtures.parquet"
 CV_REPORT = "cv_report.parquet"
+CV_PREDICTIONS = "cv_predictions.parquet"  # each training run's out-of-fold prediction
 INTERACTION = "interaction.parquet"
 
 
@@ -329,7 +331,7 @@ def fit_regmix(
     larger ones (`cross_scale`), and the final model is fitted on the smallest scale. `select`
     ("cv" or "cross-scale") picks the model with the best mean Spearman by that figure instead of
     `model`; `candidates` are the models compared (default: all). With `out`, writes the model
-    directory, `cv_report.parquet` and `interaction.parquet`.
+    directory, `cv_report.parquet`, `cv_predictions.parquet` and `interaction.parquet`.
     """
     targets = [targets] if isinstance(targets, str) else list(targets)
     if not targets:
@@ -382,9 +384,24 @@ def fit_regmix(
         fitted.save(out)
         if rows:
             write_parquet(Path(out) / CV_REPORT, pd.DataFrame(rows))
+            oof = cv_predictions(model, X, values[targets][fit_rows], weights.index[fit_rows], key, cv_folds,
+                                 seed, params)
+            write_parquet(Path(out) / CV_PREDICTIONS, oof)
         write_interaction(fitted.interaction(), Path(out) / INTERACTION)
         summary.update({"out": str(out), "interaction": str(Path(out) / INTERACTION)})
     return fitted, summary
+
+
+def cv_predictions(model: str, X: np.ndarray, values: pd.DataFrame, index: pd.Index, key: str, folds: int,
+                   seed: int, params: Mapping[str, Any] | None = None) -> pd.DataFrame:
+    """Each run's out-of-fold prediction by `model` (the same seeded split as its CV figures), per
+    target: the rows behind a predicted-vs-true plot."""
+    frames = []
+    for target in values.columns:
+        y = values[target].to_numpy(dtype=float)
+        oof, _ = out_of_fold(build_estimator(model, seed, params), X, y, folds, seed)
+        frames.append(pd.DataFrame({key: index, "target": target, "true": y, "predicted": oof}))
+    return pd.concat(frames, ignore_index=True)
 
 
 def _domain_vector(mapping: Mapping[str, float] | None, domains: list[str], what: str,

@@ -2,12 +2,13 @@
 
 build corpus -> train a quality classifier -> score and select (Beam) -> propose mixtures ->
 proxy sweep at small sizes -> RegMix fit + optimise -> scaling-law fit -> predict the target
-(N, D) for the optimised, natural and uniform mixtures -> train the target on the optimised and
-natural mixtures and compare measured with predicted -> report.
+(N, D) for the optimised, natural and uniform mixtures -> train the target on all three, with two
+seeds each, and compare measured with predicted against the seed noise -> report.
 """
 
 from __future__ import annotations
 
+import contextlib
 import random
 import time
 from collections.abc import Callable
@@ -21,7 +22,9 @@ import pandas as pd
 from mixer.files import atomic_path, write_json, write_parquet
 from mixer.mixture import write_mixture
 from mixer.runs import LOSS, LOSS_PREFIX, RUN, WEIGHT_PREFIX, D, N
+from pipeline import comparison
 from pipeline.layout import RunLayout
+from pipeline.progress import Tracker, counting_documents, silent
 
 Log = Callable[[str], None]
 
@@ -44,6 +47,7 @@ class DemoConfig:
     max_epochs: float = 4.0
     law_starts: int = 64
     law_bootstrap: int = 20
+    target_seeds: int = 2  # each compared mixture's target is trained this many times: the seed noise
     workers: int | None = None
     validate: bool = True
 
@@ -89,7 +93,7 @@ def train_quality_classifier(paths: RunLayout, config: DemoConfig, log: Log) -> 
     return classifier.report_.as_dict()
 
 
-def score_corpus(paths: RunLayout, config: DemoConfig, log: Log) -> dict[str, Any]:
+def score_corpus(paths: RunLayout, config: DemoConfig, log: Log, track: Tracker = silent) -> dict[str, Any]:
     from pipeline.job import ScoreJobConfig, run_score_job
     from pipeline.registry import ScorerConfig
     from pipeline.select import Selection
@@ -103,7 +107,8 @@ def score_corpus(paths: RunLayout, config: DemoConfig, log: Log) -> dict[str, An
         selection=Selection(keep_top=config.keep_top),
         vocab_size=config.vocab_size,
     )
-    return run_score_job(job)
+    with track("score job", unit="documents") as advance, counting_documents(advance):
+        return run_score_job(job)
 
 
 def propose(paths: RunLayout, config: DemoConfig, log: Log) -> pd.DataFrame:
@@ -123,18 +128,30 @@ def _train_config(config: DemoConfig):
     return TrainConfig(eval_points=config.eval_points)
 
 
-def sweep(paths: RunLayout, config: DemoConfig, data: Any, log: Log) -> pd.DataFrame:
+def tracked_sweep(track: Tracker, description: str, *args: Any, **kwargs: Any) -> pd.DataFrame:
+    """`run_sweep` with one progress step per finished run."""
     from pipeline.proxy.sweep import run_sweep
 
+    with contextlib.ExitStack() as stack:
+        advance: list[Callable[[int], None]] = []
+
+        def on_start(tasks: list[Any]) -> None:
+            advance.append(stack.enter_context(track(description, total=len(tasks), unit="runs")))
+
+        return run_sweep(*args, **kwargs, on_start=on_start, on_done=lambda task, rows: advance[0](1))
+
+
+def sweep(paths: RunLayout, config: DemoConfig, data: Any, log: Log, track: Tracker = silent) -> pd.DataFrame:
     log(f"proxy sweep: {config.mixtures} mixtures x sizes {list(config.sizes)} x {config.tokens} tokens")
-    return run_sweep(data, paths.proposals, list(config.sizes), config.tokens, paths.runs,
-                     workers=config.workers, seed=config.seed, config=_train_config(config))
+    return tracked_sweep(track, "proxy sweep", data, paths.proposals, list(config.sizes), config.tokens,
+                         paths.runs, workers=config.workers, seed=config.seed, config=_train_config(config))
 
 
 def final_rows(runs: pd.DataFrame, size: str | None = None) -> pd.DataFrame:
-    """One row per (mixture, size): the evaluation at the full budget."""
+    """One row per (mixture, size, seed): the evaluation at the full budget."""
     frame = runs if size is None else runs[runs["size"] == size]
-    return frame.loc[frame.groupby(["mixture", "size"])[D].idxmax()].reset_index(drop=True)
+    keys = ["mixture", "size", *(["seed"] if "seed" in frame.columns else [])]
+    return frame.loc[frame.groupby(keys)[D].idxmax()].reset_index(drop=True)
 
 
 def fit_and_optimize_regmix(
@@ -169,11 +186,11 @@ def fit_and_optimize_regmix(
                           max_epochs=config.max_epochs)
     result = optimize_regmix(model, out=paths.mixture("optimized"), prior=natural, caps=caps,
                              seed=config.seed)
-    return result["weights"], {"cv": metrics, "caps": caps,
+    return result["weights"], {"cv": metrics, "caps": caps, "runs": len(table),
                                "optimize": {k: v for k, v in result.items() if k != "weights"}}
 
 
-def fit_law(paths: RunLayout, config: DemoConfig, runs: pd.DataFrame, log: Log):
+def fit_law(paths: RunLayout, config: DemoConfig, runs: pd.DataFrame, log: Log, track: Tracker = silent):
     """One additive law L_d(N, D, h) per validation domain, on every proxy evaluation past a fifth
     of the budget (the earliest points sit before the power-law regime).
 
@@ -189,7 +206,8 @@ def fit_law(paths: RunLayout, config: DemoConfig, runs: pd.DataFrame, log: Log):
     log(f"fitting additive mixture laws for {targets} on {len(table)} (N, D, h) points")
     law = AdditiveLaw(targets=targets, n_starts=config.law_starts, n_bootstrap=config.law_bootstrap,
                       seed=config.seed)
-    law.fit(table)
+    with track(f"law fit ({len(targets)} targets x {config.law_starts} starts)"):
+        law.fit(table)
     law.save(paths.law)
     return law
 
@@ -221,34 +239,91 @@ def law_curves(law: Any, runs: pd.DataFrame, mixtures: dict[str, dict[str, float
 
 
 def train_targets(
-    paths: RunLayout, config: DemoConfig, data: Any, mixtures: dict[str, dict[str, float]], log: Log
-) -> dict[str, float]:
-    """Train the target size on each mixture (in parallel processes); final loss per mixture."""
-    from pipeline.proxy.sweep import run_sweep
+    paths: RunLayout, config: DemoConfig, data: Any, mixtures: dict[str, dict[str, float]], log: Log,
+    track: Tracker = silent,
+) -> pd.DataFrame:
+    """Train the target size on each mixture with `target_seeds` seeds (in parallel processes); one
+    final row per (mixture, seed)."""
+    seeds = [config.seed + i for i in range(config.target_seeds)]
+    log(f"training the target ({config.target_size}, {config.target_tokens} tokens) on {sorted(mixtures)}, "
+        f"seeds {seeds}")
+    runs = tracked_sweep(track, "target training", data, mixtures, [config.target_size], config.target_tokens,
+                         paths.target_runs, workers=config.workers, seed=seeds, config=_train_config(config),
+                         checkpoints=paths.checkpoints)
+    return final_rows(runs)
 
-    log(f"training the target ({config.target_size}, {config.target_tokens} tokens) on {sorted(mixtures)}")
-    runs = run_sweep(data, mixtures, [config.target_size], config.target_tokens, paths.target_runs,
-                     workers=config.workers, seed=config.seed, config=_train_config(config),
-                     checkpoints=paths.checkpoints)
-    final = final_rows(runs)
-    return dict(zip(final["mixture"], final[LOSS].astype(float), strict=True))
 
-
-def run_demo(out: str | Path, config: DemoConfig | None = None, log: Log = print) -> dict[str, Any]:
+def run_demo(
+    out: str | Path, config: DemoConfig | None = None, log: Log = print, track: Tracker = silent
+) -> dict[str, Any]:
     """Run every stage into a fresh directory that replaces `out` when all succeed."""
     config = config or DemoConfig()
     with atomic_path(Path(out)) as tmp:
         tmp.mkdir()
-        result = _run_stages(RunLayout(tmp), config, log)
+        result = _run_stages(RunLayout(tmp), config, log, track)
     result["out"] = str(out)
     result["report"] = str(Path(out) / Path(result["report"]).name)
     write_json(Path(out) / "summary.json", result)
     return result
 
 
-def _run_stages(paths: RunLayout, config: DemoConfig, log: Log) -> dict[str, Any]:
-    from mixer.laws import optimize_mixture as law_optimize
+def _baselines(paths: RunLayout) -> tuple[dict[str, float], dict[str, float]]:
+    """The natural (token share of the kept data) and uniform mixtures, written beside the others."""
     from mixer.runs import load_token_counts
+
+    counts = load_token_counts(paths.domain_stats)
+    total = sum(counts.values())
+    natural = {d: c / total for d, c in counts.items()}
+    uniform = {d: 1.0 / len(counts) for d in counts}
+    write_mixture(paths.mixture("natural"), natural, {"method": "token share of kept data"})
+    write_mixture(paths.mixture("uniform"), uniform, {"method": "uniform"})
+    return natural, uniform
+
+
+def predict_at_target(law: Any, mixtures: dict[str, dict[str, float]], n: float, d: float) -> pd.DataFrame:
+    """The law's mean loss with its bootstrap interval for each mixture at (n, d)."""
+    interval = predict_mean_loss(law, _runs_frame(mixtures, n, d, list(law.domains_)))
+    return pd.DataFrame({"mixture": list(mixtures), N: n, D: d, "predicted": interval["loss"].to_numpy(),
+                         "low": interval["low"].to_numpy(), "high": interval["high"].to_numpy(),
+                         "measured": np.nan})
+
+
+def law_optimum(paths: RunLayout, law: Any, n: float, d: float, caps: dict[str, float] | None) -> Any:
+    """The law's own best mixture for the target budget (same data-budget caps as RegMix)."""
+    from mixer.laws import optimize_mixture
+
+    targets = list(law.targets_)
+    best = optimize_mixture(law, n, d, floor=0.0, caps=caps, targets=targets,
+                            weights=[1.0 / len(targets)] * len(targets))
+    write_mixture(paths.mixture("law_optimal"), best.weights,
+                  {"method": "additive laws per domain, mean loss, exponentiated gradient",
+                   "N": n, "D": d, "predicted_loss": best.loss, "warnings": best.warnings})
+    return best
+
+
+def claim(
+    predictions: pd.DataFrame, final: pd.DataFrame | None, mixtures: dict[str, dict[str, float]],
+    law: Any, regmix_info: dict[str, Any],
+) -> dict[str, Any]:
+    """`comparison.json`: the three-way comparison, the two optimisers' disagreement and the warnings."""
+    result = comparison.compare(predictions, final)
+    predicted = predictions.set_index("mixture")["predicted"]
+    n, d = float(predictions[N].iloc[0]), float(predictions[D].iloc[0])
+    result["target"] = {"N": n, "D": d}
+    result["disagreement"] = comparison.disagreement(
+        "RegMix", mixtures["optimized"], "the law", mixtures["law_optimal"],
+        {"RegMix": float(predicted["optimized"]), "the law": float(predicted["law_optimal"])})
+    result["warnings"] = [
+        *comparison.extrapolation_warnings(law.data_, n, d, {"optimized": mixtures["optimized"]}),
+        *comparison.cap_warnings(mixtures["optimized"], regmix_info["caps"]),
+        *comparison.spearman_warnings(regmix_info["cv"].get("spearman"), regmix_info.get("runs")),
+    ]
+    result["regmix"] = {"model": regmix_info["cv"].get("model"),
+                        "cv_spearman": regmix_info["cv"].get("spearman")}
+    return result
+
+
+def _run_stages(paths: RunLayout, config: DemoConfig, log: Log, track: Tracker) -> dict[str, Any]:
     from pipeline.proxy.data import load_proxy_data
     from pipeline.proxy.model import get_size
     from pipeline.report import write_report
@@ -264,67 +339,62 @@ def _run_stages(paths: RunLayout, config: DemoConfig, log: Log) -> dict[str, Any
 
     stage("corpus", lambda: build_corpus(paths, config, log))
     quality = stage("quality", lambda: train_quality_classifier(paths, config, log))
-    scored = stage("score", lambda: score_corpus(paths, config, log))
+    scored = stage("score", lambda: score_corpus(paths, config, log, track))
     stage("propose", lambda: propose(paths, config, log))
     data = stage("load", lambda: load_proxy_data(paths.scored, vocab_size=config.vocab_size))
-    runs = stage("sweep", lambda: sweep(paths, config, data, log))
+    runs = stage("sweep", lambda: sweep(paths, config, data, log, track))
+    natural, uniform = _baselines(paths)
+    optimized, regmix_info = stage("regmix",
+                                   lambda: fit_and_optimize_regmix(paths, config, runs, natural, log))
+    law = stage("law", lambda: fit_law(paths, config, runs, log, track))
 
-    counts = load_token_counts(paths.domain_stats)
-    total = sum(counts.values())
-    natural = {d: c / total for d, c in counts.items()}
-    uniform = {d: 1.0 / len(counts) for d in counts}
-    write_mixture(paths.mixture("natural"), natural, {"method": "token share of kept data"})
-    write_mixture(paths.mixture("uniform"), uniform, {"method": "uniform"})
-    optimized, regmix_info = stage(
-        "regmix", lambda: fit_and_optimize_regmix(paths, config, runs, natural, log)
-    )
-
-    law = stage("law", lambda: fit_law(paths, config, runs, log))
     target_n = float(get_size(config.target_size).non_embedding_params())
     target_d = float(config.target_tokens)
     compared = {"optimized": optimized, "natural": natural, "uniform": uniform}
-    frame = _runs_frame(compared, target_n, target_d, list(law.domains_))
-    interval = predict_mean_loss(law, frame)
-    predictions = pd.DataFrame({"mixture": list(compared), N: target_n, D: target_d,
-                                "predicted": interval["loss"].to_numpy(),
-                                "low": interval["low"].to_numpy(), "high": interval["high"].to_numpy(),
-                                "measured": np.nan})
-    targets = list(law.targets_)
-    best = law_optimize(law, target_n, target_d, floor=0.0, targets=targets,
-                        weights=[1.0 / len(targets)] * len(targets))
-    write_mixture(paths.mixture("law_optimal"), best.weights,
-                  {"method": "additive laws per domain, mean loss, exponentiated gradient",
-                   "N": target_n, "D": target_d, "predicted_loss": best.loss, "warnings": best.warnings})
+    best = law_optimum(paths, law, target_n, target_d, regmix_info["caps"])
+    predictions = predict_at_target(law, {**compared, "law_optimal": best.weights}, target_n, target_d)
     write_parquet(paths.law_curves, law_curves(law, runs, compared, target_n, target_d))
-
+    final = None
     if config.validate:
-        validated = {name: compared[name] for name in ("optimized", "natural")}
-        measured = stage("target", lambda: train_targets(paths, config, data, validated, log))
-        predictions["measured"] = predictions["mixture"].map(measured)
+        final = stage("target", lambda: train_targets(paths, config, data, compared, log, track))
+        predictions["measured"] = predictions["mixture"].map(final.groupby("mixture")[LOSS].mean())
     write_parquet(paths.target, predictions)
+    checked = claim(predictions, final, {**compared, "law_optimal": best.weights}, law, regmix_info)
+    write_json(paths.comparison, checked)
     report = stage("report", lambda: write_report(paths.root, "datamixer demo"))
+    return _summary(paths, config, scored, runs, compared, best, predictions, checked, regmix_info,
+                    quality, report, timings, time.perf_counter() - started)
 
+
+def _summary(paths: RunLayout, config: DemoConfig, scored: dict[str, Any], runs: pd.DataFrame,
+             compared: dict[str, dict[str, float]], best: Any, predictions: pd.DataFrame,
+             checked: dict[str, Any], regmix_info: dict[str, Any], quality: dict[str, Any],
+             report: dict[str, Any], timings: dict[str, float], seconds: float) -> dict[str, Any]:
+    """summary.json: the headline figures of the run."""
     by_name = predictions.set_index("mixture")
     result: dict[str, Any] = {
         "out": str(paths.root),
         "documents": scored["in"],
         "kept": scored["kept"],
         "proxy_models": int(runs["mixture"].astype(str).str.cat(runs["size"], "/").nunique()),
-        "mixture": {k: round(v, 4) for k, v in sorted(optimized.items())},
+        "mixture": {k: round(v, 4) for k, v in sorted(compared["optimized"].items())},
+        "chosen_by": "RegMix (" + str(regmix_info["cv"].get("model")) + ")",
         "law_optimal_mixture": {k: round(v, 4) for k, v in sorted(best.weights.items())},
         "regmix_cv_spearman": regmix_info["cv"].get("spearman"),
-        "target": {"N": int(target_n), "D": int(target_d), "size": config.target_size},
+        "target": {"N": int(by_name[N].iloc[0]), "D": int(by_name[D].iloc[0]), "size": config.target_size,
+                   "seeds": config.target_seeds if config.validate else 0},
         "predicted": by_name["predicted"].round(4).to_dict(),
         "measured": by_name["measured"].dropna().round(4).to_dict(),
+        "comparison": checked,
         "quality_classifier": quality,
         "report": report["report"],
-        "seconds": round(time.perf_counter() - started, 1),
+        "seconds": round(seconds, 1),
         "timings": timings,
         "config": asdict(config),
     }
-    if config.validate:
-        pred_gain = by_name.loc["natural", "predicted"] - by_name.loc["optimized", "predicted"]
-        meas_gain = by_name.loc["natural", "measured"] - by_name.loc["optimized", "measured"]
-        result["gain_over_natural"] = {"predicted": round(float(pred_gain), 4),
-                                       "measured": round(float(meas_gain), 4)}
+    for g in checked["gains"]:
+        if g["measured"] is not None:
+            result[f"gain_over_{g['baseline']}"] = {
+                "predicted": round(g["predicted"], 4), "measured": round(g["measured"], 4),
+                "stderr": round(g["stderr"], 4) if g["stderr"] == g["stderr"] else None, "beats": g["beats"]}
     return result

@@ -25,6 +25,7 @@ import pyarrow as pa
 from apache_beam.transforms.window import GlobalWindows
 
 from pipeline import schema as S
+from pipeline.progress import documents_done
 from pipeline.read import (
     ReadOptions,
     dead_letter_row,
@@ -174,6 +175,7 @@ class _StageFn(beam.DoFn):
     def process(self, batch: pa.RecordBatch) -> Iterator[Any]:
         batch = batch.select(self._columns)
         self._writers.write(batch)
+        documents_done(batch.num_rows)
         if self._score_column is not None:
             for domain, scores in domain_scores(batch, self._score_column):
                 yield beam.pvalue.TaggedOutput("scores", (domain, scores))

@@ -74,6 +74,11 @@ class RunLayout:
         return self.root / "target.parquet"
 
     @property
+    def comparison(self) -> Path:
+        """The three-way comparison at the target (`pipeline.comparison`): the report's headline."""
+        return self.root / "comparison.json"
+
+    @property
     def target_runs(self) -> Path:
         return self.root / "target_runs.parquet"
 
@@ -87,3 +92,14 @@ class RunLayout:
 
     def compared_mixtures(self) -> dict[str, Path]:
         return {name: self.mixture(name) for name in ("optimized", "natural", "uniform")}
+
+
+def law_report_paths(law_json: str | Path) -> dict[str, Path]:
+    """Files `datamixer law fit` writes beside LAW.json: parameters, residuals and the plot."""
+    out = Path(law_json)
+    stem = out.with_suffix("") if out.suffix.lower() == ".json" else out
+    return {
+        "params": stem.with_name(stem.name + ".params.parquet"),
+        "residuals": stem.with_name(stem.name + ".residuals.parquet"),
+        "plot": stem.with_name(stem.name + ".png"),
+    }

@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from datamixer.commands._common import emit, info
+from datamixer.commands._common import emit, info, stage_progress
 
 
 def demo(
@@ -16,7 +16,7 @@ def demo(
     ),
     quick: Annotated[bool, typer.Option("--quick", help="small runs, about a minute on 2 cores")] = False,
     validate: Annotated[
-        bool, typer.Option("--validate/--no-validate", help="train the target on optimized and natural")
+        bool, typer.Option("--validate/--no-validate", help="train the target on each compared mixture")
     ] = True,
     workers: Annotated[
         int | None, typer.Option("--workers", help="sweep processes (default: all cores)")
@@ -28,15 +28,28 @@ def demo(
 
     config = DemoConfig.quick() if quick else DemoConfig()
     config = DemoConfig(**{**config.__dict__, "seed": seed, "workers": workers, "validate": validate})
-    result = run_demo(out, config, log=info)
+    result = run_demo(out, config, log=info, track=stage_progress)
     info("")
-    info(f"optimized mixture: {result['mixture']}")
-    for name, loss in result["predicted"].items():
-        measured = result["measured"].get(name)
-        shown = f"{measured:.4f}" if measured is not None else "not trained"
-        info(f"  {name:10s} predicted {loss:.4f}   measured {shown}")
+    print_comparison(result)
     info(f"report: {result['report']}")
     emit(result)
+
+
+def print_comparison(result: dict) -> None:
+    """Predicted beside measured for each mixture, then the plain verdicts and the optimisers' gap."""
+    checked = result["comparison"]
+    info(f"chosen by {result['chosen_by']}: {result['mixture']}")
+    info(f"  {'mixture':12s} {'predicted [interval]':>26s}   measured (per seed)")
+    for row in checked["mixtures"]:
+        seeds = ", ".join(f"{v:.4f}" for v in row["measured_seeds"].values())
+        measured = f"{row['measured']:.4f} ({seeds})" if row["measured"] is not None else "not trained"
+        interval = f"{row['predicted']:.4f} [{row['low']:.4f}, {row['high']:.4f}]"
+        info(f"  {row['mixture']:12s} {interval:>26s}   {measured}")
+    for sentence in checked["verdicts"]:
+        info(sentence)
+    info(checked["disagreement"]["text"])
+    for warning in checked["warnings"]:
+        info(f"warning: {warning}")
 
 
 def register(app: typer.Typer) -> None:

@@ -30,12 +30,9 @@ def _split(values: list[str] | None) -> list[str]:
 
 
 def _report_paths(out: Path) -> dict[str, Path]:
-    stem = out.with_suffix("") if out.suffix.lower() == ".json" else out
-    return {
-        "params": stem.with_name(stem.name + ".params.parquet"),
-        "residuals": stem.with_name(stem.name + ".residuals.parquet"),
-        "plot": stem.with_name(stem.name + ".png"),
-    }
+    from pipeline.layout import law_report_paths
+
+    return law_report_paths(out)
 
 
 def _params_table(law: Any) -> Any:

@@ -11,14 +11,17 @@ from datamixer.commands._common import emit, info
 
 
 def report(
-    run_dir: Annotated[Path, typer.Argument(help="a `datamixer demo --out` directory")],
+    run_dir: Annotated[Path, typer.Argument(
+        help="a `datamixer demo --out` directory, a `score` output directory, a `regmix fit` model "
+        "directory or a `law fit` JSON")],
     title: Annotated[str, typer.Option("--title")] = "datamixer report",
 ) -> None:
-    """Write DIR/report.html (plots embedded) and DIR/report/*.png + *.parquet."""
+    """Write DIR/report.html (plots embedded) and DIR/report/*.png + *.parquet (for a law JSON:
+    LAW.report.html and LAW.report/ beside it)."""
     from pipeline.report import write_report
 
     result = write_report(run_dir, title)
-    info(f"wrote {result['report']} ({len(result['sections'])} sections)")
+    info(f"wrote {result['report']} ({result['kind']}: {len(result['sections'])} sections)")
     emit(result)
 
 

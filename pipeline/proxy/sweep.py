@@ -115,12 +115,13 @@ def _run_task(task: Task) -> list[dict[str, Any]]:
 
 
 def plan_tasks(proposals: Mapping[str, Mapping[str, float]], sizes: Sequence[str], tokens: int,
-               seed: int, data: ProxyData) -> list[Task]:
-    """Every (mixture, size) run, biggest sizes first so the slowest runs start earliest."""
+               seed: int | Sequence[int], data: ProxyData) -> list[Task]:
+    """Every (mixture, size, seed) run, biggest sizes first so the slowest runs start earliest."""
     order = sorted(sizes, key=lambda s: -get_size(s).non_embedding_params())
+    seeds = [seed] if isinstance(seed, int) else list(seed)
     return [
-        Task(mixture, tuple(full_weights(data, weights).items()), size, int(tokens), int(seed))
-        for size in order for mixture, weights in proposals.items()
+        Task(mixture, tuple(full_weights(data, weights).items()), size, int(tokens), int(s))
+        for size in order for s in seeds for mixture, weights in proposals.items()
     ]
 
 
@@ -133,15 +134,18 @@ def run_sweep(
     *,
     workers: int | None = None,
     threads: int | None = None,
-    seed: int = 0,
+    seed: int | Sequence[int] = 0,
     config: TrainConfig | None = None,
     checkpoints: str | os.PathLike[str] | None = None,
     on_done: Callable[[Task, list[dict[str, Any]]], None] | None = None,
+    on_start: Callable[[list[Task]], None] | None = None,
 ) -> pd.DataFrame:
-    """Train every proposal at every size for `tokens` tokens; return the whole runs table.
+    """Train every proposal at every size (and every seed, when `seed` is a list) for `tokens`
+    tokens; return the whole runs table.
 
     `workers` processes (default: one per core) each use `threads` torch threads (default:
-    cores // workers). One worker trains in this process.
+    cores // workers). One worker trains in this process. `on_start` gets the runs left to train
+    (after skipping those already in `runs`), `on_done` each finished run and its rows.
     """
     config = config or TrainConfig()
     for size in sizes:
@@ -161,6 +165,8 @@ def run_sweep(
         if on_done is not None:
             on_done(task, rows)
 
+    if on_start is not None:
+        on_start(tasks)
     if workers == 1:
         _init_worker(data, config, threads, ckpt)
         for task in tasks:
