@@ -14,9 +14,10 @@ closure; `mixer.laws` supplies the law forms. Two habits from the Chinchilla rep
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import itertools
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -109,13 +110,30 @@ def local_fit(
     objective: HuberObjective, theta0: np.ndarray, options: dict[str, float | int] | None = None
 ) -> OptimizeResult:
     """One L-BFGS-B search from `theta0` with the tight default options."""
-    return minimize(
+    result = minimize(
         objective,
         np.asarray(theta0, dtype=float),
         jac=True,
         method="L-BFGS-B",
         options={**LBFGS_OPTIONS, **(options or {})},
     )
+    for listener in list(_SEARCH_LISTENERS):
+        listener(1)
+    return result
+
+
+_SEARCH_LISTENERS: list[Callable[[int], None]] = []
+
+
+@contextlib.contextmanager
+def counting_searches(advance: Callable[[int], None]) -> Iterator[None]:
+    """Call `advance(1)` after each local search (starts, polishes, bootstrap refits) while the block
+    runs: progress for a caller that shows it."""
+    _SEARCH_LISTENERS.append(advance)
+    try:
+        yield
+    finally:
+        _SEARCH_LISTENERS.remove(advance)
 
 
 @dataclass

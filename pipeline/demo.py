@@ -8,7 +8,6 @@ seeds each, and compare measured with predicted against the seed noise -> report
 
 from __future__ import annotations
 
-import contextlib
 import random
 import time
 from collections.abc import Callable
@@ -128,23 +127,13 @@ def _train_config(config: DemoConfig):
     return TrainConfig(eval_points=config.eval_points)
 
 
-def tracked_sweep(track: Tracker, description: str, *args: Any, **kwargs: Any) -> pd.DataFrame:
-    """`run_sweep` with one progress step per finished run."""
-    from pipeline.proxy.sweep import run_sweep
-
-    with contextlib.ExitStack() as stack:
-        advance: list[Callable[[int], None]] = []
-
-        def on_start(tasks: list[Any]) -> None:
-            advance.append(stack.enter_context(track(description, total=len(tasks), unit="runs")))
-
-        return run_sweep(*args, **kwargs, on_start=on_start, on_done=lambda task, rows: advance[0](1))
-
-
 def sweep(paths: RunLayout, config: DemoConfig, data: Any, log: Log, track: Tracker = silent) -> pd.DataFrame:
+    from pipeline.proxy.sweep import run_sweep_tracked
+
     log(f"proxy sweep: {config.mixtures} mixtures x sizes {list(config.sizes)} x {config.tokens} tokens")
-    return tracked_sweep(track, "proxy sweep", data, paths.proposals, list(config.sizes), config.tokens,
-                         paths.runs, workers=config.workers, seed=config.seed, config=_train_config(config))
+    return run_sweep_tracked(track, "proxy sweep", data, paths.proposals, list(config.sizes), config.tokens,
+                             paths.runs, workers=config.workers, seed=config.seed,
+                             config=_train_config(config))
 
 
 def final_rows(runs: pd.DataFrame, size: str | None = None) -> pd.DataFrame:
@@ -199,6 +188,7 @@ def fit_law(paths: RunLayout, config: DemoConfig, runs: pd.DataFrame, log: Log, 
     the additive law's 1 / sum_i C_i h_i^gamma_i term captures, while the mean of several such
     curves is not of that form (on one demo run: 1.6-3.6% error at the target vs 9-12% when one law
     is fitted to the mean loss directly)."""
+    from mixer.law_fit import counting_searches
     from mixer.laws import AdditiveLaw
 
     table = runs[runs[D] >= config.tokens / 5].reset_index(drop=True)
@@ -206,7 +196,7 @@ def fit_law(paths: RunLayout, config: DemoConfig, runs: pd.DataFrame, log: Log, 
     log(f"fitting additive mixture laws for {targets} on {len(table)} (N, D, h) points")
     law = AdditiveLaw(targets=targets, n_starts=config.law_starts, n_bootstrap=config.law_bootstrap,
                       seed=config.seed)
-    with track(f"law fit ({len(targets)} targets x {config.law_starts} starts)"):
+    with track("law fit", unit="local searches") as advance, counting_searches(advance):
         law.fit(table)
     law.save(paths.law)
     return law
@@ -244,12 +234,14 @@ def train_targets(
 ) -> pd.DataFrame:
     """Train the target size on each mixture with `target_seeds` seeds (in parallel processes); one
     final row per (mixture, seed)."""
+    from pipeline.proxy.sweep import run_sweep_tracked
+
     seeds = [config.seed + i for i in range(config.target_seeds)]
     log(f"training the target ({config.target_size}, {config.target_tokens} tokens) on {sorted(mixtures)}, "
         f"seeds {seeds}")
-    runs = tracked_sweep(track, "target training", data, mixtures, [config.target_size], config.target_tokens,
-                         paths.target_runs, workers=config.workers, seed=seeds, config=_train_config(config),
-                         checkpoints=paths.checkpoints)
+    runs = run_sweep_tracked(track, "target training", data, mixtures, [config.target_size],
+                             config.target_tokens, paths.target_runs, workers=config.workers, seed=seeds,
+                             config=_train_config(config), checkpoints=paths.checkpoints)
     return final_rows(runs)
 
 

@@ -20,7 +20,7 @@ import random
 import re
 import string
 import sysconfig
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -319,8 +319,10 @@ def _recording(model: Any, positions: torch.Tensor) -> Iterator[list[dict[str, t
 
 @torch.inference_mode()
 def retrieval_head_scores(model: Any, probes: Sequence[Probe], pad_id: int = 0,
-                          batch_tokens: int = lm.DEFAULT_BATCH_TOKENS) -> np.ndarray:
-    """Mean retrieval score of every head over the probes: array [layers, heads] in [0, 1]."""
+                          batch_tokens: int = lm.DEFAULT_BATCH_TOKENS,
+                          on_batch: Callable[[int], None] | None = None) -> np.ndarray:
+    """Mean retrieval score of every head over the probes: array [layers, heads] in [0, 1].
+    `on_batch(n)` is called after each batch of `n` probes (progress)."""
     prepare_model(model)
     device = next(model.parameters()).device
     n_layers, n_heads = head_count(model)
@@ -348,6 +350,8 @@ def retrieval_head_scores(model: Any, probes: Sequence[Probe], pad_id: int = 0,
             same_token = ids_np[row][where] == ids_np[row][np.asarray(t)]
             totals += (in_needle & same_token).mean(axis=-1)
             counted += 1
+        if on_batch is not None:
+            on_batch(len(chosen))
     if counted == 0:
         raise ValueError("no probe has an answer token to score")
     return totals / counted

@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from datamixer.commands._common import emit, info, progress
+from datamixer.commands._common import emit, info, progress, stage_progress
 
 group = typer.Typer(help="AttentionInfluence: find a model's retrieval heads; score docs by masking them.",
                     no_args_is_help=True)
@@ -47,7 +47,9 @@ def heads(
     limit = lm.context_length(loaded, max_tokens if max_tokens is not None else ai.DEFAULT_PROBE_TOKENS)
     info(f"building {probes} probes of up to {limit} tokens from {len(sentences)} sentences ({source})")
     built = ai.build_probes(tokenizer, sentences, n_probes=probes, max_tokens=limit, seed=seed)
-    scores = ai.retrieval_head_scores(loaded, built, lm.pad_id(tokenizer), batch_tokens=batch_tokens)
+    with stage_progress("heads detection", total=len(built), unit="probes") as advance:
+        scores = ai.retrieval_head_scores(loaded, built, lm.pad_id(tokenizer), batch_tokens=batch_tokens,
+                                          on_batch=advance)
     selected = ai.select_heads(scores, top_fraction)
     provenance = {"model": str(model), "corpus": source, "probes": probes, "max_tokens": limit,
                   "top_fraction": top_fraction, "seed": seed,

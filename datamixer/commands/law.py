@@ -8,7 +8,7 @@ from typing import Annotated, Any
 
 import typer
 
-from datamixer.commands._common import emit, info
+from datamixer.commands._common import emit, info, stage_progress
 
 group = typer.Typer(
     help="Fit loss laws L(N, D, h) on runs tables; predict, optimise the mixture, "
@@ -151,6 +151,7 @@ def fit_command(
 ) -> None:
     """Fit a law on a runs table and write LAW.json, LAW.params.parquet, LAW.residuals.parquet, LAW.png."""
     from mixer.files import write_parquet
+    from mixer.law_fit import counting_searches
     from mixer.laws import evaluation_metrics, make_law
     from mixer.runs import load_runs
 
@@ -169,7 +170,8 @@ def fit_command(
     frame = load_runs(runs, targets=target_list, require_weights=estimator.form_.uses_mixture)
     info(f"fitting the {law} law on {len(frame)} rows of {runs} (targets: {', '.join(target_list)})")
     started = time.perf_counter()
-    estimator.fit(frame)
+    with stage_progress(f"{law} law fit", unit="local searches") as advance, counting_searches(advance):
+        estimator.fit(frame)
     seconds = time.perf_counter() - started
     estimator.save(out)
     paths = _report_paths(out)

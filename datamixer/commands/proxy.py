@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from datamixer.commands._common import emit, info
+from datamixer.commands._common import emit, info, stage_progress
 
 proxy_app = typer.Typer(help="Train proxy models on mixtures (rows for `regmix fit` and `law fit`).",
                         no_args_is_help=True)
@@ -138,7 +138,7 @@ def sweep(
     val_tokens: ValTokens = 8192,
 ) -> None:
     """Train every proposed mixture at every size, in parallel; a re-run resumes."""
-    from pipeline.proxy.sweep import done_runs, plan_tasks, read_proposals, run_sweep
+    from pipeline.proxy.sweep import done_runs, plan_tasks, read_proposals, run_sweep_tracked
 
     size_list = [s.strip() for s in sizes.split(",") if s.strip()]
     if not size_list:
@@ -153,17 +153,14 @@ def sweep(
     info(f"{len(tasks)} runs planned, {len(tasks) - todo} already in {runs}, {todo} to train")
     finished = []
 
-    def on_done(task, rows) -> None:
-        finished.append(task)
-        info(f"[{len(finished)}/{todo}] {task.mixture} {task.size}: loss {rows[-1]['loss']:.4f}")
-
     start = time.perf_counter()
     if loaded.tokenizer_source == "trained":  # keep it beside the runs it measured
         from mixer.files import write_text
 
         write_text(runs.with_name(runs.stem + ".tokenizer.json"), loaded.tokenizer_json)
-    table = run_sweep(loaded, mixtures, size_list, budget, runs, workers=workers, threads=threads, seed=seed,
-                      config=config, checkpoints=checkpoints, on_done=on_done)
+    table = run_sweep_tracked(stage_progress, "proxy sweep", loaded, mixtures, size_list, budget, runs,
+                              workers=workers, threads=threads, seed=seed, config=config,
+                              checkpoints=checkpoints, on_done=lambda task, rows: finished.append(task))
     emit({"runs": str(runs), "rows": len(table), "trained": len(finished), "skipped": len(tasks) - todo,
           "planned": len(tasks), "sizes": size_list, "mixtures": len(mixtures),
           "seconds": round(time.perf_counter() - start, 2)})

@@ -8,7 +8,7 @@ from typing import Annotated, Any
 
 import typer
 
-from datamixer.commands._common import emit, info
+from datamixer.commands._common import emit, info, stage_progress
 
 
 def domain_inputs(inputs: list[str], domains: list[str], config: Path | None) -> dict[str, list[str]]:
@@ -126,6 +126,7 @@ def score(
 ) -> None:
     """Score every document, select per domain; write scored-*, dead_letter-*.parquet and domain_stats."""
     from pipeline.job import ScoreJobConfig, run_score_job
+    from pipeline.progress import counting_documents
     from pipeline.read import ReadOptions
     from pipeline.registry import ScorerConfig
     from pipeline.select import Selection
@@ -150,7 +151,8 @@ def score(
         vocab_size=vocab_size,
     )
     info(f"scoring {len(job.inputs)} domain(s) with {scorer} on the {runner} runner")
-    result = run_score_job(job, runner=runner, beam_args=list(ctx.args))
+    with stage_progress("score job", unit="documents") as advance, counting_documents(advance):
+        result = run_score_job(job, runner=runner, beam_args=list(ctx.args))
     info(
         f"{result['in']} in, {result['scored']} scored, {result['dead_letter']} dead-lettered, "
         f"{result['kept']} kept -> {output}"

@@ -8,6 +8,7 @@ finished and never writes a row twice.
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
@@ -21,6 +22,7 @@ import pandas as pd
 from mixer.files import read_table, write_parquet
 from mixer.mixture import read_mixture
 from mixer.runs import RUN, WEIGHT_PREFIX, D, N, domain_name, mixture_weights
+from pipeline.progress import Tracker
 from pipeline.proxy.data import ProxyData, full_weights, load_proxy_data
 from pipeline.proxy.model import get_size
 from pipeline.proxy.train import MIXTURE, SEED, TrainConfig, run_id, train_proxy
@@ -186,3 +188,20 @@ def run_sweep(
     if not Path(runs).exists():
         raise ValueError("nothing to train: no proposals")
     return pd.read_parquet(runs)
+
+
+def run_sweep_tracked(track: Tracker, description: str, *args: Any, **kwargs: Any) -> pd.DataFrame:
+    """`run_sweep(*args, **kwargs)` reporting one step of `track` per finished run."""
+    with contextlib.ExitStack() as stack:
+        advance: list[Callable[[int], None]] = []
+        on_done = kwargs.pop("on_done", None)
+
+        def start(tasks: list[Task]) -> None:
+            advance.append(stack.enter_context(track(description, total=len(tasks), unit="runs")))
+
+        def done(task: Task, rows: list[dict[str, Any]]) -> None:
+            advance[0](1)
+            if on_done is not None:
+                on_done(task, rows)
+
+        return run_sweep(*args, **kwargs, on_start=start, on_done=done)
