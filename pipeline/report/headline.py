@@ -11,21 +11,23 @@ import numpy as np
 
 from pipeline.report.page import Headline, image_html
 from pipeline.report.style import (
-    MIXTURE_ORDER,
     figure_png,
     legend_outside,
     mixture_colour,
     mixture_label,
+    ordered_mixtures,
 )
 
 
-def _ordered(names: list[str]) -> list[str]:
-    return [n for n in MIXTURE_ORDER if n in names] + [n for n in names if n not in MIXTURE_ORDER]
+def in_order(rows: list[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
+    """Rows with a `mixture` key in the report's mixture order."""
+    by_name = {r["mixture"]: r for r in rows}
+    return [by_name[name] for name in ordered_mixtures(list(by_name))]
 
 
 def draw_weights(ax: Any, mixtures: Mapping[str, Mapping[str, float]]) -> None:
     """Grouped bars: one group per domain, one bar per mixture (mixture colours)."""
-    names = _ordered(list(mixtures))
+    names = ordered_mixtures(list(mixtures))
     domains = sorted({d for w in mixtures.values() for d in w})
     x = np.arange(len(domains))
     width = 0.8 / len(names)
@@ -45,7 +47,7 @@ def draw_weights(ax: Any, mixtures: Mapping[str, Mapping[str, float]]) -> None:
 
 def draw_losses(ax: Any, rows: list[Mapping[str, Any]]) -> None:
     """Per mixture: the law's prediction with its interval, and each seed's measured loss."""
-    rows = sorted(rows, key=lambda r: _ordered([r["mixture"] for r in rows]).index(r["mixture"]))
+    rows = in_order(rows)
     for i, row in enumerate(rows):
         colour = mixture_colour(row["mixture"])
         err = [[row["predicted"] - row["low"]], [row["high"] - row["predicted"]]]
@@ -96,7 +98,7 @@ def numbers_table(rows: list[Mapping[str, Any]], mixtures: Mapping[str, Mapping[
         "<th>predicted [95% interval]</th><th>measured (seeds)</th></tr>"
     )
     body = []
-    for row in sorted(rows, key=lambda r: _ordered([r["mixture"] for r in rows]).index(r["mixture"])):
+    for row in in_order(rows):
         weights = " ".join(f"{d} {w:.2f}" for d, w in sorted(mixtures.get(row["mixture"], {}).items()))
         seeds = ", ".join(f"{v:.4f}" for v in row.get("measured_seeds", {}).values())
         measured = (

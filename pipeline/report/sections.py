@@ -21,6 +21,7 @@ from pipeline.report.style import (
     log_axis,
     mixture_colour,
     mixture_label,
+    ordered_mixtures,
     size_colours,
 )
 
@@ -165,7 +166,8 @@ def proposals_section(
         box = ax.boxplot([weights[c] for c in weights.columns], tick_labels=names, patch_artist=True)
         for patch, name in zip(box["boxes"], names, strict=True):
             patch.set(facecolor=colours[name], alpha=0.35)
-        for i, (name, mix) in enumerate(sorted(mixtures.items())):
+        for i, name in enumerate(ordered_mixtures(list(mixtures))):
+            mix = mixtures[name]
             x = np.arange(1, len(names) + 1) + (i - (len(mixtures) - 1) / 2) * 0.08
             ax.scatter(
                 x,
@@ -283,7 +285,7 @@ def law_section(
                 )
         handles = [
             Line2D([], [], color=mixture_colour(m), lw=2, label=mixture_label(m))
-            for m in sorted(curves["mixture"].unique())
+            for m in ordered_mixtures(list(curves["mixture"].unique()))
         ]
         handles += [
             Line2D([], [], color="#444444", ls=styles[n], label=f"law at N = {n:,.0f}") for n in sizes

@@ -26,6 +26,11 @@ DOMAIN_PALETTE = ("#0072B2", "#E69F00", "#009E73", "#CC79A7", "#56B4E9", "#D55E0
 SIZE_STYLES = ("-", "--", "-.", ":")
 
 
+def ordered_mixtures(names: Sequence[str]) -> list[str]:
+    """The compared mixtures in the report's fixed order (chosen first), others after."""
+    return [n for n in MIXTURE_ORDER if n in names] + sorted(n for n in set(names) if n not in MIXTURE_ORDER)
+
+
 def mixture_colour(name: str) -> str:
     return MIXTURE_COLOURS.get(name, "#444444")
 
