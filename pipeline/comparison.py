@@ -82,8 +82,9 @@ def disagreement(
     diff = {d: float(other.get(d, 0.0) - chosen.get(d, 0.0)) for d in domains}
     widest = max(domains, key=lambda d: abs(diff[d]))
     loss_gap = float(predicted[other_by] - predicted[chosen_by])
+    l1 = sum(map(abs, diff.values()))
     text = (
-        f"{chosen_by} chose the mixture. {other_by}'s optimum is {sum(map(abs, diff.values())):.2f} "
+        f"{chosen_by} chose the mixture. {other_by[:1].upper() + other_by[1:]}'s optimum is {l1:.2f} "
         f"away in L1 (largest: {widest} {chosen.get(widest, 0.0):.2f} vs {other.get(widest, 0.0):.2f}); "
         f"at the target the law predicts {predicted[chosen_by]:.4f} for {chosen_by}'s and "
         f"{predicted[other_by]:.4f} for {other_by}'s ({loss_gap:+.4f} nats)."
@@ -91,7 +92,7 @@ def disagreement(
     return {
         "chosen_by": chosen_by,
         "other_by": other_by,
-        "l1": float(sum(map(abs, diff.values()))),
+        "l1": float(l1),
         "largest_difference": widest,
         "difference": diff,
         "predicted": dict(predicted),

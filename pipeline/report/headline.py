@@ -12,7 +12,7 @@ import numpy as np
 from pipeline.report.page import Headline, image_html
 from pipeline.report.style import (
     figure_png,
-    legend_outside,
+    legend_above,
     mixture_colour,
     mixture_label,
     ordered_mixtures,
@@ -41,50 +41,47 @@ def draw_weights(ax: Any, mixtures: Mapping[str, Mapping[str, float]]) -> None:
             label=mixture_label(name),
         )
     ax.set_xticks(x, domains)
-    ax.set_ylabel("weight")
-    ax.set_title("mixtures", fontsize=10)
+    ax.set_ylabel("mixture weight")
 
 
 def draw_losses(ax: Any, rows: list[Mapping[str, Any]]) -> None:
     """Per mixture: the law's prediction with its interval, and each seed's measured loss."""
+    from matplotlib.lines import Line2D
+
     rows = in_order(rows)
     for i, row in enumerate(rows):
         colour = mixture_colour(row["mixture"])
         err = [[row["predicted"] - row["low"]], [row["high"] - row["predicted"]]]
-        ax.errorbar(
-            [i - 0.12],
-            [row["predicted"]],
-            yerr=err,
-            fmt="o",
-            color=colour,
-            mfc="white",
-            capsize=4,
-            label="predicted (interval)" if i == 0 else None,
-        )
+        ax.errorbar([i - 0.12], [row["predicted"]], yerr=err, fmt="o", color=colour, mfc="white", capsize=4)
         seeds = list(row.get("measured_seeds", {}).values())
         if seeds:
-            ax.scatter(
-                [i + 0.12] * len(seeds),
-                seeds,
-                marker="s",
-                color=colour,
-                s=28,
-                label="measured (each seed)" if i == 0 else None,
-            )
-    ax.set_xticks(range(len(rows)), [mixture_label(r["mixture"]) for r in rows], fontsize=8)
+            ax.scatter([i + 0.12] * len(seeds), seeds, marker="s", color=colour, s=28)
+    ax.set_xticks(range(len(rows)), [mixture_label(r["mixture"]) for r in rows], fontsize=9)
     ax.set_ylabel("loss at the target")
-    ax.set_title("loss at the target size", fontsize=10)
     ax.set_xlim(-0.6, len(rows) - 0.4)
+    grey = "#555555"
+    handles = [
+        Line2D([], [], marker="o", mfc="white", color=grey, label="predicted (95% interval)"),
+        Line2D([], [], marker="s", ls="", color=grey, label="measured (each seed)"),
+    ]
+    ax.legend(
+        handles=handles,
+        loc="lower left",
+        bbox_to_anchor=(0.0, 1.01),
+        ncol=2,
+        frameon=False,
+        fontsize=8,
+        borderaxespad=0,
+    )
 
 
 def headline_png(mixtures: Mapping[str, Mapping[str, float]], rows: list[Mapping[str, Any]]) -> bytes:
     def draw(axes: Any) -> None:
         draw_weights(axes[0], mixtures)
         draw_losses(axes[1], rows)
-        legend_outside(axes[0])
-        legend_outside(axes[1])
+        legend_above(axes[0])
 
-    return figure_png(draw, width=10.5, height=2.9, ncols=2, dpi=90)
+    return figure_png(draw, width=5.4, height=4.5, nrows=2, dpi=90)
 
 
 def _fmt(value: float | None, spec: str = ".4f") -> str:
@@ -93,20 +90,22 @@ def _fmt(value: float | None, spec: str = ".4f") -> str:
 
 def numbers_table(rows: list[Mapping[str, Any]], mixtures: Mapping[str, Mapping[str, float]]) -> str:
     """Mixture, weights, predicted [interval], measured (mean of seeds, each seed)."""
+    domains = sorted({d for w in mixtures.values() for d in w})
     head = (
-        "<table class=data id=headline-table><tr><th>mixture</th><th>weights</th>"
-        "<th>predicted [95% interval]</th><th>measured (seeds)</th></tr>"
+        "<table class=data id=headline-table><tr><th>mixture</th>"
+        f"<th>{html.escape(' / '.join(domains))}</th>"
+        "<th>predicted [95% interval]</th><th>measured (each seed)</th></tr>"
     )
     body = []
     for row in in_order(rows):
-        weights = " ".join(f"{d} {w:.2f}" for d, w in sorted(mixtures.get(row["mixture"], {}).items()))
+        weights = " / ".join(f"{mixtures.get(row['mixture'], {}).get(d, 0.0):.2f}" for d in domains)
         seeds = ", ".join(f"{v:.4f}" for v in row.get("measured_seeds", {}).values())
         measured = (
             f"<b>{_fmt(row['measured'])}</b> ({seeds})" if row["measured"] is not None else "not trained"
         )
         body.append(
             f"<tr><td style='text-align:left'>{html.escape(mixture_label(row['mixture']))}</td>"
-            f"<td>{html.escape(weights)}</td>"
+            f"<td>{weights}</td>"
             f"<td><b>{_fmt(row['predicted'])}</b> [{_fmt(row['low'])}, {_fmt(row['high'])}]</td>"
             f"<td>{measured}</td></tr>"
         )

@@ -24,8 +24,9 @@ img{max-width:100%}
 .note{color:#666;font-size:0.85em}
 .lead{margin:0.2em 0 0.4em}
 .headline{display:flex;flex-wrap:wrap;gap:0.4em 1.2em;align-items:flex-start}
-.headline .plot{flex:0 1 46em}
-.headline .numbers{flex:1 1 26em;font-size:0.92em}
+.headline .plot{flex:0 0 auto}
+.headline .numbers{flex:1 1 0;min-width:28em;font-size:0.88em}
+.headline table.data td{white-space:nowrap}
 .verdict{margin:0.25em 0}
 .beat{color:#1b7e3e}.miss{color:#b03a2e}
 .warnings{background:#fff6db;border-left:4px solid #e6a700;padding:0.2em 0.8em;margin:0.4em 0;

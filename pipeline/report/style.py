@@ -63,6 +63,21 @@ def legend_outside(ax: Any, **kwargs: Any) -> None:
         )
 
 
+def legend_above(ax: Any, ncol: int = 4) -> None:
+    """A one-row legend above the axes (for figures that need their width)."""
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(
+            loc="lower left",
+            bbox_to_anchor=(0.0, 1.01),
+            ncol=ncol,
+            frameon=False,
+            fontsize=8,
+            borderaxespad=0,
+            handlelength=1.2,
+            columnspacing=1.0,
+        )
+
+
 def log_axis(ax: Any, axis: str, label: str) -> None:
     """A log-scaled axis whose label says so."""
     getattr(ax, f"set_{axis}scale")("log")
@@ -70,15 +85,15 @@ def log_axis(ax: Any, axis: str, label: str) -> None:
 
 
 def figure_png(
-    draw: Callable[..., None], width: float = 7.0, height: float = 3.6, ncols: int = 1, dpi: int = 100
+    draw: Callable[..., None], width: float = 7.0, height: float = 3.6, nrows: int = 1, dpi: int = 100
 ) -> bytes:
-    """Draw on a fresh figure (`draw(ax)`, or `draw(axes)` with `ncols` > 1) and return PNG bytes."""
+    """Draw on a fresh figure (`draw(ax)`, or `draw(axes)` with `nrows` > 1) and return PNG bytes."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, ncols, figsize=(width, height), dpi=dpi)
+    fig, axes = plt.subplots(nrows, 1, figsize=(width, height), dpi=dpi)
     draw(axes)
     for ax in fig.axes:
         ax.spines[["top", "right"]].set_visible(False)
