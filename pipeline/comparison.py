@@ -47,9 +47,10 @@ def gain(
         return {**out, "measured": None, "stderr": None, "beats": None}
     n_chosen, n_base = losses.loc[chosen].notna().sum(), losses.loc[baseline].notna().sum()
     measured = float(losses.loc[baseline].mean() - losses.loc[chosen].mean())
-    stderr = noise * math.sqrt(1 / n_chosen + 1 / n_base) if math.isfinite(noise) else float("nan")
-    beats = bool(measured > NOISE_MULTIPLE * stderr) if math.isfinite(stderr) else None
-    return {**out, "measured": measured, "stderr": stderr, "beats": beats}
+    if noise is None or not math.isfinite(noise):
+        return {**out, "measured": measured, "stderr": None, "beats": None}
+    stderr = noise * math.sqrt(1 / n_chosen + 1 / n_base)
+    return {**out, "measured": measured, "stderr": stderr, "beats": bool(measured > NOISE_MULTIPLE * stderr)}
 
 
 def gain_sentence(g: Mapping[str, Any], chosen: str = CHOSEN) -> str:
@@ -57,12 +58,10 @@ def gain_sentence(g: Mapping[str, Any], chosen: str = CHOSEN) -> str:
     base = g["baseline"]
     if g["measured"] is None:
         return f"{chosen} vs {base}: not trained; predicted gain {g['predicted']:+.4f} nats."
-    figures = (
-        f"measured gain {g['measured']:+.4f} nats (predicted {g['predicted']:+.4f}), "
-        f"seed noise ±{g['stderr']:.4f} (1 s.e.)"
-    )
-    if g["beats"] is None:
+    figures = f"measured gain {g['measured']:+.4f} nats (predicted {g['predicted']:+.4f})"
+    if g["stderr"] is None:
         return f"{chosen} vs {base}: {figures}; one seed only, so no noise estimate."
+    figures += f", seed noise ±{g['stderr']:.4f} (1 s.e.)"
     if g["beats"]:
         return f"{chosen} beat {base} by more than the seed noise: {figures}."
     verdict = "worse than" if g["measured"] < -NOISE_MULTIPLE * g["stderr"] else "no better than"
@@ -152,6 +151,7 @@ def compare(
     """Predicted vs measured per mixture (mean and per-seed) and the gain over each baseline."""
     losses = measured_by_seed(final) if final is not None and not final.empty else pd.DataFrame()
     noise = seed_noise(losses) if not losses.empty else float("nan")
+    noise = noise if math.isfinite(noise) else None
     rows = []
     for row in predictions.to_dict("records"):
         seeds = losses.loc[row["mixture"]].dropna() if row["mixture"] in losses.index else pd.Series()

@@ -388,5 +388,5 @@ def _summary(paths: RunLayout, config: DemoConfig, scored: dict[str, Any], runs:
         if g["measured"] is not None:
             result[f"gain_over_{g['baseline']}"] = {
                 "predicted": round(g["predicted"], 4), "measured": round(g["measured"], 4),
-                "stderr": round(g["stderr"], 4) if g["stderr"] == g["stderr"] else None, "beats": g["beats"]}
+                "stderr": round(g["stderr"], 4) if g["stderr"] is not None else None, "beats": g["beats"]}
     return result

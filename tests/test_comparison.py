@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 
 import numpy as np
@@ -62,6 +63,15 @@ def test_a_loss_is_called_worse_and_an_untrained_baseline_says_so():
         {"baseline": "x", "predicted": 0.0, "measured": -0.1, "stderr": 0.01, "beats": False}
     )
     assert "was worse than x" in worse
+
+
+def test_one_seed_gives_no_noise_and_still_writes_valid_json():
+    preds = _predictions({"optimized": 3.6, "natural": 3.7, "uniform": 3.65})
+    result = C.compare(preds, _final({"optimized": [3.60], "natural": [3.70], "uniform": [3.64]}))
+    assert result["seed_noise"] is None
+    assert all(g["stderr"] is None and g["beats"] is None for g in result["gains"])
+    assert "one seed only" in result["verdicts"][0]
+    json.dumps(result, allow_nan=False)
 
 
 def test_disagreement_names_the_widest_domain_and_both_predictions():
