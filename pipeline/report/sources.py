@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -89,23 +90,23 @@ def regmix_sections(directory: Path, report: Report) -> None:
 
 
 def extrapolation_curves(
-    law: object, factors: tuple[float, ...] = (4.0, 16.0), points: int = 24
+    law: Any, factors: tuple[float, ...] = (4.0, 16.0), points: int = 24
 ) -> pd.DataFrame:
     """The law's mean loss over its targets along D (up to 4x the largest fitted D), at the fitted
     sizes and at `factors` x the largest; mixture laws at the mean training mixture."""
-    data = law.data_  # type: ignore[attr-defined]
+    data = law.data_
     fitted = sorted(data["N_values"])
     sizes = [*fitted, *(max(fitted) * f for f in factors)]
     grid = np.geomspace(min(data["D_range"]), 4 * max(data["D_range"]), points)
     mixture = None
-    if law.form_.uses_mixture:  # type: ignore[attr-defined]
-        mean = law.training_mixtures().mean(axis=0)  # type: ignore[attr-defined]
-        mixture = dict(zip(law.domains_, mean, strict=True))  # type: ignore[attr-defined]
+    if law.form_.uses_mixture:
+        mean = law.training_mixtures().mean(axis=0)
+        mixture = dict(zip(law.domains_, mean, strict=True))
     frame = pd.concat(
-        [law.frame_for(n, d, mixture) for n in sizes for d in grid],  # type: ignore[attr-defined]
+        [law.frame_for(n, d, mixture) for n in sizes for d in grid],
         ignore_index=True,
     )
-    frame["predicted"] = np.mean([law.predict(frame, target=t) for t in law.targets_], axis=0)  # type: ignore
+    frame["predicted"] = np.mean([law.predict(frame, target=t) for t in law.targets_], axis=0)
     frame["fitted"] = frame["N"].isin(fitted)
     return frame
 
