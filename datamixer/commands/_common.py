@@ -47,8 +47,8 @@ def emit(result: dict[str, Any]) -> None:
 
 
 def info(message: str) -> None:
-    """Human-readable progress, on stderr."""
-    stderr.print(message, highlight=False)
+    """Human-readable progress, on stderr (one line per message: never wrapped, so logs grep well)."""
+    stderr.print(message, highlight=False, soft_wrap=True)
 
 
 def progress(items: Iterable[T], description: str, total: int | None = None) -> Iterator[T]:
@@ -90,7 +90,8 @@ def stage_progress(
 
     yield count
     counted = " ".join(filter(None, [f"{done}/{total}" if total else f"{done}", unit]))
-    console.print(f"{description}: {counted} in {time.perf_counter() - started:.1f} s", highlight=False)
+    console.print(f"{description}: {counted} in {time.perf_counter() - started:.1f} s", highlight=False,
+                  soft_wrap=True)
 
 
 class _DropMessages(logging.Filter):

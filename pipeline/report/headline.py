@@ -61,7 +61,7 @@ def draw_losses(ax: Any, rows: list[Mapping[str, Any]]) -> None:
     ax.set_xlim(-0.6, len(rows) - 0.4)
     grey = "#555555"
     handles = [
-        Line2D([], [], marker="o", mfc="white", color=grey, label="predicted (95% interval)"),
+        Line2D([], [], marker="o", ls="", mfc="white", color=grey, label="predicted (95% interval)"),
         Line2D([], [], marker="s", ls="", color=grey, label="measured (each seed)"),
     ]
     ax.legend(
