@@ -11,6 +11,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 from rich.console import Console
 
 from datamixer.commands._common import NOISE, quiet_library_warnings, stage_progress
@@ -104,3 +105,31 @@ def test_score_command_prints_no_beam_noise_and_one_progress_line(tmp_path):
     documents = json.loads(run.stdout.strip().splitlines()[-1])["scored"]
     progress = [line for line in run.stderr.splitlines() if line.startswith("score job:")]
     assert len(progress) == 1 and progress[0].startswith(f"score job: {documents} documents in ")
+
+
+def test_heads_detection_reports_every_probe():
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from scorers import attention_influence as ai
+
+    torch.manual_seed(0)
+    config = LlamaConfig(
+        vocab_size=64,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=4,
+        max_position_embeddings=64,
+    )
+    model = LlamaForCausalLM(config).eval()
+    rng = np.random.default_rng(0)
+    probes = [
+        ai.Probe([int(t) for t in rng.integers(1, 64, size=n)], (2, 5), (n - 3, n))
+        for n in (12, 16, 20, 24, 28)
+    ]
+    seen: list[int] = []
+    scores = ai.retrieval_head_scores(model, probes, batch_tokens=40, on_batch=seen.append)
+    assert sum(seen) == len(probes) and len(seen) > 1  # several batches, each counted
+    assert scores.shape == (2, 4)
