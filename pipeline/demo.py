@@ -23,7 +23,7 @@ from mixer.mixture import write_mixture
 from mixer.runs import LOSS, LOSS_PREFIX, RUN, WEIGHT_PREFIX, D, N
 from pipeline import comparison
 from pipeline.layout import RunLayout
-from pipeline.progress import Tracker, counting_documents, silent
+from pipeline.progress import Tracker, document_progress, silent
 
 Log = Callable[[str], None]
 
@@ -106,8 +106,10 @@ def score_corpus(paths: RunLayout, config: DemoConfig, log: Log, track: Tracker 
         selection=Selection(keep_top=config.keep_top),
         vocab_size=config.vocab_size,
     )
-    with track("score job", unit="documents") as advance, counting_documents(advance):
-        return run_score_job(job)
+    with document_progress(track) as settle:
+        result = run_score_job(job)
+        settle(result["scored"])
+    return result
 
 
 def propose(paths: RunLayout, config: DemoConfig, log: Log) -> pd.DataFrame:

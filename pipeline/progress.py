@@ -53,3 +53,20 @@ def documents_done(n: int) -> None:
         listeners = list(_listeners)
     for advance in listeners:
         advance(n)
+
+
+@contextlib.contextmanager
+def document_progress(track: Tracker, description: str = "score job") -> Iterator[Advance]:
+    """Track the documents that in-process Beam steps finish. Yields `settle(total)`: call it with
+    the job's count when it ends, so a runner whose workers were out of reach (multi-process,
+    remote) still ends the stage at the true total."""
+    seen = 0
+    with track(description, unit="documents") as advance:
+
+        def count(n: int) -> None:
+            nonlocal seen
+            seen += n
+            advance(n)
+
+        with counting_documents(count):
+            yield lambda total: advance(max(0, total - seen))

@@ -3,6 +3,7 @@ otherwise, and none of Beam's warnings that say nothing about the run."""
 
 from __future__ import annotations
 
+import functools
 import io
 import json
 import logging
@@ -16,7 +17,7 @@ from rich.console import Console
 
 from datamixer.commands._common import NOISE, quiet_library_warnings, stage_progress
 from pipeline.corpus import CorpusOptions, build_corpus
-from pipeline.progress import counting_documents, documents_done
+from pipeline.progress import counting_documents, document_progress, documents_done
 from scorers.fasttext import FastTextQualityClassifier
 
 REPO = Path(__file__).resolve().parents[1]
@@ -133,3 +134,12 @@ def test_heads_detection_reports_every_probe():
     scores = ai.retrieval_head_scores(model, probes, batch_tokens=40, on_batch=seen.append)
     assert sum(seen) == len(probes) and len(seen) > 1  # several batches, each counted
     assert scores.shape == (2, 4)
+
+
+def test_document_progress_ends_at_the_jobs_own_count():
+    buffer = io.StringIO()
+    track = functools.partial(stage_progress, console=Console(file=buffer, force_terminal=False))
+    with document_progress(track) as settle:
+        documents_done(30)  # batches finished in this process
+        settle(100)  # the job's total: the rest ran in workers out of reach
+    assert buffer.getvalue().startswith("score job: 100 documents in ")

@@ -126,7 +126,7 @@ def score(
 ) -> None:
     """Score every document, select per domain; write scored-*, dead_letter-*.parquet and domain_stats."""
     from pipeline.job import ScoreJobConfig, run_score_job
-    from pipeline.progress import counting_documents
+    from pipeline.progress import document_progress
     from pipeline.read import ReadOptions
     from pipeline.registry import ScorerConfig
     from pipeline.select import Selection
@@ -151,8 +151,9 @@ def score(
         vocab_size=vocab_size,
     )
     info(f"scoring {len(job.inputs)} domain(s) with {scorer} on the {runner} runner")
-    with stage_progress("score job", unit="documents") as advance, counting_documents(advance):
+    with document_progress(stage_progress) as settle:
         result = run_score_job(job, runner=runner, beam_args=list(ctx.args))
+        settle(result["scored"])
     info(
         f"{result['in']} in, {result['scored']} scored, {result['dead_letter']} dead-lettered, "
         f"{result['kept']} kept -> {output}"
