@@ -16,6 +16,7 @@ from pipeline.report.style import (
     mixture_colour,
     mixture_label,
     ordered_mixtures,
+    prediction_legend,
 )
 
 
@@ -46,8 +47,6 @@ def draw_weights(ax: Any, mixtures: Mapping[str, Mapping[str, float]]) -> None:
 
 def draw_losses(ax: Any, rows: list[Mapping[str, Any]]) -> None:
     """Per mixture: the law's prediction with its interval, and each seed's measured loss."""
-    from matplotlib.lines import Line2D
-
     rows = in_order(rows)
     for i, row in enumerate(rows):
         colour = mixture_colour(row["mixture"])
@@ -59,20 +58,7 @@ def draw_losses(ax: Any, rows: list[Mapping[str, Any]]) -> None:
     ax.set_xticks(range(len(rows)), [mixture_label(r["mixture"]) for r in rows], fontsize=9)
     ax.set_ylabel("loss at the target")
     ax.set_xlim(-0.6, len(rows) - 0.4)
-    grey = "#555555"
-    handles = [
-        Line2D([], [], marker="o", ls="", mfc="white", color=grey, label="predicted (95% interval)"),
-        Line2D([], [], marker="s", ls="", color=grey, label="measured (each seed)"),
-    ]
-    ax.legend(
-        handles=handles,
-        loc="lower left",
-        bbox_to_anchor=(0.0, 1.01),
-        ncol=2,
-        frameon=False,
-        fontsize=8,
-        borderaxespad=0,
-    )
+    prediction_legend(ax, above=True)
 
 
 def headline_png(mixtures: Mapping[str, Mapping[str, float]], rows: list[Mapping[str, Any]]) -> bytes:

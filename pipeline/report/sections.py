@@ -22,6 +22,7 @@ from pipeline.report.style import (
     mixture_colour,
     mixture_label,
     ordered_mixtures,
+    prediction_legend,
     size_colours,
 )
 
@@ -322,7 +323,6 @@ def target_section(predictions: pd.DataFrame, final: pd.DataFrame | None = None)
                 mfc="white",
                 color=colour,
                 capsize=4,
-                label="predicted (interval)" if i == 0 else None,
             )
             if final is not None:
                 seeds = final.loc[final["mixture"] == row["mixture"], "loss"]
@@ -332,11 +332,10 @@ def target_section(predictions: pd.DataFrame, final: pd.DataFrame | None = None)
                     marker="s",
                     s=26,
                     color=colour,
-                    label="measured (each seed)" if i == 0 and len(seeds) else None,
                 )
         ax.set_xticks(range(len(rows)), [mixture_label(m) for m in rows["mixture"]])
         ax.set_ylabel("loss at the target (N, D)")
-        legend_outside(ax)
+        prediction_legend(ax)
 
     short = rows[[c for c in ("mixture", "predicted", "low", "high", "measured") if c in rows.columns]]
     return Section(

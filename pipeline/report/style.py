@@ -78,6 +78,36 @@ def legend_above(ax: Any, ncol: int = 4) -> None:
         )
 
 
+def prediction_legend(ax: Any, above: bool = False) -> None:
+    """Legend for the predicted-vs-measured markers, in neutral grey (colour means the mixture)."""
+    from matplotlib.lines import Line2D
+
+    grey = "#555555"
+    handles = [
+        Line2D([], [], marker="o", ls="", mfc="white", color=grey, label="predicted (95% interval)"),
+        Line2D([], [], marker="s", ls="", color=grey, label="measured (each seed)"),
+    ]
+    if above:
+        ax.legend(
+            handles=handles,
+            loc="lower left",
+            bbox_to_anchor=(0.0, 1.01),
+            ncol=2,
+            frameon=False,
+            fontsize=8,
+            borderaxespad=0,
+        )
+    else:
+        ax.legend(
+            handles=handles,
+            loc="upper left",
+            bbox_to_anchor=(1.01, 1.0),
+            frameon=False,
+            fontsize=8,
+            borderaxespad=0,
+        )
+
+
 def log_axis(ax: Any, axis: str, label: str) -> None:
     """A log-scaled axis whose label says so."""
     getattr(ax, f"set_{axis}scale")("log")
