@@ -24,6 +24,7 @@ COMMAND_MODULES = (
     "report",
     "export",
     "preselect",
+    "swarm",
 )
 
 app = typer.Typer(

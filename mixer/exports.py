@@ -7,6 +7,7 @@
 | `megatron` | "weight prefix" pairs: Megatron-LM `--data-path`/`--data-args-path`, NeMo `data_prefix` |
 | `hf`       | dataset order and `probabilities` for `datasets.interleave_datasets`, as JSON    |
 | `olmo`     | OLMo-core source mixture: `source_list.sources[]` with `source_name`, `target_ratio`, `paths` |
+| `olmix`    | the `mix:` block of an Olmix launch config, nested by the ':' in leaf names           |
 
 Every exporter takes the weights first and keyword options after, and returns text; the
 `*_config` helpers return the underlying object for callers that build configs in Python.
@@ -17,6 +18,7 @@ them and `interleave_datasets(stopping_strategy="all_exhausted")` never ends on 
 from __future__ import annotations
 
 import json
+import math
 import os
 from collections.abc import Callable, Mapping
 from decimal import Decimal
@@ -27,7 +29,7 @@ import yaml
 
 from mixer.mixture import normalize_weights
 
-FORMATS = ("megatron", "hf", "olmo", "json", "yaml")
+FORMATS = ("megatron", "hf", "olmo", "olmix", "json", "yaml")
 DEFAULT_DIGITS = 6
 # OLMo-core's default max_repetition_ratio is 1 (no repeats); 4 epochs is where repeated data
 # stops paying (Muennighoff et al. 2023), the same default as `datamixer budget`.
@@ -58,11 +60,16 @@ def _positive(weights: Mapping[str, float], digits: int) -> dict[str, float]:
 
 
 def read_paths(path: str | os.PathLike[str]) -> dict[str, list[str]]:
-    """Read a domains file (YAML/JSON): domain -> one path/prefix or a list of them."""
+    """Read a domains file (YAML/JSON): domain -> one path/prefix or a list of them; or a domain
+    tree (`mixer.tree`), whose leaves with `paths` give them."""
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"{path}: no such paths file")
     data = yaml.safe_load(path.read_text())
+    if isinstance(data, Mapping) and isinstance(data.get("domains"), Mapping):
+        from mixer.tree import parse_tree
+
+        return {leaf.path: list(leaf.paths) for leaf in parse_tree(data, str(path)).leaves() if leaf.paths}
     if isinstance(data, Mapping) and "paths" in data and isinstance(data["paths"], Mapping):
         data = data["paths"]
     if not isinstance(data, Mapping):
@@ -118,7 +125,10 @@ def megatron_blend(
                 f"megatron needs one dataset prefix per domain; domain {domain!r} has "
                 f"{len(prefixes[domain])}: merge them into one indexed dataset"
             )
-        blend += [_format_weight(weight), prefixes[domain][0]]
+        # Megatron names a dataset by its prefix: `web.idx` / `web.bin` stand for `web`.
+        prefix = prefixes[domain][0]
+        prefix = prefix[: -len(".idx")] if prefix.endswith((".idx", ".bin")) else prefix
+        blend += [_format_weight(weight), prefix]
     return blend
 
 
@@ -220,10 +230,88 @@ def to_olmo(
     return yaml.safe_dump(config, sort_keys=False)
 
 
+def olmix_repetition(
+    weights: Mapping[str, float], tokens: int, available: Mapping[str, float], max_repetition: float
+) -> dict[str, float]:
+    """Each domain's repetition factor as Olmix's generator sets it: the epochs the run needs
+    (weight x tokens / available), rounded up to 1e-3, at least 1; past `max_repetition` an error."""
+    missing = sorted(d for d in weights if d not in available)
+    if missing:
+        raise ValueError(f"no available token count for domain(s) {missing}")
+    out = {}
+    for domain, weight in weights.items():
+        need = weight * tokens / float(available[domain]) if available[domain] > 0 else math.inf
+        if need > max_repetition:
+            raise ValueError(f"domain {domain!r} needs {need:.2f} epochs of its data, over the "
+                             f"repetition limit {max_repetition:g}; see `datamixer budget`")
+        out[domain] = max(1.0, math.ceil(need * 1000 - 1e-9) / 1000)
+    return out
+
+
+def olmix_mix(
+    weights: Mapping[str, float],
+    *,
+    tokens: int | None = None,
+    available: Mapping[str, float] | None = None,
+    max_repetition: float = DEFAULT_MAX_REPETITION,
+    digits: int = DEFAULT_DIGITS,
+) -> dict[str, Any]:
+    """The nested `mix:` block of an Olmix launch config (allenai/olmix, configs/examples/launch):
+    leaf names split on ':' into source -> topic -> ...; each node's `weight` is its share of its
+    parent (Olmix multiplies them down the path). Each leaf's `repetition_factor` is
+    `max_repetition`, or with `tokens` and `available` what the run needs (`olmix_repetition`)."""
+    if max_repetition < 1:
+        raise ValueError(f"max_repetition must be >= 1 (Olmix's repetition_factor), got {max_repetition}")
+    if (tokens is None) != (available is None):
+        raise ValueError("per-domain repetition factors need both planned tokens and available tokens")
+    kept = _positive(weights, digits)
+    factors = olmix_repetition(kept, tokens, available, max_repetition) if tokens and available else {}
+    tree: dict[str, Any] = {}  # inner nodes are dicts, leaves their domain name
+    for domain in kept:
+        *parents, leaf = domain.split(":")
+        node = tree
+        for part in parents:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ValueError(f"domain {domain!r} sits below domain {part!r}; Olmix leaves cannot nest")
+        if leaf in node:
+            raise ValueError(f"domain {domain!r} has domains below it; Olmix leaves cannot nest")
+        node[leaf] = domain
+
+    def total(node: Any) -> float:
+        return sum(total(c) for c in node.values()) if isinstance(node, dict) else kept[node]
+
+    def render(node: Any, parent_total: float) -> dict[str, Any]:
+        own = total(node)
+        body: dict[str, Any] = {"weight": round(own / parent_total, digits)}
+        if isinstance(node, dict):
+            body.update({name: render(child, own) for name, child in node.items()})
+        else:
+            body["repetition_factor"] = float(factors.get(node, max_repetition))
+        return body
+
+    return {name: render(child, 1.0) for name, child in tree.items()}
+
+
+def to_olmix(
+    weights: Mapping[str, float],
+    *,
+    tokens: int | None = None,
+    available: Mapping[str, float] | None = None,
+    max_repetition: float = DEFAULT_MAX_REPETITION,
+    digits: int = DEFAULT_DIGITS,
+) -> str:
+    """`olmix_mix` as YAML under a top-level `mix:` key, ready to paste into a launch config."""
+    block = olmix_mix(weights, tokens=tokens, available=available, max_repetition=max_repetition,
+                      digits=digits)
+    return yaml.safe_dump({"mix": block}, sort_keys=False)
+
+
 EXPORTERS: dict[str, Callable[..., str]] = {
     "megatron": to_megatron,
     "hf": to_hf,
     "olmo": to_olmo,
+    "olmix": to_olmix,
     "json": to_json,
     "yaml": to_yaml,
 }
@@ -232,6 +320,7 @@ _OPTIONS = {
     "megatron": {"paths"},
     "hf": {"paths", "tokens"},
     "olmo": {"paths", "tokens", "max_repetition"},
+    "olmix": {"tokens", "available", "max_repetition"},
     "json": set(),
     "yaml": set(),
 }
@@ -244,12 +333,13 @@ def export_text(
     paths: Mapping[str, Any] | None = None,
     tokens: int | None = None,
     max_repetition: float | None = None,
+    available: Mapping[str, float] | None = None,
     digits: int = DEFAULT_DIGITS,
 ) -> str:
     """Render `weights` in one of FORMATS; an option the format has no place for is an error."""
     if format not in EXPORTERS:
         raise ValueError(f"unknown export format {format!r}; choose one of {list(FORMATS)}")
-    given = {"paths": paths, "tokens": tokens, "max_repetition": max_repetition}
+    given = {"paths": paths, "tokens": tokens, "max_repetition": max_repetition, "available": available}
     options = {k: v for k, v in given.items() if v is not None}
     unused = sorted(set(options) - _OPTIONS[format])
     if unused:

@@ -7,8 +7,13 @@ The format written here and read everywhere (training configs, `proxy train`, ex
       prose: 0.75
     provenance: {...}   # optional: method, model, seed, targets, ...
 
-`read_mixture` also accepts a bare mapping (domain -> weight) and RegMix's released configs
-(`train: {train_the_pile_<domain>: weight}`, `valid: ...`).
+`read_mixture` also accepts a bare mapping (domain -> weight), RegMix's released configs
+(`train: {train_the_pile_<domain>: weight}`, `valid: ...`), and two Olmix formats (allenai/olmix):
+its fit output `*_optimal.json`, a list of `{"domain": ..., "weight": ...}`
+(olmix/plots/plotting.py, `plot_and_log_weights`), and the `mix:` block of its launch configs, flat
+(`dclm:software_development: {weight, repetition_factor}`) or nested, where a leaf's weight is the
+product of the weights down its path (olmix/aliases.py, `_flatten_mix_node`); leaves are named by
+their path joined with ':'.
 """
 
 from __future__ import annotations
@@ -46,8 +51,48 @@ def normalize_weights(weights: Mapping[str, float], tol: float = 0.01) -> dict[s
     return {domain: value / total for domain, value in clean.items()}
 
 
+MIX_PROPERTIES = ("weight", "repetition_factor")
+
+
+def flatten_mix(mix: Mapping[str, Any], prefix: str = "", weight: float = 1.0) -> dict[str, float]:
+    """Olmix's `mix:` block (flat or nested) as leaf -> weight; nested weights multiply."""
+    out: dict[str, float] = {}
+    for name, node in mix.items():
+        path = f"{prefix}:{name}" if prefix else str(name)
+        if not isinstance(node, Mapping):
+            out[path] = weight * float(node)
+            continue
+        try:
+            own = weight * float(node.get("weight", 1.0))
+        except (TypeError, ValueError):
+            raise ValueError(f"mix entry {path!r}: weight {node.get('weight')!r} is not a number") from None
+        children = {k: v for k, v in node.items() if k not in MIX_PROPERTIES}
+        out.update(flatten_mix(children, path, own) if children else {path: own})
+    return out
+
+
+def _from_records(data: list[Any], source: str) -> dict[str, float]:
+    """Olmix's `*_optimal.json`: a list of {"domain": name, "weight": w}."""
+    out: dict[str, float] = {}
+    for position, record in enumerate(data):
+        if not isinstance(record, Mapping) or "domain" not in record or "weight" not in record:
+            raise ValueError(f"{source}: entry {position + 1} must be {{'domain': ..., 'weight': ...}}, "
+                             f"got {record!r}")
+        if str(record["domain"]) in out:
+            raise ValueError(f"{source}: entry {position + 1}: domain {record['domain']!r} repeats")
+        out[str(record["domain"])] = record["weight"]
+    return out
+
+
 def parse_mixture(data: Any, source: str = "mixture") -> dict[str, float]:
     """Domain -> weight from a parsed YAML/JSON object in any accepted layout."""
+    if isinstance(data, list):
+        data = _from_records(data, source)
+    elif isinstance(data, Mapping) and "weights" not in data and isinstance(data.get("mix"), Mapping):
+        try:
+            data = flatten_mix(data["mix"])
+        except ValueError as exc:
+            raise ValueError(f"{source}: {exc}") from None
     if not isinstance(data, Mapping):
         raise ValueError(f"{source}: expected a mapping, got {type(data).__name__}")
     if "weights" in data:

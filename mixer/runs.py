@@ -3,14 +3,29 @@
 A runs table has one row per (proxy) training run: `N` (parameters), `D` (tokens), the domain
 weights as `h_<domain>` columns, and the target losses (`loss`, or `loss_<domain>` per domain).
 A mixture table (RegMix's format) has a key column and one weight column per domain.
+
+Olmix swarms read as runs tables too (`read_runs_table`): a directory (or its `ratios.csv`) holding
+`ratios.csv` (`run_id`, then one column per domain) and `metrics.csv` (`run_id`, then one column per
+metric), joined on `run_id` as Olmix's `load_from_csv` does (allenai/olmix, olmix/fit/loaders.py);
+its metadata columns `name` and `index` are skipped and `run`/`run_id` becomes `run`. W&B runs
+exports (`read_wandb_csv`) need a column mapping, since every team names its config differently.
 """
 
 from __future__ import annotations
 
+import ast
+import fnmatch
+import json
 import os
+import re
+import warnings
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
+from pandas.api.types import is_numeric_dtype
 
 from mixer.files import read_table
 
@@ -21,6 +36,10 @@ N = "N"
 D = "D"
 RUN = "run"
 SUM_TOLERANCE = 0.01
+OLMIX_RATIOS = "ratios.csv"
+OLMIX_METRICS = "metrics.csv"
+OLMIX_METADATA = ("name", "index")
+OLMIX_KEYS = ("run_id", "run")
 
 
 def weight_columns(frame: pd.DataFrame, key: str | None = None) -> list[str]:
@@ -106,16 +125,161 @@ def mixture_weights(frame: pd.DataFrame, key: str, source: str = "mixture table"
     return frame.set_index(key)[columns].astype(float)
 
 
+def _olmix_part(path: Path, what: str) -> pd.DataFrame:
+    frame = pd.read_csv(path)
+    key = next((k for k in OLMIX_KEYS if k in frame.columns), None)
+    if key is None:
+        raise ValueError(f"{path}: Olmix {what} needs a 'run_id' (or 'run') column "
+                         f"(columns: {list(frame.columns)})")
+    frame = frame.drop(columns=[c for c in (*OLMIX_METADATA, *OLMIX_KEYS) if c in frame.columns and c != key])
+    frame = frame.rename(columns={key: RUN})
+    if frame[RUN].duplicated().any():
+        pos = int(np.flatnonzero(frame[RUN].duplicated().to_numpy())[0])
+        raise ValueError(f"{path}: {_row_label(frame, pos, RUN)}: duplicate run id")
+    return frame
+
+
+def read_olmix_ratios(path: str | os.PathLike[str]) -> pd.DataFrame:
+    """Every run of an Olmix swarm (`ratios.csv`, or the directory holding it), with or without
+    metrics yet: `run` and `h_<domain>` columns, validated."""
+    path = Path(path)
+    ratios = _olmix_part(path / OLMIX_RATIOS if path.is_dir() else path.parent / OLMIX_RATIOS, "ratios")
+    ratios = ratios.rename(columns={c: WEIGHT_PREFIX + str(c) for c in ratios.columns if c != RUN})
+    validate_weights(ratios, [c for c in ratios.columns if c != RUN], RUN)
+    return ratios
+
+
+def read_olmix_swarm(path: str | os.PathLike[str]) -> pd.DataFrame:
+    """An Olmix swarm (`ratios.csv` + `metrics.csv`, in a directory or named by either file) as one
+    runs table: `run`, `h_<domain>` per ratio column, and the metric columns unchanged.
+
+    Runs present in only one file are left out (as in Olmix) and counted in `frame.attrs`."""
+    path = Path(path)
+    folder = path if path.is_dir() else path.parent
+    ratios_path, metrics_path = folder / OLMIX_RATIOS, folder / OLMIX_METRICS
+    for needed in (ratios_path, metrics_path):
+        if not needed.exists():
+            raise FileNotFoundError(f"{needed}: no such file (an Olmix swarm needs {OLMIX_RATIOS} and "
+                                    f"{OLMIX_METRICS} side by side)")
+    ratios = read_olmix_ratios(ratios_path)
+    metrics = _olmix_part(metrics_path, "metrics")
+    clash = sorted(set(ratios.columns) & set(metrics.columns) - {RUN})
+    if clash:
+        raise ValueError(f"{folder}: column(s) {clash} appear in both {OLMIX_RATIOS} and {OLMIX_METRICS}")
+    joined = ratios.merge(metrics, on=RUN, how="inner", validate="one_to_one")
+    unmatched = len(ratios) + len(metrics) - 2 * len(joined)
+    if unmatched:
+        warnings.warn(f"{folder}: {unmatched} run(s) in only one of {OLMIX_RATIOS} and {OLMIX_METRICS} "
+                      "left out", stacklevel=2)
+    joined.attrs["unmatched_runs"] = unmatched
+    return joined
+
+
+def is_olmix_swarm(path: str | os.PathLike[str]) -> bool:
+    """A directory holding `ratios.csv`, or a path to an Olmix `ratios.csv`/`metrics.csv`."""
+    path = Path(path)
+    if path.is_dir():
+        return (path / OLMIX_RATIOS).exists()
+    return path.name in (OLMIX_RATIOS, OLMIX_METRICS) and (path.parent / OLMIX_RATIOS).exists() and (
+        path.parent / OLMIX_METRICS).exists()
+
+
+def read_runs_table(path: str | os.PathLike[str]) -> pd.DataFrame:
+    """Any runs or mixture table: an Olmix swarm (see `read_olmix_swarm`), or a CSV/Parquet/JSON table."""
+    return read_olmix_swarm(path) if is_olmix_swarm(path) else read_table(path)
+
+
+def _flatten(prefix: str, value: Any, out: dict[str, Any]) -> None:
+    if isinstance(value, Mapping):
+        if set(value) == {"value"} or ("value" in value and "desc" in value):  # W&B config entries
+            _flatten(prefix, value["value"], out)
+            return
+        for key, item in value.items():
+            _flatten(f"{prefix}.{key}" if prefix else str(key), item, out)
+    else:
+        out[prefix] = value
+
+
+def _wandb_columns(frame: pd.DataFrame) -> pd.DataFrame:
+    """Expand the `config` / `summary` columns of W&B's API export recipe (dict literals per row)
+    into dotted columns (`config.mix.web`); the UI's flat export passes through unchanged."""
+    nested = [c for c in ("config", "summary") if c in frame.columns and not is_numeric_dtype(frame[c])]
+    if not nested:
+        return frame
+    rows = []
+    for position, record in enumerate(frame.to_dict("records")):
+        flat: dict[str, Any] = {k: v for k, v in record.items() if k not in nested}
+        for column in nested:
+            _flatten(column, _dict_literal(record[column], f"row {position + 1}: column {column!r}"), flat)
+        rows.append(flat)
+    return pd.DataFrame(rows)
+
+
+def _dict_literal(text: Any, where: str) -> Any:
+    """A Python dict literal as `repr` writes it; bare nan/inf (which repr writes) read as floats."""
+    if not isinstance(text, str):
+        return {} if text is None or (isinstance(text, float) and np.isnan(text)) else text
+    bare = re.sub(r"\b(nan|inf)\b", lambda m: {"nan": "None", "inf": "1e999"}[m.group(1)], text)
+    for attempt in (text, bare):
+        try:
+            return ast.literal_eval(attempt)
+        except (ValueError, SyntaxError):
+            continue
+    raise ValueError(f"{where} is not a dict literal: {text[:80]!r}")
+
+
+def read_wandb_csv(
+    path: str | os.PathLike[str] | pd.DataFrame,
+    weights: str,
+    targets: Mapping[str, str],
+    columns: Mapping[str, str] | None = None,
+    run: str | None = None,
+) -> pd.DataFrame:
+    """A runs table from a W&B runs export (CSV): config columns for weights, summary columns
+    for losses.
+
+    `weights` is a column pattern whose `*` is the domain (`mix.*`, `config.train.weights.*`);
+    `targets` maps our target name to its column (`{"loss": "eval/loss"}`); `columns` maps other
+    runs-table columns (`{"N": "config.model.params", "D": "config.tokens"}`). `run` names the id
+    column (default: `ID`, `id`, `Name` or `name`, whichever comes first). Every run keeps its row;
+    a missing or non-numeric weight or target is an error naming the row.
+    """
+    frame = path.copy() if isinstance(path, pd.DataFrame) else read_table(path)
+    frame = _wandb_columns(frame)
+    if "*" not in weights:
+        raise ValueError(f"weights pattern {weights!r} needs a '*' standing for the domain, e.g. 'mix.*'")
+    prefix, _, suffix = weights.partition("*")
+    matched = [c for c in frame.columns if fnmatch.fnmatchcase(str(c), weights)]
+    if not matched:
+        raise ValueError(f"no column matches weights pattern {weights!r} (columns: {list(frame.columns)})")
+    run = run or next((c for c in ("ID", "id", "Name", "name") if c in frame.columns), None)
+    if run is None or run not in frame.columns:
+        raise ValueError(f"no run id column {run!r}; pass one of {list(frame.columns)}")
+    out = pd.DataFrame({RUN: frame[run].astype(str)})
+    for column in matched:
+        domain = str(column)[len(prefix): len(str(column)) - len(suffix) or None]
+        out[WEIGHT_PREFIX + domain] = pd.to_numeric(frame[column], errors="coerce").fillna(0.0)
+    missing = [c for c in [*targets.values(), *(columns or {}).values()] if c not in frame.columns]
+    if missing:
+        raise ValueError(f"column(s) {missing} not in the W&B export (columns: {list(frame.columns)})")
+    for name, column in {**dict(columns or {}), **dict(targets)}.items():
+        out[name] = frame[column]
+    validate_weights(out, [c for c in out.columns if c.startswith(WEIGHT_PREFIX)], RUN)
+    for name in targets:
+        check_positive(out, name, RUN)
+    return out
+
+
 def load_mixtures(path: str | os.PathLike[str], key: str = "index") -> pd.DataFrame:
-    """Read a mixture table, validate it, and return the weights indexed by `key`."""
-    return mixture_weights(read_table(path), key, str(path))
+    """Read a mixture table (or an Olmix swarm), validate it, and return the weights by `key`."""
+    return mixture_weights(read_runs_table(path), key, str(path))
 
 
 def load_targets(
     path: str | os.PathLike[str], columns: list[str], key: str = "index"
 ) -> pd.DataFrame:
     """Read target columns (e.g. losses) indexed by `key`; errors name missing or bad values."""
-    frame = read_table(path)
+    frame = read_runs_table(path)
     missing = [c for c in [key, *columns] if c not in frame.columns]
     if missing:
         raise ValueError(f"{path}: column(s) {missing} not found (columns: {list(frame.columns)})")
@@ -142,7 +306,7 @@ def load_runs(
     require_weights: bool = True,
 ) -> pd.DataFrame:
     """Read and validate a runs table (`N`, `D`, `h_*`, `loss` or the given target columns)."""
-    frame = path.copy() if isinstance(path, pd.DataFrame) else read_table(path)
+    frame = path.copy() if isinstance(path, pd.DataFrame) else read_runs_table(path)
     key = RUN if RUN in frame.columns else None
     for column in (N, D, *(targets or [LOSS])):
         check_positive(frame, column, key)
@@ -160,10 +324,25 @@ def load_runs(
 TOKEN_COLUMNS = ("tokens", "tokens_kept", "value")
 
 
+def _olmix_priors(path: str | os.PathLike[str]) -> pd.DataFrame | None:
+    """Olmix's priors JSON (`relative_sizes`, `total_tokens`, `token_counts`, alone or under
+    `priors` in a launch metadata file; olmix/fit/loaders.py `load_priors_from_json`) as a token table."""
+    if Path(path).suffix.lower() != ".json" or not Path(path).exists():
+        return None
+    data = json.loads(Path(path).read_text())
+    data = data.get("priors", data) if isinstance(data, Mapping) else data
+    if not isinstance(data, Mapping) or not isinstance(data.get("token_counts"), Mapping):
+        return None
+    counts = data["token_counts"]
+    return pd.DataFrame({"domain": list(counts), "tokens": list(counts.values())})
+
+
 def load_token_counts(path: str | os.PathLike[str] | pd.DataFrame) -> dict[str, float]:
-    """Domain -> token count from a `domain,tokens` table (CSV, Parquet, JSON) or a
-    `domain_stats.parquet` (`domain`, `tokens_kept`); errors name the row and column."""
-    frame = path.copy() if isinstance(path, pd.DataFrame) else read_table(path)
+    """Domain -> token count from a `domain,tokens` table (CSV, Parquet, JSON), a
+    `domain_stats.parquet` (`domain`, `tokens_kept`) or Olmix's priors JSON (`token_counts`);
+    errors name the row and column."""
+    frame = path.copy() if isinstance(path, pd.DataFrame) else _olmix_priors(path)
+    frame = read_table(path) if frame is None else frame
     source = "token table" if isinstance(path, pd.DataFrame) else str(path)
     if "domain" not in frame.columns:
         raise ValueError(f"{source}: no 'domain' column (columns: {list(frame.columns)})")

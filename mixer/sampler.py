@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +37,7 @@ DEDUP_L1 = 1e-5
 SAMPLE_MULTIPLIER = 100  # RegMix draws up to 100 x n candidates for its rejection step
 MAX_BATCHES = 400
 MIXTURE_ID_PREFIX = "mix-"
+EPOCHS_PREFIX = "epochs_"
 
 
 def token_shares(tokens: Mapping[str, float]) -> dict[str, float]:
@@ -113,7 +114,8 @@ def box_simplex_projection(weights: np.ndarray, lower: np.ndarray, upper: np.nda
     room = upper - lower
     free = np.ones(weights.shape, dtype=bool)
     at_cap = np.zeros(weights.shape, dtype=bool)
-    out = lower.copy()
+    out = lower + room  # rows whose caps sum below 1 (infeasible) end at their caps
+    settled = np.zeros(len(weights), dtype=bool)
     # Each pass fixes at least one more domain at its cap, so `n_domains` passes suffice.
     for _ in range(weights.shape[1]):
         budget = 1.0 - lower.sum(axis=1) - np.where(at_cap, room, 0).sum(axis=1)
@@ -126,13 +128,14 @@ def box_simplex_projection(weights: np.ndarray, lower: np.ndarray, upper: np.nda
             scale = np.divide(budget, basis_mass, out=np.zeros_like(budget), where=basis_mass > 0)
             extra = np.nan_to_num(basis * scale[:, None], nan=0.0, posinf=np.inf)
         over = free & (extra > room)
-        if not over.any():
-            out = lower + np.where(at_cap, room, np.where(free, extra, 0))
+        # A row is done once no free domain overflows; rows still overflowing go another pass.
+        done = ~settled & ~over.any(axis=1)
+        out[done] = (lower + np.where(at_cap, room, np.where(free, extra, 0)))[done]
+        settled |= done
+        if settled.all():
             break
         at_cap |= over
         free &= ~over
-    else:
-        out = lower + np.where(at_cap, room, 0)
     return out
 
 
@@ -156,7 +159,7 @@ def round_to_grid(weights: np.ndarray, step: float) -> np.ndarray:
     return floor / units
 
 
-def _zero_small(weights: np.ndarray, lower: np.ndarray, upper: np.ndarray, min_weight: float) -> np.ndarray:
+def zero_small(weights: np.ndarray, lower: np.ndarray, upper: np.ndarray, min_weight: float) -> np.ndarray:
     """Zero weights under `min_weight` (where no floor forbids it) and re-spread their mass."""
     small = (weights < min_weight) & (lower <= 0)
     capped_upper = np.where(small, 0.0, upper)
@@ -171,7 +174,7 @@ def _zero_small(weights: np.ndarray, lower: np.ndarray, upper: np.ndarray, min_w
     return out
 
 
-def _dedupe(candidates: np.ndarray, accepted: np.ndarray, threshold: float) -> np.ndarray:
+def dedupe(candidates: np.ndarray, accepted: np.ndarray, threshold: float) -> np.ndarray:
     """Indices of `candidates` farther than `threshold` (L1) from `accepted` and earlier picks."""
     pool = np.vstack([accepted, np.empty_like(candidates)])
     size = len(accepted)
@@ -183,6 +186,37 @@ def _dedupe(candidates: np.ndarray, accepted: np.ndarray, threshold: float) -> n
         size += 1
         kept.append(i)
     return np.array(kept, dtype=int)
+
+
+def outside_radius(rows: np.ndarray, existing: np.ndarray | None, min_distance: float) -> np.ndarray:
+    """Mask of `rows` farther than `min_distance` (L1) from every row of `existing`.
+
+    `existing` has the same domain columns as `rows`, plus optionally one last column holding each
+    run's weight on domains outside `rows` (which adds to its distance from every new row).
+    """
+    if existing is None or len(existing) == 0 or min_distance <= 0:
+        return np.ones(len(rows), dtype=bool)
+    width = rows.shape[1]
+    other = existing[:, width] if existing.shape[1] > width else np.zeros(len(existing))
+    keep = np.ones(len(rows), dtype=bool)
+    for start in range(0, len(rows), 256):  # bounded memory: 256 x runs x domains at a time
+        block = rows[start:start + 256]
+        dist = np.abs(block[:, None, :] - existing[None, :, :width]).sum(axis=2) + other[None, :]
+        keep[start:start + 256] = dist.min(axis=1) > min_distance
+    return keep
+
+
+def epochs_table(frame: pd.DataFrame, tokens: Mapping[str, float], proxy_tokens: float) -> pd.DataFrame:
+    """Epochs each proposal reads of each domain (weight x proxy tokens / available tokens):
+    `epochs_<domain>` columns and `max_epochs`, Olmix's repetition factor before its floor of 1."""
+    weights = frame[[c for c in frame.columns if str(c).startswith(WEIGHT_PREFIX)]]
+    out = pd.DataFrame(index=frame.index)
+    for column in weights.columns:
+        available = float(tokens[domain_name(column)])
+        need = weights[column].to_numpy(dtype=float) * proxy_tokens
+        out[EPOCHS_PREFIX + domain_name(column)] = np.where(need > 0, need / max(available, 1e-300), 0.0)
+    out["max_epochs"] = out.max(axis=1)
+    return out
 
 
 def propose_mixtures(
@@ -198,11 +232,16 @@ def propose_mixtures(
     dedup_l1: float = DEDUP_L1,
     floors: Mapping[str, float] | None = None,
     caps: Mapping[str, float] | None = None,
+    nonzero: Sequence[str] = (),
+    existing: np.ndarray | None = None,
+    min_distance: float = 0.0,
     seed: int = 0,
 ) -> pd.DataFrame:
     """`n` distinct proxy mixtures: columns `mixture` (mix-0000, ...) and `h_<domain>`.
 
-    `caps` overrides the token-derived caps per domain; `floors` sets per-domain minimum weights.
+    `caps` overrides the token-derived caps per domain; `floors` sets per-domain minimum weights;
+    `nonzero` domains get a floor of `min_weight` (so they are never zeroed). `existing` runs
+    (see `outside_radius`) keep every new mixture farther than `min_distance` (L1) from them.
     `round_to` defaults to `min_weight` (RegMix rounds to the same grid); 0 disables rounding.
     """
     if n < 1:
@@ -212,8 +251,11 @@ def propose_mixtures(
     domains = list(tokens)
     shares = np.array([token_shares(tokens)[d] for d in domains])
     cap_map = {**domain_caps(tokens, proxy_tokens, max_epochs), **dict(caps or {})}
-    _check_known(cap_map, domains, "cap")
-    _check_known(floors or {}, domains, "floor")
+    check_known(cap_map, domains, "cap")
+    check_known(floors or {}, domains, "floor")
+    check_known(dict.fromkeys(nonzero, 0.0), domains, "--nonzero")
+    floors = {**dict(floors or {}), **{d: max(float((floors or {}).get(d, 0.0)), min_weight or MIN_WEIGHT)
+                                       for d in nonzero}}
     upper = np.array([float(cap_map[d]) for d in domains])
     lower = np.array([float((floors or {}).get(d, 0.0)) for d in domains])
     step = min_weight if round_to is None else round_to
@@ -239,10 +281,12 @@ def propose_mixtures(
         inside = ((draws <= upper + 1e-12) & (draws >= lower - 1e-12)).all(axis=1)
         rows = draws[inside] if rejecting else box_simplex_projection(draws, lower, upper)
         if min_weight > 0:
-            rows = _zero_small(rows, lower, upper, min_weight)
+            rows = zero_small(rows, lower, upper, min_weight)
         if step and step > 0:
             rows = round_to_grid(rows, step)
-        kept = _dedupe(rows, accepted, dedup_l1)[: n - len(accepted)]
+        far = outside_radius(rows, existing, min_distance)
+        rows, inside = rows[far], inside[far] if not rejecting else inside
+        kept = dedupe(rows, accepted, dedup_l1)[: n - len(accepted)]
         if not rejecting:
             n_projected += int((~inside[kept]).sum())
         accepted = np.vstack([accepted, rows[kept]])
@@ -260,7 +304,8 @@ def propose_mixtures(
     return frame
 
 
-def _check_known(mapping: Mapping[str, float], domains: list[str], what: str) -> None:
+def check_known(mapping: Mapping[str, float], domains: list[str], what: str) -> None:
+    """ValueError naming the keys of `mapping` that are not among `domains`."""
     unknown = sorted(set(mapping) - set(domains))
     if unknown:
         raise ValueError(f"{what} given for unknown domain(s) {unknown}; domains are {domains}")
@@ -269,14 +314,18 @@ def _check_known(mapping: Mapping[str, float], domains: list[str], what: str) ->
 def write_proposals(
     frame: pd.DataFrame, out: str | os.PathLike[str], provenance: Mapping[str, Any] | None = None
 ) -> Path:
-    """Write `out/proposals.parquet` and one mixture file per proposal in `out/mixtures/`."""
+    """Write `out/proposals.parquet` and one mixture file per proposal in `out/mixtures/`
+    (the `h_*` weights; with `epochs_*` columns, each domain's epochs in its provenance)."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     proposals = write_parquet(out / "proposals.parquet", frame)
-    columns = [c for c in frame.columns if c != "mixture"]
+    columns = [c for c in frame.columns if str(c).startswith(WEIGHT_PREFIX)]
+    epochs = [c for c in frame.columns if str(c).startswith(EPOCHS_PREFIX)]
     with atomic_path(out / "mixtures") as tmp:
         tmp.mkdir()
-        for row in frame.itertuples(index=False):
-            weights = {domain_name(c): float(v) for c, v in zip(columns, row[1:], strict=True)}
-            write_mixture(tmp / f"{row[0]}.yaml", weights, {**(provenance or {}), "mixture": row[0]})
+        for _, row in frame.iterrows():
+            weights = {domain_name(c): float(row[c]) for c in columns}
+            extra = {"epochs": {c[len(EPOCHS_PREFIX) :]: round(float(row[c]), 6) for c in epochs}}
+            write_mixture(tmp / f"{row['mixture']}.yaml", weights,
+                          {**(provenance or {}), "mixture": row["mixture"], **(extra if epochs else {})})
     return proposals

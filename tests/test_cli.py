@@ -10,14 +10,15 @@ def test_help_lists_every_command_group():
     out = subprocess.run([sys.executable, "-m", "datamixer", "--help"], capture_output=True, text=True,
                          check=True).stdout
     for name in ("demo", "score", "corpus", "fasttext", "attention-influence", "regmix", "law", "proxy",
-                 "report", "export", "budget", "preselect"):
+                 "report", "export", "budget", "preselect", "priors", "runs"):
         assert name in out, name
-    assert len(COMMAND_MODULES) == 11
+    assert len(COMMAND_MODULES) == 12
 
 
 def test_every_command_has_help(capsys):
     for args in (["regmix", "optimize"], ["law", "fit"], ["proxy", "sweep"], ["attention-influence", "heads"],
-                 ["preselect", "label"], ["score"], ["demo"], ["report"], ["export"], ["corpus", "build"]):
+                 ["preselect", "label"], ["score"], ["demo"], ["report"], ["export"], ["corpus", "build"],
+                 ["priors"], ["runs", "import"]):
         assert main([*args, "--help"]) == 0, args
         assert "Usage" in capsys.readouterr().out
 

@@ -57,10 +57,17 @@ def test_propose_from_csv_json_and_domain_stats(tmp_path: Path, capsys) -> None:
                   "--out", str(tmp_path / "a"), "--proxy-tokens", "2e10"], capsys)
     assert result["n"] == 40 and result["domains"] == 4
     proposals = pd.read_parquet(tmp_path / "a" / "proposals.parquet")
-    assert list(proposals.columns) == ["mixture", "h_web", "h_code", "h_books", "h_math"]
+    weights = ["h_web", "h_code", "h_books", "h_math"]
+    epochs = [f"epochs_{c[2:]}" for c in weights]
+    assert list(proposals.columns) == ["mixture", *weights, *epochs, "max_epochs"]
+    # Each proposal carries its repetition factor: weight x proxy tokens / available tokens.
+    for column in weights:
+        implied = proposals[column] * 2e10 / TOKENS[column[2:]]
+        assert np.allclose(proposals[f"epochs_{column[2:]}"], implied)
+    assert np.allclose(proposals["max_epochs"], proposals[epochs].max(axis=1))
     assert len(list((tmp_path / "a" / "mixtures").glob("mix-*.yaml"))) == 40
     first = read_mixture(tmp_path / "a" / "mixtures" / "mix-0000.yaml")
-    expected = {c[2:]: w for c, w in proposals.iloc[0, 1:].items()}
+    expected = {c[2:]: w for c, w in proposals.loc[0, weights].items()}
     assert first == pytest.approx(expected, abs=1e-12)
     # The same counts as domain_stats.parquet (`tokens_kept`) and as JSON give the same proposals.
     pd.DataFrame({"domain": list(TOKENS), "docs_kept": [1, 2, 3, 4], "tokens_kept": list(TOKENS.values())}

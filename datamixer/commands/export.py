@@ -11,7 +11,7 @@ from datamixer.commands._common import emit, info, stderr
 
 # Literals, not imports from mixer (which loads pandas), so `datamixer --help` stays fast;
 # tests/test_export.py checks them against mixer.exports and mixer.budget.
-FORMATS = ("megatron", "hf", "olmo", "json", "yaml")
+FORMATS = ("megatron", "hf", "olmo", "olmix", "json", "yaml")
 DEFAULT_DIGITS = 6
 DEFAULT_MAX_EPOCHS = 4.0
 FORMAT_HELP = "One of: " + ", ".join(FORMATS) + "."
@@ -26,15 +26,20 @@ def export(
     ] = None,
     tokens: Annotated[
         str | None,
-        typer.Option("--tokens", help="Planned tokens, e.g. 100B (olmo: requested_tokens; hf: targets)."),
+        typer.Option("--tokens", help="Planned tokens, e.g. 100B (olmo: requested_tokens; hf, olmix)."),
     ] = None,
     max_repetition: Annotated[
-        float | None, typer.Option("--max-repetition", help="olmo: max_repetition_ratio (default 4).")
+        float | None,
+        typer.Option("--max-repetition", help="olmo: max_repetition_ratio, olmix: repetition_factor (4)."),
+    ] = None,
+    stats: Annotated[
+        Path | None,
+        typer.Option("--stats", help="olmix: tokens available per domain (per-domain repetition factors)."),
     ] = None,
     digits: Annotated[int, typer.Option("--digits", help="Decimals per weight.")] = DEFAULT_DIGITS,
     out: Annotated[Path | None, typer.Option("--out", help="Write the export here (else stdout).")] = None,
 ) -> None:
-    """Write a mixture in the format a trainer reads: megatron, hf, olmo, json or yaml."""
+    """Write a mixture in the format a trainer reads: megatron, hf, olmo, olmix, json or yaml."""
     from mixer import budget as budget_lib
     from mixer import exports
     from mixer.files import write_text
@@ -47,6 +52,7 @@ def export(
         paths=None if paths is None else exports.read_paths(paths),
         tokens=None if tokens is None else budget_lib.parse_tokens(tokens),
         max_repetition=max_repetition,
+        available=None if stats is None else budget_lib.read_domain_stats(stats),
         digits=digits,
     )
     if out is None:

@@ -60,10 +60,11 @@ def _read_prior(path: str) -> dict[str, float]:
 
 @group.command("propose")
 def propose(
-    tokens: Annotated[
-        Path, typer.Option("--tokens", help="domain,tokens table (CSV/Parquet/JSON) or domain_stats.parquet")
-    ],
     out: Annotated[Path, typer.Option("--out", help="output directory")],
+    tokens: Annotated[
+        Path | None,
+        typer.Option("--tokens", help="domain,tokens table (CSV/Parquet/JSON) or domain_stats.parquet"),
+    ] = None,
     n: Annotated[int, typer.Option("--n", help="number of proxy mixtures")] = 512,
     proxy_tokens: Annotated[
         float, typer.Option("--proxy-tokens", help="tokens each proxy run trains on")
@@ -95,37 +96,83 @@ def propose(
     changed: Annotated[
         str | None, typer.Option("--changed", help="with --reuse: domains added or revised, d1,d2")
     ] = None,
+    tree: Annotated[
+        Path | None, typer.Option("--tree", help="domain tree YAML: sample level by level (docs/swarms.md)")
+    ] = None,
+    existing: Annotated[
+        Path | None, typer.Option("--existing", help="runs already trained: keep new mixtures away from them")
+    ] = None,
+    min_distance: Annotated[
+        float | None,
+        typer.Option("--min-distance", help="L1 from --existing runs (default: half their NN median)")
+    ] = None,
+    uncertain: Annotated[
+        str | None,
+        typer.Option("--uncertain", help="target column of --existing: pick where a GP is least sure"),
+    ] = None,
+    nonzero: Annotated[
+        str | None, typer.Option("--nonzero", help="domains (or tree nodes) that must stay non-zero: d1,d2")
+    ] = None,
     seed: Annotated[int, typer.Option("--seed")] = 0,
 ) -> None:
-    """Sample proxy mixtures (RegMix's capped Dirichlet sampler) into DIR/proposals.parquet.
+    """Sample proxy mixtures (RegMix's capped Dirichlet sampler, or level by level over --tree) into
+    DIR/proposals.parquet (docs/swarms.md).
 
     With --reuse PREVIOUS.yaml --changed d1,d2 (Olmix's mixture reuse), the unchanged domains keep
     their previous ratios as one virtual domain: a small swarm over it and the changed domains."""
-    from mixer.runs import domain_name, load_token_counts
-    from mixer.sampler import domain_caps, propose_mixtures, write_proposals
+    import pandas as pd
 
-    counts = load_token_counts(tokens)
-    frozen = _reuse(reuse, changed, list(counts))
-    cap_map = parse_mapping(caps, "--caps")
-    settings = {"proxy_tokens": proxy_tokens, "max_epochs": max_epochs, "temperature": temperature,
-                "min_concentration": min_concentration, "max_concentration": max_concentration,
-                "min_weight": min_weight, "round_to": round_to, "dedup_l1": dedup_l1}
-    info(f"sampling {n} mixtures over {len(counts)} domains from {tokens}")
-    floor_map = parse_mapping(floors, "--floors")
-    if frozen is None:
-        frame = propose_mixtures(counts, n, caps=cap_map, floors=floor_map, seed=seed, **settings)
+    from mixer.extend import propose_swarm
+    from mixer.files import write_yaml
+    from mixer.runs import domain_name, load_token_counts
+    from mixer.sampler import domain_caps, epochs_table, write_proposals
+    from mixer.tree import read_tree
+
+    if tokens is None and tree is None:
+        raise ValueError("give --tokens, --tree, or both")
+    counts = load_token_counts(tokens) if tokens is not None else None
+    domain_tree = read_tree(tree) if tree is not None else None
+    frozen = _reuse(reuse, changed, list(counts or {}))
+    cap_map, floor_map = parse_mapping(caps, "--caps"), parse_mapping(floors, "--floors")
+    must = [d.strip() for d in (nonzero or "").split(",") if d.strip()]
+    settings: dict[str, Any] = {"proxy_tokens": proxy_tokens, "max_epochs": max_epochs, "dedup_l1": dedup_l1}
+    if domain_tree is None:
+        settings.update(temperature=temperature, min_concentration=min_concentration,
+                        max_concentration=max_concentration, min_weight=min_weight, round_to=round_to)
     else:
+        flat_only = {"--temperature": temperature != 0.5, "--min-concentration": min_concentration != 0.1,
+                     "--max-concentration": max_concentration != 5.0, "--min-weight": min_weight != 2e-4,
+                     "--round-to": round_to is not None, "--floors": bool(floor_map), "--reuse": bool(frozen)}
+        given = [name for name, is_set in flat_only.items() if is_set]
+        if given:
+            raise ValueError(f"{', '.join(given)}: set per level in the tree file (levels: temperature, "
+                             "min_strength, max_strength, min_weight), or use --nonzero")
+    info(f"sampling {n} mixtures{' over ' + str(tree) if tree else ''}")
+    if frozen is not None:
+        if existing is not None or must:
+            raise ValueError("--reuse does not combine with --existing or --nonzero yet")
         frame = _propose_reused(frozen, counts, n, cap_map, floor_map, seed, settings)
-    provenance = {"method": "regmix-propose", "tokens": str(tokens), "seed": seed, **settings,
+        frame, summary = pd.concat([frame, epochs_table(frame, counts, proxy_tokens)], axis=1), {}
+    else:
+        floor_option = {"floors": floor_map} if floor_map else {}
+        frame, summary = propose_swarm(n, counts, domain_tree, existing, min_distance, uncertain, must,
+                                       seed=seed, caps=cap_map, **floor_option, **settings)
+    named = {"tokens": tokens, "tree": tree, "existing": existing}
+    provenance = {"method": "regmix-propose", "seed": seed, **settings,
+                  **{k: str(v) for k, v in named.items() if v is not None},
                   **({"caps": cap_map} if cap_map else {}), **({"floors": floor_map} if floor_map else {}),
+                  **({"nonzero": must} if must else {}),
                   **({"reuse": str(reuse), "changed": list(frozen.changed)} if frozen else {})}
     proposals = write_proposals(frame, out, provenance)
-    weight_columns = [c for c in frame.columns if c != "mixture"]
-    effective_caps = {**domain_caps(counts, proxy_tokens, max_epochs), **cap_map}
-    emit({"n": len(frame), "domains": len(counts), "n_projected": frame.attrs.get("n_projected", 0),
-          "out": str(out), "proposals": str(proposals),
-          "mixtures_dir": str(out / "mixtures"), "seed": seed,
+    if domain_tree is not None:
+        write_yaml(out / "tree.yaml", domain_tree.to_dict(domain_tree.leaf_tokens(counts)))
+    leaf_counts = domain_tree.leaf_tokens(counts) if domain_tree is not None else counts
+    effective_caps = {**domain_caps(leaf_counts, proxy_tokens, max_epochs), **cap_map}
+    weight_columns = [c for c in frame.columns if str(c).startswith("h_")]
+    emit({"n": len(frame), "domains": len(weight_columns), "out": str(out),
           "caps_binding": sorted(d for d, c in effective_caps.items() if c < 1.0),
+          "proposals": str(proposals), "mixtures_dir": str(out / "mixtures"), "seed": seed,
+          "max_epochs_proposed": float(frame["max_epochs"].max()), **summary,
           "max_weight": {domain_name(c): float(frame[c].max()) for c in weight_columns}})
 
 
@@ -202,7 +249,9 @@ def _load_for_model(model_dir: Path, mixtures: Path, key: str):
 
     model = RegMixModel.load(model_dir)
     if mixtures.suffix.lower() in MIXTURE_SUFFIXES or (
-        mixtures.suffix.lower() == ".json" and mixtures.exists() and "weights" in mixtures.read_text()[:2000]
+        # a mixture file: ours ({"weights": ...}) or Olmix's `*_optimal.json` ([{"domain", "weight"}])
+        mixtures.suffix.lower() == ".json" and mixtures.exists()
+        and any(k in mixtures.read_text()[:2000] for k in ('"weights"', '"domain"'))
     ):
         weights = read_mixture(mixtures)
         frame = pd.DataFrame([weights], index=pd.Index([mixtures.stem], name=key))
