@@ -11,7 +11,6 @@ old ones are from each other. The threshold used is returned, so callers can rep
 from __future__ import annotations
 
 import os
-import warnings
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -83,20 +82,11 @@ def default_radius(matrix: np.ndarray, fraction: float = DEFAULT_RADIUS_FRACTION
 
 
 def gp_uncertainty(X: np.ndarray, y: np.ndarray, seed: int = 0) -> Any:
-    """A Gaussian process on (mixture, loss) runs: anisotropic RBF + noise, normalised targets.
+    """The fitted scikit-learn Gaussian process of the mixer's `gp` model
+    (`mixer.regressors.GaussianProcessMixtureRegressor`: constant x ARD RBF + noise, y normalised)."""
+    from mixer.regressors import GaussianProcessMixtureRegressor
 
-    One small function until the GP regressor of the mixer issue lands (then use its
-    `predict(X, return_std=True)`)."""
-    from sklearn.exceptions import ConvergenceWarning
-    from sklearn.gaussian_process import GaussianProcessRegressor
-    from sklearn.gaussian_process.kernels import RBF, ConstantKernel, WhiteKernel
-
-    rbf = RBF(length_scale=np.full(X.shape[1], 0.3), length_scale_bounds=(1e-2, 1e2))
-    kernel = ConstantKernel(1.0) * rbf + WhiteKernel(1e-2, noise_level_bounds=(1e-6, 1.0))
-    with warnings.catch_warnings():
-        # A length scale at its upper bound means the loss ignores that domain: an answer, not a fault.
-        warnings.simplefilter("ignore", ConvergenceWarning)
-        return GaussianProcessRegressor(kernel, normalize_y=True, random_state=seed).fit(X, y)
+    return GaussianProcessMixtureRegressor(random_state=seed).fit(X, y).gp_
 
 
 def select_uncertain(

@@ -23,7 +23,7 @@ import pandas as pd
 
 from mixer import optimize as opt
 from mixer.exact import SMOOTH_MODELS, kl_to_prior, solve_exact
-from mixer.files import atomic_path, read_table, write_parquet
+from mixer.files import atomic_path, write_parquet
 from mixer.interaction import interaction_matrix, write_interaction
 from mixer.laws import in_convex_hull
 from mixer.metrics import out_of_fold
@@ -59,6 +59,7 @@ from mixer.runs import (
     join_on_key,
     load_mixtures,
     load_targets,
+    read_runs_table,
     validate_weights,
     weight_columns,
 )
@@ -255,7 +256,7 @@ def _column_values(
 ) -> np.ndarray | None:
     """Column `name` of the losses (else the mixtures) table for the joined runs; None if absent."""
     for source in (losses, mixtures):
-        frame = source if isinstance(source, pd.DataFrame) else read_table(source)
+        frame = source if isinstance(source, pd.DataFrame) else read_runs_table(source)
         frame = frame.set_index(key) if key in frame.columns else frame
         if name in frame.columns:
             values = pd.to_numeric(frame[name], errors="coerce").reindex(index).to_numpy(dtype=float)
