@@ -533,7 +533,9 @@ def test_cli_optimize_exact_families_and_reuse(tables: Path, tmp_path: Path, cap
         capsys,
     )
     swarm = pd.read_parquet(tmp_path / "swarm" / "proposals.parquet")
-    assert proposed["n"] == 12 and list(swarm.columns) == ["mixture", "h_web", "h_code", "h_books", "h_math"]
+    weights = ["h_web", "h_code", "h_books", "h_math"]
+    assert proposed["n"] == 12 and list(swarm.columns)[:5] == ["mixture", *weights]
+    assert list(swarm.columns)[5:] == [f"epochs_{c[2:]}" for c in weights] + ["max_epochs"]
     live = swarm["h_code"] > 0.01  # the rounding grid (2e-4) blurs the ratio of tiny weights
     assert live.sum() >= 6
     ratio = swarm["h_web"][live] / swarm["h_code"][live]
