@@ -167,28 +167,149 @@ def check_text(text: Any, field: str, opts: ReadOptions) -> str:
     return text
 
 
-def parse_json_line(line: bytes, opts: ReadOptions) -> tuple[str, str]:
-    """(id, text) of one JSONL line, or BadRecord."""
+def check_id(value: Any, field: str) -> str | None:
+    """A record's id as a string: strings as they are, integers in decimal (so `1` and `"1"` are the
+    same id), None when absent; any other type is a BadRecord."""
+    if value is None or isinstance(value, str):
+        return value
+    if isinstance(value, int) and not isinstance(value, bool):
+        try:
+            return str(value)
+        except ValueError:  # more digits than Python converts
+            raise BadRecord(f"field {field!r} is an integer too long to be an id") from None
+    raise BadRecord(f"field {field!r} is {type(value).__name__}; an id must be a string or an integer")
+
+
+def _no_lone_surrogates(value: str, field: str) -> str:
     try:
-        decoded = line.decode("utf-8")
+        value.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise BadRecord(
+            f"field {field!r} holds a lone surrogate escape (\\u{ord(value[exc.start]):04x}) at character "
+            f"{exc.start}; it is not text"
+        ) from None
+    return value
+
+
+def parse_json_line(line: bytes, opts: ReadOptions) -> tuple[str, str]:
+    """(id, text) of one JSONL line, or BadRecord: every failure of one line is its own."""
+    try:
+        decoded = line.decode("utf-8").removeprefix("\ufeff")
     except UnicodeDecodeError as exc:
         raise BadRecord(f"not valid UTF-8: byte {exc.start} is {line[exc.start : exc.start + 1]!r}") from None
     try:
         record = json.loads(decoded)
     except json.JSONDecodeError as exc:
         raise BadRecord(f"invalid JSON: {exc.msg} at column {exc.colno}") from None
+    except (RecursionError, ValueError) as exc:  # nested too deeply, or an integer of > 4,300 digits
+        return _parse_with_arrow(line, opts, exc)
     if not isinstance(record, dict):
         raise BadRecord(f"record is a JSON {type(record).__name__}, not an object")
-    text = check_text(record.get(opts.text_field), opts.text_field, opts)
-    doc_id = record.get(opts.id_field)
-    return (stable_id(text) if doc_id is None else str(doc_id)), text
+    text = _no_lone_surrogates(
+        check_text(record.get(opts.text_field), opts.text_field, opts), opts.text_field
+    )
+    doc_id = check_id(record.get(opts.id_field), opts.id_field)
+    if doc_id is not None:
+        _no_lone_surrogates(doc_id, opts.id_field)
+    return (stable_id(text) if doc_id is None else doc_id), text
+
+
+def _parse_with_arrow(line: bytes, opts: ReadOptions, exc: Exception) -> tuple[str, str]:
+    """One line that Python's json refuses only for its limits (nesting depth, integer digits):
+    read it as the fast path does, so a record's fate never depends on its neighbours."""
+    parsed = _fast_parse([line], opts)
+    if parsed is None:
+        what = (
+            "values nested too deeply"
+            if isinstance(exc, RecursionError)
+            else "an integer of over 4,300 digits"
+        )
+        raise BadRecord(f"invalid JSON: {what}")
+    text_arr, id_arr = parsed
+    text = check_text(text_arr[0].as_py(), opts.text_field, opts)
+    doc_id = None if id_arr is None else id_arr[0].as_py()
+    return (stable_id(text) if doc_id is None else doc_id), text
 
 
 # --- JSONL -------------------------------------------------------------------------------------
 
 
+class _Decompressed(io.RawIOBase):
+    """The decompressed bytes of a raw stream, read by `read(n)`; a compressed stream that ends early
+    or is corrupt stops the data where it breaks and sets `broken` to the reason."""
+
+    def __init__(self, raw: Any, suffix: str) -> None:
+        import bz2
+        import gzip
+        import lzma
+
+        self._raw = raw
+        self.broken: str | None = None
+        self._zstd = None
+        if suffix == ".zst":
+            import zstandard
+
+            self._zstd, self._frame, self._started = zstandard, None, False
+            self._stream = None
+        else:
+            opener = {".gz": gzip.GzipFile, ".bz2": bz2.BZ2File, ".xz": lzma.LZMAFile}[suffix]
+            self._stream = opener(fileobj=raw) if suffix == ".gz" else opener(raw)
+
+    def close(self) -> None:
+        if self._stream is not None:
+            self._stream.close()
+        self._raw.close()
+        super().close()
+
+    def read(self, size: int = -1) -> bytes:
+        if self.broken is not None:
+            return b""
+        try:
+            return self._stream.read1(size) if self._stream is not None else self._read_zstd(size)
+        except EOFError:
+            self.broken = "file is truncated: the compressed stream ends before its end marker"
+        except Exception as exc:  # noqa: BLE001 - zlib/lzma/zstd errors all mean corrupt data here
+            self.broken = f"compressed data is corrupt: {exc}"
+        return b""
+
+    def _read_zstd(self, size: int) -> bytes:
+        while True:
+            if self._frame is not None and self._frame.eof:
+                rest, self._frame = self._frame.unused_data, None
+            else:
+                rest = b""
+            chunk = rest or self._raw.read(max(size, 1 << 20))
+            if not chunk:
+                if self._frame is not None:
+                    raise EOFError
+                return b""
+            if self._frame is None:
+                self._frame = self._zstd.ZstdDecompressor().decompressobj()
+            out = self._frame.decompress(chunk)
+            if out:
+                return out
+
+
+COMPRESSED_SUFFIXES = (".gz", ".bz2", ".xz", ".zst")
+
+
+def _open_jsonl(path: str) -> Any:
+    """A byte stream of the file's JSONL, decompressed by suffix (truncation noticed, see _Decompressed)."""
+    from apache_beam.io.filesystem import CompressionTypes
+    from apache_beam.io.filesystems import FileSystems
+
+    suffix = next((s for s in COMPRESSED_SUFFIXES if path.lower().endswith(s)), None)
+    if suffix is None:
+        return FileSystems.open(path, compression_type=CompressionTypes.AUTO)
+    raw = FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED)
+    return _Decompressed(raw, suffix)
+
+
 def _line_chunks(stream: Any, batch_size: int) -> Iterator[tuple[list[int], list[bytes]]]:
-    """(line numbers, non-blank lines) chunks of a byte stream; blank lines are not records."""
+    """(line numbers, non-blank lines) chunks of a byte stream; blank lines are not records.
+
+    When the stream breaks (`stream.broken`), the partial last line is not a record: it is left in
+    `stream.partial` as (line number, bytes) for the caller to dead-letter with the reason."""
     carry = b""
     line_no = 0
     chunk: list[bytes] = []
@@ -208,7 +329,9 @@ def _line_chunks(stream: Any, batch_size: int) -> Iterator[tuple[list[int], list
             if len(chunk) >= batch_size:
                 yield numbers, chunk
                 chunk, numbers = [], []
-    if carry.strip():
+    if getattr(stream, "broken", None) is not None:
+        stream.partial = (line_no + 1, carry)
+    elif carry.strip():
         chunk.append(carry)
         numbers.append(line_no + 1)
     if chunk:
@@ -237,6 +360,12 @@ def _fast_parse(lines: list[bytes], opts: ReadOptions) -> tuple[pa.Array, pa.Arr
     if text.null_count:
         return None
     ids = table.column(opts.id_field).combine_chunks() if opts.id_field != opts.text_field else None
+    try:  # Arrow lets invalid UTF-8 (e.g. CESU-8 surrogates) through; no Python conversion before this
+        text.validate(full=True)
+        if ids is not None:
+            ids.validate(full=True)
+    except pa.ArrowInvalid:
+        return None
     return text, ids
 
 
@@ -274,20 +403,45 @@ def _chunk_documents(
 
 
 def read_jsonl(domain: str, path: str, opts: ReadOptions) -> Iterator[tuple[pa.RecordBatch | None, list]]:
-    """(documents batch, dead-letter rows) per chunk of `opts.batch_size` lines."""
-    from apache_beam.io.filesystem import CompressionTypes
-    from apache_beam.io.filesystems import FileSystems
-
-    with FileSystems.open(path, compression_type=CompressionTypes.AUTO) as stream:
+    """(documents batch, dead-letter rows) per chunk of `opts.batch_size` lines; a compressed file that
+    ends early keeps every record before the break and dead-letters the break itself."""
+    with _open_jsonl(path) as stream:
         for numbers, lines in _line_chunks(stream, opts.batch_size):
             yield _chunk_documents(domain, path, numbers, lines, opts)
+        broken = getattr(stream, "broken", None)
+        if broken is not None:
+            number, partial = stream.partial
+            reason = f"{broken} (after line {number - 1}; the records before it are kept)"
+            yield None, [dead_letter_row(domain, path, number, "read", partial, reason)]
 
 
 # --- Parquet -----------------------------------------------------------------------------------
 
 
 def _row_raw(batch: pa.RecordBatch, i: int) -> str:
-    return json.dumps(batch.slice(i, 1).to_pylist()[0], default=str, ensure_ascii=False)
+    row = batch.slice(i, 1)
+    try:
+        row.validate(full=True)
+        return json.dumps(row.to_pylist()[0], default=str, ensure_ascii=False)
+    except (pa.ArrowInvalid, UnicodeDecodeError):  # invalid UTF-8 somewhere in the row
+        return repr({name: _as_python(row.column(name))[0] for name in row.schema.names})
+
+
+def _as_python(column: pa.Array) -> list[Any]:
+    """Python values of a column; strings that are not valid UTF-8 come back as bytes (judged per row)."""
+    try:
+        column.validate(full=True)
+        return column.to_pylist()
+    except pa.ArrowInvalid:
+        large = pa.types.is_large_string(column.type)
+        return column.cast(pa.large_binary() if large else pa.binary()).to_pylist()
+
+
+def _parquet_record(text: Any, doc_id: Any, opts: ReadOptions) -> tuple[str, str]:
+    """(id, text) of one Parquet row, or BadRecord."""
+    text = check_text(_decode(text) if isinstance(text, bytes) else text, opts.text_field, opts)
+    doc_id = check_id(_decode(doc_id) if isinstance(doc_id, bytes) else doc_id, opts.id_field)
+    return (stable_id(text) if doc_id is None else doc_id), text
 
 
 def read_parquet(domain: str, path: str, opts: ReadOptions) -> Iterator[tuple[pa.RecordBatch | None, list]]:
@@ -300,25 +454,25 @@ def read_parquet(domain: str, path: str, opts: ReadOptions) -> Iterator[tuple[pa
         names = parquet.schema_arrow.names
         row = 0
         for batch in parquet.iter_batches(batch_size=opts.batch_size):
-            texts_in = batch.column(opts.text_field).to_pylist() if opts.text_field in names else None
-            raw_ids = batch.column(opts.id_field).to_pylist() if opts.id_field in names else None
+            texts_in = _as_python(batch.column(opts.text_field)) if opts.text_field in names else None
+            raw_ids = _as_python(batch.column(opts.id_field)) if opts.id_field in names else None
             ids: list[str] = []
             texts: list[str] = []
             records: list[int] = []
             dead: list[dict[str, Any]] = []
             for i in range(batch.num_rows):
                 try:
-                    text = None if texts_in is None else texts_in[i]
-                    if isinstance(text, bytes):
-                        text = _decode(text)
-                    text = check_text(text, opts.text_field, opts)
+                    doc_id, text = _parquet_record(
+                        None if texts_in is None else texts_in[i],
+                        None if raw_ids is None else raw_ids[i],
+                        opts,
+                    )
                 except BadRecord as exc:
                     dead.append(
                         dead_letter_row(domain, path, row + i + 1, "read", _row_raw(batch, i), str(exc))
                     )
                     continue
-                doc_id = None if raw_ids is None else raw_ids[i]
-                ids.append(stable_id(text) if doc_id is None else str(doc_id))
+                ids.append(doc_id)
                 texts.append(text)
                 records.append(row + i + 1)
             row += batch.num_rows
