@@ -301,7 +301,7 @@ def summarise(config: PreselectConfig, out_dir: str) -> dict[str, Any]:
 
     def table(name: str) -> pa.Table:
         with FileSystems.open(_join(out_dir, name)) as fh:
-            return pq.read_table(io.BytesIO(fh.read()))
+            return pq.read_table(pa.BufferReader(fh.read()))  # no Python file: see read_stats
 
     strengths = table(STRENGTHS_FILE)
     dead = table(DEAD_LETTER_FILE)

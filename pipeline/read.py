@@ -8,6 +8,7 @@ and reason. No Beam transforms here: `pipeline.job` wraps these functions.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import json
@@ -449,11 +450,16 @@ def read_parquet(domain: str, path: str, opts: ReadOptions) -> Iterator[tuple[pa
     import pyarrow.parquet as pq
     from apache_beam.io.filesystems import FileSystems
 
-    with FileSystems.open(path) as stream:
-        parquet = pq.ParquetFile(stream)
+    # Arrow never gets a Python file object with threads on: its I/O threads would call back into
+    # Python and abort the process at interpreter exit ("terminate called ..."; exit 134).
+    local = "://" not in path
+    with (
+        contextlib.nullcontext(path) if local else FileSystems.open(path) as source,
+        pq.ParquetFile(source, pre_buffer=local) as parquet,
+    ):
         names = parquet.schema_arrow.names
         row = 0
-        for batch in parquet.iter_batches(batch_size=opts.batch_size):
+        for batch in parquet.iter_batches(batch_size=opts.batch_size, use_threads=local):
             texts_in = _as_python(batch.column(opts.text_field)) if opts.text_field in names else None
             raw_ids = _as_python(batch.column(opts.id_field)) if opts.id_field in names else None
             ids: list[str] = []
