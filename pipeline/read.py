@@ -14,6 +14,7 @@ import io
 import json
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
@@ -53,8 +54,11 @@ def stable_id(text: str) -> str:
     return hashlib.blake2b(text.encode("utf-8", "surrogatepass"), digest_size=12).hexdigest()
 
 
-def expand_inputs(domain_globs: dict[str, list[str]]) -> list[tuple[str, str]]:
-    """(domain, file) pairs, files sorted within each domain; a glob matching nothing is an error."""
+def expand_inputs(domain_globs: dict[str, list[str]], exclude: str | None = None) -> list[tuple[str, str]]:
+    """(domain, file) pairs, files sorted within each domain; a glob matching nothing is an error.
+
+    Files inside the local directory `exclude` (the job's own output) or inside its temporaries are
+    never inputs, so a recursive glob over a tree that holds the output does not read it."""
     from apache_beam.io.filesystems import FileSystems
 
     pairs: list[tuple[str, str]] = []
@@ -64,11 +68,24 @@ def expand_inputs(domain_globs: dict[str, list[str]]) -> list[tuple[str, str]]:
         files: set[str] = set()
         for pattern in globs:
             matched = [m.path for result in FileSystems.match([pattern]) for m in result.metadata_list]
-            if not matched:
-                raise FileNotFoundError(f"{pattern}: no files match this input glob (domain {domain!r})")
-            files.update(matched)
+            kept = [path for path in matched if not _inside_output(path, exclude)]
+            if not kept:
+                why = " outside the output directory" if matched else ""
+                raise FileNotFoundError(f"{pattern}: no files match this input glob{why} (domain {domain!r})")
+            files.update(kept)
         pairs += [(domain, f) for f in sorted(files)]
     return pairs
+
+
+def _inside_output(path: str, output: str | None) -> bool:
+    """True when local `path` is `output`, inside it, or inside one of its temporaries."""
+    if output is None or "://" in path or "://" in output:
+        return False
+    from mixer.files import temp_prefix
+
+    out, resolved = Path(output).resolve(), Path(path).resolve()
+    chain = [resolved, *resolved.parents]
+    return out in chain or any(p.parent == out.parent and p.name.startswith(temp_prefix(out)) for p in chain)
 
 
 def file_sizes(paths: Iterable[str]) -> dict[str, int]:
@@ -412,6 +429,9 @@ def read_jsonl(domain: str, path: str, opts: ReadOptions) -> Iterator[tuple[pa.R
         broken = getattr(stream, "broken", None)
         if broken is not None:
             number, partial = stream.partial
+            if number == 1 and not partial:  # not one byte decompressed: the file itself is unreadable
+                yield None, [dead_letter_row(domain, path, None, "read", path, f"cannot read file: {broken}")]
+                return
             reason = f"{broken} (after line {number - 1}; the records before it are kept)"
             yield None, [dead_letter_row(domain, path, number, "read", partial, reason)]
 

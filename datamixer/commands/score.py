@@ -158,6 +158,8 @@ def score(
         f"{result['in']} in, {result['scored']} scored, {result['dead_letter']} dead-lettered, "
         f"{result['kept']} kept -> {output}"
     )
+    for warning in result["warnings"]:
+        info(f"warning: {warning}")
     emit(result)
 
 
