@@ -25,6 +25,7 @@ from typing import Any
 
 import yaml
 
+from mixer.files import safe_load_yaml
 from mixer.mixture import normalize_weights
 
 FORMATS = ("megatron", "hf", "olmo", "json", "yaml")
@@ -62,7 +63,7 @@ def read_paths(path: str | os.PathLike[str]) -> dict[str, list[str]]:
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"{path}: no such paths file")
-    data = yaml.safe_load(path.read_text())
+    data = safe_load_yaml(path.read_text(), path)
     if isinstance(data, Mapping) and "paths" in data and isinstance(data["paths"], Mapping):
         data = data["paths"]
     if not isinstance(data, Mapping):
