@@ -119,7 +119,13 @@ def megatron_blend(
                 f"megatron needs one dataset prefix per domain; domain {domain!r} has "
                 f"{len(prefixes[domain])}: merge them into one indexed dataset"
             )
-        blend += [_format_weight(weight), prefixes[domain][0]]
+        prefix = str(prefixes[domain][0])
+        if not prefix or any(c.isspace() for c in prefix):
+            raise ValueError(
+                f"megatron splits its blend on whitespace; the dataset prefix {prefix!r} of domain "
+                f"{domain!r} is empty or holds whitespace: rename it or give --paths without spaces"
+            )
+        blend += [_format_weight(weight), prefix]
     return blend
 
 
