@@ -12,6 +12,7 @@ import contextlib
 import hashlib
 import io
 import json
+import unicodedata
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,6 +27,10 @@ DEFAULT_MAX_CHARS = 1_000_000
 OVERSIZE_POLICIES = ("dead-letter", "truncate")
 PARQUET_SUFFIXES = (".parquet", ".pq")
 _READ_BLOCK = 8 << 20
+# A text needs one character outside these Unicode categories (spaces, controls, format characters
+# such as zero-width spaces); the same rule in Arrow's regex syntax for whole batches.
+INVISIBLE_CATEGORIES = frozenset({"Zs", "Zl", "Zp", "Cc", "Cf"})
+VISIBLE_PATTERN = r"[^\p{Z}\p{Cc}\p{Cf}]"
 
 
 @dataclass(frozen=True)
@@ -178,6 +183,8 @@ def check_text(text: Any, field: str, opts: ReadOptions) -> str:
         raise BadRecord(f"field {field!r} is {type(text).__name__}, not a string")
     if not text.strip():
         raise BadRecord(f"field {field!r} is empty")
+    if not any(unicodedata.category(c) not in INVISIBLE_CATEGORIES for c in text):
+        raise BadRecord(f"field {field!r} has no visible characters (only control, format or space)")
     if len(text) > opts.max_chars:
         if opts.oversize == "dead-letter":
             raise BadRecord(f"text has {len(text):,} characters, more than max_chars={opts.max_chars:,}")
@@ -398,7 +405,7 @@ def _chunk_documents(
     if fast is not None:
         text_arr, id_arr = fast
         lengths = pc.utf8_length(text_arr).to_numpy()
-        blank = pc.equal(pc.utf8_trim_whitespace(text_arr), "").to_numpy(zero_copy_only=False)
+        blank = pc.invert(pc.match_substring_regex(text_arr, VISIBLE_PATTERN)).to_numpy(zero_copy_only=False)
         if not blank.any() and lengths.max(initial=0) <= opts.max_chars:
             if id_arr is not None and not id_arr.null_count:
                 return docs_batch(domain, source, id_arr, text_arr, numbers), []
