@@ -318,3 +318,141 @@ def test_label_and_control_texts_are_not_scored_like_empty_documents(job, fastte
     scorer = FastTextScorer(fasttext_model)
     empty, label_only = scorer.score_batch(["", "__label__hq __label__hq"])
     assert label_only != empty  # the label tokens are words now, not labels dropped from the line
+
+
+# --- outputs that would delete or replace what datamixer did not write -------------------------
+
+
+def _main(args: list[str]) -> tuple[int, str, str]:
+    import contextlib
+    import io
+
+    from datamixer.cli import main
+
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        code = main(args)
+    return code, out.getvalue(), err.getvalue()
+
+
+def _tree(path: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(path)): p.read_bytes() for p in sorted(path.rglob("*")) if p.is_file()}
+
+
+@pytest.fixture
+def corpus(tmp_path) -> Path:
+    root = tmp_path / "corpus"
+    root.mkdir()
+    (root / "a.jsonl").write_bytes(b"\n".join(_good_lines("a", 20)) + b"\n")
+    return root
+
+
+@pytest.mark.parametrize(
+    "output", ["corpus", ".", "corpus/a.jsonl"], ids=["equal-to-input-dir", "holding-input", "input-file"]
+)
+def test_score_refuses_an_output_that_is_or_holds_an_input(tmp_path, corpus, fasttext_model, output):
+    before = _tree(tmp_path)
+    out = tmp_path / output
+    code, _, err = _main(
+        [
+            "score",
+            "--model",
+            fasttext_model,
+            "--input",
+            str(corpus / "*.jsonl"),
+            "--domain",
+            "web",
+            "--output",
+            str(out),
+        ]
+    )
+    assert code == 1 and ("input" in err or "did not write" in err), err
+    assert _tree(tmp_path) == before  # nothing deleted, nothing written
+
+
+def test_score_refuses_an_output_inside_a_directory_given_as_input(tmp_path, corpus, fasttext_model):
+    code, _, err = _main(
+        [
+            "score",
+            "--model",
+            fasttext_model,
+            "--input",
+            str(corpus),
+            "--domain",
+            "web",
+            "--output",
+            str(corpus / "scored"),
+        ]
+    )
+    assert code == 1 and "inside the input" in err, err
+    assert sorted(p.name for p in corpus.iterdir()) == ["a.jsonl"]
+
+
+def _mixer_outputs(tmp_path: Path) -> list[list[str]]:
+    mixture = tmp_path / "mixture.yaml"
+    mixture.write_text("web: 0.6\ncode: 0.4\n")
+    stats = tmp_path / "stats.csv"
+    stats.write_text("domain,tokens\nweb,1000000\ncode,1000000\n")
+    return [
+        ["export", "--mixture", str(mixture), "--format", "json", "--out"],
+        ["budget", "--mixture", str(mixture), "--stats", str(stats), "--tokens", "1M", "--out"],
+    ]
+
+
+def test_file_outputs_never_replace_a_directory(tmp_path):
+    target = tmp_path / "results"
+    target.mkdir()
+    (target / "keep.txt").write_text("mine")
+    for command in _mixer_outputs(tmp_path):
+        code, _, err = _main([*command, str(target)])
+        assert code == 1 and "did not write" in err, (command, err)
+    assert _tree(target) == {"keep.txt": b"mine"}
+
+
+def test_yaml_alias_bombs_are_refused_quickly(tmp_path):
+    bomb = tmp_path / "mixture.yaml"
+    lines = ["a: &a [1, 1, 1, 1, 1, 1, 1, 1, 1]"]
+    lines += [f"{c}: &{c} [{', '.join(['*' + p] * 9)}]" for p, c in zip("abcdefgh", "bcdefghi", strict=True)]
+    bomb.write_text("\n".join(lines) + "\n")
+    code, _, err = _main(["export", "--mixture", str(bomb), "--format", "json"])
+    assert code == 1 and "aliases" in err and len(err) < 2000, err
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (["--threshold", "nan"], "--threshold must be a finite number"),
+        (["--num-shards", "-1"], "--num-shards"),
+        (["--vocab-size", "0"], "--vocab-size must be at least 257"),
+        (["--keep-top", "1.5"], "--keep-top must be a fraction"),
+    ],
+)
+def test_bad_score_options_are_refused(tmp_path, corpus, fasttext_model, flags, message):
+    code, _, err = _main(
+        [
+            "score",
+            "--model",
+            fasttext_model,
+            "--input",
+            str(corpus / "*.jsonl"),
+            "--domain",
+            "web",
+            "--output",
+            str(tmp_path / "out"),
+            *flags,
+        ]
+    )
+    assert code == 1 and message in err, err
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_corrupt_fasttext_model_is_refused_before_loading(tmp_path, fasttext_model):
+    from scorers.fasttext import load_model
+
+    data = Path(fasttext_model).read_bytes()
+    (tmp_path / "cut.bin").write_bytes(data[: len(data) // 2])
+    (tmp_path / "junk.bin").write_bytes(b"\x00" * 4096)
+    with pytest.raises(ValueError, match="truncated or corrupt"):
+        load_model(tmp_path / "cut.bin")
+    with pytest.raises(ValueError, match="not a fastText"):
+        load_model(tmp_path / "junk.bin")
