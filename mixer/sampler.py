@@ -269,14 +269,15 @@ def _check_known(mapping: Mapping[str, float], domains: list[str], what: str) ->
 def write_proposals(
     frame: pd.DataFrame, out: str | os.PathLike[str], provenance: Mapping[str, Any] | None = None
 ) -> Path:
-    """Write `out/proposals.parquet` and one mixture file per proposal in `out/mixtures/`."""
+    """Write the directory `out` whole: `proposals.parquet` and one mixture file per proposal in
+    `mixtures/` (replacing only an earlier output of datamixer there)."""
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    proposals = write_parquet(out / "proposals.parquet", frame)
     columns = [c for c in frame.columns if c != "mixture"]
-    with atomic_path(out / "mixtures") as tmp:
-        tmp.mkdir()
+    with atomic_path(out) as tmp:
+        (tmp / "mixtures").mkdir(parents=True)
+        write_parquet(tmp / "proposals.parquet", frame)
         for row in frame.itertuples(index=False):
             weights = {domain_name(c): float(v) for c, v in zip(columns, row[1:], strict=True)}
-            write_mixture(tmp / f"{row[0]}.yaml", weights, {**(provenance or {}), "mixture": row[0]})
-    return proposals
+            mixture = {**(provenance or {}), "mixture": row[0]}
+            write_mixture(tmp / "mixtures" / f"{row[0]}.yaml", weights, mixture)
+    return out / "proposals.parquet"
