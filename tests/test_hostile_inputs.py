@@ -19,6 +19,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
+import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
@@ -456,3 +458,86 @@ def test_a_corrupt_fasttext_model_is_refused_before_loading(tmp_path, fasttext_m
         load_model(tmp_path / "cut.bin")
     with pytest.raises(ValueError, match="not a fastText"):
         load_model(tmp_path / "junk.bin")
+
+
+# --- mixer tables that must be refused or flagged ---------------------------------------------------
+
+
+def test_a_duplicated_key_in_a_loss_table_is_refused(tmp_path):
+    from mixer.regmix import fit_regmix
+
+    mixtures = tmp_path / "mix.csv"
+    mixtures.write_text("index,web,code\n0,0.5,0.5\n1,0.2,0.8\n2,0.9,0.1\n")
+    losses = tmp_path / "loss.csv"
+    losses.write_text("index,loss\n0,3.0\n1,3.1\n1,3.1\n2,2.9\n")
+    with pytest.raises(ValueError, match=r"row 3 \(index=1\): duplicate key"):
+        fit_regmix(mixtures, losses, "loss", cv_folds=0)
+
+
+def test_regmix_needs_two_runs_and_says_so_in_its_own_words(tmp_path):
+    mixtures = tmp_path / "mix.csv"
+    mixtures.write_text("index,web,code\n0,0.5,0.5\n")
+    losses = tmp_path / "loss.csv"
+    losses.write_text("index,loss\n0,3.0\n")
+    code, _, err = _main(
+        [
+            "regmix",
+            "fit",
+            "--mixtures",
+            str(mixtures),
+            "--losses",
+            str(losses),
+            "--target",
+            "loss",
+            "--out",
+            str(tmp_path / "model"),
+            "--cv-folds",
+            "0",
+        ]
+    )
+    assert code == 1 and "at least 2 runs" in err and "sample(s)" not in err, err
+
+
+def test_cross_validation_on_identical_mixtures_warns():
+    from mixer.metrics import cross_validate
+    from mixer.regmix import make_estimator
+
+    X = np.tile([0.5, 0.5], (10, 1))
+    y = np.linspace(3.0, 3.5, 10)
+    with pytest.warns(UserWarning, match="all 10 mixtures are identical"):
+        cross_validate(make_estimator("linear"), X, y, folds=5)
+
+
+def _runs(n_rows: int, n_values: int = 3, d_values: int = 3) -> pd.DataFrame:
+    rng = np.random.default_rng(0)
+    h = rng.dirichlet([1, 1, 1], n_rows)
+    n = np.array([1e6, 4e6, 16e6][:n_values])[np.arange(n_rows) % n_values]
+    d = np.array([1e8, 4e8, 16e8][:d_values])[(np.arange(n_rows) // n_values) % d_values]
+    loss = 2 + 50 / n**0.3 + 80 / d**0.3 + h @ [0.3, 0.1, 0.2]
+    return pd.DataFrame(
+        {"N": n, "D": d, "h_web": h[:, 0], "h_code": h[:, 1], "h_books": h[:, 2], "loss": loss}
+    )
+
+
+@pytest.mark.parametrize(
+    ("law", "runs", "message"),
+    [
+        ("additive", _runs(3), "has 11 parameters but the runs table has 3"),
+        ("chinchilla", _runs(30, n_values=1), "same model size"),
+        ("chinchilla", _runs(30, d_values=1), "same token count"),
+    ],
+    ids=["fewer-rows-than-params", "one-N", "one-D"],
+)
+def test_unidentifiable_laws_are_refused(law, runs, message):
+    from mixer.laws import make_law
+
+    with pytest.raises(ValueError, match=message):
+        make_law(law).fit(runs)
+
+
+def test_megatron_export_refuses_whitespace_in_domain_names():
+    from mixer.exports import export_text
+
+    with pytest.raises(ValueError, match="whitespace"):
+        export_text({"web text": 0.5, "code": 0.5}, "megatron")
+    assert export_text({"web": 0.5, "code": 0.5}, "megatron").splitlines() == ["0.5 code", "0.5 web"]
