@@ -104,7 +104,8 @@ def test_temporaries_of_a_killed_run_are_removed_by_the_next(tmp_path):
 
 def test_yaml_aliases_are_refused_before_they_expand(tmp_path):
     bomb = "a: &a [x, x, x, x, x, x, x, x, x]\nb: &b [*a, *a, *a, *a, *a, *a, *a, *a, *a]\n"
-    bomb += "".join(f"{c}: &{c} [{', '.join(['*' + p] * 9)}]\n" for p, c in zip("bcdefgh", "cdefghi"))
+    pairs = zip("bcdefgh", "cdefghi", strict=True)
+    bomb += "".join(f"{c}: &{c} [{', '.join(['*' + p] * 9)}]\n" for p, c in pairs)
     with pytest.raises(YamlRefused, match="aliases"):
         safe_load_yaml(bomb, "bomb.yaml")
     path = tmp_path / "bad.yaml"
