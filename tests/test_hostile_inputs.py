@@ -541,3 +541,18 @@ def test_megatron_export_refuses_whitespace_in_domain_names():
     with pytest.raises(ValueError, match="whitespace"):
         export_text({"web text": 0.5, "code": 0.5}, "megatron")
     assert export_text({"web": 0.5, "code": 0.5}, "megatron").splitlines() == ["0.5 code", "0.5 web"]
+
+
+def test_an_input_without_one_valid_record_is_all_dead_letters_not_a_tokenizer_error(
+    tmp_path, fasttext_model
+):
+    from pipeline.job import ScoreJobConfig, run_score_job
+    from pipeline.registry import ScorerConfig
+
+    data = tmp_path / "bad.jsonl"
+    data.write_bytes(b'{"text": 1}\n{"text": "\xff"}\n[]\n')
+    config = ScoreJobConfig(
+        {"web": [str(data)]}, str(tmp_path / "out"), ScorerConfig("fasttext", fasttext_model)
+    )
+    result = run_score_job(config, beam_args=["--direct_running_mode=in_memory", "--direct_num_workers=1"])
+    assert (result["in"], result["scored"], result["dead_letter"]) == (3, 0, 3)
