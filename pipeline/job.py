@@ -288,7 +288,9 @@ class WriteOutputs(beam.PTransform):
             | "Gather" >> beam.Flatten()
             | "ByShard" >> beam.GroupByKey()
             | "WriteShards"
-            >> beam.ParDo(_WriteShardFn(self._out, n, self._scorer, self._selection, self._with_text), side)
+            >> beam.ParDo(
+                _WriteShardFn(self._out, n, self._scorer, self._selection, self._with_text), side
+            )
         )
         return (
             outputs["parts"].pipeline
