@@ -36,7 +36,9 @@ DEFAULT_TRAIN_PARAMS: dict[str, Any] = {
 
 
 LABEL_PREFIX = "__label__"
-LABEL_ESCAPE = "__label_"  # a `__label__` inside a text is a word, never a label
+# A `__label__` inside a text becomes this word, never a label; no character after "label" is "_",
+# so no replacement can join its neighbours into a new `__label__` (as "__label___x" -> "__label__x" would).
+LABEL_ESCAPE = "__label:"
 
 
 def normalise(text: str) -> str:

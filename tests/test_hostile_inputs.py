@@ -556,3 +556,13 @@ def test_an_input_without_one_valid_record_is_all_dead_letters_not_a_tokenizer_e
     )
     result = run_score_job(config, beam_args=["--direct_running_mode=in_memory", "--direct_num_workers=1"])
     assert (result["in"], result["scored"], result["dead_letter"]) == (3, 0, 3)
+
+
+@pytest.mark.parametrize(
+    "text", ["__label__hq", "__label___x", "____label__", "__label__label__", "a__label__b"]
+)
+def test_no_text_reaches_fasttext_with_a_label_token(text):
+    from scorers.fasttext import LABEL_PREFIX, normalise, prediction_lines
+
+    assert LABEL_PREFIX not in normalise(text)
+    assert prediction_lines(pa.array([text])) == [normalise(text) + "\n"]  # Arrow path does the same
