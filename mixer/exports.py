@@ -28,6 +28,7 @@ import yaml
 from mixer.files import safe_load_yaml
 from mixer.mixture import normalize_weights
 
+MAX_DIGITS = 15
 FORMATS = ("megatron", "hf", "olmo", "json", "yaml")
 DEFAULT_DIGITS = 6
 # OLMo-core's default max_repetition_ratio is 1 (no repeats); 4 epochs is where repeated data
@@ -41,8 +42,8 @@ def round_weights(weights: Mapping[str, float], digits: int = DEFAULT_DIGITS) ->
     The rounding residue goes to the largest weight (ties: first domain in sorted order), so the
     same input always gives the same output and the decimal sum is 1 exactly.
     """
-    if digits < 1:
-        raise ValueError(f"digits must be >= 1, got {digits}")
+    if not 1 <= digits <= MAX_DIGITS:  # a float holds about 15 significant digits
+        raise ValueError(f"--digits must be between 1 and {MAX_DIGITS}, got {digits}")
     normalized = normalize_weights(weights)
     quantum = Decimal(1).scaleb(-digits)
     rounded = {d: Decimal(repr(normalized[d])).quantize(quantum) for d in sorted(normalized)}

@@ -152,8 +152,11 @@ def load_runs(
 ) -> pd.DataFrame:
     """Read and validate a runs table (`N`, `D`, `h_*`, `loss` or the given target columns)."""
     frame = path.copy() if isinstance(path, pd.DataFrame) else read_table(path)
+    source = "runs table" if isinstance(path, pd.DataFrame) else str(path)
+    if frame.empty:
+        raise ValueError(f"{source}: no runs (the table has no rows)")
     key = RUN if RUN in frame.columns else None
-    _refuse_duplicate_keys(frame, key, "runs table" if isinstance(path, pd.DataFrame) else str(path))
+    _refuse_duplicate_keys(frame, key, source)
     for column in (N, D, *(targets or [LOSS])):
         check_positive(frame, column, key)
     weights = [c for c in frame.columns if str(c).startswith(WEIGHT_PREFIX)]

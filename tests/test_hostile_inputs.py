@@ -566,3 +566,25 @@ def test_no_text_reaches_fasttext_with_a_label_token(text):
 
     assert LABEL_PREFIX not in normalise(text)
     assert prediction_lines(pa.array([text])) == [normalise(text) + "\n"]  # Arrow path does the same
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["export", "--format", "json", "--digits", "40"], "--digits must be between 1 and 15"),
+        (["law", "fit", "--law", "mixing"], "no runs (the table has no rows)"),
+    ],
+    ids=["export-digits", "law-empty-runs"],
+)
+def test_errors_say_what_the_user_did_not_library_internals(tmp_path, args, message):
+    mixture = tmp_path / "mixture.yaml"
+    mixture.write_text("web: 0.3\ncode: 0.7\n")
+    runs = tmp_path / "runs.csv"
+    runs.write_text("N,D,h_web,h_code,loss\n")
+    extra = (
+        ["--mixture", str(mixture)]
+        if args[0] == "export"
+        else ["--runs", str(runs), "--out", str(tmp_path / "l.json")]
+    )
+    code, _, err = _main([*args, *extra])
+    assert code == 1 and message in err and "InvalidOperation" not in err, err
