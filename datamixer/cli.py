@@ -27,6 +27,8 @@ COMMAND_MODULES = (
     "swarm",
 )
 
+MAX_MESSAGE_CHARS = 2000  # an error quoting a huge input is cut, never expanded in full
+
 app = typer.Typer(
     name="datamixer",
     help="Score and select pretraining documents, and choose domain mixtures.",
@@ -65,7 +67,9 @@ def main(argv: list[str] | None = None) -> int:
             command = getattr(getattr(exc, "ctx", None), "command_path", "datamixer")
             print(f"error: {command}: {' '.join(exc.format_message().split())}", file=sys.stderr)
             return int(exc.exit_code)
-        message = " ".join(str(exc).split()) or type(exc).__name__
+        message = " ".join(str(exc)[:MAX_MESSAGE_CHARS].split()) or type(exc).__name__
+        if len(str(exc)) > MAX_MESSAGE_CHARS:
+            message += " ..."
         print(f"error: {type(exc).__name__}: {message}", file=sys.stderr)
         return 1
     return 0

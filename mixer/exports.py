@@ -27,8 +27,10 @@ from typing import Any
 
 import yaml
 
+from mixer.files import safe_load_yaml
 from mixer.mixture import normalize_weights
 
+MAX_DIGITS = 15
 FORMATS = ("megatron", "hf", "olmo", "olmix", "json", "yaml")
 DEFAULT_DIGITS = 6
 # OLMo-core's default max_repetition_ratio is 1 (no repeats); 4 epochs is where repeated data
@@ -42,8 +44,8 @@ def round_weights(weights: Mapping[str, float], digits: int = DEFAULT_DIGITS) ->
     The rounding residue goes to the largest weight (ties: first domain in sorted order), so the
     same input always gives the same output and the decimal sum is 1 exactly.
     """
-    if digits < 1:
-        raise ValueError(f"digits must be >= 1, got {digits}")
+    if not 1 <= digits <= MAX_DIGITS:  # a float holds about 15 significant digits
+        raise ValueError(f"--digits must be between 1 and {MAX_DIGITS}, got {digits}")
     normalized = normalize_weights(weights)
     quantum = Decimal(1).scaleb(-digits)
     rounded = {d: Decimal(repr(normalized[d])).quantize(quantum) for d in sorted(normalized)}
@@ -65,7 +67,7 @@ def read_paths(path: str | os.PathLike[str]) -> dict[str, list[str]]:
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"{path}: no such paths file")
-    data = yaml.safe_load(path.read_text())
+    data = safe_load_yaml(path.read_text(), path)
     if isinstance(data, Mapping) and isinstance(data.get("domains"), Mapping):
         from mixer.tree import parse_tree
 
@@ -126,8 +128,13 @@ def megatron_blend(
                 f"{len(prefixes[domain])}: merge them into one indexed dataset"
             )
         # Megatron names a dataset by its prefix: `web.idx` / `web.bin` stand for `web`.
-        prefix = prefixes[domain][0]
+        prefix = str(prefixes[domain][0])
         prefix = prefix[: -len(".idx")] if prefix.endswith((".idx", ".bin")) else prefix
+        if not prefix or any(c.isspace() for c in prefix):
+            raise ValueError(
+                f"megatron splits its blend on whitespace; the dataset prefix {prefix!r} of domain "
+                f"{domain!r} is empty or holds whitespace: rename it or give --paths without spaces"
+            )
         blend += [_format_weight(weight), prefix]
     return blend
 

@@ -12,10 +12,9 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from pathlib import Path
 from typing import Any
 
-import yaml
+from mixer.files import read_yaml
 
 
 def family_target_weights(families: Mapping[str, Any]) -> dict[str, float]:
@@ -47,7 +46,7 @@ def family_target_weights(families: Mapping[str, Any]) -> dict[str, float]:
 
 def read_families(path: str | os.PathLike[str]) -> dict[str, float]:
     """Target weights from a families YAML (top-level `families:` or the mapping itself)."""
-    data = yaml.safe_load(Path(path).read_text())
+    data = read_yaml(path)
     if isinstance(data, Mapping) and "families" in data:
         data = data["families"]
     try:

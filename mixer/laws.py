@@ -32,6 +32,7 @@ from sklearn.base import BaseEstimator
 
 from mixer import law_fit
 from mixer.files import write_json
+from mixer.identify import check_identifiable
 from mixer.runs import LOSS, WEIGHT_PREFIX, check_positive, domain_name, load_runs, validate_weights
 from mixer.simplex import exponentiated_gradient
 
@@ -428,6 +429,10 @@ class _Law(BaseEstimator):
             self.n_scale_ = self.d_scale_ = 1.0
         if self.kind == "chinchilla":
             self.n_scale_ = self.d_scale_ = 1.0  # Hoffmann's grid lives in raw units
+        for rows, _, _ in self._fit_groups(frame):
+            check_identifiable(
+                self.kind, self.form_.n_params(len(self.domains_)), frame.iloc[rows], self.form_.uses_size
+            )
         x = self._features(frame)
         groups = self._groups(frame)
         self.fits_ = []
@@ -959,6 +964,9 @@ def optimize_mixture(
         raise ValueError(
             f"the {law.kind} law has no mixture to optimise; fit an additive, joint or mixing law"
         )
+    for name, value in (("N", N), ("D", D)):
+        if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
+            raise ValueError(f"--{name} must be a positive number; got {value}")
     targets = list(targets or law.targets_[:1])
     if weights is None:
         weights = [1.0 / len(targets)] * len(targets)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from typing import Any
 
 import numpy as np
@@ -104,6 +105,14 @@ def cross_validate(
     """k-fold CV: metrics of the pooled out-of-fold predictions, and per-fold metrics; with a
     `baseline` prediction, also its Spearman and the gap's paired bootstrap CI (`spearman_gap`)."""
     y = np.asarray(y, dtype=float)
+    X_arr = np.asarray(X, dtype=float)
+    if len(X_arr) > 1 and np.ptp(X_arr, axis=0).max(initial=0.0) == 0:
+        warnings.warn(
+            f"all {len(X_arr)} mixtures are identical: cross-validated Spearman/Pearson cannot tell "
+            "how well the regressor ranks mixtures; propose varied mixtures (datamixer regmix propose)",
+            UserWarning,
+            stacklevel=2,
+        )
     oof, splitter = out_of_fold(estimator, X, y, folds, seed)
     per_fold = []
     for fold, (_, test) in enumerate(splitter.split(oof)):

@@ -25,9 +25,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-import yaml
-
-from mixer.files import write_json, write_yaml
+from mixer.files import safe_load_yaml, write_json, write_yaml
 
 SUM_TOLERANCE = 1e-6
 
@@ -113,7 +111,7 @@ def read_mixture(path: str | os.PathLike[str]) -> dict[str, float]:
     if not path.exists():
         raise FileNotFoundError(f"{path}: no such mixture file")
     text = path.read_text()
-    data = json.loads(text) if path.suffix.lower() == ".json" else yaml.safe_load(text)
+    data = json.loads(text) if path.suffix.lower() == ".json" else safe_load_yaml(text, path)
     return parse_mixture(data, str(path))
 
 

@@ -63,6 +63,7 @@ from mixer.runs import (
     validate_weights,
     weight_columns,
 )
+from mixer.sampler import check_bounds
 
 MODEL_FORMAT = "datamixer-regmix"
 MODEL_VERSION = 2  # 2: mixing-law parameters stored as (log c, log k, t); version 1 still loads
@@ -342,6 +343,8 @@ def fit_regmix(
     model = canonical_model(model)
     candidates = [canonical_model(m) for m in candidates]
     weights, values = load_training_table(mixtures, losses, targets, key)
+    if len(weights) < 2:
+        raise ValueError(f"regmix needs at least 2 runs (mixtures with a loss) to fit; got {len(weights)}")
     scale_name, scales, keep = _scale_values(mixtures, losses, weights.index, key, scale)
     if not keep.all():
         weights, values, scales = weights[keep], values[keep], scales[keep] if scales is not None else None
@@ -466,6 +469,7 @@ def optimize_regmix(
     uncertainty = model.uncertainty(weights_of_targets)
     lower = _domain_vector(floors, domains, "floor", 0.0)
     upper = _domain_vector(caps, domains, "cap", 1.0)
+    check_bounds(lower, upper, list(domains))  # errors name domains, not positions
     if reuse is not None:
         if list(reuse.domains) != domains:
             raise ValueError(f"--reuse: the model's domains {domains} differ from the reuse domains "

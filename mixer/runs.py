@@ -114,9 +114,7 @@ def mixture_weights(frame: pd.DataFrame, key: str, source: str = "mixture table"
     """Validate a mixture table (a unique `key`, valid weights) and return its weights by `key`."""
     if key not in frame.columns:
         raise ValueError(f"{source}: key column {key!r} not found (columns: {list(frame.columns)})")
-    if frame[key].duplicated().any():
-        pos = int(np.flatnonzero(frame[key].duplicated().to_numpy())[0])
-        raise ValueError(f"{source}: {_row_label(frame, pos, key)}: duplicate key")
+    _refuse_duplicate_keys(frame, key, source)
     columns = weight_columns(frame, key)
     try:
         validate_weights(frame, columns, key)
@@ -283,6 +281,7 @@ def load_targets(
     missing = [c for c in [key, *columns] if c not in frame.columns]
     if missing:
         raise ValueError(f"{path}: column(s) {missing} not found (columns: {list(frame.columns)})")
+    _refuse_duplicate_keys(frame, key, str(path))
     for column in columns:
         values = pd.to_numeric(frame[column], errors="coerce").to_numpy(dtype=float, na_value=np.nan)
         bad = ~np.isfinite(values)
@@ -290,6 +289,16 @@ def load_targets(
             pos = int(np.flatnonzero(bad)[0])
             raise ValueError(f"{path}: {_row_label(frame, pos, key)}: {column!r} is not a number")
     return frame.set_index(key)[columns].astype(float)
+
+
+def _refuse_duplicate_keys(frame: pd.DataFrame, key: str | None, source: str) -> None:
+    """A key that appears twice would be counted (and trained on) twice: name its second row."""
+    if key is None or key not in frame.columns:
+        return
+    duplicated = frame[key].duplicated().to_numpy()
+    if duplicated.any():
+        pos = int(np.flatnonzero(duplicated)[0])
+        raise ValueError(f"{source}: {_row_label(frame, pos, key)}: duplicate key (each {key} once)")
 
 
 def join_on_key(mixtures: pd.DataFrame, targets: pd.DataFrame) -> pd.DataFrame:
@@ -307,7 +316,11 @@ def load_runs(
 ) -> pd.DataFrame:
     """Read and validate a runs table (`N`, `D`, `h_*`, `loss` or the given target columns)."""
     frame = path.copy() if isinstance(path, pd.DataFrame) else read_runs_table(path)
+    source = "runs table" if isinstance(path, pd.DataFrame) else str(path)
+    if frame.empty:
+        raise ValueError(f"{source}: no runs (the table has no rows)")
     key = RUN if RUN in frame.columns else None
+    _refuse_duplicate_keys(frame, key, source)
     for column in (N, D, *(targets or [LOSS])):
         check_positive(frame, column, key)
     weights = [c for c in frame.columns if str(c).startswith(WEIGHT_PREFIX)]

@@ -314,18 +314,18 @@ def check_known(mapping: Mapping[str, float], domains: list[str], what: str) -> 
 def write_proposals(
     frame: pd.DataFrame, out: str | os.PathLike[str], provenance: Mapping[str, Any] | None = None
 ) -> Path:
-    """Write `out/proposals.parquet` and one mixture file per proposal in `out/mixtures/`
-    (the `h_*` weights; with `epochs_*` columns, each domain's epochs in its provenance)."""
+    """Write the directory `out` whole: `proposals.parquet` and one mixture file per proposal in
+    `mixtures/` (the `h_*` weights; with `epochs_*` columns, each domain's epochs in its provenance),
+    replacing only an earlier output of datamixer there."""
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    proposals = write_parquet(out / "proposals.parquet", frame)
     columns = [c for c in frame.columns if str(c).startswith(WEIGHT_PREFIX)]
     epochs = [c for c in frame.columns if str(c).startswith(EPOCHS_PREFIX)]
-    with atomic_path(out / "mixtures") as tmp:
-        tmp.mkdir()
+    with atomic_path(out) as tmp:
+        (tmp / "mixtures").mkdir(parents=True)
+        write_parquet(tmp / "proposals.parquet", frame)
         for _, row in frame.iterrows():
             weights = {domain_name(c): float(row[c]) for c in columns}
             extra = {"epochs": {c[len(EPOCHS_PREFIX) :]: round(float(row[c]), 6) for c in epochs}}
-            write_mixture(tmp / f"{row['mixture']}.yaml", weights,
+            write_mixture(tmp / "mixtures" / f"{row['mixture']}.yaml", weights,
                           {**(provenance or {}), "mixture": row["mixture"], **(extra if epochs else {})})
-    return proposals
+    return out / "proposals.parquet"

@@ -38,9 +38,9 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-import yaml
 
 from mixer import sampler
+from mixer.files import safe_load_yaml
 from mixer.runs import WEIGHT_PREFIX
 
 SEPARATOR = ":"
@@ -241,7 +241,7 @@ def read_tree(path: str | os.PathLike[str]) -> DomainTree:
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"{path}: no such tree file")
-    return parse_tree(yaml.safe_load(path.read_text()), str(path))
+    return parse_tree(safe_load_yaml(path.read_text(), path), str(path))
 
 
 def _group_prior(

@@ -14,6 +14,7 @@ Every record that cannot be read, tokenized or scored becomes a dead-letter row,
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -59,7 +60,10 @@ from pipeline.stats import (
 )
 from pipeline.tokenize import (
     DEFAULT_VOCAB_SIZE,
+    END_OF_TEXT,
+    MIN_VOCAB_SIZE,
     TOKENIZER_FILE,
+    TOKENIZER_OPTIONS_FILE,
     TokenCounter,
     read_tokenizer_json,
     train_byte_level_bpe,
@@ -85,6 +89,13 @@ class ScoreJobConfig:
         if not self.inputs:
             raise ValueError(
                 "no inputs: give --input GLOB --domain NAME (repeatable) or --config domains.yaml"
+            )
+        if self.num_shards < 0:
+            raise ValueError(f"--num-shards must be 0 (automatic) or a positive count; got {self.num_shards}")
+        if self.tokenizer is None and self.vocab_size < MIN_VOCAB_SIZE:
+            raise ValueError(
+                f"--vocab-size must be at least {MIN_VOCAB_SIZE} (the 256 bytes and {END_OF_TEXT}); "
+                f"got {self.vocab_size}"
             )
 
 
@@ -365,25 +376,57 @@ def build_pipeline(
 # --- running -----------------------------------------------------------------------------------
 
 
+def _tokenizer_options(config: ScoreJobConfig) -> dict[str, Any]:
+    """What the trained BPE depends on besides the input: a saved one is reused only when these match."""
+    return {
+        "trained_on": "input sample",
+        "vocab_size": config.vocab_size,
+        "sample_chars_per_domain": config.tokenizer_sample_chars,
+        "text_field": config.read.text_field,
+        "max_chars": config.read.max_chars,
+        "oversize": config.read.oversize,
+    }
+
+
+def _read_text(path: str) -> str | None:
+    from apache_beam.io.filesystems import FileSystems
+
+    if not FileSystems.exists(path):
+        return None
+    with FileSystems.open(path) as fh:
+        return fh.read().decode("utf-8")
+
+
+def _write_text(path: str, text: str) -> None:
+    from apache_beam.io.filesystems import FileSystems
+
+    with FileSystems.create(path) as fh:
+        fh.write(text.encode("utf-8"))
+
+
 def prepare_tokenizer(
     config: ScoreJobConfig, files: list[tuple[str, str]], out_dir: str, previous_output: str | None
 ) -> str:
     """The tokenizer JSON for counting, also saved as `<out_dir>/tokenizer.json`.
 
-    Order: --tokenizer; else the previous run's `<output>/tokenizer.json` (trained once, so counts
-    stay comparable across re-runs); else a byte-level BPE trained on the input sample."""
-    from apache_beam.io.filesystems import FileSystems
-
-    previous = _join(previous_output, TOKENIZER_FILE) if previous_output else None
+    Order: --tokenizer; else the previous run's `<output>/tokenizer.json` when it was trained with the
+    same options (TOKENIZER_OPTIONS_FILE), so counts stay comparable across re-runs; else a byte-level
+    BPE trained on the valid documents of the input sample (bad records are dead-lettered by the job)."""
+    options = json.dumps(_tokenizer_options(config), indent=2, sort_keys=True) + "\n"
+    previous = _read_text(_join(previous_output, TOKENIZER_OPTIONS_FILE)) if previous_output else None
     if config.tokenizer:
         text = read_tokenizer_json(config.tokenizer)
-    elif previous is not None and FileSystems.exists(previous):
-        text = read_tokenizer_json(previous)
+        options = None
+    elif previous == options:
+        text = read_tokenizer_json(_join(previous_output, TOKENIZER_FILE))
     else:
         sample = sample_texts(files, config.read, config.tokenizer_sample_chars)
         text = train_byte_level_bpe(sample, vocab_size=config.vocab_size).to_str()
-    with FileSystems.create(_join(out_dir, TOKENIZER_FILE)) as fh:
-        fh.write(text.encode("utf-8"))
+        if not sample:  # nothing valid to learn from: no reuse of this one
+            options = None
+    _write_text(_join(out_dir, TOKENIZER_FILE), text)
+    if options is not None:
+        _write_text(_join(out_dir, TOKENIZER_OPTIONS_FILE), options)
     return text
 
 
@@ -394,31 +437,61 @@ def _run(
     out_dir: str,
     previous_output: str | None,
 ) -> pa.Table:
+    from pipeline.options import bind_direct_workers_to_job
+
     tokenizer_json = prepare_tokenizer(config, files, out_dir, previous_output)
+    bind_direct_workers_to_job()
     with beam.Pipeline(options=options) as pipeline:
         build_pipeline(pipeline, config, files, tokenizer_json, out_dir)
     return read_stats(out_dir)
 
 
+def input_paths(inputs: dict[str, list[str]], files: list[tuple[str, str]]) -> list[str]:
+    """Local paths the job reads: every matched file, and every input given without a wildcard (a
+    directory named as an input counts whole)."""
+    literal = [g for globs in inputs.values() for g in globs if not any(c in g for c in "*?[")]
+    return [p for p in [*literal, *(path for _, path in files)] if "://" not in p]
+
+
+def selection_warnings(config: ScoreJobConfig, table: pa.Table) -> list[str]:
+    """Selections that keep nothing where there was something to keep, said in the user's words."""
+    warnings = []
+    if config.selection.keep_top == 0:
+        warnings.append("--keep-top 0 keeps no document")
+    for row in table.to_pylist():
+        if config.selection.active and row[S.DOCS_SCORED] and not row[S.DOCS_KEPT]:
+            how = (
+                f"--threshold {config.selection.threshold}"
+                if config.selection.threshold is not None
+                else f"--keep-top {config.selection.keep_top}"
+            )
+            warnings.append(
+                f"domain {row[S.DOMAIN]!r}: {how} kept none of its {row[S.DOCS_SCORED]} documents"
+            )
+    return warnings
+
+
 def run_score_job(
     config: ScoreJobConfig, runner: str = "direct", beam_args: Sequence[str] = ()
 ) -> dict[str, Any]:
-    """Run the job and return the headline counts.
+    """Run the job and return the headline counts (and `warnings`, in the user's words).
 
-    A local output directory is written beside itself and renamed into place (replaced whole);
-    a remote one (gs://, s3://) is written in place, each file committed by Beam's sink."""
+    A local output directory is written beside itself and moved into place (replaced whole, only
+    when datamixer wrote it; never an input; one job at a time: see `mixer.files.atomic_path`); a
+    remote one (gs://, s3://) is written in place, each file committed by Beam's sink."""
     from mixer.files import atomic_path
     from pipeline.options import pipeline_options
 
-    files = expand_inputs(config.inputs)
+    remote = "://" in config.output
+    files = expand_inputs(config.inputs, exclude=None if remote else config.output)
     input_bytes = sum(file_sizes([path for _, path in files]).values())
     options = pipeline_options(runner, beam_args, input_bytes=input_bytes)
     started = time.perf_counter()
-    if "://" in config.output:
+    if remote:
         table = _run(config, files, options, config.output, config.output)
     else:
         target = Path(config.output)
-        with atomic_path(target) as tmp:
+        with atomic_path(target, inputs=input_paths(config.inputs, files)) as tmp:
             tmp.mkdir(parents=True)
             table = _run(config, files, options, str(tmp), str(target) if target.is_dir() else None)
     seconds = time.perf_counter() - started
@@ -428,5 +501,6 @@ def run_score_job(
         seconds=round(seconds, 3),
         docs_per_s=round(result["in"] / seconds, 1) if seconds > 0 else None,
         domains={row[S.DOMAIN]: {k: v for k, v in row.items() if k != S.DOMAIN} for row in table.to_pylist()},
+        warnings=selection_warnings(config, table),
     )
     return result

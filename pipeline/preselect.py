@@ -301,7 +301,7 @@ def summarise(config: PreselectConfig, out_dir: str) -> dict[str, Any]:
 
     def table(name: str) -> pa.Table:
         with FileSystems.open(_join(out_dir, name)) as fh:
-            return pq.read_table(io.BytesIO(fh.read()))
+            return pq.read_table(pa.BufferReader(fh.read()))  # no Python file: see read_stats
 
     strengths = table(STRENGTHS_FILE)
     dead = table(DEAD_LETTER_FILE)
@@ -356,16 +356,20 @@ def run_preselect_job(config: PreselectConfig, runner: str = "direct",
     A local output directory is written beside itself and renamed into place (replaced whole);
     a remote one (gs://, s3://) is written in place."""
     from mixer.files import atomic_path
-    from pipeline.options import pipeline_options
+    from pipeline.job import input_paths
+    from pipeline.options import bind_direct_workers_to_job, pipeline_options
 
-    files = expand_inputs({INPUT_DOMAIN: list(config.inputs)})
+    remote = "://" in config.output
+    inputs = {INPUT_DOMAIN: list(config.inputs)}
+    files = expand_inputs(inputs, exclude=None if remote else config.output)
     check_models(config.models)
     options = pipeline_options(runner, beam_args)
+    bind_direct_workers_to_job()
     started = time.perf_counter()
-    if "://" in config.output:
+    if remote:
         result = _run(config, files, options, config.output)
     else:
-        with atomic_path(Path(config.output)) as tmp:
+        with atomic_path(Path(config.output), inputs=input_paths(inputs, files)) as tmp:
             tmp.mkdir(parents=True)
             result = _run(config, files, options, str(tmp))
     seconds = time.perf_counter() - started

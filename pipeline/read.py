@@ -8,11 +8,14 @@ and reason. No Beam transforms here: `pipeline.job` wraps these functions.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import json
+import unicodedata
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
@@ -24,6 +27,10 @@ DEFAULT_MAX_CHARS = 1_000_000
 OVERSIZE_POLICIES = ("dead-letter", "truncate")
 PARQUET_SUFFIXES = (".parquet", ".pq")
 _READ_BLOCK = 8 << 20
+# A text needs one character outside these Unicode categories (spaces, controls, format characters
+# such as zero-width spaces); the same rule in Arrow's regex syntax for whole batches.
+INVISIBLE_CATEGORIES = frozenset({"Zs", "Zl", "Zp", "Cc", "Cf"})
+VISIBLE_PATTERN = r"[^\p{Z}\p{Cc}\p{Cf}]"
 
 
 @dataclass(frozen=True)
@@ -52,8 +59,11 @@ def stable_id(text: str) -> str:
     return hashlib.blake2b(text.encode("utf-8", "surrogatepass"), digest_size=12).hexdigest()
 
 
-def expand_inputs(domain_globs: dict[str, list[str]]) -> list[tuple[str, str]]:
-    """(domain, file) pairs, files sorted within each domain; a glob matching nothing is an error."""
+def expand_inputs(domain_globs: dict[str, list[str]], exclude: str | None = None) -> list[tuple[str, str]]:
+    """(domain, file) pairs, files sorted within each domain; a glob matching nothing is an error.
+
+    Files inside the local directory `exclude` (the job's own output) or inside its temporaries are
+    never inputs, so a recursive glob over a tree that holds the output does not read it."""
     from apache_beam.io.filesystems import FileSystems
 
     pairs: list[tuple[str, str]] = []
@@ -63,11 +73,24 @@ def expand_inputs(domain_globs: dict[str, list[str]]) -> list[tuple[str, str]]:
         files: set[str] = set()
         for pattern in globs:
             matched = [m.path for result in FileSystems.match([pattern]) for m in result.metadata_list]
-            if not matched:
-                raise FileNotFoundError(f"{pattern}: no files match this input glob (domain {domain!r})")
-            files.update(matched)
+            kept = [path for path in matched if not _inside_output(path, exclude)]
+            if not kept:
+                why = " outside the output directory" if matched else ""
+                raise FileNotFoundError(f"{pattern}: no files match this input glob{why} (domain {domain!r})")
+            files.update(kept)
         pairs += [(domain, f) for f in sorted(files)]
     return pairs
+
+
+def _inside_output(path: str, output: str | None) -> bool:
+    """True when local `path` is `output`, inside it, or inside one of its temporaries."""
+    if output is None or "://" in path or "://" in output:
+        return False
+    from mixer.files import temp_prefix
+
+    out, resolved = Path(output).resolve(), Path(path).resolve()
+    chain = [resolved, *resolved.parents]
+    return out in chain or any(p.parent == out.parent and p.name.startswith(temp_prefix(out)) for p in chain)
 
 
 def file_sizes(paths: Iterable[str]) -> dict[str, int]:
@@ -160,6 +183,8 @@ def check_text(text: Any, field: str, opts: ReadOptions) -> str:
         raise BadRecord(f"field {field!r} is {type(text).__name__}, not a string")
     if not text.strip():
         raise BadRecord(f"field {field!r} is empty")
+    if not any(unicodedata.category(c) not in INVISIBLE_CATEGORIES for c in text):
+        raise BadRecord(f"field {field!r} has no visible characters (only control, format or space)")
     if len(text) > opts.max_chars:
         if opts.oversize == "dead-letter":
             raise BadRecord(f"text has {len(text):,} characters, more than max_chars={opts.max_chars:,}")
@@ -167,28 +192,149 @@ def check_text(text: Any, field: str, opts: ReadOptions) -> str:
     return text
 
 
-def parse_json_line(line: bytes, opts: ReadOptions) -> tuple[str, str]:
-    """(id, text) of one JSONL line, or BadRecord."""
+def check_id(value: Any, field: str) -> str | None:
+    """A record's id as a string: strings as they are, integers in decimal (so `1` and `"1"` are the
+    same id), None when absent; any other type is a BadRecord."""
+    if value is None or isinstance(value, str):
+        return value
+    if isinstance(value, int) and not isinstance(value, bool):
+        try:
+            return str(value)
+        except ValueError:  # more digits than Python converts
+            raise BadRecord(f"field {field!r} is an integer too long to be an id") from None
+    raise BadRecord(f"field {field!r} is {type(value).__name__}; an id must be a string or an integer")
+
+
+def _no_lone_surrogates(value: str, field: str) -> str:
     try:
-        decoded = line.decode("utf-8")
+        value.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise BadRecord(
+            f"field {field!r} holds a lone surrogate escape (\\u{ord(value[exc.start]):04x}) at character "
+            f"{exc.start}; it is not text"
+        ) from None
+    return value
+
+
+def parse_json_line(line: bytes, opts: ReadOptions) -> tuple[str, str]:
+    """(id, text) of one JSONL line, or BadRecord: every failure of one line is its own."""
+    try:
+        decoded = line.decode("utf-8").removeprefix("\ufeff")
     except UnicodeDecodeError as exc:
         raise BadRecord(f"not valid UTF-8: byte {exc.start} is {line[exc.start : exc.start + 1]!r}") from None
     try:
         record = json.loads(decoded)
     except json.JSONDecodeError as exc:
         raise BadRecord(f"invalid JSON: {exc.msg} at column {exc.colno}") from None
+    except (RecursionError, ValueError) as exc:  # nested too deeply, or an integer of > 4,300 digits
+        return _parse_with_arrow(line, opts, exc)
     if not isinstance(record, dict):
         raise BadRecord(f"record is a JSON {type(record).__name__}, not an object")
-    text = check_text(record.get(opts.text_field), opts.text_field, opts)
-    doc_id = record.get(opts.id_field)
-    return (stable_id(text) if doc_id is None else str(doc_id)), text
+    text = _no_lone_surrogates(
+        check_text(record.get(opts.text_field), opts.text_field, opts), opts.text_field
+    )
+    doc_id = check_id(record.get(opts.id_field), opts.id_field)
+    if doc_id is not None:
+        _no_lone_surrogates(doc_id, opts.id_field)
+    return (stable_id(text) if doc_id is None else doc_id), text
+
+
+def _parse_with_arrow(line: bytes, opts: ReadOptions, exc: Exception) -> tuple[str, str]:
+    """One line that Python's json refuses only for its limits (nesting depth, integer digits):
+    read it as the fast path does, so a record's fate never depends on its neighbours."""
+    parsed = _fast_parse([line], opts)
+    if parsed is None:
+        what = (
+            "values nested too deeply"
+            if isinstance(exc, RecursionError)
+            else "an integer of over 4,300 digits"
+        )
+        raise BadRecord(f"invalid JSON: {what}")
+    text_arr, id_arr = parsed
+    text = check_text(text_arr[0].as_py(), opts.text_field, opts)
+    doc_id = None if id_arr is None else id_arr[0].as_py()
+    return (stable_id(text) if doc_id is None else doc_id), text
 
 
 # --- JSONL -------------------------------------------------------------------------------------
 
 
+class _Decompressed(io.RawIOBase):
+    """The decompressed bytes of a raw stream, read by `read(n)`; a compressed stream that ends early
+    or is corrupt stops the data where it breaks and sets `broken` to the reason."""
+
+    def __init__(self, raw: Any, suffix: str) -> None:
+        import bz2
+        import gzip
+        import lzma
+
+        self._raw = raw
+        self.broken: str | None = None
+        self._zstd = None
+        if suffix == ".zst":
+            import zstandard
+
+            self._zstd, self._frame, self._started = zstandard, None, False
+            self._stream = None
+        else:
+            opener = {".gz": gzip.GzipFile, ".bz2": bz2.BZ2File, ".xz": lzma.LZMAFile}[suffix]
+            self._stream = opener(fileobj=raw) if suffix == ".gz" else opener(raw)
+
+    def close(self) -> None:
+        if self._stream is not None:
+            self._stream.close()
+        self._raw.close()
+        super().close()
+
+    def read(self, size: int = -1) -> bytes:
+        if self.broken is not None:
+            return b""
+        try:
+            return self._stream.read1(size) if self._stream is not None else self._read_zstd(size)
+        except EOFError:
+            self.broken = "file is truncated: the compressed stream ends before its end marker"
+        except Exception as exc:  # noqa: BLE001 - zlib/lzma/zstd errors all mean corrupt data here
+            self.broken = f"compressed data is corrupt: {exc}"
+        return b""
+
+    def _read_zstd(self, size: int) -> bytes:
+        while True:
+            if self._frame is not None and self._frame.eof:
+                rest, self._frame = self._frame.unused_data, None
+            else:
+                rest = b""
+            chunk = rest or self._raw.read(max(size, 1 << 20))
+            if not chunk:
+                if self._frame is not None:
+                    raise EOFError
+                return b""
+            if self._frame is None:
+                self._frame = self._zstd.ZstdDecompressor().decompressobj()
+            out = self._frame.decompress(chunk)
+            if out:
+                return out
+
+
+COMPRESSED_SUFFIXES = (".gz", ".bz2", ".xz", ".zst")
+
+
+def _open_jsonl(path: str) -> Any:
+    """A byte stream of the file's JSONL, decompressed by suffix (truncation noticed, see _Decompressed)."""
+    from apache_beam.io.filesystem import CompressionTypes
+    from apache_beam.io.filesystems import FileSystems
+
+    suffix = next((s for s in COMPRESSED_SUFFIXES if path.lower().endswith(s)), None)
+    if suffix is None:
+        return FileSystems.open(path, compression_type=CompressionTypes.AUTO)
+    raw = FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED)
+    return _Decompressed(raw, suffix)
+
+
 def _line_chunks(stream: Any, batch_size: int) -> Iterator[tuple[list[int], list[bytes]]]:
-    """(line numbers, non-blank lines) chunks of a byte stream; blank lines are not records."""
+    """(line numbers, non-blank lines) chunks of a byte stream; blank lines are not records.
+
+    When the stream breaks (`stream.broken`), the partial last line is not a record: it is left in
+    `stream.partial` as (line number, bytes) for the caller to dead-letter with the reason."""
     carry = b""
     line_no = 0
     chunk: list[bytes] = []
@@ -208,7 +354,9 @@ def _line_chunks(stream: Any, batch_size: int) -> Iterator[tuple[list[int], list
             if len(chunk) >= batch_size:
                 yield numbers, chunk
                 chunk, numbers = [], []
-    if carry.strip():
+    if getattr(stream, "broken", None) is not None:
+        stream.partial = (line_no + 1, carry)
+    elif carry.strip():
         chunk.append(carry)
         numbers.append(line_no + 1)
     if chunk:
@@ -237,6 +385,12 @@ def _fast_parse(lines: list[bytes], opts: ReadOptions) -> tuple[pa.Array, pa.Arr
     if text.null_count:
         return None
     ids = table.column(opts.id_field).combine_chunks() if opts.id_field != opts.text_field else None
+    try:  # Arrow lets invalid UTF-8 (e.g. CESU-8 surrogates) through; no Python conversion before this
+        text.validate(full=True)
+        if ids is not None:
+            ids.validate(full=True)
+    except pa.ArrowInvalid:
+        return None
     return text, ids
 
 
@@ -251,7 +405,7 @@ def _chunk_documents(
     if fast is not None:
         text_arr, id_arr = fast
         lengths = pc.utf8_length(text_arr).to_numpy()
-        blank = pc.equal(pc.utf8_trim_whitespace(text_arr), "").to_numpy(zero_copy_only=False)
+        blank = pc.invert(pc.match_substring_regex(text_arr, VISIBLE_PATTERN)).to_numpy(zero_copy_only=False)
         if not blank.any() and lengths.max(initial=0) <= opts.max_chars:
             if id_arr is not None and not id_arr.null_count:
                 return docs_batch(domain, source, id_arr, text_arr, numbers), []
@@ -274,20 +428,48 @@ def _chunk_documents(
 
 
 def read_jsonl(domain: str, path: str, opts: ReadOptions) -> Iterator[tuple[pa.RecordBatch | None, list]]:
-    """(documents batch, dead-letter rows) per chunk of `opts.batch_size` lines."""
-    from apache_beam.io.filesystem import CompressionTypes
-    from apache_beam.io.filesystems import FileSystems
-
-    with FileSystems.open(path, compression_type=CompressionTypes.AUTO) as stream:
+    """(documents batch, dead-letter rows) per chunk of `opts.batch_size` lines; a compressed file that
+    ends early keeps every record before the break and dead-letters the break itself."""
+    with _open_jsonl(path) as stream:
         for numbers, lines in _line_chunks(stream, opts.batch_size):
             yield _chunk_documents(domain, path, numbers, lines, opts)
+        broken = getattr(stream, "broken", None)
+        if broken is not None:
+            number, partial = stream.partial
+            if number == 1 and not partial:  # not one byte decompressed: the file itself is unreadable
+                yield None, [dead_letter_row(domain, path, None, "read", path, f"cannot read file: {broken}")]
+                return
+            reason = f"{broken} (after line {number - 1}; the records before it are kept)"
+            yield None, [dead_letter_row(domain, path, number, "read", partial, reason)]
 
 
 # --- Parquet -----------------------------------------------------------------------------------
 
 
 def _row_raw(batch: pa.RecordBatch, i: int) -> str:
-    return json.dumps(batch.slice(i, 1).to_pylist()[0], default=str, ensure_ascii=False)
+    row = batch.slice(i, 1)
+    try:
+        row.validate(full=True)
+        return json.dumps(row.to_pylist()[0], default=str, ensure_ascii=False)
+    except (pa.ArrowInvalid, UnicodeDecodeError):  # invalid UTF-8 somewhere in the row
+        return repr({name: _as_python(row.column(name))[0] for name in row.schema.names})
+
+
+def _as_python(column: pa.Array) -> list[Any]:
+    """Python values of a column; strings that are not valid UTF-8 come back as bytes (judged per row)."""
+    try:
+        column.validate(full=True)
+        return column.to_pylist()
+    except pa.ArrowInvalid:
+        large = pa.types.is_large_string(column.type)
+        return column.cast(pa.large_binary() if large else pa.binary()).to_pylist()
+
+
+def _parquet_record(text: Any, doc_id: Any, opts: ReadOptions) -> tuple[str, str]:
+    """(id, text) of one Parquet row, or BadRecord."""
+    text = check_text(_decode(text) if isinstance(text, bytes) else text, opts.text_field, opts)
+    doc_id = check_id(_decode(doc_id) if isinstance(doc_id, bytes) else doc_id, opts.id_field)
+    return (stable_id(text) if doc_id is None else doc_id), text
 
 
 def read_parquet(domain: str, path: str, opts: ReadOptions) -> Iterator[tuple[pa.RecordBatch | None, list]]:
@@ -295,30 +477,35 @@ def read_parquet(domain: str, path: str, opts: ReadOptions) -> Iterator[tuple[pa
     import pyarrow.parquet as pq
     from apache_beam.io.filesystems import FileSystems
 
-    with FileSystems.open(path) as stream:
-        parquet = pq.ParquetFile(stream)
+    # Arrow never gets a Python file object with threads on: its I/O threads would call back into
+    # Python and abort the process at interpreter exit ("terminate called ..."; exit 134).
+    local = "://" not in path
+    with (
+        contextlib.nullcontext(path) if local else FileSystems.open(path) as source,
+        pq.ParquetFile(source, pre_buffer=local) as parquet,
+    ):
         names = parquet.schema_arrow.names
         row = 0
-        for batch in parquet.iter_batches(batch_size=opts.batch_size):
-            texts_in = batch.column(opts.text_field).to_pylist() if opts.text_field in names else None
-            raw_ids = batch.column(opts.id_field).to_pylist() if opts.id_field in names else None
+        for batch in parquet.iter_batches(batch_size=opts.batch_size, use_threads=local):
+            texts_in = _as_python(batch.column(opts.text_field)) if opts.text_field in names else None
+            raw_ids = _as_python(batch.column(opts.id_field)) if opts.id_field in names else None
             ids: list[str] = []
             texts: list[str] = []
             records: list[int] = []
             dead: list[dict[str, Any]] = []
             for i in range(batch.num_rows):
                 try:
-                    text = None if texts_in is None else texts_in[i]
-                    if isinstance(text, bytes):
-                        text = _decode(text)
-                    text = check_text(text, opts.text_field, opts)
+                    doc_id, text = _parquet_record(
+                        None if texts_in is None else texts_in[i],
+                        None if raw_ids is None else raw_ids[i],
+                        opts,
+                    )
                 except BadRecord as exc:
                     dead.append(
                         dead_letter_row(domain, path, row + i + 1, "read", _row_raw(batch, i), str(exc))
                     )
                     continue
-                doc_id = None if raw_ids is None else raw_ids[i]
-                ids.append(stable_id(text) if doc_id is None else str(doc_id))
+                ids.append(doc_id)
                 texts.append(text)
                 records.append(row + i + 1)
             row += batch.num_rows

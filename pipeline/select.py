@@ -25,6 +25,8 @@ class Selection:
             raise ValueError("give either --keep-top or --threshold, not both")
         if self.keep_top is not None and not 0.0 <= self.keep_top <= 1.0:
             raise ValueError(f"--keep-top must be a fraction in [0, 1]; got {self.keep_top}")
+        if self.threshold is not None and not math.isfinite(self.threshold):
+            raise ValueError(f"--threshold must be a finite number; got {self.threshold}")
 
     @property
     def active(self) -> bool:

@@ -90,8 +90,10 @@ def write_stats(table: pa.Table, out_dir: str) -> None:
 
 
 def read_stats(out_dir: str) -> pa.Table:
+    """domain_stats.parquet of `out_dir`. Read as bytes: Arrow reading a Python file object leaves
+    I/O threads that call back into Python and abort the process at interpreter exit (exit 134)."""
     import pyarrow.parquet as pq
     from apache_beam.io.filesystems import FileSystems
 
     with FileSystems.open(FileSystems.join(out_dir, S.DOMAIN_STATS_FILE)) as fh:
-        return pq.read_table(fh)
+        return pq.read_table(pa.BufferReader(fh.read()))

@@ -17,8 +17,10 @@ import numpy as np
 import pyarrow as pa
 
 TOKENIZER_FILE = "tokenizer.json"
+TOKENIZER_OPTIONS_FILE = "tokenizer_options.json"  # how a trained tokenizer.json was made
 DEFAULT_VOCAB_SIZE = 8192
 END_OF_TEXT = "<|endoftext|>"
+MIN_VOCAB_SIZE = 257  # the 256 byte tokens and END_OF_TEXT
 CACHE_LIMIT = 2_000_000
 
 # GPT-2's pre-tokenization with ASCII character classes only, so that Python's `re` and the
@@ -65,11 +67,12 @@ def splits_like_python(tokenizer_json: str) -> bool:
 
 
 def train_byte_level_bpe(texts: Sequence[str], vocab_size: int = DEFAULT_VOCAB_SIZE, min_frequency: int = 2):
-    """A GPT-2-style byte-level BPE trained on `texts` (every byte is in the vocabulary)."""
+    """A GPT-2-style byte-level BPE trained on `texts` (every byte is in the vocabulary; with no texts,
+    the bytes alone)."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
-    if not texts:
-        raise ValueError("no valid documents in the input sample to train a tokenizer on; pass --tokenizer")
+    if vocab_size < MIN_VOCAB_SIZE:
+        raise ValueError(f"vocab_size must be at least {MIN_VOCAB_SIZE} (the 256 bytes and {END_OF_TEXT})")
     tokenizer = Tokenizer(models.BPE())
     tokenizer.pre_tokenizer = _pre_tokenizer()
     tokenizer.decoder = decoders.ByteLevel()

@@ -35,9 +35,51 @@ DEFAULT_TRAIN_PARAMS: dict[str, Any] = {
 }
 
 
+LABEL_PREFIX = "__label__"
+# A `__label__` inside a text becomes this word, never a label; no character after "label" is "_",
+# so no replacement can join its neighbours into a new `__label__` (as "__label___x" -> "__label__x" would).
+LABEL_ESCAPE = "__label:"
+
+
 def normalise(text: str) -> str:
-    """fastText reads one line per example: newlines become spaces (DCLM's preprocessing)."""
-    return text.replace("\n", " ")
+    """fastText reads one line per example: newlines become spaces (DCLM's preprocessing), and a
+    literal `__label__` inside the text is escaped so fastText does not read it as a label."""
+    return text.replace("\n", " ").replace(LABEL_PREFIX, LABEL_ESCAPE)
+
+
+FASTTEXT_MAGIC = 793712314
+FASTTEXT_VERSIONS = (11, 12)
+
+
+def check_model_file(path: Path) -> None:
+    """Refuse a file that is not a whole fastText `.bin` before fastText reads it (a corrupt header
+    or a truncated file otherwise costs minutes and gigabytes before failing).
+
+    Reads the header, the dictionary counts and the output matrix at the end of the file, whose place
+    the header fixes: O(1) whatever the model size. A quantized `.ftz` model (its output matrix may be
+    quantized too) gets the header checks only."""
+    import struct
+
+    size = path.stat().st_size
+    with open(path, "rb") as fh:
+        head = fh.read(92)
+        if len(head) < 92:
+            raise ValueError(f"{path}: not a fastText model (only {size} bytes)")
+        magic, version = struct.unpack("<ii", head[:8])
+        if magic != FASTTEXT_MAGIC or version not in FASTTEXT_VERSIONS:
+            raise ValueError(f"{path}: not a fastText .bin model (wrong header)")
+        dim, *_rest, _t = struct.unpack("<12id", head[8:64])
+        words, nwords, nlabels, _tokens, _prune = struct.unpack("<iiiqq", head[64:92])
+        if not (0 < dim <= 100_000 and 0 <= nwords and 0 < nlabels and words == nwords + nlabels):
+            raise ValueError(f"{path}: not a supervised fastText model (corrupt header: dim={dim})")
+        tail = 16 + 4 * nlabels * dim
+        ok = size >= 92 + tail + 1
+        if ok:
+            fh.seek(size - tail - 1)
+            block = fh.read(17)
+            ok = block[0] == 0 and struct.unpack("<qq", block[1:]) == (nlabels, dim)
+    if not ok and path.suffix.lower() != ".ftz":
+        raise ValueError(f"{path}: fastText model is truncated or corrupt (its output matrix is missing)")
 
 
 def _fasttext():
@@ -53,6 +95,7 @@ def load_model(path: str | os.PathLike[str]):
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such fastText model file")
+    check_model_file(path)
     model = _fasttext().load_model(str(path))
     if not model.get_labels() or not str(model.get_labels()[0]).startswith("__label__"):
         raise ValueError(f"{path}: not a supervised fastText classifier (it has no labels)")
@@ -66,7 +109,8 @@ def prediction_lines(texts: Sequence[str] | Any) -> list[str]:
     if hasattr(texts, "to_pylist"):
         import pyarrow.compute as pc
 
-        return pc.binary_join_element_wise(pc.replace_substring(texts, "\n", " "), "\n", "").to_pylist()
+        lines = pc.replace_substring(pc.replace_substring(texts, "\n", " "), LABEL_PREFIX, LABEL_ESCAPE)
+        return pc.binary_join_element_wise(lines, "\n", "").to_pylist()
     return [normalise(t) + "\n" for t in texts]
 
 

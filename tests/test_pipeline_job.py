@@ -19,6 +19,7 @@ import pytest
 from tokenizers import Tokenizer
 
 from datamixer.cli import main
+from mixer.files import MARKER
 from pipeline import options as O
 from pipeline import schema as S
 from pipeline.corpus import CorpusOptions, build_corpus
@@ -254,7 +255,7 @@ def test_same_inputs_give_byte_identical_outputs(setup, first_run, reference_run
         config, "direct", ["--direct_running_mode=multi_processing", "--direct_num_workers=2"]
     )
     expected = output_bytes(reference_run["out"])
-    names = [S.DOMAIN_STATS_FILE, S.DOMAIN_STATS_JSON] + [
+    names = [MARKER, S.DOMAIN_STATS_FILE, S.DOMAIN_STATS_JSON] + [
         f"{prefix}-{i:05d}-of-00004.parquet" for prefix in ("dead_letter", "scored") for i in range(4)
     ]
     assert sorted(expected) == sorted(names)  # fixed shard count, no temporary parts left

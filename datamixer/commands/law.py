@@ -305,9 +305,9 @@ def _read_caps(caps: str | None) -> dict[str, float] | None:
         return None
     path = Path(caps)
     if path.exists():
-        import yaml
+        from mixer.files import read_yaml
 
-        data = yaml.safe_load(path.read_text())
+        data = read_yaml(path)
         if isinstance(data, dict) and isinstance(data.get("caps"), dict):
             data = data["caps"]
         if not isinstance(data, dict):

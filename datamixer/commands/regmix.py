@@ -24,10 +24,10 @@ def parse_mapping(text: str | None, what: str) -> dict[str, float]:
         return {}
     path = Path(text)
     if path.suffix.lower() in (*MIXTURE_SUFFIXES, ".json") and path.exists():
-        import yaml
+        from mixer.files import safe_load_yaml
 
         text = path.read_text()
-        data = json.loads(text) if path.suffix.lower() == ".json" else yaml.safe_load(text)
+        data = json.loads(text) if path.suffix.lower() == ".json" else safe_load_yaml(text, path)
         if isinstance(data, dict) and isinstance(data.get("weights"), dict):
             data = data["weights"]
         if not isinstance(data, dict):

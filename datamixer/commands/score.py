@@ -17,11 +17,11 @@ def domain_inputs(inputs: list[str], domains: list[str], config: Path | None) ->
     if config is not None:
         if inputs or domains:
             raise ValueError("give either --config or --input/--domain, not both")
-        import yaml
+        from mixer.files import read_yaml
 
         if not config.is_file():
             raise FileNotFoundError(f"{config}: no such config file")
-        data = yaml.safe_load(config.read_text()) or {}
+        data = read_yaml(config) or {}
         data = data.get("domains", data) if isinstance(data, dict) else data
         if not isinstance(data, dict) or not data:
             raise ValueError(f"{config}: expected a mapping of domain -> glob or list of globs")
@@ -158,6 +158,8 @@ def score(
         f"{result['in']} in, {result['scored']} scored, {result['dead_letter']} dead-lettered, "
         f"{result['kept']} kept -> {output}"
     )
+    for warning in result["warnings"]:
+        info(f"warning: {warning}")
     emit(result)
 
 
