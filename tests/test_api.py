@@ -1,4 +1,4 @@
-"""The public API: loading, the README example, Hydra `_target_` use, the training example, and
+"""The public API: loading, the docs/export.md example, Hydra `_target_` use, the training example, and
 the optimisers run with data-budget caps."""
 
 from __future__ import annotations
@@ -57,12 +57,12 @@ def test_public_names_are_plain_keyword_functions():
         assert all(p.kind is inspect.Parameter.POSITIONAL_OR_KEYWORD for p in params), name
 
 
-def test_readme_example_runs(monkeypatch, capsys):
-    readme = (ROOT / "README.md").read_text()
-    section = readme[readme.index("<!-- export:example -->"):readme.index("<!-- /export:example -->")]
+def test_docs_example_runs(monkeypatch, capsys):
+    page = (ROOT / "docs" / "export.md").read_text()
+    section = page[page.index("<!-- export:example -->"):page.index("<!-- /export:example -->")]
     code = re.search(r"```python\n(.*?)```", section, re.S).group(1)
     monkeypatch.chdir(ROOT)
-    exec(compile(code, "README.md:export:example", "exec"), {})
+    exec(compile(code, "docs/export.md:export:example", "exec"), {})
     assert capsys.readouterr().out.strip() == "{'code': 0.4, 'math': 0.03, 'prose': 1.0, 'web': 1.0}"
 
 

@@ -199,7 +199,7 @@ def test_fasttext_on_the_labels_finds_the_target_domain(setup: dict, labelled: d
 
 
 def test_score_job_uses_the_classifier(setup: dict, labelled: dict, capsys) -> None:
-    """The third command of the README: `datamixer score` with the PreSelect classifier."""
+    """The third command of docs/preselect.md: `datamixer score` with the PreSelect classifier."""
     model = setup["root"] / "preselect.bin"
     if not model.exists():
         pytest.skip("needs the classifier of the previous test")
