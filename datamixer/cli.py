@@ -38,13 +38,7 @@ app = typer.Typer(
 )
 
 for _name in COMMAND_MODULES:
-    try:
-        _module = importlib.import_module(f"datamixer.commands.{_name}")
-    except ModuleNotFoundError as exc:  # a command group not built yet
-        if exc.name != f"datamixer.commands.{_name}":
-            raise
-        continue
-    _module.register(app)
+    importlib.import_module(f"datamixer.commands.{_name}").register(app)
 
 
 def main(argv: list[str] | None = None) -> int:

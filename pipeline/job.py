@@ -208,18 +208,6 @@ class StageScored(beam.PTransform):
         return {"parts": result["parts"], "scores": result["scores"]}
 
 
-class Select(beam.PTransform):
-    """(domain, scores) -> (domain, cut-off): the top fraction per domain, from a combine over the job.
-    None when the selection needs no cut-off (a threshold, or keep everything)."""
-
-    def __init__(self, selection: Selection) -> None:
-        super().__init__()
-        self._selection = selection
-
-    def expand(self, domain_scores):
-        return domain_scores | "DomainCutoffs" >> DomainCutoffs(self._selection.keep_top)
-
-
 class _WriteShardFn(beam.DoFn):
     """One shard: its part files sorted into scored-S-of-N.parquet (with `keep`), its dead letters
     sorted into dead_letter-S-of-N.parquet; emits the shard's per-domain counts."""
@@ -355,7 +343,7 @@ def build_pipeline(
     staged = scored["scored"] | "Stage" >> StageScored(
         _join(out_dir, PARTS_DIR), columns, num_shards, config.scorer.column if keep_top else None
     )
-    cutoffs = (staged["scores"] | "Select" >> Select(config.selection)) if keep_top else None
+    cutoffs = (staged["scores"] | "Select" >> DomainCutoffs(config.selection.keep_top)) if keep_top else None
     dead = (
         read["dead_letter"],
         tokens["dead_letter"],

@@ -168,10 +168,6 @@ def dead_letter_row(
     }
 
 
-def dead_letter_batch(rows: list[dict[str, Any]]) -> pa.RecordBatch:
-    return pa.RecordBatch.from_pylist(rows, schema=S.DEAD_LETTER_SCHEMA)
-
-
 # --- validation of one record ------------------------------------------------------------------
 
 

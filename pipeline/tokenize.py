@@ -29,10 +29,10 @@ _WS = r" \t\n\r\f\v"
 PRETOKENIZE_PATTERN = (
     rf"'s|'t|'re|'ve|'m|'ll|'d| ?[A-Za-z]+| ?[0-9]+| ?[^{_WS}A-Za-z0-9]+|[{_WS}]+(?![^{_WS}])|[{_WS}]+"
 )
-# A whitespace run with the word after it. No piece of PRETOKENIZE_PATTERN crosses a word -> whitespace
-# boundary, so a chunk is a union of whole pieces and the pattern splits it alone as it does in context.
-CHUNK_PATTERN = rf"[{_WS}]*[^{_WS}]+|[{_WS}]+"
-# The same chunks found on UTF-8 bytes: a chunk starts where whitespace follows a non-whitespace byte.
+# Counts are cached per chunk: a whitespace run with the word after it. No piece of PRETOKENIZE_PATTERN
+# crosses a word -> whitespace boundary, so a chunk is a union of whole pieces and the pattern splits it
+# alone as it does in context. Chunks are found on UTF-8 bytes: one starts where whitespace follows a
+# non-whitespace byte.
 _IS_WS = np.zeros(256, dtype=bool)
 _IS_WS[[ord(c) for c in " \t\n\r\f\v"]] = True
 

@@ -1,9 +1,13 @@
 """The CLI shell: every group listed, usage errors are one line with a non-zero exit code."""
 
+import ast
 import subprocess
 import sys
+from pathlib import Path
 
 from datamixer.cli import COMMAND_MODULES, main
+
+COMMANDS_DIR = Path(__file__).resolve().parents[1] / "datamixer" / "commands"
 
 
 def test_help_lists_every_command_group():
@@ -12,7 +16,18 @@ def test_help_lists_every_command_group():
     for name in ("demo", "score", "corpus", "fasttext", "attention-influence", "regmix", "law", "proxy",
                  "report", "export", "budget", "preselect", "priors", "runs"):
         assert name in out, name
-    assert len(COMMAND_MODULES) == 12
+
+
+def test_every_module_with_commands_is_registered():
+    """A module in datamixer/commands/ that defines `register` is listed in COMMAND_MODULES, so its commands
+    are reachable (a forgotten entry would otherwise leave them silently missing)."""
+    defines_register = {
+        path.stem
+        for path in COMMANDS_DIR.glob("*.py")
+        if any(isinstance(node, ast.FunctionDef) and node.name == "register"
+               for node in ast.parse(path.read_text()).body)
+    }
+    assert defines_register and defines_register == set(COMMAND_MODULES)
 
 
 def test_every_command_has_help(capsys):

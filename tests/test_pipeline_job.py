@@ -369,7 +369,7 @@ def test_remote_runner_graphs_build_without_running(setup, args):
         "Write/ByShard",
         "Write/WriteShards",
         "Write/Commit",
-        "Select/DomainCutoffs",
+        "Select/Cutoff",
     ):
         assert step in names, step
 
