@@ -210,10 +210,9 @@ def test_scores_identical_batched_or_one_at_a_time(tiny):
     assert batched.n_tokens[-1] == 100
 
 
-def test_cli_score_writes_scores_and_per_domain_selection(tiny, capsys):
+def test_cli_score_writes_scores_and_per_domain_selection(tiny, capsys, cli):
     import pandas as pd
 
-    from datamixer.cli import main
 
     repeated, matched = _matched_documents(10, seed=9)
     for domain, texts in (("alpha", repeated[:5] + matched[:5]), ("beta", repeated[5:] + matched[5:])):
@@ -222,10 +221,11 @@ def test_cli_score_writes_scores_and_per_domain_selection(tiny, capsys):
                 handle.write(json.dumps({"id": f"{domain}-{i}", "text": text}) + "\n")
     out = tiny["root"] / "scored.parquet"
     capsys.readouterr()
-    assert main(["attention-influence", "score", "--model", str(tiny["model"]), "--heads", str(tiny["heads"]),
-                 "--input", str(tiny["root"] / "*a.jsonl"), "--out", str(out), "--keep-top", "0.2",
-                 "--device", "cpu"]) == 0
-    result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    result = cli([
+        "attention-influence", "score", "--model", str(tiny["model"]), "--heads", str(tiny["heads"]),
+        "--input", str(tiny["root"] / "*a.jsonl"), "--out", str(out), "--keep-top", "0.2",
+        "--device", "cpu",
+    ])
     table = pd.read_parquet(out)
     assert result["docs"] == len(table) == 20 and result["kept"] == 4
     assert set(table.columns) >= {"id", "domain", "n_tokens", "score_attention_influence", "keep"}

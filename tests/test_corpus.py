@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 
-from datamixer.cli import main
 from pipeline.corpus import DOMAINS, CorpusOptions, build_corpus, split_documents
 
 
@@ -35,10 +34,7 @@ def test_build_is_deterministic_and_multi_domain(tmp_path):
     assert "licen" in legal.lower() and "warrant" in legal.lower()
 
 
-def test_cli_build_prints_summary(tmp_path, capsys):
-    assert (
-        main(["corpus", "build", "--out", str(tmp_path / "c"), "--max-mb", "0.05", "--domain", "legal"]) == 0
-    )
-    result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+def test_cli_build_prints_summary(tmp_path, cli):
+    result = cli(["corpus", "build", "--out", str(tmp_path / "c"), "--max-mb", "0.05", "--domain", "legal"])
     assert list(result["domains"]) == ["legal"] and result["docs"] > 0
     assert (tmp_path / "c" / "legal.jsonl").stat().st_size == result["bytes"]

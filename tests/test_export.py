@@ -205,7 +205,7 @@ def test_cli_defaults_match_the_library():
     assert command.DEFAULT_MAX_EPOCHS == budget.DEFAULT_MAX_EPOCHS == exports.DEFAULT_MAX_REPETITION
 
 
-def test_cli_export_every_format_to_file(tmp_path, capsys):
+def test_cli_export_every_format_to_file(tmp_path, cli):
     mix = write_mixture(tmp_path / "mix.yaml", WEIGHTS, {"method": "test"})
     domains = tmp_path / "domains.yaml"
     domains.write_text(yaml.safe_dump({d: f"/data/{d}" for d in WEIGHTS}))
@@ -216,8 +216,7 @@ def test_cli_export_every_format_to_file(tmp_path, capsys):
             args += ["--paths", str(domains)]
         if fmt == "olmo":
             args += ["--tokens", "2B"]
-        assert main(args) == 0, fmt
-        result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+        result = cli(args)
         assert result == {"format": fmt, "domains": 4, "out": str(out)}
         text = out.read_text()
         assert text == export_text(

@@ -7,7 +7,6 @@ import json
 import numpy as np
 import pytest
 
-from datamixer.cli import main
 from pipeline.corpus import CorpusOptions, build_corpus
 from scorers.fasttext import FastTextQualityClassifier, FastTextScorer, label_probabilities, normalise
 
@@ -62,7 +61,7 @@ def test_scores_are_clamped_and_newlines_normalised():
     assert normalise("a\nb\n") == "a b "
 
 
-def test_cli_train(corpus, tmp_path, capsys):
+def test_cli_train(corpus, tmp_path, cli):
     args = [
         "fasttext",
         "train",
@@ -81,7 +80,6 @@ def test_cli_train(corpus, tmp_path, capsys):
         "--lr",
         "0.5",
     ]
-    assert main(args) == 0
-    result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    result = cli(args)
     assert result["auc"] > 0.9 and {"precision", "recall", "n_test"} <= set(result)
     assert (tmp_path / "q.bin").stat().st_size > 0

@@ -310,9 +310,6 @@ def test_compute_optimal_satisfies_budget_and_minimises(additive: AdditiveLaw) -
 # --- CLI -------------------------------------------------------------------------------------------
 
 
-def _last_json(capsys) -> dict:
-    return json.loads(capsys.readouterr().out.strip().splitlines()[-1])
-
 
 @pytest.mark.parametrize(
     ("edit", "message"),
@@ -335,12 +332,11 @@ def test_fit_rejects_bad_rows_naming_them(runs: pd.DataFrame, tmp_path, capsys, 
     assert not (tmp_path / "l.json").exists()
 
 
-def test_cli_fit_evaluate_predict_optimize(runs: pd.DataFrame, tmp_path, capsys) -> None:
+def test_cli_fit_evaluate_predict_optimize(runs: pd.DataFrame, tmp_path, cli) -> None:
     runs_path = tmp_path / "runs.parquet"
     runs.to_parquet(runs_path)
     out = tmp_path / "law.json"
-    assert (
-        main(
+    fitted = cli(
             [
                 "law",
                 "fit",
@@ -360,9 +356,6 @@ def test_cli_fit_evaluate_predict_optimize(runs: pd.DataFrame, tmp_path, capsys)
                 "6",
             ]
         )
-        == 0
-    )
-    fitted = _last_json(capsys)
     assert fitted["mre"] < 0.01 and out.exists()
     for name in ("law.params.parquet", "law.residuals.parquet", "law.png"):
         assert (tmp_path / name).stat().st_size > 0
@@ -370,24 +363,19 @@ def test_cli_fit_evaluate_predict_optimize(runs: pd.DataFrame, tmp_path, capsys)
     assert len(residuals) == len(runs) and {"observed", "predicted", "residual"} <= set(residuals.columns)
     assert "alpha" in set(pd.read_parquet(tmp_path / "law.params.parquet")["parameter"])
 
-    assert main(["law", "evaluate", "--law", str(out), "--runs", str(runs_path)]) == 0
-    metrics = _last_json(capsys)
+    metrics = cli(["law", "evaluate", "--law", str(out), "--runs", str(runs_path)])
     assert {"n", "mre", "max_re", "spearman"} <= set(metrics) and metrics["n"] == len(runs)
     assert metrics["spearman"] > 0.95
 
     mix = tmp_path / "mix.yaml"
     mix.write_text("weights:\n  web: 0.5\n  code: 0.2\n  books: 0.3\n")
-    assert (
-        main(["law", "predict", "--law", str(out), "--N", "1e9", "--D", "1e11", "--mixture", str(mix)]) == 0
-    )
-    pred = _last_json(capsys)
+    pred = cli(["law", "predict", "--law", str(out), "--N", "1e9", "--D", "1e11", "--mixture", str(mix)])
     assert pred["low"] <= pred["loss"] <= pred["high"]
 
     caps = tmp_path / "caps.yaml"
     caps.write_text("caps:\n  web: 0.4\n")
     best = tmp_path / "best.yaml"
-    assert (
-        main(
+    opt = cli(
             [
                 "law",
                 "optimize",
@@ -405,15 +393,11 @@ def test_cli_fit_evaluate_predict_optimize(runs: pd.DataFrame, tmp_path, capsys)
                 str(best),
             ]
         )
-        == 0
-    )
-    opt = _last_json(capsys)
     weights = read_mixture(best)
     assert weights["web"] <= 0.4 + 1e-9 and min(weights.values()) >= 0.05 - 1e-9
     assert opt["weights"]["web"] == pytest.approx(weights["web"]) and "spread" in opt
 
-    assert main(["law", "compute-optimal", "--law", str(out), "--flops", "1e21"]) == 0
-    co = _last_json(capsys)
+    co = cli(["law", "compute-optimal", "--law", str(out), "--flops", "1e21"])
     assert 6 * co["N"] * co["D"] == pytest.approx(1e21)
 
 

@@ -9,7 +9,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from datamixer.cli import main
 from mixer.law_fit import HuberObjective, fit_from_starts, hoffmann_grid
 from mixer.laws import AdditiveLaw, ChinchillaLaw, Features, chinchilla_law, data_hash, evaluate, load_law
 from mixer.reference_data import REDPAJAMA_DOMAINS, chinchilla_runs, mixinglaws_runs
@@ -102,7 +101,7 @@ def test_additive_law_predicts_410m_within_one_percent(redpajama) -> None:
     assert metrics["mre"] < chinchilla_mre  # the mixture term earns its parameters
 
 
-def test_committed_law_was_fitted_on_all_redpajama_runs(tmp_path, capsys) -> None:
+def test_committed_law_was_fitted_on_all_redpajama_runs(tmp_path, cli) -> None:
     path = REPO / "examples" / "laws" / "redpajama_additive.json"
     law = load_law(path)
     runs = mixinglaws_runs(DATA)
@@ -116,9 +115,6 @@ def test_committed_law_was_fitted_on_all_redpajama_runs(tmp_path, capsys) -> Non
             for d, w in zip(REDPAJAMA_DOMAINS, [0.5, 0.2, 0.1, 0.05, 0.05, 0.05, 0.05], strict=True)
         )
     )
-    assert (
-        main(["law", "predict", "--law", str(path), "--N", "1e9", "--D", "1e11", "--mixture", str(mix)]) == 0
-    )
-    pred = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    pred = cli(["law", "predict", "--law", str(path), "--N", "1e9", "--D", "1e11", "--mixture", str(mix)])
     assert pred["low"] <= pred["loss"] <= pred["high"]
     assert 2.0 < pred["loss"] < float(runs["loss"].min())  # 1B / 100B beats every 410M / 31B run

@@ -27,16 +27,10 @@ def _documents() -> list[str]:
 
 
 @pytest.fixture(scope="module")
-def tiny_lm(tmp_path_factory):
+def tiny_lm(tmp_path_factory, tiny_checkpoint):
     """A small random Llama with a trained BPE: enough to exercise the job's plumbing."""
-    from pipeline.proxy.data import train_tokenizer
-    from pipeline.proxy.model import build_model, llama_config, save_checkpoint
-
     root = tmp_path_factory.mktemp("ai_job")
-    tokenizer_json = train_tokenizer(_documents() * 3, vocab_size=300)
-    vocab = json.loads(tokenizer_json)["model"]["vocab"]
-    model = build_model(llama_config("20k", len(vocab), context=128), seed=0)
-    model_dir = save_checkpoint(model, tokenizer_json, root / "model", "<|endoftext|>", 128)
+    model_dir = tiny_checkpoint(_documents() * 3, root / "model", 128)
     heads = root / "heads.json"
     heads.write_text(json.dumps({"selected": [[0, 1], [1, 2]]}))
     return root, model_dir, heads

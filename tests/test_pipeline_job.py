@@ -40,9 +40,6 @@ BAD_LINES = [
 IN_MEMORY = ["--", "--direct_running_mode=in_memory", "--direct_num_workers=1"]
 
 
-def last_json(capsys) -> dict:
-    return json.loads(capsys.readouterr().out.strip().splitlines()[-1])
-
 
 def read_dir(out: Path, prefix: str) -> pa.Table:
     files = sorted(out.glob(f"{prefix}-*.parquet"))
@@ -181,7 +178,7 @@ def test_scores_selection_and_tokens(setup, first_run):
     assert stats["prose"]["cutoff_fasttext"] > stats["code"]["cutoff_fasttext"]
 
 
-def test_rerun_replaces_output(setup, first_run, capsys):
+def test_rerun_replaces_output(setup, first_run, cli):
     out = first_run["out"]
     (out / "stale.txt").write_text("left over from an earlier run")
     tokenizer_before = (out / "tokenizer.json").read_bytes()
@@ -204,8 +201,7 @@ def test_rerun_replaces_output(setup, first_run, capsys):
         "2",
         *IN_MEMORY,
     ]
-    assert main(args) == 0
-    result = last_json(capsys)
+    result = cli(args)
     assert not (out / "stale.txt").exists()
     assert len(list(out.glob(f"{S.SCORED_PREFIX}-*.parquet"))) == 2
     assert (out / "tokenizer.json").read_bytes() == tokenizer_before  # trained once, reused

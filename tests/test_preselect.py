@@ -135,17 +135,9 @@ TEXTS = [
 
 
 @pytest.fixture(scope="module")
-def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def tiny_model(tmp_path_factory: pytest.TempPathFactory, tiny_checkpoint) -> Path:
     """A random 2-layer proxy Llama with a context of 32 tokens and its own BPE tokenizer."""
-    from pipeline.proxy.data import train_tokenizer
-    from pipeline.proxy.model import build_model, llama_config, save_checkpoint
-
-    tokenizer_json = train_tokenizer(TEXTS * 5, vocab_size=300)
-    from tokenizers import Tokenizer
-
-    eos = Tokenizer.from_str(tokenizer_json).token_to_id("<|endoftext|>")
-    model = build_model(llama_config("20k", vocab_size=300, context=32, eos_id=eos), seed=0)
-    return save_checkpoint(model, tokenizer_json, tmp_path_factory.mktemp("m") / "tiny", "<|endoftext|>", 32)
+    return tiny_checkpoint(TEXTS * 5, tmp_path_factory.mktemp("m") / "tiny", 32)
 
 
 def _reference_bpc(model_dir: Path, texts: list[str]) -> np.ndarray:

@@ -167,7 +167,7 @@ def _heldout(setup: dict) -> tuple[list[str], np.ndarray]:
     return texts, np.array(y)
 
 
-def test_fasttext_on_the_labels_finds_the_target_domain(setup: dict, labelled: dict, capsys) -> None:
+def test_fasttext_on_the_labels_finds_the_target_domain(setup: dict, labelled: dict, cli) -> None:
     """`datamixer fasttext train` reads the labels; its classifier ranks held-out legal documents first,
     better than the same classifier trained on any of 20 random labellings of the pool with the same
     counts (a permutation test, p < 0.05). A random labelling is not at 0.5 every time: legal text is
@@ -176,9 +176,8 @@ def test_fasttext_on_the_labels_finds_the_target_domain(setup: dict, labelled: d
 
     out = labelled["out"]
     model = setup["root"] / "preselect.bin"
-    assert main(["fasttext", "train", "--positive", str(out / "positives.jsonl"),
-                 "--negative", str(out / "negatives.jsonl"), "--out", str(model), *FASTTEXT_ARGS]) == 0
-    trained = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    trained = cli(["fasttext", "train", "--positive", str(out / "positives.jsonl"),
+                 "--negative", str(out / "negatives.jsonl"), "--out", str(model), *FASTTEXT_ARGS])
     k = labelled["result"]["positives"]
     assert trained["positive"] == trained["negative"] == k
 
@@ -198,17 +197,16 @@ def test_fasttext_on_the_labels_finds_the_target_domain(setup: dict, labelled: d
     assert abs(np.mean(random_aucs) - 0.5) < 0.15
 
 
-def test_score_job_uses_the_classifier(setup: dict, labelled: dict, capsys) -> None:
+def test_score_job_uses_the_classifier(setup: dict, labelled: dict, cli) -> None:
     """The third command of docs/preselect.md: `datamixer score` with the PreSelect classifier."""
     model = setup["root"] / "preselect.bin"
     if not model.exists():
         pytest.skip("needs the classifier of the previous test")
     scored = setup["root"] / "scored_heldout"
-    assert main(["score", "--input", str(setup["root"] / "held_out" / "*.jsonl"), "--domain", "heldout",
+    result = cli(["score", "--input", str(setup["root"] / "held_out" / "*.jsonl"), "--domain", "heldout",
                  "--scorer", "fasttext", "--model", str(model), "--keep-top", "0.3",
                  "--tokenizer", str(setup["models"][0] / "tokenizer.json"), "--output", str(scored),
-                 *IN_MEMORY]) == 0
-    result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+                 *IN_MEMORY])
     texts, _ = _heldout(setup)
     assert result["scored"] == len(texts)
     frame = pd.concat([pd.read_parquet(p) for p in scored.glob("scored-*.parquet")])

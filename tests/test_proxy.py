@@ -38,9 +38,6 @@ def data(score_dir: Path):
     return load_proxy_data(score_dir, val_tokens=2048)
 
 
-def last_json(capsys: pytest.CaptureFixture[str]) -> dict:
-    return json.loads(capsys.readouterr().out.strip().splitlines()[-1])
-
 
 @pytest.mark.parametrize("name", list(SIZES))
 def test_named_size_counts_non_embedding_params_exactly(name: str) -> None:
@@ -149,16 +146,16 @@ def test_checkpoint_loads_as_a_hugging_face_causal_lm(data, tmp_path: Path) -> N
     assert manifest["N"] == SIZES["20k"].non_embedding_params() and manifest["rows"] == rows
 
 
-def test_cli_sizes_and_train(score_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(["proxy", "sizes"]) == 0
-    assert last_json(capsys)["sizes"]["100k"] == SIZES["100k"].non_embedding_params()
+def test_cli_sizes_and_train(
+    score_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], cli
+) -> None:
+    assert cli(["proxy", "sizes"])["sizes"]["100k"] == SIZES["100k"].non_embedding_params()
     mixture = tmp_path / "mix.yaml"
     mixture.write_text("weights:\n  code: 0.25\n  docstrings: 0.25\n  reference: 0.5\n")
     args = ["proxy", "train", "--data", str(score_dir), "--mixture", str(mixture), "--tokens", "8k",
             "--size", "20k", "--out", str(tmp_path / "ck"), "--runs", str(tmp_path / "runs.parquet"),
             "--context", "64", "--eval-every", "3k", "--val-tokens", "1024", "--threads", "1"]
-    assert main(args) == 0
-    result = last_json(capsys)
+    result = cli(args)
     assert result["D"] == 8192 and result["rows"] == 2 and result["mixture"] == "mix"
     runs = load_runs(tmp_path / "runs.parquet")
     assert runs["run"].tolist() == ["mix/20k/seed0/6144", "mix/20k/seed0/8192"]  # not in warm-up

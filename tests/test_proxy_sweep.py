@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess
@@ -13,7 +12,6 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from datamixer.cli import main
 from mixer.mixture import write_mixture
 from mixer.runs import load_runs
 from pipeline.proxy.data import load_proxy_data
@@ -79,7 +77,7 @@ def test_proposals_from_a_directory_of_mixture_files(tmp_path: Path) -> None:
 
 
 def test_killed_sweep_restarts_where_it_stopped(score_dir: Path, tmp_path: Path,
-                                                capsys: pytest.CaptureFixture[str]) -> None:
+                                                cli) -> None:
     proposals = tmp_path / "mixtures"
     for i in range(4):
         write_mixture(proposals / f"m{i}.yaml", {"code": (i + 1) / 5, "reference": 1 - (i + 1) / 5})
@@ -99,8 +97,7 @@ def test_killed_sweep_restarts_where_it_stopped(score_dir: Path, tmp_path: Path,
         proc.wait()
     partial = pd.read_parquet(runs)
     assert 0 < partial["mixture"].nunique() < 4  # killed mid-sweep
-    assert main(args) == 0
-    result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    result = cli(args)
     assert result["skipped"] == partial["mixture"].nunique()
     assert result["trained"] == 4 - result["skipped"]
     table = load_runs(runs)

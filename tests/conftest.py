@@ -1,0 +1,58 @@
+"""Fixtures shared by several test files: running the CLI in-process, and a tiny random checkpoint."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import pytest
+
+from datamixer.cli import main
+
+
+@pytest.fixture
+def cli(capsys: pytest.CaptureFixture[str]) -> Callable[[Sequence[str]], dict]:
+    """`cli(args)` runs `datamixer ARGS` in-process, checks it exits 0 and returns its JSON result line."""
+
+    def run(args: Sequence[str]) -> dict:
+        code = main(list(args))
+        captured = capsys.readouterr()
+        assert code == 0, f"datamixer {' '.join(args)} exited {code}: {captured.err[-2000:]}"
+        return json.loads(captured.out.strip().splitlines()[-1])
+
+    return run
+
+
+@pytest.fixture
+def cli_error(capsys: pytest.CaptureFixture[str]) -> Callable[..., str]:
+    """`cli_error(args, code=1)` runs `datamixer ARGS`, checks the exit code and that stderr ends in one
+    `error: ...` line, and returns that line."""
+
+    def run(args: Sequence[str], code: int = 1) -> str:
+        assert main(list(args)) == code
+        err = capsys.readouterr().err.strip().splitlines()[-1]
+        assert err.startswith("error: "), err
+        return err
+
+    return run
+
+
+def make_tiny_checkpoint(texts: Sequence[str], out: Path, context: int, vocab_size: int = 300) -> Path:
+    """A random 20k-size proxy Llama with a BPE trained on `texts`, saved as a Hugging Face directory."""
+    from tokenizers import Tokenizer
+
+    from pipeline.proxy.data import train_tokenizer
+    from pipeline.proxy.model import build_model, llama_config, save_checkpoint
+
+    tokenizer_json = train_tokenizer(list(texts), vocab_size=vocab_size)
+    eos = Tokenizer.from_str(tokenizer_json).token_to_id("<|endoftext|>")
+    vocab = len(json.loads(tokenizer_json)["model"]["vocab"])
+    model = build_model(llama_config("20k", vocab, context=context, eos_id=eos), seed=0)
+    return save_checkpoint(model, tokenizer_json, out, "<|endoftext|>", context)
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint() -> Callable[[Sequence[str], Path, int], Path]:
+    """`tiny_checkpoint(texts, out_dir, context)`: see `make_tiny_checkpoint`."""
+    return make_tiny_checkpoint
