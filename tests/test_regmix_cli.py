@@ -10,23 +10,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from datamixer.cli import main
 from mixer.mixture import read_mixture
 from mixer.sampler import propose_mixtures
 
 TOKENS = {"web": 5e10, "code": 2e10, "books": 1e10, "math": 5e9}
-
-
-def run(args: list[str], capsys) -> dict:
-    assert main(args) == 0, capsys.readouterr().err
-    return json.loads(capsys.readouterr().out.strip().splitlines()[-1])
-
-
-def fail(args: list[str], capsys) -> str:
-    assert main(args) == 1
-    err = capsys.readouterr().err.strip().splitlines()[-1]
-    assert err.startswith("error: ")
-    return err
 
 
 @pytest.fixture(scope="module")
@@ -50,11 +37,11 @@ def runs_dir(tmp_path_factory) -> Path:
     return path
 
 
-def test_propose_from_csv_json_and_domain_stats(tmp_path: Path, capsys) -> None:
+def test_propose_from_csv_json_and_domain_stats(tmp_path: Path, cli) -> None:
     table = pd.DataFrame({"domain": list(TOKENS), "tokens": list(TOKENS.values())})
     table.to_csv(tmp_path / "t.csv", index=False)
-    result = run(["regmix", "propose", "--tokens", str(tmp_path / "t.csv"), "--n", "40",
-                  "--out", str(tmp_path / "a"), "--proxy-tokens", "2e10"], capsys)
+    result = cli(["regmix", "propose", "--tokens", str(tmp_path / "t.csv"), "--n", "40",
+                  "--out", str(tmp_path / "a"), "--proxy-tokens", "2e10"])
     assert result["n"] == 40 and result["domains"] == 4
     proposals = pd.read_parquet(tmp_path / "a" / "proposals.parquet")
     weights = ["h_web", "h_code", "h_books", "h_math"]
@@ -74,54 +61,53 @@ def test_propose_from_csv_json_and_domain_stats(tmp_path: Path, capsys) -> None:
                  ).to_parquet(tmp_path / "domain_stats.parquet")
     (tmp_path / "t.json").write_text(json.dumps(TOKENS))
     for source, out in (("domain_stats.parquet", "b"), ("t.json", "c")):
-        run(["regmix", "propose", "--tokens", str(tmp_path / source), "--n", "40", "--out",
-             str(tmp_path / out), "--proxy-tokens", "2e10"], capsys)
+        cli(["regmix", "propose", "--tokens", str(tmp_path / source), "--n", "40", "--out",
+             str(tmp_path / out), "--proxy-tokens", "2e10"])
         pd.testing.assert_frame_equal(pd.read_parquet(tmp_path / out / "proposals.parquet"), proposals)
     # A 15-epoch cap on `math` at 1e12 proxy tokens: 15 * 5e9 / 1e12 = 0.075.
-    result = run(["regmix", "propose", "--tokens", str(tmp_path / "t.csv"), "--n", "40",
-                  "--out", str(tmp_path / "d"), "--proxy-tokens", "1e12"], capsys)
+    result = cli(["regmix", "propose", "--tokens", str(tmp_path / "t.csv"), "--n", "40",
+                  "--out", str(tmp_path / "d"), "--proxy-tokens", "1e12"])
     assert "math" in result["caps_binding"] and result["max_weight"]["math"] <= 0.075
 
 
-def test_fit_evaluate_predict_optimize(runs_dir: Path, tmp_path: Path, capsys) -> None:
+def test_fit_evaluate_predict_optimize(runs_dir: Path, tmp_path: Path, cli) -> None:
     mix, loss = str(runs_dir / "mixtures.csv"), str(runs_dir / "losses.csv")
     model = str(tmp_path / "model")
-    fitted = run(["regmix", "fit", "--mixtures", mix, "--losses", loss, "--target", "loss_web",
-                  "--target", "loss_code", "--out", model, "--cv-folds", "3", "--model", "lightgbm"], capsys)
+    fitted = cli(["regmix", "fit", "--mixtures", mix, "--losses", loss, "--target", "loss_web",
+                  "--target", "loss_code", "--out", model, "--cv-folds", "3", "--model", "lightgbm"])
     assert fitted["n"] == 96 and set(fitted["cv"]) == {"loss_web", "loss_code"}
     assert fitted["cv"]["loss_web"]["spearman"] > 0.8
     assert (tmp_path / "model" / "cv_report.parquet").exists()
-    evaluated = run(["regmix", "evaluate", "--model", model, "--mixtures", mix, "--losses", loss,
-                     "--target", "loss_web"], capsys)
+    evaluated = cli(["regmix", "evaluate", "--model", model, "--mixtures", mix, "--losses", loss,
+                     "--target", "loss_web"])
     assert {"n", "spearman", "pearson", "mse"} <= set(evaluated)
     assert evaluated["n"] == 96 and -1 <= evaluated["spearman"] <= 1 and evaluated["spearman"] > 0.9
-    predicted = run(["regmix", "predict", "--model", model, "--mixtures", mix, "--out",
-                     str(tmp_path / "pred.csv")], capsys)
+    predicted = cli(["regmix", "predict", "--model", model, "--mixtures", mix, "--out",
+                     str(tmp_path / "pred.csv")])
     assert predicted["n"] == 96 and len(pd.read_csv(tmp_path / "pred.csv")) == 96
     out = tmp_path / "opt" / "mix.yaml"
-    optimized = run(["regmix", "optimize", "--model", model, "--out", str(out), "--draws", "20000",
-                     "--top-k", "20", "--caps", "web=0.5", "--target-weights", "loss_web=1,loss_code=1"],
-                    capsys)
+    optimized = cli(["regmix", "optimize", "--model", model, "--out", str(out), "--draws", "20000",
+                     "--top-k", "20", "--caps", "web=0.5", "--target-weights", "loss_web=1,loss_code=1"])
     weights = read_mixture(out)
     assert weights["web"] <= 0.5 + 1e-9 and sum(weights.values()) == pytest.approx(1.0)
     assert optimized["targets"] == {"loss_web": 0.5, "loss_code": 0.5}
     assert read_mixture(out.with_suffix(".json")) == pytest.approx(weights)
     assert len(pd.read_parquet(out.with_name("mix.topk.parquet"))) == 20
-    single = run(["regmix", "predict", "--model", model, "--mixtures", str(out)], capsys)
+    single = cli(["regmix", "predict", "--model", model, "--mixtures", str(out)])
     combined = (single["prediction"]["loss_web"] + single["prediction"]["loss_code"]) / 2
     assert single["n"] == 1 and combined == pytest.approx(optimized["predicted"], rel=1e-9)
 
 
-def test_fit_on_runs_table_with_run_key(runs_dir: Path, tmp_path: Path, capsys) -> None:
+def test_fit_on_runs_table_with_run_key(runs_dir: Path, tmp_path: Path, cli) -> None:
     runs = str(runs_dir / "runs.parquet")
-    fitted = run(["regmix", "fit", "--mixtures", runs, "--losses", runs, "--target", "loss", "--key", "run",
-                  "--model", "linear", "--out", str(tmp_path / "m"), "--cv-folds", "0"], capsys)
+    fitted = cli(["regmix", "fit", "--mixtures", runs, "--losses", runs, "--target", "loss", "--key", "run",
+                  "--model", "linear", "--out", str(tmp_path / "m"), "--cv-folds", "0"])
     assert fitted["domains"] == 4  # only the h_* columns are weights, not N, D or loss
     manifest = json.loads((tmp_path / "m" / "manifest.json").read_text())
     assert manifest["domains"] == list(TOKENS)
 
 
-def test_bad_rows_and_options_are_one_line_errors(runs_dir: Path, tmp_path: Path, capsys) -> None:
+def test_bad_rows_and_options_are_one_line_errors(runs_dir: Path, tmp_path: Path, cli_error) -> None:
     good = pd.read_csv(runs_dir / "mixtures.csv")
     loss = str(runs_dir / "losses.csv")
     cases = {
@@ -133,19 +119,20 @@ def test_bad_rows_and_options_are_one_line_errors(runs_dir: Path, tmp_path: Path
         bad = good.copy()
         bad.loc[row, column] = value
         bad.to_csv(tmp_path / f"{name}.csv", index=False)
-        err = fail(["regmix", "fit", "--mixtures", str(tmp_path / f"{name}.csv"), "--losses", loss,
-                    "--target", "loss_web", "--out", str(tmp_path / "m")], capsys)
+        err = cli_error(["regmix", "fit", "--mixtures", str(tmp_path / f"{name}.csv"), "--losses", loss,
+                    "--target", "loss_web", "--out", str(tmp_path / "m")])
         assert re.search(pattern, err), err
     mix = str(runs_dir / "mixtures.csv")
-    err = fail(["regmix", "fit", "--mixtures", mix, "--losses", loss, "--target", "nope",
-                "--out", str(tmp_path / "m")], capsys)
+    err = cli_error(["regmix", "fit", "--mixtures", mix, "--losses", loss, "--target", "nope",
+                "--out", str(tmp_path / "m")])
     assert "nope" in err
-    err = fail(["regmix", "fit", "--mixtures", mix, "--losses", loss, "--target", "loss_web",
-                "--model", "forest", "--out", str(tmp_path / "m")], capsys)
+    err = cli_error(["regmix", "fit", "--mixtures", mix, "--losses", loss, "--target", "loss_web",
+                "--model", "forest", "--out", str(tmp_path / "m")])
     assert "forest" in err
-    err = fail(["regmix", "optimize", "--model", str(tmp_path / "missing"),
-                "--out", str(tmp_path / "x.yaml")], capsys)
+    err = cli_error(["regmix", "optimize", "--model", str(tmp_path / "missing"),
+                "--out", str(tmp_path / "x.yaml")])
     assert "manifest.json" in err
-    err = fail(["regmix", "propose", "--tokens", str(tmp_path / "none.csv"), "--out", str(tmp_path / "p")],
-               capsys)
+    err = cli_error(
+        ["regmix", "propose", "--tokens", str(tmp_path / "none.csv"), "--out", str(tmp_path / "p")]
+    )
     assert "none.csv" in err
