@@ -11,6 +11,8 @@ where the same classifier trained on a random labelling of the pool cannot.
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import math
 from pathlib import Path
@@ -167,17 +169,26 @@ def _heldout(setup: dict) -> tuple[list[str], np.ndarray]:
     return texts, np.array(y)
 
 
-def test_fasttext_on_the_labels_finds_the_target_domain(setup: dict, labelled: dict, cli) -> None:
+@pytest.fixture(scope="module")
+def classifier(setup: dict, labelled: dict) -> tuple[Path, dict]:
+    """The second command of docs/preselect.md: `datamixer fasttext train` on the labels; the model's path
+    and the command's JSON result."""
+    out = labelled["out"]
+    model = setup["root"] / "preselect.bin"
+    with contextlib.redirect_stdout(io.StringIO()) as stdout:
+        assert main(["fasttext", "train", "--positive", str(out / "positives.jsonl"),
+                     "--negative", str(out / "negatives.jsonl"), "--out", str(model), *FASTTEXT_ARGS]) == 0
+    return model, json.loads(stdout.getvalue().strip().splitlines()[-1])
+
+
+def test_fasttext_on_the_labels_finds_the_target_domain(setup: dict, labelled: dict, classifier) -> None:
     """`datamixer fasttext train` reads the labels; its classifier ranks held-out legal documents first,
     better than the same classifier trained on any of 20 random labellings of the pool with the same
     counts (a permutation test, p < 0.05). A random labelling is not at 0.5 every time: legal text is
     so distinct that a chance surplus of legal documents on one side is learned in either direction."""
     from scorers.fasttext import FastTextQualityClassifier, FastTextScorer
 
-    out = labelled["out"]
-    model = setup["root"] / "preselect.bin"
-    trained = cli(["fasttext", "train", "--positive", str(out / "positives.jsonl"),
-                 "--negative", str(out / "negatives.jsonl"), "--out", str(model), *FASTTEXT_ARGS])
+    model, trained = classifier
     k = labelled["result"]["positives"]
     assert trained["positive"] == trained["negative"] == k
 
@@ -197,11 +208,9 @@ def test_fasttext_on_the_labels_finds_the_target_domain(setup: dict, labelled: d
     assert abs(np.mean(random_aucs) - 0.5) < 0.15
 
 
-def test_score_job_uses_the_classifier(setup: dict, labelled: dict, cli) -> None:
+def test_score_job_uses_the_classifier(setup: dict, classifier, cli) -> None:
     """The third command of docs/preselect.md: `datamixer score` with the PreSelect classifier."""
-    model = setup["root"] / "preselect.bin"
-    if not model.exists():
-        pytest.skip("needs the classifier of the previous test")
+    model, _ = classifier
     scored = setup["root"] / "scored_heldout"
     result = cli(["score", "--input", str(setup["root"] / "held_out" / "*.jsonl"), "--domain", "heldout",
                  "--scorer", "fasttext", "--model", str(model), "--keep-top", "0.3",
