@@ -263,7 +263,10 @@ def test_optimize_mixture_respects_floor_and_caps(additive: AdditiveLaw) -> None
     assert sum(w.values()) == pytest.approx(1.0)
     assert w["web"] <= 0.3 + 1e-9 and min(w.values()) >= 0.1 - 1e-9
     assert capped.loss >= free.loss - 1e-12  # constraints cannot help
-    assert set(capped.spread) == set(DOMAINS) and all(s["std"] >= 0 for s in capped.spread.values())
+    # every bootstrap re-solve keeps the floor and the cap as well
+    assert set(capped.spread) == set(DOMAINS)
+    assert all(0.1 - 1e-9 <= s["low"] <= s["high"] <= 1 for s in capped.spread.values())
+    assert capped.spread["web"]["high"] <= 0.3 + 1e-9
     grid = np.array(
         [
             [a, b, 1 - a - b]
