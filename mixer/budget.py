@@ -130,6 +130,7 @@ def optimiser_caps(
         raise ValueError("the data-budget caps need both `stats` (tokens per domain) and `tokens`")
     if stats is None:
         return dict(caps) if caps else None
+    assert tokens is not None  # given together with stats (checked above)
     available = dict(stats) if isinstance(stats, Mapping) else read_domain_stats(stats)
     return merge_caps(caps, domain_caps(domains, available, parse_tokens(tokens), max_epochs))
 

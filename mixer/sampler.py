@@ -278,7 +278,7 @@ def propose_mixtures(
         # after that, draws outside the bounds are moved inside so the count is always met.
         rejecting = drawn < SAMPLE_MULTIPLIER * n
         drawn += batch
-        inside = ((draws <= upper + 1e-12) & (draws >= lower - 1e-12)).all(axis=1)
+        inside = np.all((draws <= upper + 1e-12) & (draws >= lower - 1e-12), axis=1)
         rows = draws[inside] if rejecting else box_simplex_projection(draws, lower, upper)
         if min_weight > 0:
             rows = zero_small(rows, lower, upper, min_weight)

@@ -115,7 +115,10 @@ def exponentiated_gradient(
     doubles after each accepted step. Stops when the L1 change falls below `tol` or five
     accepted steps in a row no longer lower f (it is flat to rounding there).
     """
-    k = x0.size if x0 is not None else (lower.size if lower is not None else upper.size)
+    given = [a for a in (x0, lower, upper) if a is not None]
+    if not given:
+        raise ValueError("exponentiated_gradient needs x0, lower or upper to know the dimension")
+    k = np.asarray(given[0]).size
     lower = np.zeros(k) if lower is None else np.asarray(lower, dtype=float)
     upper = np.ones(k) if upper is None else np.asarray(upper, dtype=float)
     check_bounds(lower, upper)

@@ -185,6 +185,7 @@ class _StageFn(beam.DoFn):
 
     def process(self, batch: pa.RecordBatch) -> Iterator[Any]:
         batch = batch.select(self._columns)
+        assert self._writers is not None  # opened in start_bundle
         self._writers.write(batch)
         documents_done(batch.num_rows)
         if self._score_column is not None:
@@ -192,6 +193,7 @@ class _StageFn(beam.DoFn):
                 yield beam.pvalue.TaggedOutput("scores", (domain, scores))
 
     def finish_bundle(self) -> Iterator[Any]:
+        assert self._writers is not None
         for shard, path in self._writers.close():
             yield GlobalWindows.windowed_value((shard, path))
 
@@ -339,11 +341,11 @@ def build_pipeline(
     scored = tokens["docs"] | f"Score[{config.scorer.name}]" >> scoring_transform(config.scorer)
     columns = [*S.scored_schema([config.scorer.name], with_text=config.with_text).names, S.RECORD]
     columns.remove(S.KEEP)
-    keep_top = config.selection.keep_top is not None
+    keep_top = config.selection.keep_top
     staged = scored["scored"] | "Stage" >> StageScored(
-        _join(out_dir, PARTS_DIR), columns, num_shards, config.scorer.column if keep_top else None
+        _join(out_dir, PARTS_DIR), columns, num_shards, config.scorer.column if keep_top is not None else None
     )
-    cutoffs = (staged["scores"] | "Select" >> DomainCutoffs(config.selection.keep_top)) if keep_top else None
+    cutoffs = (staged["scores"] | "Select" >> DomainCutoffs(keep_top)) if keep_top is not None else None
     dead = (
         read["dead_letter"],
         tokens["dead_letter"],

@@ -164,8 +164,8 @@ class LabelCutFn(beam.CombineFn):
     def extract_output(self, acc) -> P.LabelCut:
         if not acc:
             return P.label_cut(np.zeros(0), np.zeros(0), np.zeros(0, np.int64), self.top)
-        columns = [np.concatenate([k[i] for k in acc]) for i in range(3)]
-        return P.label_cut(*columns, self.top)
+        strength, corr, tiebreak = (np.concatenate([k[i] for k in acc]) for i in range(3))
+        return P.label_cut(strength, corr, tiebreak, self.top)
 
 
 def mark_labels(batch: pa.RecordBatch, cut: P.LabelCut) -> pa.RecordBatch:

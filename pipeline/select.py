@@ -96,6 +96,7 @@ def keep_mask(
     scores = np.asarray(table.column(column), dtype=np.float64)
     if threshold is not None:
         return scores >= threshold
+    assert cutoffs is not None  # no cut-offs and no threshold returned above
     domains = table.column(S.DOMAIN)
     if isinstance(domains, pa.ChunkedArray):
         domains = domains.combine_chunks()

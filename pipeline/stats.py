@@ -50,7 +50,7 @@ def stats_table(
         by_domain[domain] = by_domain.get(domain, np.zeros(len(_FIELDS), np.int64)) + vec
     rows = []
     for domain in sorted(by_domain):
-        rec = dict(zip(_FIELDS, (int(v) for v in by_domain[domain]), strict=True))
+        rec: dict[str, Any] = dict(zip(_FIELDS, (int(v) for v in by_domain[domain]), strict=True))
         rec[S.DOMAIN] = domain
         rec[S.DOCS_IN] = rec[S.DOCS_SCORED] + rec[S.DOCS_DEAD_LETTER]
         if selection_scorer is not None:

@@ -12,6 +12,7 @@ import os
 import re
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -120,7 +121,7 @@ class TokenCounter:
 
     def __init__(self, tokenizer_json: str) -> None:
         self.tokenizer_json = tokenizer_json
-        self.tokenizer_ = None
+        self.tokenizer_: Any = None
         self.cached_ = False
         self._cache: dict[str, int] = {}
         self._piece_cache: dict[str, int] = {}

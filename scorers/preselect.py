@@ -184,6 +184,7 @@ def assign_labels(strength: np.ndarray, corr: np.ndarray, tiebreak: np.ndarray,
     labels: list[str | None] = [None] * len(strength)
     if cut.per_label == 0:
         return labels
+    assert cut.hq is not None and cut.lq is not None  # set whenever documents are labelled
     hq = _compare(strength, corr, tiebreak, cut.hq) >= 0
     lq = _compare(strength, corr, tiebreak, cut.lq) <= 0
     for i in np.flatnonzero(hq):
@@ -267,11 +268,13 @@ class ModelBits:
         device = next(self.model_.parameters()).device
         with torch.inference_mode():
             for batch in plan.batches(self.batch_tokens, self.max_batch_size):
-                ids, mask = lm.pad_batch([plan.chunks[i] for i in batch], lm.pad_id(self.tokenizer_), device)
-                nll, n = lm.token_nll_sums(self.model_, lm.hidden_states(self.model_, ids, mask), ids, mask)
-                doc = np.asarray([plan.doc_index[i] for i in batch])
-                np.add.at(sums, doc, nll.double().cpu().numpy())
-                np.add.at(counts, doc, n.cpu().numpy())
+                chunks = [plan.chunks[i] for i in batch]
+                padded, mask = lm.pad_batch(chunks, lm.pad_id(self.tokenizer_), device)
+                hidden = lm.hidden_states(self.model_, padded, mask)
+                nll, n = lm.token_nll_sums(self.model_, hidden, padded, mask)
+                docs = np.asarray([plan.doc_index[i] for i in batch])
+                np.add.at(sums, docs, nll.double().cpu().numpy())
+                np.add.at(counts, docs, n.cpu().numpy())
         return sums, counts
 
     def score_batch(self, texts: Sequence[str]) -> np.ndarray:
