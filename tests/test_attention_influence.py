@@ -17,6 +17,9 @@ import torch
 
 from scorers import attention_influence as ai
 
+# Every test here uses the `tiny` model, trained once per run (about a minute on 2 free cores).
+pytestmark = pytest.mark.slow
+
 TEMPLATE = ["Extract", "the", "value", "corresponding", "to", "specified", "key", "in", "JSON", "object",
             "below", "Key", "Value", '{"', '":', '"', '",', '"}', ":", ".", '."', '.",', '."}']
 N_WORDS = 128

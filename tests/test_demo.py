@@ -19,6 +19,9 @@ from mixer.mixture import read_mixture
 from mixer.runs import load_runs
 from pipeline.layout import RunLayout
 
+# The demo fixture runs the whole method (about 2 minutes on 2 free cores).
+pytestmark = pytest.mark.slow
+
 
 @pytest.fixture(scope="module")
 def demo_run(tmp_path_factory) -> tuple[Path, dict, str]:
