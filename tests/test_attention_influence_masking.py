@@ -9,7 +9,7 @@ from scorers import attention_influence as ai
 from scorers import lm
 
 HEADS = [(0, 1), (1, 0), (1, 2)]
-_REFERENCE: dict = {}
+_REFERENCE: dict = {}  # what the reference attention masks; set through monkeypatch by each test
 
 
 def naive_attention(module, query, key, value, attention_mask, scaling=None, **kwargs):
@@ -64,14 +64,15 @@ def _register_reference():
 
 
 @pytest.mark.parametrize("arch", ["llama", "qwen2", "gpt_neox"])
-def test_uniform_masking_matches_naive_reference(arch):
+def test_uniform_masking_matches_naive_reference(arch, monkeypatch):
     model = _tiny(arch)
     _register_reference()
     ids = torch.randint(0, 50, (3, 9), generator=torch.Generator().manual_seed(1))
     mask = torch.ones_like(ids)
     mask[1, 6:] = 0  # right padding
     mask[2, 3:] = 0
-    _REFERENCE.update(pad=mask.bool(), heads=HEADS)
+    monkeypatch.setitem(_REFERENCE, "pad", mask.bool())
+    monkeypatch.setitem(_REFERENCE, "heads", HEADS)
 
     with torch.no_grad():
         ai.prepare_model(model)
@@ -81,7 +82,7 @@ def test_uniform_masking_matches_naive_reference(arch):
             ours_single = model(input_ids=ids[:1]).logits  # no padding: the cumulative-mean path
         model.set_attn_implementation("naive_uniform_reference")
         reference = model(input_ids=ids, attention_mask=mask).logits
-        _REFERENCE["heads"] = []
+        monkeypatch.setitem(_REFERENCE, "heads", [])
         reference_plain = model(input_ids=ids, attention_mask=mask).logits
 
     real = mask.bool()
