@@ -156,7 +156,7 @@ def regmix_mixture(
     from mixer.regmix import RegMixModel, optimize_regmix
 
     domains = RegMixModel.load(model).domains
-    options = {"n_draws": draws, "top_k": top_k, "concentration": concentration}
+    options: dict[str, Any] = {"n_draws": draws, "top_k": top_k, "concentration": concentration}
     result = optimize_regmix(
         model,
         out=out,
@@ -197,7 +197,7 @@ def law_mixture(
 
     fitted = load_law(law)
     planned = _budget.parse_tokens(D)
-    budget_tokens = None if stats is None else (planned if tokens is None else tokens)
+    budget_tokens: int | str | None = None if stats is None else (planned if tokens is None else tokens)
     bounds = _budget.optimiser_caps(list(fitted.domains_), caps, stats, budget_tokens, max_epochs)
     optimum = optimize_mixture(
         fitted, float(N), float(planned), floor=floor, caps=bounds, targets=targets, weights=weights
@@ -212,7 +212,7 @@ def law_mixture(
             "predicted_loss": optimum.loss,
             "spread": optimum.spread, "warnings": optimum.warnings,
         }
-        if stats is not None:
+        if budget_tokens is not None:  # set exactly when stats is
             provenance["budget"] = {"tokens": _budget.parse_tokens(budget_tokens), "max_epochs": max_epochs}
         write_mixture(out, mixture, provenance)
     if not summary:

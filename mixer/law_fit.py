@@ -148,7 +148,7 @@ class MultiStartResult:
     converged: bool
     message: str
 
-    def diagnostics(self, rtol: float = 1e-6) -> dict[str, float | int | list[float]]:
+    def diagnostics(self, rtol: float = 1e-6) -> dict[str, Any]:
         """JSON-ready summary: objective, how many searches reached it, spread of the others."""
         best = self.objective
         at_best = np.abs(self.objectives - best) <= rtol * max(abs(best), 1e-300)

@@ -157,10 +157,10 @@ def fit_and_optimize_regmix(
     weights = table[[RUN, *[c for c in table.columns if c.startswith(WEIGHT_PREFIX)]]]
     X = weights.drop(columns=RUN).to_numpy(dtype=float)
     y = table[LOSS].to_numpy(dtype=float)
-    candidates = {}
+    candidates: dict[str, tuple[np.ndarray, dict[str, Any]]] = {}
     for name in config.regressors:  # model selection by out-of-fold Spearman, then MSE
         oof, _ = out_of_fold(make_estimator(name, seed=config.seed), X, y, seed=config.seed)
-        metrics = regression_metrics(y, oof, seed=config.seed)
+        metrics: dict[str, Any] = regression_metrics(y, oof, seed=config.seed)
         candidates[name] = (oof, {k: v for k, v in metrics.items() if isinstance(v, (int, float))})
     chosen = max(candidates, key=lambda m: (candidates[m][1]["spearman"], -candidates[m][1]["mse"]))
     log(f"RegMix: {len(table)} runs at size {config.sizes[-1]}; out-of-fold Spearman "

@@ -80,6 +80,7 @@ class _ScoreBatchFn(beam.DoFn):
         self._scorer.setup()
 
     def process(self, batch: pa.RecordBatch) -> Iterator[pa.RecordBatch]:
+        assert self._scorer is not None  # built in setup
         texts = batch.column(S.TEXT)
         if not getattr(self._scorer, "accepts_arrow", False):
             texts = texts.to_pylist()

@@ -448,6 +448,8 @@ class AttentionInfluenceScorer:
     def setup(self) -> AttentionInfluenceScorer:
         """Load the model and tokenizer (once)."""
         if self.model_ is None:
+            if self.model_dir is None:
+                raise ValueError("AttentionInfluenceScorer.setup() needs model_dir (or use from_model)")
             register_attention()
             self.model_, self.tokenizer_ = lm.load_causal_lm(
                 self.model_dir, self.device, self.dtype, attn_implementation=ATTN_IMPLEMENTATION)

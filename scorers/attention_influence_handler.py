@@ -56,7 +56,9 @@ class AttentionInfluenceModelHandler(ModelHandler[Any, Any, AttentionInfluenceSc
         super().__init__(min_batch_size=1, max_batch_size=max_batch_tokens,
                          element_size_fn=self.approximate_tokens, large_model=large_model)
         self.model_dir = str(model_dir)
-        self.heads = heads if isinstance(heads, (str, os.PathLike)) else [tuple(h) for h in heads]
+        self.heads: str | os.PathLike[str] | list[Head] = (
+            heads if isinstance(heads, (str, os.PathLike)) else [(int(h[0]), int(h[1])) for h in heads]
+        )
         self.device = device
         self.dtype = dtype
         self.max_tokens = max_tokens

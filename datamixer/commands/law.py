@@ -67,7 +67,7 @@ def _params_table(law: Any) -> Any:
 
 
 def _flatten(params: dict[str, Any]) -> list[tuple[str, float]]:
-    out = []
+    out: list[tuple[str, float]] = []
     for name, value in params.items():
         if isinstance(value, dict):
             out.extend((f"{name}[{k}]", float(v)) for k, v in value.items())
@@ -312,7 +312,7 @@ def _read_caps(caps: str | None) -> dict[str, float] | None:
             data = data["caps"]
         if not isinstance(data, dict):
             raise ValueError(f"{path}: expected a mapping domain -> cap")
-        items = data.items()
+        items: list[tuple[Any, Any]] = list(data.items())
     else:
         items = []
         for part in caps.split(","):
