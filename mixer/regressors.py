@@ -457,7 +457,7 @@ class GaussianProcessMixtureRegressor(_MixtureRegressor):
         return est
 
 
-ESTIMATORS: dict[str, type] = {
+ESTIMATORS: dict[str, Any] = {
     "lightgbm": LightGBMRegressor,
     "law-blend": LawBlendRegressor,
     "linear": RidgeRegressor,
