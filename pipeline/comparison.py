@@ -37,7 +37,7 @@ def seed_noise(losses: pd.DataFrame) -> float:
 
 
 def gain(
-    predictions: pd.DataFrame, losses: pd.DataFrame, noise: float, baseline: str, chosen: str = CHOSEN
+    predictions: pd.DataFrame, losses: pd.DataFrame, noise: float | None, baseline: str, chosen: str = CHOSEN
 ) -> dict[str, Any]:
     """Loss of `baseline` minus loss of `chosen` (positive: the chosen mixture is better), predicted
     and measured, with the standard error of the measured gain from the seed noise and a verdict."""
@@ -127,7 +127,8 @@ def cap_warnings(
     mixture: Mapping[str, float], caps: Mapping[str, float] | None, name: str = CHOSEN
 ) -> list[str]:
     """Domains whose weight sits at its data-budget cap (the optimiser wanted more of them)."""
-    capped = sorted(d for d, c in (caps or {}).items() if c < 1 and mixture.get(d, 0.0) >= c - CAP_TOLERANCE)
+    caps = caps or {}
+    capped = sorted(d for d, c in caps.items() if c < 1 and mixture.get(d, 0.0) >= c - CAP_TOLERANCE)
     return [
         f"data budget: {name} has {d} at its cap {caps[d]:.3f} (more would repeat it past the epoch limit)"
         for d in capped
@@ -150,8 +151,8 @@ def compare(
 ) -> dict[str, Any]:
     """Predicted vs measured per mixture (mean and per-seed) and the gain over each baseline."""
     losses = measured_by_seed(final) if final is not None and not final.empty else pd.DataFrame()
-    noise = seed_noise(losses) if not losses.empty else float("nan")
-    noise = noise if math.isfinite(noise) else None
+    spread = seed_noise(losses) if not losses.empty else float("nan")
+    noise = spread if math.isfinite(spread) else None
     rows = []
     for row in predictions.to_dict("records"):
         seeds = losses.loc[row["mixture"]].dropna() if row["mixture"] in losses.index else pd.Series()

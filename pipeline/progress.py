@@ -28,7 +28,11 @@ class Tracker(Protocol):
 @contextlib.contextmanager
 def silent(description: str, total: int | None = None, unit: str = "") -> Iterator[Advance]:
     """A tracker that shows nothing."""
-    yield lambda n=1: None
+
+    def advance(n: int = 1) -> None:
+        return None
+
+    yield advance
 
 
 _listeners: list[Advance] = []

@@ -10,6 +10,7 @@ sections. `sources` reads, `sections` and `headline` draw, `page` renders, `styl
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from mixer.files import atomic_path, write_parquet
 from pipeline.report.page import REPORT_DIR, REPORT_HTML, Headline, Report, Section, render_html
@@ -54,7 +55,7 @@ def output_paths(source: str | Path) -> tuple[Path, Path]:
     return source / REPORT_HTML, source / REPORT_DIR
 
 
-def write_report(source: str | Path, title: str = "datamixer report") -> dict[str, object]:
+def write_report(source: str | Path, title: str = "datamixer report") -> dict[str, Any]:
     """Write the HTML page and, beside it, each plot's PNG and the full Parquet table behind it."""
     report = collect(source)
     if not report.sections and report.headline is None:
