@@ -198,7 +198,7 @@ def remove_stale_temps(target: str | os.PathLike[str]) -> list[Path]:
 
     Call it while holding the target's lock."""
     target = Path(target)
-    removed = []
+    removed: list[Path] = []
     if not target.parent.is_dir():
         return removed
     prefix = temp_prefix(target)

@@ -402,12 +402,12 @@ def prepare_tokenizer(
     Order: --tokenizer; else the previous run's `<output>/tokenizer.json` when it was trained with the
     same options (TOKENIZER_OPTIONS_FILE), so counts stay comparable across re-runs; else a byte-level
     BPE trained on the valid documents of the input sample (bad records are dead-lettered by the job)."""
-    options = json.dumps(_tokenizer_options(config), indent=2, sort_keys=True) + "\n"
+    options: str | None = json.dumps(_tokenizer_options(config), indent=2, sort_keys=True) + "\n"
     previous = _read_text(_join(previous_output, TOKENIZER_OPTIONS_FILE)) if previous_output else None
     if config.tokenizer:
         text = read_tokenizer_json(config.tokenizer)
         options = None
-    elif previous == options:
+    elif previous_output and previous == options:
         text = read_tokenizer_json(_join(previous_output, TOKENIZER_FILE))
     else:
         sample = sample_texts(files, config.read, config.tokenizer_sample_chars)

@@ -266,11 +266,12 @@ class _Decompressed(io.RawIOBase):
 
         self._raw = raw
         self.broken: str | None = None
-        self._zstd = None
+        self._zstd: Any = None
         if suffix == ".zst":
             import zstandard
 
-            self._zstd, self._frame, self._started = zstandard, None, False
+            self._zstd, self._started = zstandard, False
+            self._frame: Any = None
             self._stream = None
         else:
             opener = {".gz": gzip.GzipFile, ".bz2": bz2.BZ2File, ".xz": lzma.LZMAFile}[suffix]

@@ -151,10 +151,13 @@ def propose(
     if frozen is not None:
         if existing is not None or must:
             raise ValueError("--reuse does not combine with --existing or --nonzero yet")
+        if counts is None:
+            raise ValueError("--reuse needs --tokens (the token counts of every domain)")
         frame = _propose_reused(frozen, counts, n, cap_map, floor_map, seed, settings)
-        frame, summary = pd.concat([frame, epochs_table(frame, counts, proxy_tokens)], axis=1), {}
+        summary: dict[str, Any] = {}
+        frame = pd.concat([frame, epochs_table(frame, counts, proxy_tokens)], axis=1)
     else:
-        floor_option = {"floors": floor_map} if floor_map else {}
+        floor_option: dict[str, Any] = {"floors": floor_map} if floor_map else {}
         frame, summary = propose_swarm(n, counts, domain_tree, existing, min_distance, uncertain, must,
                                        seed=seed, caps=cap_map, **floor_option, **settings)
     named = {"tokens": tokens, "tree": tree, "existing": existing}
@@ -167,6 +170,7 @@ def propose(
     if domain_tree is not None:
         write_yaml(out / "tree.yaml", domain_tree.to_dict(domain_tree.leaf_tokens(counts)))
     leaf_counts = domain_tree.leaf_tokens(counts) if domain_tree is not None else counts
+    assert leaf_counts is not None  # --tokens or --tree, checked above
     effective_caps = {**domain_caps(leaf_counts, proxy_tokens, max_epochs), **cap_map}
     weight_columns = [c for c in frame.columns if str(c).startswith("h_")]
     emit({"n": len(frame), "domains": len(weight_columns), "out": str(out),
