@@ -6,23 +6,14 @@ Dataflow; a batch that fails to score goes to the dead-letter output, one row pe
 
 from __future__ import annotations
 
-from typing import Any
-
 import apache_beam as beam
 
 from pipeline import schema as S
-from pipeline.registry import ScorerConfig, batch_failure_rows
+from pipeline.scoring import ScorerConfig, failed_batch_rows
 
 STAGE = "score_attention_influence"
 HANDLER_OPTIONS = {"device": str, "dtype": str, "max_tokens": int, "batch_tokens": int,
                    "max_batch_tokens": int}
-
-
-def _failed_rows(failure: tuple[Any, Any]) -> list[dict[str, Any]]:
-    batch, exc = failure
-    elements = batch if isinstance(batch, (list, tuple)) else [batch]
-    error = f"{STAGE} failed: {type(exc).__name__}: {exc}"
-    return [row for element in elements for row in batch_failure_rows(element, STAGE, error)]
 
 
 class ScoreWithAttentionInfluence(beam.PTransform):
@@ -31,7 +22,7 @@ class ScoreWithAttentionInfluence(beam.PTransform):
     def __init__(self, config: ScorerConfig) -> None:
         super().__init__()
         if not config.model:
-            raise ValueError("the attention-influence scorer needs --model DIR (a local HF causal LM)")
+            raise ValueError("the attention-influence scorer needs --model DIR|FILE.gguf (a local causal LM)")
         heads = config.options.get("heads")
         if not heads:
             raise ValueError("the attention-influence scorer needs --heads HEADS.json "
@@ -53,6 +44,6 @@ class ScoreWithAttentionInfluence(beam.PTransform):
                                                  score_field=S.score_column("attention-influence"),
                                                  **self._kwargs)
         scored, errors = batches | "RunInference" >> RunInference(handler).with_exception_handling()
-        dead = errors.failed_inferences | "FailedDocs" >> beam.FlatMap(_failed_rows)
+        dead = errors.failed_inferences | "FailedDocs" >> beam.FlatMap(failed_batch_rows, STAGE)
         return {"scored": scored, "dead_letter": dead}
 

@@ -35,7 +35,8 @@ from pipeline.read import (
     read_file,
     sample_texts,
 )
-from pipeline.registry import ScorerConfig, failed_batch_rows, scoring_transform
+from pipeline.registry import scoring_transform
+from pipeline.scoring import ScorerConfig, failed_batch_rows
 from pipeline.select import DomainCutoffs, Selection, domain_scores, mark_keep
 from pipeline.shards import (
     DEFAULT_NUM_SHARDS,

@@ -33,8 +33,8 @@ import pyarrow.parquet as pq
 from pipeline import schema as S
 from pipeline.job import ReadDocuments
 from pipeline.read import ReadOptions, expand_inputs
-from pipeline.registry import batch_failure_rows
 from pipeline.schema import BPC_PREFIX, CORRELATION, LABEL, STRENGTH, STRENGTHS_FILE, TIEBREAK
+from pipeline.scoring import batch_failure_rows, failed_batch_rows
 from scorers import preselect as P
 
 # Files of this job; its columns are named in pipeline/schema.py.
@@ -91,13 +91,6 @@ def strengths_schema(bpc_columns: Sequence[str]) -> pa.Schema:
 # --- steps ---------------------------------------------------------------------------------------
 
 
-def _failed_inference_rows(failure: tuple[Any, tuple[Any, str, Any]], stage: str) -> list[dict[str, Any]]:
-    """Dead-letter rows for every document of a RunInference batch that raised."""
-    batches, (_type, exc_repr, _trace) = failure
-    batches = batches if isinstance(batches, (list, tuple)) else [batches]
-    return [row for b in batches for row in batch_failure_rows(b, stage, f"{stage} failed: {exc_repr}")]
-
-
 class BitsPerChar(beam.PTransform):
     """Record batches -> the same with `column` (one model's bits per character), plus dead letters."""
 
@@ -110,7 +103,7 @@ class BitsPerChar(beam.PTransform):
         from apache_beam.ml.inference.base import RunInference
 
         main, other = batches | "RunInference" >> RunInference(self._handler).with_exception_handling()
-        dead = other.failed_inferences | "FailedDocs" >> beam.FlatMap(_failed_inference_rows, self._stage)
+        dead = other.failed_inferences | "FailedDocs" >> beam.FlatMap(failed_batch_rows, self._stage)
         return {"docs": main, "dead_letter": dead}
 
 

@@ -1,12 +1,14 @@
 """Local Hugging Face causal LMs: loading, chunking, length-bucketed batching, per-document token loss.
 
 Shared by the AttentionInfluence scorer and any scorer that needs a model's loss on a document
-(e.g. PreSelect). Nothing here downloads: models and tokenizers load from local directories only.
+(e.g. PreSelect). Nothing here downloads: models and tokenizers load from local directories or `.gguf`
+files only.
 """
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -44,18 +46,74 @@ def pick_dtype(device: torch.device, dtype: str | torch.dtype | None = None) -> 
     return names[dtype]
 
 
+def gguf_cache_root() -> Path:
+    """Where GGUF files are converted to model directories: `$DATAMIXER_CACHE/gguf`, else ~/.cache."""
+    root = os.environ.get("DATAMIXER_CACHE") or Path.home() / ".cache" / "datamixer"
+    return Path(root) / "gguf"
+
+
+def _file_digest(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 22), b""):
+            digest.update(block)
+    return digest.hexdigest()[:16]
+
+
+def gguf_model_dir(
+    gguf_file: str | os.PathLike[str], cache_root: str | os.PathLike[str] | None = None
+) -> Path:
+    """A Hugging Face directory converted from a `.gguf` file once (dequantized to float32), then reused.
+
+    The directory is `<cache_root>/<name>-<sha256 prefix>` (default root `gguf_cache_root()`), written
+    atomically; transformers reads the GGUF (needs the `gguf` package) and its tokenizer.
+    """
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from mixer.files import atomic_path
+
+    path = Path(gguf_file)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such GGUF file")
+    target = Path(cache_root or gguf_cache_root()) / f"{path.stem}-{_file_digest(path)}"
+    if (target / "config.json").exists():
+        return target
+    tokenizer = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name, local_files_only=True)
+    model = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, local_files_only=True,
+                                                 dtype=torch.float32)
+    model.hf_quantizer = None  # dequantized weights: plain float32 tensors, serializable as such
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    with atomic_path(target) as tmp:
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+    return target
+
+
+def model_directory(model: str | os.PathLike[str]) -> Path:
+    """A local HF model directory for `model`: the directory itself, or one converted from a `.gguf`."""
+    path = Path(model)
+    if path.suffix.lower() == ".gguf":
+        return gguf_model_dir(path)
+    if not (path / "config.json").exists():
+        raise FileNotFoundError(f"{path}: not a Hugging Face model directory (no config.json) "
+                                "nor a .gguf file")
+    return path
+
+
 def load_causal_lm(
     model_dir: str | os.PathLike[str],
     device: str | torch.device | None = None,
     dtype: str | torch.dtype | None = None,
     attn_implementation: str | None = None,
 ) -> tuple[Any, Any]:
-    """Load a causal LM and its own tokenizer from a local directory, in eval mode on `device`."""
+    """Load a causal LM and its own tokenizer from a local directory or `.gguf` file, in eval mode.
+
+    A `.gguf` file is converted to a directory once (`gguf_model_dir`) and read from there after.
+    """
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    path = Path(model_dir)
-    if not (path / "config.json").exists():
-        raise FileNotFoundError(f"{path}: not a Hugging Face model directory (no config.json)")
+    path = model_directory(model_dir)
     dev = pick_device(device)
     tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
     kwargs: dict[str, Any] = {"local_files_only": True, "dtype": pick_dtype(dev, dtype)}

@@ -8,12 +8,12 @@ from typing import Annotated
 
 import typer
 
-from datamixer.commands._common import emit, info, progress, stage_progress
+from datamixer.commands._common import emit, info, progress
 
 group = typer.Typer(help="AttentionInfluence: find a model's retrieval heads; score docs by masking them.",
                     no_args_is_help=True)
 
-ModelOpt = Annotated[Path, typer.Option("--model", help="Local HF causal LM directory.")]
+ModelOpt = Annotated[Path, typer.Option("--model", help="Local HF causal LM directory or .gguf file.")]
 DeviceOpt = Annotated[str | None, typer.Option("--device", help="cpu, cuda, cuda:1 (default: cuda if any).")]
 DtypeOpt = Annotated[str, typer.Option("--dtype", help="auto (bf16 on CUDA, else fp32), float32, bfloat16.")]
 BatchTokensOpt = Annotated[int, typer.Option("--batch-tokens", help="Padded tokens per forward pass.")]
@@ -24,11 +24,16 @@ def heads(
     out: Annotated[Path, typer.Option("--out", help="HEADS.json to write.")],
     corpus: Annotated[str | None, typer.Option(
         "--corpus", help="JSONL glob; `text` gives probe values (default: stdlib docstrings).")] = None,
-    probes: Annotated[int, typer.Option("--probes", help="Number of synthetic retrieval probes.")] = 800,
+    probes: Annotated[int | None, typer.Option(
+        "--probes", help="Number of retrieval probes (default: 64 on CPU, 800 on GPU).")] = None,
     max_tokens: Annotated[int | None, typer.Option(
-        "--max-tokens", help="Tokens per probe (default: min(model context, 2048)).")] = None,
+        "--max-tokens", help="Tokens per probe, capped at the model's context (default: 512 on CPU, "
+        "4096 on GPU).")] = None,
     top_fraction: Annotated[float, typer.Option("--top-fraction", help="Fraction of heads kept.")] = 0.05,
     seed: Annotated[int, typer.Option("--seed", help="Seed for keys, values and their order.")] = 0,
+    exact_copy: Annotated[bool, typer.Option(
+        "--exact-copy", help="Count a copy only on identical token ids (default: normalised token text).")]
+    = False,
     device: DeviceOpt = None,
     dtype: DtypeOpt = "auto",
     batch_tokens: BatchTokensOpt = 16384,
@@ -39,26 +44,24 @@ def heads(
     from scorers import lm
 
     start = time.perf_counter()
-    if probes < 1:
-        raise ValueError(f"--probes must be at least 1, got {probes}")
     loaded, tokenizer = lm.load_causal_lm(model, device, dtype, attn_implementation=ai.register_attention())
+    default_probes, default_tokens = ai.probe_defaults(next(loaded.parameters()).device.type)
     sentences = ai.corpus_sentences(corpus) if corpus else ai.stdlib_sentences()
     source = corpus or "python-stdlib-docstrings"
-    limit = lm.context_length(loaded, max_tokens if max_tokens is not None else ai.DEFAULT_PROBE_TOKENS)
-    info(f"building {probes} probes of up to {limit} tokens from {len(sentences)} sentences ({source})")
-    built = ai.build_probes(tokenizer, sentences, n_probes=probes, max_tokens=limit, seed=seed)
-    with stage_progress("heads detection", total=len(built), unit="probes") as advance:
-        scores = ai.retrieval_head_scores(loaded, built, lm.pad_id(tokenizer), batch_tokens=batch_tokens,
-                                          on_batch=advance)
-    selected = ai.select_heads(scores, top_fraction)
-    provenance = {"model": str(model), "corpus": source, "probes": probes, "max_tokens": limit,
-                  "top_fraction": top_fraction, "seed": seed,
-                  "mean_probe_tokens": float(sum(len(p.input_ids) for p in built) / len(built))}
-    write_json(out, ai.heads_document(scores, selected, provenance))
-    info(f"selected {len(selected)} of {scores.size} heads: {selected}")
-    emit({"out": str(out), "selected": selected, "n_heads": int(scores.size),
-          "top_scores": sorted((float(s) for s in scores.ravel()), reverse=True)[: len(selected)],
-          "probes": probes, "seconds": round(time.perf_counter() - start, 2)})
+    n_probes = probes if probes is not None else default_probes
+    info(f"{n_probes} probes of up to {max_tokens or default_tokens} tokens from {len(sentences)} sentences "
+         f"({source})")
+    found = ai.detect_heads(loaded, tokenizer, sentences, n_probes, max_tokens or default_tokens,
+                            top_fraction, seed, normalise=not exact_copy, batch_tokens=batch_tokens)
+    found.provenance.update(model=str(model), corpus=source)
+    write_json(out, found.document())
+    info(f"selected {len(found.selected)} of {found.scores.size} heads: {found.selected} "
+         f"({found.provenance['probes_per_s']} probes/s)")
+    emit({"out": str(out), "selected": found.selected, "n_heads": int(found.scores.size),
+          "top_scores": sorted((float(s) for s in found.scores.ravel()), reverse=True)[: len(found.selected)],
+          "probes": n_probes, "max_tokens": found.provenance["max_tokens"],
+          "copy_ceiling": found.provenance["copy_ceiling"], "probes_per_s": found.provenance["probes_per_s"],
+          "seconds": round(time.perf_counter() - start, 2)})
 
 
 def _read_jsonl(pattern: str, text_field: str) -> tuple[list[dict], list[str]]:
