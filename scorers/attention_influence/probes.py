@@ -3,7 +3,8 @@
 Each probe is a 3-shot JSON key-value prompt (Hua et al. 2025): random 32-character keys, sentence values,
 three worked `Key: ... Value: ...` examples and one asked-for key, teacher-forced on the gold value. Each
 token also gets a copy key: tokens whose text is the same once a leading space and quotes are stripped
-share a key, so that `"The` inside the JSON and ` The` in the answer count as the same token.
+share a key, so that `The` after a quote inside the JSON and ` The` in the answer, or `.",` and `.`,
+count as the same token.
 """
 
 from __future__ import annotations
@@ -97,8 +98,8 @@ class Probe:
 
 
 class CopyKeys:
-    """Token id -> copy key: ids whose decoded text matches after stripping whitespace and quotes share
-    one key (the smallest such id); a token that is only spaces or quotes keeps its own id."""
+    """Token id -> copy key: ids whose decoded text matches after `normalise_token` share one key (the
+    first such id seen); a token that is only spaces, quotes or commas keeps its own id."""
 
     def __init__(self, tokenizer: Any) -> None:
         self.tokenizer = tokenizer
@@ -114,8 +115,8 @@ class CopyKeys:
 
 
 def normalise_token(text: str) -> str:
-    """A token's text without surrounding whitespace and quote characters."""
-    return text.strip().strip("\"'`").strip()
+    """A token's text without surrounding whitespace, quotes and commas (the JSON around a value)."""
+    return text.strip().strip("\"'`,").strip()
 
 
 def copy_ceiling(probes: Sequence[Probe]) -> float:
