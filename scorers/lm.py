@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import importlib.util
 import os
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -75,6 +76,8 @@ def gguf_model_dir(
     path = Path(gguf_file)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such GGUF file")
+    if importlib.util.find_spec("gguf") is None:
+        raise ImportError(f"{path}: reading a .gguf file needs the gguf package (pip install 'datamixer[gguf]')")
     target = Path(cache_root or gguf_cache_root()) / f"{path.stem}-{_file_digest(path)}"
     if (target / "config.json").exists():
         return target
