@@ -77,7 +77,7 @@ def gguf_model_dir(
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such GGUF file")
     if importlib.util.find_spec("gguf") is None:
-        raise ImportError(f"{path}: reading a .gguf file needs the gguf package (pip install 'datamixer[gguf]')")
+        raise ImportError(f"{path}: reading .gguf needs the gguf package (pip install 'datamixer[gguf]')")
     target = Path(cache_root or gguf_cache_root()) / f"{path.stem}-{_file_digest(path)}"
     if (target / "config.json").exists():
         return target
