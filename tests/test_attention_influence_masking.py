@@ -25,6 +25,8 @@ def naive_attention(module, query, key, value, attention_mask, scaling=None, **k
             k, v = key[b, h // n_rep].double(), value[b, h // n_rep].double()
             for i in range(length):
                 visible = [j for j in range(i + 1) if pad[b, j]]
+                if not visible:  # a left-padding query: its output is never used
+                    continue
                 if h in masked:
                     weights = torch.full((len(visible),), 1.0 / len(visible), dtype=torch.float64)
                 else:
@@ -64,18 +66,26 @@ def _register_reference():
 
 
 @pytest.mark.parametrize("arch", ["llama", "qwen2", "gpt_neox"])
-def test_uniform_masking_matches_naive_reference(arch, monkeypatch):
+@pytest.mark.parametrize("eager", [False, True], ids=["sdpa", "eager"])
+@pytest.mark.parametrize("side", ["right", "left"])
+def test_uniform_masking_matches_naive_reference(arch, eager, side, monkeypatch):
     model = _tiny(arch)
     _register_reference()
     ids = torch.randint(0, 50, (3, 9), generator=torch.Generator().manual_seed(1))
     mask = torch.ones_like(ids)
-    mask[1, 6:] = 0  # right padding
-    mask[2, 3:] = 0
+    if side == "right":
+        mask[1, 6:] = 0
+        mask[2, 3:] = 0
+    else:
+        mask[1, :3] = 0
+        mask[2, :6] = 0
     monkeypatch.setitem(_REFERENCE, "pad", mask.bool())
     monkeypatch.setitem(_REFERENCE, "heads", HEADS)
 
     with torch.no_grad():
-        ai.prepare_model(model)
+        ai.prepare_model(model, eager=eager)
+        expected = ai.EAGER_IMPLEMENTATION if eager else ai.ATTN_IMPLEMENTATION
+        assert model.config._attn_implementation == expected
         plain = model(input_ids=ids, attention_mask=mask).logits
         with ai.uniform_heads(model, HEADS):
             ours = model(input_ids=ids, attention_mask=mask).logits
@@ -92,14 +102,37 @@ def test_uniform_masking_matches_naive_reference(arch, monkeypatch):
     assert (ours[real] - plain[real]).abs().max() > 1e-3  # masking changes the output
 
 
-def test_uniform_prefix_average_with_and_without_mask():
-    value = torch.randn(2, 3, 5, 4)
-    cumulative = ai.uniform_prefix_average(value, None)
-    causal = torch.tril(torch.ones(5, 5, dtype=torch.bool))[None, None]
-    assert torch.allclose(cumulative, ai.uniform_prefix_average(value, causal), atol=1e-6)
-    additive = torch.zeros(1, 1, 5, 5).masked_fill(~causal, torch.finfo(torch.float32).min)
-    assert torch.allclose(cumulative, ai.uniform_prefix_average(value, additive), atol=1e-6)
-    assert torch.allclose(cumulative[:, :, 2], value[:, :, :3].mean(dim=2), atol=1e-6)
+def test_uniform_average_accumulates_in_float32_for_bfloat16_values():
+    value = (torch.randn(1, 2, 4096, 8, generator=torch.Generator().manual_seed(0)) + 3).to(torch.bfloat16)
+    exact = value.double().cumsum(dim=2) / torch.arange(1, 4097, dtype=torch.float64)[:, None]
+    ours = ai.uniform_prefix_average(value, None)
+    assert ours.dtype == torch.float32
+    assert (ours.double() - exact).abs().max() < 1e-4
+    in_bf16 = value.cumsum(dim=2) / torch.arange(1, 4097, dtype=torch.bfloat16)[:, None]
+    assert (in_bf16.double() - exact).abs().max() > 1e-2  # what float32 accumulation avoids
+
+
+@pytest.mark.parametrize("eager", [False, True], ids=["sdpa", "eager"])
+def test_bfloat16_masking_adds_no_error_beyond_bfloat16_itself(eager):
+    model = _tiny("llama")
+    ids = torch.randint(0, 50, (2, 40), generator=torch.Generator().manual_seed(2))
+    mask = torch.ones_like(ids)
+    mask[1, 30:] = 0
+    plain, masked = [], []
+    with torch.no_grad():
+        for dtype in (torch.float32, torch.bfloat16):
+            model.to(dtype)
+            ai.prepare_model(model, eager=eager)
+            plain.append(model(input_ids=ids, attention_mask=mask).logits.float())
+            with ai.uniform_heads(model, HEADS, right_padded=True):
+                masked.append(model(input_ids=ids, attention_mask=mask).logits.float())
+    real = mask.bool()
+
+    def error(pair):
+        return float((pair[1][real] - pair[0][real]).norm() / pair[0][real].norm())
+
+    assert error(masked) < 1.5 * error(plain) + 1e-3, (error(masked), error(plain))
+    assert (masked[1][real] - plain[1][real]).abs().max() > 1e-2  # the bf16 pass is masked too
 
 
 @pytest.mark.parametrize("arch", ["llama", "gpt_neox"])
