@@ -23,9 +23,9 @@ N_SELECTED = 14  # 5% of SmolLM2's 30 x 9 heads
 
 @pytest.fixture(scope="module")
 def smol(smollm2_dir):
-    """(model in float32 with SDPA, tokenizer, heads detected on 16 probes of 256 tokens)."""
+    """(model in float32 with SDPA, tokenizer, heads detected on 8 probes of 512 tokens)."""
     model, tokenizer = lm.load_causal_lm(smollm2_dir, "cpu", "float32", ai.register_attention())
-    found = ai.detect_heads(model, tokenizer, ai.stdlib_sentences(), n_probes=16, max_tokens=256)
+    found = ai.detect_heads(model, tokenizer, ai.stdlib_sentences(), n_probes=8, max_tokens=512)
     return model, tokenizer, found
 
 

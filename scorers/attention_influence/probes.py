@@ -193,7 +193,13 @@ def build_probes(
     key_tokens = len(tokenizer(sample_key, add_special_tokens=False)["input_ids"])
     instruction_tokens = len(tokenizer(_INSTRUCTION, add_special_tokens=True)["input_ids"])
     # The four worked/asked pairs show each value twice; cap value length so that they always fit.
-    longest = min(MAX_VALUE_TOKENS, (max_tokens - instruction_tokens - 2 * n_roles * (key_tokens + 6)) // 8)
+    fixed = instruction_tokens + 2 * n_roles * (key_tokens + 6)
+    longest = min(MAX_VALUE_TOKENS, (max_tokens - fixed) // 8)
+    if longest < 4:
+        raise ValueError(
+            f"max_tokens={max_tokens} is too small for {N_SHOTS}-shot probes with this tokenizer "
+            f"({KEY_CHARS}-character keys take {key_tokens} tokens): use at least {fixed + 64}"
+        )
     encoded = tokenizer(sentences, add_special_tokens=False)["input_ids"] if sentences else []
     lengths = [len(ids) for ids in encoded]
     value_tokens = {s: n for s, n in zip(sentences, lengths, strict=True) if 0 < n <= longest}
