@@ -188,8 +188,7 @@ def build_probes(
     sentences = list(dict.fromkeys(sentences))
     n_roles = N_SHOTS + 1
     rng = random.Random(seed)
-    alphabet = string.ascii_letters + string.digits
-    sample_key = "".join(rng.choices(alphabet, k=KEY_CHARS))
+    sample_key = "".join(rng.choices(string.ascii_letters + string.digits, k=KEY_CHARS))
     key_tokens = len(tokenizer(sample_key, add_special_tokens=False)["input_ids"])
     instruction_tokens = len(tokenizer(_INSTRUCTION, add_special_tokens=True)["input_ids"])
     # The four worked/asked pairs show each value twice; cap value length so that they always fit.
@@ -210,34 +209,48 @@ def build_probes(
             f"(max_tokens={max_tokens}), got {len(values)}"
         )
     copy_keys = CopyKeys(tokenizer) if normalise else None
-    probes = []
-    for _ in range(n_probes):
+    fit = _Fit(tokenizer, values, value_tokens, key_tokens, max_tokens - instruction_tokens, max_tokens)
+    return [fit.probe(rng, copy_keys) for _ in range(n_probes)]
+
+
+@dataclass
+class _Fit:
+    """Fills one probe with as many key-value pairs as its token budget holds."""
+
+    tokenizer: Any
+    values: list[str]
+    value_tokens: dict[str, int]
+    key_tokens: int
+    budget: int
+    max_tokens: int
+
+    def pairs(self, rng: random.Random) -> list[tuple[float, str, str]]:
+        """(sort key, random key, value) pairs; the first N_SHOTS + 1 are the shots and the query."""
+        alphabet = string.ascii_letters + string.digits
         pairs: list[tuple[float, str, str]] = []
-        budget = max_tokens - instruction_tokens
-        for value in rng.sample(values, min(len(values), 4096)):
-            in_json = value_tokens[value] + key_tokens + 6
-            cost = in_json * 2 if len(pairs) < n_roles else in_json
-            if len(pairs) >= n_roles and cost > budget:
+        budget = self.budget
+        for value in rng.sample(self.values, min(len(self.values), 4096)):
+            in_json = self.value_tokens[value] + self.key_tokens + 6
+            cost = in_json * 2 if len(pairs) <= N_SHOTS else in_json
+            if len(pairs) > N_SHOTS and cost > budget:
                 break
             pairs.append((rng.random(), "".join(rng.choices(alphabet, k=KEY_CHARS)), value))
             budget -= cost
+        return pairs
+
+    def probe(self, rng: random.Random, copy_keys: CopyKeys | None) -> Probe:
+        """One probe of at most `max_tokens` tokens (pairs dropped from the end until it fits)."""
+        pairs = self.pairs(rng)
         while True:
-            encoded, text, needle, answer_start = _encode_probe(tokenizer, pairs, n_roles)
-            excess = len(encoded["input_ids"]) - max_tokens
+            encoded, text, needle, answer_start = _encode_probe(self.tokenizer, pairs, N_SHOTS + 1)
+            excess = len(encoded["input_ids"]) - self.max_tokens
             if excess <= 0:
                 break
-            if len(pairs) == n_roles:
-                raise ValueError(f"max_tokens={max_tokens} is too small for a {N_SHOTS}-shot probe")
-            drop = max(1, excess // (key_tokens + 8 + MAX_VALUE_TOKENS))
-            del pairs[max(n_roles, len(pairs) - drop) :]
+            if len(pairs) == N_SHOTS + 1:
+                raise ValueError(f"max_tokens={self.max_tokens} is too small for a {N_SHOTS}-shot probe")
+            drop = max(1, excess // (self.key_tokens + 8 + MAX_VALUE_TOKENS))
+            del pairs[max(N_SHOTS + 1, len(pairs) - drop) :]
         offsets = [tuple(o) for o in encoded["offset_mapping"]]
         ids = list(encoded["input_ids"])
-        probes.append(
-            Probe(
-                ids,
-                _token_span(offsets, *needle),
-                _token_span(offsets, answer_start, len(text)),
-                copy_keys(ids) if copy_keys else [],
-            )
-        )
-    return probes
+        needle, answer = _token_span(offsets, *needle), _token_span(offsets, answer_start, len(text))
+        return Probe(ids, needle, answer, copy_keys(ids) if copy_keys else [])
