@@ -27,7 +27,7 @@ def label(
     ctx: typer.Context,
     input: Annotated[list[str], typer.Option("--input", help="JSONL(.gz/.zst)/Parquet glob (repeatable).")],
     models: Annotated[
-        list[str], typer.Option("--models", help="Local HF causal LM directories, comma-separated.")
+        list[str], typer.Option("--models", help="Causal LM directories or .gguf files, comma-separated.")
     ],
     scores: Annotated[
         list[str],

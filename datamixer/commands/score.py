@@ -74,7 +74,7 @@ def score(
     ] = None,
     scorer: Annotated[str, typer.Option("--scorer", help="Registered scorer name.")] = "fasttext",
     model: Annotated[
-        str | None, typer.Option("--model", help="Scorer model (fastText .bin, or a model directory).")
+        str | None, typer.Option("--model", help="Scorer model (fastText .bin, model directory or .gguf).")
     ] = None,
     label: Annotated[
         str, typer.Option("--label", help="Label whose probability is the fastText score.")
