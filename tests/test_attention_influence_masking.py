@@ -190,3 +190,20 @@ def test_select_heads_takes_top_fraction_with_at_least_one():
     assert ai.select_heads(scores, 0.5) == [(0, 1), (1, 0), (1, 2)]
     with pytest.raises(ValueError):
         ai.select_heads(scores, 0.0)
+
+
+def test_copy_keys_match_token_text_up_to_space_quotes_and_commas():
+    from scorers.attention_influence.probes import normalise_token
+
+    assert normalise_token(" The") == normalise_token('"The') == normalise_token("The") == "The"
+    assert normalise_token('.",') == normalise_token(".") == "."
+    assert normalise_token(' "') == normalise_token(",") == ""  # such tokens keep their own id
+    assert normalise_token(" the") != normalise_token("The")  # case is kept
+
+
+def test_probes_module_imports_without_torch():
+    import subprocess
+    import sys
+
+    code = "import sys, scorers.attention_influence.probes; assert 'torch' not in sys.modules"
+    assert subprocess.run([sys.executable, "-c", code], capture_output=True).returncode == 0
