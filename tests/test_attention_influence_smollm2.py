@@ -185,9 +185,9 @@ def test_cli_heads_then_beam_score_on_the_gguf(
                 "--out",
                 str(tmp_path / "h.json"),
                 "--probes",
-                "2",
+                "1",
                 "--max-tokens",
-                "128",
+                "400",
                 "--device",
                 "cpu",
             ]
