@@ -12,8 +12,13 @@ from pipeline import schema as S
 from pipeline.scoring import ScorerConfig, failed_batch_rows
 
 STAGE = "score_attention_influence"
-HANDLER_OPTIONS = {"device": str, "dtype": str, "max_tokens": int, "batch_tokens": int,
-                   "max_batch_tokens": int}
+HANDLER_OPTIONS = {
+    "device": str,
+    "dtype": str,
+    "max_tokens": int,
+    "batch_tokens": int,
+    "max_batch_tokens": int,
+}
 
 
 class ScoreWithAttentionInfluence(beam.PTransform):
@@ -25,12 +30,16 @@ class ScoreWithAttentionInfluence(beam.PTransform):
             raise ValueError("the attention-influence scorer needs --model DIR|FILE.gguf (a local causal LM)")
         heads = config.options.get("heads")
         if not heads:
-            raise ValueError("the attention-influence scorer needs --heads HEADS.json "
-                             "(from `datamixer attention-influence heads`)")
+            raise ValueError(
+                "the attention-influence scorer needs --heads HEADS.json "
+                "(from `datamixer attention-influence heads`)"
+            )
         unknown = set(config.options) - {"heads", *HANDLER_OPTIONS}
         if unknown:
-            raise ValueError(f"unknown attention-influence option(s) {sorted(unknown)}; "
-                             f"known: heads, {', '.join(HANDLER_OPTIONS)}")
+            raise ValueError(
+                f"unknown attention-influence option(s) {sorted(unknown)}; "
+                f"known: heads, {', '.join(HANDLER_OPTIONS)}"
+            )
         self._model = config.model
         self._heads = heads
         self._kwargs = {k: HANDLER_OPTIONS[k](v) for k, v in config.options.items() if k in HANDLER_OPTIONS}
@@ -40,10 +49,13 @@ class ScoreWithAttentionInfluence(beam.PTransform):
 
         from scorers.attention_influence_handler import AttentionInfluenceModelHandler
 
-        handler = AttentionInfluenceModelHandler(self._model, self._heads, text_field=S.TEXT,
-                                                 score_field=S.score_column("attention-influence"),
-                                                 **self._kwargs)
+        handler = AttentionInfluenceModelHandler(
+            self._model,
+            self._heads,
+            text_field=S.TEXT,
+            score_field=S.score_column("attention-influence"),
+            **self._kwargs,
+        )
         scored, errors = batches | "RunInference" >> RunInference(handler).with_exception_handling()
         dead = errors.failed_inferences | "FailedDocs" >> beam.FlatMap(failed_batch_rows, STAGE)
         return {"scored": scored, "dead_letter": dead}
-

@@ -10,8 +10,10 @@ import typer
 
 from datamixer.commands._common import emit, info, progress
 
-group = typer.Typer(help="AttentionInfluence: find a model's retrieval heads; score docs by masking them.",
-                    no_args_is_help=True)
+group = typer.Typer(
+    help="AttentionInfluence: find a model's retrieval heads; score docs by masking them.",
+    no_args_is_help=True,
+)
 
 ModelOpt = Annotated[Path, typer.Option("--model", help="Local HF causal LM directory or .gguf file.")]
 DeviceOpt = Annotated[str | None, typer.Option("--device", help="cpu, cuda, cuda:1 (default: cuda if any).")]
@@ -22,18 +24,29 @@ BatchTokensOpt = Annotated[int, typer.Option("--batch-tokens", help="Padded toke
 def heads(
     model: ModelOpt,
     out: Annotated[Path, typer.Option("--out", help="HEADS.json to write.")],
-    corpus: Annotated[str | None, typer.Option(
-        "--corpus", help="JSONL glob; `text` gives probe values (default: stdlib docstrings).")] = None,
-    probes: Annotated[int | None, typer.Option(
-        "--probes", help="Number of retrieval probes (default: 64 on CPU, 800 on GPU).")] = None,
-    max_tokens: Annotated[int | None, typer.Option(
-        "--max-tokens", help="Tokens per probe, capped at the model's context (default: 512 on CPU, "
-        "4096 on GPU).")] = None,
+    corpus: Annotated[
+        str | None,
+        typer.Option("--corpus", help="JSONL glob; `text` gives probe values (default: stdlib docstrings)."),
+    ] = None,
+    probes: Annotated[
+        int | None,
+        typer.Option("--probes", help="Number of retrieval probes (default: 64 on CPU, 800 on GPU)."),
+    ] = None,
+    max_tokens: Annotated[
+        int | None,
+        typer.Option(
+            "--max-tokens",
+            help="Tokens per probe, capped at the model's context (default: 512 on CPU, 4096 on GPU).",
+        ),
+    ] = None,
     top_fraction: Annotated[float, typer.Option("--top-fraction", help="Fraction of heads kept.")] = 0.05,
     seed: Annotated[int, typer.Option("--seed", help="Seed for keys, values and their order.")] = 0,
-    exact_copy: Annotated[bool, typer.Option(
-        "--exact-copy", help="Count a copy only on identical token ids (default: normalised token text).")]
-    = False,
+    exact_copy: Annotated[
+        bool,
+        typer.Option(
+            "--exact-copy", help="Count a copy only on identical token ids (default: normalised token text)."
+        ),
+    ] = False,
     device: DeviceOpt = None,
     dtype: DtypeOpt = "auto",
     batch_tokens: BatchTokensOpt = 16384,
@@ -49,19 +62,42 @@ def heads(
     sentences = ai.corpus_sentences(corpus) if corpus else ai.stdlib_sentences()
     source = corpus or "python-stdlib-docstrings"
     n_probes = probes if probes is not None else default_probes
-    info(f"{n_probes} probes of up to {max_tokens or default_tokens} tokens from {len(sentences)} sentences "
-         f"({source})")
-    found = ai.detect_heads(loaded, tokenizer, sentences, n_probes, max_tokens or default_tokens,
-                            top_fraction, seed, normalise=not exact_copy, batch_tokens=batch_tokens)
+    info(
+        f"{n_probes} probes of up to {max_tokens or default_tokens} tokens from {len(sentences)} sentences "
+        f"({source})"
+    )
+    found = ai.detect_heads(
+        loaded,
+        tokenizer,
+        sentences,
+        n_probes,
+        max_tokens or default_tokens,
+        top_fraction,
+        seed,
+        normalise=not exact_copy,
+        batch_tokens=batch_tokens,
+    )
     found.provenance.update(model=str(model), corpus=source)
     write_json(out, found.document())
-    info(f"selected {len(found.selected)} of {found.scores.size} heads: {found.selected} "
-         f"({found.provenance['probes_per_s']} probes/s)")
-    emit({"out": str(out), "selected": found.selected, "n_heads": int(found.scores.size),
-          "top_scores": sorted((float(s) for s in found.scores.ravel()), reverse=True)[: len(found.selected)],
-          "probes": n_probes, "max_tokens": found.provenance["max_tokens"],
-          "copy_ceiling": found.provenance["copy_ceiling"], "probes_per_s": found.provenance["probes_per_s"],
-          "seconds": round(time.perf_counter() - start, 2)})
+    info(
+        f"selected {len(found.selected)} of {found.scores.size} heads: {found.selected} "
+        f"({found.provenance['probes_per_s']} probes/s)"
+    )
+    emit(
+        {
+            "out": str(out),
+            "selected": found.selected,
+            "n_heads": int(found.scores.size),
+            "top_scores": sorted((float(s) for s in found.scores.ravel()), reverse=True)[
+                : len(found.selected)
+            ],
+            "probes": n_probes,
+            "max_tokens": found.provenance["max_tokens"],
+            "copy_ceiling": found.provenance["copy_ceiling"],
+            "probes_per_s": found.provenance["probes_per_s"],
+            "seconds": round(time.perf_counter() - start, 2),
+        }
+    )
 
 
 def _read_jsonl(pattern: str, text_field: str) -> tuple[list[dict], list[str]]:
@@ -72,9 +108,13 @@ def _read_jsonl(pattern: str, text_field: str) -> tuple[list[dict], list[str]]:
         text = record[text_field]
         if not isinstance(text, str):
             raise ValueError(f"{path}:{number}: {text_field!r} is not a string")
-        rows.append({"id": str(record.get("id", f"{Path(path).name}:{number}")),
-                     "domain": str(record.get("domain", Path(path).name.split(".")[0])),
-                     "source": path})
+        rows.append(
+            {
+                "id": str(record.get("id", f"{Path(path).name}:{number}")),
+                "domain": str(record.get("domain", Path(path).name.split(".")[0])),
+                "source": path,
+            }
+        )
         texts.append(text)
     return rows, texts
 
@@ -82,12 +122,19 @@ def _read_jsonl(pattern: str, text_field: str) -> tuple[list[dict], list[str]]:
 def score(
     model: ModelOpt,
     heads_file: Annotated[Path, typer.Option("--heads", help="HEADS.json from `attention-influence heads`.")],
-    input: Annotated[str, typer.Option("--input", help="JSONL glob; each line an object with `text` "
-                                       "(optional `id`, `domain`; domain defaults to the file name).")],
+    input: Annotated[
+        str,
+        typer.Option(
+            "--input",
+            help="JSONL glob; each line an object with `text` "
+            "(optional `id`, `domain`; domain defaults to the file name).",
+        ),
+    ],
     out: Annotated[Path, typer.Option("--out", help="Parquet file to write.")],
     keep_top: Annotated[float, typer.Option("--keep-top", help="Fraction kept per domain (by score).")] = 0.2,
-    max_tokens: Annotated[int | None, typer.Option(
-        "--max-tokens", help="Chunk length (default: min(model context, 1024)).")] = None,
+    max_tokens: Annotated[
+        int | None, typer.Option("--max-tokens", help="Chunk length (default: min(model context, 1024)).")
+    ] = None,
     text_field: Annotated[str, typer.Option("--text-field", help="JSON field holding the text.")] = "text",
     device: DeviceOpt = None,
     dtype: DtypeOpt = "auto",
@@ -106,12 +153,15 @@ def score(
     if not 0.0 <= keep_top <= 1.0:
         raise ValueError(f"--keep-top must be a fraction in [0, 1]; got {keep_top}")
     rows, texts = _read_jsonl(input, text_field)
-    scorer = ai.AttentionInfluenceScorer(model, heads_file, device=device, dtype=dtype, max_tokens=max_tokens,
-                                         batch_tokens=batch_tokens).setup()
+    scorer = ai.AttentionInfluenceScorer(
+        model, heads_file, device=device, dtype=dtype, max_tokens=max_tokens, batch_tokens=batch_tokens
+    ).setup()
     info(f"scoring {len(texts)} documents; masked heads {scorer.heads_}")
     start = time.perf_counter()
-    parts = [scorer.score_documents(texts[i:i + docs_per_call])
-             for i in progress(range(0, len(texts), docs_per_call), "scoring")]
+    parts = [
+        scorer.score_documents(texts[i : i + docs_per_call])
+        for i in progress(range(0, len(texts), docs_per_call), "scoring")
+    ]
     seconds = time.perf_counter() - start
     table = pd.DataFrame(rows)
     table[S.N_TOKENS] = np.concatenate([p.n_tokens for p in parts]) if parts else np.zeros(0, dtype=np.int64)
@@ -126,9 +176,17 @@ def score(
         table.loc[index, S.KEEP] = finite >= top_fraction_cutoff(finite, keep_top)
     write_parquet(out, table)
     tokens = int(table[S.N_TOKENS].sum())
-    emit({"out": str(out), "docs": len(table), "kept": int(table[S.KEEP].sum()), "tokens": tokens,
-          "mean_score": float(np.nanmean(table[column])) if len(table) else None,
-          "tokens_per_s": round(tokens / seconds, 1) if seconds > 0 else None, "seconds": round(seconds, 2)})
+    emit(
+        {
+            "out": str(out),
+            "docs": len(table),
+            "kept": int(table[S.KEEP].sum()),
+            "tokens": tokens,
+            "mean_score": float(np.nanmean(table[column])) if len(table) else None,
+            "tokens_per_s": round(tokens / seconds, 1) if seconds > 0 else None,
+            "seconds": round(seconds, 2),
+        }
+    )
 
 
 def register(app: typer.Typer) -> None:
