@@ -84,6 +84,8 @@ class _ScoreBatchFn(beam.DoFn):
         self._scorer.setup()
 
     def process(self, batch: pa.RecordBatch) -> Iterator[pa.RecordBatch]:
+        if self._scorer is None:
+            raise RuntimeError("the scorer was not set up (DoFn.setup did not run)")
         texts = batch.column(S.TEXT)
         if not getattr(self._scorer, "accepts_arrow", False):
             texts = texts.to_pylist()

@@ -42,7 +42,7 @@ class AttentionInfluenceModelHandler(TextColumnModelHandler):
         score_field: str = SCORE_COLUMN,
         large_model: bool = False,
     ):
-        heads = heads if isinstance(heads, (str, os.PathLike)) else [tuple(h) for h in heads]
+        heads = heads if isinstance(heads, (str, os.PathLike)) else [(int(a), int(b)) for a, b in heads]
         load = functools.partial(
             AttentionInfluenceScorer,
             str(model_dir),

@@ -84,7 +84,8 @@ def gguf_model_dir(
     tokenizer = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name, local_files_only=True)
     model = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, local_files_only=True,
                                                  dtype=torch.float32)
-    model.hf_quantizer = None  # dequantized weights: plain float32 tensors, serializable as such
+    # The weights are dequantized float32 tensors: serializable as such.
+    model.hf_quantizer = None  # type: ignore[assignment]
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config
     with atomic_path(target) as tmp:
@@ -123,7 +124,7 @@ def load_causal_lm(
     if attn_implementation is not None:
         kwargs["attn_implementation"] = attn_implementation
     model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
-    model.to(dev).eval()
+    model.to(dev).eval()  # type: ignore[arg-type]
     return model, tokenizer
 
 
@@ -287,7 +288,7 @@ def document_losses(
 
 
 @contextlib.contextmanager
-def replay_layers(layers: Sequence[torch.nn.Module], output: Any) -> Iterator[None]:
+def replay_layers(layers: Sequence[torch.nn.Module] | torch.nn.ModuleList, output: Any) -> Iterator[None]:
     """Make `layers` return a stored `output` without computing (the shared prefix of two passes).
 
     The stored value is the last of these layers' output from an earlier pass on the same batch;

@@ -59,9 +59,9 @@ def answer_argmax(
 
 def copy_hits(probe: Probe, argmax: np.ndarray, targets: np.ndarray, keys: Sequence[int]) -> np.ndarray:
     """Per head [L, H]: fraction of answer tokens whose argmax lands in the needle on a same-key token."""
-    keys = np.asarray(keys)
+    key = np.asarray(keys)
     in_needle = (argmax >= probe.needle[0]) & (argmax < probe.needle[1])
-    return (in_needle & (keys[argmax] == keys[targets])).mean(axis=-1)
+    return (in_needle & (key[argmax] == key[targets])).mean(axis=-1)
 
 
 def retrieval_head_scores(

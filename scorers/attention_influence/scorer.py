@@ -77,6 +77,8 @@ class AttentionInfluenceScorer:
     def setup(self) -> AttentionInfluenceScorer:
         """Load the model and tokenizer (once)."""
         if self.model_ is None:
+            if self.model_dir is None:
+                raise ValueError("no model_dir: give a model directory or .gguf, or use from_model")
             register_attention()
             self.model_, self.tokenizer_ = lm.load_causal_lm(
                 self.model_dir, self.device, self.dtype, attn_implementation=ATTN_IMPLEMENTATION
