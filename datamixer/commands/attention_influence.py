@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from datamixer.commands._common import emit, info, progress
+from datamixer.commands._common import emit, info, progress, stage_progress
 
 group = typer.Typer(
     help="AttentionInfluence: find a model's retrieval heads; score docs by masking them.",
@@ -66,17 +66,19 @@ def heads(
         f"{n_probes} probes of up to {max_tokens or default_tokens} tokens from {len(sentences)} sentences "
         f"({source})"
     )
-    found = ai.detect_heads(
-        loaded,
-        tokenizer,
-        sentences,
-        n_probes,
-        max_tokens or default_tokens,
-        top_fraction,
-        seed,
-        normalise=not exact_copy,
-        batch_tokens=batch_tokens,
-    )
+    with stage_progress("heads detection", total=n_probes, unit="probes") as advance:
+        found = ai.detect_heads(
+            loaded,
+            tokenizer,
+            sentences,
+            n_probes,
+            max_tokens or default_tokens,
+            top_fraction,
+            seed,
+            normalise=not exact_copy,
+            batch_tokens=batch_tokens,
+            on_batch=advance,
+        )
     found.provenance.update(model=str(model), corpus=source)
     write_json(out, found.document())
     info(

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import os
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -33,11 +33,16 @@ SCORE_METHOD = (
 
 @torch.inference_mode()
 def answer_argmax(
-    model: Any, probes: Sequence[Probe], pad_id: int = 0, batch_tokens: int = lm.DEFAULT_BATCH_TOKENS
+    model: Any,
+    probes: Sequence[Probe],
+    pad_id: int = 0,
+    batch_tokens: int = lm.DEFAULT_BATCH_TOKENS,
+    on_batch: Callable[[int], None] | None = None,
 ) -> Iterator[tuple[Probe, np.ndarray, np.ndarray]]:
     """Per probe with an answer: (probe, every head's argmax key [L, H, A], the A answer token positions).
 
     Probes run in batches of similar length; the step predicting answer token p is query position p - 1.
+    `on_batch(n)` is called after each batch of `n` probes (progress).
     """
     prepare_model(model)
     device = next(model.parameters()).device
@@ -55,6 +60,8 @@ def answer_argmax(
         for row, (probe, t) in enumerate(zip(chosen, targets, strict=True)):
             if len(t):
                 yield probe, argmax[row, :, :, : len(t)], t
+        if on_batch is not None:
+            on_batch(len(chosen))
 
 
 def copy_hits(probe: Probe, argmax: np.ndarray, targets: np.ndarray, keys: Sequence[int]) -> np.ndarray:
@@ -65,12 +72,16 @@ def copy_hits(probe: Probe, argmax: np.ndarray, targets: np.ndarray, keys: Seque
 
 
 def retrieval_head_scores(
-    model: Any, probes: Sequence[Probe], pad_id: int = 0, batch_tokens: int = lm.DEFAULT_BATCH_TOKENS
+    model: Any,
+    probes: Sequence[Probe],
+    pad_id: int = 0,
+    batch_tokens: int = lm.DEFAULT_BATCH_TOKENS,
+    on_batch: Callable[[int], None] | None = None,
 ) -> np.ndarray:
-    """Mean retrieval score of every head over the probes: array [layers, heads] in [0, 1]."""
-    hits = [
-        copy_hits(p, where, t, p.keys()) for p, where, t in answer_argmax(model, probes, pad_id, batch_tokens)
-    ]
+    """Mean retrieval score of every head over the probes: array [layers, heads] in [0, 1].
+    `on_batch(n)` is called after each batch of `n` probes (progress)."""
+    found = answer_argmax(model, probes, pad_id, batch_tokens, on_batch)
+    hits = [copy_hits(p, where, t, p.keys()) for p, where, t in found]
     if not hits:
         raise ValueError("no probe has an answer token to score")
     return np.mean(hits, axis=0)
@@ -144,6 +155,7 @@ def detect_heads(
     seed: int = 0,
     normalise: bool = True,
     batch_tokens: int = lm.DEFAULT_BATCH_TOKENS,
+    on_batch: Callable[[int], None] | None = None,
 ) -> Detection:
     """Build probes of at most `max_tokens` (capped at the model's context), score every head, keep the top.
 
@@ -156,7 +168,7 @@ def detect_heads(
         tokenizer, sentences, n_probes=n_probes, max_tokens=limit, seed=seed, normalise=normalise
     )
     start = time.perf_counter()
-    scores = retrieval_head_scores(model, probes, lm.pad_id(tokenizer), batch_tokens=batch_tokens)
+    scores = retrieval_head_scores(model, probes, lm.pad_id(tokenizer), batch_tokens, on_batch)
     seconds = time.perf_counter() - start
     tokens = sum(len(p.input_ids) for p in probes)
     provenance = {
