@@ -2,7 +2,7 @@
 
 - no import cycle among the project's modules;
 - `mixer` imports neither `pipeline` nor `scorers` (nor the CLI);
-- `scorers` imports Apache Beam only in its ModelHandler glue (`*_handler.py`);
+- `scorers` imports Apache Beam only in its ModelHandler glue (`handler.py`, `*_handler.py`);
 - no package imports the CLI (`datamixer`).
 
 Every import counts, including those inside functions (a lazy import is still a dependency), except
@@ -18,15 +18,10 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGES = ("datamixer", "pipeline", "scorers", "mixer")
-# scorers modules other than *_handler.py that may import Beam, each with the reason.
+# scorers modules other than the handlers that may import Beam, each with the reason.
 BEAM_IN_SCORERS_ALLOWED: dict[str, str] = {
     "scorers.fasttext": "a worker copies a gs:// / s3:// model to local disk with Beam's FileSystems (a lazy "
     "import, only for remote paths); the pipeline should hand the scorer a local path instead",
-}
-# Cycles being removed by work in progress; each must disappear (its xfail test below is strict).
-KNOWN_CYCLES: dict[frozenset[str], str] = {
-    frozenset({"pipeline.attention_influence", "pipeline.registry"}): "issue 13: the scorer contract moves "
-    "out of pipeline/registry.py, so a scorer no longer imports the catalog that imports it",
 }
 
 
@@ -153,30 +148,24 @@ def test_the_graph_sees_the_project():
 
 
 def test_no_import_cycles():
-    assert [c for c in _cycles() if frozenset(c) not in KNOWN_CYCLES] == []
-
-
-@pytest.mark.parametrize(
-    "cycle",
-    [
-        pytest.param(sorted(c), marks=pytest.mark.xfail(strict=True, reason=why))
-        for c, why in KNOWN_CYCLES.items()
-    ],
-)
-def test_known_cycles_are_gone(cycle):
-    """Fails (XPASS, strict) once a known cycle is gone: then delete its KNOWN_CYCLES entry."""
-    assert cycle not in _cycles()
+    assert _cycles() == []
 
 
 def test_mixer_imports_neither_pipeline_nor_scorers():
     assert _importers("mixer", ("pipeline", "scorers", "datamixer")) == {}
 
 
+def _is_handler(module: str) -> bool:
+    """The ModelHandler glue: `scorers/handler.py` (the one torch handler) and `scorers/*_handler.py`."""
+    name = module.rsplit(".", 1)[-1]
+    return name == "handler" or name.endswith("_handler")
+
+
 def test_scorers_import_beam_only_in_handlers():
     bad = {
         module: names
         for module, names in _importers("scorers", ("apache_beam",)).items()
-        if not module.endswith("_handler") and module not in BEAM_IN_SCORERS_ALLOWED
+        if not _is_handler(module) and module not in BEAM_IN_SCORERS_ALLOWED
     }
     assert bad == {}
 
