@@ -16,6 +16,8 @@ on `Features`), and `fit_mixing_law` / `mixing_law_loss` (on plain arrays).
 
 from __future__ import annotations
 
+from typing import Any
+
 from mixer.laws.estimators import (
     FORMAT,
     LAWS,
@@ -41,6 +43,7 @@ from mixer.laws.forms import (
     additive_law,
     chinchilla_law,
     joint_law,
+    mixing_grad_h,
     mixing_law,
 )
 from mixer.laws.optimize import (
@@ -50,6 +53,12 @@ from mixer.laws.optimize import (
     in_convex_hull,
     optimize_mixture,
 )
+
+
+def random_starts(form: str, k: int, y: Any, n: int, rng: Any) -> Any:
+    """`n` random starts of the named form (`FORMS[form].random_starts`)."""
+    return FORMS[form].random_starts(k, y, n, rng)
+
 
 __all__ = [
     "FORMAT",
@@ -80,9 +89,11 @@ __all__ = [
     "joint_law",
     "load_law",
     "make_law",
+    "mixing_grad_h",
     "mixing_law",
     "mixing_law_loss",
     "optimize_mixture",
     "params_table",
+    "random_starts",
     "residuals_table",
 ]
