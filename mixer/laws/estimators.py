@@ -125,6 +125,11 @@ class LawEstimator(BaseEstimator):
         """The law's form object (model, Jacobian, parameters, starts)."""
         return FORMS[self.kind]
 
+    @property
+    def form_(self) -> LawForm:
+        """The same as `form` (the name callers used before laws became a package)."""
+        return self.form
+
     # -- features ----------------------------------------------------------------------------
     def _features(self, frame: pd.DataFrame, domains: Sequence[str] | None = None) -> Features:
         n = _check_positive_column(frame, "N")
