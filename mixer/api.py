@@ -195,6 +195,8 @@ def law_mixture(
     """
     from mixer.laws import load_law, optimize_mixture
 
+    if stats is None and tokens is not None:
+        raise ValueError("the data-budget caps need both `stats` (tokens per domain) and `tokens`")
     fitted = load_law(law)
     planned = _budget.parse_tokens(D)
     budget_tokens: int | str | None = None if stats is None else (planned if tokens is None else tokens)

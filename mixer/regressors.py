@@ -30,8 +30,8 @@ from sklearn.linear_model import Ridge
 from sklearn.utils.validation import check_is_fitted, validate_data
 from threadpoolctl import threadpool_limits
 
-from mixer import law_fit
 from mixer.laws import Features, mixing_grad_h, mixing_law, random_starts
+from mixer.laws import fitting as law_fit
 
 MODELS = ("law-blend", "lightgbm", "law-lightgbm", "mixing-law", "gp", "linear")
 ALIASES = {"ensemble": "law-blend"}

@@ -190,8 +190,8 @@ def fit_law(paths: RunLayout, config: DemoConfig, runs: pd.DataFrame, log: Log, 
     the additive law's 1 / sum_i C_i h_i^gamma_i term captures, while the mean of several such
     curves is not of that form (on one demo run: 1.6-3.6% error at the target vs 9-12% when one law
     is fitted to the mean loss directly)."""
-    from mixer.law_fit import counting_searches
     from mixer.laws import AdditiveLaw
+    from mixer.laws.fitting import counting_searches
 
     table = runs[runs[D] >= config.tokens / 5].reset_index(drop=True)
     targets = sorted(c for c in runs.columns if c.startswith(LOSS_PREFIX))

@@ -9,8 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from mixer.law_fit import HuberObjective, fit_from_starts, hoffmann_grid
 from mixer.laws import AdditiveLaw, ChinchillaLaw, Features, chinchilla_law, data_hash, evaluate, load_law
+from mixer.laws.fitting import HuberObjective, fit_from_starts, hoffmann_grid
 from mixer.reference_data import REDPAJAMA_DOMAINS, chinchilla_runs, mixinglaws_runs
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"

@@ -16,8 +16,6 @@ group = typer.Typer(
     no_args_is_help=True,
 )
 
-LAW_KINDS = ("chinchilla", "additive", "joint", "mixing")
-
 
 def register(app: typer.Typer) -> None:
     """Add the `law` command group."""
@@ -27,103 +25,6 @@ def register(app: typer.Typer) -> None:
 def _split(values: list[str] | None) -> list[str]:
     """`--targets a,b --targets c` -> [a, b, c]."""
     return [part.strip() for value in (values or []) for part in value.split(",") if part.strip()]
-
-
-def _report_paths(out: Path) -> dict[str, Path]:
-    from pipeline.layout import law_report_paths
-
-    return law_report_paths(out)
-
-
-def _params_table(law: Any) -> Any:
-    """One row per (target, N, D, parameter): value and bootstrap interval."""
-    import numpy as np
-    import pandas as pd
-
-    from mixer.laws import public_params
-
-    rows = []
-    for fit in law.fits_:
-        boot = [
-            public_params(law.kind, theta, law.domains_, law.n_scale_, law.d_scale_)
-            for theta in fit.bootstrap
-        ]
-        for name, value in _flatten(fit.params):
-            values = np.array([dict(_flatten(b))[name] for b in boot], dtype=float)
-            low, high = np.percentile(values, [2.5, 97.5]) if values.size else (np.nan, np.nan)
-            rows.append(
-                {
-                    "target": fit.target,
-                    "N": fit.N,
-                    "D": fit.D,
-                    "parameter": name,
-                    "value": float(value),
-                    "low": float(low),
-                    "high": float(high),
-                    "objective": fit.diagnostics["objective"],
-                }
-            )
-    return pd.DataFrame(rows)
-
-
-def _flatten(params: dict[str, Any]) -> list[tuple[str, float]]:
-    out: list[tuple[str, float]] = []
-    for name, value in params.items():
-        if isinstance(value, dict):
-            out.extend((f"{name}[{k}]", float(v)) for k, v in value.items())
-        else:
-            out.append((name, float(value)))
-    return out
-
-
-def _residuals_table(law: Any, frame: Any) -> Any:
-    import pandas as pd
-
-    parts = []
-    keep = [c for c in ("run", "mixture", "size", "step") if c in frame.columns]
-    for target in law.targets_:
-        pred = law.predict_interval(frame, target)
-        part = frame[keep + ["N", "D"]].copy()
-        part["target"] = target
-        part["observed"] = frame[target].to_numpy(dtype=float)
-        part["predicted"] = pred["loss"].to_numpy()
-        part["low"], part["high"] = pred["low"].to_numpy(), pred["high"].to_numpy()
-        part["residual"] = part["predicted"] - part["observed"]
-        part["relative_error"] = part["residual"].abs() / part["observed"]
-        parts.append(part)
-    return pd.concat(parts, ignore_index=True)
-
-
-def _plot(residuals: Any, path: Path, title: str) -> None:
-    """Predicted vs observed loss, one colour per model size."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    import numpy as np
-
-    from mixer.files import atomic_path
-
-    fig, ax = plt.subplots(figsize=(5.5, 5), dpi=110)
-    sizes = sorted(residuals["N"].unique())
-    colours = plt.cm.viridis(np.linspace(0, 0.9, max(len(sizes), 1)))
-    for colour, size in zip(colours, sizes, strict=False):
-        part = residuals[residuals["N"] == size]
-        ax.scatter(
-            part["observed"], part["predicted"], s=12, color=colour, label=f"N = {size:.3g}", alpha=0.8
-        )
-    low = float(min(residuals["observed"].min(), residuals["predicted"].min()))
-    high = float(max(residuals["observed"].max(), residuals["predicted"].max()))
-    ax.plot([low, high], [low, high], color="grey", lw=1, ls="--")
-    ax.set_xlabel("observed loss")
-    ax.set_ylabel("predicted loss")
-    ax.set_title(title, fontsize=9)
-    if len(sizes) <= 12:
-        ax.legend(fontsize=7, loc="upper left")
-    fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png")
-    plt.close(fig)
 
 
 @group.command("fit")
@@ -147,61 +48,81 @@ def fit_command(
         int | None, typer.Option("--hops", help="Basin-hopping steps per restart (mixture laws; default 8).")
     ] = None,
     method: Annotated[str, typer.Option("--method", help="chinchilla only: screened | grid.")] = "screened",
+    search: Annotated[
+        str | None,
+        typer.Option(
+            "--search",
+            help="Mixture laws: auto (default: least_squares above 512 rows) | least_squares | basinhopping.",
+        ),
+    ] = None,
+    per_domain: Annotated[
+        bool,
+        typer.Option(
+            "--per-domain",
+            help="Predict a target as the weighted sum of per-domain laws (<target>_<domain>).",
+        ),
+    ] = False,
+    size_weight: Annotated[
+        float | None,
+        typer.Option("--size-weight", help="Weight rows by (N / N_min)^w (1: larger proxies count more)."),
+    ] = None,
     seed: Annotated[int, typer.Option("--seed", help="Seed for starts, basin-hopping and bootstrap.")] = 0,
 ) -> None:
     """Fit a law on a runs table and write LAW.json, LAW.params.parquet, LAW.residuals.parquet, LAW.png."""
-    from mixer.files import write_parquet
-    from mixer.law_fit import counting_searches
-    from mixer.laws import evaluation_metrics, make_law
+    from mixer.laws import LAWS, make_law
+    from mixer.laws.fitting import counting_searches
     from mixer.runs import load_runs
+    from pipeline.report.law_fit import write_law_fit_report
 
-    if law not in LAW_KINDS:
-        raise ValueError(f"--law must be one of {', '.join(LAW_KINDS)}, got {law!r}")
+    if law not in LAWS:
+        raise ValueError(f"--law must be one of {', '.join(LAWS)}, got {law!r}")
     target_list = _split(targets) or ["loss"]
-    kwargs: dict[str, Any] = {"targets": tuple(target_list), "seed": seed}
-    if n_bootstrap is not None:
-        kwargs["n_bootstrap"] = n_bootstrap
-    if law == "chinchilla":
-        kwargs["method"] = method
-    else:
-        options = {"n_restarts": n_restarts, "n_starts": n_starts, "niter": niter}
-        kwargs.update({k: v for k, v in options.items() if v is not None})
-    estimator = make_law(law, **kwargs)
-    frame = load_runs(runs, targets=target_list, require_weights=estimator.form_.uses_mixture)
+    options = {
+        "n_bootstrap": n_bootstrap,
+        "method": method,
+        "n_restarts": n_restarts,
+        "n_starts": n_starts,
+        "niter": niter,
+        "search": search,
+        "size_weight": size_weight,
+    }
+    accepted = LAWS[law]._get_param_names()  # each law takes the options that apply to its search
+    kwargs = {k: v for k, v in options.items() if v is not None and k in accepted}
+    estimator = make_law(law, targets=tuple(target_list), seed=seed, per_domain=per_domain, **kwargs)
+    frame = load_runs(runs, targets=target_list, require_weights=estimator.form.uses_mixture)
     info(f"fitting the {law} law on {len(frame)} rows of {runs} (targets: {', '.join(target_list)})")
     started = time.perf_counter()
     with stage_progress(f"{law} law fit", unit="local searches") as advance, counting_searches(advance):
         estimator.fit(frame)
     seconds = time.perf_counter() - started
+    for target, parts in estimator.components_.items():
+        info(f"{target} = weighted sum of {len(parts)} per-domain laws ({', '.join(parts)})")
     estimator.save(out)
-    paths = _report_paths(out)
-    residuals = _residuals_table(estimator, frame)
-    write_parquet(paths["params"], _params_table(estimator))
-    write_parquet(paths["residuals"], residuals)
-    first = residuals[residuals["target"] == target_list[0]]
-    metrics = evaluation_metrics(first["observed"].to_numpy(), first["predicted"].to_numpy())
-    _plot(first, paths["plot"], f"{law} law on {runs.name}: in-sample MRE {100 * metrics['mre']:.2f}%")
+    paths, metrics = write_law_fit_report(estimator, frame, out, runs.name)
+    emit(_fit_summary(estimator, out, paths, metrics, seconds))
+
+
+def _fit_summary(estimator: Any, out: Path, paths: dict[str, Path], metrics: dict, seconds: float) -> dict:
+    """The JSON line of `law fit` (and its progress line): fit quality of the first fitted target."""
     fit = estimator.fits_[0]
     info(
         f"objective {fit.diagnostics['objective']:.6g} ({fit.diagnostics['n_at_best']} of "
         f"{fit.diagnostics['n_searches']} searches reached it); in-sample MRE {100 * metrics['mre']:.3f}% "
         f"in {seconds:.1f} s"
     )
-    emit(
-        {
-            "law": law,
-            "out": str(out),
-            "n": metrics["n"],
-            "mre": metrics["mre"],
-            "max_re": metrics["max_re"],
-            "spearman": metrics["spearman"],
-            "objective": fit.diagnostics["objective"],
-            "params": fit.params if law != "mixing" else None,
-            "n_fits": len(estimator.fits_),
-            "fit_seconds": round(seconds, 3),
-            "report": {k: str(v) for k, v in paths.items()},
-        }
-    )
+    return {
+        "law": estimator.kind,
+        "out": str(out),
+        "n": metrics["n"],
+        "mre": metrics["mre"],
+        "max_re": metrics["max_re"],
+        "spearman": metrics["spearman"],
+        "objective": fit.diagnostics["objective"],
+        "params": fit.params if estimator.form.uses_size else None,
+        "n_fits": len(estimator.fits_),
+        "fit_seconds": round(seconds, 3),
+        "report": {k: str(v) for k, v in paths.items()},
+    }
 
 
 @group.command("evaluate")
@@ -219,26 +140,20 @@ def evaluate_command(
     import numpy as np
 
     from mixer.files import write_parquet
-    from mixer.laws import evaluation_metrics, load_law
+    from mixer.laws import evaluation_metrics, load_law, residuals_table
     from mixer.runs import load_runs
 
     law = load_law(law_path)
     target = target or law.targets_[0]
-    frame = load_runs(runs, targets=[target], require_weights=law.form_.uses_mixture)
+    frame = load_runs(runs, targets=[target], require_weights=law.form.uses_mixture)
     observed = frame[target].to_numpy(dtype=float)
     pred = law.predict_interval(frame, target)
     metrics = evaluation_metrics(observed, pred["loss"].to_numpy())
-    restarts = law.predict_restarts(frame, target) if law.kind != "mixing" else np.empty((0, len(frame)))
+    restarts = law.predict_restarts(frame, target) if law.form.uses_size else np.empty((0, len(frame)))
     restart_mre = [float(np.mean(np.abs(r - observed) / observed)) for r in restarts]
     inside = float(np.mean((observed >= pred["low"].to_numpy()) & (observed <= pred["high"].to_numpy())))
     if out is not None:
-        table = frame[
-            [c for c in ("run", "mixture", "size", "step") if c in frame.columns] + ["N", "D"]
-        ].copy()
-        table["observed"], table["predicted"] = observed, pred["loss"].to_numpy()
-        table["low"], table["high"] = pred["low"].to_numpy(), pred["high"].to_numpy()
-        table["relative_error"] = np.abs(table["predicted"] - observed) / observed
-        write_parquet(out, table)
+        write_parquet(out, residuals_table(law, frame, [target]))
     info(
         f"{law.kind} law on {runs}: MRE {100 * metrics['mre']:.3f}%, max {100 * metrics['max_re']:.3f}%, "
         f"Spearman {metrics['spearman']:.4f} over {metrics['n']} rows"
@@ -357,39 +272,31 @@ def optimize_command(
     ] = 4.0,
 ) -> None:
     """The mixture minimising the (weighted) predicted loss at (N, D), by mirror descent on the simplex."""
-    from mixer.budget import optimiser_caps
-    from mixer.laws import load_law, optimize_mixture
-    from mixer.mixture import write_mixture
+    from mixer.api import law_mixture
 
-    law = load_law(law_path)
-    planned = train_tokens if train_tokens is not None else (d if stats is not None else None)
-    bounds = optimiser_caps(list(law.domains_), _read_caps(caps), stats, planned, max_epochs)
     target_list = _split(targets) or None
     weight_list = [float(w) for w in _split(weights)] or None
     if weight_list is not None and target_list is None:
         raise ValueError("--weights needs --targets")
-    result = optimize_mixture(
-        law, n, d, floor=floor, caps=bounds, targets=target_list, weights=weight_list
+    result = law_mixture(
+        law_path,
+        n,
+        d,
+        out=out,
+        floor=floor,
+        caps=_read_caps(caps),
+        targets=target_list,
+        weights=weight_list,
+        stats=stats,
+        tokens=train_tokens,
+        max_epochs=max_epochs,
+        summary=True,
     )
-    for message in result.warnings:
+    for message in result["warnings"]:
         info(f"warning: {message}")
-    provenance = {
-        "method": f"law optimize ({law.kind} law, exponentiated gradient)",
-        "law": str(law_path),
-        "N": n,
-        "D": d,
-        "floor": floor,
-        "caps": bounds,
-        "targets": list(result.losses),
-        "target_weights": weight_list,
-        "predicted_loss": result.loss,
-        "spread": result.spread,
-        "warnings": result.warnings,
-    }
-    write_mixture(out, result.weights, provenance)
-    spread = {dom: s["std"] for dom, s in result.spread.items()}
-    info("weights: " + ", ".join(f"{k} {v:.3f} (+/- {spread[k]:.3f})" for k, v in result.weights.items()))
-    emit({**result.to_dict(), "out": str(out), "N": n, "D": d, "law": law.kind})
+    spread = {dom: s["std"] for dom, s in result["spread"].items()}
+    info("weights: " + ", ".join(f"{k} {v:.3f} (+/- {spread[k]:.3f})" for k, v in result["weights"].items()))
+    emit(result)
 
 
 @group.command("compute-optimal")

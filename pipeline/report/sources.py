@@ -99,7 +99,7 @@ def extrapolation_curves(
     sizes = [*fitted, *(max(fitted) * f for f in factors)]
     grid = np.geomspace(min(data["D_range"]), 4 * max(data["D_range"]), points)
     mixture = None
-    if law.form_.uses_mixture:
+    if law.form.uses_mixture:
         mean = law.training_mixtures().mean(axis=0)
         mixture = dict(zip(law.domains_, mean, strict=True))
     frame = pd.concat(

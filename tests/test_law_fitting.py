@@ -1,0 +1,147 @@
+"""The law package's searches and contracts: least squares vs basin-hopping, the one Huber loss,
+per-domain sums for the overall loss, the mixing law on arrays, scikit-learn conformance."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+from scipy.optimize import least_squares
+from sklearn.exceptions import NotFittedError
+from test_law import DOMAINS, FAST, TRUE, synthetic_runs
+
+from mixer.laws import (
+    AdditiveLaw,
+    ChinchillaLaw,
+    Features,
+    JointLaw,
+    MixingLaw,
+    additive_law,
+    fit_mixing_law,
+    load_law,
+    mixing_law_loss,
+    optimize_mixture,
+)
+from mixer.laws.estimators import loss_components
+from mixer.laws.fitting import HuberObjective, huber_terms, weighted_huber_rho
+
+
+def test_huber_terms_is_the_loss_scipy_least_squares_minimises() -> None:
+    """least_squares(loss="huber", f_scale=delta) reports cost = the summed huber_terms, so the
+    least-squares search and the L-BFGS objective minimise one function."""
+    rng = np.random.default_rng(0)
+    residual = rng.normal(0, 3e-3, 50)  # both sides of delta = 1e-3
+    result = least_squares(lambda t: residual + 0 * t, np.zeros(1), loss="huber", f_scale=1e-3, max_nfev=1)
+    assert result.cost == pytest.approx(huber_terms(residual, 1e-3).sum(), rel=1e-12)
+    objective = HuberObjective(lambda t: (residual + 0 * t[0], np.zeros((50, 1))), np.zeros(50))
+    assert objective.value(np.zeros(1)) == pytest.approx(huber_terms(residual).sum(), rel=1e-12)
+
+
+def test_least_squares_search_recovers_the_synthetic_law() -> None:
+    runs = synthetic_runs()
+    # least squares needs more than FAST's 6 searches here: this law's mixture term and E trade off
+    law = AdditiveLaw(n_starts=64, n_restarts=3, niter=3, n_bootstrap=8, search="least_squares").fit(runs)
+    fit = law.fits_[0]
+    assert np.mean(np.abs(law.predict(runs) - runs["loss"]) / runs["loss"]) < 0.004
+    assert fit.params["alpha"] == pytest.approx(TRUE["alpha"], rel=0.3)
+    assert fit.diagnostics["optimizer"]["search"] == "least_squares"
+    assert fit.bootstrap.shape == (8, 5 + 2 * len(DOMAINS))
+
+
+def test_auto_search_picks_least_squares_only_on_large_tables() -> None:
+    law = AdditiveLaw()
+    assert law._search_for(216) == "basinhopping" and law._search_for(1098) == "least_squares"
+    assert JointLaw()._search_for(1098) == "basinhopping"  # least squares stopped above its optimum
+    with pytest.raises(ValueError, match="search must be one of"):
+        AdditiveLaw(search="nope", n_starts=4, n_restarts=1, niter=0, n_bootstrap=0).fit(synthetic_runs())
+
+
+def _per_domain_runs() -> pd.DataFrame:
+    """Two domain losses from different additive laws; the overall loss is their mean."""
+    runs = synthetic_runs()
+    h = runs[[f"h_{d}" for d in DOMAINS]].to_numpy()
+    size = 400.0 / runs["N"] ** 0.34 + 1500.0 / runs["D"] ** 0.3
+    runs["loss_web"] = 1.5 + 1.0 / (0.5 + 4.0 * h[:, 0] ** 0.5) + size
+    runs["loss_code"] = 1.2 + 1.0 / (0.3 + 6.0 * h[:, 1] ** 0.4) + 1.2 * size
+    runs["loss"] = 0.5 * (runs["loss_web"] + runs["loss_code"])
+    return runs
+
+
+def test_per_domain_laws_predict_the_overall_loss_as_their_weighted_sum(tmp_path) -> None:
+    runs = _per_domain_runs()
+    assert loss_components(runs, "loss") == pytest.approx({"loss_code": 0.5, "loss_web": 0.5})
+    law = AdditiveLaw(**FAST, per_domain=True).fit(runs)
+    assert (
+        law.targets_[0] == "loss"
+        and set(law.targets_[1:]) == {"loss_code", "loss_web"}
+        and len(law.fits_) == 2
+    )
+    overall = law.predict_interval(runs)
+    parts = 0.5 * (law.predict(runs, "loss_web") + law.predict(runs, "loss_code"))
+    np.testing.assert_allclose(overall["loss"], parts, rtol=1e-12)
+    assert (overall["low"] <= overall["loss"]).all() and (overall["loss"] <= overall["high"]).all()
+    assert np.mean(np.abs(overall["loss"] - runs["loss"]) / runs["loss"]) < 0.004
+    best = optimize_mixture(law, 1e8, 2e9, targets=["loss"])
+    frame = law.frame_for(1e8, 2e9, best.weights)
+    assert best.losses["loss"] == pytest.approx(float(law.predict(frame, "loss")[0]), rel=1e-9)
+    loaded = load_law(law.save(tmp_path / "law.json"))
+    np.testing.assert_array_equal(loaded.predict(runs), law.predict(runs))
+    with pytest.raises(ValueError, match="weighted sum of per-domain laws"):
+        law.fit_for("loss")
+
+
+def test_loss_components_needs_an_exact_weighted_sum() -> None:
+    runs = _per_domain_runs()
+    runs["loss"] = runs["loss"] * (1 + 0.01 * np.sin(np.arange(len(runs))))
+    assert loss_components(runs, "loss") is None
+    assert loss_components(runs.drop(columns=["loss_web", "loss_code"]), "loss") is None
+    quick = {"n_starts": 8, "n_restarts": 1, "niter": 0, "n_bootstrap": 0}
+    law = AdditiveLaw(**quick, per_domain=True).fit(runs)  # no exact sum: one law on the loss itself
+    assert law.targets_ == ["loss"] and law.components("loss") == [("loss", 1.0)]
+
+
+def test_mixing_law_on_arrays_recovers_its_parameters() -> None:
+    rng = np.random.default_rng(1)
+    h = rng.dirichlet(np.ones(3), 40)
+    theta = np.array([np.log(2.0), np.log(0.5), 1.0, -0.5, 0.3])
+    y = mixing_law_loss(theta, h)
+    fitted = fit_mixing_law(h, y, n_starts=16, n_restarts=2, seed=0)
+    np.testing.assert_allclose(mixing_law_loss(fitted, h), y, rtol=1e-6)
+    x = Features(np.zeros(40), np.zeros(40), h)
+    np.testing.assert_allclose(MixingLaw().form.loss(fitted, x), y, rtol=1e-6)
+    with pytest.raises(ValueError, match="h must be"):
+        fit_mixing_law(h[:5], y)
+
+
+def test_laws_follow_scikit_learn_contracts() -> None:
+    runs = synthetic_runs()
+    with pytest.raises(NotFittedError):
+        AdditiveLaw().predict(runs)
+    with pytest.raises(TypeError, match="load_runs"):
+        AdditiveLaw().fit("runs.csv")
+    law = ChinchillaLaw(n_bootstrap=0).fit(runs.drop(columns=[f"h_{d}" for d in DOMAINS]))
+    assert law.predict(runs.head(2)).shape == (2,)  # a size law ignores h columns
+    x = Features(np.zeros(3), np.zeros(3), np.full((3, 3), 1 / 3))
+    value, jac = additive_law(np.zeros(11), x)
+    assert value.shape == (3,) and jac.shape == (3, 11)
+
+
+def test_weighted_least_squares_minimises_the_weighted_huber_objective() -> None:
+    rng = np.random.default_rng(2)
+    residual, weights = rng.normal(0, 3e-3, 40), rng.uniform(0.1, 3.0, 40)
+    rho = weighted_huber_rho(weights)
+    result = least_squares(lambda t: residual + 0 * t, np.zeros(1), loss=rho, f_scale=1e-3, max_nfev=1)
+    assert result.cost == pytest.approx(float(np.sum(weights * huber_terms(residual, 1e-3))), rel=1e-12)
+
+
+def test_size_weight_counts_larger_proxies_more() -> None:
+    runs = synthetic_runs()
+    law = AdditiveLaw(n_starts=8, n_restarts=1, niter=0, n_bootstrap=0, size_weight=1.0)
+    x = Features(np.log(runs["N"].to_numpy()), np.zeros(len(runs)), np.zeros((len(runs), 0)))
+    weights = law._size_weights(x)
+    assert weights.mean() == pytest.approx(1.0)
+    ratio = weights[runs["N"].to_numpy() == 2e8][0] / weights[runs["N"].to_numpy() == 2e7][0]
+    assert ratio == pytest.approx(10.0)
+    assert AdditiveLaw()._size_weights(x) is None
+    fitted = law.fit(runs)
+    assert np.mean(np.abs(fitted.predict(runs) - runs["loss"]) / runs["loss"]) < 0.01
