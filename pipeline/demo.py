@@ -93,17 +93,19 @@ def train_quality_classifier(paths: RunLayout, config: DemoConfig, log: Log) -> 
 
 
 def score_corpus(paths: RunLayout, config: DemoConfig, log: Log, track: Tracker = silent) -> dict[str, Any]:
+    from pipeline.dedup import DedupOptions
     from pipeline.job import ScoreJobConfig, run_score_job
     from pipeline.registry import ScorerConfig
     from pipeline.select import Selection
 
     inputs = {f.stem: [str(f)] for f in sorted(paths.corpus.glob("*.jsonl"))}
-    log(f"scoring {len(inputs)} domains with the Beam job (keep top {config.keep_top:.0%})")
+    log(f"scoring {len(inputs)} domains with the Beam job (MinHash dedup, keep top {config.keep_top:.0%})")
     job = ScoreJobConfig(
         inputs=inputs,
         output=str(paths.scored),
         scorer=ScorerConfig("fasttext", model=str(paths.quality / "quality.bin")),
         selection=Selection(keep_top=config.keep_top),
+        dedup=DedupOptions("minhash"),
         vocab_size=config.vocab_size,
     )
     with document_progress(track) as settle:

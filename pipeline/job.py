@@ -1,4 +1,6 @@
-"""The scoring job: read -> validate -> tokenize -> score -> stage -> select -> write, as named PTransforms.
+"""The scoring job: read -> validate -> language ID -> heuristic filters -> tokenize -> score -> dedup
+-> stage -> select -> write, as named PTransforms (language ID, filters, dedup and the scorer are
+each optional).
 
 Elements between steps are Arrow record batches of up to a few thousand documents, not single
 documents: Beam's per-element cost (tens of microseconds) would otherwise exceed fastText's.
@@ -9,7 +11,10 @@ runner; the top-fraction cut-offs come from a combine over those scores, and one
 sorts its rows by (domain, source, record) and marks `keep`. Output is therefore byte-identical
 for the same inputs on any runner, worker count or batch size (see `pipeline.shards`).
 Every record that cannot be read, tokenized or scored becomes a dead-letter row, so
-`docs_in = docs_scored + docs_dead_letter` per domain.
+`docs_in = docs_scored + docs_dead_letter` per domain. A document a stage drops stays in
+`scored-*` with its `drop_reason` (language and filter drops are not scored); dedup sends only
+band keys and the removed documents' (node, representative) pairs through the runner, and the
+shard writers mark them, so `docs_scored = docs_kept + sum(docs_dropped_<stage>)`.
 """
 
 from __future__ import annotations
@@ -22,10 +27,16 @@ from pathlib import Path
 from typing import Any
 
 import apache_beam as beam
+import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 from apache_beam.transforms.window import GlobalWindows
 
 from pipeline import schema as S
+from pipeline.dedup import DedupOptions, FindDuplicates, mark_duplicates
+from pipeline.domains import read_domains_yaml
+from pipeline.filters import ApplyFilters
+from pipeline.langid import IdentifyLanguage, LanguageOptions, check_model
 from pipeline.progress import documents_done
 from pipeline.read import (
     ReadOptions,
@@ -51,6 +62,7 @@ from pipeline.shards import (
     sort_documents,
     write_parquet,
 )
+from pipeline.stages import conform, pending
 from pipeline.stats import (
     dead_letter_counts,
     read_stats,
@@ -73,12 +85,17 @@ from pipeline.tokenize import (
 
 @dataclass(frozen=True)
 class ScoreJobConfig:
-    """Everything the job needs; `inputs` maps a domain to its globs."""
+    """Everything the job needs; `inputs` maps a domain to its globs (or is a domains YAML path).
 
-    inputs: dict[str, list[str]]
+    `scorer` None: the job only runs the stages (no score column, no selection)."""
+
+    inputs: dict[str, list[str]] | str | Path
     output: str
-    scorer: ScorerConfig
+    scorer: ScorerConfig | None = None
     selection: Selection = field(default_factory=Selection)
+    language: LanguageOptions | None = None
+    filters: tuple[Any, ...] = ()
+    dedup: DedupOptions | None = None
     read: ReadOptions = field(default_factory=ReadOptions)
     tokenizer: str | None = None
     with_text: bool = True
@@ -87,6 +104,12 @@ class ScoreJobConfig:
     num_shards: int = 0  # 0: DEFAULT_NUM_SHARDS, or one per BYTES_PER_SHARD of input when that is more
 
     def __post_init__(self) -> None:
+        if isinstance(self.inputs, (str, Path)):
+            object.__setattr__(self, "inputs", read_domains_yaml(self.inputs))
+        if self.language is not None:
+            check_model(self.language.model)
+        if self.selection.active and self.scorer is None:
+            raise ValueError("--keep-top/--threshold select by score: give --scorer too")
         if not self.inputs:
             raise ValueError(
                 "no inputs: give --input GLOB --domain NAME (repeatable) or --config domains.yaml"
@@ -174,9 +197,12 @@ class _StageFn(beam.DoFn):
     plus (domain, scores) for the cut-off combine. The text is written once here and read once by
     the shard writer instead of being encoded through the runner."""
 
-    def __init__(self, parts_dir: str, columns: list[str], num_shards: int, score_column: str | None):
+    def __init__(
+        self, parts_dir: str, columns: list[str], schema: pa.Schema, num_shards: int, score_column: str | None
+    ):
         self._parts_dir = parts_dir
         self._columns = columns
+        self._schema = schema
         self._num_shards = num_shards
         self._score_column = score_column
         self._writers: PartWriters | None = None
@@ -185,7 +211,7 @@ class _StageFn(beam.DoFn):
         self._writers = PartWriters(self._parts_dir, self._num_shards)
 
     def process(self, batch: pa.RecordBatch) -> Iterator[Any]:
-        batch = batch.select(self._columns)
+        batch = conform(batch, self._columns, self._schema)
         assert self._writers is not None  # opened in start_bundle
         self._writers.write(batch)
         documents_done(batch.num_rows)
@@ -202,9 +228,11 @@ class _StageFn(beam.DoFn):
 class StageScored(beam.PTransform):
     """Scored batches -> {"parts": (shard, part file), "scores": (domain, scores array)}."""
 
-    def __init__(self, parts_dir: str, columns: list[str], num_shards: int, score_column: str | None):
+    def __init__(
+        self, parts_dir: str, columns: list[str], schema: pa.Schema, num_shards: int, score_column: str | None
+    ):
         super().__init__()
-        self._fn = _StageFn(parts_dir, columns, num_shards, score_column)
+        self._fn = _StageFn(parts_dir, columns, schema, num_shards, score_column)
 
     def expand(self, scored):
         result = scored | "WriteParts" >> beam.ParDo(self._fn).with_outputs("scores", main="parts")
@@ -215,23 +243,27 @@ class _WriteShardFn(beam.DoFn):
     """One shard: its part files sorted into scored-S-of-N.parquet (with `keep`), its dead letters
     sorted into dead_letter-S-of-N.parquet; emits the shard's per-domain counts."""
 
-    def __init__(self, out_dir: str, num_shards: int, scorer: str, selection: Selection, with_text: bool):
+    def __init__(
+        self, out_dir: str, num_shards: int, scorer: str | None, selection: Selection, with_text: bool
+    ):
         self._out = out_dir
         self._n = num_shards
-        self._schema = S.scored_schema([scorer], with_text=with_text)
-        self._column = S.score_column(scorer)
+        self._schema = S.scored_schema(_scorers(scorer), with_text=with_text)
+        self._column = S.score_column(scorer) if scorer else None
         self._selection = selection
 
     def process(self, element, cutoffs=None) -> Iterator[tuple[int, list[tuple[str, Any]]]]:
         shard, values = element
         parts = sorted(v for kind, v in values if kind == "part")
         dead = sort_dead_letters([v for kind, v in values if kind == "dead"])
+        duplicates = [v for kind, v in values if kind == "dup"]
         counts: list[tuple[str, Any]] = [dead_letter_counts(row) for row in dead]
         table = read_parts(parts)
         if table is None:
             table = self._schema.empty_table()
         else:
-            table = mark_keep(sort_documents(table), self._column, cutoffs, self._selection.threshold)
+            table = mark_duplicates(sort_documents(table), duplicates)
+            table = mark_keep(table, self._column, cutoffs, self._selection.threshold)
             counts += scored_counts(table)
         write_parquet(table, _join(self._out, shard_name(S.SCORED_PREFIX, shard, self._n)), self._schema)
         write_parquet(
@@ -242,18 +274,34 @@ class _WriteShardFn(beam.DoFn):
         yield shard, counts
 
 
+def _scorers(scorer: str | None) -> list[str]:
+    return [scorer] if scorer else []
+
+
 def _keyed_dead_letter(row: dict[str, Any], num_shards: int) -> tuple[int, tuple[str, Any]]:
     return shard_of(row[S.DOMAIN], row[S.SOURCE], row[S.RECORD], num_shards), ("dead", row)
 
 
+def _keyed_duplicate(removed: tuple[tuple, tuple], num_shards: int) -> tuple[int, tuple[str, Any]]:
+    (_rank, _id, domain, source, record), representative = removed
+    return shard_of(domain, source, record, num_shards), ("dup", (domain, source, record, representative[1]))
+
+
+def _removed_score(removed: tuple[tuple, tuple]) -> tuple[str, tuple[str, np.ndarray]]:
+    """(domain, ("remove", [score])) for the cut-off combine: a duplicate is no candidate."""
+    rank, _id, domain, _source, _record = removed[0]
+    return domain, ("remove", np.array([-rank]))
+
+
 class WriteOutputs(beam.PTransform):
     """scored-S-of-N.parquet, dead_letter-S-of-N.parquet (all N of each, even when empty) and
-    domain_stats.parquet/.json into `out_dir`; takes {"parts": (shard, file), "dead_letter": rows}."""
+    domain_stats.parquet/.json into `out_dir`; takes {"parts": (shard, file), "dead_letter": rows,
+    optionally "duplicates": (node, representative)}."""
 
     def __init__(
         self,
         out_dir: str,
-        scorer: str,
+        scorer: str | None,
         domains: Sequence[str],
         selection: Selection,
         with_text: bool,
@@ -274,14 +322,15 @@ class WriteOutputs(beam.PTransform):
         side = beam.pvalue.AsDict(self._cutoffs) if self._cutoffs is not None else None
         parts = outputs["parts"] | "KeyParts" >> beam.MapTuple(lambda shard, path: (shard, ("part", path)))
         dead = outputs["dead_letter"] | "KeyDeadLetters" >> beam.Map(_keyed_dead_letter, n)
+        gathered = [parts, dead]
+        if "duplicates" in outputs:
+            gathered.append(outputs["duplicates"] | "KeyDuplicates" >> beam.Map(_keyed_duplicate, n))
         written = (
-            (parts, dead)
+            tuple(gathered)
             | "Gather" >> beam.Flatten()
             | "ByShard" >> beam.GroupByKey()
             | "WriteShards"
-            >> beam.ParDo(
-                _WriteShardFn(self._out, n, self._scorer, self._selection, self._with_text), side
-            )
+            >> beam.ParDo(_WriteShardFn(self._out, n, self._scorer, self._selection, self._with_text), side)
         )
         return (
             outputs["parts"].pipeline
@@ -307,12 +356,20 @@ def _join(directory: str, name: str) -> str:
 
 
 def _commit(
-    _, written, cutoffs, out_dir, num_shards, domains, selection: Selection, scorer: str, with_text: bool
+    _,
+    written,
+    cutoffs,
+    out_dir,
+    num_shards,
+    domains,
+    selection: Selection,
+    scorer: str | None,
+    with_text: bool,
 ) -> int:
     """After every shard: empty files for shards that got no rows, domain stats, no part files left."""
     done = {shard for shard, _ in written}
     empty = {
-        S.SCORED_PREFIX: S.scored_schema([scorer], with_text=with_text),
+        S.SCORED_PREFIX: S.scored_schema(_scorers(scorer), with_text=with_text),
         S.DEAD_LETTER_PREFIX: S.DEAD_LETTER_SCHEMA,
     }
     for shard in sorted(set(range(num_shards)) - done):
@@ -321,9 +378,47 @@ def _commit(
     if selection.threshold is not None:
         cutoffs = dict.fromkeys(domains, selection.threshold)
     counts = [c for _, shard_counts in written for c in shard_counts]
-    write_stats(stats_table(counts, domains, cutoffs, scorer if selection.active else None), out_dir)
+    write_stats(
+        stats_table(counts, domains, cutoffs, scorer if selection.active and scorer else None), out_dir
+    )
     remove_parts(_join(out_dir, PARTS_DIR))
     return len(done)
+
+
+class _SplitDroppedFn(beam.DoFn):
+    """Batches -> documents no stage dropped (main, to be scored) and the dropped ones ("dropped")."""
+
+    def process(self, batch: pa.RecordBatch) -> Iterator[Any]:
+        alive = pa.array(pending(batch))
+        if batch.num_rows and pc.all(alive).as_py():
+            yield batch
+            return
+        if pc.any(alive).as_py():
+            yield batch.filter(alive)
+        yield beam.pvalue.TaggedOutput("dropped", batch.filter(pc.invert(alive)))
+
+
+def _stages(docs, config: ScoreJobConfig):
+    """Language ID then filters (each when configured) over the read batches."""
+    if config.language is not None:
+        docs = docs | "Language" >> IdentifyLanguage(config.language)
+    if config.filters:
+        docs = docs | "Filters" >> ApplyFilters(config.filters)
+    return docs
+
+
+def _score(docs, config: ScoreJobConfig) -> tuple[Any, list[Any]]:
+    """(all documents, survivors scored; dead letters of the scorer); dropped documents are not scored."""
+    if config.scorer is None:
+        return docs, []
+    if config.language is not None and config.language.languages or config.filters:
+        split = docs | "SplitDropped" >> beam.ParDo(_SplitDroppedFn()).with_outputs("dropped", main="alive")
+        scored = split["alive"] | f"Score[{config.scorer.name}]" >> scoring_transform(config.scorer)
+        docs = (scored["scored"], split["dropped"]) | "Rejoin" >> beam.Flatten()
+    else:
+        scored = docs | f"Score[{config.scorer.name}]" >> scoring_transform(config.scorer)
+        docs = scored["scored"]
+    return docs, [scored["dead_letter"]]
 
 
 def build_pipeline(
@@ -338,25 +433,37 @@ def build_pipeline(
     num_shards = config.num_shards if config.num_shards > 0 else default_num_shards(sum(sizes.values()))
     ordered = sorted(files, key=lambda f: (-sizes.get(f[1], 0), f))  # largest first: even split
     read = pipeline | "Files" >> beam.Create(ordered, reshuffle=False) | "Read" >> ReadDocuments(config.read)
-    tokens = read["docs"] | "Tokenize" >> CountTokens(tokenizer_json)
-    scored = tokens["docs"] | f"Score[{config.scorer.name}]" >> scoring_transform(config.scorer)
-    columns = [*S.scored_schema([config.scorer.name], with_text=config.with_text).names, S.RECORD]
-    columns.remove(S.KEEP)
-    keep_top = config.selection.keep_top
-    staged = scored["scored"] | "Stage" >> StageScored(
-        _join(out_dir, PARTS_DIR), columns, num_shards, config.scorer.column if keep_top is not None else None
+    tokens = _stages(read["docs"], config) | "Tokenize" >> CountTokens(tokenizer_json)
+    docs, score_dead = _score(tokens["docs"], config)
+    scorer = config.scorer.name if config.scorer else None
+    score_column = config.scorer.column if config.scorer else None
+    schema = S.scored_schema(_scorers(scorer), with_text=config.with_text)
+    columns = [c for c in [*schema.names, S.RECORD] if c not in (S.KEEP, S.DUPLICATE_OF)]
+    keep_top = config.selection.keep_top is not None
+    staged = docs | "Stage" >> StageScored(
+        _join(out_dir, PARTS_DIR),
+        columns,
+        schema.append(pa.field(S.RECORD, pa.int64())),
+        num_shards,
+        score_column if keep_top else None,
     )
-    cutoffs = (staged["scores"] | "Select" >> DomainCutoffs(keep_top)) if keep_top is not None else None
-    dead = (
+    outputs: dict[str, Any] = {"parts": staged["parts"]}
+    scores = staged["scores"]
+    if config.dedup is not None:
+        outputs["duplicates"] = docs | "Dedup" >> FindDuplicates(config.dedup, score_column)
+        if keep_top:
+            removed = outputs["duplicates"] | "RemovedScores" >> beam.Map(_removed_score)
+            scores = (scores, removed) | "CandidateScores" >> beam.Flatten()
+    cutoffs = (scores | "Select" >> DomainCutoffs(config.selection.keep_top)) if keep_top else None
+    outputs["dead_letter"] = (
         read["dead_letter"],
         tokens["dead_letter"],
-        scored["dead_letter"],
+        *score_dead,
     ) | "DeadLetters" >> beam.Flatten()
-    domains = sorted(config.inputs)
-    _ = {"parts": staged["parts"], "dead_letter": dead} | "Write" >> WriteOutputs(
+    _ = outputs | "Write" >> WriteOutputs(
         out_dir,
-        config.scorer.name,
-        domains,
+        scorer,
+        sorted(config.inputs),
         config.selection,
         config.with_text,
         num_shards,

@@ -42,6 +42,7 @@ class ReadOptions:
     max_chars: int = DEFAULT_MAX_CHARS
     oversize: str = "dead-letter"
     batch_size: int = 4096
+    keep_fields: tuple[str, ...] | None = None  # other input fields kept in `metadata` (None: all)
 
     def __post_init__(self) -> None:
         if self.oversize not in OVERSIZE_POLICIES:
@@ -113,8 +114,27 @@ DOCS_SCHEMA = pa.schema(
         pa.field(S.RECORD, pa.int64(), nullable=False),
         pa.field(S.N_CHARS, pa.int64(), nullable=False),
         pa.field(S.TEXT, pa.string(), nullable=False),
+        pa.field(S.METADATA, pa.string()),
     ]
 )
+
+
+def record_metadata(record: dict[str, Any], opts: ReadOptions) -> str | None:
+    """The record's fields other than the text and id (only `opts.keep_fields` when given), as a
+    JSON object string; None when there are none."""
+    skip = (opts.text_field, opts.id_field)
+    keep = opts.keep_fields
+    fields = {k: v for k, v in record.items() if k not in skip and (keep is None or k in keep)}
+    return json.dumps(fields, ensure_ascii=False, sort_keys=True, default=str) if fields else None
+
+
+def line_metadata(line: bytes, opts: ReadOptions) -> str | None:
+    """`record_metadata` of one valid JSONL line (None where Python's json cannot read it)."""
+    try:
+        record = json.loads(line.decode("utf-8").removeprefix("\ufeff"))
+    except (ValueError, RecursionError):
+        return None
+    return record_metadata(record, opts) if isinstance(record, dict) else None
 
 
 def docs_batch(
@@ -123,11 +143,13 @@ def docs_batch(
     ids: list[str] | pa.Array,
     texts: list[str] | pa.Array,
     records: list[int] | None = None,
+    metadata: list[str | None] | None = None,
 ) -> pa.RecordBatch:
     """A batch of valid documents with the columns every later step reads.
 
     `records` are the 1-based line (JSONL) or row (Parquet) numbers in `source`; with
-    (domain, source) they order the output deterministically. Default: 1..n."""
+    (domain, source) they order the output deterministically. Default: 1..n. `metadata` holds
+    each record's other fields as JSON (`record_metadata`); default: none."""
     text_arr = texts if isinstance(texts, pa.Array) else pa.array(texts, pa.string())
     n = len(text_arr)
     return pa.RecordBatch.from_arrays(
@@ -138,6 +160,7 @@ def docs_batch(
             pa.array(range(1, n + 1) if records is None else records, pa.int64()),
             pc.utf8_length(text_arr).cast(pa.int64()),
             text_arr,
+            pa.array([None] * n if metadata is None else metadata, pa.string()),
         ],
         schema=DOCS_SCHEMA,
     )
@@ -238,7 +261,7 @@ def parse_json_line(line: bytes, opts: ReadOptions) -> tuple[str, str]:
 def _parse_with_arrow(line: bytes, opts: ReadOptions, exc: Exception) -> tuple[str, str]:
     """One line that Python's json refuses only for its limits (nesting depth, integer digits):
     read it as the fast path does, so a record's fate never depends on its neighbours."""
-    parsed = _fast_parse([line], opts)
+    parsed = _fast_parse([line], opts, other_fields=False)
     if parsed is None:
         what = (
             "values nested too deeply"
@@ -246,7 +269,7 @@ def _parse_with_arrow(line: bytes, opts: ReadOptions, exc: Exception) -> tuple[s
             else "an integer of over 4,300 digits"
         )
         raise BadRecord(f"invalid JSON: {what}")
-    text_arr, id_arr = parsed
+    text_arr, id_arr, _ = parsed
     text = check_text(text_arr[0].as_py(), opts.text_field, opts)
     doc_id = None if id_arr is None else id_arr[0].as_py()
     return (stable_id(text) if doc_id is None else doc_id), text
@@ -360,14 +383,19 @@ def _line_chunks(stream: Any, batch_size: int) -> Iterator[tuple[list[int], list
         yield numbers, chunk
 
 
-def _fast_parse(lines: list[bytes], opts: ReadOptions) -> tuple[pa.Array, pa.Array] | None:
-    """Parse a chunk with Arrow's JSON reader; None when any record needs the per-line path."""
+def _fast_parse(
+    lines: list[bytes], opts: ReadOptions, other_fields: bool = True
+) -> tuple[pa.Array, pa.Array | None, bool] | None:
+    """Parse a chunk with Arrow's JSON reader: (texts, ids, whether records have other fields to
+    keep as metadata); None when any record needs the per-line path."""
     import pyarrow.json as pj
 
     fields = [(opts.text_field, pa.string())]
     if opts.id_field != opts.text_field:
         fields.append((opts.id_field, pa.string()))
-    parse = pj.ParseOptions(explicit_schema=pa.schema(fields), unexpected_field_behavior="ignore")
+    # "infer" only to learn whether records have other fields (their values are read by `json`)
+    other = "infer" if other_fields and opts.keep_fields != () else "ignore"
+    parse = pj.ParseOptions(explicit_schema=pa.schema(fields), unexpected_field_behavior=other)
     try:
         table = pj.read_json(
             io.BytesIO(b"\n".join(lines)),
@@ -388,7 +416,10 @@ def _fast_parse(lines: list[bytes], opts: ReadOptions) -> tuple[pa.Array, pa.Arr
             ids.validate(full=True)
     except pa.ArrowInvalid:
         return None
-    return text, ids
+    extra = set(table.column_names) - {opts.text_field, opts.id_field}
+    if opts.keep_fields is not None:
+        extra &= set(opts.keep_fields)
+    return text, ids, bool(extra)
 
 
 def _chunk_documents(
@@ -398,19 +429,21 @@ def _chunk_documents(
     ids: list[str] = []
     texts: list[str] = []
     records: list[int] = []
+    metadata: list[str | None] = []
     dead: list[dict[str, Any]] = []
     if fast is not None:
-        text_arr, id_arr = fast
+        text_arr, id_arr, has_metadata = fast
+        meta = [line_metadata(line, opts) for line in lines] if has_metadata else None
         lengths = pc.utf8_length(text_arr).to_numpy()
         blank = pc.invert(pc.match_substring_regex(text_arr, VISIBLE_PATTERN)).to_numpy(zero_copy_only=False)
         if not blank.any() and lengths.max(initial=0) <= opts.max_chars:
             if id_arr is not None and not id_arr.null_count:
-                return docs_batch(domain, source, id_arr, text_arr, numbers), []
+                return docs_batch(domain, source, id_arr, text_arr, numbers, meta), []
             raw_ids = id_arr.to_pylist() if id_arr is not None else [None] * len(lines)
             if None in raw_ids:
                 texts_py = text_arr.to_pylist()
                 raw_ids = [stable_id(t) if i is None else i for i, t in zip(raw_ids, texts_py, strict=True)]
-            return docs_batch(domain, source, raw_ids, text_arr, numbers), []
+            return docs_batch(domain, source, raw_ids, text_arr, numbers, meta), []
     for number, line in zip(numbers, lines, strict=True):
         try:
             doc_id, text = parse_json_line(line, opts)
@@ -420,7 +453,8 @@ def _chunk_documents(
         ids.append(doc_id)
         texts.append(text)
         records.append(number)
-    batch = docs_batch(domain, source, ids, texts, records) if ids else None
+        metadata.append(line_metadata(line, opts) if opts.keep_fields != () else None)
+    batch = docs_batch(domain, source, ids, texts, records, metadata) if ids else None
     return batch, dead
 
 
@@ -482,13 +516,17 @@ def read_parquet(domain: str, path: str, opts: ReadOptions) -> Iterator[tuple[pa
         pq.ParquetFile(source, pre_buffer=local) as parquet,
     ):
         names = parquet.schema_arrow.names
+        other = [n for n in names if n not in (opts.text_field, opts.id_field)]
+        other = [n for n in other if opts.keep_fields is None or n in opts.keep_fields]
         row = 0
         for batch in parquet.iter_batches(batch_size=opts.batch_size, use_threads=local):
+            meta_rows = batch.select(other).to_pylist() if other else None
             texts_in = _as_python(batch.column(opts.text_field)) if opts.text_field in names else None
             raw_ids = _as_python(batch.column(opts.id_field)) if opts.id_field in names else None
             ids: list[str] = []
             texts: list[str] = []
             records: list[int] = []
+            metadata: list[str | None] = []
             dead: list[dict[str, Any]] = []
             for i in range(batch.num_rows):
                 try:
@@ -505,8 +543,9 @@ def read_parquet(domain: str, path: str, opts: ReadOptions) -> Iterator[tuple[pa
                 ids.append(doc_id)
                 texts.append(text)
                 records.append(row + i + 1)
+                metadata.append(record_metadata(meta_rows[i], opts) if meta_rows else None)
             row += batch.num_rows
-            yield (docs_batch(domain, path, ids, texts, records) if ids else None), dead
+            yield (docs_batch(domain, path, ids, texts, records, metadata) if ids else None), dead
 
 
 def _decode(value: bytes) -> str:

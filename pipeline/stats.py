@@ -1,4 +1,5 @@
-"""Per-domain counts: documents in, scored, kept, dead-lettered; tokens in and kept.
+"""Per-domain counts: documents in, scored, kept, dead-lettered; tokens in and kept; documents and
+tokens dropped by each stage (language, gopher, c4, duplicate, selection).
 
 `tokens_kept` is what `datamixer regmix propose` reads as a domain's availability.
 """
@@ -17,25 +18,47 @@ import pyarrow.compute as pc
 from pipeline import schema as S
 
 # Order of the count vector each element contributes.
-_FIELDS = (S.DOCS_SCORED, S.DOCS_KEPT, S.TOKENS_IN, S.TOKENS_KEPT, S.DOCS_DEAD_LETTER)
+_FIELDS = (
+    S.DOCS_SCORED,
+    S.DOCS_KEPT,
+    S.TOKENS_IN,
+    S.TOKENS_KEPT,
+    S.DOCS_DEAD_LETTER,
+    *[S.DOCS_DROPPED_PREFIX + stage for stage in S.DROP_STAGES],
+    *[S.TOKENS_DROPPED_PREFIX + stage for stage in S.DROP_STAGES],
+)
+_N_STAGES = len(S.DROP_STAGES)
+
+
+def _stage_index(reasons: pa.Array, keep: np.ndarray) -> np.ndarray:
+    """Index into DROP_STAGES of each document's drop (-1 when kept); no reason and not kept is the
+    selection's drop."""
+    stages = [S.drop_stage(r) if r is not None else "selection" for r in reasons.to_pylist()]
+    index = np.array([S.DROP_STAGES.index(s) for s in stages], np.int64)
+    index[keep] = -1
+    return index
 
 
 def scored_counts(table: pa.Table) -> list[tuple[str, np.ndarray]]:
-    """(domain, counts) for a table of scored documents with `keep` and `n_tokens`."""
+    """(domain, counts) for a table of documents with `keep`, `drop_reason` and `n_tokens`."""
     out = []
     domains = table.column(S.DOMAIN)
     for domain in pc.unique(domains).to_pylist():
         part = table.filter(pc.equal(domains, domain))
         keep = part.column(S.KEEP).to_numpy()
         tokens = part.column(S.N_TOKENS).to_numpy()
-        out.append(
-            (domain, np.array([part.num_rows, keep.sum(), tokens.sum(), tokens[keep].sum(), 0], np.int64))
-        )
+        stage = _stage_index(part.column(S.DROP_REASON).combine_chunks(), keep)
+        dropped = [(stage == i).sum() for i in range(_N_STAGES)]
+        dropped_tokens = [tokens[stage == i].sum() for i in range(_N_STAGES)]
+        head = [part.num_rows, keep.sum(), tokens.sum(), tokens[keep].sum(), 0]
+        out.append((domain, np.array(head + dropped + dropped_tokens, np.int64)))
     return out
 
 
 def dead_letter_counts(row: dict[str, Any]) -> tuple[str, np.ndarray]:
-    return row[S.DOMAIN] or "", np.array([0, 0, 0, 0, 1], np.int64)
+    vec = np.zeros(len(_FIELDS), np.int64)
+    vec[_FIELDS.index(S.DOCS_DEAD_LETTER)] = 1
+    return row[S.DOMAIN] or "", vec
 
 
 def stats_table(
@@ -63,7 +86,8 @@ def stats_table(
 
 
 def totals(table: pa.Table) -> dict[str, int]:
-    """Headline counts over all domains: in, scored, dead_letter, kept, tokens_in, tokens_kept."""
+    """Headline counts over all domains: in, scored, dead_letter, kept, tokens_in, tokens_kept and
+    dropped_<stage> (documents) per stage."""
 
     def total(col: str) -> int:
         return int(pc.sum(table.column(col)).as_py() or 0)
@@ -75,6 +99,7 @@ def totals(table: pa.Table) -> dict[str, int]:
         "kept": total(S.DOCS_KEPT),
         "tokens_in": total(S.TOKENS_IN),
         "tokens_kept": total(S.TOKENS_KEPT),
+        **{f"dropped_{stage}": total(S.DOCS_DROPPED_PREFIX + stage) for stage in S.DROP_STAGES},
     }
 
 

@@ -1,4 +1,5 @@
-"""`datamixer score`: the Beam scoring job (read, validate, tokenize, score, select, write)."""
+"""`datamixer score`: the Beam scoring job (read, validate, language ID, filters, tokenize, score, dedup,
+select, write)."""
 
 from __future__ import annotations
 
@@ -9,44 +10,7 @@ from typing import Annotated, Any
 import typer
 
 from datamixer.commands._common import emit, info, stage_progress
-
-
-def domain_inputs(inputs: list[str], domains: list[str], config: Path | None) -> dict[str, list[str]]:
-    """domain -> globs from `--input/--domain` pairs (one --domain may cover every --input) or a YAML file
-    (`{domain: glob or [globs]}`, optionally under `domains:`; relative globs are relative to the file)."""
-    if config is not None:
-        if inputs or domains:
-            raise ValueError("give either --config or --input/--domain, not both")
-        from mixer.files import read_yaml
-
-        if not config.is_file():
-            raise FileNotFoundError(f"{config}: no such config file")
-        data = read_yaml(config) or {}
-        data = data.get("domains", data) if isinstance(data, dict) else data
-        if not isinstance(data, dict) or not data:
-            raise ValueError(f"{config}: expected a mapping of domain -> glob or list of globs")
-        out: dict[str, list[str]] = {}
-        for domain, globs in data.items():
-            globs = [globs] if isinstance(globs, str) else globs
-            if not isinstance(globs, list) or not all(isinstance(g, str) for g in globs) or not globs:
-                raise ValueError(f"{config}: domain {domain!r} must map to a glob or a list of globs")
-            out[str(domain)] = [
-                g if "://" in g or Path(g).is_absolute() else str(config.parent / g) for g in globs
-            ]
-        return out
-    if not inputs:
-        raise ValueError("no inputs: give --input GLOB --domain NAME (repeatable) or --config domains.yaml")
-    if len(domains) == 1:
-        domains = domains * len(inputs)
-    if len(domains) != len(inputs):
-        raise ValueError(
-            f"got {len(inputs)} --input and {len(domains)} --domain; give one --domain per "
-            "--input, or a single --domain for all of them"
-        )
-    out = {}
-    for glob, domain in zip(inputs, domains, strict=True):
-        out.setdefault(domain, []).append(glob)
-    return out
+from pipeline.domains import domain_inputs  # noqa: F401 - re-exported: importers of the old path
 
 
 def parse_scorer_options(pairs: list[str]) -> dict[str, Any]:
@@ -72,7 +36,10 @@ def score(
     config: Annotated[
         Path | None, typer.Option("--config", help="YAML: domain -> glob or list of globs.")
     ] = None,
-    scorer: Annotated[str, typer.Option("--scorer", help="Registered scorer name.")] = "fasttext",
+    scorer: Annotated[
+        str | None,
+        typer.Option("--scorer", help="Registered scorer name (default: fasttext with --model, else none)."),
+    ] = None,
     model: Annotated[
         str | None, typer.Option("--model", help="Scorer model (fastText .bin, model directory or .gguf).")
     ] = None,
@@ -123,20 +90,72 @@ def score(
     heads: Annotated[
         Path | None, typer.Option("--heads", help="HEADS.json (attention-influence scorer).")
     ] = None,
+    languages: Annotated[
+        str | None, typer.Option("--languages", help="Keep only these languages, e.g. en,de (ISO 639-1).")
+    ] = None,
+    language_model: Annotated[
+        str | None,
+        typer.Option(
+            "--language-model",
+            help="lingua (default), lingua-high, langid, or a fastText lid.176.bin/GlotLID path; "
+            "alone it only annotates `language`.",
+        ),
+    ] = None,
+    filters: Annotated[
+        str | None,
+        typer.Option("--filters", help="gopher,c4 (or gopher_quality, gopher_repetition) or a YAML file."),
+    ] = None,
+    dedup: Annotated[str | None, typer.Option("--dedup", help="exact or minhash.")] = None,
+    dedup_scope: Annotated[
+        str, typer.Option("--dedup-scope", help="domain (within each domain) or global.")
+    ] = "domain",
+    dedup_bands: Annotated[int, typer.Option("--dedup-bands", help="MinHash LSH bands.")] = 14,
+    dedup_rows: Annotated[
+        int, typer.Option("--dedup-rows", help="MinHash values per band (threshold ~ (1/bands)^(1/rows)).")
+    ] = 8,
+    keep_fields: Annotated[
+        str | None,
+        typer.Option(
+            "--keep-fields",
+            help="Input fields kept in the `metadata` column, comma-separated (default: all; '' none).",
+        ),
+    ] = None,
 ) -> None:
-    """Score every document, select per domain; write scored-*, dead_letter-*.parquet and domain_stats."""
+    """Language ID, filters, dedup, score and select per domain (each optional); write scored-*,
+    dead_letter-*.parquet and domain_stats (per-stage drops)."""
+    from pipeline.dedup import DedupOptions
+    from pipeline.filters import parse_filters
     from pipeline.job import ScoreJobConfig, run_score_job
+    from pipeline.langid import LanguageOptions
     from pipeline.progress import document_progress
     from pipeline.read import ReadOptions
     from pipeline.registry import ScorerConfig
     from pipeline.select import Selection
 
     logging.getLogger("apache_beam").setLevel(logging.WARNING)
+    if scorer is None and model is not None:
+        scorer = "fasttext"
+    language = None
+    if languages is not None or language_model is not None:
+        codes = tuple(c.strip() for c in (languages or "").split(",") if c.strip())
+        language = LanguageOptions(languages=codes, model=language_model or "lingua")
+    fields = None if keep_fields is None else tuple(f.strip() for f in keep_fields.split(",") if f.strip())
     job = ScoreJobConfig(
         inputs=domain_inputs(input or [], domain or [], config),
         output=str(output),
-        scorer=ScorerConfig(scorer, model, label, {
-            **parse_scorer_options(scorer_option or []), **({"heads": str(heads)} if heads else {})}),
+        scorer=None
+        if scorer is None
+        else ScorerConfig(
+            scorer,
+            model,
+            label,
+            {**parse_scorer_options(scorer_option or []), **({"heads": str(heads)} if heads else {})},
+        ),
+        language=language,
+        filters=parse_filters(filters),
+        dedup=None
+        if dedup is None
+        else DedupOptions(method=dedup, scope=dedup_scope, bands=dedup_bands, rows=dedup_rows),
         selection=Selection(keep_top=keep_top, threshold=threshold),
         read=ReadOptions(
             text_field=text_field,
@@ -144,13 +163,24 @@ def score(
             max_chars=max_chars,
             oversize=oversize,
             batch_size=batch_size,
+            keep_fields=fields,
         ),
         tokenizer=tokenizer,
         num_shards=num_shards,
         with_text=not no_text,
         vocab_size=vocab_size,
     )
-    info(f"scoring {len(job.inputs)} domain(s) with {scorer} on the {runner} runner")
+    steps = [
+        name
+        for name, on in (
+            ("language ID", language),
+            ("filters", job.filters),
+            ("dedup", dedup),
+            (scorer, scorer),
+        )
+        if on
+    ]
+    info(f"{len(job.inputs)} domain(s): {', '.join(steps) or 'read and count'} on the {runner} runner")
     with document_progress(stage_progress) as settle:
         result = run_score_job(job, runner=runner, beam_args=list(ctx.args))
         settle(result["scored"])

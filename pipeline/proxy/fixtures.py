@@ -85,6 +85,8 @@ def write_stdlib_score_dir(out: str | os.PathLike[str], doc_chars: int = 1500,
             rows[schema.N_TOKENS].append(len(text.split()))
             rows[schema.KEEP].append(True)
             rows[schema.TEXT].append(text)
+    n = len(rows[schema.ID])
+    rows = {c: values or [None] * n for c, values in rows.items()}  # stage columns: nothing dropped
     table = pa.table(rows, schema=schema.scored_schema([]))
     target = Path(out)
     target.mkdir(parents=True, exist_ok=True)

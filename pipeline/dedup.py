@@ -1,0 +1,266 @@
+"""Deduplication as Beam transforms: exact (normalised-text hash) and MinHash LSH (word 5-gram
+shingles), clustered by connected components, one representative kept per cluster.
+
+The distributed design, with no index on one machine:
+1. `Signatures`: per document (in a DoFn over record batches) the band keys: for MinHash,
+   `bands` slices of `rows` minhash values each (rensa's RMinHash, seeded, the same on every
+   worker); for exact, one key, the hash of the normalised text. Keys are bucketed by
+   (scope, band, partition) so the runner moves a few elements per batch, not one per document.
+2. `CandidateEdges`: GroupByKey on the bucket; documents sharing a band key are linked to the
+   smallest of them (a star per key).
+3. `ConnectedComponents`: alternating large-star / small-star rounds (Kiveris et al. 2014,
+   "Connected Components in MapReduce and Beyond"), each a GroupByKey over edges only. Every
+   round keeps the components and moves each node's edges towards its component's minimum, so a
+   component's minimum is never removed, even before convergence: a cluster never loses all
+   its members. After `rounds` rounds (each halves a component's depth in practice; 8 settle
+   chains of thousands), every other node points at the minimum.
+A node is (rank, id, domain, source_file, record) with rank = -score when a scorer runs, else 0:
+the minimum, i.e. the representative, is the highest-scoring document, ties (and runs without a
+scorer) going to the smallest id; the file and record make it unique.
+
+MinHash with b bands of r rows flags a pair of Jaccard similarity s with probability
+1 - (1 - s^r)^b; the default 14 x 8 (datatrove's) has its threshold (1/b)^(1/r) ~= 0.72, and
+flags s = 0.8 with p = 0.92, s = 0.9 with p = 0.9998, s = 0.5 with p = 0.05.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import apache_beam as beam
+import numpy as np
+import pyarrow as pa
+
+from pipeline import schema as S
+from pipeline.stages import pending
+
+METHODS = ("exact", "minhash")
+SCOPES = ("domain", "global")
+_WORD = re.compile(r"\w+")
+
+Node = tuple[float, str, str, str, int]  # (rank, id, domain, source_file, record)
+
+
+@dataclass(frozen=True)
+class DedupOptions:
+    """`method` exact or minhash; `scope` domain (duplicates within a domain) or global."""
+
+    method: str = "minhash"
+    scope: str = "domain"
+    bands: int = 14
+    rows: int = 8
+    ngram: int = 5
+    seed: int = 1
+    rounds: int = 8
+    partitions: int = 64
+
+    def __post_init__(self) -> None:
+        if self.method not in METHODS:
+            raise ValueError(f"--dedup must be one of {METHODS}; got {self.method!r}")
+        if self.scope not in SCOPES:
+            raise ValueError(f"--dedup-scope must be one of {SCOPES}; got {self.scope!r}")
+        if min(self.bands, self.rows, self.ngram, self.rounds, self.partitions) < 1:
+            raise ValueError("dedup bands, rows, ngram, rounds and partitions must be positive")
+
+    @property
+    def threshold(self) -> float:
+        """Jaccard similarity flagged with probability about 1/2: (1/bands)^(1/rows)."""
+        return (1.0 / self.bands) ** (1.0 / self.rows) if self.method == "minhash" else 1.0
+
+
+def normalised_words(text: str) -> list[str]:
+    """Lower-cased word characters runs: punctuation, case and spacing do not make a document new."""
+    return _WORD.findall(text.lower())
+
+
+def shingles(words: list[str], n: int) -> set[str]:
+    """Word n-grams (the whole text when it has fewer than n words)."""
+    if len(words) <= n:
+        return {" ".join(words)}
+    return {" ".join(words[i : i + n]) for i in range(len(words) - n + 1)}
+
+
+def band_keys(texts: list[str], opts: DedupOptions) -> list[list[bytes] | None]:
+    """Per text its band keys (one for exact, `bands` for minhash); None for a text without words."""
+    words = [normalised_words(t) for t in texts]
+    if opts.method == "exact":
+        return [
+            [hashlib.blake2b(" ".join(w).encode("utf-8", "surrogatepass"), digest_size=16).digest()]
+            if w
+            else None
+            for w in words
+        ]
+    from rensa import RMinHash
+
+    present = [i for i, w in enumerate(words) if w]
+    out: list[list[bytes] | None] = [None] * len(texts)
+    if not present:
+        return out
+    sets = [shingles(words[i], opts.ngram) for i in present]
+    digests = np.asarray(
+        RMinHash.digests_from_token_sets(sets, num_perm=opts.bands * opts.rows, seed=opts.seed), np.uint32
+    )
+    bands = digests.reshape(len(present), opts.bands, opts.rows)
+    for row, i in enumerate(present):
+        out[i] = [bands[row, b].tobytes() for b in range(opts.bands)]
+    return out
+
+
+def batch_nodes(batch: pa.RecordBatch | pa.Table, score_column: str | None) -> list[Node]:
+    """The node of every row: rank (minus the score, or 0), id, domain, source file, record."""
+    n = batch.num_rows
+    ranks = (
+        (-np.nan_to_num(np.asarray(batch.column(score_column), np.float64), nan=-np.inf)).tolist()
+        if score_column is not None and score_column in batch.schema.names
+        else [0.0] * n
+    )
+    cols = [batch.column(c).to_pylist() for c in (S.ID, S.DOMAIN, S.SOURCE, S.RECORD)]
+    return [(ranks[i], cols[0][i], cols[1][i], cols[2][i] or "", cols[3][i]) for i in range(n)]
+
+
+class _SignaturesFn(beam.DoFn):
+    """Surviving documents of a batch -> ((scope, band, partition), [(key, node), ...]) elements."""
+
+    def __init__(self, opts: DedupOptions, score_column: str | None) -> None:
+        self._opts = opts
+        self._score_column = score_column
+
+    def process(self, batch: pa.RecordBatch) -> Iterator[tuple[tuple[str, int, int], list]]:
+        todo = np.flatnonzero(pending(batch))
+        if not len(todo):
+            return
+        live = batch.take(pa.array(todo))
+        keys = band_keys(live.column(S.TEXT).to_pylist(), self._opts)
+        nodes = batch_nodes(live, self._score_column)
+        buckets: dict[tuple[str, int, int], list[tuple[bytes, Node]]] = {}
+        for node, doc_keys in zip(nodes, keys, strict=True):
+            scope = node[2] if self._opts.scope == "domain" else ""
+            for band, key in enumerate(doc_keys or ()):
+                part = int.from_bytes(key[:4], "little") % self._opts.partitions
+                buckets.setdefault((scope, band, part), []).append((key, node))
+        yield from sorted(buckets.items())
+
+
+def bucket_edges(element: tuple[Any, Iterable[list[tuple[bytes, Node]]]]) -> Iterator[tuple[Node, Node]]:
+    """Documents sharing a band key: an edge from each to the smallest of them."""
+    _, lists = element
+    by_key: dict[bytes, set[Node]] = {}
+    for pairs in lists:
+        for key, node in pairs:
+            by_key.setdefault(key, set()).add(node)
+    for members in by_key.values():
+        if len(members) > 1:
+            low = min(members)
+            for node in members:
+                if node != low:
+                    yield node, low
+
+
+def _both_ways(edge: tuple[Node, Node]) -> list[tuple[Node, Node]]:
+    return [(edge[0], edge[1]), (edge[1], edge[0])]
+
+
+def _large_star(element: tuple[Node, Iterable[Node]]) -> Iterator[tuple[Node, Node]]:
+    """Link every larger neighbour of u to the smallest node of u's neighbourhood."""
+    u, neighbours = element
+    nbrs = set(neighbours)
+    low = min(min(nbrs), u)
+    for v in nbrs:
+        if v > u:
+            yield v, low
+
+
+def _small_star(element: tuple[Node, Iterable[Node]]) -> Iterator[tuple[Node, Node]]:
+    """Link u and its smaller neighbours to the smallest of them."""
+    u, smaller = element
+    nbrs = set(smaller)
+    low = min(nbrs)
+    yield u, low
+    for v in nbrs:
+        if v != low:
+            yield v, low
+
+
+def _high_low(edge: tuple[Node, Node]) -> tuple[Node, Node]:
+    return (edge[0], edge[1]) if edge[0] > edge[1] else (edge[1], edge[0])
+
+
+def _representative(element: tuple[Node, Iterable[Node]]) -> tuple[Node, Node]:
+    node, smaller = element
+    return node, min(smaller)
+
+
+class ConnectedComponents(beam.PTransform):
+    """Edges (a, b) -> (node, representative) for every node but its component's minimum."""
+
+    def __init__(self, rounds: int = 8) -> None:
+        super().__init__()
+        self._rounds = rounds
+
+    def expand(self, edges):
+        for i in range(self._rounds):
+            edges = (
+                edges
+                | f"BothWays{i}" >> beam.FlatMap(_both_ways)
+                | f"Neighbours{i}" >> beam.GroupByKey()
+                | f"LargeStar{i}" >> beam.FlatMap(_large_star)
+                | f"Orient{i}" >> beam.Map(_high_low)
+                | f"Smaller{i}" >> beam.GroupByKey()
+                | f"SmallStar{i}" >> beam.FlatMap(_small_star)
+            )
+        return (
+            edges
+            | "OrientLast" >> beam.Map(_high_low)
+            | "ByNode" >> beam.GroupByKey()
+            | "Representative" >> beam.Map(_representative)
+        )
+
+
+class FindDuplicates(beam.PTransform):
+    """Record batches (documents with `drop_reason` null are candidates) -> (node, representative)
+    for every document removed as a duplicate."""
+
+    def __init__(self, opts: DedupOptions, score_column: str | None) -> None:
+        super().__init__()
+        self._opts = opts
+        self._score_column = score_column
+
+    def expand(self, batches):
+        return (
+            batches
+            | "Signatures" >> beam.ParDo(_SignaturesFn(self._opts, self._score_column))
+            | "Buckets" >> beam.GroupByKey()
+            | "CandidateEdges" >> beam.FlatMap(bucket_edges)
+            | "Components" >> ConnectedComponents(self._opts.rounds)
+        )
+
+
+def mark_duplicates(table: pa.Table, removed: list[tuple[str, str, int, str]]) -> pa.Table:
+    """Set `drop_reason = "duplicate"` and `duplicate_of` for the (domain, source_file, record, kept id)
+    rows of `table` (a shard's documents)."""
+    if S.DUPLICATE_OF not in table.column_names:
+        table = table.append_column(S.DUPLICATE_OF, pa.nulls(table.num_rows, pa.string()))
+    if not removed:
+        return table
+    rep = {(d, s, r): kept for d, s, r, kept in removed}
+    keys = zip(
+        table.column(S.DOMAIN).to_pylist(),
+        (s or "" for s in table.column(S.SOURCE).to_pylist()),
+        table.column(S.RECORD).to_pylist(),
+        strict=True,
+    )
+    duplicate_of = [rep.get(k) for k in keys]
+    reasons = [
+        "duplicate" if d is not None else r
+        for d, r in zip(duplicate_of, table.column(S.DROP_REASON).to_pylist(), strict=True)
+    ]
+    table = table.set_column(
+        table.column_names.index(S.DUPLICATE_OF), S.DUPLICATE_OF, pa.array(duplicate_of, pa.string())
+    )
+    return table.set_column(
+        table.column_names.index(S.DROP_REASON), S.DROP_REASON, pa.array(reasons, pa.string())
+    )
