@@ -113,6 +113,11 @@ class TokenCounter:
     """Counts tokens of a batch of texts (no special tokens added). Built from the JSON text so it
     pickles small and loads once per worker in `setup()`.
 
+    Raw text is not a special token: a document containing the literal `<|endoftext|>` is counted
+    as those characters, i.e. `len(tokenizer.encode(text, add_special_tokens=False).ids)` with
+    `tokenizer.encode_special_tokens = True` (a plain `encode` would turn the literal into the one
+    end-of-text id, which the corpus does not contain).
+
     With our own BPE (see `splits_like_python`) a text is cut into chunks (a whitespace run and
     the word after it), and each distinct chunk is encoded once and its count cached: the same
     counts as `encode`, about 25x faster than `encode_batch_fast` (the library's per-text
@@ -131,6 +136,7 @@ class TokenCounter:
             from tokenizers import Tokenizer
 
             self.tokenizer_ = Tokenizer.from_str(self.tokenizer_json)
+            self.tokenizer_.encode_special_tokens = True  # raw text is never a special token
             self.cached_ = splits_like_python(self.tokenizer_json)
             self._pieces = re.compile(PRETOKENIZE_PATTERN).findall
         return self

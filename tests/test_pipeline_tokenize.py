@@ -59,3 +59,24 @@ def test_other_tokenizers_use_the_library(tmp_path):
         read_tokenizer_json(path)
     with pytest.raises(FileNotFoundError):
         read_tokenizer_json(tmp_path / "absent.json")
+
+
+def test_special_token_literal_in_text_counts_as_text(texts):
+    """Raw text is not a special token: `<|endoftext|>` inside a document counts as its characters,
+    as `encode` does with `encode_special_tokens = True`; a plain `encode` gives fewer tokens."""
+    spec = train_byte_level_bpe(texts, vocab_size=2000).to_str()
+    docs = [texts[0] + " <|endoftext|> " + texts[1], "a<|endoftext|>b<|endoftext|>", texts[2]]
+    raw = Tokenizer.from_str(spec)
+    raw.encode_special_tokens = True
+    expected = [len(e.ids) for e in raw.encode_batch(docs, add_special_tokens=False)]
+    plain = [len(e.ids) for e in Tokenizer.from_str(spec).encode_batch(docs, add_special_tokens=False)]
+    assert expected[0] > plain[0] and expected[1] > plain[1] and expected[2] == plain[2]
+    cached = TokenCounter(spec).setup()
+    assert cached.cached_ and cached.count(docs).tolist() == expected
+    wordpiece = json.loads(spec)
+    wordpiece["normalizer"] = {"type": "NFC"}  # not our pre-tokenizer: counted by the library itself
+    uncached = TokenCounter(json.dumps(wordpiece)).setup()
+    assert not uncached.cached_
+    raw_nfc = Tokenizer.from_str(json.dumps(wordpiece))
+    raw_nfc.encode_special_tokens = True
+    assert uncached.count(docs).tolist() == [len(e.ids) for e in raw_nfc.encode_batch(docs, add_special_tokens=False)]

@@ -1,0 +1,150 @@
+"""Deduplication: connected components in Beam against scipy, and planted exact / near copies of real
+paragraphs (Python's reference documentation) found by the whole job."""
+
+from __future__ import annotations
+
+import json
+import random
+import re
+
+import apache_beam as beam
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from apache_beam.testing.util import assert_that, equal_to
+from scipy.sparse import coo_matrix
+from scipy.sparse.csgraph import connected_components
+
+from pipeline import schema as S
+from pipeline.dedup import ConnectedComponents, DedupOptions, normalised_words, shingles
+from pipeline.job import ScoreJobConfig, run_score_job
+from pipeline.read import ReadOptions
+
+IN_MEMORY = ["--direct_running_mode=in_memory", "--direct_num_workers=1"]
+
+
+def test_components_match_scipy_and_keep_each_minimum():
+    rng = random.Random(3)
+    n = 400
+    edges = [(rng.randrange(n), rng.randrange(n)) for _ in range(260)]
+    edges = [(a, b) for a, b in edges if a != b]
+    path = [(i, i + 1) for i in range(1000, 1300)]  # a long chain: needs the rounds to settle
+    edges += path[::2] + path[1::2]
+    nodes = sorted({x for e in edges for x in e})
+    index = {v: i for i, v in enumerate(nodes)}
+    rows, cols = zip(*[(index[a], index[b]) for a, b in edges], strict=True)
+    graph = coo_matrix((np.ones(len(rows)), (rows, cols)), shape=(len(nodes), len(nodes)))
+    _, labels = connected_components(graph, directed=False)
+    minimum = {}
+    for v in nodes:
+        minimum[labels[index[v]]] = min(minimum.get(labels[index[v]], v), v)
+    expected = {v: minimum[labels[index[v]]] for v in nodes if minimum[labels[index[v]]] != v}
+    assert len(expected) > 500
+    # every non-minimum points at its component's minimum; minima stay
+    with beam.Pipeline(argv=IN_MEMORY) as p:
+        out = p | beam.Create(edges) | ConnectedComponents(rounds=8)
+        assert_that(out, equal_to(sorted(expected.items())))
+
+
+def _paragraphs(min_words: int = 200, n: int = 300) -> list[str]:
+    """Real English prose: Python's reference documentation, cut into windows of `min_words` words,
+    keeping windows that share few 5-grams with the ones already kept (an unrelated base set)."""
+    topics = pytest.importorskip("pydoc_data.topics").topics
+    seen: set[str] = set()
+    out = []
+    for key in sorted(topics):
+        words = topics[key].split()
+        for start in range(0, len(words) - min_words + 1, min_words):
+            text = " ".join(words[start : start + min_words])
+            grams = shingles(normalised_words(text), 5)
+            if len(grams & seen) > 0.1 * len(grams) or not re.search(r"\bthe\b", text):
+                continue
+            seen |= grams
+            out.append(text)
+            if len(out) == n:
+                return out
+    return out
+
+
+def _near_copy(text: str, rng: random.Random, changes: int = 3) -> str:
+    words = text.split()
+    for i in rng.sample(range(len(words)), changes):
+        words[i] = rng.choice(["banana", "quietly", "seventeen", "orbit", "velvet"])
+    return "Reposted from the archive:\n" + " ".join(words)
+
+
+def _jaccard(a: str, b: str) -> float:
+    x, y = shingles(normalised_words(a), 5), shingles(normalised_words(b), 5)
+    return len(x & y) / len(x | y)
+
+
+@pytest.fixture(scope="module")
+def planted(tmp_path_factory):
+    paragraphs = _paragraphs()
+    if len(paragraphs) < 200:
+        pytest.skip(f"only {len(paragraphs)} reference paragraphs in this Python's pydoc_data")
+    rng = random.Random(0)
+    originals = paragraphs[:100]
+    records = [{"id": f"a-{i:04d}", "text": t} for i, t in enumerate(paragraphs)]
+    records += [{"id": f"b-exact-{i:04d}", "text": t.upper() + "  "} for i, t in enumerate(originals[:50])]
+    near = [_near_copy(t, rng) for t in originals[50:]]
+    records += [{"id": f"b-near-{i:04d}", "text": t} for i, t in enumerate(near)]
+    rng.shuffle(records)
+    root = tmp_path_factory.mktemp("dedup")
+    half = len(records) // 2
+    for name, part in (("one", records[:half]), ("two", records[half:])):
+        (root / f"{name}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in part))
+    similarity = [_jaccard(a, b) for a, b in zip(originals[50:], near, strict=True)]
+    return {"root": root, "n_unrelated": len(paragraphs) - 100, "similarity": similarity}
+
+
+def _run(planted, method: str, name: str) -> pa.Table:
+    out = planted["root"] / name
+    config = ScoreJobConfig(
+        inputs={"prose": [str(planted["root"] / "*.jsonl")]},
+        output=str(out),
+        dedup=DedupOptions(method),
+        read=ReadOptions(batch_size=64),
+    )
+    result = run_score_job(config, beam_args=["--direct_running_mode=in_memory"])
+    assert result["dropped_duplicate"] == result["in"] - result["kept"]
+    return pa.concat_tables([pq.read_table(f) for f in sorted(out.glob("scored-*.parquet"))])
+
+
+def _check_clusters(table: pa.Table) -> dict[str, str]:
+    rows = table.to_pylist()
+    kept = {r[S.ID] for r in rows if r[S.KEEP]}
+    removed = {r[S.ID]: r[S.DUPLICATE_OF] for r in rows if r[S.DROP_REASON] == "duplicate"}
+    assert all(rep in kept for rep in removed.values())  # a cluster never loses all its members
+    assert all((r[S.DUPLICATE_OF] is None) == (r[S.DROP_REASON] is None) for r in rows)
+    return removed
+
+
+def test_minhash_finds_planted_copies_and_spares_unrelated(planted):
+    print(f"near copies: Jaccard {min(planted['similarity']):.3f}..{max(planted['similarity']):.3f}")
+    removed = _check_clusters(_run(planted, "minhash", "minhash"))
+    found = [f"a-{i:04d}" in (removed.get(f"b-exact-{i:04d}"), removed.get(f"b-near-{i - 50:04d}"))
+             for i in range(100)]
+    for i in range(50):  # the representative is the smallest id: the original
+        assert removed.get(f"b-exact-{i:04d}") in (f"a-{i:04d}", None)
+    recall = np.mean(found)
+    false_positives = sum(1 for i in range(100, 100 + planted["n_unrelated"]) if f"a-{i:04d}" in removed)
+    print(f"recall {recall:.3f}, false positives {false_positives}/{planted['n_unrelated']}")
+    assert recall >= 0.95, recall
+    assert false_positives / planted["n_unrelated"] <= 0.01
+    assert not any(k.startswith("a-") for k in removed)
+
+
+def test_exact_finds_exact_copies_only(planted):
+    removed = _check_clusters(_run(planted, "exact", "exact"))
+    assert removed == {f"b-exact-{i:04d}": f"a-{i:04d}" for i in range(50)}
+
+
+def test_threshold_and_options():
+    assert DedupOptions().threshold == pytest.approx((1 / 14) ** (1 / 8))
+    assert 0.71 < DedupOptions().threshold < 0.73
+    with pytest.raises(ValueError, match="--dedup"):
+        DedupOptions("fuzzy")
+    with pytest.raises(ValueError, match="--dedup-scope"):
+        DedupOptions(scope="shard")
