@@ -3,9 +3,11 @@
 
 Each rule is a threshold in a small dataclass; `None` (or `false`) switches that rule off. A
 dropped document records the first rule it failed as `drop_reason`, e.g. `gopher:mean_word_length`,
-`gopher:dup_line_frac`, `c4:lorem_ipsum`. Two differences from datatrove, both for speed without
-NLTK: words are `\\w+` runs and punctuation runs (close to NLTK's `word_tokenize` on English), and
-C4 counts sentences with a regex instead of punkt. C4 keeps the document's text as it is (no lines
+`gopher:dup_line_frac`, `c4:lorem_ipsum`. Differences from datatrove, for speed without NLTK:
+words are `\\w+` runs and punctuation runs (close to NLTK's `word_tokenize` on English), except
+in the alphabetic-words rule, which counts whitespace-separated words as the paper words it (with
+NLTK's tokens every bracket and quote is a word without letters, and reference prose with code
+names fails it); C4 counts sentences with a regex instead of punkt. C4 keeps the document's text as it is (no lines
 are removed); its line rules only decide which lines count towards `min_num_sentences`. The C4
 bad-words list is not applied (it would be downloaded at run time).
 
@@ -91,8 +93,9 @@ class GopherQuality:
             if ellipsis / len(lines) > self.max_ellipsis_lines_ratio:
                 return "ellipsis_lines"
         if self.max_non_alpha_words_ratio is not None:
-            alpha = sum(any(c.isalpha() for c in w) for w in words)
-            if alpha / n_words < self.max_non_alpha_words_ratio:
+            spaced = text.split()  # the paper's words: `"TypeError").` is one word, with letters
+            alpha = sum(any(c.isalpha() for c in w) for w in spaced)
+            if alpha / max(1, len(spaced)) < self.max_non_alpha_words_ratio:
                 return "alpha_words"
         if self.min_stop_words is not None:
             stops = set(self.stop_words)

@@ -124,8 +124,10 @@ def _check_clusters(table: pa.Table) -> dict[str, str]:
 def test_minhash_finds_planted_copies_and_spares_unrelated(planted):
     print(f"near copies: Jaccard {min(planted['similarity']):.3f}..{max(planted['similarity']):.3f}")
     removed = _check_clusters(_run(planted, "minhash", "minhash"))
-    found = [f"a-{i:04d}" in (removed.get(f"b-exact-{i:04d}"), removed.get(f"b-near-{i - 50:04d}"))
-             for i in range(100)]
+    found = [
+        f"a-{i:04d}" in (removed.get(f"b-exact-{i:04d}"), removed.get(f"b-near-{i - 50:04d}"))
+        for i in range(100)
+    ]
     for i in range(50):  # the representative is the smallest id: the original
         assert removed.get(f"b-exact-{i:04d}") in (f"a-{i:04d}", None)
     recall = np.mean(found)

@@ -79,4 +79,6 @@ def test_special_token_literal_in_text_counts_as_text(texts):
     assert not uncached.cached_
     raw_nfc = Tokenizer.from_str(json.dumps(wordpiece))
     raw_nfc.encode_special_tokens = True
-    assert uncached.count(docs).tolist() == [len(e.ids) for e in raw_nfc.encode_batch(docs, add_special_tokens=False)]
+    assert uncached.count(docs).tolist() == [
+        len(e.ids) for e in raw_nfc.encode_batch(docs, add_special_tokens=False)
+    ]
