@@ -99,7 +99,7 @@ def main() -> None:
         sample = docs[:20_000]
         positive = [t for d, t in sample if d == "prose"]
         negative = [t for d, t in sample if d == "code"]
-        FastTextQualityClassifier().fit(positive, negative).save(tmp / "quality.bin")
+        FastTextQualityClassifier(preset="dclm").fit(positive, negative).save(tmp / "quality.bin")
         tokenizer = train_byte_level_bpe(texts[:20_000])
         tokenizer.save(str(tmp / "tokenizer.json"))
         mean_chars = sum(map(len, texts)) / len(texts)

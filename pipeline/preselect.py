@@ -7,8 +7,8 @@ ids cannot mis-join). The label cut-offs come from one global combine over the d
 exact sizes. The outputs are small (a sample, its strengths and the labelled share), so each is
 gathered and written as one sorted file, byte-identical across runs and runners:
 
-- `strengths.parquet`: id, source, n_chars, bpc_<model>..., strength, loss_score_r, label
-- `positives.jsonl` / `negatives.jsonl`: {id, label, strength, loss_score_r, source, text}, the input
+- `strengths.parquet`: id, source_file, n_chars, bpc_<model>..., strength, loss_score_r, label
+- `positives.jsonl` / `negatives.jsonl`: {id, label, strength, loss_score_r, source_file, text}, the input
   of `datamixer fasttext train --positive ... --negative ...`
 - `dead_letter.parquet`: every record that could not be read or scored, with the reason
 - `preselect.json`: models, scores, settings and the headline counts

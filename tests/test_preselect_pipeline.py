@@ -32,7 +32,8 @@ STEPS = (10, 40, 120, 300)
 TOP = 0.15
 AUC_FLOOR = 0.9
 EPOCHS, BUCKETS = 25, 20000  # few training documents: more epochs; small buckets: a small model
-FASTTEXT_ARGS = ["--epoch", str(EPOCHS), "--bucket", str(BUCKETS)]
+# DCLM's fixed settings on both sides of the permutation test (the default search would tune each)
+FASTTEXT_ARGS = ["--preset", "dclm", "--epoch", str(EPOCHS), "--bucket", str(BUCKETS)]
 IN_MEMORY = ["--", "--direct_running_mode=in_memory", "--direct_num_workers=1"]
 
 
@@ -84,10 +85,12 @@ def setup(tmp_path_factory: pytest.TempPathFactory) -> dict:
                          "pool": [r for i, r in enumerate(records) if cut[0] <= i % 10 < cut[1]],
                          "held_out": [r for i, r in enumerate(records) if i % 10 >= cut[1]]}
     train = parts[TARGET]["train"]
-    table = pa.table({S.ID: [r["id"] for r in train], S.DOMAIN: [TARGET] * len(train),
-                      S.SOURCE: ["corpus"] * len(train), S.N_CHARS: [len(r["text"]) for r in train],
-                      S.N_TOKENS: [0] * len(train), S.KEEP: [True] * len(train),
-                      S.TEXT: [r["text"] for r in train]}, schema=S.scored_schema([]))
+    columns = {S.ID: [r["id"] for r in train], S.DOMAIN: [TARGET] * len(train),
+               S.SOURCE: ["corpus"] * len(train), S.N_CHARS: [len(r["text"]) for r in train],
+               S.N_TOKENS: [0] * len(train), S.KEEP: [True] * len(train),
+               S.TEXT: [r["text"] for r in train]}
+    schema = S.scored_schema([])  # the stage columns (language, drop_reason, ...) stay null
+    table = pa.table({n: columns.get(n, [None] * len(train)) for n in schema.names}, schema=schema)
     (root / "scored").mkdir()
     pq.write_table(table, root / "scored" / "scored-00000-of-00001.parquet")
     models, scores = _train_checkpoints(root / "scored", root / "models")
@@ -133,7 +136,7 @@ def test_label_counts_and_files(setup: dict, labelled: dict) -> None:
     dead = pq.read_table(out / "dead_letter.parquet").to_pandas()
     assert sorted(dead[S.RECORD]) == [1, 2, 3] and set(dead[S.STAGE]) == {"read"}
     assert [m["score"] for m in result["models"]] == pytest.approx(setup["scores"], abs=1e-6)
-    assert list(table.columns) == ["id", "source", "n_chars", "bpc_step0010", "bpc_step0040", "bpc_step0120",
+    assert list(table.columns) == ["id", "source_file", "n_chars", "bpc_step0010", "bpc_step0040", "bpc_step0120",
                                    "bpc_step0300", "strength", "loss_score_r", "label"]
     for name, label in (("positives.jsonl", "__label__hq"), ("negatives.jsonl", "__label__lq")):
         rows = [json.loads(line) for line in (out / name).read_text().splitlines()]
@@ -198,7 +201,7 @@ def test_fasttext_on_the_labels_finds_the_target_domain(setup: dict, labelled: d
     random_aucs = []
     for seed in range(20):
         ids = np.random.default_rng(seed).permutation(labelled["strengths"]["id"].to_numpy())
-        clf = FastTextQualityClassifier(seed=0, epoch=EPOCHS, bucket=BUCKETS).fit(
+        clf = FastTextQualityClassifier(seed=0, preset="dclm", epoch=EPOCHS, bucket=BUCKETS).fit(
             [pool[i] for i in ids[:k]], [pool[i] for i in ids[k:2 * k]])
         random_aucs.append(roc_auc_score(y, clf.predict_proba(texts)))
     print(f"held-out AUC, {TARGET} vs code+prose: PreSelect labels {auc:.3f}; 20 random labellings: "

@@ -200,3 +200,42 @@ def test_config_yaml_in_the_pipeline_package(tmp_path):
         "web": [str(tmp_path / "data/*.jsonl")],
         "code": [str(tmp_path / "a.jsonl"), "/abs/b.jsonl"],
     }
+
+
+def test_cli_runs_every_stage(corpus, tmp_path, capsys):
+    from datamixer.cli import main
+
+    out = tmp_path / "cli"
+    args = [
+        "score",
+        "--languages",
+        "en",
+        "--filters",
+        "gopher,c4",
+        "--dedup",
+        "minhash",
+        "--scorer",
+        "fasttext",
+        "--model",
+        corpus["model"],
+        "--keep-top",
+        "0.8",
+        "--keep-fields",
+        "url",
+        "--input",
+        str(corpus["root"] / "*.jsonl"),
+        "--domain",
+        "docs",
+        "--output",
+        str(out),
+    ]
+    assert main(args) == 0
+    result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert result["dropped_language"] >= 10 and result["dropped_duplicate"] >= 5 and result["dropped_c4"] >= 1
+    assert (
+        result["in"]
+        == result["kept"] + sum(result[f"dropped_{s}"] for s in S.DROP_STAGES) + result["dead_letter"]
+    )
+    table = pa.concat_tables([pq.read_table(f) for f in sorted(out.glob("scored-*.parquet"))])
+    rows = {r[S.ID]: r for r in table.to_pylist()}
+    assert json.loads(rows["en-002"][S.METADATA]) == {"url": "u2"} and rows["de-001"][S.METADATA] is None
