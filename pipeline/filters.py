@@ -7,9 +7,9 @@ dropped document records the first rule it failed as `drop_reason`, e.g. `gopher
 words are `\\w+` runs and punctuation runs (close to NLTK's `word_tokenize` on English), except
 in the alphabetic-words rule, which counts whitespace-separated words as the paper words it (with
 NLTK's tokens every bracket and quote is a word without letters, and reference prose with code
-names fails it); C4 counts sentences with a regex instead of punkt. C4 keeps the document's text as it is (no lines
-are removed); its line rules only decide which lines count towards `min_num_sentences`. The C4
-bad-words list is not applied (it would be downloaded at run time).
+names fails it); C4 counts sentences with a regex instead of punkt. C4 keeps the document's text
+as it is (no lines are removed); its line rules only decide which lines count towards
+`min_num_sentences`. The C4 bad-words list is not applied (it would be downloaded at run time).
 
 Configure with `--filters gopher,c4` (`gopher` = quality + repetition; `gopher_quality`,
 `gopher_repetition` and `c4` alone) or a YAML mapping each filter to its thresholds:
@@ -64,7 +64,7 @@ class GopherQuality:
 
     name = "gopher"
 
-    def check(self, text: str) -> str | None:  # noqa: C901 - one rule per branch, in the paper's order
+    def check(self, text: str) -> str | None:
         """The failed rule's name, or None when the text passes."""
         words = words_of(text)
         n_words = max(1, len(words))

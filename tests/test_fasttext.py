@@ -102,4 +102,5 @@ def test_defaults_separate_prose_from_its_shuffled_words(tmp_path, capsys):
     assert clf.report_.auc >= 0.95, (clf.report_, clf.search_)
     assert len(clf.search_) == 6 and clf.params_["minCount"] == 3
     best = max(auc for _, auc in clf.search_)
-    assert {k: clf.params_[k] for k in ("epoch", "lr", "wordNgrams")} in [s for s, a in clf.search_ if a == best]
+    chosen = {k: clf.params_[k] for k in ("epoch", "lr", "wordNgrams")}
+    assert chosen in [s for s, a in clf.search_ if a == best]

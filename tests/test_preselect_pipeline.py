@@ -136,8 +136,8 @@ def test_label_counts_and_files(setup: dict, labelled: dict) -> None:
     dead = pq.read_table(out / "dead_letter.parquet").to_pandas()
     assert sorted(dead[S.RECORD]) == [1, 2, 3] and set(dead[S.STAGE]) == {"read"}
     assert [m["score"] for m in result["models"]] == pytest.approx(setup["scores"], abs=1e-6)
-    assert list(table.columns) == ["id", "source_file", "n_chars", "bpc_step0010", "bpc_step0040", "bpc_step0120",
-                                   "bpc_step0300", "strength", "loss_score_r", "label"]
+    assert list(table.columns) == ["id", "source_file", "n_chars", "bpc_step0010", "bpc_step0040",
+                                   "bpc_step0120", "bpc_step0300", "strength", "loss_score_r", "label"]
     for name, label in (("positives.jsonl", "__label__hq"), ("negatives.jsonl", "__label__lq")):
         rows = [json.loads(line) for line in (out / name).read_text().splitlines()]
         assert len(rows) == k and {r["label"] for r in rows} == {label}
