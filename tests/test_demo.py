@@ -43,6 +43,9 @@ def test_demo_runs_every_stage_and_chains_the_files(demo):
     stats = pd.read_parquet(paths.domain_stats)
     assert set(stats["domain"]) == {"code", "legal", "prose"}
     assert (stats["docs_in"] == stats["docs_scored"] + stats["docs_dead_letter"]).all()
+    dropped = stats[[c for c in stats.columns if c.startswith("docs_dropped_")]].sum(axis=1)
+    assert (stats["docs_scored"] == stats["docs_kept"] + dropped).all()
+    assert stats["docs_dropped_duplicate"].sum() > 0  # the demo dedupes (MinHash) before selecting
     assert (stats["tokens_kept"] < stats["tokens_in"]).all()
     runs = load_runs(paths.runs)
     assert runs["N"].nunique() == 2 and runs["mixture"].nunique() == 10
