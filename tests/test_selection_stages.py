@@ -186,9 +186,10 @@ def test_score_without_scorer_and_selection_needs_one(corpus, tmp_path):
     assert result["kept"] == result["in"] and result["dropped_duplicate"] == 0
     schema = pq.read_schema(next((tmp_path / "o").glob("scored-*.parquet")))
     assert not [n for n in schema.names if n.startswith(S.SCORE_PREFIX)]
-    assert json.loads(
-        pq.read_table(next((tmp_path / "o").glob("scored-*.parquet"))).column(S.METADATA)[0].as_py()
-    )
+    shards = [pq.read_table(f) for f in sorted((tmp_path / "o").glob("scored-*.parquet"))]
+    rows = {r[S.ID]: r for r in pa.concat_tables(shards).to_pylist()}
+    assert json.loads(rows["en-000"][S.METADATA]) == {"source": "python-docs", "url": "u0"}  # all fields
+    assert json.loads(rows["de-000"][S.METADATA]) == {"source": "gettext"}
     with pytest.raises(ValueError, match="--scorer"):
         ScoreJobConfig(inputs={"d": ["x"]}, output="o", selection=Selection(keep_top=0.5))
 
