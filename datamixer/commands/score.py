@@ -10,7 +10,7 @@ from typing import Annotated, Any
 import typer
 
 from datamixer.commands._common import emit, info, stage_progress
-from pipeline.domains import domain_inputs  # noqa: F401 - re-exported: importers of the old path
+from pipeline.domains import domain_inputs
 
 
 def parse_scorer_options(pairs: list[str]) -> dict[str, Any]:
