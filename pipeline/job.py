@@ -89,7 +89,7 @@ class ScoreJobConfig:
 
     `scorer` None: the job only runs the stages (no score column, no selection)."""
 
-    inputs: dict[str, list[str]] | str | Path
+    inputs: dict[str, list[str]]  # or a domains YAML path (str or Path), read in __post_init__
     output: str
     scorer: ScorerConfig | None = None
     selection: Selection = field(default_factory=Selection)
@@ -454,7 +454,8 @@ def build_pipeline(
         if keep_top:
             removed = outputs["duplicates"] | "RemovedScores" >> beam.Map(_removed_score)
             scores = (scores, removed) | "CandidateScores" >> beam.Flatten()
-    cutoffs = (scores | "Select" >> DomainCutoffs(config.selection.keep_top)) if keep_top else None
+    fraction = config.selection.keep_top
+    cutoffs = (scores | "Select" >> DomainCutoffs(fraction)) if fraction is not None else None
     outputs["dead_letter"] = (
         read["dead_letter"],
         tokens["dead_letter"],

@@ -98,6 +98,7 @@ class _LanguageFn(beam.DoFn):
         self._identifier = LanguageIdentifier(self._opts.model, self._opts.max_chars).setup()
 
     def process(self, batch: pa.RecordBatch) -> Iterator[pa.RecordBatch]:
+        assert self._identifier is not None  # built in setup
         codes, scores = self._identifier.identify(batch.column(S.TEXT).to_pylist())
         out = batch.append_column(S.LANGUAGE, pa.array(codes, pa.string()))
         out = out.append_column(S.LANGUAGE_SCORE, pa.array(scores, pa.float64()))

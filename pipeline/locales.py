@@ -40,7 +40,8 @@ def catalog_messages(path: Path, source: bool = False) -> list[str]:
             catalog = gettext.GNUTranslations(fh)
     except Exception:  # noqa: BLE001 - a catalog the gettext module cannot parse is skipped
         return []
-    items = sorted(catalog._catalog.items(), key=lambda kv: str(kv[0]))  # noqa: SLF001 - gettext has no API
+    messages = catalog._catalog  # type: ignore[attr-defined]  # gettext has no public API for this
+    items = sorted(messages.items(), key=lambda kv: str(kv[0]))
     out = []
     for msgid, msgstr in items:
         if not isinstance(msgid, str) or not msgid:

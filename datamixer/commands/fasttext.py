@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -68,7 +68,9 @@ def train(
     pos = read_texts(positive, text_field, max_docs or None)
     neg = read_texts(negative, text_field, max_docs or None)
     info(f"training on {len(pos)} positive and {len(neg)} negative documents")
-    fixed = {k: v for k, v in (("epoch", epoch), ("lr", lr), ("wordNgrams", word_ngrams)) if v is not None}
+    fixed: dict[str, Any] = {
+        k: v for k, v in (("epoch", epoch), ("lr", lr), ("wordNgrams", word_ngrams)) if v is not None
+    }
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the low-AUC warning is printed below, louder
         clf = FastTextQualityClassifier(

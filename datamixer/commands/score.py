@@ -176,7 +176,7 @@ def score(
             ("language ID", language),
             ("filters", job.filters),
             ("dedup", dedup),
-            (scorer, scorer),
+            (scorer or "", scorer),
         )
         if on
     ]
