@@ -12,7 +12,8 @@ from datamixer.commands._common import emit, info
 
 def report(
     run_dir: Annotated[Path, typer.Argument(
-        help="a `datamixer demo --out` directory, a `score` output directory, a `regmix fit` model "
+        help="a `datamixer demo --out` directory, a `score` output directory, a `regmix propose` output, "
+        "a `regmix fit` model "
         "directory or a `law fit` JSON")],
     title: Annotated[str, typer.Option("--title")] = "datamixer report",
 ) -> None:

@@ -11,6 +11,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from mixer.runs import WEIGHT_PREFIX
+from mixer.tree import SEPARATOR, level_frame, weights_by_level
 from pipeline import schema
 from pipeline.report.page import Section
 from pipeline.report.style import (
@@ -191,6 +193,57 @@ def proposals_section(
         table,
         "Boxes: the proxy mixtures the sweep trained; diamonds: the compared mixtures.",
         short,
+    )
+
+
+def level_weights(proposals: pd.DataFrame, level_names: list[str] | None = None) -> pd.DataFrame:
+    """Long table (`mixture`, `level`, `node`, `weight`): each proposal's `h_<leaf>` weights summed
+    at every level of the tree (leaf names are ':' paths; a flat table is one level)."""
+    columns = [c for c in proposals.columns if str(c).startswith(WEIGHT_PREFIX)]
+    leaves = [c[len(WEIGHT_PREFIX) :] for c in columns]
+    names = list(weights_by_level(dict.fromkeys(leaves, 0.0), level_names))
+    frames = []
+    for depth, name in enumerate(names):
+        wide = level_frame(proposals[["mixture", *columns]], depth)
+        long = wide.melt(id_vars="mixture", var_name="node", value_name="weight")
+        long["node"] = long["node"].str[len(WEIGHT_PREFIX) :]
+        long.insert(1, "level", name)
+        frames.append(long)
+    return pd.concat(frames, ignore_index=True)
+
+
+def levels_section(weights: pd.DataFrame, links: tuple[str, ...] = ()) -> Section:
+    """Spread of the proposals' weights per node, one box plot per tree level (`level_weights`);
+    a node takes its source's colour, so a subtree reads as one colour down the levels."""
+    levels = list(dict.fromkeys(weights["level"]))
+    colours = domain_colours(weights["node"].str.split(SEPARATOR).str[0])
+    summary = (
+        weights.groupby(["level", "node"], sort=False)["weight"].agg(["mean", "min", "max"]).reset_index()
+    )
+
+    def draw(axes: Any) -> None:
+        for ax, level in zip(np.atleast_1d(axes), levels, strict=True):
+            part = weights[weights["level"] == level]
+            nodes = list(dict.fromkeys(part["node"]))
+            box = ax.boxplot(
+                [part.loc[part["node"] == n, "weight"] for n in nodes], tick_labels=nodes, patch_artist=True
+            )
+            for patch, node in zip(box["boxes"], nodes, strict=True):
+                patch.set(facecolor=colours[node.split(SEPARATOR)[0]], alpha=0.45)
+            ax.set_title(level, loc="left", fontsize=9)
+            ax.set_ylabel("weight")
+            ax.tick_params(axis="x", labelrotation=25, labelsize=7)
+
+    proposals = weights["mixture"].nunique()
+    title = "Proposed mixtures " + ("by tree level" if len(levels) > 1 else "per domain")
+    return Section(
+        "proposals_by_level",
+        f"{title} ({proposals})",
+        figure_png(draw, 7.5, 0.6 + 2.3 * len(levels), nrows=len(levels)),
+        weights,
+        "Each box: one node's weight (its leaves summed) across the proposals; colour: the node's source.",
+        summary,
+        links,
     )
 
 
