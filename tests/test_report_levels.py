@@ -8,8 +8,12 @@ import re
 from pathlib import Path
 
 import pandas as pd
+import pytest
 
 from datamixer.cli import main
+from mixer.mixture import write_mixture
+from pipeline import layout
+from pipeline.report import collect
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "swarm_tree.yaml"
 
@@ -64,3 +68,24 @@ def test_report_of_a_flat_proposal_shows_weights_per_domain(tmp_path, capsys):
     rows = _page_rows(page)
     for node, values in _expected_rows(pd.read_parquet(out / "proposals.parquet"), 0).items():
         assert "|".join(["domain", node, *(f"{v:.4g}" for v in values)]) in rows
+
+
+def test_demo_mixtures_with_tree_domains_are_shown_by_level(tmp_path):
+    """A demo whose domains are ':' paths also shows the compared mixtures summed per level."""
+    paths = layout.RunLayout(tmp_path)
+    optimized = {"web:science": 0.5, "web:news": 0.2, "code": 0.3}
+    natural = {"web:science": 0.1, "web:news": 0.6, "code": 0.3}
+    write_mixture(paths.mixture("optimized"), optimized)
+    write_mixture(paths.mixture("natural"), natural)
+    report = collect(tmp_path)
+    assert [s.key for s in report.sections] == ["mixtures", "mixtures_by_level"]
+    short = report.sections[1].short.set_index(["level", "node"])
+    assert list(short.columns) == ["optimized", "natural"]
+    assert short.loc[("level0", "web"), "optimized"] == pytest.approx(0.7)
+    assert short.loc[("level0", "web"), "natural"] == pytest.approx(0.7)
+    assert short.loc[("level1", "web:news"), "natural"] == pytest.approx(0.6)
+    assert short.loc[("level1", "code"), "optimized"] == pytest.approx(0.3)
+    assert len(short) == 2 + 3
+    write_mixture(paths.mixture("optimized"), {"web": 0.7, "code": 0.3})  # flat names: no such section
+    write_mixture(paths.mixture("natural"), {"web": 0.4, "code": 0.6})
+    assert [s.key for s in collect(tmp_path).sections] == ["mixtures"]

@@ -418,6 +418,52 @@ def mixtures_section(mixtures: Mapping[str, Mapping[str, float]]) -> Section:
     return Section("mixtures", "Mixtures compared", figure_png(draw, 6, 3), table.reset_index(names="domain"))
 
 
+def mixtures_by_level_section(mixtures: Mapping[str, Mapping[str, float]]) -> Section:
+    """The compared mixtures' weights summed at each level of a tree of ':'-named domains: one
+    stacked bar per mixture and level, each node in its source's colour."""
+    rows = [
+        {"level": level, "node": node, "mixture": name, "weight": weight}
+        for name, mix in mixtures.items()
+        for level, nodes in weights_by_level(mix).items()
+        for node, weight in nodes.items()
+    ]
+    table = pd.DataFrame(rows)
+    wide = table.pivot_table(index=["level", "node"], columns="mixture", values="weight", sort=False)
+    wide = wide[ordered_mixtures(list(wide.columns))].reset_index()
+    wide.columns.name = None
+    levels = list(dict.fromkeys(table["level"]))
+    colours = domain_colours(table["node"].str.split(SEPARATOR).str[0])
+    names = ordered_mixtures(list(mixtures))
+
+    def draw(ax: Any) -> None:
+        for i, level in enumerate(levels):
+            bottom = np.zeros(len(names))
+            for _, row in wide[wide["level"] == level].iterrows():
+                x = np.arange(len(names)) * (len(levels) + 1) + i
+                heights = row[names].to_numpy(dtype=float)
+                source = row["node"].split(SEPARATOR)[0]
+                ax.bar(x, heights, 0.85, bottom=bottom, color=colours[source], edgecolor="white", lw=0.6)
+                bottom += heights
+        ticks = [m * (len(levels) + 1) + i for m in range(len(names)) for i in range(len(levels))]
+        ax.set_xticks(ticks, [lv for _ in names for lv in levels], fontsize=7)
+        for m, name in enumerate(names):
+            centre = m * (len(levels) + 1) + (len(levels) - 1) / 2
+            ax.text(centre, 1.03, mixture_label(name), ha="center", fontsize=8, color=mixture_colour(name))
+        for source, colour in colours.items():
+            ax.bar([0], [0], color=colour, label=source)
+        ax.set_ylabel("weight")
+        legend_outside(ax)
+
+    return Section(
+        "mixtures_by_level",
+        "Mixtures compared, by tree level",
+        figure_png(draw, 8, 3.2),
+        table,
+        "Each bar: one mixture at one level, split by node (white lines); colour: the node's source.",
+        wide,
+    )
+
+
 def law_fit_section(residuals: pd.DataFrame, kind: str) -> Section:
     """A fitted law's predicted vs observed loss on its training rows, one colour per model size."""
     sizes = sorted(residuals["N"].unique())

@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from mixer import tree
 from mixer.mixture import read_mixture
 from mixer.regmix import CV_PREDICTIONS
 from mixer.regmix import MANIFEST as REGMIX_MANIFEST
@@ -81,10 +82,8 @@ def score_sections(directory: Path, report: Report) -> None:
 
 def propose_sections(directory: Path, report: Report) -> None:
     """A `regmix propose` output: the proposals' weights by tree level (per domain when flat)."""
-    from mixer.tree import read_tree
-
-    tree = directory / TREE_FILE
-    names = [level.name for level in read_tree(tree).levels] if tree.exists() else ["domain"]
+    path = directory / TREE_FILE
+    names = [level.name for level in tree.read_tree(path).levels] if path.exists() else ["domain"]
     weights = sections.level_weights(pd.read_parquet(directory / PROPOSALS_FILE), names)
     report.sections.append(sections.levels_section(weights, links=(PROPOSALS_FILE,)))
 
@@ -162,6 +161,8 @@ def demo_sections(run_dir: Path, report: Report) -> None:
         report.sections.append(sections.regression_section(pd.read_parquet(paths.regmix_cv), metrics))
     if mixtures:
         report.sections.append(sections.mixtures_section(mixtures))
+        if any(tree.SEPARATOR in str(d) for mix in mixtures.values() for d in mix):
+            report.sections.append(sections.mixtures_by_level_section(mixtures))
     target = pd.read_parquet(paths.target) if need(paths.target) else None
     if need(paths.runs) and need(paths.law_curves):
         report.sections.append(
