@@ -38,7 +38,8 @@ img{max-width:100%}
 @dataclass
 class Section:
     """One block of the page: a title, a PNG plot, the full table behind it (saved as Parquet),
-    the few rows worth reading (`short`, default the first rows of `table`) and a caption."""
+    the few rows worth reading (`short`, default the first rows of `table`), a caption and links to
+    the input files it was drawn from (relative to the page)."""
 
     key: str
     title: str
@@ -46,6 +47,7 @@ class Section:
     table: pd.DataFrame
     caption: str = ""
     short: pd.DataFrame | None = None
+    links: tuple[str, ...] = ()
 
 
 @dataclass
@@ -85,6 +87,9 @@ def section_html(section: Section, link_dir: str) -> str:
     short = section.short if section.short is not None else section.table.head(SHORT_ROWS)
     if not short.empty:
         parts.append(table_html(short))
+    if section.links:
+        anchors = ", ".join(f"<a href='{html.escape(p)}'>{html.escape(p)}</a>" for p in section.links)
+        parts.append(f"<p class=note>Drawn from {anchors}</p>")
     link = f"{link_dir}/{section.key}.parquet"
     parts.append(
         f"<p class=note>Full table ({len(section.table)} rows): "

@@ -11,6 +11,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from mixer.runs import WEIGHT_PREFIX
+from mixer.tree import SEPARATOR, level_frame, weights_by_level
 from pipeline import schema
 from pipeline.report.page import Section
 from pipeline.report.style import (
@@ -194,6 +196,57 @@ def proposals_section(
     )
 
 
+def level_weights(proposals: pd.DataFrame, level_names: list[str] | None = None) -> pd.DataFrame:
+    """Long table (`mixture`, `level`, `node`, `weight`): each proposal's `h_<leaf>` weights summed
+    at every level of the tree (leaf names are ':' paths; a flat table is one level)."""
+    columns = [c for c in proposals.columns if str(c).startswith(WEIGHT_PREFIX)]
+    leaves = [c[len(WEIGHT_PREFIX) :] for c in columns]
+    names = list(weights_by_level(dict.fromkeys(leaves, 0.0), level_names))
+    frames = []
+    for depth, name in enumerate(names):
+        wide = level_frame(proposals[["mixture", *columns]], depth)
+        long = wide.melt(id_vars="mixture", var_name="node", value_name="weight")
+        long["node"] = long["node"].str[len(WEIGHT_PREFIX) :]
+        long.insert(1, "level", name)
+        frames.append(long)
+    return pd.concat(frames, ignore_index=True)
+
+
+def levels_section(weights: pd.DataFrame, links: tuple[str, ...] = ()) -> Section:
+    """Spread of the proposals' weights per node, one box plot per tree level (`level_weights`);
+    a node takes its source's colour, so a subtree reads as one colour down the levels."""
+    levels = list(dict.fromkeys(weights["level"]))
+    colours = domain_colours(weights["node"].str.split(SEPARATOR).str[0])
+    summary = (
+        weights.groupby(["level", "node"], sort=False)["weight"].agg(["mean", "min", "max"]).reset_index()
+    )
+
+    def draw(axes: Any) -> None:
+        for ax, level in zip(np.atleast_1d(axes), levels, strict=True):
+            part = weights[weights["level"] == level]
+            nodes = list(dict.fromkeys(part["node"]))
+            box = ax.boxplot(
+                [part.loc[part["node"] == n, "weight"] for n in nodes], tick_labels=nodes, patch_artist=True
+            )
+            for patch, node in zip(box["boxes"], nodes, strict=True):
+                patch.set(facecolor=colours[node.split(SEPARATOR)[0]], alpha=0.45)
+            ax.set_title(level, loc="left", fontsize=9)
+            ax.set_ylabel("weight")
+            ax.tick_params(axis="x", labelrotation=25, labelsize=7)
+
+    proposals = weights["mixture"].nunique()
+    title = "Proposed mixtures " + ("by tree level" if len(levels) > 1 else "per domain")
+    return Section(
+        "proposals_by_level",
+        f"{title} ({proposals})",
+        figure_png(draw, 7.5, 0.6 + 2.3 * len(levels), nrows=len(levels)),
+        weights,
+        "Each box: one node's weight (its leaves summed) across the proposals; colour: the node's source.",
+        summary,
+        links,
+    )
+
+
 def regression_section(cv: pd.DataFrame, metrics: Mapping[str, Any], key: str = "regression") -> Section:
     """Out-of-fold predicted vs true loss of the RegMix regressor; the candidates' CV Spearman."""
 
@@ -363,6 +416,52 @@ def mixtures_section(mixtures: Mapping[str, Mapping[str, float]]) -> Section:
         legend_outside(ax)
 
     return Section("mixtures", "Mixtures compared", figure_png(draw, 6, 3), table.reset_index(names="domain"))
+
+
+def mixtures_by_level_section(mixtures: Mapping[str, Mapping[str, float]]) -> Section:
+    """The compared mixtures' weights summed at each level of a tree of ':'-named domains: one
+    stacked bar per mixture and level, each node in its source's colour."""
+    rows = [
+        {"level": level, "node": node, "mixture": name, "weight": weight}
+        for name, mix in mixtures.items()
+        for level, nodes in weights_by_level(mix).items()
+        for node, weight in nodes.items()
+    ]
+    table = pd.DataFrame(rows)
+    wide = table.pivot_table(index=["level", "node"], columns="mixture", values="weight", sort=False)
+    wide = wide[ordered_mixtures(list(wide.columns))].reset_index()
+    wide.columns.name = None
+    levels = list(dict.fromkeys(table["level"]))
+    colours = domain_colours(table["node"].str.split(SEPARATOR).str[0])
+    names = ordered_mixtures(list(mixtures))
+
+    def draw(ax: Any) -> None:
+        for i, level in enumerate(levels):
+            bottom = np.zeros(len(names))
+            for _, row in wide[wide["level"] == level].iterrows():
+                x = np.arange(len(names)) * (len(levels) + 1) + i
+                heights = row[names].to_numpy(dtype=float)
+                source = row["node"].split(SEPARATOR)[0]
+                ax.bar(x, heights, 0.85, bottom=bottom, color=colours[source], edgecolor="white", lw=0.6)
+                bottom += heights
+        ticks = [m * (len(levels) + 1) + i for m in range(len(names)) for i in range(len(levels))]
+        ax.set_xticks(ticks, [lv for _ in names for lv in levels], fontsize=7)
+        for m, name in enumerate(names):
+            centre = m * (len(levels) + 1) + (len(levels) - 1) / 2
+            ax.text(centre, 1.03, mixture_label(name), ha="center", fontsize=8, color=mixture_colour(name))
+        for source, colour in colours.items():
+            ax.bar([0], [0], color=colour, label=source)
+        ax.set_ylabel("weight")
+        legend_outside(ax)
+
+    return Section(
+        "mixtures_by_level",
+        "Mixtures compared, by tree level",
+        figure_png(draw, 8, 3.2),
+        table,
+        "Each bar: one mixture at one level, split by node (white lines); colour: the node's source.",
+        wide,
+    )
 
 
 def law_fit_section(residuals: pd.DataFrame, kind: str) -> Section:

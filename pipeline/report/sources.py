@@ -1,6 +1,7 @@
 """What a report is built from: a `datamixer demo` directory, or the output of one step (a `score`
-output directory, a `regmix fit` model directory, a `law fit` JSON). Each reader turns the files it
-finds into sections; a file that is missing leaves its section out and is listed."""
+output directory, a `regmix propose` directory, a `regmix fit` model directory, a `law fit` JSON).
+Each reader turns the files it finds into sections; a file that is missing leaves its section out
+and is listed."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from mixer import tree
 from mixer.mixture import read_mixture
 from mixer.regmix import CV_PREDICTIONS
 from mixer.regmix import MANIFEST as REGMIX_MANIFEST
@@ -21,10 +23,12 @@ from pipeline.report.headline import build_headline
 from pipeline.report.page import Report
 
 INTERACTION_FILE = "interaction.parquet"  # domain, target, effect (written by `regmix fit`)
+PROPOSALS_FILE = "proposals.parquet"  # mixture, h_<leaf>... (written by `regmix propose`)
+TREE_FILE = "tree.yaml"  # the domain tree `regmix propose --tree` sampled from
 
 
 def detect(path: Path) -> str:
-    """`demo`, `score`, `regmix` or `law` (a JSON file), from the files in `path`."""
+    """`demo`, `score`, `propose`, `regmix` or `law` (a JSON file), from the files in `path`."""
     if path.is_file():
         if path.suffix.lower() == ".json":
             return "law"
@@ -35,6 +39,8 @@ def detect(path: Path) -> str:
         return "regmix"
     if (path / schema.DOMAIN_STATS_FILE).exists():
         return "score"
+    if (path / PROPOSALS_FILE).exists():
+        return "propose"
     return "demo"
 
 
@@ -72,6 +78,14 @@ def score_sections(directory: Path, report: Report) -> None:
             else None
         )
         report.sections.append(sections.score_section(scored, column, cutoffs))
+
+
+def propose_sections(directory: Path, report: Report) -> None:
+    """A `regmix propose` output: the proposals' weights by tree level (per domain when flat)."""
+    path = directory / TREE_FILE
+    names = [level.name for level in tree.read_tree(path).levels] if path.exists() else ["domain"]
+    weights = sections.level_weights(pd.read_parquet(directory / PROPOSALS_FILE), names)
+    report.sections.append(sections.levels_section(weights, links=(PROPOSALS_FILE,)))
 
 
 def regmix_sections(directory: Path, report: Report) -> None:
@@ -147,6 +161,8 @@ def demo_sections(run_dir: Path, report: Report) -> None:
         report.sections.append(sections.regression_section(pd.read_parquet(paths.regmix_cv), metrics))
     if mixtures:
         report.sections.append(sections.mixtures_section(mixtures))
+        if any(tree.SEPARATOR in str(d) for mix in mixtures.values() for d in mix):
+            report.sections.append(sections.mixtures_by_level_section(mixtures))
     target = pd.read_parquet(paths.target) if need(paths.target) else None
     if need(paths.runs) and need(paths.law_curves):
         report.sections.append(
@@ -195,7 +211,7 @@ def collect(path: str | Path) -> Report:
     path = Path(path)
     kind = detect(path)
     report = Report(kind=kind)
-    {"demo": demo_sections, "score": score_sections, "regmix": regmix_sections, "law": law_sections}[kind](
-        path, report
-    )
+    readers = {"demo": demo_sections, "score": score_sections, "propose": propose_sections}
+    readers.update(regmix=regmix_sections, law=law_sections)
+    readers[kind](path, report)
     return report
