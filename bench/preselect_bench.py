@@ -55,11 +55,25 @@ def random_models(root: Path, texts: list[str], device: torch.device, n: int) ->
     dirs = []
     for seed in range(n):
         torch.manual_seed(seed)
-        config = LlamaConfig(vocab_size=vocab, hidden_size=hidden, intermediate_size=hidden * 8 // 3,
-                             num_hidden_layers=layers, num_attention_heads=heads, num_key_value_heads=heads,
-                             max_position_embeddings=context, bos_token_id=0, eos_token_id=0, pad_token_id=0)
-        dirs.append(str(save_checkpoint(LlamaForCausalLM(config), tokenizer_json, root / f"model{seed}",
-                                        "<|endoftext|>", context)))
+        config = LlamaConfig(
+            vocab_size=vocab,
+            hidden_size=hidden,
+            intermediate_size=hidden * 8 // 3,
+            num_hidden_layers=layers,
+            num_attention_heads=heads,
+            num_key_value_heads=heads,
+            max_position_embeddings=context,
+            bos_token_id=0,
+            eos_token_id=0,
+            pad_token_id=0,
+        )
+        dirs.append(
+            str(
+                save_checkpoint(
+                    LlamaForCausalLM(config), tokenizer_json, root / f"model{seed}", "<|endoftext|>", context
+                )
+            )
+        )
     return dirs
 
 
@@ -68,8 +82,9 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize()
 
 
-def plain_loop(models: list[str], texts: list[str], device: torch.device, threads: int | None,
-               repeats: int) -> tuple[float, int]:
+def plain_loop(
+    models: list[str], texts: list[str], device: torch.device, threads: int | None, repeats: int
+) -> tuple[float, int]:
     """Seconds for every model over every text (best of `repeats` per model), and tokens scored."""
     total, tokens = 0.0, 0
     for model in models:
@@ -88,10 +103,17 @@ def plain_loop(models: list[str], texts: list[str], device: torch.device, thread
     return total, tokens
 
 
-def job(models: list[str], pool: Path, out: Path, device: torch.device, threads: int | None,
-        beam_args: list[str]) -> float:
-    config = PreselectConfig(inputs=[str(pool)], models=models, scores=list(range(len(models))),
-                             output=str(out), device=str(device), threads=threads)
+def job(
+    models: list[str], pool: Path, out: Path, device: torch.device, threads: int | None, beam_args: list[str]
+) -> float:
+    config = PreselectConfig(
+        inputs=[str(pool)],
+        models=models,
+        scores=list(range(len(models))),
+        output=str(out),
+        device=str(device),
+        threads=threads,
+    )
     start = time.perf_counter()
     result = run_preselect_job(config, beam_args=beam_args)
     seconds = time.perf_counter() - start
@@ -100,8 +122,9 @@ def job(models: list[str], pool: Path, out: Path, device: torch.device, threads:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--models", help="comma-separated HF model dirs (default: random Llamas)")
     parser.add_argument("--n-models", type=int, default=2, help="random models to make")
     parser.add_argument("--docs", type=int, default=None, help="documents (default: 300 CPU, 4000 CUDA)")
@@ -126,22 +149,40 @@ def main() -> None:
         name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"{args.threads} thread(s)"
         hidden, layers, _, vocab, _ = SIZES[device.type]
         shape = "given" if args.models else f"random Llama: hidden {hidden}, {layers} layers, vocab {vocab}"
-        print(f"device: {device} ({name}); {len(models)} models ({shape}); {len(texts)} documents, "
-              f"{sum(map(len, texts)) / len(texts):.0f} characters on average")
+        print(
+            f"device: {device} ({name}); {len(models)} models ({shape}); {len(texts)} documents, "
+            f"{sum(map(len, texts)) / len(texts):.0f} characters on average"
+        )
 
         loop_s, tokens = plain_loop(models, texts, device, threads, args.repeats)
         rows = [("plain loop, model after model", loop_s)]
-        rows.append(("Beam job, DirectRunner in-process, 1 worker",
-                     job(models, pool, root / "out1", device, threads,
-                         ["--direct_running_mode=in_memory", "--direct_num_workers=1"])))
+        rows.append(
+            (
+                "Beam job, DirectRunner in-process, 1 worker",
+                job(
+                    models,
+                    pool,
+                    root / "out1",
+                    device,
+                    threads,
+                    ["--direct_running_mode=in_memory", "--direct_num_workers=1"],
+                ),
+            )
+        )
         if device.type == "cpu":
-            rows.append(("Beam job, DirectRunner, one process per core",
-                         job(models, pool, root / "out2", device, threads, [])))
+            rows.append(
+                (
+                    "Beam job, DirectRunner, one process per core",
+                    job(models, pool, root / "out2", device, threads, []),
+                )
+            )
         print(f"tokens scored (all models): {tokens:,}")
         print(f"{'':48s} {'seconds':>8s} {'docs/s':>8s} {'doc-model/s':>12s} {'vs loop':>8s}")
         for label, seconds in rows:
-            print(f"{label:48s} {seconds:8.2f} {len(texts) / seconds:8.1f} "
-                  f"{len(texts) * len(models) / seconds:12.1f} {loop_s / seconds:8.2f}")
+            print(
+                f"{label:48s} {seconds:8.2f} {len(texts) / seconds:8.1f} "
+                f"{len(texts) * len(models) / seconds:12.1f} {loop_s / seconds:8.2f}"
+            )
 
 
 if __name__ == "__main__":

@@ -88,8 +88,10 @@ def main() -> None:
             n = shape.non_embedding_params()
             n_all = n + shape.embedding_params(data.vocab_size)
             tps = train_rate(data, size, config, args.steps, device)
-            print(f"{size:>5} {n_threads:>3} {n:>9,} {tps:>9,.0f} {1e5 / tps:>10.2f} "
-                  f"{6 * n * tps / rate:>7.2%} {6 * n_all * tps / rate:>8.2%}")
+            print(
+                f"{size:>5} {n_threads:>3} {n:>9,} {tps:>9,.0f} {1e5 / tps:>10.2f} "
+                f"{6 * n * tps / rate:>7.2%} {6 * n_all * tps / rate:>8.2%}"
+            )
 
 
 if __name__ == "__main__":

@@ -82,9 +82,11 @@ def variants(domains: list[str]) -> dict[str, Callable[[], object]]:
         "gaussian process (--model gp)": lambda: GaussianProcessMixtureRegressor(),
         "law + lightgbm on residuals": lambda: LightGBMRegressor(law_residual=True),
         "law + lightgbm residuals, monotone": lambda: LightGBMRegressor(
-            law_residual=True, monotone_constraints=monotone),
+            law_residual=True, monotone_constraints=monotone
+        ),
         "law-residual x5 bagged seeds": lambda: Ensemble(
-            [Bagged(random_state=s, law_residual=True) for s in range(5)]),
+            [Bagged(random_state=s, law_residual=True) for s in range(5)]
+        ),
         "law-residual + plain lightgbm (--model law-blend)": lambda: LawBlendRegressor(),
     }
 
@@ -103,8 +105,9 @@ def main() -> None:
         pred = model.predict(X_test)
         rho = {s: spearmanr(pred, t)[0] for s, t in truth.items()}
         lo, hi = spearman_ci(truth["60m"], pred)
-        print(f"{name:48s} {rho['1m']:7.4f} {rho['60m']:7.4f}  [{lo:.4f}, {hi:.4f}] {seconds:6.1f}",
-              flush=True)
+        print(
+            f"{name:48s} {rho['1m']:7.4f} {rho['60m']:7.4f}  [{lo:.4f}, {hi:.4f}] {seconds:6.1f}", flush=True
+        )
 
 
 if __name__ == "__main__":

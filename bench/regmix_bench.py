@@ -43,10 +43,12 @@ def main() -> None:
     parser.add_argument("--no-brute", action="store_true", help="skip the brute-force comparison")
     args = parser.parse_args()
 
-    (model, _), fit_s = timed(fit_regmix, DATA / "train_mixture_1m.csv", DATA / "train_pile_loss_1m.csv",
-                              TARGET, cv_folds=0)
-    (_, summary_cv), fit_cv_s = timed(fit_regmix, DATA / "train_mixture_1m.csv",
-                                      DATA / "train_pile_loss_1m.csv", TARGET, cv_folds=5)
+    (model, _), fit_s = timed(
+        fit_regmix, DATA / "train_mixture_1m.csv", DATA / "train_pile_loss_1m.csv", TARGET, cv_folds=0
+    )
+    (_, summary_cv), fit_cv_s = timed(
+        fit_regmix, DATA / "train_mixture_1m.csv", DATA / "train_pile_loss_1m.csv", TARGET, cv_folds=5
+    )
     prior = model.matrix(model.training_mixtures).mean(axis=0)
     prior /= prior.sum()
     rng = np.random.default_rng(0)
@@ -56,37 +58,54 @@ def main() -> None:
     optimize_regmix(model, n_draws=10_000, top_k=args.top_k)
     summary, optimize_s = timed(optimize_regmix, model, n_draws=args.draws, top_k=args.top_k, seed=0)
     optimize_cpu, dirichlet_cpu = CPU_SECONDS["optimize_regmix"], CPU_SECONDS["dirichlet"]
-    summary2, optimize2_s = timed(optimize_regmix, model, n_draws=args.draws, top_k=args.top_k, seed=0,
-                                  n_jobs=2)
+    summary2, optimize2_s = timed(
+        optimize_regmix, model, n_draws=args.draws, top_k=args.top_k, seed=0, n_jobs=2
+    )
 
-    print(f"fit, 512 runs, 1,000 trees:                 {fit_s:7.2f} s  (with 5-fold CV: {fit_cv_s:.2f} s, "
-          f"CV spearman {summary_cv['cv'][TARGET]['spearman']:.4f})")
+    print(
+        f"fit, 512 runs, 1,000 trees:                 {fit_s:7.2f} s  (with 5-fold CV: {fit_cv_s:.2f} s, "
+        f"CV spearman {summary_cv['cv'][TARGET]['spearman']:.4f})"
+    )
     print(f"numpy Dirichlet draw, {args.draws:,} x {len(prior)}:     {dirichlet_s:7.2f} s")
-    print(f"optimize, {args.draws:,} draws (refine, 1 thread): {optimize_s:7.2f} s  "
-          f"ratio to the bare draw {optimize_s / dirichlet_s:.2f}x; scored {summary['n_evaluated']:,} draws")
-    print(f"optimize, same, LightGBM predict 2 threads:  {optimize2_s:7.2f} s  "
-          f"ratio {optimize2_s / dirichlet_s:.2f}x")
-    print(f"  CPU time of this process (load-independent): optimize {optimize_cpu:.2f} s, "
-          f"numpy Dirichlet {dirichlet_cpu:.2f} s, ratio {optimize_cpu / dirichlet_cpu:.2f}x")
-    print(f"  Pile-CC weight {summary['weights']['train_the_pile_pile_cc']:.4f}, "
-          f"top-{args.top_k} predicted {summary['topk_predicted_min']:.4f}"
-          f"..{summary['topk_predicted_max']:.4f}")
+    print(
+        f"optimize, {args.draws:,} draws (refine, 1 thread): {optimize_s:7.2f} s  "
+        f"ratio to the bare draw {optimize_s / dirichlet_s:.2f}x; scored {summary['n_evaluated']:,} draws"
+    )
+    print(
+        f"optimize, same, LightGBM predict 2 threads:  {optimize2_s:7.2f} s  "
+        f"ratio {optimize2_s / dirichlet_s:.2f}x"
+    )
+    print(
+        f"  CPU time of this process (load-independent): optimize {optimize_cpu:.2f} s, "
+        f"numpy Dirichlet {dirichlet_cpu:.2f} s, ratio {optimize_cpu / dirichlet_cpu:.2f}x"
+    )
+    print(
+        f"  Pile-CC weight {summary['weights']['train_the_pile_pile_cc']:.4f}, "
+        f"top-{args.top_k} predicted {summary['topk_predicted_min']:.4f}"
+        f"..{summary['topk_predicted_max']:.4f}"
+    )
 
     draws, draw_s = timed(opt.draw_mixtures, prior, args.draws, seed=0)
     score = model.objective()
     (refined, refined_scores, evaluated, rounds), refine_s = timed(opt.top_k_refine, score, draws, args.top_k)
-    print(f"  of which: draw {draw_s:.2f} s, refine search {refine_s:.2f} s "
-          f"({evaluated:,} model calls in {rounds} rounds)")
+    print(
+        f"  of which: draw {draw_s:.2f} s, refine search {refine_s:.2f} s "
+        f"({evaluated:,} model calls in {rounds} rounds)"
+    )
     if args.no_brute:
         return
     (brute, brute_scores, _), brute_s = timed(opt.top_k_brute, score, draws, args.top_k)
     overlap = len(set(brute.tolist()) & set(refined.tolist()))
     l1 = np.abs(draws[brute].mean(axis=0) - draws[refined].mean(axis=0)).sum()
-    print(f"brute force, all {args.draws:,} draws scored:    {brute_s:7.2f} s  "
-          f"({brute_s / refine_s:.0f}x the refine search)")
-    print(f"  top-{args.top_k} agreement refine vs brute: {overlap}/{args.top_k} draws, "
-          f"L1 between averaged mixtures {l1:.5f}, mean predicted loss "
-          f"{refined_scores.mean():.5f} vs {brute_scores.mean():.5f}")
+    print(
+        f"brute force, all {args.draws:,} draws scored:    {brute_s:7.2f} s  "
+        f"({brute_s / refine_s:.0f}x the refine search)"
+    )
+    print(
+        f"  top-{args.top_k} agreement refine vs brute: {overlap}/{args.top_k} draws, "
+        f"L1 between averaged mixtures {l1:.5f}, mean predicted loss "
+        f"{refined_scores.mean():.5f} vs {brute_scores.mean():.5f}"
+    )
 
 
 if __name__ == "__main__":

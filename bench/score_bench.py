@@ -159,8 +159,10 @@ def main() -> None:
         print(f"ratio job / plain loop (mean of both):        {job / loop:10.2f}")
         print(f"ratio job without fixed cost / plain loop:    {steady / loop:10.2f}")
         print(f"docs per CPU-second: plain loop {loop_cpu:,.0f}, job (all processes) {job_cpu:,.0f}")
-        print(f"  ratio x {os.cpu_count()} cores (what free cores would give): "
-              f"{os.cpu_count() * job_cpu / loop_cpu:10.2f}")
+        print(
+            f"  ratio x {os.cpu_count()} cores (what free cores would give): "
+            f"{os.cpu_count() * job_cpu / loop_cpu:10.2f}"
+        )
         print(f"load average at the end: {os.getloadavg()[0]:.1f}")
 
 

@@ -207,17 +207,27 @@ def law_mixture(
     mixture = {d: optimum.weights[d] for d in sorted(optimum.weights)}
     if out is not None:  # the provenance `law optimize` writes, plus the budget behind the caps
         provenance = {
-            "method": f"law optimize ({fitted.kind} law, exponentiated gradient)", "law": str(law),
-            "N": float(N), "D": float(planned),
-            "floor": dict(floor) if isinstance(floor, Mapping) else float(floor), "caps": bounds,
-            "targets": list(optimum.losses), "target_weights": None if weights is None else list(weights),
+            "method": f"law optimize ({fitted.kind} law, exponentiated gradient)",
+            "law": str(law),
+            "N": float(N),
+            "D": float(planned),
+            "floor": dict(floor) if isinstance(floor, Mapping) else float(floor),
+            "caps": bounds,
+            "targets": list(optimum.losses),
+            "target_weights": None if weights is None else list(weights),
             "predicted_loss": optimum.loss,
-            "spread": optimum.spread, "warnings": optimum.warnings,
+            "spread": optimum.spread,
+            "warnings": optimum.warnings,
         }
         if budget_tokens is not None:  # set exactly when stats is
             provenance["budget"] = {"tokens": _budget.parse_tokens(budget_tokens), "max_epochs": max_epochs}
         write_mixture(out, mixture, provenance)
     if not summary:
         return mixture
-    return {**optimum.to_dict(), "out": None if out is None else str(out), "N": float(N),
-            "D": float(planned), "law": fitted.kind}
+    return {
+        **optimum.to_dict(),
+        "out": None if out is None else str(out),
+        "N": float(N),
+        "D": float(planned),
+        "law": fitted.kind,
+    }

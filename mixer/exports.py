@@ -249,8 +249,10 @@ def olmix_repetition(
     for domain, weight in weights.items():
         need = weight * tokens / float(available[domain]) if available[domain] > 0 else math.inf
         if need > max_repetition:
-            raise ValueError(f"domain {domain!r} needs {need:.2f} epochs of its data, over the "
-                             f"repetition limit {max_repetition:g}; see `datamixer budget`")
+            raise ValueError(
+                f"domain {domain!r} needs {need:.2f} epochs of its data, over the "
+                f"repetition limit {max_repetition:g}; see `datamixer budget`"
+            )
         out[domain] = max(1.0, math.ceil(need * 1000 - 1e-9) / 1000)
     return out
 
@@ -309,8 +311,9 @@ def to_olmix(
     digits: int = DEFAULT_DIGITS,
 ) -> str:
     """`olmix_mix` as YAML under a top-level `mix:` key, ready to paste into a launch config."""
-    block = olmix_mix(weights, tokens=tokens, available=available, max_repetition=max_repetition,
-                      digits=digits)
+    block = olmix_mix(
+        weights, tokens=tokens, available=available, max_repetition=max_repetition, digits=digits
+    )
     return yaml.safe_dump({"mix": block}, sort_keys=False)
 
 

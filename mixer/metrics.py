@@ -31,8 +31,11 @@ def _correlation(kind: str, y_true: np.ndarray, y_pred: np.ndarray) -> float:
 
 
 def spearman_ci(
-    y_true: np.ndarray, y_pred: np.ndarray, n_boot: int = BOOTSTRAP_SAMPLES,
-    confidence: float = CONFIDENCE, seed: int = 0,
+    y_true: np.ndarray,
+    y_pred: np.ndarray,
+    n_boot: int = BOOTSTRAP_SAMPLES,
+    confidence: float = CONFIDENCE,
+    seed: int = 0,
 ) -> tuple[float, float]:
     """Percentile bootstrap interval of Spearman's rho over (target, prediction) pairs."""
     y_true, y_pred = _pair(y_true, y_pred)
@@ -53,8 +56,12 @@ def _resampled_spearman(y_true: np.ndarray, y_pred: np.ndarray, idx: np.ndarray)
 
 
 def spearman_gap(
-    y_true: np.ndarray, y_pred: np.ndarray, y_base: np.ndarray, n_boot: int = BOOTSTRAP_SAMPLES,
-    confidence: float = CONFIDENCE, seed: int = 0,
+    y_true: np.ndarray,
+    y_pred: np.ndarray,
+    y_base: np.ndarray,
+    n_boot: int = BOOTSTRAP_SAMPLES,
+    confidence: float = CONFIDENCE,
+    seed: int = 0,
 ) -> dict[str, float]:
     """Spearman of a model and of a baseline on the same runs, and a paired bootstrap interval
     of the difference (model minus baseline): `beats_baseline` when the interval lies above 0."""
@@ -65,8 +72,14 @@ def spearman_gap(
     tail = (1 - confidence) / 2
     lo, hi = np.quantile(gaps, [tail, 1 - tail])
     model, base = _correlation("spearman", y_true, y_pred), _correlation("spearman", y_true, y_base)
-    return {"spearman": model, "baseline_spearman": base, "gap": model - base,
-            "gap_ci_low": float(lo), "gap_ci_high": float(hi), "beats_baseline": bool(lo > 0)}
+    return {
+        "spearman": model,
+        "baseline_spearman": base,
+        "gap": model - base,
+        "gap_ci_low": float(lo),
+        "gap_ci_high": float(hi),
+        "beats_baseline": bool(lo > 0),
+    }
 
 
 def regression_metrics(
@@ -99,7 +112,11 @@ def out_of_fold(
 
 
 def cross_validate(
-    estimator: Any, X: np.ndarray, y: np.ndarray, folds: int = 5, seed: int = 0,
+    estimator: Any,
+    X: np.ndarray,
+    y: np.ndarray,
+    folds: int = 5,
+    seed: int = 0,
     baseline: np.ndarray | None = None,
 ) -> tuple[dict[str, Any], list[dict[str, float]]]:
     """k-fold CV: metrics of the pooled out-of-fold predictions, and per-fold metrics; with a

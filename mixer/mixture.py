@@ -74,8 +74,9 @@ def _from_records(data: list[Any], source: str) -> dict[str, float]:
     out: dict[str, float] = {}
     for position, record in enumerate(data):
         if not isinstance(record, Mapping) or "domain" not in record or "weight" not in record:
-            raise ValueError(f"{source}: entry {position + 1} must be {{'domain': ..., 'weight': ...}}, "
-                             f"got {record!r}")
+            raise ValueError(
+                f"{source}: entry {position + 1} must be {{'domain': ..., 'weight': ...}}, got {record!r}"
+            )
         if str(record["domain"]) in out:
             raise ValueError(f"{source}: entry {position + 1}: domain {record['domain']!r} repeats")
         out[str(record["domain"])] = record["weight"]

@@ -40,8 +40,12 @@ class SearchResult:
 
 
 def draw_mixtures(
-    prior: np.ndarray, n: int, concentration: float = CONCENTRATION, seed: int = 0,
-    lower: np.ndarray | None = None, upper: np.ndarray | None = None,
+    prior: np.ndarray,
+    n: int,
+    concentration: float = CONCENTRATION,
+    seed: int = 0,
+    lower: np.ndarray | None = None,
+    upper: np.ndarray | None = None,
 ) -> np.ndarray:
     """`n` float32 draws from Dirichlet(prior x concentration), mapped inside [lower, upper].
 
@@ -99,8 +103,13 @@ def _surrogate_coef(features: np.ndarray, values: np.ndarray) -> np.ndarray:
 
 
 def top_k_refine(
-    score: Score, draws: np.ndarray, k: int, batch: int = REFINE_BATCH,
-    max_rounds: int = REFINE_MAX_ROUNDS, seed: int = 0, patience: int = 2,
+    score: Score,
+    draws: np.ndarray,
+    k: int,
+    batch: int = REFINE_BATCH,
+    max_rounds: int = REFINE_MAX_ROUNDS,
+    seed: int = 0,
+    patience: int = 2,
 ) -> tuple[np.ndarray, np.ndarray, int, int]:
     """Surrogate-guided search for the k draws with the lowest score, scoring few of them.
 
@@ -175,8 +184,15 @@ def optimize_mixture(
 
 
 def _optimize(
-    score: Score, prior: np.ndarray, caps: np.ndarray | None, floors: np.ndarray | None, n_draws: int,
-    top_k: int, concentration: float, search: str, seed: int,
+    score: Score,
+    prior: np.ndarray,
+    caps: np.ndarray | None,
+    floors: np.ndarray | None,
+    n_draws: int,
+    top_k: int,
+    concentration: float,
+    search: str,
+    seed: int,
 ) -> SearchResult:
     draws = draw_mixtures(prior, n_draws, concentration, seed, lower=floors, upper=caps)
     if search == "brute":
@@ -208,9 +224,9 @@ def coverage(
     nearest = float(np.abs(training - weights).sum(axis=1).min())
     own_nearest = np.empty(len(training))
     for start in range(0, len(training), 256):
-        block = np.abs(training[start:start + 256, None, :] - training[None, :, :]).sum(axis=2)
+        block = np.abs(training[start : start + 256, None, :] - training[None, :, :]).sum(axis=2)
         block[np.arange(len(block)), np.arange(start, start + len(block))] = np.inf
-        own_nearest[start:start + 256] = block.min(axis=1)
+        own_nearest[start : start + 256] = block.min(axis=1)
     typical = float(np.quantile(own_nearest, quantile)) if len(training) > 1 else 0.0
     lo, hi = training.min(axis=0), training.max(axis=0)
     outside = [n for n, w, a, b in zip(names, weights, lo, hi, strict=True) if w < a - 1e-9 or w > b + 1e-9]

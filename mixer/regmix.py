@@ -176,8 +176,14 @@ class RegMixModel:
                 entries.append({"target": target, **est.save_state(tmp, f"target_{i:02d}")})
             frame = pd.DataFrame(self.training_mixtures, columns=self.domains)
             frame.to_parquet(tmp / TRAINING_MIXTURES, index=False)
-            manifest = {"format": MODEL_FORMAT, "version": MODEL_VERSION, "model": self.model,
-                        "domains": self.domains, "targets": entries, "info": self.info}
+            manifest = {
+                "format": MODEL_FORMAT,
+                "version": MODEL_VERSION,
+                "model": self.model,
+                "domains": self.domains,
+                "targets": entries,
+                "info": self.info,
+            }
             (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
         return Path(path)
 
@@ -232,8 +238,9 @@ def load_training_table(
         bad = ~np.isfinite(values.to_numpy())
         if bad.any():
             row, col = (int(i[0]) for i in np.nonzero(bad))
-            raise ValueError(f"loss table: row {row + 1} ({key}={values.index[row]!r}): "
-                             f"{targets[col]!r} is not a number")
+            raise ValueError(
+                f"loss table: row {row + 1} ({key}={values.index[row]!r}): {targets[col]!r} is not a number"
+            )
     else:
         values = load_targets(losses, targets, key)
     joined = join_on_key(weights, values)
@@ -252,8 +259,11 @@ def _load_mixture_frame(mixtures: str | os.PathLike[str] | pd.DataFrame, key: st
 
 
 def _column_values(
-    mixtures: str | os.PathLike[str] | pd.DataFrame, losses: str | os.PathLike[str] | pd.DataFrame,
-    index: pd.Index, key: str, name: str,
+    mixtures: str | os.PathLike[str] | pd.DataFrame,
+    losses: str | os.PathLike[str] | pd.DataFrame,
+    index: pd.Index,
+    key: str,
+    name: str,
 ) -> np.ndarray | None:
     """Column `name` of the losses (else the mixtures) table for the joined runs; None if absent."""
     for source in (losses, mixtures):
@@ -268,8 +278,11 @@ def _column_values(
 
 
 def _scale_values(
-    mixtures: str | os.PathLike[str] | pd.DataFrame, losses: str | os.PathLike[str] | pd.DataFrame,
-    index: pd.Index, key: str, scale: str | None,
+    mixtures: str | os.PathLike[str] | pd.DataFrame,
+    losses: str | os.PathLike[str] | pd.DataFrame,
+    index: pd.Index,
+    key: str,
+    scale: str | None,
 ) -> tuple[str | None, np.ndarray | None, np.ndarray]:
     """The model size (or token count) of each joined run: column `scale`, or by default the first
     of N, D that holds two or more values; and the rows to keep: with sizes as the scale and a D
@@ -290,21 +303,35 @@ def _scale_values(
 
 
 def _compare_models(
-    model: str, select: str | None, candidates: Sequence[str], X_all: np.ndarray, values: pd.DataFrame,
-    groups: Any, fit_rows: np.ndarray, domains: list[str], cv_folds: int, seed: int,
+    model: str,
+    select: str | None,
+    candidates: Sequence[str],
+    X_all: np.ndarray,
+    values: pd.DataFrame,
+    groups: Any,
+    fit_rows: np.ndarray,
+    domains: list[str],
+    cv_folds: int,
+    seed: int,
     params: Mapping[str, Any] | None,
 ) -> tuple[str, dict[str, Any], dict[str, Any]]:
     """Every candidate's cross-scale figure (when there are 2+ scales) and, for `select="cv"`, its
     k-fold CV; the model to fit (`model`, or the best by `select`)."""
     across: dict[str, Any] = {}
     if groups is not None:
-        across = {t: cross_scale(candidates, X_all, values[t].to_numpy(dtype=float), groups, domains, t, seed,
-                                 params) for t in values.columns}
+        across = {
+            t: cross_scale(
+                candidates, X_all, values[t].to_numpy(dtype=float), groups, domains, t, seed, params
+            )
+            for t in values.columns
+        }
     cv_all: dict[str, Any] = {}
     if select == "cv":
         X, Y = X_all[fit_rows], values.to_numpy(dtype=float)[fit_rows]
-        cv_all = {t: cv_scores(candidates, X, Y[:, j], domains, t, cv_folds, seed, params)
-                  for j, t in enumerate(values.columns)}
+        cv_all = {
+            t: cv_scores(candidates, X, Y[:, j], domains, t, cv_folds, seed, params)
+            for j, t in enumerate(values.columns)
+        }
         model = best_model({t: {m: r[0] for m, r in per.items()} for t, per in cv_all.items()})
     elif select == "cross-scale":
         model = best_model(across)
@@ -357,47 +384,86 @@ def fit_regmix(
     X_all = weights.to_numpy(dtype=float)
     fit_rows = groups[1] if groups is not None else np.ones(len(X_all), dtype=bool)
     X = X_all[fit_rows]
-    model, across, cv_all = _compare_models(model, select, candidates, X_all, values, groups, fit_rows,
-                                            domains, cv_folds, seed, params)
+    model, across, cv_all = _compare_models(
+        model, select, candidates, X_all, values, groups, fit_rows, domains, cv_folds, seed, params
+    )
     estimators: dict[str, Any] = {}
     cv: dict[str, Any] = {}
     rows: list[dict[str, Any]] = []
     for target in targets:
         y = values[target].to_numpy(dtype=float)[fit_rows]
         if cv_folds and cv_folds > 1:
-            pooled, per_fold = (cv_all[target][model] if cv_all else
-                                cv_scores([model], X, y, domains, target, cv_folds, seed, params)[model])
+            pooled, per_fold = (
+                cv_all[target][model]
+                if cv_all
+                else cv_scores([model], X, y, domains, target, cv_folds, seed, params)[model]
+            )
             cv[target] = pooled
             rows += [{"target": target, **r} for r in per_fold]
-            rows.append({"target": target, "fold": -1, **{k: v for k, v in pooled.items()
-                                                          if k not in ("folds", "baseline")}})
+            rows.append(
+                {
+                    "target": target,
+                    "fold": -1,
+                    **{k: v for k, v in pooled.items() if k not in ("folds", "baseline")},
+                }
+            )
         estimators[target] = build_estimator(model, seed, params).fit(X, y)
-    info = {"n_runs": len(X), "key": key, "seed": seed, "cv_folds": cv_folds, "cv": cv, "select": select,
-            "scale_column": scale_name, "fit_scale": groups[0] if groups else None, "cross_scale": across,
-            "mixtures": str(mixtures) if not isinstance(mixtures, pd.DataFrame) else None,
-            "losses": str(losses) if not isinstance(losses, pd.DataFrame) else None}
+    info = {
+        "n_runs": len(X),
+        "key": key,
+        "seed": seed,
+        "cv_folds": cv_folds,
+        "cv": cv,
+        "select": select,
+        "scale_column": scale_name,
+        "fit_scale": groups[0] if groups else None,
+        "cross_scale": across,
+        "mixtures": str(mixtures) if not isinstance(mixtures, pd.DataFrame) else None,
+        "losses": str(losses) if not isinstance(losses, pd.DataFrame) else None,
+    }
     fitted = RegMixModel(domains, estimators, model, weights.reset_index(drop=True)[fit_rows], info)
-    summary: dict[str, Any] = {"model": model, "n": len(X), "domains": len(domains), "targets": targets,
-                               "cv": cv, "select": select}
+    summary: dict[str, Any] = {
+        "model": model,
+        "n": len(X),
+        "domains": len(domains),
+        "targets": targets,
+        "cv": cv,
+        "select": select,
+    }
     if cv_all:
         summary["cv_by_model"] = {t: {m: r[0] for m, r in per.items()} for t, per in cv_all.items()}
     if groups is not None:
-        summary.update({"scale_column": scale_name, "fit_scale": groups[0], "cross_scale": across,
-                        "earlier_checkpoints_left_out": int((~keep).sum())})
+        summary.update(
+            {
+                "scale_column": scale_name,
+                "fit_scale": groups[0],
+                "cross_scale": across,
+                "earlier_checkpoints_left_out": int((~keep).sum()),
+            }
+        )
     if out is not None:
         fitted.save(out)
         if rows:
             write_parquet(Path(out) / CV_REPORT, pd.DataFrame(rows))
-            oof = cv_predictions(model, X, values[targets][fit_rows], weights.index[fit_rows], key, cv_folds,
-                                 seed, params)
+            oof = cv_predictions(
+                model, X, values[targets][fit_rows], weights.index[fit_rows], key, cv_folds, seed, params
+            )
             write_parquet(Path(out) / CV_PREDICTIONS, oof)
         write_interaction(fitted.interaction(), Path(out) / INTERACTION)
         summary.update({"out": str(out), "interaction": str(Path(out) / INTERACTION)})
     return fitted, summary
 
 
-def cv_predictions(model: str, X: np.ndarray, values: pd.DataFrame, index: pd.Index, key: str, folds: int,
-                   seed: int, params: Mapping[str, Any] | None = None) -> pd.DataFrame:
+def cv_predictions(
+    model: str,
+    X: np.ndarray,
+    values: pd.DataFrame,
+    index: pd.Index,
+    key: str,
+    folds: int,
+    seed: int,
+    params: Mapping[str, Any] | None = None,
+) -> pd.DataFrame:
     """Each run's out-of-fold prediction by `model` (the same seeded split as its CV figures), per
     target: the rows behind a predicted-vs-true plot."""
     frames = []
@@ -408,8 +474,9 @@ def cv_predictions(model: str, X: np.ndarray, values: pd.DataFrame, index: pd.In
     return pd.concat(frames, ignore_index=True)
 
 
-def _domain_vector(mapping: Mapping[str, float] | None, domains: list[str], what: str,
-                   default: float) -> np.ndarray:
+def _domain_vector(
+    mapping: Mapping[str, float] | None, domains: list[str], what: str, default: float
+) -> np.ndarray:
     mapping = dict(mapping or {})
     unknown = sorted(set(mapping) - set(domains))
     if unknown:
@@ -457,8 +524,10 @@ def optimize_regmix(
     if proposer not in ("simulate", "exact"):
         raise ValueError(f"proposer must be 'simulate' or 'exact', got {proposer!r}")
     if proposer == "exact" and model.model not in SMOOTH_MODELS:
-        raise ValueError(f"--proposer exact needs a smooth model ({', '.join(SMOOTH_MODELS)}); this model is "
-                         f"{model.model!r}: refit with --model mixing-law or use --proposer simulate")
+        raise ValueError(
+            f"--proposer exact needs a smooth model ({', '.join(SMOOTH_MODELS)}); this model is "
+            f"{model.model!r}: refit with --model mixing-law or use --proposer simulate"
+        )
     if kl_reg < 0 or uncertainty_penalty < 0:
         raise ValueError("--kl-reg and --uncertainty-penalty must be >= 0")
     domains = model.domains
@@ -472,8 +541,9 @@ def optimize_regmix(
     check_bounds(lower, upper, list(domains))  # errors name domains, not positions
     if reuse is not None:
         if list(reuse.domains) != domains:
-            raise ValueError(f"--reuse: the model's domains {domains} differ from the reuse domains "
-                             f"{list(reuse.domains)}")
+            raise ValueError(
+                f"--reuse: the model's domains {domains} differ from the reuse domains {list(reuse.domains)}"
+            )
         expand, (lower, upper) = reuse.expand, reduced_bounds(reuse, lower, upper)
         search_prior = reuse.reduce(prior_vec[None, :])[0]
     else:
@@ -489,23 +559,37 @@ def optimize_regmix(
             value = value + uncertainty_penalty * uncertainty(X)
         return value
 
-    result = opt.optimize_mixture(score, prior=search_prior, caps=upper, floors=lower, n_draws=n_draws,
-                                  top_k=top_k, concentration=concentration, search=search, seed=seed)
+    result = opt.optimize_mixture(
+        score,
+        prior=search_prior,
+        caps=upper,
+        floors=lower,
+        n_draws=n_draws,
+        top_k=top_k,
+        concentration=concentration,
+        search=search,
+        seed=seed,
+    )
     candidates = {"simulate": expand(result.weights)[0]}
     if proposer == "exact":
         exact, _ = solve_exact(score, lower, upper, [result.weights, search_prior, result.top_draws[0]])
         candidates["exact"] = expand(exact)[0]
     chosen = candidates[proposer]
-    report = {name: _mixture_report(h, domains, predicted, prior_vec, uncertainty)
-              for name, h in candidates.items()}
+    report = {
+        name: _mixture_report(h, domains, predicted, prior_vec, uncertainty) for name, h in candidates.items()
+    }
     mixture = dict(zip(domains, chosen.tolist(), strict=True))
     top_predicted = predicted(expand(result.top_draws))
     summary: dict[str, Any] = {
         "weights": mixture,
         "predicted": report[proposer]["predicted"],
-        "proposer": proposer, "worst": worst, "kl_reg": kl_reg, "uncertainty_penalty": uncertainty_penalty,
+        "proposer": proposer,
+        "worst": worst,
+        "kl_reg": kl_reg,
+        "uncertainty_penalty": uncertainty_penalty,
         "proposals": report if len(report) > 1 else None,
-        "kl_to_prior": report[proposer]["kl_to_prior"], "uncertainty": report[proposer]["uncertainty"],
+        "kl_to_prior": report[proposer]["kl_to_prior"],
+        "uncertainty": report[proposer]["uncertainty"],
         "uncertainty_kind": "gp sd" if model.has_std() else "L2 to nearest training mixture",
         "in_training_hull": in_convex_hull(chosen, train),
         "topk_predicted_mean": float(top_predicted.mean()),
@@ -513,16 +597,38 @@ def optimize_regmix(
         "topk_predicted_max": float(top_predicted.max()),
         "topk_weight_std_max": float(result.top_draws.std(axis=0).max()),
         "topk_l1_to_mean": float(np.abs(result.top_draws - result.weights).sum(axis=1).mean()),
-        "n_draws": n_draws, "top_k": len(result.top_scores), "n_evaluated": result.n_evaluated,
-        "search": search, "prior": prior_source, "concentration": concentration, "seed": seed,
-        "targets": weights_of_targets, **opt.coverage(chosen, train, domains),
+        "n_draws": n_draws,
+        "top_k": len(result.top_scores),
+        "n_evaluated": result.n_evaluated,
+        "search": search,
+        "prior": prior_source,
+        "concentration": concentration,
+        "seed": seed,
+        "targets": weights_of_targets,
+        **opt.coverage(chosen, train, domains),
     }
     if reuse is not None:
-        summary["reuse"] = {"changed": list(reuse.changed), "frozen": list(reuse.frozen),
-                            "virtual_weight": float(reuse.reduce(chosen[None, :])[0, 0])}
+        summary["reuse"] = {
+            "changed": list(reuse.changed),
+            "frozen": list(reuse.frozen),
+            "virtual_weight": float(reuse.reduce(chosen[None, :])[0, 0]),
+        }
     if out is not None:
-        summary.update(_write_optimum(Path(out), mixture, result, expand, top_predicted, domains, summary,
-                                      model_dir or model.model, model.model, caps, floors))
+        summary.update(
+            _write_optimum(
+                Path(out),
+                mixture,
+                result,
+                expand,
+                top_predicted,
+                domains,
+                summary,
+                model_dir or model.model,
+                model.model,
+                caps,
+                floors,
+            )
+        )
     return summary
 
 
@@ -540,18 +646,40 @@ def _prior_vector(
 
 
 def _mixture_report(h, domains, predicted, prior, uncertainty) -> dict[str, Any]:
-    return {"weights": dict(zip(domains, h.tolist(), strict=True)),
-            "predicted": float(predicted(h[None, :])[0]),
-            "kl_to_prior": float(kl_to_prior(h, prior)[0]), "uncertainty": float(uncertainty(h[None, :])[0])}
+    return {
+        "weights": dict(zip(domains, h.tolist(), strict=True)),
+        "predicted": float(predicted(h[None, :])[0]),
+        "kl_to_prior": float(kl_to_prior(h, prior)[0]),
+        "uncertainty": float(uncertainty(h[None, :])[0]),
+    }
 
 
-def _write_optimum(out: Path, mixture, result, expand, top_predicted, domains, summary, model_ref, model_kind,
-                   caps, floors) -> dict[str, str]:
+def _write_optimum(
+    out: Path, mixture, result, expand, top_predicted, domains, summary, model_ref, model_kind, caps, floors
+) -> dict[str, str]:
     """The mixture YAML and JSON, and the top-k draws as Parquet; returns their paths."""
-    provenance = {"method": "regmix", "model": model_ref, "model_kind": model_kind,
-                  **{k: summary[k] for k in ("seed", "targets", "n_draws", "top_k", "prior", "concentration",
-                                             "search", "predicted", "proposer", "worst", "kl_reg",
-                                             "uncertainty_penalty")}}
+    provenance = {
+        "method": "regmix",
+        "model": model_ref,
+        "model_kind": model_kind,
+        **{
+            k: summary[k]
+            for k in (
+                "seed",
+                "targets",
+                "n_draws",
+                "top_k",
+                "prior",
+                "concentration",
+                "search",
+                "predicted",
+                "proposer",
+                "worst",
+                "kl_reg",
+                "uncertainty_penalty",
+            )
+        },
+    }
     if "reuse" in summary:
         provenance["reuse"] = summary["reuse"]
     if caps:

@@ -52,7 +52,7 @@ def weight_columns(frame: pd.DataFrame, key: str | None = None) -> list[str]:
 
 def domain_name(column: str) -> str:
     """`h_web` -> `web`; other names unchanged."""
-    return column[len(WEIGHT_PREFIX):] if column.startswith(WEIGHT_PREFIX) else column
+    return column[len(WEIGHT_PREFIX) :] if column.startswith(WEIGHT_PREFIX) else column
 
 
 def _row_label(frame: pd.DataFrame, position: int, key: str | None) -> str:
@@ -83,16 +83,13 @@ def validate_weights(
         if negative.any():
             pos = int(np.flatnonzero(negative.to_numpy())[0])
             raise ValueError(
-                f"{_row_label(frame, pos, key)}: weight column {column!r} is negative "
-                f"({values.iloc[pos]})"
+                f"{_row_label(frame, pos, key)}: weight column {column!r} is negative ({values.iloc[pos]})"
             )
     sums = frame[columns].astype(float).sum(axis=1).to_numpy()
     off = np.abs(sums - 1.0) > tol
     if off.any():
         pos = int(np.flatnonzero(off)[0])
-        raise ValueError(
-            f"{_row_label(frame, pos, key)}: weights sum to {sums[pos]:.4f}, not 1 +/- {tol}"
-        )
+        raise ValueError(f"{_row_label(frame, pos, key)}: weights sum to {sums[pos]:.4f}, not 1 +/- {tol}")
 
 
 def check_positive(frame: pd.DataFrame, column: str, key: str | None = None) -> np.ndarray:
@@ -127,8 +124,9 @@ def _olmix_part(path: Path, what: str) -> pd.DataFrame:
     frame = pd.read_csv(path)
     key = next((k for k in OLMIX_KEYS if k in frame.columns), None)
     if key is None:
-        raise ValueError(f"{path}: Olmix {what} needs a 'run_id' (or 'run') column "
-                         f"(columns: {list(frame.columns)})")
+        raise ValueError(
+            f"{path}: Olmix {what} needs a 'run_id' (or 'run') column (columns: {list(frame.columns)})"
+        )
     frame = frame.drop(columns=[c for c in (*OLMIX_METADATA, *OLMIX_KEYS) if c in frame.columns and c != key])
     frame = frame.rename(columns={key: RUN})
     if frame[RUN].duplicated().any():
@@ -157,8 +155,10 @@ def read_olmix_swarm(path: str | os.PathLike[str]) -> pd.DataFrame:
     ratios_path, metrics_path = folder / OLMIX_RATIOS, folder / OLMIX_METRICS
     for needed in (ratios_path, metrics_path):
         if not needed.exists():
-            raise FileNotFoundError(f"{needed}: no such file (an Olmix swarm needs {OLMIX_RATIOS} and "
-                                    f"{OLMIX_METRICS} side by side)")
+            raise FileNotFoundError(
+                f"{needed}: no such file (an Olmix swarm needs {OLMIX_RATIOS} and "
+                f"{OLMIX_METRICS} side by side)"
+            )
     ratios = read_olmix_ratios(ratios_path)
     metrics = _olmix_part(metrics_path, "metrics")
     clash = sorted(set(ratios.columns) & set(metrics.columns) - {RUN})
@@ -167,8 +167,10 @@ def read_olmix_swarm(path: str | os.PathLike[str]) -> pd.DataFrame:
     joined = ratios.merge(metrics, on=RUN, how="inner", validate="one_to_one")
     unmatched = len(ratios) + len(metrics) - 2 * len(joined)
     if unmatched:
-        warnings.warn(f"{folder}: {unmatched} run(s) in only one of {OLMIX_RATIOS} and {OLMIX_METRICS} "
-                      "left out", stacklevel=2)
+        warnings.warn(
+            f"{folder}: {unmatched} run(s) in only one of {OLMIX_RATIOS} and {OLMIX_METRICS} left out",
+            stacklevel=2,
+        )
     joined.attrs["unmatched_runs"] = unmatched
     return joined
 
@@ -178,8 +180,11 @@ def is_olmix_swarm(path: str | os.PathLike[str]) -> bool:
     path = Path(path)
     if path.is_dir():
         return (path / OLMIX_RATIOS).exists()
-    return path.name in (OLMIX_RATIOS, OLMIX_METRICS) and (path.parent / OLMIX_RATIOS).exists() and (
-        path.parent / OLMIX_METRICS).exists()
+    return (
+        path.name in (OLMIX_RATIOS, OLMIX_METRICS)
+        and (path.parent / OLMIX_RATIOS).exists()
+        and (path.parent / OLMIX_METRICS).exists()
+    )
 
 
 def read_runs_table(path: str | os.PathLike[str]) -> pd.DataFrame:
@@ -255,7 +260,7 @@ def read_wandb_csv(
         raise ValueError(f"no run id column {run!r}; pass one of {list(frame.columns)}")
     out = pd.DataFrame({RUN: frame[run].astype(str)})
     for column in matched:
-        domain = str(column)[len(prefix): len(str(column)) - len(suffix) or None]
+        domain = str(column)[len(prefix) : len(str(column)) - len(suffix) or None]
         out[WEIGHT_PREFIX + domain] = pd.to_numeric(frame[column], errors="coerce").fillna(0.0)
     missing = [c for c in [*targets.values(), *(columns or {}).values()] if c not in frame.columns]
     if missing:
@@ -273,9 +278,7 @@ def load_mixtures(path: str | os.PathLike[str], key: str = "index") -> pd.DataFr
     return mixture_weights(read_runs_table(path), key, str(path))
 
 
-def load_targets(
-    path: str | os.PathLike[str], columns: list[str], key: str = "index"
-) -> pd.DataFrame:
+def load_targets(path: str | os.PathLike[str], columns: list[str], key: str = "index") -> pd.DataFrame:
     """Read target columns (e.g. losses) indexed by `key`; errors name missing or bad values."""
     frame = read_runs_table(path)
     missing = [c for c in [key, *columns] if c not in frame.columns]

@@ -168,7 +168,8 @@ def zero_small(weights: np.ndarray, lower: np.ndarray, upper: np.ndarray, min_we
     rows = feasible & small.any(axis=1)
     if rows.any():
         out[rows] = box_simplex_projection(
-            np.where(small[rows], 0.0, weights[rows]), np.broadcast_to(lower, weights.shape)[rows],
+            np.where(small[rows], 0.0, weights[rows]),
+            np.broadcast_to(lower, weights.shape)[rows],
             capped_upper[rows],
         )
     return out
@@ -200,9 +201,9 @@ def outside_radius(rows: np.ndarray, existing: np.ndarray | None, min_distance: 
     other = existing[:, width] if existing.shape[1] > width else np.zeros(len(existing))
     keep = np.ones(len(rows), dtype=bool)
     for start in range(0, len(rows), 256):  # bounded memory: 256 x runs x domains at a time
-        block = rows[start:start + 256]
+        block = rows[start : start + 256]
         dist = np.abs(block[:, None, :] - existing[None, :, :width]).sum(axis=2) + other[None, :]
-        keep[start:start + 256] = dist.min(axis=1) > min_distance
+        keep[start : start + 256] = dist.min(axis=1) > min_distance
     return keep
 
 
@@ -254,8 +255,10 @@ def propose_mixtures(
     check_known(cap_map, domains, "cap")
     check_known(floors or {}, domains, "floor")
     check_known(dict.fromkeys(nonzero, 0.0), domains, "--nonzero")
-    floors = {**dict(floors or {}), **{d: max(float((floors or {}).get(d, 0.0)), min_weight or MIN_WEIGHT)
-                                       for d in nonzero}}
+    floors = {
+        **dict(floors or {}),
+        **{d: max(float((floors or {}).get(d, 0.0)), min_weight or MIN_WEIGHT) for d in nonzero},
+    }
     upper = np.array([float(cap_map[d]) for d in domains])
     lower = np.array([float((floors or {}).get(d, 0.0)) for d in domains])
     step = min_weight if round_to is None else round_to
@@ -326,6 +329,9 @@ def write_proposals(
         for _, row in frame.iterrows():
             weights = {domain_name(c): float(row[c]) for c in columns}
             extra = {"epochs": {c[len(EPOCHS_PREFIX) :]: round(float(row[c]), 6) for c in epochs}}
-            write_mixture(tmp / "mixtures" / f"{row['mixture']}.yaml", weights,
-                          {**(provenance or {}), "mixture": row["mixture"], **(extra if epochs else {})})
+            write_mixture(
+                tmp / "mixtures" / f"{row['mixture']}.yaml",
+                weights,
+                {**(provenance or {}), "mixture": row["mixture"], **(extra if epochs else {})},
+            )
     return out / "proposals.parquet"

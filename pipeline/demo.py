@@ -53,8 +53,15 @@ class DemoConfig:
     @classmethod
     def quick(cls, **overrides: Any) -> DemoConfig:
         """About a minute on 2 cores: fewer, smaller runs; same stages."""
-        fast = cls(corpus_bytes=400_000, mixtures=10, tokens=60_000, eval_points=3,
-                   target_tokens=120_000, law_starts=16, law_bootstrap=5)
+        fast = cls(
+            corpus_bytes=400_000,
+            mixtures=10,
+            tokens=60_000,
+            eval_points=3,
+            target_tokens=120_000,
+            law_starts=16,
+            law_bootstrap=5,
+        )
         return replace(fast, **overrides)
 
 
@@ -135,9 +142,18 @@ def sweep(paths: RunLayout, config: DemoConfig, data: Any, log: Log, track: Trac
     from pipeline.proxy.sweep import run_sweep_tracked
 
     log(f"proxy sweep: {config.mixtures} mixtures x sizes {list(config.sizes)} x {config.tokens} tokens")
-    return run_sweep_tracked(track, "proxy sweep", data, paths.proposals, list(config.sizes), config.tokens,
-                             paths.runs, workers=config.workers, seed=config.seed,
-                             config=_train_config(config))
+    return run_sweep_tracked(
+        track,
+        "proxy sweep",
+        data,
+        paths.proposals,
+        list(config.sizes),
+        config.tokens,
+        paths.runs,
+        workers=config.workers,
+        seed=config.seed,
+        config=_train_config(config),
+    )
 
 
 def final_rows(runs: pd.DataFrame, size: str | None = None) -> pd.DataFrame:
@@ -165,22 +181,42 @@ def fit_and_optimize_regmix(
         metrics: dict[str, Any] = regression_metrics(y, oof, seed=config.seed)
         candidates[name] = (oof, {k: v for k, v in metrics.items() if isinstance(v, (int, float))})
     chosen = max(candidates, key=lambda m: (candidates[m][1]["spearman"], -candidates[m][1]["mse"]))
-    log(f"RegMix: {len(table)} runs at size {config.sizes[-1]}; out-of-fold Spearman "
-        + ", ".join(f"{m} {c[1]['spearman']:.3f}" for m, c in candidates.items()) + f"; using {chosen}")
+    log(
+        f"RegMix: {len(table)} runs at size {config.sizes[-1]}; out-of-fold Spearman "
+        + ", ".join(f"{m} {c[1]['spearman']:.3f}" for m, c in candidates.items())
+        + f"; using {chosen}"
+    )
     # Cross-validated above for the choice: fit once, without a second CV.
-    model, _ = fit_regmix(weights, table[[RUN, LOSS]], [LOSS], key=RUN, model=chosen,
-                          out=paths.regmix, cv_folds=0, seed=config.seed)
+    model, _ = fit_regmix(
+        weights,
+        table[[RUN, LOSS]],
+        [LOSS],
+        key=RUN,
+        model=chosen,
+        out=paths.regmix,
+        cv_folds=0,
+        seed=config.seed,
+    )
     oof, metrics = candidates[chosen]
     write_parquet(paths.regmix_cv, pd.DataFrame({"mixture": table["mixture"], "true": y, "predicted": oof}))
-    metrics = {"model": chosen, **metrics,
-               **{f"spearman_{m}": c[1]["spearman"] for m, c in candidates.items()}}
+    metrics = {
+        "model": chosen,
+        **metrics,
+        **{f"spearman_{m}": c[1]["spearman"] for m, c in candidates.items()},
+    }
     write_json(paths.regmix_metrics, metrics)
-    caps = optimiser_caps(model.domains, stats=paths.domain_stats, tokens=config.target_tokens,
-                          max_epochs=config.max_epochs)
-    result = optimize_regmix(model, out=paths.mixture("optimized"), prior=natural, caps=caps,
-                             seed=config.seed)
-    return result["weights"], {"cv": metrics, "caps": caps, "runs": len(table),
-                               "optimize": {k: v for k, v in result.items() if k != "weights"}}
+    caps = optimiser_caps(
+        model.domains, stats=paths.domain_stats, tokens=config.target_tokens, max_epochs=config.max_epochs
+    )
+    result = optimize_regmix(
+        model, out=paths.mixture("optimized"), prior=natural, caps=caps, seed=config.seed
+    )
+    return result["weights"], {
+        "cv": metrics,
+        "caps": caps,
+        "runs": len(table),
+        "optimize": {k: v for k, v in result.items() if k != "weights"},
+    }
 
 
 def fit_law(paths: RunLayout, config: DemoConfig, runs: pd.DataFrame, log: Log, track: Tracker = silent):
@@ -198,8 +234,9 @@ def fit_law(paths: RunLayout, config: DemoConfig, runs: pd.DataFrame, log: Log, 
     table = runs[runs[D] >= config.tokens / 5].reset_index(drop=True)
     targets = sorted(c for c in runs.columns if c.startswith(LOSS_PREFIX))
     log(f"fitting additive mixture laws for {targets} on {len(table)} (N, D, h) points")
-    law = AdditiveLaw(targets=targets, n_starts=config.law_starts, n_bootstrap=config.law_bootstrap,
-                      seed=config.seed)
+    law = AdditiveLaw(
+        targets=targets, n_starts=config.law_starts, n_bootstrap=config.law_bootstrap, seed=config.seed
+    )
     with track("law fit", unit="local searches") as advance, counting_searches(advance):
         law.fit(table)
     law.save(paths.law)
@@ -215,14 +252,17 @@ def predict_mean_loss(law: Any, frame: pd.DataFrame) -> pd.DataFrame:
 def _runs_frame(
     mixtures: dict[str, dict[str, float]], n: float, d: float, domains: list[str]
 ) -> pd.DataFrame:
-    return pd.DataFrame([
-        {"mixture": name, N: n, D: d, **{WEIGHT_PREFIX + k: w.get(k, 0.0) for k in domains}}
-        for name, w in mixtures.items()
-    ])
+    return pd.DataFrame(
+        [
+            {"mixture": name, N: n, D: d, **{WEIGHT_PREFIX + k: w.get(k, 0.0) for k in domains}}
+            for name, w in mixtures.items()
+        ]
+    )
 
 
-def law_curves(law: Any, runs: pd.DataFrame, mixtures: dict[str, dict[str, float]], target_n: float,
-               target_d: float) -> pd.DataFrame:
+def law_curves(
+    law: Any, runs: pd.DataFrame, mixtures: dict[str, dict[str, float]], target_n: float, target_d: float
+) -> pd.DataFrame:
     """The law's loss over D for each proxy size and the target, for each compared mixture."""
     sizes = sorted(set(runs[N].astype(float))) + [target_n]
     grid = np.geomspace(runs[D].min(), target_d, 24)
@@ -233,7 +273,11 @@ def law_curves(law: Any, runs: pd.DataFrame, mixtures: dict[str, dict[str, float
 
 
 def train_targets(
-    paths: RunLayout, config: DemoConfig, data: Any, mixtures: dict[str, dict[str, float]], log: Log,
+    paths: RunLayout,
+    config: DemoConfig,
+    data: Any,
+    mixtures: dict[str, dict[str, float]],
+    log: Log,
     track: Tracker = silent,
 ) -> pd.DataFrame:
     """Train the target size on each mixture with `target_seeds` seeds (in parallel processes); one
@@ -241,11 +285,23 @@ def train_targets(
     from pipeline.proxy.sweep import run_sweep_tracked
 
     seeds = [config.seed + i for i in range(config.target_seeds)]
-    log(f"training the target ({config.target_size}, {config.target_tokens} tokens) on {sorted(mixtures)}, "
-        f"seeds {seeds}")
-    runs = run_sweep_tracked(track, "target training", data, mixtures, [config.target_size],
-                             config.target_tokens, paths.target_runs, workers=config.workers, seed=seeds,
-                             config=_train_config(config), checkpoints=paths.checkpoints)
+    log(
+        f"training the target ({config.target_size}, {config.target_tokens} tokens) on {sorted(mixtures)}, "
+        f"seeds {seeds}"
+    )
+    runs = run_sweep_tracked(
+        track,
+        "target training",
+        data,
+        mixtures,
+        [config.target_size],
+        config.target_tokens,
+        paths.target_runs,
+        workers=config.workers,
+        seed=seeds,
+        config=_train_config(config),
+        checkpoints=paths.checkpoints,
+    )
     return final_rows(runs)
 
 
@@ -279,9 +335,17 @@ def _baselines(paths: RunLayout) -> tuple[dict[str, float], dict[str, float]]:
 def predict_at_target(law: Any, mixtures: dict[str, dict[str, float]], n: float, d: float) -> pd.DataFrame:
     """The law's mean loss with its bootstrap interval for each mixture at (n, d)."""
     interval = predict_mean_loss(law, _runs_frame(mixtures, n, d, list(law.domains_)))
-    return pd.DataFrame({"mixture": list(mixtures), N: n, D: d, "predicted": interval["loss"].to_numpy(),
-                         "low": interval["low"].to_numpy(), "high": interval["high"].to_numpy(),
-                         "measured": np.nan})
+    return pd.DataFrame(
+        {
+            "mixture": list(mixtures),
+            N: n,
+            D: d,
+            "predicted": interval["loss"].to_numpy(),
+            "low": interval["low"].to_numpy(),
+            "high": interval["high"].to_numpy(),
+            "measured": np.nan,
+        }
+    )
 
 
 def law_optimum(paths: RunLayout, law: Any, n: float, d: float, caps: dict[str, float] | None) -> Any:
@@ -289,17 +353,29 @@ def law_optimum(paths: RunLayout, law: Any, n: float, d: float, caps: dict[str, 
     from mixer.laws import optimize_mixture
 
     targets = list(law.targets_)
-    best = optimize_mixture(law, n, d, floor=0.0, caps=caps, targets=targets,
-                            weights=[1.0 / len(targets)] * len(targets))
-    write_mixture(paths.mixture("law_optimal"), best.weights,
-                  {"method": "additive laws per domain, mean loss, exponentiated gradient",
-                   "N": n, "D": d, "predicted_loss": best.loss, "warnings": best.warnings})
+    best = optimize_mixture(
+        law, n, d, floor=0.0, caps=caps, targets=targets, weights=[1.0 / len(targets)] * len(targets)
+    )
+    write_mixture(
+        paths.mixture("law_optimal"),
+        best.weights,
+        {
+            "method": "additive laws per domain, mean loss, exponentiated gradient",
+            "N": n,
+            "D": d,
+            "predicted_loss": best.loss,
+            "warnings": best.warnings,
+        },
+    )
     return best
 
 
 def claim(
-    predictions: pd.DataFrame, final: pd.DataFrame | None, mixtures: dict[str, dict[str, float]],
-    law: Any, regmix_info: dict[str, Any],
+    predictions: pd.DataFrame,
+    final: pd.DataFrame | None,
+    mixtures: dict[str, dict[str, float]],
+    law: Any,
+    regmix_info: dict[str, Any],
 ) -> dict[str, Any]:
     """`comparison.json`: the three-way comparison, the two optimisers' disagreement and the warnings."""
     result = comparison.compare(predictions, final)
@@ -307,15 +383,21 @@ def claim(
     n, d = float(predictions[N].iloc[0]), float(predictions[D].iloc[0])
     result["target"] = {"N": n, "D": d}
     result["disagreement"] = comparison.disagreement(
-        "RegMix", mixtures["optimized"], "the law", mixtures["law_optimal"],
-        {"RegMix": float(predicted["optimized"]), "the law": float(predicted["law_optimal"])})
+        "RegMix",
+        mixtures["optimized"],
+        "the law",
+        mixtures["law_optimal"],
+        {"RegMix": float(predicted["optimized"]), "the law": float(predicted["law_optimal"])},
+    )
     result["warnings"] = [
         *comparison.extrapolation_warnings(law.data_, n, d, {"optimized": mixtures["optimized"]}),
         *comparison.cap_warnings(mixtures["optimized"], regmix_info["caps"]),
         *comparison.spearman_warnings(regmix_info["cv"].get("spearman"), regmix_info.get("runs")),
     ]
-    result["regmix"] = {"model": regmix_info["cv"].get("model"),
-                        "cv_spearman": regmix_info["cv"].get("spearman")}
+    result["regmix"] = {
+        "model": regmix_info["cv"].get("model"),
+        "cv_spearman": regmix_info["cv"].get("spearman"),
+    }
     return result
 
 
@@ -340,8 +422,9 @@ def _run_stages(paths: RunLayout, config: DemoConfig, log: Log, track: Tracker) 
     data = stage("load", lambda: load_proxy_data(paths.scored, vocab_size=config.vocab_size))
     runs = stage("sweep", lambda: sweep(paths, config, data, log, track))
     natural, uniform = _baselines(paths)
-    optimized, regmix_info = stage("regmix",
-                                   lambda: fit_and_optimize_regmix(paths, config, runs, natural, log))
+    optimized, regmix_info = stage(
+        "regmix", lambda: fit_and_optimize_regmix(paths, config, runs, natural, log)
+    )
     law = stage("law", lambda: fit_law(paths, config, runs, log, track))
 
     target_n = float(get_size(config.target_size).non_embedding_params())
@@ -358,14 +441,38 @@ def _run_stages(paths: RunLayout, config: DemoConfig, log: Log, track: Tracker) 
     checked = claim(predictions, final, {**compared, "law_optimal": best.weights}, law, regmix_info)
     write_json(paths.comparison, checked)
     report = stage("report", lambda: write_report(paths.root, "datamixer demo"))
-    return _summary(paths, config, scored, runs, compared, best, predictions, checked, regmix_info,
-                    quality, report, timings, time.perf_counter() - started)
+    return _summary(
+        paths,
+        config,
+        scored,
+        runs,
+        compared,
+        best,
+        predictions,
+        checked,
+        regmix_info,
+        quality,
+        report,
+        timings,
+        time.perf_counter() - started,
+    )
 
 
-def _summary(paths: RunLayout, config: DemoConfig, scored: dict[str, Any], runs: pd.DataFrame,
-             compared: dict[str, dict[str, float]], best: Any, predictions: pd.DataFrame,
-             checked: dict[str, Any], regmix_info: dict[str, Any], quality: dict[str, Any],
-             report: dict[str, Any], timings: dict[str, float], seconds: float) -> dict[str, Any]:
+def _summary(
+    paths: RunLayout,
+    config: DemoConfig,
+    scored: dict[str, Any],
+    runs: pd.DataFrame,
+    compared: dict[str, dict[str, float]],
+    best: Any,
+    predictions: pd.DataFrame,
+    checked: dict[str, Any],
+    regmix_info: dict[str, Any],
+    quality: dict[str, Any],
+    report: dict[str, Any],
+    timings: dict[str, float],
+    seconds: float,
+) -> dict[str, Any]:
     """summary.json: the headline figures of the run."""
     by_name = predictions.set_index("mixture")
     result: dict[str, Any] = {
@@ -377,8 +484,12 @@ def _summary(paths: RunLayout, config: DemoConfig, scored: dict[str, Any], runs:
         "chosen_by": "RegMix (" + str(regmix_info["cv"].get("model")) + ")",
         "law_optimal_mixture": {k: round(v, 4) for k, v in sorted(best.weights.items())},
         "regmix_cv_spearman": regmix_info["cv"].get("spearman"),
-        "target": {"N": int(by_name[N].iloc[0]), "D": int(by_name[D].iloc[0]), "size": config.target_size,
-                   "seeds": config.target_seeds if config.validate else 0},
+        "target": {
+            "N": int(by_name[N].iloc[0]),
+            "D": int(by_name[D].iloc[0]),
+            "size": config.target_size,
+            "seeds": config.target_seeds if config.validate else 0,
+        },
         "predicted": by_name["predicted"].round(4).to_dict(),
         "measured": by_name["measured"].dropna().round(4).to_dict(),
         "comparison": checked,
@@ -391,6 +502,9 @@ def _summary(paths: RunLayout, config: DemoConfig, scored: dict[str, Any], runs:
     for g in checked["gains"]:
         if g["measured"] is not None:
             result[f"gain_over_{g['baseline']}"] = {
-                "predicted": round(g["predicted"], 4), "measured": round(g["measured"], 4),
-                "stderr": round(g["stderr"], 4) if g["stderr"] is not None else None, "beats": g["beats"]}
+                "predicted": round(g["predicted"], 4),
+                "measured": round(g["measured"], 4),
+                "stderr": round(g["stderr"], 4) if g["stderr"] is not None else None,
+                "beats": g["beats"],
+            }
     return result

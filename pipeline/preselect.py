@@ -80,11 +80,17 @@ class PreselectConfig:
 
 def strengths_schema(bpc_columns: Sequence[str]) -> pa.Schema:
     return pa.schema(
-        [pa.field(S.ID, pa.string(), nullable=False), pa.field(S.SOURCE, pa.string()),
-         pa.field(S.N_CHARS, pa.int64(), nullable=False)]
+        [
+            pa.field(S.ID, pa.string(), nullable=False),
+            pa.field(S.SOURCE, pa.string()),
+            pa.field(S.N_CHARS, pa.int64(), nullable=False),
+        ]
         + [pa.field(c, pa.float64()) for c in bpc_columns]
-        + [pa.field(STRENGTH, pa.float64()), pa.field(CORRELATION, pa.float64()),
-           pa.field(LABEL, pa.string())]
+        + [
+            pa.field(STRENGTH, pa.float64()),
+            pa.field(CORRELATION, pa.float64()),
+            pa.field(LABEL, pa.string()),
+        ]
     )
 
 
@@ -107,8 +113,9 @@ class BitsPerChar(beam.PTransform):
         return {"docs": main, "dead_letter": dead}
 
 
-def add_strength(batch: pa.RecordBatch, bpc_columns: Sequence[str], scores: Sequence[float],
-                 seed: int) -> Iterator[Any]:
+def add_strength(
+    batch: pa.RecordBatch, bpc_columns: Sequence[str], scores: Sequence[float], seed: int
+) -> Iterator[Any]:
     """Append strength, loss-score correlation and id hash; a document any model could not score
     (NaN bits per character) becomes a dead-letter row instead."""
     if batch.num_rows == 0:
@@ -119,8 +126,9 @@ def add_strength(batch: pa.RecordBatch, bpc_columns: Sequence[str], scores: Sequ
         names = [c.removeprefix(BPC_PREFIX) for c in bpc_columns]
         for i in np.flatnonzero(bad):
             which = [n for n, v in zip(names, bpc[i], strict=True) if np.isnan(v)]
-            row = batch_failure_rows(batch.slice(int(i), 1), "strength",
-                                     f"model(s) {which} predicted no token of this document")[0]
+            row = batch_failure_rows(
+                batch.slice(int(i), 1), "strength", f"model(s) {which} predicted no token of this document"
+            )[0]
             yield beam.pvalue.TaggedOutput("dead_letter", row)
         keep = pa.array(~bad)
         batch, bpc = batch.filter(keep), bpc[~bad]
@@ -129,9 +137,11 @@ def add_strength(batch: pa.RecordBatch, bpc_columns: Sequence[str], scores: Sequ
     strength = P.predictive_strength(bpc, scores)
     corr = P.loss_score_correlation(bpc, scores)
     tiebreak = P.tiebreak_keys(batch.column(S.ID).to_pylist(), seed)
-    yield (batch.append_column(STRENGTH, pa.array(strength, pa.float64()))
-           .append_column(CORRELATION, pa.array(corr, pa.float64()))
-           .append_column(TIEBREAK, pa.array(tiebreak, pa.int64())))
+    yield (
+        batch.append_column(STRENGTH, pa.array(strength, pa.float64()))
+        .append_column(CORRELATION, pa.array(corr, pa.float64()))
+        .append_column(TIEBREAK, pa.array(tiebreak, pa.int64()))
+    )
 
 
 def _keys(batch: pa.RecordBatch) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -221,8 +231,12 @@ def _jsonl(table: pa.Table) -> bytes:
 def write_labels(tables: list[pa.Table], out_dir: str) -> dict[str, int]:
     """positives.jsonl (strongest first) and negatives.jsonl (weakest first)."""
     fields = [pa.field(c, pa.string()) for c in (S.ID, LABEL)] + [
-        pa.field(STRENGTH, pa.float64()), pa.field(CORRELATION, pa.float64()),
-        pa.field(S.SOURCE, pa.string()), pa.field(S.TEXT, pa.string()), pa.field(TIEBREAK, pa.int64())]
+        pa.field(STRENGTH, pa.float64()),
+        pa.field(CORRELATION, pa.float64()),
+        pa.field(S.SOURCE, pa.string()),
+        pa.field(S.TEXT, pa.string()),
+        pa.field(TIEBREAK, pa.int64()),
+    ]
     table = _concat(tables, pa.schema(fields))
     counts = {}
     for label, name, descending in ((P.HQ_LABEL, POSITIVES_FILE, True), (P.LQ_LABEL, NEGATIVES_FILE, False)):
@@ -235,8 +249,10 @@ def write_labels(tables: list[pa.Table], out_dir: str) -> dict[str, int]:
 
 
 def _dead_key(row: dict[str, Any]) -> tuple:
-    return tuple((v is None, v if v is not None else "") for v in
-                 (row[S.SOURCE], row[S.RECORD], row[S.ID], row[S.STAGE], row[S.ERROR]))
+    return tuple(
+        (v is None, v if v is not None else "")
+        for v in (row[S.SOURCE], row[S.RECORD], row[S.ID], row[S.STAGE], row[S.ERROR])
+    )
 
 
 def write_dead_letters(rows: list[dict[str, Any]], out_dir: str) -> int:
@@ -252,14 +268,24 @@ def handlers(config: PreselectConfig) -> list[Any]:
     """One RunInference model handler per model, in the order of `config.models`."""
     from scorers.preselect_handler import BitsPerCharModelHandler
 
-    return [BitsPerCharModelHandler(model, column, device=config.device, dtype=config.dtype,
-                                    max_tokens=config.max_tokens, batch_tokens=config.batch_tokens,
-                                    max_batch_tokens=config.max_batch_tokens, threads=config.threads)
-            for model, column in zip(config.models, config.bpc_columns, strict=True)]
+    return [
+        BitsPerCharModelHandler(
+            model,
+            column,
+            device=config.device,
+            dtype=config.dtype,
+            max_tokens=config.max_tokens,
+            batch_tokens=config.batch_tokens,
+            max_batch_tokens=config.max_batch_tokens,
+            threads=config.threads,
+        )
+        for model, column in zip(config.models, config.bpc_columns, strict=True)
+    ]
 
 
-def build_pipeline(pipeline: beam.Pipeline, config: PreselectConfig, files: list[tuple[str, str]],
-                   out_dir: str) -> None:
+def build_pipeline(
+    pipeline: beam.Pipeline, config: PreselectConfig, files: list[tuple[str, str]], out_dir: str
+) -> None:
     """Add the whole job to `pipeline` (nothing runs until `pipeline.run()`)."""
     read = pipeline | "Files" >> beam.Create(files) | "Read" >> ReadDocuments(config.read)
     docs, dead = read["docs"], [read["dead_letter"]]
@@ -274,18 +300,24 @@ def build_pipeline(pipeline: beam.Pipeline, config: PreselectConfig, files: list
     docs = strengths["docs"]
     cut = docs | "Keys" >> beam.Map(_keys) | "LabelCut" >> beam.CombineGlobally(LabelCutFn(config.top))
     marked = docs | "MarkLabels" >> beam.Map(mark_labels, beam.pvalue.AsSingleton(cut))
-    _ = (marked
-         | "StrengthRows" >> beam.Map(strengths_table, config.bpc_columns)
-         | "GatherStrengths" >> beam.combiners.ToList()
-         | "WriteStrengths" >> beam.Map(write_strengths, config.bpc_columns, out_dir))
-    _ = (marked
-         | "LabelledRows" >> beam.Map(labelled_table)
-         | "GatherLabelled" >> beam.combiners.ToList()
-         | "WriteLabels" >> beam.Map(write_labels, out_dir))
-    _ = (tuple(dead)
-         | "DeadLetters" >> beam.Flatten()
-         | "GatherDeadLetters" >> beam.combiners.ToList()
-         | "WriteDeadLetters" >> beam.Map(write_dead_letters, out_dir))
+    _ = (
+        marked
+        | "StrengthRows" >> beam.Map(strengths_table, config.bpc_columns)
+        | "GatherStrengths" >> beam.combiners.ToList()
+        | "WriteStrengths" >> beam.Map(write_strengths, config.bpc_columns, out_dir)
+    )
+    _ = (
+        marked
+        | "LabelledRows" >> beam.Map(labelled_table)
+        | "GatherLabelled" >> beam.combiners.ToList()
+        | "WriteLabels" >> beam.Map(write_labels, out_dir)
+    )
+    _ = (
+        tuple(dead)
+        | "DeadLetters" >> beam.Flatten()
+        | "GatherDeadLetters" >> beam.combiners.ToList()
+        | "WriteDeadLetters" >> beam.Map(write_dead_letters, out_dir)
+    )
 
 
 def summarise(config: PreselectConfig, out_dir: str) -> dict[str, Any]:
@@ -301,11 +333,18 @@ def summarise(config: PreselectConfig, out_dir: str) -> dict[str, Any]:
     labels = strengths.column(LABEL).to_pylist()
     values = strengths.column(STRENGTH).to_numpy(zero_copy_only=False)
     models = []
-    for name, path, score, column in zip(config.names, config.models, config.scores, config.bpc_columns,
-                                         strict=True):
+    for name, path, score, column in zip(
+        config.names, config.models, config.scores, config.bpc_columns, strict=True
+    ):
         bpc = strengths.column(column).to_numpy(zero_copy_only=False)
-        models.append({"name": name, "model": path, "score": float(score),
-                       "mean_bpc": float(bpc.mean()) if bpc.size else None})
+        models.append(
+            {
+                "name": name,
+                "model": path,
+                "score": float(score),
+                "mean_bpc": float(bpc.mean()) if bpc.size else None,
+            }
+        )
     return {
         "documents": strengths.num_rows,
         "positives": labels.count(P.HQ_LABEL),
@@ -317,9 +356,11 @@ def summarise(config: PreselectConfig, out_dir: str) -> dict[str, Any]:
         "strength_mean": float(values.mean()) if values.size else None,
         "strength_perfect": float((values == 1.0).mean()) if values.size else None,
         "positive_min_strength": float(values[np.array([x == P.HQ_LABEL for x in labels], bool)].min())
-        if P.HQ_LABEL in labels else None,
+        if P.HQ_LABEL in labels
+        else None,
         "negative_max_strength": float(values[np.array([x == P.LQ_LABEL for x in labels], bool)].max())
-        if P.LQ_LABEL in labels else None,
+        if P.LQ_LABEL in labels
+        else None,
     }
 
 
@@ -342,8 +383,9 @@ def check_models(models: Sequence[str]) -> None:
             raise FileNotFoundError(f"{model}: not a Hugging Face model directory (no config.json)")
 
 
-def run_preselect_job(config: PreselectConfig, runner: str = "direct",
-                      beam_args: Sequence[str] = ()) -> dict[str, Any]:
+def run_preselect_job(
+    config: PreselectConfig, runner: str = "direct", beam_args: Sequence[str] = ()
+) -> dict[str, Any]:
     """Run the job and return its headline counts (also written to `preselect.json`).
 
     A local output directory is written beside itself and renamed into place (replaced whole);
@@ -366,6 +408,9 @@ def run_preselect_job(config: PreselectConfig, runner: str = "direct",
             tmp.mkdir(parents=True)
             result = _run(config, files, options, str(tmp))
     seconds = time.perf_counter() - started
-    result.update(output=config.output, seconds=round(seconds, 3),
-                  docs_per_s=round(result["documents"] / seconds, 2) if seconds > 0 else None)
+    result.update(
+        output=config.output,
+        seconds=round(seconds, 3),
+        docs_per_s=round(result["documents"] / seconds, 2) if seconds > 0 else None,
+    )
     return result

@@ -40,8 +40,14 @@ def pick_dtype(device: torch.device, dtype: str | torch.dtype | None = None) -> 
         if device.type == "cuda" and torch.cuda.is_bf16_supported():
             return torch.bfloat16
         return torch.float32
-    names = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16,
-             "bf16": torch.bfloat16, "float16": torch.float16, "fp16": torch.float16}
+    names = {
+        "float32": torch.float32,
+        "fp32": torch.float32,
+        "bfloat16": torch.bfloat16,
+        "bf16": torch.bfloat16,
+        "float16": torch.float16,
+        "fp16": torch.float16,
+    }
     if dtype not in names:
         raise ValueError(f"unknown dtype {dtype!r}; use one of {sorted(names)} or 'auto'")
     return names[dtype]
@@ -82,8 +88,9 @@ def gguf_model_dir(
     if (target / "config.json").exists():
         return target
     tokenizer = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name, local_files_only=True)
-    model = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, local_files_only=True,
-                                                 dtype=torch.float32)
+    model = AutoModelForCausalLM.from_pretrained(
+        path.parent, gguf_file=path.name, local_files_only=True, dtype=torch.float32
+    )
     # The weights are dequantized float32 tensors: serializable as such.
     model.hf_quantizer = None  # type: ignore[assignment]
     if hasattr(model.config, "quantization_config"):
@@ -100,8 +107,9 @@ def model_directory(model: str | os.PathLike[str]) -> Path:
     if path.suffix.lower() == ".gguf":
         return gguf_model_dir(path)
     if not (path / "config.json").exists():
-        raise FileNotFoundError(f"{path}: not a Hugging Face model directory (no config.json) "
-                                "nor a .gguf file")
+        raise FileNotFoundError(
+            f"{path}: not a Hugging Face model directory (no config.json) nor a .gguf file"
+        )
     return path
 
 
@@ -164,7 +172,7 @@ def chunk_ids(ids: Sequence[int], max_len: int) -> list[list[int]]:
     if len(ids) < 2:
         return []
     stride = max_len - 1
-    return [list(ids[start:start + max_len]) for start in range(0, len(ids) - 1, stride)]
+    return [list(ids[start : start + max_len]) for start in range(0, len(ids) - 1, stride)]
 
 
 def length_buckets(lengths: Sequence[int], batch_tokens: int, max_batch_size: int) -> list[list[int]]:
@@ -183,8 +191,9 @@ def length_buckets(lengths: Sequence[int], batch_tokens: int, max_batch_size: in
     return batches
 
 
-def pad_batch(chunks: Sequence[Sequence[int]], pad_token: int,
-              device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+def pad_batch(
+    chunks: Sequence[Sequence[int]], pad_token: int, device: torch.device
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Right-padded `input_ids` and `attention_mask` for a list of token lists."""
     width = max(len(c) for c in chunks)
     ids = torch.full((len(chunks), width), pad_token, dtype=torch.long)
@@ -225,11 +234,12 @@ def token_nll_sums(
     targets = input_ids[:, 1:][valid]
     nll = torch.empty(targets.shape[0], dtype=torch.float32, device=hidden.device)
     for start in range(0, targets.shape[0], LOGIT_CHUNK_ROWS):
-        logits = head(states[start:start + LOGIT_CHUNK_ROWS]).float()
+        logits = head(states[start : start + LOGIT_CHUNK_ROWS]).float()
         if cap:
             logits = torch.tanh(logits / cap) * cap
-        nll[start:start + LOGIT_CHUNK_ROWS] = torch.nn.functional.cross_entropy(
-            logits, targets[start:start + LOGIT_CHUNK_ROWS], reduction="none")
+        nll[start : start + LOGIT_CHUNK_ROWS] = torch.nn.functional.cross_entropy(
+            logits, targets[start : start + LOGIT_CHUNK_ROWS], reduction="none"
+        )
     sums = torch.zeros(input_ids.shape[0], dtype=torch.float32, device=hidden.device)
     sums.index_add_(0, rows[0], nll)
     return sums, valid.sum(dim=1)

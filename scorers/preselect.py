@@ -39,8 +39,10 @@ LN2 = math.log(2.0)
 def check_models_and_scores(models: Sequence[str], scores: Sequence[float]) -> np.ndarray:
     """The benchmark scores as floats, after checking they fit the models; ValueError otherwise."""
     if len(models) != len(scores):
-        raise ValueError(f"got {len(models)} models but {len(scores)} benchmark scores; "
-                         "give one score per model, in the same order")
+        raise ValueError(
+            f"got {len(models)} models but {len(scores)} benchmark scores; "
+            "give one score per model, in the same order"
+        )
     if len(models) < 2:
         raise ValueError(f"PreSelect needs at least 2 models to rank, got {len(models)}")
     values = np.asarray(scores, dtype=np.float64)
@@ -68,8 +70,10 @@ def column_names(models: Sequence[str]) -> list[str]:
     """One readable, unique name per model directory (its base name; the position on a clash)."""
     import re
 
-    bases = [re.sub(r"[^0-9A-Za-z_]+", "_", os.path.basename(str(m).rstrip("/\\"))).strip("_") or "model"
-             for m in models]
+    bases = [
+        re.sub(r"[^0-9A-Za-z_]+", "_", os.path.basename(str(m).rstrip("/\\"))).strip("_") or "model"
+        for m in models
+    ]
     return [b if bases.count(b) == 1 else f"{b}_{i}" for i, b in enumerate(bases)]
 
 
@@ -122,8 +126,13 @@ def loss_score_correlation(bpc: np.ndarray, scores: Sequence[float]) -> np.ndarr
 
 def tiebreak_keys(ids: Sequence[str], seed: int = 0) -> np.ndarray:
     """A seeded 63-bit hash of each id: the last tie-break, the same on every run and worker."""
-    keys = [int.from_bytes(hashlib.blake2b(f"{seed}\x00{i}".encode("utf-8", "surrogatepass"),
-                                           digest_size=8).digest(), "big") >> 1 for i in ids]
+    keys = [
+        int.from_bytes(
+            hashlib.blake2b(f"{seed}\x00{i}".encode("utf-8", "surrogatepass"), digest_size=8).digest(), "big"
+        )
+        >> 1
+        for i in ids
+    ]
     return np.asarray(keys, dtype=np.int64)
 
 
@@ -178,8 +187,9 @@ def _compare(strength: np.ndarray, corr: np.ndarray, tiebreak: np.ndarray, cut: 
     return out
 
 
-def assign_labels(strength: np.ndarray, corr: np.ndarray, tiebreak: np.ndarray,
-                  cut: LabelCut) -> list[str | None]:
+def assign_labels(
+    strength: np.ndarray, corr: np.ndarray, tiebreak: np.ndarray, cut: LabelCut
+) -> list[str | None]:
     """HQ_LABEL at or above `cut.hq`, LQ_LABEL at or below `cut.lq`, None in between."""
     labels: list[str | None] = [None] * len(strength)
     if cut.per_label == 0:
@@ -194,8 +204,9 @@ def assign_labels(strength: np.ndarray, corr: np.ndarray, tiebreak: np.ndarray,
     return labels
 
 
-def select_labels(strength: np.ndarray, corr: np.ndarray, tiebreak: np.ndarray,
-                  top: float) -> tuple[np.ndarray, np.ndarray]:
+def select_labels(
+    strength: np.ndarray, corr: np.ndarray, tiebreak: np.ndarray, top: float
+) -> tuple[np.ndarray, np.ndarray]:
     """Indices of the positives (strongest first) and negatives (weakest first), in memory."""
     k = labels_per_class(len(strength), top)
     order = np.lexsort((tiebreak, corr, strength))
@@ -214,9 +225,16 @@ class ModelBits:
     model's context, overlapping by one token; batches group chunks of similar length.
     """
 
-    def __init__(self, model_dir: str | os.PathLike[str], device: str | None = None, dtype: str | None = None,
-                 max_tokens: int | None = None, batch_tokens: int = 16384, max_batch_size: int = 64,
-                 threads: int | None = None) -> None:
+    def __init__(
+        self,
+        model_dir: str | os.PathLike[str],
+        device: str | None = None,
+        dtype: str | None = None,
+        max_tokens: int | None = None,
+        batch_tokens: int = 16384,
+        max_batch_size: int = 64,
+        threads: int | None = None,
+    ) -> None:
         self.model_dir = str(model_dir)
         self.device = device
         self.dtype = dtype

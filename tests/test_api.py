@@ -24,8 +24,15 @@ ROOT = Path(__file__).resolve().parents[1]
 REGMIX = ROOT.parent / "shared" / "data" / "regmix" / "mixture_config_1b"
 EXAMPLE = ROOT / "examples" / "mixture.yaml"
 EXAMPLE_WEIGHTS = {"code": 0.15, "math": 0.05, "prose": 0.3, "web": 0.5}
-PUBLIC = ("load_mixture", "export_mixture", "interleave_config", "budget_caps", "check_mixture_budget",
-          "regmix_mixture", "law_mixture")
+PUBLIC = (
+    "load_mixture",
+    "export_mixture",
+    "interleave_config",
+    "budget_caps",
+    "check_mixture_budget",
+    "regmix_mixture",
+    "law_mixture",
+)
 
 
 def load_module(path: Path, name: str):
@@ -59,7 +66,7 @@ def test_public_names_are_plain_keyword_functions():
 
 def test_docs_example_runs(monkeypatch, capsys):
     page = (ROOT / "docs" / "export.md").read_text()
-    section = page[page.index("<!-- export:example -->"):page.index("<!-- /export:example -->")]
+    section = page[page.index("<!-- export:example -->") : page.index("<!-- /export:example -->")]
     code = re.search(r"```python\n(.*?)```", section, re.S).group(1)
     monkeypatch.chdir(ROOT)
     exec(compile(code, "docs/export.md:export:example", "exec"), {})
@@ -110,8 +117,12 @@ def test_training_example_trains_on_the_mixture_through_api_and_every_export(tmp
 
 def test_budget_caps_and_check_from_a_stats_file(tmp_path):
     stats = tmp_path / "domain_stats.parquet"
-    pd.DataFrame({"domain": ["code", "math", "prose", "web"],
-                  "tokens_kept": [2 * 10**9, 15 * 10**7, 2 * 10**10, 10**11]}).to_parquet(stats)
+    pd.DataFrame(
+        {
+            "domain": ["code", "math", "prose", "web"],
+            "tokens_kept": [2 * 10**9, 15 * 10**7, 2 * 10**10, 10**11],
+        }
+    ).to_parquet(stats)
     caps = mixer.budget_caps(stats, "20B")
     assert caps == pytest.approx({"code": 0.4, "math": 0.03, "prose": 1.0, "web": 1.0})
     with pytest.warns(RepetitionWarning, match="math"):
@@ -133,10 +144,12 @@ def regmix_model(tmp_path_factory):
     h = rng.dirichlet(np.ones(3), 40)
     loss = 3.0 - 0.8 * h[:, 2] - 0.3 * h[:, 0] + rng.normal(0, 0.01, 40)
     pd.DataFrame({"index": range(40), "code": h[:, 0], "prose": h[:, 1], "web": h[:, 2]}).to_csv(
-        root / "mixtures.csv", index=False)
+        root / "mixtures.csv", index=False
+    )
     pd.DataFrame({"index": range(40), "loss": loss}).to_csv(root / "losses.csv", index=False)
-    fit_regmix(root / "mixtures.csv", root / "losses.csv", "loss", model="linear", out=root / "model",
-               cv_folds=0)
+    fit_regmix(
+        root / "mixtures.csv", root / "losses.csv", "loss", model="linear", out=root / "model", cv_folds=0
+    )
     return root / "model"
 
 
@@ -155,7 +168,8 @@ def test_regmix_mixture_respects_data_budget_caps(regmix_model, tmp_path):
     assert summary["weights"]["code"] <= 0.1 + 1e-6 and summary["weights"]["web"] <= 0.5 + 1e-6
     prior = write_mixture(tmp_path / "prior.yaml", {"code": 0.2, "prose": 0.2, "web": 0.6})
     assert mixer.regmix_mixture(**options, prior=prior) == mixer.regmix_mixture(
-        **options, prior={"code": 1, "prose": 1, "web": 3})
+        **options, prior={"code": 1, "prose": 1, "web": 3}
+    )
     with pytest.raises(ValueError, match="need both `stats`"):
         mixer.regmix_mixture(**options, stats=stats)
     with pytest.raises(ValueError, match=r"no row for domain\(s\) \['web'\]"):
@@ -208,9 +222,17 @@ def test_law_mixture_with_a_fitted_mixing_law_respects_budget_caps(tmp_path):
 
     rng = np.random.default_rng(0)
     h = rng.dirichlet(np.ones(3), 12)
-    runs = pd.DataFrame({"run": [f"r{i}" for i in range(12)], "N": 4e6, "D": 1e8,
-                         "h_code": h[:, 0], "h_prose": h[:, 1], "h_web": h[:, 2],
-                         "loss": 2 + 0.3 / (0.1 + h[:, 2])})
+    runs = pd.DataFrame(
+        {
+            "run": [f"r{i}" for i in range(12)],
+            "N": 4e6,
+            "D": 1e8,
+            "h_code": h[:, 0],
+            "h_prose": h[:, 1],
+            "h_web": h[:, 2],
+            "loss": 2 + 0.3 / (0.1 + h[:, 2]),
+        }
+    )
     make_law("mixing", n_starts=4, n_restarts=1, niter=0, n_bootstrap=0).fit(runs).save(tmp_path / "law.json")
     options = {"law": tmp_path / "law.json", "N": 4e6, "D": 1e8}
     assert mixer.law_mixture(**options)["web"] > 0.99

@@ -20,8 +20,31 @@ from scorers import attention_influence as ai
 # Every test here uses the `tiny` model, trained once per run (about a minute on 2 free cores).
 pytestmark = pytest.mark.slow
 
-TEMPLATE = ["Extract", "the", "value", "corresponding", "to", "specified", "key", "in", "JSON", "object",
-            "below", "Key", "Value", '{"', '":', '"', '",', '"}', ":", ".", '."', '.",', '."}']
+TEMPLATE = [
+    "Extract",
+    "the",
+    "value",
+    "corresponding",
+    "to",
+    "specified",
+    "key",
+    "in",
+    "JSON",
+    "object",
+    "below",
+    "Key",
+    "Value",
+    '{"',
+    '":',
+    '"',
+    '",',
+    '"}',
+    ":",
+    ".",
+    '."',
+    '.",',
+    '."}',
+]
 N_WORDS = 128
 LENGTH = 64
 
@@ -66,15 +89,26 @@ def _train(out_dir, steps: int = 600, batch: int = 32, seed: int = 0) -> None:
 
     tokenizer = _tokenizer()
     vocab = len(tokenizer)
-    config = LlamaConfig(vocab_size=vocab, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                         num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=256,
-                         pad_token_id=0, bos_token_id=None, eos_token_id=None, tie_word_embeddings=False)
+    config = LlamaConfig(
+        vocab_size=vocab,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=4,
+        max_position_embeddings=256,
+        pad_token_id=0,
+        bos_token_id=None,
+        eos_token_id=None,
+        tie_word_embeddings=False,
+    )
     with _one_thread():
         torch.manual_seed(seed)
         model = LlamaForCausalLM(config)
         optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3, weight_decay=0.0)
-        schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=3e-3, total_steps=steps,
-                                                       pct_start=0.1)
+        schedule = torch.optim.lr_scheduler.OneCycleLR(
+            optimizer, max_lr=3e-3, total_steps=steps, pct_start=0.1
+        )
         gen = torch.Generator().manual_seed(seed)
         for _ in range(steps):
             x = _periodic_batch(gen, batch, vocab)
@@ -103,9 +137,29 @@ def tiny(tmp_path_factory):
             sentence = " ".join(rng.choice(words) for _ in range(rng.randint(4, 6))) + "."
             handle.write(json.dumps({"text": sentence}) + "\n")
     heads = root / "heads.json"
-    assert main(["attention-influence", "heads", "--model", str(model_dir), "--out", str(heads),
-                 "--corpus", str(corpus), "--probes", "64", "--max-tokens", "128", "--top-fraction", "0.5",
-                 "--device", "cpu"]) == 0
+    assert (
+        main(
+            [
+                "attention-influence",
+                "heads",
+                "--model",
+                str(model_dir),
+                "--out",
+                str(heads),
+                "--corpus",
+                str(corpus),
+                "--probes",
+                "64",
+                "--max-tokens",
+                "128",
+                "--top-fraction",
+                "0.5",
+                "--device",
+                "cpu",
+            ]
+        )
+        == 0
+    )
     return {"model": model_dir, "corpus": corpus, "heads": heads, "root": root}
 
 
@@ -145,9 +199,10 @@ def _mean_loss(model, tokens: torch.Tensor, heads, start: int) -> float:
     mask = torch.ones_like(tokens)
     with torch.no_grad(), ai.uniform_heads(model, heads):
         hidden = lm.hidden_states(model, tokens, mask)
-        logits = model.get_output_embeddings()(hidden[:, start - 1:-1]).float()
-    return float(torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]),
-                                                   tokens[:, start:].reshape(-1)))
+        logits = model.get_output_embeddings()(hidden[:, start - 1 : -1]).float()
+    return float(
+        torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), tokens[:, start:].reshape(-1))
+    )
 
 
 def test_masking_detected_heads_hurts_copy_text_far_more_than_random_heads(tiny):
@@ -198,8 +253,9 @@ def test_documents_with_repeated_structure_score_higher(tiny):
 
 
 def test_scores_identical_batched_or_one_at_a_time(tiny):
-    scorer = ai.AttentionInfluenceScorer(tiny["model"], tiny["heads"], device="cpu", max_tokens=48,
-                                         batch_tokens=256).setup()
+    scorer = ai.AttentionInfluenceScorer(
+        tiny["model"], tiny["heads"], device="cpu", max_tokens=48, batch_tokens=256
+    ).setup()
     repeated, matched = _matched_documents(6, seed=5)
     texts = repeated + matched + ["bab", "", " ".join(_words()[:100])]  # too short, empty, chunked
     batched = scorer.score_documents(texts)
@@ -216,7 +272,6 @@ def test_scores_identical_batched_or_one_at_a_time(tiny):
 def test_cli_score_writes_scores_and_per_domain_selection(tiny, capsys, cli):
     import pandas as pd
 
-
     repeated, matched = _matched_documents(10, seed=9)
     for domain, texts in (("alpha", repeated[:5] + matched[:5]), ("beta", repeated[5:] + matched[5:])):
         with (tiny["root"] / f"{domain}.jsonl").open("w") as handle:
@@ -224,11 +279,24 @@ def test_cli_score_writes_scores_and_per_domain_selection(tiny, capsys, cli):
                 handle.write(json.dumps({"id": f"{domain}-{i}", "text": text}) + "\n")
     out = tiny["root"] / "scored.parquet"
     capsys.readouterr()
-    result = cli([
-        "attention-influence", "score", "--model", str(tiny["model"]), "--heads", str(tiny["heads"]),
-        "--input", str(tiny["root"] / "*a.jsonl"), "--out", str(out), "--keep-top", "0.2",
-        "--device", "cpu",
-    ])
+    result = cli(
+        [
+            "attention-influence",
+            "score",
+            "--model",
+            str(tiny["model"]),
+            "--heads",
+            str(tiny["heads"]),
+            "--input",
+            str(tiny["root"] / "*a.jsonl"),
+            "--out",
+            str(out),
+            "--keep-top",
+            "0.2",
+            "--device",
+            "cpu",
+        ]
+    )
     table = pd.read_parquet(out)
     assert result["docs"] == len(table) == 20 and result["kept"] == 4
     assert set(table.columns) >= {"id", "domain", "n_tokens", "score_attention_influence", "keep"}
@@ -265,10 +333,16 @@ def test_model_handler_in_direct_runner_pipeline(tiny):
 
     batch = pa.RecordBatch.from_pylist(records)
     with beam.Pipeline("DirectRunner") as pipeline:
-        scored = (pipeline | "Records" >> beam.Create(records)
-                  | "Score" >> ScoreAttentionInfluence(tiny["model"], tiny["heads"], device="cpu",
-                                                       max_batch_tokens=40))
+        scored = (
+            pipeline
+            | "Records" >> beam.Create(records)
+            | "Score"
+            >> ScoreAttentionInfluence(tiny["model"], tiny["heads"], device="cpu", max_batch_tokens=40)
+        )
         assert_that(scored, check)
-        batches = (pipeline | "Batches" >> beam.Create([batch])
-                   | "ScoreBatches" >> ScoreAttentionInfluence(tiny["model"], tiny["heads"], device="cpu"))
+        batches = (
+            pipeline
+            | "Batches" >> beam.Create([batch])
+            | "ScoreBatches" >> ScoreAttentionInfluence(tiny["model"], tiny["heads"], device="cpu")
+        )
         assert_that(batches, check_batches, label="CheckBatches")

@@ -18,7 +18,7 @@ def naive_attention(module, query, key, value, attention_mask, scaling=None, **k
     n_rep = n_heads // key.shape[1]
     pad = _REFERENCE["pad"]
     masked = {h for layer, h in _REFERENCE["heads"] if layer == module.layer_idx}
-    scale = scaling if scaling is not None else dim ** -0.5
+    scale = scaling if scaling is not None else dim**-0.5
     out = torch.zeros(batch, length, n_heads, dim, dtype=torch.float64)
     for b in range(batch):
         for h in range(n_heads):
@@ -46,8 +46,15 @@ def _tiny(arch: str):
     )
 
     torch.manual_seed(0)
-    common = dict(vocab_size=50, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                  num_attention_heads=4, max_position_embeddings=64, initializer_range=0.3)
+    common = dict(
+        vocab_size=50,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        max_position_embeddings=64,
+        initializer_range=0.3,
+    )
     if arch == "llama":
         model = LlamaForCausalLM(LlamaConfig(num_key_value_heads=2, **common))  # grouped-query attention
     elif arch == "qwen2":

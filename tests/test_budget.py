@@ -107,8 +107,15 @@ def test_read_domain_stats_and_its_errors(tmp_path):
 
 @pytest.mark.parametrize(
     ("text", "tokens"),
-    [("1000000", 10**6), ("1e9", 10**9), ("300M", 3 * 10**8), ("100B", 10**11), ("2.5T", 25 * 10**11),
-     (5e9, 5 * 10**9), ("4k", 4000)],
+    [
+        ("1000000", 10**6),
+        ("1e9", 10**9),
+        ("300M", 3 * 10**8),
+        ("100B", 10**11),
+        ("2.5T", 25 * 10**11),
+        (5e9, 5 * 10**9),
+        ("4k", 4000),
+    ],
 )
 def test_parse_tokens(text, tokens):
     assert parse_tokens(text) == tokens
@@ -171,11 +178,49 @@ def test_optimise_commands_take_the_data_budget_as_caps(tmp_path, capsys, cli):
     stats = tmp_path / "domain_stats.parquet"
     pd.DataFrame({"domain": ["web", "code"], "tokens_kept": [100, 10_000]}).to_parquet(stats)
     model = tmp_path / "model"
-    assert main(["regmix", "fit", "--mixtures", str(runs_path), "--losses", str(runs_path),
-                 "--target", "loss", "--key", "run", "--model", "linear", "--out", str(model)]) == 0
+    assert (
+        main(
+            [
+                "regmix",
+                "fit",
+                "--mixtures",
+                str(runs_path),
+                "--losses",
+                str(runs_path),
+                "--target",
+                "loss",
+                "--key",
+                "run",
+                "--model",
+                "linear",
+                "--out",
+                str(model),
+            ]
+        )
+        == 0
+    )
     out = tmp_path / "mix.yaml"
-    assert main(["regmix", "optimize", "--model", str(model), "--out", str(out), "--draws", "20000",
-                 "--stats", str(stats), "--train-tokens", "1000", "--max-epochs", "2"]) == 0
+    assert (
+        main(
+            [
+                "regmix",
+                "optimize",
+                "--model",
+                str(model),
+                "--out",
+                str(out),
+                "--draws",
+                "20000",
+                "--stats",
+                str(stats),
+                "--train-tokens",
+                "1000",
+                "--max-epochs",
+                "2",
+            ]
+        )
+        == 0
+    )
     assert read_mixture(out)["web"] <= 0.2 + 1e-6  # 2 epochs x 100 tokens / 1000 planned
     capsys.readouterr()
 
@@ -187,6 +232,22 @@ def test_optimise_commands_take_the_data_budget_as_caps(tmp_path, capsys, cli):
     assert main(["law", "fit", "--runs", str(runs_path), "--law", "additive", "--out", str(law)]) == 0
     capsys.readouterr()
     out = tmp_path / "law_mix.yaml"
-    result = cli(["law", "optimize", "--law", str(law), "--N", "1e7", "--D", "1000", "--out", str(out),
-                 "--stats", str(stats), "--max-epochs", "2"])
+    result = cli(
+        [
+            "law",
+            "optimize",
+            "--law",
+            str(law),
+            "--N",
+            "1e7",
+            "--D",
+            "1000",
+            "--out",
+            str(out),
+            "--stats",
+            str(stats),
+            "--max-epochs",
+            "2",
+        ]
+    )
     assert result["weights"]["web"] <= 0.2 + 1e-6

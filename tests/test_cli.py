@@ -11,10 +11,25 @@ COMMANDS_DIR = Path(__file__).resolve().parents[1] / "datamixer" / "commands"
 
 
 def test_help_lists_every_command_group():
-    out = subprocess.run([sys.executable, "-m", "datamixer", "--help"], capture_output=True, text=True,
-                         check=True).stdout
-    for name in ("demo", "score", "corpus", "fasttext", "attention-influence", "regmix", "law", "proxy",
-                 "report", "export", "budget", "preselect", "priors", "runs"):
+    out = subprocess.run(
+        [sys.executable, "-m", "datamixer", "--help"], capture_output=True, text=True, check=True
+    ).stdout
+    for name in (
+        "demo",
+        "score",
+        "corpus",
+        "fasttext",
+        "attention-influence",
+        "regmix",
+        "law",
+        "proxy",
+        "report",
+        "export",
+        "budget",
+        "preselect",
+        "priors",
+        "runs",
+    ):
         assert name in out, name
 
 
@@ -24,16 +39,29 @@ def test_every_module_with_commands_is_registered():
     defines_register = {
         path.stem
         for path in COMMANDS_DIR.glob("*.py")
-        if any(isinstance(node, ast.FunctionDef) and node.name == "register"
-               for node in ast.parse(path.read_text()).body)
+        if any(
+            isinstance(node, ast.FunctionDef) and node.name == "register"
+            for node in ast.parse(path.read_text()).body
+        )
     }
     assert defines_register and defines_register == set(COMMAND_MODULES)
 
 
 def test_every_command_has_help(capsys):
-    for args in (["regmix", "optimize"], ["law", "fit"], ["proxy", "sweep"], ["attention-influence", "heads"],
-                 ["preselect", "label"], ["score"], ["demo"], ["report"], ["export"], ["corpus", "build"],
-                 ["priors"], ["runs", "import"]):
+    for args in (
+        ["regmix", "optimize"],
+        ["law", "fit"],
+        ["proxy", "sweep"],
+        ["attention-influence", "heads"],
+        ["preselect", "label"],
+        ["score"],
+        ["demo"],
+        ["report"],
+        ["export"],
+        ["corpus", "build"],
+        ["priors"],
+        ["runs", "import"],
+    ):
         assert main([*args, "--help"]) == 0, args
         assert "Usage" in capsys.readouterr().out
 
@@ -48,7 +76,20 @@ def test_usage_errors_are_one_line(capsys):
 
 
 def test_bad_input_is_one_line_with_exit_code_1(tmp_path, capsys):
-    assert main(["law", "fit", "--runs", str(tmp_path / "none.parquet"), "--law", "additive",
-                 "--out", str(tmp_path / "law.json")]) == 1
+    assert (
+        main(
+            [
+                "law",
+                "fit",
+                "--runs",
+                str(tmp_path / "none.parquet"),
+                "--law",
+                "additive",
+                "--out",
+                str(tmp_path / "law.json"),
+            ]
+        )
+        == 1
+    )
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error: FileNotFoundError:") and "none.parquet" in err[0]

@@ -116,8 +116,16 @@ def test_report_of_a_missing_directory_is_a_one_line_error(tmp_path, capsys):
 def test_report_has_the_headline_then_every_section_with_plots_and_short_tables(demo):
     out, _ = demo
     page = (out / "report.html").read_text()
-    sections = ("domain_stats", "drops", "scores_score_fasttext", "proposals", "regression", "mixtures",
-                "law", "target")
+    sections = (
+        "domain_stats",
+        "drops",
+        "scores_score_fasttext",
+        "proposals",
+        "regression",
+        "mixtures",
+        "law",
+        "target",
+    )
     assert page.index("id=headline") < min(page.index(f"id='{s}'") for s in sections)
     for section in sections:
         assert f"id='{section}'" in page, section
@@ -134,10 +142,21 @@ CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 
 
 def _chromium(tmp_path: Path, *args: str) -> str:
-    flags = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-             "--disable-background-networking", "--disable-component-update", "--disable-sync",
-             f"--user-data-dir={tmp_path / 'profile'}", "--window-size=1280,800", "--hide-scrollbars",
-             "--virtual-time-budget=5000", *args]
+    flags = [
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        f"--user-data-dir={tmp_path / 'profile'}",
+        "--window-size=1280,800",
+        "--hide-scrollbars",
+        "--virtual-time-budget=5000",
+        *args,
+    ]
     return subprocess.run([CHROMIUM, *flags], capture_output=True, text=True, timeout=120, check=True).stdout
 
 
@@ -146,16 +165,20 @@ def test_report_renders_in_headless_chromium_with_the_headline_in_one_screen(dem
     out, result = demo
     # A page script counts images that decoded and tables that laid out, and where the headline
     # ends; --dump-dom shows the result and the text the browser rendered.
-    page = (out / "report.html").read_text().replace(
-        "</body>",
-        "<script>window.addEventListener('load',()=>{const i=[...document.images];"
-        "document.body.dataset.images=i.filter(x=>x.complete&&x.naturalWidth>0).length;"
-        "document.body.dataset.tables=[...document.querySelectorAll('table')]"
-        ".filter(t=>t.getBoundingClientRect().height>0).length;"
-        "document.body.dataset.headlineBottom=Math.ceil(document.getElementById('headline')"
-        ".getBoundingClientRect().bottom);"
-        "document.body.dataset.headlineText=document.getElementById('headline').innerText"
-        ".replace(/\\s+/g,' ');});</script></body>",
+    page = (
+        (out / "report.html")
+        .read_text()
+        .replace(
+            "</body>",
+            "<script>window.addEventListener('load',()=>{const i=[...document.images];"
+            "document.body.dataset.images=i.filter(x=>x.complete&&x.naturalWidth>0).length;"
+            "document.body.dataset.tables=[...document.querySelectorAll('table')]"
+            ".filter(t=>t.getBoundingClientRect().height>0).length;"
+            "document.body.dataset.headlineBottom=Math.ceil(document.getElementById('headline')"
+            ".getBoundingClientRect().bottom);"
+            "document.body.dataset.headlineText=document.getElementById('headline').innerText"
+            ".replace(/\\s+/g,' ');});</script></body>",
+        )
     )
     probe = tmp_path / "probe.html"
     probe.write_text(page)

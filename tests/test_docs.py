@@ -22,7 +22,7 @@ def _code_blocks(text: str, language: str) -> list[str]:
 
 def test_readme_quickstart_is_what_ci_runs():
     readme = (ROOT / "README.md").read_text()
-    quickstart = readme[readme.index("## Quickstart"):]
+    quickstart = readme[readme.index("## Quickstart") :]
     install, tests = _code_blocks(quickstart, "bash")[:2]
     ci = [line.strip() for line in (ROOT / ".ci" / "run").read_text().splitlines()]
     assert install.splitlines()[0] == " && ".join(line for line in ci if line.startswith("pip install"))

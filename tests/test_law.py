@@ -313,7 +313,6 @@ def test_compute_optimal_satisfies_budget_and_minimises(additive: AdditiveLaw) -
 # --- CLI -------------------------------------------------------------------------------------------
 
 
-
 @pytest.mark.parametrize(
     ("edit", "message"),
     [
@@ -340,25 +339,25 @@ def test_cli_fit_evaluate_predict_optimize(runs: pd.DataFrame, tmp_path, cli) ->
     runs.to_parquet(runs_path)
     out = tmp_path / "law.json"
     fitted = cli(
-            [
-                "law",
-                "fit",
-                "--runs",
-                str(runs_path),
-                "--law",
-                "additive",
-                "--out",
-                str(out),
-                "--restarts",
-                "2",
-                "--starts",
-                "32",
-                "--hops",
-                "2",
-                "--bootstrap",
-                "6",
-            ]
-        )
+        [
+            "law",
+            "fit",
+            "--runs",
+            str(runs_path),
+            "--law",
+            "additive",
+            "--out",
+            str(out),
+            "--restarts",
+            "2",
+            "--starts",
+            "32",
+            "--hops",
+            "2",
+            "--bootstrap",
+            "6",
+        ]
+    )
     assert fitted["mre"] < 0.01 and out.exists()
     for name in ("law.params.parquet", "law.residuals.parquet", "law.png"):
         assert (tmp_path / name).stat().st_size > 0
@@ -379,23 +378,23 @@ def test_cli_fit_evaluate_predict_optimize(runs: pd.DataFrame, tmp_path, cli) ->
     caps.write_text("caps:\n  web: 0.4\n")
     best = tmp_path / "best.yaml"
     opt = cli(
-            [
-                "law",
-                "optimize",
-                "--law",
-                str(out),
-                "--N",
-                "1e8",
-                "--D",
-                "2e9",
-                "--floor",
-                "0.05",
-                "--caps",
-                str(caps),
-                "--out",
-                str(best),
-            ]
-        )
+        [
+            "law",
+            "optimize",
+            "--law",
+            str(out),
+            "--N",
+            "1e8",
+            "--D",
+            "2e9",
+            "--floor",
+            "0.05",
+            "--caps",
+            str(caps),
+            "--out",
+            str(best),
+        ]
+    )
     weights = read_mixture(best)
     assert weights["web"] <= 0.4 + 1e-9 and min(weights.values()) >= 0.05 - 1e-9
     assert opt["weights"]["web"] == pytest.approx(weights["web"]) and "spread" in opt

@@ -40,7 +40,6 @@ BAD_LINES = [
 IN_MEMORY = ["--", "--direct_running_mode=in_memory", "--direct_num_workers=1"]
 
 
-
 def read_dir(out: Path, prefix: str) -> pa.Table:
     files = sorted(out.glob(f"{prefix}-*.parquet"))
     assert files, f"no {prefix}-*.parquet in {out}"

@@ -182,13 +182,18 @@ def test_handler_in_a_beam_pipeline(tiny_model: Path) -> None:
     from scorers.preselect_handler import BitsPerCharModelHandler
 
     expected = P.ModelBits(tiny_model, device="cpu").score_batch(TEXTS)
-    batches = [pa.RecordBatch.from_pydict({"id": ["a", "b"], "text": TEXTS[:2]}),
-               pa.RecordBatch.from_pydict({"id": ["c", "d"], "text": TEXTS[2:]})]
+    batches = [
+        pa.RecordBatch.from_pydict({"id": ["a", "b"], "text": TEXTS[:2]}),
+        pa.RecordBatch.from_pydict({"id": ["c", "d"], "text": TEXTS[2:]}),
+    ]
     handler = BitsPerCharModelHandler(tiny_model, "bpc_tiny", device="cpu", threads=1)
 
     def check(outputs):
-        got = {i: v for b in outputs for i, v in zip(b.column("id").to_pylist(),
-                                                     b.column("bpc_tiny").to_pylist(), strict=True)}
+        got = {
+            i: v
+            for b in outputs
+            for i, v in zip(b.column("id").to_pylist(), b.column("bpc_tiny").to_pylist(), strict=True)
+        }
         np.testing.assert_allclose([got[i] for i in "abcd"], expected, rtol=1e-5)
 
     with TestPipeline() as pipeline:

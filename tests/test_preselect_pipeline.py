@@ -64,8 +64,11 @@ def _train_checkpoints(score_dir: Path, out: Path) -> tuple[list[Path], list[flo
             train_step(model, optimizer, schedule, torch.from_numpy(sampler.batch(config.batch_size)), config)
             if step in STEPS:
                 scores.append(-evaluate(model, data, config)[TARGET])
-                dirs.append(save_checkpoint(model, data.tokenizer_json, out / f"step{step:04d}",
-                                            data.eos_token, config.context))
+                dirs.append(
+                    save_checkpoint(
+                        model, data.tokenizer_json, out / f"step{step:04d}", data.eos_token, config.context
+                    )
+                )
     return dirs, scores
 
 
@@ -81,14 +84,21 @@ def setup(tmp_path_factory: pytest.TempPathFactory) -> dict:
         records = [json.loads(line) for line in lines]
         # every 10 documents: legal 4 train / 3 pool / 3 held out; the others 5 pool / 5 held out
         cut = (4, 7) if domain == TARGET else (0, 5)
-        parts[domain] = {"train": [r for i, r in enumerate(records) if i % 10 < cut[0]],
-                         "pool": [r for i, r in enumerate(records) if cut[0] <= i % 10 < cut[1]],
-                         "held_out": [r for i, r in enumerate(records) if i % 10 >= cut[1]]}
+        parts[domain] = {
+            "train": [r for i, r in enumerate(records) if i % 10 < cut[0]],
+            "pool": [r for i, r in enumerate(records) if cut[0] <= i % 10 < cut[1]],
+            "held_out": [r for i, r in enumerate(records) if i % 10 >= cut[1]],
+        }
     train = parts[TARGET]["train"]
-    columns = {S.ID: [r["id"] for r in train], S.DOMAIN: [TARGET] * len(train),
-               S.SOURCE: ["corpus"] * len(train), S.N_CHARS: [len(r["text"]) for r in train],
-               S.N_TOKENS: [0] * len(train), S.KEEP: [True] * len(train),
-               S.TEXT: [r["text"] for r in train]}
+    columns = {
+        S.ID: [r["id"] for r in train],
+        S.DOMAIN: [TARGET] * len(train),
+        S.SOURCE: ["corpus"] * len(train),
+        S.N_CHARS: [len(r["text"]) for r in train],
+        S.N_TOKENS: [0] * len(train),
+        S.KEEP: [True] * len(train),
+        S.TEXT: [r["text"] for r in train],
+    }
     schema = S.scored_schema([])  # the stage columns (language, drop_reason, ...) stay null
     table = pa.table({n: columns.get(n, [None] * len(train)) for n in schema.names}, schema=schema)
     (root / "scored").mkdir()
@@ -107,10 +117,21 @@ def labelled(setup: dict) -> dict:
     import io
 
     out = setup["root"] / "labels"
-    args = ["preselect", "label", "--input", str(setup["root"] / "pool" / "*.jsonl"),
-            "--models", ",".join(str(m) for m in setup["models"]),
-            "--scores", ",".join(f"{s:.6f}" for s in setup["scores"]),
-            "--out", str(out), "--top", str(TOP), *IN_MEMORY]
+    args = [
+        "preselect",
+        "label",
+        "--input",
+        str(setup["root"] / "pool" / "*.jsonl"),
+        "--models",
+        ",".join(str(m) for m in setup["models"]),
+        "--scores",
+        ",".join(f"{s:.6f}" for s in setup["scores"]),
+        "--out",
+        str(out),
+        "--top",
+        str(TOP),
+        *IN_MEMORY,
+    ]
     buf = io.StringIO()
     with contextlib.redirect_stdout(buf):
         assert main(args) == 0
@@ -136,15 +157,27 @@ def test_label_counts_and_files(setup: dict, labelled: dict) -> None:
     dead = pq.read_table(out / "dead_letter.parquet").to_pandas()
     assert sorted(dead[S.RECORD]) == [1, 2, 3] and set(dead[S.STAGE]) == {"read"}
     assert [m["score"] for m in result["models"]] == pytest.approx(setup["scores"], abs=1e-6)
-    assert list(table.columns) == ["id", "source_file", "n_chars", "bpc_step0010", "bpc_step0040",
-                                   "bpc_step0120", "bpc_step0300", "strength", "loss_score_r", "label"]
+    assert list(table.columns) == [
+        "id",
+        "source_file",
+        "n_chars",
+        "bpc_step0010",
+        "bpc_step0040",
+        "bpc_step0120",
+        "bpc_step0300",
+        "strength",
+        "loss_score_r",
+        "label",
+    ]
     for name, label in (("positives.jsonl", "__label__hq"), ("negatives.jsonl", "__label__lq")):
         rows = [json.loads(line) for line in (out / name).read_text().splitlines()]
         assert len(rows) == k and {r["label"] for r in rows} == {label}
         assert all(r["text"].strip() for r in rows)
         assert {r["id"] for r in rows} == set(table.loc[table["label"] == label, "id"])
-    assert table.loc[table.label == "__label__hq", "strength"].min() >= table.loc[
-        table.label == "__label__lq", "strength"].max()
+    assert (
+        table.loc[table.label == "__label__hq", "strength"].min()
+        >= table.loc[table.label == "__label__lq", "strength"].max()
+    )
     manifest = json.loads((out / "preselect.json").read_text())
     assert manifest["positives"] == k and manifest["models"][0]["model"] == str(setup["models"][0])
 
@@ -179,8 +212,22 @@ def classifier(setup: dict, labelled: dict) -> tuple[Path, dict]:
     out = labelled["out"]
     model = setup["root"] / "preselect.bin"
     with contextlib.redirect_stdout(io.StringIO()) as stdout:
-        assert main(["fasttext", "train", "--positive", str(out / "positives.jsonl"),
-                     "--negative", str(out / "negatives.jsonl"), "--out", str(model), *FASTTEXT_ARGS]) == 0
+        assert (
+            main(
+                [
+                    "fasttext",
+                    "train",
+                    "--positive",
+                    str(out / "positives.jsonl"),
+                    "--negative",
+                    str(out / "negatives.jsonl"),
+                    "--out",
+                    str(model),
+                    *FASTTEXT_ARGS,
+                ]
+            )
+            == 0
+        )
     return model, json.loads(stdout.getvalue().strip().splitlines()[-1])
 
 
@@ -202,10 +249,13 @@ def test_fasttext_on_the_labels_finds_the_target_domain(setup: dict, labelled: d
     for seed in range(20):
         ids = np.random.default_rng(seed).permutation(labelled["strengths"]["id"].to_numpy())
         clf = FastTextQualityClassifier(seed=0, preset="dclm", epoch=EPOCHS, bucket=BUCKETS).fit(
-            [pool[i] for i in ids[:k]], [pool[i] for i in ids[k:2 * k]])
+            [pool[i] for i in ids[:k]], [pool[i] for i in ids[k : 2 * k]]
+        )
         random_aucs.append(roc_auc_score(y, clf.predict_proba(texts)))
-    print(f"held-out AUC, {TARGET} vs code+prose: PreSelect labels {auc:.3f}; 20 random labellings: "
-          f"mean {np.mean(random_aucs):.3f}, max {max(random_aucs):.3f}")
+    print(
+        f"held-out AUC, {TARGET} vs code+prose: PreSelect labels {auc:.3f}; 20 random labellings: "
+        f"mean {np.mean(random_aucs):.3f}, max {max(random_aucs):.3f}"
+    )
     assert auc >= AUC_FLOOR
     assert auc > max(random_aucs)
     assert abs(np.mean(random_aucs) - 0.5) < 0.15
@@ -215,10 +265,26 @@ def test_score_job_uses_the_classifier(setup: dict, classifier, cli) -> None:
     """The third command of docs/preselect.md: `datamixer score` with the PreSelect classifier."""
     model, _ = classifier
     scored = setup["root"] / "scored_heldout"
-    result = cli(["score", "--input", str(setup["root"] / "held_out" / "*.jsonl"), "--domain", "heldout",
-                 "--scorer", "fasttext", "--model", str(model), "--keep-top", "0.3",
-                 "--tokenizer", str(setup["models"][0] / "tokenizer.json"), "--output", str(scored),
-                 *IN_MEMORY])
+    result = cli(
+        [
+            "score",
+            "--input",
+            str(setup["root"] / "held_out" / "*.jsonl"),
+            "--domain",
+            "heldout",
+            "--scorer",
+            "fasttext",
+            "--model",
+            str(model),
+            "--keep-top",
+            "0.3",
+            "--tokenizer",
+            str(setup["models"][0] / "tokenizer.json"),
+            "--output",
+            str(scored),
+            *IN_MEMORY,
+        ]
+    )
     texts, _ = _heldout(setup)
     assert result["scored"] == len(texts)
     frame = pd.concat([pd.read_parquet(p) for p in scored.glob("scored-*.parquet")])
@@ -232,9 +298,14 @@ def test_rerun_is_byte_identical(setup: dict, labelled: dict) -> None:
     from pipeline.preselect import PreselectConfig, run_preselect_job
 
     def run(out: Path, extra: list[str]) -> Path:
-        config = PreselectConfig(inputs=[str(setup["root"] / "pool" / "legal.jsonl")],
-                                 models=[str(m) for m in setup["models"][1::2]],
-                                 scores=setup["scores"][1::2], output=str(out), top=0.2, threads=1)
+        config = PreselectConfig(
+            inputs=[str(setup["root"] / "pool" / "legal.jsonl")],
+            models=[str(m) for m in setup["models"][1::2]],
+            scores=setup["scores"][1::2],
+            output=str(out),
+            top=0.2,
+            threads=1,
+        )
         run_preselect_job(config, beam_args=extra)
         return out
 
@@ -244,17 +315,31 @@ def test_rerun_is_byte_identical(setup: dict, labelled: dict) -> None:
         assert (first / name).read_bytes() == (second / name).read_bytes(), name
 
 
-@pytest.mark.parametrize("models, scores, message", [
-    ("a,b,c", "1,2", "3 models but 2 benchmark scores"),
-    ("a", "1", "at least 2 models"),
-    ("a,b", "1,one", "'one' is not a number"),
-    ("a,b", "1,1", "all benchmark scores are equal"),
-])
-def test_cli_rejects_bad_models_and_scores(tmp_path: Path, capsys, models: str, scores: str,
-                                           message: str) -> None:
+@pytest.mark.parametrize(
+    "models, scores, message",
+    [
+        ("a,b,c", "1,2", "3 models but 2 benchmark scores"),
+        ("a", "1", "at least 2 models"),
+        ("a,b", "1,one", "'one' is not a number"),
+        ("a,b", "1,1", "all benchmark scores are equal"),
+    ],
+)
+def test_cli_rejects_bad_models_and_scores(
+    tmp_path: Path, capsys, models: str, scores: str, message: str
+) -> None:
     _write_jsonl(tmp_path / "in.jsonl", [{"id": "1", "text": "hello"}])
-    args = ["preselect", "label", "--input", str(tmp_path / "in.jsonl"), "--models", models,
-            "--scores", scores, "--out", str(tmp_path / "out")]
+    args = [
+        "preselect",
+        "label",
+        "--input",
+        str(tmp_path / "in.jsonl"),
+        "--models",
+        models,
+        "--scores",
+        scores,
+        "--out",
+        str(tmp_path / "out"),
+    ]
     assert main(args) == 1
     err = capsys.readouterr().err
     assert message in err and err.startswith("error: ")

@@ -38,7 +38,6 @@ def data(score_dir: Path):
     return load_proxy_data(score_dir, val_tokens=2048)
 
 
-
 @pytest.mark.parametrize("name", list(SIZES))
 def test_named_size_counts_non_embedding_params_exactly(name: str) -> None:
     shape = SIZES[name]
@@ -98,8 +97,9 @@ def test_score_dir_tokenizer_is_used_and_schema_is_checked(score_dir: Path, tmp_
     assert given.vocab_size == 300 and given.tokenizer_source == str(tmp_path / "tok.json")
     with pytest.raises(ValueError, match="not both"):
         load_proxy_data(score_dir, tokenizer=tmp_path / "tok.json", vocab_size=500)
-    pq.write_table(pq.read_table(next(score_dir.glob("scored-*"))).drop(["keep"]),
-                   tmp_path / "scored-0.parquet")
+    pq.write_table(
+        pq.read_table(next(score_dir.glob("scored-*"))).drop(["keep"]), tmp_path / "scored-0.parquet"
+    )
     with pytest.raises(ValueError, match="keep"):
         read_kept(tmp_path)
 
@@ -152,9 +152,30 @@ def test_cli_sizes_and_train(
     assert cli(["proxy", "sizes"])["sizes"]["100k"] == SIZES["100k"].non_embedding_params()
     mixture = tmp_path / "mix.yaml"
     mixture.write_text("weights:\n  code: 0.25\n  docstrings: 0.25\n  reference: 0.5\n")
-    args = ["proxy", "train", "--data", str(score_dir), "--mixture", str(mixture), "--tokens", "8k",
-            "--size", "20k", "--out", str(tmp_path / "ck"), "--runs", str(tmp_path / "runs.parquet"),
-            "--context", "64", "--eval-every", "3k", "--val-tokens", "1024", "--threads", "1"]
+    args = [
+        "proxy",
+        "train",
+        "--data",
+        str(score_dir),
+        "--mixture",
+        str(mixture),
+        "--tokens",
+        "8k",
+        "--size",
+        "20k",
+        "--out",
+        str(tmp_path / "ck"),
+        "--runs",
+        str(tmp_path / "runs.parquet"),
+        "--context",
+        "64",
+        "--eval-every",
+        "3k",
+        "--val-tokens",
+        "1024",
+        "--threads",
+        "1",
+    ]
     result = cli(args)
     assert result["D"] == 8192 and result["rows"] == 2 and result["mixture"] == "mix"
     runs = load_runs(tmp_path / "runs.parquet")

@@ -20,12 +20,14 @@ from pipeline.proxy.sweep import read_proposals, run_sweep
 from pipeline.proxy.train import TrainConfig
 
 CONFIG = TrainConfig(context=64, batch_size=8, eval_points=2, warmup_steps=2)
-PROPOSALS = pd.DataFrame({
-    "mixture": ["p0", "p1", "p2"],
-    "h_code": [0.6, 0.1, 0.3],
-    "h_docstrings": [0.2, 0.1, 0.4],
-    "h_reference": [0.2, 0.8, 0.3],
-})
+PROPOSALS = pd.DataFrame(
+    {
+        "mixture": ["p0", "p1", "p2"],
+        "h_code": [0.6, 0.1, 0.3],
+        "h_docstrings": [0.2, 0.1, 0.4],
+        "h_reference": [0.2, 0.8, 0.3],
+    }
+)
 
 
 @pytest.fixture(scope="module")
@@ -47,16 +49,33 @@ def test_parallel_sweep_writes_every_run_once_and_resumes(data, tmp_path: Path) 
     first = run_sweep(data, PROPOSALS.iloc[:2], ["20k", "50k"], 4_096, runs, workers=2, config=CONFIG)
     assert len(first) == 2 * 2 * 2  # mixtures x sizes x evaluations
     trained: list[str] = []
-    table = run_sweep(data, tmp_path / "proposals.parquet", ["20k", "50k"], 4_096, runs, workers=1,
-                      threads=1, config=CONFIG, on_done=lambda task, rows: trained.append(task.mixture))
+    table = run_sweep(
+        data,
+        tmp_path / "proposals.parquet",
+        ["20k", "50k"],
+        4_096,
+        runs,
+        workers=1,
+        threads=1,
+        config=CONFIG,
+        on_done=lambda task, rows: trained.append(task.mixture),
+    )
     assert trained == ["p2", "p2"]  # only the new proposal, at both sizes
     checked = load_runs(runs, targets=["loss", "loss_code", "loss_docstrings", "loss_reference"])
     assert checked["run"].is_unique and len(checked) == 12
     assert set(checked["N"]) == {20_640, 50_928}
     assert checked.loc[checked["mixture"] == "p1", "h_reference"].eq(0.8).all()
     # Parallel workers and a serial run give the same rows.
-    serial = run_sweep(data, PROPOSALS, ["20k", "50k"], 4_096, tmp_path / "serial.parquet", workers=1,
-                       threads=1, config=CONFIG)
+    serial = run_sweep(
+        data,
+        PROPOSALS,
+        ["20k", "50k"],
+        4_096,
+        tmp_path / "serial.parquet",
+        workers=1,
+        threads=1,
+        config=CONFIG,
+    )
     pd.testing.assert_frame_equal(table, serial)
 
 
@@ -76,18 +95,42 @@ def test_proposals_from_a_directory_of_mixture_files(tmp_path: Path) -> None:
         read_proposals(tmp_path / "bad.parquet")
 
 
-def test_killed_sweep_restarts_where_it_stopped(score_dir: Path, tmp_path: Path,
-                                                cli) -> None:
+def test_killed_sweep_restarts_where_it_stopped(score_dir: Path, tmp_path: Path, cli) -> None:
     proposals = tmp_path / "mixtures"
     for i in range(4):
         write_mixture(proposals / f"m{i}.yaml", {"code": (i + 1) / 5, "reference": 1 - (i + 1) / 5})
     runs = tmp_path / "runs.parquet"
-    args = ["proxy", "sweep", "--data", str(score_dir), "--proposals", str(proposals), "--sizes", "20k",
-            "--tokens", "24k", "--runs", str(runs), "--workers", "1", "--threads", "1", "--context", "64",
-            "--val-tokens", "1024", "--eval-points", "2"]
+    args = [
+        "proxy",
+        "sweep",
+        "--data",
+        str(score_dir),
+        "--proposals",
+        str(proposals),
+        "--sizes",
+        "20k",
+        "--tokens",
+        "24k",
+        "--runs",
+        str(runs),
+        "--workers",
+        "1",
+        "--threads",
+        "1",
+        "--context",
+        "64",
+        "--val-tokens",
+        "1024",
+        "--eval-points",
+        "2",
+    ]
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
-    proc = subprocess.Popen([sys.executable, "-m", "datamixer", *args], env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "datamixer", *args],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     try:
         deadline = time.monotonic() + 300
         while not runs.exists() and time.monotonic() < deadline and proc.poll() is None:

@@ -69,9 +69,15 @@ def test_estimators_are_scikit_learn_compatible() -> None:
 def test_model_directory_round_trip_without_pickle(tmp_path: Path) -> None:
     X, losses = synthetic_runs(64)
     for kind in ("lightgbm", "ensemble", "linear"):
-        model, summary = fit_regmix(X, losses, ["loss_web", "loss_code"], model=kind, cv_folds=2,
-                                    params={"n_estimators": 50} if kind != "linear" else None,
-                                    out=tmp_path / kind)
+        model, summary = fit_regmix(
+            X,
+            losses,
+            ["loss_web", "loss_code"],
+            model=kind,
+            cv_folds=2,
+            params={"n_estimators": 50} if kind != "linear" else None,
+            out=tmp_path / kind,
+        )
         loaded = RegMixModel.load(tmp_path / kind)
         np.testing.assert_allclose(loaded.predict(X).to_numpy(), model.predict(X).to_numpy(), rtol=1e-12)
         files = {p.name for p in (tmp_path / kind).iterdir()}
@@ -106,13 +112,25 @@ def test_optimizer_respects_caps_floors_and_combines_targets() -> None:
     both = optimize_regmix(model, n_draws=20_000, top_k=50)
     assert web_only["weights"]["web"] > both["weights"]["web"]
     assert both["weights"]["code"] > web_only["weights"]["code"]
-    capped = optimize_regmix(model, n_draws=20_000, top_k=50, caps={"web": 0.3}, floors={"math": 0.05},
-                             target_weights={"loss_web": 1.0})
+    capped = optimize_regmix(
+        model,
+        n_draws=20_000,
+        top_k=50,
+        caps={"web": 0.3},
+        floors={"math": 0.05},
+        target_weights={"loss_web": 1.0},
+    )
     assert capped["weights"]["web"] <= 0.3 + 1e-6
     assert capped["weights"]["math"] >= 0.05 - 1e-6
     assert sum(capped["weights"].values()) == pytest.approx(1.0)
-    again = optimize_regmix(model, n_draws=20_000, top_k=50, caps={"web": 0.3}, floors={"math": 0.05},
-                            target_weights={"loss_web": 1.0})
+    again = optimize_regmix(
+        model,
+        n_draws=20_000,
+        top_k=50,
+        caps={"web": 0.3},
+        floors={"math": 0.05},
+        target_weights={"loss_web": 1.0},
+    )
     assert again == capped  # seeded: the same inputs give the same mixture
     forced = optimize_regmix(model, n_draws=5_000, top_k=20, floors={"math": 0.5})
     assert forced["outside_training"] and "math" in forced["outside_range"]
@@ -144,8 +162,10 @@ def test_accuracy_floors_on_regmix_runs() -> None:
         rho_linear = spearmanr(linear.predict(test), truth)[0]
         rho_blend = spearmanr(blend.predict(test), truth)[0]
         baseline = spearmanr(-test["train_the_pile_pile_cc"], truth)[0]
-        print(f"{size}: lightgbm {rho:.4f} ensemble {rho_blend:.4f} linear {rho_linear:.4f} "
-              f"minus-pile-cc {baseline:.4f}")
+        print(
+            f"{size}: lightgbm {rho:.4f} ensemble {rho_blend:.4f} linear {rho_linear:.4f} "
+            f"minus-pile-cc {baseline:.4f}"
+        )
         assert rho >= floor
         assert rho_blend > rho
         assert 0.87 <= rho_linear <= 0.93
@@ -154,8 +174,13 @@ def test_accuracy_floors_on_regmix_runs() -> None:
 
 @needs_regmix
 def test_fit_and_optimize_lands_near_regmix_released_mixture(tmp_path: Path) -> None:
-    fit_regmix(REGMIX / "train_mixture_1m.csv", REGMIX / "train_pile_loss_1m.csv", PILE_CC,
-               out=tmp_path / "model", cv_folds=0)
+    fit_regmix(
+        REGMIX / "train_mixture_1m.csv",
+        REGMIX / "train_pile_loss_1m.csv",
+        PILE_CC,
+        out=tmp_path / "model",
+        cv_folds=0,
+    )
     summary = optimize_regmix(tmp_path / "model", tmp_path / "regmix.yaml", seed=0)
     ours = read_mixture(tmp_path / "regmix.yaml")
     released = read_mixture(REGMIX / "mixture_config_1b" / "regmix.yaml")

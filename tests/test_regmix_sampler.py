@@ -134,8 +134,9 @@ def test_temperature_flattens_the_prior() -> None:
 def test_token_tables_csv_json_and_domain_stats(tmp_path) -> None:
     pd.DataFrame({"domain": ["a", "b"], "tokens": [10, 30]}).to_csv(tmp_path / "t.csv", index=False)
     (tmp_path / "t.json").write_text('{"a": 10, "b": 30}')
-    pd.DataFrame({"domain": ["a", "b"], "docs_in": [1, 2], "tokens_in": [50, 60], "tokens_kept": [10, 30]}
-                 ).to_parquet(tmp_path / "domain_stats.parquet")
+    pd.DataFrame(
+        {"domain": ["a", "b"], "docs_in": [1, 2], "tokens_in": [50, 60], "tokens_kept": [10, 30]}
+    ).to_parquet(tmp_path / "domain_stats.parquet")
     for name in ("t.csv", "t.json", "domain_stats.parquet"):
         assert load_token_counts(tmp_path / name) == {"a": 10.0, "b": 30.0}
     pd.DataFrame({"domain": ["a", "b"], "tokens": [10, -3]}).to_csv(tmp_path / "bad.csv", index=False)

@@ -53,8 +53,12 @@ def info(message: str) -> None:
 
 def progress(items: Iterable[T], description: str, total: int | None = None) -> Iterator[T]:
     """Iterate with a progress bar on stderr."""
-    columns = (TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
-               TimeElapsedColumn())
+    columns = (
+        TextColumn("{task.description}"),
+        BarColumn(),
+        TextColumn("{task.completed}/{task.total}"),
+        TimeElapsedColumn(),
+    )
     with Progress(*columns, console=stderr, transient=True) as bar:
         yield from bar.track(items, total=total, description=description)
 
@@ -70,9 +74,15 @@ def stage_progress(
     started = time.perf_counter()
     done = 0
     if console.is_terminal:
-        columns = [SpinnerColumn(), TextColumn("{task.description}"), BarColumn(),
-                   MofNCompleteColumn() if total else TextColumn("{task.completed}"), TextColumn(unit),
-                   TimeElapsedColumn(), *([TextColumn("ETA"), TimeRemainingColumn()] if total else [])]
+        columns = [
+            SpinnerColumn(),
+            TextColumn("{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn() if total else TextColumn("{task.completed}"),
+            TextColumn(unit),
+            TimeElapsedColumn(),
+            *([TextColumn("ETA"), TimeRemainingColumn()] if total else []),
+        ]
         with Progress(*columns, console=console) as bar:
             task = bar.add_task(description, total=total)
 
@@ -90,8 +100,9 @@ def stage_progress(
 
     yield count
     counted = " ".join(filter(None, [f"{done}/{total}" if total else f"{done}", unit]))
-    console.print(f"{description}: {counted} in {time.perf_counter() - started:.1f} s", highlight=False,
-                  soft_wrap=True)
+    console.print(
+        f"{description}: {counted} in {time.perf_counter() - started:.1f} s", highlight=False, soft_wrap=True
+    )
 
 
 class _DropMessages(logging.Filter):

@@ -100,8 +100,13 @@ def _print_table(report: Any) -> None:
     table = Table("domain", "weight", "tokens planned", "tokens kept", "epochs", "cap", "")
     for row in report.table.itertuples():
         table.add_row(
-            row.domain, f"{row.weight:.4f}", f"{row.tokens_planned:.4g}", f"{row.tokens_available:.4g}",
-            f"{row.epochs:.2f}", f"{row.cap:.4f}", "OVER LIMIT" if row.over_limit else "",
+            row.domain,
+            f"{row.weight:.4f}",
+            f"{row.tokens_planned:.4g}",
+            f"{row.tokens_available:.4g}",
+            f"{row.epochs:.2f}",
+            f"{row.cap:.4f}",
+            "OVER LIMIT" if row.over_limit else "",
         )
     stderr.print(table)
 

@@ -20,9 +20,7 @@ def split_list(values: list[str]) -> list[str]:
     return [p.strip() for v in values for p in v.split(",") if p.strip()]
 
 
-@preselect_app.command(
-    "label", context_settings={"allow_extra_args": True, "ignore_unknown_options": True}
-)
+@preselect_app.command("label", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
 def label(
     ctx: typer.Context,
     input: Annotated[list[str], typer.Option("--input", help="JSONL(.gz/.zst)/Parquet glob (repeatable).")],
@@ -87,8 +85,10 @@ def label(
     )
     info(f"PreSelect: {len(config.models)} models on the {runner} runner -> {out}")
     result = run_preselect_job(config, runner=runner, beam_args=list(ctx.args))
-    info(f"{result['documents']} documents, {result['positives']} positive, {result['negatives']} negative, "
-         f"{result['dead_letter']} dead-lettered")
+    info(
+        f"{result['documents']} documents, {result['positives']} positive, {result['negatives']} negative, "
+        f"{result['dead_letter']} dead-lettered"
+    )
     emit(result)
 
 

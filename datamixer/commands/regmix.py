@@ -104,7 +104,7 @@ def propose(
     ] = None,
     min_distance: Annotated[
         float | None,
-        typer.Option("--min-distance", help="L1 from --existing runs (default: half their NN median)")
+        typer.Option("--min-distance", help="L1 from --existing runs (default: half their NN median)"),
     ] = None,
     uncertain: Annotated[
         str | None,
@@ -137,16 +137,29 @@ def propose(
     must = [d.strip() for d in (nonzero or "").split(",") if d.strip()]
     settings: dict[str, Any] = {"proxy_tokens": proxy_tokens, "max_epochs": max_epochs, "dedup_l1": dedup_l1}
     if domain_tree is None:
-        settings.update(temperature=temperature, min_concentration=min_concentration,
-                        max_concentration=max_concentration, min_weight=min_weight, round_to=round_to)
+        settings.update(
+            temperature=temperature,
+            min_concentration=min_concentration,
+            max_concentration=max_concentration,
+            min_weight=min_weight,
+            round_to=round_to,
+        )
     else:
-        flat_only = {"--temperature": temperature != 0.5, "--min-concentration": min_concentration != 0.1,
-                     "--max-concentration": max_concentration != 5.0, "--min-weight": min_weight != 2e-4,
-                     "--round-to": round_to is not None, "--floors": bool(floor_map), "--reuse": bool(frozen)}
+        flat_only = {
+            "--temperature": temperature != 0.5,
+            "--min-concentration": min_concentration != 0.1,
+            "--max-concentration": max_concentration != 5.0,
+            "--min-weight": min_weight != 2e-4,
+            "--round-to": round_to is not None,
+            "--floors": bool(floor_map),
+            "--reuse": bool(frozen),
+        }
         given = [name for name, is_set in flat_only.items() if is_set]
         if given:
-            raise ValueError(f"{', '.join(given)}: set per level in the tree file (levels: temperature, "
-                             "min_strength, max_strength, min_weight), or use --nonzero")
+            raise ValueError(
+                f"{', '.join(given)}: set per level in the tree file (levels: temperature, "
+                "min_strength, max_strength, min_weight), or use --nonzero"
+            )
     info(f"sampling {n} mixtures{' over ' + str(tree) if tree else ''}")
     if frozen is not None:
         if existing is not None or must:
@@ -158,14 +171,30 @@ def propose(
         frame = pd.concat([frame, epochs_table(frame, counts, proxy_tokens)], axis=1)
     else:
         floor_option: dict[str, Any] = {"floors": floor_map} if floor_map else {}
-        frame, summary = propose_swarm(n, counts, domain_tree, existing, min_distance, uncertain, must,
-                                       seed=seed, caps=cap_map, **floor_option, **settings)
+        frame, summary = propose_swarm(
+            n,
+            counts,
+            domain_tree,
+            existing,
+            min_distance,
+            uncertain,
+            must,
+            seed=seed,
+            caps=cap_map,
+            **floor_option,
+            **settings,
+        )
     named = {"tokens": tokens, "tree": tree, "existing": existing}
-    provenance = {"method": "regmix-propose", "seed": seed, **settings,
-                  **{k: str(v) for k, v in named.items() if v is not None},
-                  **({"caps": cap_map} if cap_map else {}), **({"floors": floor_map} if floor_map else {}),
-                  **({"nonzero": must} if must else {}),
-                  **({"reuse": str(reuse), "changed": list(frozen.changed)} if frozen else {})}
+    provenance = {
+        "method": "regmix-propose",
+        "seed": seed,
+        **settings,
+        **{k: str(v) for k, v in named.items() if v is not None},
+        **({"caps": cap_map} if cap_map else {}),
+        **({"floors": floor_map} if floor_map else {}),
+        **({"nonzero": must} if must else {}),
+        **({"reuse": str(reuse), "changed": list(frozen.changed)} if frozen else {}),
+    }
     proposals = write_proposals(frame, out, provenance)
     if domain_tree is not None:
         write_yaml(out / "tree.yaml", domain_tree.to_dict(domain_tree.leaf_tokens(counts)))
@@ -173,11 +202,20 @@ def propose(
     assert leaf_counts is not None  # --tokens or --tree, checked above
     effective_caps = {**domain_caps(leaf_counts, proxy_tokens, max_epochs), **cap_map}
     weight_columns = [c for c in frame.columns if str(c).startswith("h_")]
-    emit({"n": len(frame), "domains": len(weight_columns), "out": str(out),
-          "caps_binding": sorted(d for d, c in effective_caps.items() if c < 1.0),
-          "proposals": str(proposals), "mixtures_dir": str(out / "mixtures"), "seed": seed,
-          "max_epochs_proposed": float(frame["max_epochs"].max()), **summary,
-          "max_weight": {domain_name(c): float(frame[c].max()) for c in weight_columns}})
+    emit(
+        {
+            "n": len(frame),
+            "domains": len(weight_columns),
+            "out": str(out),
+            "caps_binding": sorted(d for d, c in effective_caps.items() if c < 1.0),
+            "proposals": str(proposals),
+            "mixtures_dir": str(out / "mixtures"),
+            "seed": seed,
+            "max_epochs_proposed": float(frame["max_epochs"].max()),
+            **summary,
+            "max_weight": {domain_name(c): float(frame[c].max()) for c in weight_columns},
+        }
+    )
 
 
 @group.command("fit")
@@ -190,8 +228,10 @@ def fit(
     out: Annotated[Path, typer.Option("--out", help="model directory to write")],
     key: Annotated[str, typer.Option("--key", help="column joining mixtures and losses")] = "index",
     model: Annotated[
-        str, typer.Option("--model", help="law-blend (alias ensemble) | lightgbm | law-lightgbm | "
-                          "mixing-law | gp | linear")
+        str,
+        typer.Option(
+            "--model", help="law-blend (alias ensemble) | lightgbm | law-lightgbm | mixing-law | gp | linear"
+        ),
     ] = "law-blend",
     select: Annotated[
         str | None, typer.Option("--select", help="choose the model by: cv | cross-scale (overrides --model)")
@@ -211,23 +251,40 @@ def fit(
     from mixer.regmix import MODELS, canonical_model, fit_regmix
 
     model = canonical_model(model)
-    info(f"fitting {select and f'the best by {select}' or model} on {mixtures} -> {', '.join(target)} "
-         f"({cv_folds}-fold CV)")
+    info(
+        f"fitting {select and f'the best by {select}' or model} on {mixtures} -> {', '.join(target)} "
+        f"({cv_folds}-fold CV)"
+    )
     models = [m.strip() for m in candidates.split(",") if m.strip()] if candidates else list(MODELS)
-    _, summary = fit_regmix(mixtures, losses, list(target), key=key, model=model, out=out,
-                            cv_folds=cv_folds, seed=seed, select=select, scale=scale, candidates=models)
+    _, summary = fit_regmix(
+        mixtures,
+        losses,
+        list(target),
+        key=key,
+        model=model,
+        out=out,
+        cv_folds=cv_folds,
+        seed=seed,
+        select=select,
+        scale=scale,
+        candidates=models,
+    )
     for name, metrics in summary["cv"].items():
-        info(f"  {name}: {summary['model']} CV spearman {metrics['spearman']:.4f} "
-             f"[{metrics['spearman_ci_low']:.4f}, {metrics['spearman_ci_high']:.4f}], "
-             f"pearson {metrics['pearson']:.4f}, mse {metrics['mse']:.5f}" + _baseline_text(metrics))
+        info(
+            f"  {name}: {summary['model']} CV spearman {metrics['spearman']:.4f} "
+            f"[{metrics['spearman_ci_low']:.4f}, {metrics['spearman_ci_high']:.4f}], "
+            f"pearson {metrics['pearson']:.4f}, mse {metrics['mse']:.5f}" + _baseline_text(metrics)
+        )
         warning = baseline_warning(name, metrics, "CV")
         if warning:
             info(warning)
     for name, per_model in summary.get("cross_scale", {}).items():
         for kind, metrics in per_model.items():
-            info(f"  {name}: {kind} fitted at {summary['scale_column']}={metrics['fit_scale']:g}, "
-                 f"spearman at "
-                 f"{metrics['scale']:g}: {metrics['spearman']:.4f}" + _baseline_text(metrics))
+            info(
+                f"  {name}: {kind} fitted at {summary['scale_column']}={metrics['fit_scale']:g}, "
+                f"spearman at "
+                f"{metrics['scale']:g}: {metrics['spearman']:.4f}" + _baseline_text(metrics)
+            )
         warning = baseline_warning(name, per_model[summary["model"]], "cross-scale")
         if warning:
             info(warning)
@@ -239,8 +296,10 @@ def fit(
 def _baseline_text(metrics: dict[str, Any]) -> str:
     if metrics.get("baseline") is None:
         return "; no trivial baseline (no domain matches the target's name)"
-    return (f"; trivial baseline {metrics['baseline_spearman']:.4f} (gap {metrics['gap']:+.4f}, "
-            f"95% CI [{metrics['gap_ci_low']:+.4f}, {metrics['gap_ci_high']:+.4f}])")
+    return (
+        f"; trivial baseline {metrics['baseline_spearman']:.4f} (gap {metrics['gap']:+.4f}, "
+        f"95% CI [{metrics['gap_ci_low']:+.4f}, {metrics['gap_ci_high']:+.4f}])"
+    )
 
 
 def _load_for_model(model_dir: Path, mixtures: Path, key: str):
@@ -254,7 +313,8 @@ def _load_for_model(model_dir: Path, mixtures: Path, key: str):
     model = RegMixModel.load(model_dir)
     if mixtures.suffix.lower() in MIXTURE_SUFFIXES or (
         # a mixture file: ours ({"weights": ...}) or Olmix's `*_optimal.json` ([{"domain", "weight"}])
-        mixtures.suffix.lower() == ".json" and mixtures.exists()
+        mixtures.suffix.lower() == ".json"
+        and mixtures.exists()
         and any(k in mixtures.read_text()[:2000] for k in ('"weights"', '"domain"'))
     ):
         weights = read_mixture(mixtures)
@@ -296,13 +356,17 @@ def evaluate(
     per_target = {}
     for t in targets:
         y, pred = values[t].to_numpy(), predictions[t].to_numpy()
-        per_target[t] = {**regression_metrics(y, pred, seed=seed),
-                         **compare_to_baseline(y, pred, X, model.domains, {t: 1.0}, seed)}
+        per_target[t] = {
+            **regression_metrics(y, pred, seed=seed),
+            **compare_to_baseline(y, pred, X, model.domains, {t: 1.0}, seed),
+        }
     first = per_target[targets[0]]
     for name, metrics in per_target.items():
-        info(f"{name}: n={metrics['n']} spearman {metrics['spearman']:.4f} "
-             f"[{metrics['spearman_ci_low']:.4f}, {metrics['spearman_ci_high']:.4f}] "
-             f"pearson {metrics['pearson']:.4f} mse {metrics['mse']:.5f}" + _baseline_text(metrics))
+        info(
+            f"{name}: n={metrics['n']} spearman {metrics['spearman']:.4f} "
+            f"[{metrics['spearman_ci_low']:.4f}, {metrics['spearman_ci_high']:.4f}] "
+            f"pearson {metrics['pearson']:.4f} mse {metrics['mse']:.5f}" + _baseline_text(metrics)
+        )
         warning = baseline_warning(name, metrics, "held-out")
         if warning:
             info(warning)
@@ -315,9 +379,12 @@ def evaluate(
         tw = resolve_target_weights(targets, parse_mapping(target_weights, "--target-weights"))
         y = sum(w * values[t].to_numpy() for t, w in tw.items())
         pred = sum(w * predictions[t].to_numpy() for t, w in tw.items())
-        combined = {**regression_metrics(y, pred, seed=seed),
-                    **compare_to_baseline(y, pred, X, model.domains, tw, seed), "target_weights": tw}
-        info("weighted targets: spearman " f"{combined['spearman']:.4f}" + _baseline_text(combined))
+        combined = {
+            **regression_metrics(y, pred, seed=seed),
+            **compare_to_baseline(y, pred, X, model.domains, tw, seed),
+            "target_weights": tw,
+        }
+        info(f"weighted targets: spearman {combined['spearman']:.4f}" + _baseline_text(combined))
         warning = baseline_warning("weighted targets", combined, "held-out")
         if warning:
             info(warning)
@@ -340,8 +407,11 @@ def predict(
     model, frame = _load_for_model(model_dir, mixtures, key)
     predictions = model.predict(frame)
     predictions.index = frame.index
-    result: dict[str, Any] = {"n": len(predictions), "targets": model.targets,
-                              "mean": {t: float(predictions[t].mean()) for t in model.targets}}
+    result: dict[str, Any] = {
+        "n": len(predictions),
+        "targets": model.targets,
+        "mean": {t: float(predictions[t].mean()) for t in model.targets},
+    }
     if len(predictions) == 1:
         result["prediction"] = {t: float(predictions[t].iloc[0]) for t in model.targets}
     if out is not None:
@@ -393,8 +463,11 @@ def optimize(
         bool, typer.Option("--worst", help="propose the worst mixture under the model (a counterfactual run)")
     ] = False,
     uncertainty_penalty: Annotated[
-        float, typer.Option("--uncertainty-penalty",
-                            help="penalty x GP sd (gp) or L2 distance to the nearest training mixture")
+        float,
+        typer.Option(
+            "--uncertainty-penalty",
+            help="penalty x GP sd (gp) or L2 distance to the nearest training mixture",
+        ),
     ] = 0.0,
     families: Annotated[
         Path | None, typer.Option("--families", help="task-family YAML: targets grouped and weighted")
@@ -420,26 +493,43 @@ def optimize(
     domains = RegMixModel.load(model_dir).domains
     info(f"searching {draws:,} mixtures ({search}, proposer {proposer}) with {model_dir}")
     summary = optimize_regmix(
-        model_dir, out, n_draws=draws, top_k=top_k, prior=_read_prior(prior) if prior else None,
+        model_dir,
+        out,
+        n_draws=draws,
+        top_k=top_k,
+        prior=_read_prior(prior) if prior else None,
         caps=optimiser_caps(domains, parse_mapping(caps, "--caps"), stats, train_tokens, max_epochs),
         floors=parse_mapping(floors, "--floors"),
-        target_weights=(read_families(families) if families
-                        else parse_mapping(target_weights, "--target-weights")),
-        concentration=concentration, search=search, seed=seed, proposer=proposer, kl_reg=kl_reg, worst=worst,
-        uncertainty_penalty=uncertainty_penalty, reuse=_reuse(reuse, changed, domains),
+        target_weights=(
+            read_families(families) if families else parse_mapping(target_weights, "--target-weights")
+        ),
+        concentration=concentration,
+        search=search,
+        seed=seed,
+        proposer=proposer,
+        kl_reg=kl_reg,
+        worst=worst,
+        uncertainty_penalty=uncertainty_penalty,
+        reuse=_reuse(reuse, changed, domains),
     )
     for name, proposal in (summary["proposals"] or {}).items():
         info(f"  {name}: predicted {proposal['predicted']:.4f}, KL to prior {proposal['kl_to_prior']:.4f}")
-    info(f"predicted {summary['predicted']:.4f}; top-{summary['top_k']} predictions "
-         f"{summary['topk_predicted_min']:.4f}..{summary['topk_predicted_max']:.4f}, "
-         f"mean L1 to the average {summary['topk_l1_to_mean']:.3f}; scored {summary['n_evaluated']:,} draws")
+    info(
+        f"predicted {summary['predicted']:.4f}; top-{summary['top_k']} predictions "
+        f"{summary['topk_predicted_min']:.4f}..{summary['topk_predicted_max']:.4f}, "
+        f"mean L1 to the average {summary['topk_l1_to_mean']:.3f}; scored {summary['n_evaluated']:,} draws"
+    )
     if not summary["in_training_hull"]:
-        info(f"warning: the mixture lies outside the convex hull of the training mixtures "
-             f"(uncertainty, {summary['uncertainty_kind']}: {summary['uncertainty']:.4f})")
+        info(
+            f"warning: the mixture lies outside the convex hull of the training mixtures "
+            f"(uncertainty, {summary['uncertainty_kind']}: {summary['uncertainty']:.4f})"
+        )
     if summary["outside_training"]:
-        info(f"warning: the mixture leaves the region of the training mixtures (nearest L1 "
-             f"{summary['nearest_training_l1']:.3f} vs typical {summary['training_nn_l1_q']:.3f}; "
-             f"outside range: {summary['outside_range']}); trees predict flat there")
+        info(
+            f"warning: the mixture leaves the region of the training mixtures (nearest L1 "
+            f"{summary['nearest_training_l1']:.3f} vs typical {summary['training_nn_l1_q']:.3f}; "
+            f"outside range: {summary['outside_range']}); trees predict flat there"
+        )
     emit(summary)
 
 
@@ -451,17 +541,27 @@ def _propose_reused(frozen, counts, n, caps, floors, seed, settings):
     from mixer.sampler import domain_caps, propose_mixtures
 
     domains = list(frozen.domains)
-    upper = np.array([{**domain_caps(counts, settings["proxy_tokens"], settings["max_epochs"]), **caps}[d]
-                      for d in domains])
+    upper = np.array(
+        [
+            {**domain_caps(counts, settings["proxy_tokens"], settings["max_epochs"]), **caps}[d]
+            for d in domains
+        ]
+    )
     lower = np.array([floors.get(d, 0.0) for d in domains])
     low, high = reduced_bounds(frozen, lower, upper)
     names = frozen.reduced_domains
-    reduced_counts = {VIRTUAL: sum(counts[d] for d in frozen.frozen),
-                      **{d: counts[d] for d in frozen.changed}}
-    reduced = propose_mixtures(reduced_counts, n, seed=seed,
-                               caps=dict(zip(names, high.tolist(), strict=True)),
-                               floors={d: v for d, v in zip(names, low.tolist(), strict=True) if v > 0},
-                               **settings)
+    reduced_counts = {
+        VIRTUAL: sum(counts[d] for d in frozen.frozen),
+        **{d: counts[d] for d in frozen.changed},
+    }
+    reduced = propose_mixtures(
+        reduced_counts,
+        n,
+        seed=seed,
+        caps=dict(zip(names, high.tolist(), strict=True)),
+        floors={d: v for d, v in zip(names, low.tolist(), strict=True) if v > 0},
+        **settings,
+    )
     return expand_frame(frozen, reduced)
 
 

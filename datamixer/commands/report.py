@@ -11,9 +11,13 @@ from datamixer.commands._common import emit, info
 
 
 def report(
-    run_dir: Annotated[Path, typer.Argument(
-        help="a `datamixer demo --out` directory, a `score` output directory, a `regmix propose` "
-        "output, a `regmix fit` model directory or a `law fit` JSON")],
+    run_dir: Annotated[
+        Path,
+        typer.Argument(
+            help="a `datamixer demo --out` directory, a `score` output directory, a `regmix propose` "
+            "output, a `regmix fit` model directory or a `law fit` JSON"
+        ),
+    ],
     title: Annotated[str, typer.Option("--title")] = "datamixer report",
 ) -> None:
     """Write DIR/report.html (plots embedded) and DIR/report/*.png + *.parquet (for a law JSON:

@@ -11,6 +11,13 @@ from pipeline.proxy.sweep import append_runs, read_proposals, run_sweep
 from pipeline.proxy.train import TrainConfig, train_proxy
 
 __all__ = [
-    "SIZES", "ModelSize", "ProxyData", "TrainConfig", "append_runs", "load_proxy_data",
-    "read_proposals", "run_sweep", "train_proxy",
+    "SIZES",
+    "ModelSize",
+    "ProxyData",
+    "TrainConfig",
+    "append_runs",
+    "load_proxy_data",
+    "read_proposals",
+    "run_sweep",
+    "train_proxy",
 ]

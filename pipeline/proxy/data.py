@@ -43,8 +43,12 @@ class ProxyData:
     def summary(self) -> dict[str, dict[str, int]]:
         """Documents and tokens per domain and split."""
         return {
-            d: {"train_docs": self.docs.get(d, (0, 0))[0], "valid_docs": self.docs.get(d, (0, 0))[1],
-                "train_tokens": int(self.train[d].size), "valid_tokens": int(self.valid[d].size)}
+            d: {
+                "train_docs": self.docs.get(d, (0, 0))[0],
+                "valid_docs": self.docs.get(d, (0, 0))[1],
+                "train_tokens": int(self.train[d].size),
+                "valid_tokens": int(self.valid[d].size),
+            }
             for d in self.domains
         }
 
@@ -88,7 +92,9 @@ def train_tokenizer(texts: Sequence[str], vocab_size: int = DEFAULT_VOCAB_SIZE) 
     tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tokenizer.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
-        vocab_size=vocab_size, special_tokens=["<|endoftext|>"], show_progress=False,
+        vocab_size=vocab_size,
+        special_tokens=["<|endoftext|>"],
+        show_progress=False,
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
     )
     tokenizer.train_from_iterator(texts, trainer=trainer, length=len(texts))
@@ -148,7 +154,10 @@ def _join(docs: Sequence[list[int]], eos_id: int | None) -> np.ndarray:
 
 
 def split_domain(
-    token_ids: Sequence[list[int]], doc_ids: Sequence[str], val_tokens: int, split_seed: int,
+    token_ids: Sequence[list[int]],
+    doc_ids: Sequence[str],
+    val_tokens: int,
+    split_seed: int,
     eos_id: int | None,
 ) -> tuple[np.ndarray, np.ndarray, int]:
     """(train stream, validation stream, validation docs) of one domain.
@@ -200,15 +209,23 @@ def load_proxy_data(
     for domain, rows in kept.groupby(schema.DOMAIN, sort=True).indices.items():
         try:
             train[domain], valid[domain], n_val = split_domain(
-                [encoded[i] for i in rows], kept[schema.ID].iloc[rows].astype(str).tolist(),
-                val_tokens, split_seed, eos_id,
+                [encoded[i] for i in rows],
+                kept[schema.ID].iloc[rows].astype(str).tolist(),
+                val_tokens,
+                split_seed,
+                eos_id,
             )
         except ValueError as exc:
             raise ValueError(f"{score_dir}: domain {domain!r}: {exc}") from None
         docs[domain] = (len(rows) - n_val, n_val)
     return ProxyData(
-        domains=tuple(sorted(train)), train=train, valid=valid, tokenizer_json=tokenizer_json,
-        eos_token=eos_token, vocab_size=tok.get_vocab_size(with_added_tokens=True), docs=docs,
+        domains=tuple(sorted(train)),
+        train=train,
+        valid=valid,
+        tokenizer_json=tokenizer_json,
+        eos_token=eos_token,
+        vocab_size=tok.get_vocab_size(with_added_tokens=True),
+        docs=docs,
         tokenizer_source=tokenizer_source,
     )
 
@@ -233,16 +250,19 @@ class MixtureSampler:
     in that domain's training stream is drawn uniformly with the seeded generator.
     """
 
-    def __init__(self, streams: Mapping[str, np.ndarray], weights: Mapping[str, float], context: int,
-                 seed: int = 0) -> None:
+    def __init__(
+        self, streams: Mapping[str, np.ndarray], weights: Mapping[str, float], context: int, seed: int = 0
+    ) -> None:
         self.domains = [d for d in sorted(weights) if weights[d] > 0]
         self.weights = np.array([weights[d] for d in self.domains], dtype=float)
         self.weights /= self.weights.sum()
         self.streams = [streams[d] for d in self.domains]
         for domain, stream in zip(self.domains, self.streams, strict=True):
             if stream.size < context + 1:
-                raise ValueError(f"domain {domain!r}: {stream.size} training tokens, fewer than one "
-                                 f"window of {context + 1}; lower the context or give it weight 0")
+                raise ValueError(
+                    f"domain {domain!r}: {stream.size} training tokens, fewer than one "
+                    f"window of {context + 1}; lower the context or give it weight 0"
+                )
         self.context = context
         self.counts = np.zeros(len(self.domains), dtype=np.int64)
         self.rng = np.random.default_rng(seed)
@@ -256,7 +276,7 @@ class MixtureSampler:
             self.counts[d] += 1
             stream = self.streams[d]
             start = int(self.rng.integers(0, stream.size - self.context + 1))
-            out[row] = stream[start:start + self.context]
+            out[row] = stream[start : start + self.context]
         return out
 
 

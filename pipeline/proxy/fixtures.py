@@ -19,10 +19,36 @@ import pyarrow.parquet as pq
 from pipeline import schema
 
 MODULES = (
-    "argparse", "ast", "calendar", "collections/__init__", "configparser", "csv", "dataclasses",
-    "difflib", "enum", "fractions", "functools", "gettext", "heapq", "inspect", "ipaddress",
-    "logging/__init__", "mailbox", "pathlib", "pickle", "pprint", "random", "shutil", "statistics",
-    "string", "tarfile", "textwrap", "threading", "typing", "zipfile", "datetime",
+    "argparse",
+    "ast",
+    "calendar",
+    "collections/__init__",
+    "configparser",
+    "csv",
+    "dataclasses",
+    "difflib",
+    "enum",
+    "fractions",
+    "functools",
+    "gettext",
+    "heapq",
+    "inspect",
+    "ipaddress",
+    "logging/__init__",
+    "mailbox",
+    "pathlib",
+    "pickle",
+    "pprint",
+    "random",
+    "shutil",
+    "statistics",
+    "string",
+    "tarfile",
+    "textwrap",
+    "threading",
+    "typing",
+    "zipfile",
+    "datetime",
 )
 
 
@@ -31,8 +57,12 @@ def _strip_docstrings(tree: ast.AST) -> tuple[str, list[str]]:
     for node in ast.walk(tree):
         if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)):
             body = node.body
-            if body and isinstance(body[0], ast.Expr) and isinstance(body[0].value, ast.Constant) \
-                    and isinstance(body[0].value.value, str):
+            if (
+                body
+                and isinstance(body[0], ast.Expr)
+                and isinstance(body[0].value, ast.Constant)
+                and isinstance(body[0].value.value, str)
+            ):
                 docs.append(body[0].value.value.strip())
                 node.body = body[1:] or [ast.Pass()]
     return ast.unparse(tree), docs
@@ -70,8 +100,9 @@ def stdlib_documents(doc_chars: int = 1500, max_docs: int | None = None) -> dict
     return {d: docs[:max_docs] for d, docs in out.items()}
 
 
-def write_stdlib_score_dir(out: str | os.PathLike[str], doc_chars: int = 1500,
-                           max_docs: int | None = None) -> Path:
+def write_stdlib_score_dir(
+    out: str | os.PathLike[str], doc_chars: int = 1500, max_docs: int | None = None
+) -> Path:
     """Write the corpus as a score output directory (every document kept) and return it."""
     from mixer.files import atomic_path
 

@@ -112,8 +112,9 @@ def count_non_embedding(model: Any) -> int:
     return sum(p.numel() for p in model.parameters() if id(p) not in skip)
 
 
-def save_checkpoint(model: Any, tokenizer_json: str, directory: str | os.PathLike[str],
-                    eos_token: str | None, context: int) -> Path:
+def save_checkpoint(
+    model: Any, tokenizer_json: str, directory: str | os.PathLike[str], eos_token: str | None, context: int
+) -> Path:
     """Save model and tokenizer as a Hugging Face directory, atomically."""
     from transformers import PreTrainedTokenizerFast
     from transformers.utils import logging as hf_logging
@@ -127,7 +128,9 @@ def save_checkpoint(model: Any, tokenizer_json: str, directory: str | os.PathLik
         model.save_pretrained(tmp)
         tokenizer = PreTrainedTokenizerFast(
             tokenizer_object=_tokenizer_from_json(tokenizer_json),
-            eos_token=eos_token, bos_token=eos_token, pad_token=eos_token,
+            eos_token=eos_token,
+            bos_token=eos_token,
+            pad_token=eos_token,
             model_max_length=context,
         )
         tokenizer.save_pretrained(tmp)

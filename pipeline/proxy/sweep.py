@@ -66,8 +66,10 @@ def read_proposals(
 
 def _proposals_from_frame(frame: pd.DataFrame, source: str) -> dict[str, dict[str, float]]:
     weights = mixture_weights(frame, MIXTURE, source)
-    return {str(mixture): {domain_name(c): float(w) for c, w in row.items()}
-            for mixture, row in weights.iterrows()}
+    return {
+        str(mixture): {domain_name(c): float(w) for c, w in row.items()}
+        for mixture, row in weights.iterrows()
+    }
 
 
 def append_runs(path: str | os.PathLike[str], rows: Sequence[Mapping[str, Any]]) -> pd.DataFrame:
@@ -80,8 +82,10 @@ def append_runs(path: str | os.PathLike[str], rows: Sequence[Mapping[str, Any]])
             old_w = sorted(c for c in old.columns if c.startswith(WEIGHT_PREFIX))
             new_w = sorted(c for c in new.columns if c.startswith(WEIGHT_PREFIX))
             if old_w != new_w:
-                raise ValueError(f"{path}: its domains {old_w} differ from these runs' {new_w}; "
-                                 "write to another runs table")
+                raise ValueError(
+                    f"{path}: its domains {old_w} differ from these runs' {new_w}; "
+                    "write to another runs table"
+                )
             new = new[~new[RUN].isin(set(old[RUN]))]
         table = pd.concat([old, new], ignore_index=True) if not new.empty else old
     else:
@@ -112,18 +116,34 @@ def _run_task(task: Task) -> list[dict[str, Any]]:
     out = None
     if _WORKER["checkpoints"]:
         out = Path(_WORKER["checkpoints"]) / task.mixture / f"{task.size}-seed{task.seed}"
-    return train_proxy(_WORKER["data"], dict(task.weights), task.tokens, task.size, mixture=task.mixture,
-                       seed=task.seed, config=_WORKER["config"], out=out, threads=_WORKER["threads"])
+    return train_proxy(
+        _WORKER["data"],
+        dict(task.weights),
+        task.tokens,
+        task.size,
+        mixture=task.mixture,
+        seed=task.seed,
+        config=_WORKER["config"],
+        out=out,
+        threads=_WORKER["threads"],
+    )
 
 
-def plan_tasks(proposals: Mapping[str, Mapping[str, float]], sizes: Sequence[str], tokens: int,
-               seed: int | Sequence[int], data: ProxyData) -> list[Task]:
+def plan_tasks(
+    proposals: Mapping[str, Mapping[str, float]],
+    sizes: Sequence[str],
+    tokens: int,
+    seed: int | Sequence[int],
+    data: ProxyData,
+) -> list[Task]:
     """Every (mixture, size, seed) run, biggest sizes first so the slowest runs start earliest."""
     order = sorted(sizes, key=lambda s: -get_size(s).non_embedding_params())
     seeds = [seed] if isinstance(seed, int) else list(seed)
     return [
         Task(mixture, tuple(full_weights(data, weights).items()), size, int(tokens), int(s))
-        for size in order for s in seeds for mixture, weights in proposals.items()
+        for size in order
+        for s in seeds
+        for mixture, weights in proposals.items()
     ]
 
 
@@ -174,8 +194,12 @@ def run_sweep(
         for task in tasks:
             finish(task, _run_task(task))
     elif tasks:
-        with ProcessPoolExecutor(workers, mp_context=get_context("spawn"), initializer=_init_worker,
-                                 initargs=(data, config, threads, ckpt)) as pool:
+        with ProcessPoolExecutor(
+            workers,
+            mp_context=get_context("spawn"),
+            initializer=_init_worker,
+            initargs=(data, config, threads, ckpt),
+        ) as pool:
             pending = {pool.submit(_run_task, t): t for t in tasks}
             try:
                 while pending:

@@ -110,19 +110,35 @@ def evaluate(model: Any, data: ProxyData, config: TrainConfig, device: str = "cp
                 chunk = chunk.to(device)
                 logits = model(input_ids=chunk).logits[:, :-1]
                 targets = chunk[:, 1:]
-                total += float(F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(),
-                                               targets.reshape(-1), reduction="sum"))
+                total += float(
+                    F.cross_entropy(
+                        logits.reshape(-1, logits.shape[-1]).float(), targets.reshape(-1), reduction="sum"
+                    )
+                )
                 count += targets.numel()
             losses[domain] = total / count
     model.train()
     return losses
 
 
-def make_row(mixture: str, size: str, n_params: int, tokens: int, seed: int,
-             weights: Mapping[str, float], losses: Mapping[str, float]) -> dict[str, Any]:
+def make_row(
+    mixture: str,
+    size: str,
+    n_params: int,
+    tokens: int,
+    seed: int,
+    weights: Mapping[str, float],
+    losses: Mapping[str, float],
+) -> dict[str, Any]:
     """One runs-table row; `loss` is the unweighted mean of the per-domain losses."""
-    row: dict[str, Any] = {RUN: run_id(mixture, size, seed, tokens), MIXTURE: mixture, SIZE: size,
-                           N: int(n_params), D: int(tokens), SEED: int(seed)}
+    row: dict[str, Any] = {
+        RUN: run_id(mixture, size, seed, tokens),
+        MIXTURE: mixture,
+        SIZE: size,
+        N: int(n_params),
+        D: int(tokens),
+        SEED: int(seed),
+    }
     row.update({WEIGHT_PREFIX + d: float(weights[d]) for d in sorted(weights)})
     row[LOSS] = float(np.mean([losses[d] for d in sorted(losses)]))
     row.update({LOSS_PREFIX + d: float(losses[d]) for d in sorted(losses)})
@@ -174,8 +190,15 @@ def train_proxy(
             batch = torch.from_numpy(sampler.batch(config.batch_size)).to(device)
             train_step(model, optimizer, schedule, batch, config)
             if step in evals:
-                row = make_row(mixture, size, n_params, step * config.batch_tokens, seed, mix,
-                               evaluate(model, data, config, device))
+                row = make_row(
+                    mixture,
+                    size,
+                    n_params,
+                    step * config.batch_tokens,
+                    seed,
+                    mix,
+                    evaluate(model, data, config, device),
+                )
                 rows.append(row)
                 if on_eval is not None:
                     on_eval(row)
@@ -188,10 +211,12 @@ def make_optimizer(model: Any, config: TrainConfig) -> tuple[Any, Any]:
     """AdamW and its schedule: linear warm-up over `warmup_steps`, then constant."""
     import torch
 
-    optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, betas=(config.beta1, config.beta2),
-                                  weight_decay=config.weight_decay)
+    optimizer = torch.optim.AdamW(
+        model.parameters(), lr=config.lr, betas=(config.beta1, config.beta2), weight_decay=config.weight_decay
+    )
     schedule = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda step: min(1.0, (step + 1) / max(1, config.warmup_steps)))
+        optimizer, lambda step: min(1.0, (step + 1) / max(1, config.warmup_steps))
+    )
     return optimizer, schedule
 
 
@@ -211,16 +236,30 @@ def train_step(model: Any, optimizer: Any, schedule: Any, batch: Any, config: Tr
     return float(loss.detach())
 
 
-def save_run(model: Any, data: ProxyData, config: TrainConfig, rows: list[dict[str, Any]],
-             out: str | os.PathLike[str], size: str, tokens: int) -> Path:
+def save_run(
+    model: Any,
+    data: ProxyData,
+    config: TrainConfig,
+    rows: list[dict[str, Any]],
+    out: str | os.PathLike[str],
+    size: str,
+    tokens: int,
+) -> Path:
     """The checkpoint directory: Hugging Face model + tokenizer, and `proxy_run.json`."""
     from mixer.files import write_json
 
     target = save_checkpoint(model, data.tokenizer_json, out, data.eos_token, config.context)
-    write_json(target / "proxy_run.json", {
-        "size": size, "N": get_size(size).non_embedding_params(),
-        "embedding_params": get_size(size).embedding_params(data.vocab_size),
-        "vocab_size": data.vocab_size, "tokens_requested": int(tokens),
-        "config": asdict(config), "data": data.summary(), "rows": rows,
-    })
+    write_json(
+        target / "proxy_run.json",
+        {
+            "size": size,
+            "N": get_size(size).non_embedding_params(),
+            "embedding_params": get_size(size).embedding_params(data.vocab_size),
+            "vocab_size": data.vocab_size,
+            "tokens_requested": int(tokens),
+            "config": asdict(config),
+            "data": data.summary(),
+            "rows": rows,
+        },
+    )
     return target
