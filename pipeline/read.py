@@ -393,17 +393,27 @@ def _fast_parse(
     fields = [(opts.text_field, pa.string())]
     if opts.id_field != opts.text_field:
         fields.append((opts.id_field, pa.string()))
-    # "infer" only to learn whether records have other fields (their values are read by `json`)
-    other = "infer" if other_fields and opts.keep_fields != () else "ignore"
-    parse = pj.ParseOptions(explicit_schema=pa.schema(fields), unexpected_field_behavior=other)
-    try:
-        table = pj.read_json(
-            io.BytesIO(b"\n".join(lines)),
-            read_options=pj.ReadOptions(block_size=max(1 << 20, 2 * sum(map(len, lines)))),
-            parse_options=parse,
+    block = max(1 << 20, 2 * sum(map(len, lines)))
+
+    def read(unexpected: str) -> pa.Table:
+        parse = pj.ParseOptions(explicit_schema=pa.schema(fields), unexpected_field_behavior=unexpected)
+        return pj.read_json(
+            io.BytesIO(b"\n".join(lines)), read_options=pj.ReadOptions(block_size=block), parse_options=parse
         )
+
+    # Other fields are only detected here ("error"), never typed by Arrow: inferring the type of a
+    # deeply nested value recurses in C++ and can overflow the stack. Their values are read by `json`.
+    look_for_other = other_fields and opts.keep_fields != ()
+    has_other = False
+    try:
+        table = read("error" if look_for_other else "ignore")
     except (pa.ArrowInvalid, UnicodeDecodeError):
-        return None
+        if not look_for_other:
+            return None
+        try:
+            table, has_other = read("ignore"), True
+        except (pa.ArrowInvalid, UnicodeDecodeError):
+            return None
     if table.num_rows != len(lines):
         return None
     text = table.column(opts.text_field).combine_chunks()
@@ -416,10 +426,7 @@ def _fast_parse(
             ids.validate(full=True)
     except pa.ArrowInvalid:
         return None
-    extra = set(table.column_names) - {opts.text_field, opts.id_field}
-    if opts.keep_fields is not None:
-        extra &= set(opts.keep_fields)
-    return text, ids, bool(extra)
+    return text, ids, has_other
 
 
 def _chunk_documents(

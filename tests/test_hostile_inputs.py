@@ -260,7 +260,7 @@ def fasttext_model(tmp_path_factory) -> str:
         ]
         for name in ("prose", "code")
     }
-    clf = FastTextQualityClassifier(dim=16, bucket=20_000, epoch=10, lr=0.5).fit(
+    clf = FastTextQualityClassifier(preset="dclm", dim=16, bucket=20_000, epoch=10, lr=0.5).fit(
         texts["prose"], texts["code"]
     )
     return str(clf.save(root / "quality.bin"))
