@@ -300,9 +300,15 @@ def propose_mixtures(
             f"only {len(accepted)} distinct mixtures found for n={n}: the caps, floors and rounding "
             "leave too few; lower n, min_weight or dedup_l1"
         )
-    width = max(4, len(str(n - 1)))
-    frame = pd.DataFrame(accepted[:n], columns=[WEIGHT_PREFIX + d for d in domains])
-    frame.insert(0, "mixture", [f"{MIXTURE_ID_PREFIX}{i:0{width}d}" for i in range(n)])
+    return proposals_frame(accepted[:n], list(domains), n_projected)
+
+
+def proposals_frame(weights: np.ndarray, domains: list[str], n_projected: int) -> pd.DataFrame:
+    """The proposals table: `mixture` ids (`mix-0000`, ...) and one `h_<domain>` column per domain;
+    `attrs["n_projected"]` counts the rows that were projected into the caps."""
+    width = max(4, len(str(len(weights) - 1)))
+    frame = pd.DataFrame(weights, columns=[WEIGHT_PREFIX + d for d in domains])
+    frame.insert(0, "mixture", [f"{MIXTURE_ID_PREFIX}{i:0{width}d}" for i in range(len(weights))])
     frame.attrs["n_projected"] = n_projected
     return frame
 

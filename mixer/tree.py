@@ -451,8 +451,4 @@ def propose_tree_mixtures(
             f"only {len(accepted)} distinct mixtures found for n={n}: lower n, dedup_l1 "
             "or --min-distance, or loosen the caps"
         )
-    width = max(4, len(str(n - 1)))
-    frame = pd.DataFrame(accepted[:n], columns=[WEIGHT_PREFIX + d for d in counts])
-    frame.insert(0, "mixture", [f"{sampler.MIXTURE_ID_PREFIX}{i:0{width}d}" for i in range(n)])
-    frame.attrs["n_projected"] = n_projected
-    return frame
+    return sampler.proposals_frame(accepted[:n], list(counts), n_projected)
