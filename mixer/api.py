@@ -22,7 +22,7 @@ from typing import Any
 
 from mixer import budget as _budget
 from mixer import exports as _exports
-from mixer.mixture import normalize_weights, read_mixture, write_mixture
+from mixer.mixture import check_domains, normalize_weights, read_mixture, write_mixture
 
 PathLike = str | os.PathLike[str]
 
@@ -35,13 +35,10 @@ def load_mixture(path: PathLike, domains: list[str] | None = None) -> dict[str, 
     """
     weights = read_mixture(path)
     if domains is not None:
-        unknown = sorted(set(weights) - set(domains))
-        absent = sorted(set(domains) - set(weights))
-        if unknown or absent:
-            raise ValueError(
-                f"{path}: mixture domains do not match the trainer's: not in the trainer {unknown}, "
-                f"not in the mixture {absent}"
-            )
+        try:
+            check_domains(weights, domains, "trainer")
+        except ValueError as exc:
+            raise ValueError(f"{path}: {exc}") from None
     return {d: weights[d] for d in sorted(weights)}
 
 
@@ -161,7 +158,7 @@ def regmix_mixture(
         model,
         out=out,
         prior=_prior(prior),
-        caps=_budget.optimiser_caps(domains, caps, stats, tokens, max_epochs),
+        caps=_budget.optimizer_caps(domains, caps, stats, tokens, max_epochs),
         floors=floors,
         target_weights=target_weights,
         search=search,
@@ -200,7 +197,7 @@ def law_mixture(
     fitted = load_law(law)
     planned = _budget.parse_tokens(D)
     budget_tokens: int | str | None = None if stats is None else (planned if tokens is None else tokens)
-    bounds = _budget.optimiser_caps(list(fitted.domains_), caps, stats, budget_tokens, max_epochs)
+    bounds = _budget.optimizer_caps(list(fitted.domains_), caps, stats, budget_tokens, max_epochs)
     optimum = optimize_mixture(
         fitted, float(N), float(planned), floor=floor, caps=bounds, targets=targets, weights=weights
     )

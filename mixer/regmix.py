@@ -27,7 +27,7 @@ from mixer.files import atomic_path, write_parquet
 from mixer.interaction import interaction_matrix, write_interaction
 from mixer.laws import in_convex_hull
 from mixer.metrics import out_of_fold
-from mixer.mixture import write_mixture
+from mixer.mixture import check_domains, check_known, write_mixture
 from mixer.model_selection import (
     SCALE_COLUMNS,
     best_model,
@@ -63,7 +63,7 @@ from mixer.runs import (
     validate_weights,
     weight_columns,
 )
-from mixer.sampler import check_bounds
+from mixer.simplex import check_bounds
 
 MODEL_FORMAT = "datamixer-regmix"
 MODEL_VERSION = 2  # 2: mixing-law parameters stored as (log c, log k, t); version 1 still loads
@@ -108,12 +108,7 @@ class RegMixModel:
     def matrix(self, mixtures: pd.DataFrame) -> np.ndarray:
         """The weights of `mixtures` in this model's domain order; errors name missing domains."""
         columns = {domain_name(str(c)): c for c in mixtures.columns}
-        missing = [d for d in self.domains if d not in columns]
-        extra = sorted(set(columns) - set(self.domains))
-        if missing or extra:
-            raise ValueError(
-                f"mixture domains do not match the model's: missing {missing}, unexpected {extra}"
-            )
+        check_domains(columns, self.domains, "model")
         return mixtures[[columns[d] for d in self.domains]].to_numpy(dtype=float)
 
     def set_threads(self, n_jobs: int | None) -> None:
@@ -478,9 +473,7 @@ def _domain_vector(
     mapping: Mapping[str, float] | None, domains: list[str], what: str, default: float
 ) -> np.ndarray:
     mapping = dict(mapping or {})
-    unknown = sorted(set(mapping) - set(domains))
-    if unknown:
-        raise ValueError(f"{what} given for unknown domain(s) {unknown}; the model's domains are {domains}")
+    check_known(mapping, domains, what, "model")
     return np.array([float(mapping.get(d, default)) for d in domains])
 
 
@@ -559,7 +552,7 @@ def optimize_regmix(
             value = value + uncertainty_penalty * uncertainty(X)
         return value
 
-    result = opt.optimize_mixture(
+    result = opt.search_mixture(
         score,
         prior=search_prior,
         caps=upper,

@@ -28,6 +28,7 @@ import pandas as pd
 from pandas.api.types import is_numeric_dtype
 
 from mixer.files import read_table
+from mixer.mixture import SUM_TOLERANCE
 
 WEIGHT_PREFIX = "h_"
 LOSS = "loss"
@@ -35,7 +36,6 @@ LOSS_PREFIX = "loss_"
 N = "N"
 D = "D"
 RUN = "run"
-SUM_TOLERANCE = 0.01
 OLMIX_RATIOS = "ratios.csv"
 OLMIX_METRICS = "metrics.csv"
 OLMIX_METADATA = ("name", "index")

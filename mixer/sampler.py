@@ -22,9 +22,11 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from mixer.budget import epoch_caps
 from mixer.files import atomic_path, write_parquet
-from mixer.mixture import write_mixture
+from mixer.mixture import check_known, write_mixture
 from mixer.runs import WEIGHT_PREFIX, domain_name
+from mixer.simplex import check_bounds
 
 # RegMix's published sampler settings.
 TEMPERATURE = 0.5
@@ -64,10 +66,9 @@ def tempered_prior(shares: np.ndarray, temperature: float = TEMPERATURE) -> np.n
 def domain_caps(
     tokens: Mapping[str, float], proxy_tokens: float = PROXY_TOKENS, max_epochs: float = MAX_EPOCHS
 ) -> dict[str, float]:
-    """Per-domain maximum weight: max_epochs x domain tokens / proxy training tokens, at most 1."""
-    if proxy_tokens <= 0 or max_epochs <= 0:
-        raise ValueError("proxy_tokens and max_epochs must be > 0")
-    return {d: min(1.0, max_epochs * float(c) / proxy_tokens) for d, c in tokens.items()}
+    """Per-domain maximum weight of a proxy run: `mixer.budget.epoch_caps` at RegMix's defaults,
+    not yet checked for feasibility (given caps may replace some; the whole box is checked after)."""
+    return epoch_caps(proxy_tokens, tokens, max_epochs, feasible=False)
 
 
 def sample_dirichlet(alpha: np.ndarray, rng: np.random.Generator, dtype: type = np.float64) -> np.ndarray:
@@ -84,21 +85,6 @@ def sample_dirichlet(alpha: np.ndarray, rng: np.random.Generator, dtype: type = 
     weights = np.exp(log_gamma)
     weights /= weights.sum(axis=1, keepdims=True)
     return weights.astype(dtype, copy=False)
-
-
-def check_bounds(lower: np.ndarray, upper: np.ndarray, domains: list[str] | None = None) -> None:
-    """Raise ValueError unless 0 <= lower <= upper <= 1 per domain and sum(lower) <= 1 <= sum(upper)."""
-    names = domains or [str(i) for i in range(len(lower))]
-    for name, lo, hi in zip(names, lower, upper, strict=True):
-        if not (0 <= lo <= hi <= 1):
-            raise ValueError(f"domain {name!r}: need 0 <= floor ({lo:g}) <= cap ({hi:g}) <= 1")
-    if lower.sum() > 1 + 1e-9:
-        raise ValueError(f"floors sum to {lower.sum():.4f} > 1: no mixture satisfies them")
-    if upper.sum() < 1 - 1e-9:
-        raise ValueError(
-            f"caps sum to {upper.sum():.4f} < 1: not enough tokens for any mixture; "
-            "raise max_epochs or lower the training tokens"
-        )
 
 
 def box_simplex_projection(weights: np.ndarray, lower: np.ndarray, upper: np.ndarray) -> np.ndarray:
@@ -252,9 +238,9 @@ def propose_mixtures(
     domains = list(tokens)
     shares = np.array([token_shares(tokens)[d] for d in domains])
     cap_map = {**domain_caps(tokens, proxy_tokens, max_epochs), **dict(caps or {})}
-    check_known(cap_map, domains, "cap")
-    check_known(floors or {}, domains, "floor")
-    check_known(dict.fromkeys(nonzero, 0.0), domains, "--nonzero")
+    check_known(cap_map, domains, "cap", "token table")
+    check_known(floors or {}, domains, "floor", "token table")
+    check_known(nonzero, domains, "--nonzero", "token table")
     floors = {
         **dict(floors or {}),
         **{d: max(float((floors or {}).get(d, 0.0)), min_weight or MIN_WEIGHT) for d in nonzero},
@@ -311,13 +297,6 @@ def proposals_frame(weights: np.ndarray, domains: list[str], n_projected: int) -
     frame.insert(0, "mixture", [f"{MIXTURE_ID_PREFIX}{i:0{width}d}" for i in range(len(weights))])
     frame.attrs["n_projected"] = n_projected
     return frame
-
-
-def check_known(mapping: Mapping[str, float], domains: list[str], what: str) -> None:
-    """ValueError naming the keys of `mapping` that are not among `domains`."""
-    unknown = sorted(set(mapping) - set(domains))
-    if unknown:
-        raise ValueError(f"{what} given for unknown domain(s) {unknown}; domains are {domains}")
 
 
 def write_proposals(

@@ -41,7 +41,9 @@ import pandas as pd
 
 from mixer import sampler
 from mixer.files import safe_load_yaml
+from mixer.mixture import check_known
 from mixer.runs import WEIGHT_PREFIX
+from mixer.simplex import check_bounds
 
 SEPARATOR = ":"
 NONZERO_FLOOR = 1e-3  # conditional floor of a --nonzero domain whose level has no minimum weight
@@ -108,9 +110,7 @@ class DomainTree:
         """Leaf -> tokens: counts in the tree, overridden by `tokens`; an error names any leaf
         with neither."""
         given = dict(tokens or {})
-        unknown = sorted(set(given) - set(self.domains))
-        if unknown:
-            raise ValueError(f"token table names domain(s) {unknown} that are not leaves of the tree")
+        check_known(given, self.domains, "token table", "tree")
         out = {leaf.path: given.get(leaf.path, leaf.tokens) for leaf in self.leaves()}
         missing = [d for d, v in out.items() if v is None]
         if missing:
@@ -421,8 +421,8 @@ def propose_tree_mixtures(
     counts = tree.leaf_tokens(tokens)
     shares = sampler.token_shares(counts)
     leaf_caps = {**sampler.domain_caps(counts, proxy_tokens, max_epochs), **dict(caps or {})}
-    sampler.check_known(dict(caps or {}), list(counts), "cap")
-    sampler.check_bounds(np.zeros(len(counts)), np.array([leaf_caps[d] for d in counts]), list(counts))
+    check_known(dict(caps or {}), list(counts), "cap", "tree")
+    check_bounds(np.zeros(len(counts)), np.array([leaf_caps[d] for d in counts]), list(counts))
     nodes, groups = _prepare(tree, shares, leaf_caps, _expand_nonzero(tree, nonzero))
     leaf_index = [i for i, node in enumerate(nodes) if node.is_leaf]
     order = [nodes[i].path for i in leaf_index]

@@ -10,8 +10,9 @@ from typing import Any
 
 import numpy as np
 
-from mixer.laws.estimators import LawEstimator, check_domains, percentile_interval
+from mixer.laws.estimators import LawEstimator, percentile_interval
 from mixer.laws.forms import Features, LawForm
+from mixer.mixture import check_domains, check_known
 from mixer.simplex import exponentiated_gradient
 
 
@@ -47,13 +48,9 @@ def _bounds(
     domains: Sequence[str], floor: float | Mapping[str, float], caps: Mapping[str, float] | None
 ) -> tuple[np.ndarray, np.ndarray]:
     caps = dict(caps or {})
-    unknown = sorted(set(caps) - set(domains))
-    if unknown:
-        raise ValueError(f"caps name domain(s) {unknown} the law does not have; its domains: {list(domains)}")
+    check_known(caps, domains, "caps", "law")
     if isinstance(floor, Mapping):
-        unknown = sorted(set(floor) - set(domains))
-        if unknown:
-            raise ValueError(f"floor names domain(s) {unknown} the law does not have")
+        check_known(floor, domains, "floor", "law")
         lower = np.array([float(floor.get(d, 0.0)) for d in domains])
     else:
         lower = np.full(len(domains), float(floor))
@@ -232,7 +229,7 @@ def _mixture_for(law: LawEstimator, mixture: Mapping[str, float] | None):
     if mixture is None:
         h = law.training_mixtures().mean(axis=0)
         return h, {d: float(v) for d, v in zip(law.domains_, h, strict=True)}
-    check_domains(mixture, law.domains_)
+    check_domains(mixture, law.domains_, "law")
     return np.array([mixture[d] for d in law.domains_], dtype=float), mixture
 
 
