@@ -19,7 +19,7 @@ import json
 import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 from sklearn.base import BaseEstimator, RegressorMixin
@@ -64,7 +64,15 @@ def auto_min_child_samples(n: int) -> int:
 
 
 class _MixtureRegressor(RegressorMixin, BaseEstimator):
-    """Shared input checks: 2-D finite X, y the same length; predict checks fit and feature count."""
+    """Shared input checks: 2-D finite X, y the same length; predict checks fit and feature count.
+
+    Saving: `saved_as` names the estimator in a model's manifest; the fitted attributes named in
+    `saved_state` (without their trailing `_`) are stored there as JSON numbers. Estimators with
+    more state override `save_state` / `load_state`.
+    """
+
+    saved_as: ClassVar[str] = ""
+    saved_state: ClassVar[tuple[str, ...]] = ()
 
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()
@@ -79,6 +87,37 @@ class _MixtureRegressor(RegressorMixin, BaseEstimator):
     def _predict_data(self, X: Any) -> np.ndarray:
         check_is_fitted(self)
         return validate_data(self, X, dtype=np.float64, reset=False)
+
+    def save_state(self, directory: Path, stem: str) -> dict[str, Any]:
+        """This estimator's manifest entry (state kept in files goes to `directory`, named `stem.*`)."""
+        state = {name: getattr(self, f"{name}_") for name in self.saved_state}
+        return self._entry(**{k: v.tolist() if isinstance(v, np.ndarray) else v for k, v in state.items()})
+
+    @classmethod
+    def load_state(cls, directory: Path, entry: Mapping[str, Any]) -> Any:
+        """The fitted estimator of a manifest entry written by `save_state`."""
+        est = cls._from_entry(entry)
+        for name in cls.saved_state:
+            value = np.array(entry[name], dtype=float)
+            setattr(est, f"{name}_", value if value.ndim else float(value))
+        return est
+
+    def _entry(self, **state: Any) -> dict[str, Any]:
+        """A manifest entry: the estimator's name, its parameters, `state`, and the feature count."""
+        return {
+            "estimator": self.saved_as,
+            "params": self.get_params(),
+            **state,
+            "n_features_in": self.n_features_in_,
+        }
+
+    @classmethod
+    def _from_entry(cls, entry: Mapping[str, Any]) -> Any:
+        """The estimator of a manifest entry with its parameters and feature count; `load_state` adds
+        the fitted state."""
+        est = cls(**entry["params"])
+        est.n_features_in_ = int(entry["n_features_in"])
+        return est
 
 
 # ---------------------------------------------------------------------------------------------
@@ -126,6 +165,8 @@ class MixingLawRegressor(_MixtureRegressor):
     Extrapolates beyond the training mixtures with the law's shape, where trees go flat.
     """
 
+    saved_as, saved_state = "mixing-law", ("theta", "offset")
+
     def __init__(
         self,
         n_starts: int = LAW_STARTS,
@@ -155,23 +196,6 @@ class MixingLawRegressor(_MixtureRegressor):
         check_is_fitted(self)
         return mixing_grad_h(self.theta_, h)
 
-    def save_state(self, directory: Path, stem: str) -> dict[str, Any]:
-        return {
-            "estimator": "mixing-law",
-            "params": self.get_params(),
-            "theta": self.theta_.tolist(),
-            "offset": self.offset_,
-            "n_features_in": self.n_features_in_,
-        }
-
-    @classmethod
-    def load_state(cls, directory: Path, entry: Mapping[str, Any]) -> MixingLawRegressor:
-        est = cls(**entry["params"])
-        est.theta_ = np.array(entry["theta"], dtype=float)
-        est.offset_ = float(entry["offset"])
-        est.n_features_in_ = int(entry["n_features_in"])
-        return est
-
 
 # ---------------------------------------------------------------------------------------------
 
@@ -185,6 +209,8 @@ class LightGBMRegressor(_MixtureRegressor):
     LightGBM as is (one entry per feature). `n_jobs=1` by default: on a busy 2-core machine
     LightGBM's OpenMP training threads spin-wait and a 1-second fit took 50 seconds.
     """
+
+    saved_as = "lightgbm"
 
     def __init__(
         self,
@@ -257,21 +283,13 @@ class LightGBMRegressor(_MixtureRegressor):
         file = f"{stem}.lightgbm.txt"
         (directory / file).write_text(self.booster_.model_to_string())
         law = None if self.law_ is None else [float(v) for v in self.law_]
-        return {
-            "estimator": "lightgbm",
-            "params": self.get_params(),
-            "file": file,
-            "law": law,
-            "law_form": "log-c-log-k-t",
-            "law_offset": self.law_offset_,
-            "n_features_in": self.n_features_in_,
-        }
+        return self._entry(file=file, law=law, law_form="log-c-log-k-t", law_offset=self.law_offset_)
 
     @classmethod
     def load_state(cls, directory: Path, entry: Mapping[str, Any]) -> LightGBMRegressor:
         import lightgbm as lgb
 
-        est = cls(**entry["params"])
+        est = cls._from_entry(entry)
         est.booster_ = lgb.Booster(model_str=(directory / entry["file"]).read_text())
         law = entry.get("law")
         if law is not None and entry.get("law_form") != "log-c-log-k-t":  # version 1 stored c, k
@@ -280,7 +298,6 @@ class LightGBMRegressor(_MixtureRegressor):
             law = [np.log(law[0]), np.log(law[1]), *law[2:]]
         est.law_ = None if law is None else np.array(law, dtype=float)
         est.law_offset_ = float(entry.get("law_offset", 0.0))
-        est.n_features_in_ = int(entry["n_features_in"])
         return est
 
 
@@ -290,6 +307,8 @@ class LawBlendRegressor(_MixtureRegressor):
     The best of the variants in bench/regmix_accuracy.py on the RegMix runs; the law part also
     keeps predictions sloped where the training mixtures are sparse.
     """
+
+    saved_as = "law-blend"
 
     def __init__(
         self,
@@ -325,26 +344,23 @@ class LawBlendRegressor(_MixtureRegressor):
         return 0.5 * (self.plain_.predict(X) + self.residual_.predict(X))
 
     def save_state(self, directory: Path, stem: str) -> dict[str, Any]:
-        return {
-            "estimator": "law-blend",
-            "params": self.get_params(),
-            "n_features_in": self.n_features_in_,
-            "members": [
-                self.plain_.save_state(directory, f"{stem}.plain"),
-                self.residual_.save_state(directory, f"{stem}.law_residual"),
-            ],
-        }
+        members = [
+            self.plain_.save_state(directory, f"{stem}.plain"),
+            self.residual_.save_state(directory, f"{stem}.law_residual"),
+        ]
+        return self._entry(members=members)
 
     @classmethod
     def load_state(cls, directory: Path, entry: Mapping[str, Any]) -> LawBlendRegressor:
-        est = cls(**entry["params"])
+        est = cls._from_entry(entry)
         est.plain_, est.residual_ = (LightGBMRegressor.load_state(directory, m) for m in entry["members"])
-        est.n_features_in_ = int(entry["n_features_in"])
         return est
 
 
 class RidgeRegressor(_MixtureRegressor):
     """RegMix's linear baseline: ridge regression (alpha 1e-3) on the domain weights."""
+
+    saved_as, saved_state = "linear", ("coef", "intercept")
 
     def __init__(self, alpha: float = 1e-3, log_features: bool = False, n_jobs: int = 1) -> None:
         self.alpha = alpha
@@ -369,23 +385,6 @@ class RidgeRegressor(_MixtureRegressor):
         if self.log_features:
             grad += self.coef_[k:] / (h + LOG_EPS)
         return grad
-
-    def save_state(self, directory: Path, stem: str) -> dict[str, Any]:
-        return {
-            "estimator": "linear",
-            "params": self.get_params(),
-            "coef": self.coef_.tolist(),
-            "intercept": self.intercept_,
-            "n_features_in": self.n_features_in_,
-        }
-
-    @classmethod
-    def load_state(cls, directory: Path, entry: Mapping[str, Any]) -> RidgeRegressor:
-        est = cls(**entry["params"])
-        est.coef_ = np.array(entry["coef"], dtype=float)
-        est.intercept_ = float(entry["intercept"])
-        est.n_features_in_ = int(entry["n_features_in"])
-        return est
 
 
 class GaussianProcessMixtureRegressor(_MixtureRegressor):
