@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -237,6 +237,33 @@ def propose_mixtures(
         raise ValueError("need 0 < min_concentration <= max_concentration")
     domains = list(tokens)
     shares = np.array([token_shares(tokens)[d] for d in domains])
+    step = min_weight if round_to is None else round_to
+    lower, upper = _bounds(tokens, proxy_tokens, max_epochs, floors, caps, nonzero, min_weight, step)
+    prior = np.where(shares > 0, tempered_prior(np.maximum(shares, 1e-300), temperature), 0.0)
+    # A domain with no tokens can take no weight; keep its concentration positive for the draw.
+    prior = np.maximum(prior, 1e-12)
+    rng = np.random.default_rng(seed)
+    log_s = (math.log(min_concentration), math.log(max_concentration))
+
+    def draw(batch: int, rejecting: bool) -> tuple[np.ndarray, np.ndarray]:
+        return _draw_batch(rng, prior, log_s, lower, upper, min_weight, step, batch, rejecting)
+
+    advice = "the caps, floors and rounding leave too few; lower n, min_weight or dedup_l1"
+    return collect_proposals(draw, n, domains, dedup_l1, existing, min_distance, advice)
+
+
+def _bounds(
+    tokens: Mapping[str, float],
+    proxy_tokens: float,
+    max_epochs: float,
+    floors: Mapping[str, float] | None,
+    caps: Mapping[str, float] | None,
+    nonzero: Sequence[str],
+    min_weight: float,
+    step: float,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Per-domain floors and caps of the proposals (on the rounding grid when `step` > 0)."""
+    domains = list(tokens)
     cap_map = {**domain_caps(tokens, proxy_tokens, max_epochs), **dict(caps or {})}
     check_known(cap_map, domains, "cap", "token table")
     check_known(floors or {}, domains, "floor", "token table")
@@ -247,46 +274,69 @@ def propose_mixtures(
     }
     upper = np.array([float(cap_map[d]) for d in domains])
     lower = np.array([float((floors or {}).get(d, 0.0)) for d in domains])
-    step = min_weight if round_to is None else round_to
     if step and step > 0:
         # Bounds on the rounding grid keep rounded rows inside them.
         upper = np.floor(upper / step + 1e-9) * step
         lower = np.ceil(lower / step - 1e-9) * step
     check_bounds(lower, upper, domains)
-    prior = np.where(shares > 0, tempered_prior(np.maximum(shares, 1e-300), temperature), 0.0)
-    # A domain with no tokens can take no weight; keep its concentration positive for the draw.
-    prior = np.maximum(prior, 1e-12)
-    rng = np.random.default_rng(seed)
+    return lower, upper
+
+
+def _draw_batch(
+    rng: np.random.Generator,
+    prior: np.ndarray,
+    log_s: tuple[float, float],
+    lower: np.ndarray,
+    upper: np.ndarray,
+    min_weight: float,
+    step: float,
+    batch: int,
+    rejecting: bool,
+) -> tuple[np.ndarray, np.ndarray]:
+    """RegMix's draw: Dirichlet(prior x s), log s uniform in `log_s`; while `rejecting`, only the
+    rows inside the bounds, else every row projected into them; then small weights zeroed and
+    rows rounded. Returns the rows and whether each was drawn inside the bounds."""
+    strength = np.exp(rng.uniform(log_s[0], log_s[1], size=batch))
+    draws = sample_dirichlet(prior[None, :] * strength[:, None], rng)
+    inside = np.all((draws <= upper + 1e-12) & (draws >= lower - 1e-12), axis=1)
+    rows = draws[inside] if rejecting else box_simplex_projection(draws, lower, upper)
+    if min_weight > 0:
+        rows = zero_small(rows, lower, upper, min_weight)
+    if step and step > 0:
+        rows = round_to_grid(rows, step)
+    return rows, inside[inside] if rejecting else inside
+
+
+def collect_proposals(
+    draw: Callable[[int, bool], tuple[np.ndarray, np.ndarray]],
+    n: int,
+    domains: Sequence[str],
+    dedup_l1: float,
+    existing: np.ndarray | None,
+    min_distance: float,
+    advice: str,
+) -> pd.DataFrame:
+    """The proposals table of the first `n` distinct rows drawn in batches by `draw(batch, rejecting)`.
+
+    `draw` returns rows on the simplex and whether each was drawn inside the bounds: while
+    `rejecting` (RegMix's budget of SAMPLE_MULTIPLIER x n draws, which keeps RegMix's distribution)
+    only those, after that every row, projected into the bounds. A row is kept when it lies farther
+    than `min_distance` (L1) from every `existing` run and `dedup_l1` from every row kept before;
+    ValueError, ending with `advice`, when MAX_BATCHES batches leave fewer than `n`.
+    """
     accepted = np.empty((0, len(domains)))
     batch = max(2 * n, 64)
-    drawn = n_projected = 0
-    for _ in range(MAX_BATCHES):
-        log_s = rng.uniform(math.log(min_concentration), math.log(max_concentration), size=batch)
-        draws = sample_dirichlet(prior[None, :] * np.exp(log_s)[:, None], rng)
-        # RegMix's rejection step while the draw budget lasts (it keeps RegMix's distribution);
-        # after that, draws outside the bounds are moved inside so the count is always met.
-        rejecting = drawn < SAMPLE_MULTIPLIER * n
-        drawn += batch
-        inside = np.all((draws <= upper + 1e-12) & (draws >= lower - 1e-12), axis=1)
-        rows = draws[inside] if rejecting else box_simplex_projection(draws, lower, upper)
-        if min_weight > 0:
-            rows = zero_small(rows, lower, upper, min_weight)
-        if step and step > 0:
-            rows = round_to_grid(rows, step)
+    n_projected = 0
+    for i in range(MAX_BATCHES):
+        rows, inside = draw(batch, i * batch < SAMPLE_MULTIPLIER * n)
         far = outside_radius(rows, existing, min_distance)
-        rows, inside = rows[far], inside[far] if not rejecting else inside
+        rows, inside = rows[far], inside[far]
         kept = dedupe(rows, accepted, dedup_l1)[: n - len(accepted)]
-        if not rejecting:
-            n_projected += int((~inside[kept]).sum())
+        n_projected += int((~inside[kept]).sum())
         accepted = np.vstack([accepted, rows[kept]])
         if len(accepted) >= n:
-            break
-    else:
-        raise ValueError(
-            f"only {len(accepted)} distinct mixtures found for n={n}: the caps, floors and rounding "
-            "leave too few; lower n, min_weight or dedup_l1"
-        )
-    return proposals_frame(accepted[:n], list(domains), n_projected)
+            return proposals_frame(accepted[:n], list(domains), n_projected)
+    raise ValueError(f"only {len(accepted)} distinct mixtures found for n={n}: {advice}")
 
 
 def proposals_frame(weights: np.ndarray, domains: list[str], n_projected: int) -> pd.DataFrame:

@@ -428,27 +428,13 @@ def propose_tree_mixtures(
     order = [nodes[i].path for i in leaf_index]
     columns = [order.index(d) for d in counts]  # leaves in the tree's order
     rng = np.random.default_rng(seed)
-    accepted = np.empty((0, len(counts)))
-    batch = max(2 * n, 64)
-    drawn = n_projected = 0
-    for _ in range(sampler.MAX_BATCHES):
-        rejecting = drawn < sampler.SAMPLE_MULTIPLIER * n
-        drawn += batch
+
+    def draw(batch: int, rejecting: bool) -> tuple[np.ndarray, np.ndarray]:
         absolute, inside = _draw(groups, len(nodes), batch, rng, project=not rejecting)
         rows = absolute[:, leaf_index][:, columns]
         if rejecting:
             rows, inside = rows[inside], inside[inside]
-        rows = rows / rows.sum(axis=1, keepdims=True)
-        far = sampler.outside_radius(rows, existing, min_distance)
-        rows, inside = rows[far], inside[far]
-        kept = sampler.dedupe(rows, accepted, dedup_l1)[: n - len(accepted)]
-        n_projected += int((~inside[kept]).sum())
-        accepted = np.vstack([accepted, rows[kept]])
-        if len(accepted) >= n:
-            break
-    else:
-        raise ValueError(
-            f"only {len(accepted)} distinct mixtures found for n={n}: lower n, dedup_l1 "
-            "or --min-distance, or loosen the caps"
-        )
-    return sampler.proposals_frame(accepted[:n], list(counts), n_projected)
+        return rows / rows.sum(axis=1, keepdims=True), inside
+
+    advice = "lower n, dedup_l1 or --min-distance, or loosen the caps"
+    return sampler.collect_proposals(draw, n, list(counts), dedup_l1, existing, min_distance, advice)
