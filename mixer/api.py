@@ -168,6 +168,32 @@ def regmix_mixture(
     return result if summary else {d: result["weights"][d] for d in sorted(result["weights"])}
 
 
+def _law_provenance(
+    law: PathLike,
+    kind: str,
+    N: float,
+    planned: int,
+    floor: float | Mapping[str, float],
+    caps: Mapping[str, float] | None,
+    weights: list[float] | None,
+    optimum: Any,
+) -> dict[str, Any]:
+    """What `law optimize` records beside the mixture: the law, the budget, the bounds, the optimum."""
+    return {
+        "method": f"law optimize ({kind} law, exponentiated gradient)",
+        "law": str(law),
+        "N": float(N),
+        "D": float(planned),
+        "floor": dict(floor) if isinstance(floor, Mapping) else float(floor),
+        "caps": caps,
+        "targets": list(optimum.losses),
+        "target_weights": None if weights is None else list(weights),
+        "predicted_loss": optimum.loss,
+        "spread": optimum.spread,
+        "warnings": optimum.warnings,
+    }
+
+
 def law_mixture(
     law: PathLike,
     N: float,
@@ -203,19 +229,7 @@ def law_mixture(
     )
     mixture = {d: optimum.weights[d] for d in sorted(optimum.weights)}
     if out is not None:  # the provenance `law optimize` writes, plus the budget behind the caps
-        provenance = {
-            "method": f"law optimize ({fitted.kind} law, exponentiated gradient)",
-            "law": str(law),
-            "N": float(N),
-            "D": float(planned),
-            "floor": dict(floor) if isinstance(floor, Mapping) else float(floor),
-            "caps": bounds,
-            "targets": list(optimum.losses),
-            "target_weights": None if weights is None else list(weights),
-            "predicted_loss": optimum.loss,
-            "spread": optimum.spread,
-            "warnings": optimum.warnings,
-        }
+        provenance = _law_provenance(law, fitted.kind, N, planned, floor, bounds, weights, optimum)
         if budget_tokens is not None:  # set exactly when stats is
             provenance["budget"] = {"tokens": _budget.parse_tokens(budget_tokens), "max_epochs": max_epochs}
         write_mixture(out, mixture, provenance)

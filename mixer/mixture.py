@@ -30,19 +30,23 @@ from mixer.files import safe_load_yaml, write_json, write_yaml
 SUM_TOLERANCE = 0.01  # a mixture's or a run's weights sum to 1 within this
 
 
+def nonnegative_number(value: Any, what: str) -> float:
+    """`value` as a float; ValueError naming `what` (e.g. "domain 'web': weight") unless it is a
+    finite number >= 0."""
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"{what} {value!r} is not a number") from None
+    if not math.isfinite(number) or number < 0:
+        raise ValueError(f"{what} {number} must be finite and >= 0")
+    return number
+
+
 def normalize_weights(weights: Mapping[str, float], tol: float = SUM_TOLERANCE) -> dict[str, float]:
     """Validate weights (finite, non-negative, summing to 1 +/- tol) and rescale them to sum 1."""
     if not weights:
         raise ValueError("mixture has no domains")
-    clean: dict[str, float] = {}
-    for domain, weight in weights.items():
-        try:
-            value = float(weight)
-        except (TypeError, ValueError):
-            raise ValueError(f"domain {domain!r}: weight {weight!r} is not a number") from None
-        if not math.isfinite(value) or value < 0:
-            raise ValueError(f"domain {domain!r}: weight {value} must be finite and >= 0")
-        clean[str(domain)] = value
+    clean = {str(d): nonnegative_number(w, f"domain {d!r}: weight") for d, w in weights.items()}
     total = sum(clean.values())
     if abs(total - 1.0) > tol:
         raise ValueError(f"mixture weights sum to {total:.6f}, not 1 +/- {tol}")

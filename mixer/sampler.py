@@ -24,7 +24,7 @@ import pandas as pd
 
 from mixer.budget import epoch_caps
 from mixer.files import atomic_path, write_parquet
-from mixer.mixture import check_known, write_mixture
+from mixer.mixture import check_known, nonnegative_number, write_mixture
 from mixer.runs import WEIGHT_PREFIX, domain_name
 from mixer.simplex import check_bounds
 
@@ -46,13 +46,11 @@ def token_shares(tokens: Mapping[str, float]) -> dict[str, float]:
     """Domain -> share of all tokens; errors name a negative or non-finite count."""
     if not tokens:
         raise ValueError("no domains in the token table")
-    for domain, count in tokens.items():
-        if not math.isfinite(float(count)) or float(count) < 0:
-            raise ValueError(f"domain {domain!r}: token count {count!r} must be finite and >= 0")
-    total = float(sum(float(c) for c in tokens.values()))
+    counts = {d: nonnegative_number(c, f"domain {d!r}: token count") for d, c in tokens.items()}
+    total = float(sum(counts.values()))
     if total <= 0:
         raise ValueError("token counts sum to 0")
-    return {d: float(c) / total for d, c in tokens.items()}
+    return {d: c / total for d, c in counts.items()}
 
 
 def tempered_prior(shares: np.ndarray, temperature: float = TEMPERATURE) -> np.ndarray:

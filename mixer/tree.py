@@ -41,7 +41,7 @@ import pandas as pd
 
 from mixer import sampler
 from mixer.files import safe_load_yaml
-from mixer.mixture import check_known
+from mixer.mixture import check_known, nonnegative_number
 from mixer.runs import WEIGHT_PREFIX
 from mixer.simplex import check_bounds
 
@@ -156,15 +156,7 @@ def _parse_node(name: str, value: Any, parent: str, depth: int, where: str) -> N
 
 
 def _count(value: Any, path: str, where: str) -> float | None:
-    if value is None:
-        return None
-    try:
-        count = float(value)
-    except (TypeError, ValueError):
-        raise ValueError(f"{where}: leaf {path!r}: token count {value!r} is not a number") from None
-    if not math.isfinite(count) or count < 0:
-        raise ValueError(f"{where}: leaf {path!r}: token count {value!r} must be finite and >= 0")
-    return count
+    return None if value is None else nonnegative_number(value, f"{where}: leaf {path!r}: token count")
 
 
 def _number(value: Any, where: str) -> float:
