@@ -50,7 +50,7 @@ from mixer.regressors import (  # noqa: F401  (re-exported: the estimators' hist
     RidgeRegressor,
     auto_min_child_samples,
     canonical_model,
-    fit_mixing_law,
+    fit_shifted_mixing_law,
     law_predict,
     make_estimator,
 )

@@ -136,7 +136,7 @@ def law_offset(y: np.ndarray) -> float:
     return 0.0 if low > 0 else float(np.std(y) or 1.0) - low
 
 
-def fit_mixing_law(
+def fit_shifted_mixing_law(
     X: np.ndarray,
     y: np.ndarray,
     starts: int = LAW_STARTS,
@@ -144,9 +144,10 @@ def fit_mixing_law(
     seed: int = 0,
     huber_delta: float | None = None,
 ) -> np.ndarray:
-    """Robust multi-start fit of the mixing law: Huber loss (delta 0.1 sd of y by default), `starts`
-    random points screened, L-BFGS from the `keep` best; returns theta (log c, log k, t...) of the
-    law fitted to y + `law_offset(y)`."""
+    """The mixing law as the regressors fit it, to any target (residuals too): fitted to y shifted
+    by `law_offset(y)` (c, k > 0 need positive y), Huber delta 0.1 sd of y by default, `starts`
+    random points screened, L-BFGS from the `keep` best; returns theta (log c, log k, t...).
+    `mixer.laws.fit_mixing_law` is the law-fitting one (losses at one (N, D), least squares)."""
     X = np.asarray(X, dtype=float)
     y = np.asarray(y, dtype=float)
     y = y + law_offset(y)
@@ -183,7 +184,9 @@ class MixingLawRegressor(_MixtureRegressor):
 
     def fit(self, X: Any, y: Any) -> MixingLawRegressor:
         X, y = self._fit_data(X, y)
-        self.theta_ = fit_mixing_law(X, y, self.n_starts, self.keep, self.random_state, self.huber_delta)
+        self.theta_ = fit_shifted_mixing_law(
+            X, y, self.n_starts, self.keep, self.random_state, self.huber_delta
+        )
         self.offset_ = law_offset(y)
         return self
 
@@ -262,7 +265,9 @@ class LightGBMRegressor(_MixtureRegressor):
 
         X, y = self._fit_data(X, y)
         self.law_ = (
-            fit_mixing_law(X, y, self.law_starts, seed=self.random_state) if self.law_residual else None
+            fit_shifted_mixing_law(X, y, self.law_starts, seed=self.random_state)
+            if self.law_residual
+            else None
         )
         self.law_offset_ = law_offset(y) if self.law_residual else 0.0
         base = law_predict(self.law_, X, self.law_offset_) if self.law_ is not None else 0.0

@@ -236,7 +236,8 @@ def propose_mixtures(
     domains = list(tokens)
     shares = np.array([token_shares(tokens)[d] for d in domains])
     step = min_weight if round_to is None else round_to
-    lower, upper = _bounds(tokens, proxy_tokens, max_epochs, floors, caps, nonzero, min_weight, step)
+    cap_map = {**domain_caps(tokens, proxy_tokens, max_epochs), **dict(caps or {})}
+    lower, upper = _bounds(domains, cap_map, floors, nonzero, min_weight, step)
     prior = np.where(shares > 0, tempered_prior(np.maximum(shares, 1e-300), temperature), 0.0)
     # A domain with no tokens can take no weight; keep its concentration positive for the draw.
     prior = np.maximum(prior, 1e-12)
@@ -251,18 +252,14 @@ def propose_mixtures(
 
 
 def _bounds(
-    tokens: Mapping[str, float],
-    proxy_tokens: float,
-    max_epochs: float,
+    domains: list[str],
+    cap_map: Mapping[str, float],
     floors: Mapping[str, float] | None,
-    caps: Mapping[str, float] | None,
     nonzero: Sequence[str],
     min_weight: float,
     step: float,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Per-domain floors and caps of the proposals (on the rounding grid when `step` > 0)."""
-    domains = list(tokens)
-    cap_map = {**domain_caps(tokens, proxy_tokens, max_epochs), **dict(caps or {})}
     check_known(cap_map, domains, "cap", "token table")
     check_known(floors or {}, domains, "floor", "token table")
     check_known(nonzero, domains, "--nonzero", "token table")

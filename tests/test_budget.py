@@ -40,7 +40,7 @@ def write_stats(path, available=AVAILABLE):
 
 def test_stats_columns_match_the_pipeline_schema():
     assert budget.DOMAIN == schema.DOMAIN
-    assert schema.TOKENS_KEPT in runs.TOKEN_COLUMNS
+    assert schema.TOKENS_KEPT in runs.TOKEN_TABLE_COLUMNS
 
 
 def test_epoch_caps_formula_clip_and_infeasible():
