@@ -160,7 +160,7 @@ def test_optimizer_caps_merge_given_caps_with_the_budget(tmp_path):
         budget.optimizer_caps(["code", "web"], tokens="1B")
 
 
-def test_optimise_commands_take_the_data_budget_as_caps(tmp_path, capsys, cli):
+def test_optimize_commands_take_the_data_budget_as_caps(tmp_path, capsys, cli):
     """`regmix optimize` and `law optimize` cap a scarce domain at max_epochs * kept / planned."""
 
     import numpy as np
