@@ -114,7 +114,7 @@ def check_mixture_budget(
     return report.to_dict()
 
 
-def _prior(prior: PathLike | Mapping[str, float] | None) -> dict[str, float] | None:
+def read_prior(prior: PathLike | Mapping[str, float] | None) -> dict[str, float] | None:
     """`--prior` as `regmix optimize` reads it: a mapping, a mixture YAML, or a token table."""
     if prior is None or isinstance(prior, Mapping):
         return None if prior is None else dict(prior)
@@ -157,7 +157,7 @@ def regmix_mixture(
     result = optimize_regmix(
         model,
         out=out,
-        prior=_prior(prior),
+        prior=read_prior(prior),
         caps=_budget.optimizer_caps(domains, caps, stats, tokens, max_epochs),
         floors=floors,
         target_weights=target_weights,
