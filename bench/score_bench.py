@@ -33,7 +33,7 @@ from pipeline.read import ReadOptions  # noqa: E402
 from pipeline.registry import ScorerConfig  # noqa: E402
 from pipeline.select import Selection  # noqa: E402
 from pipeline.tokenize import TokenCounter, train_byte_level_bpe  # noqa: E402
-from scorers.fasttext import FastTextQualityClassifier, load_model, normalise  # noqa: E402
+from scorers.fasttext import FastTextQualityClassifier, load_model, normalize  # noqa: E402
 
 DOMAINS = ("prose", "code", "legal")
 
@@ -75,7 +75,7 @@ def predict_loop(model, texts: list[str]) -> tuple[float, float]:
     """(docs/s, docs per CPU-second) of a plain per-document predict loop."""
     start, cpu = time.perf_counter(), time.process_time()
     for text in texts:
-        model.predict(normalise(text), k=-1)
+        model.predict(normalize(text), k=-1)
     return rate(len(texts), time.perf_counter() - start), rate(len(texts), time.process_time() - cpu)
 
 

@@ -44,7 +44,7 @@ from pipeline.locales import multilingual_sample  # noqa: E402
 from pipeline.registry import ScorerConfig  # noqa: E402
 from pipeline.select import Selection  # noqa: E402
 from pipeline.tokenize import TokenCounter, train_byte_level_bpe  # noqa: E402
-from scorers.fasttext import FastTextQualityClassifier, load_model, normalise  # noqa: E402
+from scorers.fasttext import FastTextQualityClassifier, load_model, normalize  # noqa: E402
 
 LOCALES = ("en", "de", "fr", "es", "it", "pt", "nl", "sv", "pl", "ru", "uk", "cs", "tr", "ja", "zh_CN", "ko")
 IN_PROCESS = ["--direct_running_mode=in_memory", "--direct_num_workers=1"]
@@ -145,7 +145,7 @@ def stage_rates(texts: list[str], model_path: str, tokenizer_json: str) -> dict[
         "minhash_band_keys": lambda: band_keys(texts, DedupOptions("minhash")),
         "exact_hash": lambda: band_keys(texts, DedupOptions("exact")),
         "token_count": lambda: counter.count(texts),
-        "fasttext_loop": lambda: [model.predict(normalise(t), k=-1) for t in texts],
+        "fasttext_loop": lambda: [model.predict(normalize(t), k=-1) for t in texts],
     }
     out = {}
     for name, step in steps.items():

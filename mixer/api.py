@@ -22,7 +22,7 @@ from typing import Any
 
 from mixer import budget as _budget
 from mixer import exports as _exports
-from mixer.mixture import normalize_weights, read_mixture, write_mixture
+from mixer.mixture import check_domains, normalize_weights, read_mixture, write_mixture
 
 PathLike = str | os.PathLike[str]
 
@@ -35,13 +35,10 @@ def load_mixture(path: PathLike, domains: list[str] | None = None) -> dict[str, 
     """
     weights = read_mixture(path)
     if domains is not None:
-        unknown = sorted(set(weights) - set(domains))
-        absent = sorted(set(domains) - set(weights))
-        if unknown or absent:
-            raise ValueError(
-                f"{path}: mixture domains do not match the trainer's: not in the trainer {unknown}, "
-                f"not in the mixture {absent}"
-            )
+        try:
+            check_domains(weights, domains, "trainer")
+        except ValueError as exc:
+            raise ValueError(f"{path}: {exc}") from None
     return {d: weights[d] for d in sorted(weights)}
 
 
@@ -117,7 +114,7 @@ def check_mixture_budget(
     return report.to_dict()
 
 
-def _prior(prior: PathLike | Mapping[str, float] | None) -> dict[str, float] | None:
+def read_prior(prior: PathLike | Mapping[str, float] | None) -> dict[str, float] | None:
     """`--prior` as `regmix optimize` reads it: a mapping, a mixture YAML, or a token table."""
     if prior is None or isinstance(prior, Mapping):
         return None if prior is None else dict(prior)
@@ -160,8 +157,8 @@ def regmix_mixture(
     result = optimize_regmix(
         model,
         out=out,
-        prior=_prior(prior),
-        caps=_budget.optimiser_caps(domains, caps, stats, tokens, max_epochs),
+        prior=read_prior(prior),
+        caps=_budget.optimizer_caps(domains, caps, stats, tokens, max_epochs),
         floors=floors,
         target_weights=target_weights,
         search=search,
@@ -169,6 +166,32 @@ def regmix_mixture(
         **{k: v for k, v in options.items() if v is not None},
     )
     return result if summary else {d: result["weights"][d] for d in sorted(result["weights"])}
+
+
+def _law_provenance(
+    law: PathLike,
+    kind: str,
+    N: float,
+    planned: int,
+    floor: float | Mapping[str, float],
+    caps: Mapping[str, float] | None,
+    weights: list[float] | None,
+    optimum: Any,
+) -> dict[str, Any]:
+    """What `law optimize` records beside the mixture: the law, the budget, the bounds, the optimum."""
+    return {
+        "method": f"law optimize ({kind} law, exponentiated gradient)",
+        "law": str(law),
+        "N": float(N),
+        "D": float(planned),
+        "floor": dict(floor) if isinstance(floor, Mapping) else float(floor),
+        "caps": caps,
+        "targets": list(optimum.losses),
+        "target_weights": None if weights is None else list(weights),
+        "predicted_loss": optimum.loss,
+        "spread": optimum.spread,
+        "warnings": optimum.warnings,
+    }
 
 
 def law_mixture(
@@ -200,25 +223,13 @@ def law_mixture(
     fitted = load_law(law)
     planned = _budget.parse_tokens(D)
     budget_tokens: int | str | None = None if stats is None else (planned if tokens is None else tokens)
-    bounds = _budget.optimiser_caps(list(fitted.domains_), caps, stats, budget_tokens, max_epochs)
+    bounds = _budget.optimizer_caps(list(fitted.domains_), caps, stats, budget_tokens, max_epochs)
     optimum = optimize_mixture(
         fitted, float(N), float(planned), floor=floor, caps=bounds, targets=targets, weights=weights
     )
     mixture = {d: optimum.weights[d] for d in sorted(optimum.weights)}
     if out is not None:  # the provenance `law optimize` writes, plus the budget behind the caps
-        provenance = {
-            "method": f"law optimize ({fitted.kind} law, exponentiated gradient)",
-            "law": str(law),
-            "N": float(N),
-            "D": float(planned),
-            "floor": dict(floor) if isinstance(floor, Mapping) else float(floor),
-            "caps": bounds,
-            "targets": list(optimum.losses),
-            "target_weights": None if weights is None else list(weights),
-            "predicted_loss": optimum.loss,
-            "spread": optimum.spread,
-            "warnings": optimum.warnings,
-        }
+        provenance = _law_provenance(law, fitted.kind, N, planned, floor, bounds, weights, optimum)
         if budget_tokens is not None:  # set exactly when stats is
             provenance["budget"] = {"tokens": _budget.parse_tokens(budget_tokens), "max_epochs": max_epochs}
         write_mixture(out, mixture, provenance)

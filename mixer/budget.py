@@ -70,38 +70,25 @@ def epoch_caps(
     planned_tokens: float,
     available: Mapping[str, float],
     max_epochs: float = DEFAULT_MAX_EPOCHS,
+    feasible: bool = True,
 ) -> dict[str, float]:
     """Per-domain weight caps `min(1, max_epochs * available / planned)`.
 
-    Raises ValueError when the caps sum below 1: no mixture of these domains fits the budget.
+    Raises ValueError when the caps sum below 1 (no mixture of these domains fits the budget),
+    unless `feasible=False` (for callers that replace some caps and check the whole box after).
     """
     _check_budget_args(planned_tokens, max_epochs)
     if not available:
         raise ValueError("no domains with token counts")
     caps = {str(d): min(1.0, max_epochs * float(a) / planned_tokens) for d, a in available.items()}
     total = sum(caps.values())
-    if total < 1.0:
+    if feasible and total < 1.0:
         raise ValueError(
             f"{planned_tokens:.4g} planned tokens need more than {max_epochs:g} epochs of the data: "
             f"all domains together allow {total * planned_tokens / max_epochs:.4g} tokens per epoch "
             f"(caps sum to {total:.4f} < 1)"
         )
     return caps
-
-
-def domain_caps(
-    domains: list[str],
-    available: Mapping[str, float],
-    planned_tokens: float,
-    max_epochs: float = DEFAULT_MAX_EPOCHS,
-) -> dict[str, float]:
-    """`epoch_caps` for exactly `domains` (an optimiser's domains); every one needs a token count."""
-    missing = [d for d in domains if d not in available]
-    if missing:
-        raise ValueError(
-            f"domain stats have no row for domain(s) {missing} (stats cover {sorted(available)})"
-        )
-    return epoch_caps(planned_tokens, {d: available[d] for d in domains}, max_epochs)
 
 
 def merge_caps(*caps: Mapping[str, float] | None) -> dict[str, float] | None:
@@ -116,7 +103,7 @@ def merge_caps(*caps: Mapping[str, float] | None) -> dict[str, float] | None:
     return merged
 
 
-def optimiser_caps(
+def optimizer_caps(
     domains: list[str],
     caps: Mapping[str, float] | None = None,
     stats: str | os.PathLike[str] | Mapping[str, float] | None = None,
@@ -132,7 +119,13 @@ def optimiser_caps(
         return dict(caps) if caps else None
     assert tokens is not None  # given together with stats (checked above)
     available = dict(stats) if isinstance(stats, Mapping) else read_domain_stats(stats)
-    return merge_caps(caps, domain_caps(domains, available, parse_tokens(tokens), max_epochs))
+    missing = [d for d in domains if d not in available]
+    if missing:
+        raise ValueError(
+            f"domain stats have no row for domain(s) {missing} (stats cover {sorted(available)})"
+        )
+    budget = epoch_caps(parse_tokens(tokens), {d: available[d] for d in domains}, max_epochs)
+    return merge_caps(caps, budget)
 
 
 @dataclass

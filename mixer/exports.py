@@ -139,15 +139,10 @@ def megatron_blend(
     return blend
 
 
-def to_megatron(
-    weights: Mapping[str, float],
-    *,
-    paths: Mapping[str, Any] | None = None,
-    digits: int = DEFAULT_DIGITS,
-) -> str:
-    """One "weight prefix" pair per line: the file `--data-args-path` reads, or the words to
-    paste after `--data-path`."""
-    blend = megatron_blend(weights, paths=paths, digits=digits)
+def to_megatron(weights: Mapping[str, float], **options: Any) -> str:
+    """`megatron_blend` (the same keyword options) with one "weight prefix" pair per line: the file
+    `--data-args-path` reads, or the words to paste after `--data-path`."""
+    blend = megatron_blend(weights, **options)
     return "".join(f"{w} {p}\n" for w, p in zip(blend[::2], blend[1::2], strict=True))
 
 
@@ -182,15 +177,9 @@ def hf_config(
     return config
 
 
-def to_hf(
-    weights: Mapping[str, float],
-    *,
-    paths: Mapping[str, Any] | None = None,
-    tokens: int | None = None,
-    digits: int = DEFAULT_DIGITS,
-) -> str:
-    """`hf_config` as JSON."""
-    return json.dumps(hf_config(weights, paths=paths, tokens=tokens, digits=digits), indent=2) + "\n"
+def to_hf(weights: Mapping[str, float], **options: Any) -> str:
+    """`hf_config` (the same keyword options) as JSON."""
+    return json.dumps(hf_config(weights, **options), indent=2) + "\n"
 
 
 def olmo_config(
@@ -224,17 +213,9 @@ def olmo_config(
     return config
 
 
-def to_olmo(
-    weights: Mapping[str, float],
-    *,
-    paths: Mapping[str, Any] | None = None,
-    tokens: int | None = None,
-    max_repetition: float = DEFAULT_MAX_REPETITION,
-    digits: int = DEFAULT_DIGITS,
-) -> str:
-    """`olmo_config` as YAML."""
-    config = olmo_config(weights, paths=paths, tokens=tokens, max_repetition=max_repetition, digits=digits)
-    return yaml.safe_dump(config, sort_keys=False)
+def to_olmo(weights: Mapping[str, float], **options: Any) -> str:
+    """`olmo_config` (the same keyword options) as YAML."""
+    return yaml.safe_dump(olmo_config(weights, **options), sort_keys=False)
 
 
 def olmix_repetition(
@@ -302,19 +283,10 @@ def olmix_mix(
     return {name: render(child, 1.0) for name, child in tree.items()}
 
 
-def to_olmix(
-    weights: Mapping[str, float],
-    *,
-    tokens: int | None = None,
-    available: Mapping[str, float] | None = None,
-    max_repetition: float = DEFAULT_MAX_REPETITION,
-    digits: int = DEFAULT_DIGITS,
-) -> str:
-    """`olmix_mix` as YAML under a top-level `mix:` key, ready to paste into a launch config."""
-    block = olmix_mix(
-        weights, tokens=tokens, available=available, max_repetition=max_repetition, digits=digits
-    )
-    return yaml.safe_dump({"mix": block}, sort_keys=False)
+def to_olmix(weights: Mapping[str, float], **options: Any) -> str:
+    """`olmix_mix` (the same keyword options) as YAML under a top-level `mix:` key, ready to paste
+    into a launch config."""
+    return yaml.safe_dump({"mix": olmix_mix(weights, **options)}, sort_keys=False)
 
 
 EXPORTERS: dict[str, Callable[..., str]] = {

@@ -188,7 +188,7 @@ def propose_swarm(
     """Proposals (`mixture`, `h_<domain>`, `epochs_<domain>`, `max_epochs`, and `gp_std` when
     targeting uncertainty) over the flat domains of `tokens` or the leaves of `tree`, and a summary:
     the distance threshold used and the nearest existing run. `sampler_options` go to the sampler."""
-    from mixer.sampler import epochs_table, outside_radius, propose_mixtures
+    from mixer.sampler import epochs_table, propose_mixtures
     from mixer.tree import propose_tree_mixtures
 
     counts = tree.leaf_tokens(tokens) if tree is not None else dict(tokens or {})
@@ -217,16 +217,35 @@ def propose_swarm(
         "n_projected": int(frame.attrs.get("n_projected", 0)),
     }
     if matrix is not None and table is not None:
-        if uncertainty_target:
-            frame, picked = _most_uncertain(frame, table, domains, uncertainty_target, n, seed)
-            summary.update(picked)
-        taken = set(table["mixture"].astype(str)) if "mixture" in table.columns else set()
-        frame = _renumber(frame, taken, max(len(taken), len(matrix)))
-        new = frame[[WEIGHT_PREFIX + d for d in domains]].to_numpy()
-        if not outside_radius(new, matrix, radius).all():
-            raise RuntimeError("a proposal lies within the distance threshold of an existing run")
-        summary.update(
-            min_distance=radius, n_existing=len(matrix), nearest_existing_l1=_nearest_existing(new, matrix)
-        )
+        frame, beside = _beside_existing(frame, matrix, table, domains, radius, uncertainty_target, n, seed)
+        summary.update(beside)
     frame = frame.reset_index(drop=True)
     return pd.concat([frame, epochs_table(frame, counts, proxy_tokens)], axis=1), summary
+
+
+def _beside_existing(
+    frame: pd.DataFrame,
+    matrix: np.ndarray,
+    table: pd.DataFrame,
+    domains: list[str],
+    radius: float,
+    uncertainty_target: str | None,
+    n: int,
+    seed: int,
+) -> tuple[pd.DataFrame, dict[str, Any]]:
+    """The proposals to run beside the existing ones (with `uncertainty_target`, the `n` the GP is
+    least sure of), numbered after them, each checked to lie beyond `radius`; and their summary."""
+    from mixer.sampler import outside_radius
+
+    summary: dict[str, Any] = {}
+    if uncertainty_target:
+        frame, summary = _most_uncertain(frame, table, domains, uncertainty_target, n, seed)
+    taken = set(table["mixture"].astype(str)) if "mixture" in table.columns else set()
+    frame = _renumber(frame, taken, max(len(taken), len(matrix)))
+    new = frame[[WEIGHT_PREFIX + d for d in domains]].to_numpy()
+    if not outside_radius(new, matrix, radius).all():
+        raise RuntimeError("a proposal lies within the distance threshold of an existing run")
+    summary.update(
+        min_distance=radius, n_existing=len(matrix), nearest_existing_l1=_nearest_existing(new, matrix)
+    )
+    return frame, summary

@@ -39,9 +39,19 @@ def spearman_ci(
 ) -> tuple[float, float]:
     """Percentile bootstrap interval of Spearman's rho over (target, prediction) pairs."""
     y_true, y_pred = _pair(y_true, y_pred)
-    idx = np.random.default_rng(seed).integers(0, len(y_true), size=(n_boot, len(y_true)))
+    idx = _resamples(len(y_true), n_boot, seed)
+    return _quantile_interval(_resampled_spearman(y_true, y_pred, idx), confidence)
+
+
+def _resamples(n: int, n_boot: int, seed: int) -> np.ndarray:
+    """Row indices of `n_boot` bootstrap resamples of `n` pairs, one resample per row."""
+    return np.random.default_rng(seed).integers(0, n, size=(n_boot, n))
+
+
+def _quantile_interval(values: np.ndarray, confidence: float) -> tuple[float, float]:
+    """The central `confidence` interval of bootstrap `values` (percentile method)."""
     tail = (1 - confidence) / 2
-    lo, hi = np.quantile(_resampled_spearman(y_true, y_pred, idx), [tail, 1 - tail])
+    lo, hi = np.quantile(values, [tail, 1 - tail])
     return float(lo), float(hi)
 
 
@@ -67,17 +77,16 @@ def spearman_gap(
     of the difference (model minus baseline): `beats_baseline` when the interval lies above 0."""
     y_true, y_pred = _pair(y_true, y_pred)
     _, y_base = _pair(y_true, y_base)
-    idx = np.random.default_rng(seed).integers(0, len(y_true), size=(n_boot, len(y_true)))
+    idx = _resamples(len(y_true), n_boot, seed)
     gaps = _resampled_spearman(y_true, y_pred, idx) - _resampled_spearman(y_true, y_base, idx)
-    tail = (1 - confidence) / 2
-    lo, hi = np.quantile(gaps, [tail, 1 - tail])
+    lo, hi = _quantile_interval(gaps, confidence)
     model, base = _correlation("spearman", y_true, y_pred), _correlation("spearman", y_true, y_base)
     return {
         "spearman": model,
         "baseline_spearman": base,
         "gap": model - base,
-        "gap_ci_low": float(lo),
-        "gap_ci_high": float(hi),
+        "gap_ci_low": lo,
+        "gap_ci_high": hi,
         "beats_baseline": bool(lo > 0),
     }
 

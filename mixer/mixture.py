@@ -21,32 +21,58 @@ from __future__ import annotations
 import json
 import math
 import os
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from mixer.files import safe_load_yaml, write_json, write_yaml
 
-SUM_TOLERANCE = 1e-6
+SUM_TOLERANCE = 0.01  # a mixture's or a run's weights sum to 1 within this
 
 
-def normalize_weights(weights: Mapping[str, float], tol: float = 0.01) -> dict[str, float]:
+def nonnegative_number(value: Any, what: str) -> float:
+    """`value` as a float; ValueError naming `what` (e.g. "domain 'web': weight") unless it is a
+    finite number >= 0."""
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"{what} {value!r} is not a number") from None
+    if not math.isfinite(number) or number < 0:
+        raise ValueError(f"{what} {number} must be finite and >= 0")
+    return number
+
+
+def normalize_weights(weights: Mapping[str, float], tol: float = SUM_TOLERANCE) -> dict[str, float]:
     """Validate weights (finite, non-negative, summing to 1 +/- tol) and rescale them to sum 1."""
     if not weights:
         raise ValueError("mixture has no domains")
-    clean: dict[str, float] = {}
-    for domain, weight in weights.items():
-        try:
-            value = float(weight)
-        except (TypeError, ValueError):
-            raise ValueError(f"domain {domain!r}: weight {weight!r} is not a number") from None
-        if not math.isfinite(value) or value < 0:
-            raise ValueError(f"domain {domain!r}: weight {value} must be finite and >= 0")
-        clean[str(domain)] = value
+    clean = {str(d): nonnegative_number(w, f"domain {d!r}: weight") for d, w in weights.items()}
     total = sum(clean.values())
     if abs(total - 1.0) > tol:
         raise ValueError(f"mixture weights sum to {total:.6f}, not 1 +/- {tol}")
     return {domain: value / total for domain, value in clean.items()}
+
+
+def check_known(names: Iterable[str], domains: Sequence[str], what: str, owner: str = "mixture") -> None:
+    """ValueError naming the `names` (keys of a cap, floor, prior... map) not among `domains` (the
+    `owner`'s: law, model, tree, token table)."""
+    unknown = sorted(set(names) - set(domains))
+    if unknown:
+        raise ValueError(
+            f"{what} names unknown domain(s) {unknown}: the {owner} does not have them "
+            f"(its domains: {list(domains)})"
+        )
+
+
+def check_domains(names: Iterable[str], domains: Sequence[str], owner: str) -> None:
+    """ValueError unless a mixture's domains `names` are exactly `domains` (the `owner`'s)."""
+    unknown = sorted(set(names) - set(domains))
+    absent = sorted(set(domains) - set(names))
+    if unknown or absent:
+        raise ValueError(
+            f"mixture domains do not match the {owner}'s: not in the {owner} {unknown}, "
+            f"not in the mixture {absent}"
+        )
 
 
 MIX_PROPERTIES = ("weight", "repetition_factor")

@@ -16,7 +16,8 @@ from dataclasses import dataclass
 import numpy as np
 from threadpoolctl import threadpool_limits
 
-from mixer.sampler import box_simplex_projection, check_bounds, sample_dirichlet
+from mixer.sampler import box_simplex_projection, sample_dirichlet
+from mixer.simplex import check_bounds
 
 N_DRAWS = 1_000_000
 TOP_K = 100
@@ -161,7 +162,7 @@ def _refine(
     return scored[best], values[best], len(scored), rounds
 
 
-def optimize_mixture(
+def search_mixture(
     score: Score,
     prior: np.ndarray,
     caps: np.ndarray | None = None,
@@ -180,10 +181,10 @@ def optimize_mixture(
         raise ValueError(f"need 1 <= top_k ({top_k}) <= n_draws ({n_draws})")
     # Matrix-vector products here are memory-bound; extra BLAS threads only contend.
     with threadpool_limits(limits=1, user_api="blas"):
-        return _optimize(score, prior, caps, floors, n_draws, top_k, concentration, search, seed)
+        return _search(score, prior, caps, floors, n_draws, top_k, concentration, search, seed)
 
 
-def _optimize(
+def _search(
     score: Score,
     prior: np.ndarray,
     caps: np.ndarray | None,

@@ -38,7 +38,7 @@ MEGATRON_DTYPES = {
 }
 NPY_MAGIC = b"\x93NUMPY"
 RAW_DTYPE = "uint32"
-TOKEN_COLUMNS = ("n_tokens", "tokens", "token_count", "num_tokens")
+PARQUET_TOKEN_COLUMNS = ("n_tokens", "tokens", "token_count", "num_tokens")
 KEEP = "keep"
 
 
@@ -91,12 +91,12 @@ def numpy_tokens(path: str | os.PathLike[str], dtype: str = RAW_DTYPE) -> int:
 
 
 def parquet_tokens(path: str | os.PathLike[str], column: str | None = None) -> int:
-    """Sum of a token-count column (default: the first of TOKEN_COLUMNS present), kept rows only."""
+    """Sum of a token-count column (default: the first of PARQUET_TOKEN_COLUMNS present), kept rows only."""
     schema = pq.read_schema(path)
-    column = column or next((c for c in TOKEN_COLUMNS if c in schema.names), None)
+    column = column or next((c for c in PARQUET_TOKEN_COLUMNS if c in schema.names), None)
     if column is None or column not in schema.names:
         raise ValueError(
-            f"{path}: no token-count column {column or list(TOKEN_COLUMNS)} "
+            f"{path}: no token-count column {column or list(PARQUET_TOKEN_COLUMNS)} "
             f"(columns: {schema.names}); pass the column name"
         )
     names = [column, KEEP] if KEEP in schema.names else [column]

@@ -14,7 +14,8 @@ from __future__ import annotations
 import json
 import math
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -27,9 +28,10 @@ from mixer.files import atomic_path, write_parquet
 from mixer.interaction import interaction_matrix, write_interaction
 from mixer.laws import in_convex_hull
 from mixer.metrics import out_of_fold
-from mixer.mixture import write_mixture
+from mixer.mixture import check_domains, check_known, write_mixture
 from mixer.model_selection import (
     SCALE_COLUMNS,
+    ScaleGroups,
     best_model,
     build_estimator,
     cross_scale,
@@ -48,7 +50,7 @@ from mixer.regressors import (  # noqa: F401  (re-exported: the estimators' hist
     RidgeRegressor,
     auto_min_child_samples,
     canonical_model,
-    fit_mixing_law,
+    fit_shifted_mixing_law,
     law_predict,
     make_estimator,
 )
@@ -63,7 +65,7 @@ from mixer.runs import (
     validate_weights,
     weight_columns,
 )
-from mixer.sampler import check_bounds
+from mixer.simplex import check_bounds
 
 MODEL_FORMAT = "datamixer-regmix"
 MODEL_VERSION = 2  # 2: mixing-law parameters stored as (log c, log k, t); version 1 still loads
@@ -108,12 +110,7 @@ class RegMixModel:
     def matrix(self, mixtures: pd.DataFrame) -> np.ndarray:
         """The weights of `mixtures` in this model's domain order; errors name missing domains."""
         columns = {domain_name(str(c)): c for c in mixtures.columns}
-        missing = [d for d in self.domains if d not in columns]
-        extra = sorted(set(columns) - set(self.domains))
-        if missing or extra:
-            raise ValueError(
-                f"mixture domains do not match the model's: missing {missing}, unexpected {extra}"
-            )
+        check_domains(columns, self.domains, "model")
         return mixtures[[columns[d] for d in self.domains]].to_numpy(dtype=float)
 
     def set_threads(self, n_jobs: int | None) -> None:
@@ -302,34 +299,80 @@ def _scale_values(
     return None, None, keep
 
 
+@dataclass
+class _TrainingRuns:
+    """The runs a fit reads: weights (domain columns) and targets, with their scales; the model is
+    fitted on `fit_rows` (the smallest scale when there are 2+)."""
+
+    weights: pd.DataFrame
+    values: pd.DataFrame
+    scale_name: str | None
+    groups: ScaleGroups | None
+    left_out: int  # earlier checkpoints dropped (only each size's final one is kept)
+
+    @property
+    def domains(self) -> list[str]:
+        return list(self.weights.columns)
+
+    @property
+    def fit_rows(self) -> np.ndarray:
+        return self.groups[1] if self.groups is not None else np.ones(len(self.weights), dtype=bool)
+
+    @property
+    def X(self) -> np.ndarray:
+        return self.weights.to_numpy(dtype=float)[self.fit_rows]
+
+
+def _training_runs(
+    mixtures: str | os.PathLike[str] | pd.DataFrame,
+    losses: str | os.PathLike[str] | pd.DataFrame,
+    targets: list[str],
+    key: str,
+    scale: str | None,
+    select: str | None,
+    cv_folds: int,
+) -> _TrainingRuns:
+    """The joined, validated runs and their scales; errors when `select` cannot work on them."""
+    weights, values = load_training_table(mixtures, losses, targets, key)
+    if len(weights) < 2:
+        raise ValueError(f"regmix needs at least 2 runs (mixtures with a loss) to fit; got {len(weights)}")
+    scale_name, scales, keep = _scale_values(mixtures, losses, weights.index, key, scale)
+    if not keep.all():
+        weights, values, scales = weights[keep], values[keep], scales[keep] if scales is not None else None
+    groups = scale_groups(scales)
+    if select == "cross-scale" and groups is None:
+        raise ValueError("--select cross-scale needs runs at two or more model sizes (N) or token counts (D)")
+    if select == "cv" and not (cv_folds and cv_folds > 1):
+        raise ValueError("--select cv needs --cv-folds of 2 or more")
+    return _TrainingRuns(weights, values, scale_name, groups, int((~keep).sum()))
+
+
 def _compare_models(
     model: str,
     select: str | None,
     candidates: Sequence[str],
-    X_all: np.ndarray,
-    values: pd.DataFrame,
-    groups: Any,
-    fit_rows: np.ndarray,
-    domains: list[str],
+    runs: _TrainingRuns,
     cv_folds: int,
     seed: int,
     params: Mapping[str, Any] | None,
 ) -> tuple[str, dict[str, Any], dict[str, Any]]:
     """Every candidate's cross-scale figure (when there are 2+ scales) and, for `select="cv"`, its
     k-fold CV; the model to fit (`model`, or the best by `select`)."""
+    values, domains = runs.values, runs.domains
     across: dict[str, Any] = {}
-    if groups is not None:
+    if runs.groups is not None:
+        X_all = runs.weights.to_numpy(dtype=float)
         across = {
             t: cross_scale(
-                candidates, X_all, values[t].to_numpy(dtype=float), groups, domains, t, seed, params
+                candidates, X_all, values[t].to_numpy(dtype=float), runs.groups, domains, t, seed, params
             )
             for t in values.columns
         }
     cv_all: dict[str, Any] = {}
     if select == "cv":
-        X, Y = X_all[fit_rows], values.to_numpy(dtype=float)[fit_rows]
+        Y = values.to_numpy(dtype=float)[runs.fit_rows]
         cv_all = {
-            t: cv_scores(candidates, X, Y[:, j], domains, t, cv_folds, seed, params)
+            t: cv_scores(candidates, runs.X, Y[:, j], domains, t, cv_folds, seed, params)
             for j, t in enumerate(values.columns)
         }
         model = best_model({t: {m: r[0] for m, r in per.items()} for t, per in cv_all.items()})
@@ -369,89 +412,114 @@ def fit_regmix(
         raise ValueError(f"select must be 'cv' or 'cross-scale', got {select!r}")
     model = canonical_model(model)
     candidates = [canonical_model(m) for m in candidates]
-    weights, values = load_training_table(mixtures, losses, targets, key)
-    if len(weights) < 2:
-        raise ValueError(f"regmix needs at least 2 runs (mixtures with a loss) to fit; got {len(weights)}")
-    scale_name, scales, keep = _scale_values(mixtures, losses, weights.index, key, scale)
-    if not keep.all():
-        weights, values, scales = weights[keep], values[keep], scales[keep] if scales is not None else None
-    groups = scale_groups(scales)
-    if select == "cross-scale" and groups is None:
-        raise ValueError("--select cross-scale needs runs at two or more model sizes (N) or token counts (D)")
-    if select == "cv" and not (cv_folds and cv_folds > 1):
-        raise ValueError("--select cv needs --cv-folds of 2 or more")
-    domains = list(weights.columns)
-    X_all = weights.to_numpy(dtype=float)
-    fit_rows = groups[1] if groups is not None else np.ones(len(X_all), dtype=bool)
-    X = X_all[fit_rows]
-    model, across, cv_all = _compare_models(
-        model, select, candidates, X_all, values, groups, fit_rows, domains, cv_folds, seed, params
-    )
-    estimators: dict[str, Any] = {}
-    cv: dict[str, Any] = {}
-    rows: list[dict[str, Any]] = []
-    for target in targets:
-        y = values[target].to_numpy(dtype=float)[fit_rows]
-        if cv_folds and cv_folds > 1:
-            pooled, per_fold = (
-                cv_all[target][model]
-                if cv_all
-                else cv_scores([model], X, y, domains, target, cv_folds, seed, params)[model]
-            )
-            cv[target] = pooled
-            rows += [{"target": target, **r} for r in per_fold]
-            rows.append(
-                {
-                    "target": target,
-                    "fold": -1,
-                    **{k: v for k, v in pooled.items() if k not in ("folds", "baseline")},
-                }
-            )
-        estimators[target] = build_estimator(model, seed, params).fit(X, y)
+    runs = _training_runs(mixtures, losses, targets, key, scale, select, cv_folds)
+    model, across, cv_all = _compare_models(model, select, candidates, runs, cv_folds, seed, params)
+    estimators, cv, rows = _fit_targets(model, runs, cv_all, cv_folds, seed, params)
     info = {
-        "n_runs": len(X),
+        "n_runs": len(runs.X),
         "key": key,
         "seed": seed,
         "cv_folds": cv_folds,
         "cv": cv,
         "select": select,
-        "scale_column": scale_name,
-        "fit_scale": groups[0] if groups else None,
+        "scale_column": runs.scale_name,
+        "fit_scale": runs.groups[0] if runs.groups else None,
         "cross_scale": across,
         "mixtures": str(mixtures) if not isinstance(mixtures, pd.DataFrame) else None,
         "losses": str(losses) if not isinstance(losses, pd.DataFrame) else None,
     }
-    fitted = RegMixModel(domains, estimators, model, weights.reset_index(drop=True)[fit_rows], info)
+    training = runs.weights.reset_index(drop=True)[runs.fit_rows]
+    fitted = RegMixModel(runs.domains, estimators, model, training, info)
+    summary = _fit_summary(model, runs, targets, cv, select, cv_all, across)
+    if out is not None:
+        summary.update(_write_fit(out, fitted, rows, runs, key, cv_folds, seed, params))
+    return fitted, summary
+
+
+def _fit_targets(
+    model: str,
+    runs: _TrainingRuns,
+    cv_all: dict[str, Any],
+    cv_folds: int,
+    seed: int,
+    params: Mapping[str, Any] | None,
+) -> tuple[dict[str, Any], dict[str, Any], list[dict[str, Any]]]:
+    """One fitted `model` per target on the fit rows, its pooled CV figures per target (from
+    `cv_all` when the models were compared by CV) and the CV report's rows (per fold, then pooled)."""
+    X = runs.X
+    estimators: dict[str, Any] = {}
+    cv: dict[str, Any] = {}
+    rows: list[dict[str, Any]] = []
+    for target in runs.values.columns:
+        y = runs.values[target].to_numpy(dtype=float)[runs.fit_rows]
+        if cv_folds and cv_folds > 1:
+            pooled, per_fold = (
+                cv_all[target][model]
+                if cv_all
+                else cv_scores([model], X, y, runs.domains, target, cv_folds, seed, params)[model]
+            )
+            cv[target] = pooled
+            rows += [{"target": target, **r} for r in per_fold]
+            pooled_row = {k: v for k, v in pooled.items() if k not in ("folds", "baseline")}
+            rows.append({"target": target, "fold": -1, **pooled_row})
+        estimators[target] = build_estimator(model, seed, params).fit(X, y)
+    return estimators, cv, rows
+
+
+def _fit_summary(
+    model: str,
+    runs: _TrainingRuns,
+    targets: list[str],
+    cv: dict[str, Any],
+    select: str | None,
+    cv_all: dict[str, Any],
+    across: dict[str, Any],
+) -> dict[str, Any]:
+    """The summary `fit_regmix` returns (and the CLI prints)."""
     summary: dict[str, Any] = {
         "model": model,
-        "n": len(X),
-        "domains": len(domains),
+        "n": len(runs.X),
+        "domains": len(runs.domains),
         "targets": targets,
         "cv": cv,
         "select": select,
     }
     if cv_all:
         summary["cv_by_model"] = {t: {m: r[0] for m, r in per.items()} for t, per in cv_all.items()}
-    if groups is not None:
+    if runs.groups is not None:
         summary.update(
             {
-                "scale_column": scale_name,
-                "fit_scale": groups[0],
+                "scale_column": runs.scale_name,
+                "fit_scale": runs.groups[0],
                 "cross_scale": across,
-                "earlier_checkpoints_left_out": int((~keep).sum()),
+                "earlier_checkpoints_left_out": runs.left_out,
             }
         )
-    if out is not None:
-        fitted.save(out)
-        if rows:
-            write_parquet(Path(out) / CV_REPORT, pd.DataFrame(rows))
-            oof = cv_predictions(
-                model, X, values[targets][fit_rows], weights.index[fit_rows], key, cv_folds, seed, params
-            )
-            write_parquet(Path(out) / CV_PREDICTIONS, oof)
-        write_interaction(fitted.interaction(), Path(out) / INTERACTION)
-        summary.update({"out": str(out), "interaction": str(Path(out) / INTERACTION)})
-    return fitted, summary
+    return summary
+
+
+def _write_fit(
+    out: str | os.PathLike[str],
+    fitted: RegMixModel,
+    rows: list[dict[str, Any]],
+    runs: _TrainingRuns,
+    key: str,
+    cv_folds: int,
+    seed: int,
+    params: Mapping[str, Any] | None,
+) -> dict[str, str]:
+    """The model directory with its CV report, out-of-fold predictions and interaction matrix."""
+    fitted.save(out)
+    path = Path(out)
+    if rows:
+        write_parquet(path / CV_REPORT, pd.DataFrame(rows))
+        index = runs.weights.index[runs.fit_rows]
+        oof = cv_predictions(
+            fitted.model, runs.X, runs.values[runs.fit_rows], index, key, cv_folds, seed, params
+        )
+        write_parquet(path / CV_PREDICTIONS, oof)
+    write_interaction(fitted.interaction(), path / INTERACTION)
+    return {"out": str(out), "interaction": str(path / INTERACTION)}
 
 
 def cv_predictions(
@@ -478,9 +546,7 @@ def _domain_vector(
     mapping: Mapping[str, float] | None, domains: list[str], what: str, default: float
 ) -> np.ndarray:
     mapping = dict(mapping or {})
-    unknown = sorted(set(mapping) - set(domains))
-    if unknown:
-        raise ValueError(f"{what} given for unknown domain(s) {unknown}; the model's domains are {domains}")
+    check_known(mapping, domains, what, "model")
     return np.array([float(mapping.get(d, default)) for d in domains])
 
 
@@ -517,10 +583,30 @@ def optimize_regmix(
     With `out` (a .yaml path), writes the mixture YAML, the same as JSON,
     and `<stem>.topk.parquet`. Returns the summary the CLI prints.
     """
-    model_dir = None
-    if not isinstance(model, RegMixModel):
-        model_dir = str(model)
-        model = RegMixModel.load(model)
+    model_dir = None if isinstance(model, RegMixModel) else str(model)
+    model = model if isinstance(model, RegMixModel) else RegMixModel.load(model)
+    _check_proposer(model, proposer, kl_reg, uncertainty_penalty)
+    problem = _Problem.of(model, prior, caps, floors, target_weights, n_jobs, reuse)
+    score = problem.score(-1.0 if worst else 1.0, kl_reg, uncertainty_penalty)
+    result = opt.search_mixture(
+        score, problem.search_prior, problem.upper, problem.lower, n_draws, top_k, concentration, search, seed
+    )
+    candidates = {"simulate": problem.expand(result.weights)[0]}
+    if proposer == "exact":
+        starts = [result.weights, problem.search_prior, result.top_draws[0]]
+        candidates["exact"] = problem.expand(solve_exact(score, problem.lower, problem.upper, starts)[0])[0]
+    settings = {"worst": worst, "kl_reg": kl_reg, "uncertainty_penalty": uncertainty_penalty}
+    options = {"n_draws": n_draws, "search": search, "concentration": concentration, "seed": seed}
+    summary = _optimum_summary(problem, result, candidates, proposer, settings, options, model.has_std())
+    if out is not None:
+        provenance = _provenance(summary, model_dir or model.model, model.model, caps, floors)
+        summary.update(
+            _write_optimum(Path(out), summary["weights"], provenance, _topk_frame(problem, result))
+        )
+    return summary
+
+
+def _check_proposer(model: RegMixModel, proposer: str, kl_reg: float, uncertainty_penalty: float) -> None:
     if proposer not in ("simulate", "exact"):
         raise ValueError(f"proposer must be 'simulate' or 'exact', got {proposer!r}")
     if proposer == "exact" and model.model not in SMOOTH_MODELS:
@@ -530,105 +616,131 @@ def optimize_regmix(
         )
     if kl_reg < 0 or uncertainty_penalty < 0:
         raise ValueError("--kl-reg and --uncertainty-penalty must be >= 0")
-    domains = model.domains
-    train = model.matrix(model.training_mixtures)
-    prior_vec, prior_source = _prior_vector(prior, domains, train)
-    weights_of_targets = resolve_target_weights(model.targets, target_weights)
-    predicted = model.objective(weights_of_targets, n_jobs=n_jobs)
-    uncertainty = model.uncertainty(weights_of_targets)
-    lower = _domain_vector(floors, domains, "floor", 0.0)
-    upper = _domain_vector(caps, domains, "cap", 1.0)
-    check_bounds(lower, upper, list(domains))  # errors name domains, not positions
-    if reuse is not None:
+
+
+def _full_rows(Z: np.ndarray) -> np.ndarray:
+    return np.atleast_2d(np.asarray(Z, dtype=float))
+
+
+@dataclass
+class _Problem:
+    """What a RegMix search needs: the model's predictions and uncertainty over full mixtures, the
+    prior, and the search space (with `reuse`, the reduced one; `expand` maps it back)."""
+
+    domains: list[str]
+    train: np.ndarray
+    prior: np.ndarray
+    prior_source: str
+    targets: dict[str, float]
+    predicted: Callable[[np.ndarray], np.ndarray]
+    uncertainty: Callable[[np.ndarray], np.ndarray]
+    lower: np.ndarray
+    upper: np.ndarray
+    search_prior: np.ndarray
+    expand: Callable[[np.ndarray], np.ndarray] = _full_rows
+    reuse: Reuse | None = None
+
+    @classmethod
+    def of(
+        cls,
+        model: RegMixModel,
+        prior: Mapping[str, float] | None,
+        caps: Mapping[str, float] | None,
+        floors: Mapping[str, float] | None,
+        target_weights: Mapping[str, float] | None,
+        n_jobs: int | None,
+        reuse: Reuse | None,
+    ) -> _Problem:
+        """The problem of searching `model` within `floors` and `caps` (domain -> weight)."""
+        domains = model.domains
+        train = model.matrix(model.training_mixtures)
+        prior_vec, prior_source = _prior_vector(prior, domains, train)
+        targets = resolve_target_weights(model.targets, target_weights)
+        lower = _domain_vector(floors, domains, "floor", 0.0)
+        upper = _domain_vector(caps, domains, "cap", 1.0)
+        check_bounds(lower, upper, list(domains))  # errors name domains, not positions
+        parts = (domains, train, prior_vec, prior_source, targets)
+        models = (model.objective(targets, n_jobs=n_jobs), model.uncertainty(targets))
+        if reuse is None:
+            return cls(*parts, *models, lower, upper, prior_vec)
         if list(reuse.domains) != domains:
             raise ValueError(
                 f"--reuse: the model's domains {domains} differ from the reuse domains {list(reuse.domains)}"
             )
-        expand, (lower, upper) = reuse.expand, reduced_bounds(reuse, lower, upper)
-        search_prior = reuse.reduce(prior_vec[None, :])[0]
-    else:
-        expand, search_prior = (lambda Z: np.atleast_2d(np.asarray(Z, dtype=float))), prior_vec
-    sign = -1.0 if worst else 1.0
+        lower, upper = reduced_bounds(reuse, lower, upper)
+        return cls(*parts, *models, lower, upper, reuse.reduce(prior_vec[None, :])[0], reuse.expand, reuse)
 
-    def score(Z: np.ndarray) -> np.ndarray:
-        X = expand(Z)
-        value = sign * predicted(X)
-        if kl_reg:
-            value = value + kl_reg * kl_to_prior(X, prior_vec)
-        if uncertainty_penalty:
-            value = value + uncertainty_penalty * uncertainty(X)
-        return value
+    def score(
+        self, sign: float, kl_reg: float, uncertainty_penalty: float
+    ) -> Callable[[np.ndarray], np.ndarray]:
+        """The searched objective of (reduced) mixtures: sign x predicted loss + kl_reg x KL(h || prior)
+        + uncertainty_penalty x uncertainty(h)."""
 
-    result = opt.optimize_mixture(
-        score,
-        prior=search_prior,
-        caps=upper,
-        floors=lower,
-        n_draws=n_draws,
-        top_k=top_k,
-        concentration=concentration,
-        search=search,
-        seed=seed,
-    )
-    candidates = {"simulate": expand(result.weights)[0]}
-    if proposer == "exact":
-        exact, _ = solve_exact(score, lower, upper, [result.weights, search_prior, result.top_draws[0]])
-        candidates["exact"] = expand(exact)[0]
+        def score(Z: np.ndarray) -> np.ndarray:
+            X = self.expand(Z)
+            value = sign * self.predicted(X)
+            if kl_reg:
+                value = value + kl_reg * kl_to_prior(X, self.prior)
+            if uncertainty_penalty:
+                value = value + uncertainty_penalty * self.uncertainty(X)
+            return value
+
+        return score
+
+    def report(self, h: np.ndarray) -> dict[str, Any]:
+        """One candidate mixture's weights, predicted loss, KL to the prior and uncertainty."""
+        return {
+            "weights": dict(zip(self.domains, h.tolist(), strict=True)),
+            "predicted": float(self.predicted(h[None, :])[0]),
+            "kl_to_prior": float(kl_to_prior(h, self.prior)[0]),
+            "uncertainty": float(self.uncertainty(h[None, :])[0]),
+        }
+
+
+def _optimum_summary(
+    problem: _Problem,
+    result: opt.SearchResult,
+    candidates: dict[str, np.ndarray],
+    proposer: str,
+    settings: dict[str, Any],
+    options: dict[str, Any],
+    has_std: bool,
+) -> dict[str, Any]:
+    """The summary `optimize_regmix` returns (and the CLI prints)."""
     chosen = candidates[proposer]
-    report = {
-        name: _mixture_report(h, domains, predicted, prior_vec, uncertainty) for name, h in candidates.items()
-    }
-    mixture = dict(zip(domains, chosen.tolist(), strict=True))
-    top_predicted = predicted(expand(result.top_draws))
+    report = {name: problem.report(h) for name, h in candidates.items()}
+    top_predicted = problem.predicted(problem.expand(result.top_draws))
     summary: dict[str, Any] = {
-        "weights": mixture,
+        "weights": dict(zip(problem.domains, chosen.tolist(), strict=True)),
         "predicted": report[proposer]["predicted"],
         "proposer": proposer,
-        "worst": worst,
-        "kl_reg": kl_reg,
-        "uncertainty_penalty": uncertainty_penalty,
+        **settings,
         "proposals": report if len(report) > 1 else None,
         "kl_to_prior": report[proposer]["kl_to_prior"],
         "uncertainty": report[proposer]["uncertainty"],
-        "uncertainty_kind": "gp sd" if model.has_std() else "L2 to nearest training mixture",
-        "in_training_hull": in_convex_hull(chosen, train),
+        "uncertainty_kind": "gp sd" if has_std else "L2 to nearest training mixture",
+        "in_training_hull": in_convex_hull(chosen, problem.train),
         "topk_predicted_mean": float(top_predicted.mean()),
         "topk_predicted_min": float(top_predicted.min()),
         "topk_predicted_max": float(top_predicted.max()),
         "topk_weight_std_max": float(result.top_draws.std(axis=0).max()),
         "topk_l1_to_mean": float(np.abs(result.top_draws - result.weights).sum(axis=1).mean()),
-        "n_draws": n_draws,
+        "n_draws": options["n_draws"],
         "top_k": len(result.top_scores),
         "n_evaluated": result.n_evaluated,
-        "search": search,
-        "prior": prior_source,
-        "concentration": concentration,
-        "seed": seed,
-        "targets": weights_of_targets,
-        **opt.coverage(chosen, train, domains),
+        "search": options["search"],
+        "prior": problem.prior_source,
+        "concentration": options["concentration"],
+        "seed": options["seed"],
+        "targets": problem.targets,
+        **opt.coverage(chosen, problem.train, problem.domains),
     }
-    if reuse is not None:
+    if problem.reuse is not None:
         summary["reuse"] = {
-            "changed": list(reuse.changed),
-            "frozen": list(reuse.frozen),
-            "virtual_weight": float(reuse.reduce(chosen[None, :])[0, 0]),
+            "changed": list(problem.reuse.changed),
+            "frozen": list(problem.reuse.frozen),
+            "virtual_weight": float(problem.reuse.reduce(chosen[None, :])[0, 0]),
         }
-    if out is not None:
-        summary.update(
-            _write_optimum(
-                Path(out),
-                mixture,
-                result,
-                expand,
-                top_predicted,
-                domains,
-                summary,
-                model_dir or model.model,
-                model.model,
-                caps,
-                floors,
-            )
-        )
     return summary
 
 
@@ -645,54 +757,58 @@ def _prior_vector(
     return vec / vec.sum(), source
 
 
-def _mixture_report(h, domains, predicted, prior, uncertainty) -> dict[str, Any]:
-    return {
-        "weights": dict(zip(domains, h.tolist(), strict=True)),
-        "predicted": float(predicted(h[None, :])[0]),
-        "kl_to_prior": float(kl_to_prior(h, prior)[0]),
-        "uncertainty": float(uncertainty(h[None, :])[0]),
-    }
+PROVENANCE_KEYS = (
+    "seed",
+    "targets",
+    "n_draws",
+    "top_k",
+    "prior",
+    "concentration",
+    "search",
+    "predicted",
+    "proposer",
+    "worst",
+    "kl_reg",
+    "uncertainty_penalty",
+)
 
 
-def _write_optimum(
-    out: Path, mixture, result, expand, top_predicted, domains, summary, model_ref, model_kind, caps, floors
-) -> dict[str, str]:
-    """The mixture YAML and JSON, and the top-k draws as Parquet; returns their paths."""
-    provenance = {
-        "method": "regmix",
-        "model": model_ref,
-        "model_kind": model_kind,
-        **{
-            k: summary[k]
-            for k in (
-                "seed",
-                "targets",
-                "n_draws",
-                "top_k",
-                "prior",
-                "concentration",
-                "search",
-                "predicted",
-                "proposer",
-                "worst",
-                "kl_reg",
-                "uncertainty_penalty",
-            )
-        },
-    }
+def _provenance(
+    summary: Mapping[str, Any],
+    model_ref: str,
+    model_kind: str,
+    caps: Mapping[str, float] | None,
+    floors: Mapping[str, float] | None,
+) -> dict[str, Any]:
+    """The optimum's provenance: the model, the search settings, reuse, caps and floors."""
+    provenance: dict[str, Any] = {"method": "regmix", "model": model_ref, "model_kind": model_kind}
+    provenance.update({k: summary[k] for k in PROVENANCE_KEYS})
     if "reuse" in summary:
         provenance["reuse"] = summary["reuse"]
     if caps:
         provenance["caps"] = {d: float(v) for d, v in caps.items()}
     if floors:
         provenance["floors"] = {d: float(v) for d, v in floors.items()}
+    return provenance
+
+
+def _topk_frame(problem: _Problem, result: opt.SearchResult) -> pd.DataFrame:
+    """The top-k draws, best first: rank, predicted loss, searched score and weights."""
+    top = problem.expand(result.top_draws)
+    report = pd.DataFrame(top, columns=[f"h_{d}" for d in problem.domains])
+    report.insert(0, "score", result.top_scores)
+    report.insert(0, "predicted", problem.predicted(top))
+    report.insert(0, "rank", np.arange(1, len(report) + 1))
+    return report
+
+
+def _write_optimum(
+    out: Path, mixture: Mapping[str, float], provenance: Mapping[str, Any], topk: pd.DataFrame
+) -> dict[str, str]:
+    """The mixture YAML and JSON, and the top-k draws as Parquet; returns their paths."""
     write_mixture(out, mixture, provenance)
     json_path = out.with_suffix(".json")
     write_mixture(json_path, mixture, provenance)
-    report = pd.DataFrame(expand(result.top_draws), columns=[f"h_{d}" for d in domains])
-    report.insert(0, "score", result.top_scores)
-    report.insert(0, "predicted", top_predicted)
-    report.insert(0, "rank", np.arange(1, len(report) + 1))
     topk_path = out.with_name(out.stem + ".topk.parquet")
-    write_parquet(topk_path, report)
+    write_parquet(topk_path, topk)
     return {"out": str(out), "json": str(json_path), "topk_report": str(topk_path)}

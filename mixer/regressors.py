@@ -19,7 +19,7 @@ import json
 import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 from sklearn.base import BaseEstimator, RegressorMixin
@@ -64,7 +64,15 @@ def auto_min_child_samples(n: int) -> int:
 
 
 class _MixtureRegressor(RegressorMixin, BaseEstimator):
-    """Shared input checks: 2-D finite X, y the same length; predict checks fit and feature count."""
+    """Shared input checks: 2-D finite X, y the same length; predict checks fit and feature count.
+
+    Saving: `saved_as` names the estimator in a model's manifest; the fitted attributes named in
+    `saved_state` (without their trailing `_`) are stored there as JSON numbers. Estimators with
+    more state override `save_state` / `load_state`.
+    """
+
+    saved_as: ClassVar[str] = ""
+    saved_state: ClassVar[tuple[str, ...]] = ()
 
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()
@@ -79,6 +87,37 @@ class _MixtureRegressor(RegressorMixin, BaseEstimator):
     def _predict_data(self, X: Any) -> np.ndarray:
         check_is_fitted(self)
         return validate_data(self, X, dtype=np.float64, reset=False)
+
+    def save_state(self, directory: Path, stem: str) -> dict[str, Any]:
+        """This estimator's manifest entry (state kept in files goes to `directory`, named `stem.*`)."""
+        state = {name: getattr(self, f"{name}_") for name in self.saved_state}
+        return self._entry(**{k: v.tolist() if isinstance(v, np.ndarray) else v for k, v in state.items()})
+
+    @classmethod
+    def load_state(cls, directory: Path, entry: Mapping[str, Any]) -> Any:
+        """The fitted estimator of a manifest entry written by `save_state`."""
+        est = cls._from_entry(entry)
+        for name in cls.saved_state:
+            value = np.array(entry[name], dtype=float)
+            setattr(est, f"{name}_", value if value.ndim else float(value))
+        return est
+
+    def _entry(self, **state: Any) -> dict[str, Any]:
+        """A manifest entry: the estimator's name, its parameters, `state`, and the feature count."""
+        return {
+            "estimator": self.saved_as,
+            "params": self.get_params(),
+            **state,
+            "n_features_in": self.n_features_in_,
+        }
+
+    @classmethod
+    def _from_entry(cls, entry: Mapping[str, Any]) -> Any:
+        """The estimator of a manifest entry with its parameters and feature count; `load_state` adds
+        the fitted state."""
+        est = cls(**entry["params"])
+        est.n_features_in_ = int(entry["n_features_in"])
+        return est
 
 
 # ---------------------------------------------------------------------------------------------
@@ -97,7 +136,7 @@ def law_offset(y: np.ndarray) -> float:
     return 0.0 if low > 0 else float(np.std(y) or 1.0) - low
 
 
-def fit_mixing_law(
+def fit_shifted_mixing_law(
     X: np.ndarray,
     y: np.ndarray,
     starts: int = LAW_STARTS,
@@ -105,9 +144,10 @@ def fit_mixing_law(
     seed: int = 0,
     huber_delta: float | None = None,
 ) -> np.ndarray:
-    """Robust multi-start fit of the mixing law: Huber loss (delta 0.1 sd of y by default), `starts`
-    random points screened, L-BFGS from the `keep` best; returns theta (log c, log k, t...) of the
-    law fitted to y + `law_offset(y)`."""
+    """The mixing law as the regressors fit it, to any target (residuals too): fitted to y shifted
+    by `law_offset(y)` (c, k > 0 need positive y), Huber delta 0.1 sd of y by default, `starts`
+    random points screened, L-BFGS from the `keep` best; returns theta (log c, log k, t...).
+    `mixer.laws.fit_mixing_law` is the law-fitting one (losses at one (N, D), least squares)."""
     X = np.asarray(X, dtype=float)
     y = np.asarray(y, dtype=float)
     y = y + law_offset(y)
@@ -126,6 +166,8 @@ class MixingLawRegressor(_MixtureRegressor):
     Extrapolates beyond the training mixtures with the law's shape, where trees go flat.
     """
 
+    saved_as, saved_state = "mixing-law", ("theta", "offset")
+
     def __init__(
         self,
         n_starts: int = LAW_STARTS,
@@ -142,7 +184,9 @@ class MixingLawRegressor(_MixtureRegressor):
 
     def fit(self, X: Any, y: Any) -> MixingLawRegressor:
         X, y = self._fit_data(X, y)
-        self.theta_ = fit_mixing_law(X, y, self.n_starts, self.keep, self.random_state, self.huber_delta)
+        self.theta_ = fit_shifted_mixing_law(
+            X, y, self.n_starts, self.keep, self.random_state, self.huber_delta
+        )
         self.offset_ = law_offset(y)
         return self
 
@@ -154,23 +198,6 @@ class MixingLawRegressor(_MixtureRegressor):
         """dL/dh at one mixture (for the exact proposer)."""
         check_is_fitted(self)
         return mixing_grad_h(self.theta_, h)
-
-    def save_state(self, directory: Path, stem: str) -> dict[str, Any]:
-        return {
-            "estimator": "mixing-law",
-            "params": self.get_params(),
-            "theta": self.theta_.tolist(),
-            "offset": self.offset_,
-            "n_features_in": self.n_features_in_,
-        }
-
-    @classmethod
-    def load_state(cls, directory: Path, entry: Mapping[str, Any]) -> MixingLawRegressor:
-        est = cls(**entry["params"])
-        est.theta_ = np.array(entry["theta"], dtype=float)
-        est.offset_ = float(entry["offset"])
-        est.n_features_in_ = int(entry["n_features_in"])
-        return est
 
 
 # ---------------------------------------------------------------------------------------------
@@ -185,6 +212,8 @@ class LightGBMRegressor(_MixtureRegressor):
     LightGBM as is (one entry per feature). `n_jobs=1` by default: on a busy 2-core machine
     LightGBM's OpenMP training threads spin-wait and a 1-second fit took 50 seconds.
     """
+
+    saved_as = "lightgbm"
 
     def __init__(
         self,
@@ -236,7 +265,9 @@ class LightGBMRegressor(_MixtureRegressor):
 
         X, y = self._fit_data(X, y)
         self.law_ = (
-            fit_mixing_law(X, y, self.law_starts, seed=self.random_state) if self.law_residual else None
+            fit_shifted_mixing_law(X, y, self.law_starts, seed=self.random_state)
+            if self.law_residual
+            else None
         )
         self.law_offset_ = law_offset(y) if self.law_residual else 0.0
         base = law_predict(self.law_, X, self.law_offset_) if self.law_ is not None else 0.0
@@ -257,21 +288,13 @@ class LightGBMRegressor(_MixtureRegressor):
         file = f"{stem}.lightgbm.txt"
         (directory / file).write_text(self.booster_.model_to_string())
         law = None if self.law_ is None else [float(v) for v in self.law_]
-        return {
-            "estimator": "lightgbm",
-            "params": self.get_params(),
-            "file": file,
-            "law": law,
-            "law_form": "log-c-log-k-t",
-            "law_offset": self.law_offset_,
-            "n_features_in": self.n_features_in_,
-        }
+        return self._entry(file=file, law=law, law_form="log-c-log-k-t", law_offset=self.law_offset_)
 
     @classmethod
     def load_state(cls, directory: Path, entry: Mapping[str, Any]) -> LightGBMRegressor:
         import lightgbm as lgb
 
-        est = cls(**entry["params"])
+        est = cls._from_entry(entry)
         est.booster_ = lgb.Booster(model_str=(directory / entry["file"]).read_text())
         law = entry.get("law")
         if law is not None and entry.get("law_form") != "log-c-log-k-t":  # version 1 stored c, k
@@ -280,7 +303,6 @@ class LightGBMRegressor(_MixtureRegressor):
             law = [np.log(law[0]), np.log(law[1]), *law[2:]]
         est.law_ = None if law is None else np.array(law, dtype=float)
         est.law_offset_ = float(entry.get("law_offset", 0.0))
-        est.n_features_in_ = int(entry["n_features_in"])
         return est
 
 
@@ -290,6 +312,8 @@ class LawBlendRegressor(_MixtureRegressor):
     The best of the variants in bench/regmix_accuracy.py on the RegMix runs; the law part also
     keeps predictions sloped where the training mixtures are sparse.
     """
+
+    saved_as = "law-blend"
 
     def __init__(
         self,
@@ -325,26 +349,23 @@ class LawBlendRegressor(_MixtureRegressor):
         return 0.5 * (self.plain_.predict(X) + self.residual_.predict(X))
 
     def save_state(self, directory: Path, stem: str) -> dict[str, Any]:
-        return {
-            "estimator": "law-blend",
-            "params": self.get_params(),
-            "n_features_in": self.n_features_in_,
-            "members": [
-                self.plain_.save_state(directory, f"{stem}.plain"),
-                self.residual_.save_state(directory, f"{stem}.law_residual"),
-            ],
-        }
+        members = [
+            self.plain_.save_state(directory, f"{stem}.plain"),
+            self.residual_.save_state(directory, f"{stem}.law_residual"),
+        ]
+        return self._entry(members=members)
 
     @classmethod
     def load_state(cls, directory: Path, entry: Mapping[str, Any]) -> LawBlendRegressor:
-        est = cls(**entry["params"])
+        est = cls._from_entry(entry)
         est.plain_, est.residual_ = (LightGBMRegressor.load_state(directory, m) for m in entry["members"])
-        est.n_features_in_ = int(entry["n_features_in"])
         return est
 
 
 class RidgeRegressor(_MixtureRegressor):
     """RegMix's linear baseline: ridge regression (alpha 1e-3) on the domain weights."""
+
+    saved_as, saved_state = "linear", ("coef", "intercept")
 
     def __init__(self, alpha: float = 1e-3, log_features: bool = False, n_jobs: int = 1) -> None:
         self.alpha = alpha
@@ -369,23 +390,6 @@ class RidgeRegressor(_MixtureRegressor):
         if self.log_features:
             grad += self.coef_[k:] / (h + LOG_EPS)
         return grad
-
-    def save_state(self, directory: Path, stem: str) -> dict[str, Any]:
-        return {
-            "estimator": "linear",
-            "params": self.get_params(),
-            "coef": self.coef_.tolist(),
-            "intercept": self.intercept_,
-            "n_features_in": self.n_features_in_,
-        }
-
-    @classmethod
-    def load_state(cls, directory: Path, entry: Mapping[str, Any]) -> RidgeRegressor:
-        est = cls(**entry["params"])
-        est.coef_ = np.array(entry["coef"], dtype=float)
-        est.intercept_ = float(entry["intercept"])
-        est.n_features_in_ = int(entry["n_features_in"])
-        return est
 
 
 class GaussianProcessMixtureRegressor(_MixtureRegressor):

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
+from mixer.mixture import check_known
 from mixer.runs import WEIGHT_PREFIX
 
 VIRTUAL = "frozen"
@@ -67,9 +68,7 @@ def freeze(previous: Mapping[str, float], domains: Sequence[str], changed: Seque
     """
     domains = [str(d) for d in domains]
     changed = [str(d) for d in changed]
-    unknown = sorted(set(changed) - set(domains))
-    if unknown:
-        raise ValueError(f"--changed names unknown domain(s) {unknown}; the domains are {domains}")
+    check_known(changed, domains, "--changed", "swarm")
     frozen = [d for d in domains if d not in changed]
     if not frozen:
         raise ValueError("every domain is marked changed: nothing to reuse, run a full swarm")

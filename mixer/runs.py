@@ -28,6 +28,7 @@ import pandas as pd
 from pandas.api.types import is_numeric_dtype
 
 from mixer.files import read_table
+from mixer.mixture import SUM_TOLERANCE
 
 WEIGHT_PREFIX = "h_"
 LOSS = "loss"
@@ -35,7 +36,6 @@ LOSS_PREFIX = "loss_"
 N = "N"
 D = "D"
 RUN = "run"
-SUM_TOLERANCE = 0.01
 OLMIX_RATIOS = "ratios.csv"
 OLMIX_METRICS = "metrics.csv"
 OLMIX_METADATA = ("name", "index")
@@ -337,7 +337,7 @@ def load_runs(
 # Token-count columns accepted by `load_token_counts`, in order of preference. `tokens_kept` is
 # what `datamixer score` writes to domain_stats.parquet (pipeline.schema.TOKENS_KEPT); `value`
 # is what a JSON mapping {domain: tokens} reads as.
-TOKEN_COLUMNS = ("tokens", "tokens_kept", "value")
+TOKEN_TABLE_COLUMNS = ("tokens", "tokens_kept", "value")
 
 
 def _olmix_priors(path: str | os.PathLike[str]) -> pd.DataFrame | None:
@@ -362,10 +362,10 @@ def load_token_counts(path: str | os.PathLike[str] | pd.DataFrame) -> dict[str, 
     source = "token table" if isinstance(path, pd.DataFrame) else str(path)
     if "domain" not in frame.columns:
         raise ValueError(f"{source}: no 'domain' column (columns: {list(frame.columns)})")
-    column = next((c for c in TOKEN_COLUMNS if c in frame.columns), None)
+    column = next((c for c in TOKEN_TABLE_COLUMNS if c in frame.columns), None)
     if column is None:
         raise ValueError(
-            f"{source}: no token-count column; expected one of {list(TOKEN_COLUMNS)} "
+            f"{source}: no token-count column; expected one of {list(TOKEN_TABLE_COLUMNS)} "
             f"(columns: {list(frame.columns)})"
         )
     values = pd.to_numeric(frame[column], errors="coerce").to_numpy(dtype=float, na_value=np.nan)

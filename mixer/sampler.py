@@ -15,16 +15,18 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
+from mixer.budget import epoch_caps
 from mixer.files import atomic_path, write_parquet
-from mixer.mixture import write_mixture
+from mixer.mixture import check_known, nonnegative_number, write_mixture
 from mixer.runs import WEIGHT_PREFIX, domain_name
+from mixer.simplex import check_bounds
 
 # RegMix's published sampler settings.
 TEMPERATURE = 0.5
@@ -44,13 +46,11 @@ def token_shares(tokens: Mapping[str, float]) -> dict[str, float]:
     """Domain -> share of all tokens; errors name a negative or non-finite count."""
     if not tokens:
         raise ValueError("no domains in the token table")
-    for domain, count in tokens.items():
-        if not math.isfinite(float(count)) or float(count) < 0:
-            raise ValueError(f"domain {domain!r}: token count {count!r} must be finite and >= 0")
-    total = float(sum(float(c) for c in tokens.values()))
+    counts = {d: nonnegative_number(c, f"domain {d!r}: token count") for d, c in tokens.items()}
+    total = float(sum(counts.values()))
     if total <= 0:
         raise ValueError("token counts sum to 0")
-    return {d: float(c) / total for d, c in tokens.items()}
+    return {d: c / total for d, c in counts.items()}
 
 
 def tempered_prior(shares: np.ndarray, temperature: float = TEMPERATURE) -> np.ndarray:
@@ -64,10 +64,9 @@ def tempered_prior(shares: np.ndarray, temperature: float = TEMPERATURE) -> np.n
 def domain_caps(
     tokens: Mapping[str, float], proxy_tokens: float = PROXY_TOKENS, max_epochs: float = MAX_EPOCHS
 ) -> dict[str, float]:
-    """Per-domain maximum weight: max_epochs x domain tokens / proxy training tokens, at most 1."""
-    if proxy_tokens <= 0 or max_epochs <= 0:
-        raise ValueError("proxy_tokens and max_epochs must be > 0")
-    return {d: min(1.0, max_epochs * float(c) / proxy_tokens) for d, c in tokens.items()}
+    """Per-domain maximum weight of a proxy run: `mixer.budget.epoch_caps` at RegMix's defaults,
+    not yet checked for feasibility (given caps may replace some; the whole box is checked after)."""
+    return epoch_caps(proxy_tokens, tokens, max_epochs, feasible=False)
 
 
 def sample_dirichlet(alpha: np.ndarray, rng: np.random.Generator, dtype: type = np.float64) -> np.ndarray:
@@ -84,21 +83,6 @@ def sample_dirichlet(alpha: np.ndarray, rng: np.random.Generator, dtype: type = 
     weights = np.exp(log_gamma)
     weights /= weights.sum(axis=1, keepdims=True)
     return weights.astype(dtype, copy=False)
-
-
-def check_bounds(lower: np.ndarray, upper: np.ndarray, domains: list[str] | None = None) -> None:
-    """Raise ValueError unless 0 <= lower <= upper <= 1 per domain and sum(lower) <= 1 <= sum(upper)."""
-    names = domains or [str(i) for i in range(len(lower))]
-    for name, lo, hi in zip(names, lower, upper, strict=True):
-        if not (0 <= lo <= hi <= 1):
-            raise ValueError(f"domain {name!r}: need 0 <= floor ({lo:g}) <= cap ({hi:g}) <= 1")
-    if lower.sum() > 1 + 1e-9:
-        raise ValueError(f"floors sum to {lower.sum():.4f} > 1: no mixture satisfies them")
-    if upper.sum() < 1 - 1e-9:
-        raise ValueError(
-            f"caps sum to {upper.sum():.4f} < 1: not enough tokens for any mixture; "
-            "raise max_epochs or lower the training tokens"
-        )
 
 
 def box_simplex_projection(weights: np.ndarray, lower: np.ndarray, upper: np.ndarray) -> np.ndarray:
@@ -251,56 +235,103 @@ def propose_mixtures(
         raise ValueError("need 0 < min_concentration <= max_concentration")
     domains = list(tokens)
     shares = np.array([token_shares(tokens)[d] for d in domains])
+    step = min_weight if round_to is None else round_to
     cap_map = {**domain_caps(tokens, proxy_tokens, max_epochs), **dict(caps or {})}
-    check_known(cap_map, domains, "cap")
-    check_known(floors or {}, domains, "floor")
-    check_known(dict.fromkeys(nonzero, 0.0), domains, "--nonzero")
+    lower, upper = _bounds(domains, cap_map, floors, nonzero, min_weight, step)
+    prior = np.where(shares > 0, tempered_prior(np.maximum(shares, 1e-300), temperature), 0.0)
+    # A domain with no tokens can take no weight; keep its concentration positive for the draw.
+    prior = np.maximum(prior, 1e-12)
+    rng = np.random.default_rng(seed)
+    log_s = (math.log(min_concentration), math.log(max_concentration))
+
+    def draw(batch: int, rejecting: bool) -> tuple[np.ndarray, np.ndarray]:
+        return _draw_batch(rng, prior, log_s, lower, upper, min_weight, step, batch, rejecting)
+
+    advice = "the caps, floors and rounding leave too few; lower n, min_weight or dedup_l1"
+    return collect_proposals(draw, n, domains, dedup_l1, existing, min_distance, advice)
+
+
+def _bounds(
+    domains: list[str],
+    cap_map: Mapping[str, float],
+    floors: Mapping[str, float] | None,
+    nonzero: Sequence[str],
+    min_weight: float,
+    step: float,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Per-domain floors and caps of the proposals (on the rounding grid when `step` > 0)."""
+    check_known(cap_map, domains, "cap", "token table")
+    check_known(floors or {}, domains, "floor", "token table")
+    check_known(nonzero, domains, "--nonzero", "token table")
     floors = {
         **dict(floors or {}),
         **{d: max(float((floors or {}).get(d, 0.0)), min_weight or MIN_WEIGHT) for d in nonzero},
     }
     upper = np.array([float(cap_map[d]) for d in domains])
     lower = np.array([float((floors or {}).get(d, 0.0)) for d in domains])
-    step = min_weight if round_to is None else round_to
     if step and step > 0:
         # Bounds on the rounding grid keep rounded rows inside them.
         upper = np.floor(upper / step + 1e-9) * step
         lower = np.ceil(lower / step - 1e-9) * step
     check_bounds(lower, upper, domains)
-    prior = np.where(shares > 0, tempered_prior(np.maximum(shares, 1e-300), temperature), 0.0)
-    # A domain with no tokens can take no weight; keep its concentration positive for the draw.
-    prior = np.maximum(prior, 1e-12)
-    rng = np.random.default_rng(seed)
+    return lower, upper
+
+
+def _draw_batch(
+    rng: np.random.Generator,
+    prior: np.ndarray,
+    log_s: tuple[float, float],
+    lower: np.ndarray,
+    upper: np.ndarray,
+    min_weight: float,
+    step: float,
+    batch: int,
+    rejecting: bool,
+) -> tuple[np.ndarray, np.ndarray]:
+    """RegMix's draw: Dirichlet(prior x s), log s uniform in `log_s`; while `rejecting`, only the
+    rows inside the bounds, else every row projected into them; then small weights zeroed and
+    rows rounded. Returns the rows and whether each was drawn inside the bounds."""
+    strength = np.exp(rng.uniform(log_s[0], log_s[1], size=batch))
+    draws = sample_dirichlet(prior[None, :] * strength[:, None], rng)
+    inside = np.all((draws <= upper + 1e-12) & (draws >= lower - 1e-12), axis=1)
+    rows = draws[inside] if rejecting else box_simplex_projection(draws, lower, upper)
+    if min_weight > 0:
+        rows = zero_small(rows, lower, upper, min_weight)
+    if step and step > 0:
+        rows = round_to_grid(rows, step)
+    return rows, inside[inside] if rejecting else inside
+
+
+def collect_proposals(
+    draw: Callable[[int, bool], tuple[np.ndarray, np.ndarray]],
+    n: int,
+    domains: Sequence[str],
+    dedup_l1: float,
+    existing: np.ndarray | None,
+    min_distance: float,
+    advice: str,
+) -> pd.DataFrame:
+    """The proposals table of the first `n` distinct rows drawn in batches by `draw(batch, rejecting)`.
+
+    `draw` returns rows on the simplex and whether each was drawn inside the bounds: while
+    `rejecting` (RegMix's budget of SAMPLE_MULTIPLIER x n draws, which keeps RegMix's distribution)
+    only those, after that every row, projected into the bounds. A row is kept when it lies farther
+    than `min_distance` (L1) from every `existing` run and `dedup_l1` from every row kept before;
+    ValueError, ending with `advice`, when MAX_BATCHES batches leave fewer than `n`.
+    """
     accepted = np.empty((0, len(domains)))
     batch = max(2 * n, 64)
-    drawn = n_projected = 0
-    for _ in range(MAX_BATCHES):
-        log_s = rng.uniform(math.log(min_concentration), math.log(max_concentration), size=batch)
-        draws = sample_dirichlet(prior[None, :] * np.exp(log_s)[:, None], rng)
-        # RegMix's rejection step while the draw budget lasts (it keeps RegMix's distribution);
-        # after that, draws outside the bounds are moved inside so the count is always met.
-        rejecting = drawn < SAMPLE_MULTIPLIER * n
-        drawn += batch
-        inside = np.all((draws <= upper + 1e-12) & (draws >= lower - 1e-12), axis=1)
-        rows = draws[inside] if rejecting else box_simplex_projection(draws, lower, upper)
-        if min_weight > 0:
-            rows = zero_small(rows, lower, upper, min_weight)
-        if step and step > 0:
-            rows = round_to_grid(rows, step)
+    n_projected = 0
+    for i in range(MAX_BATCHES):
+        rows, inside = draw(batch, i * batch < SAMPLE_MULTIPLIER * n)
         far = outside_radius(rows, existing, min_distance)
-        rows, inside = rows[far], inside[far] if not rejecting else inside
+        rows, inside = rows[far], inside[far]
         kept = dedupe(rows, accepted, dedup_l1)[: n - len(accepted)]
-        if not rejecting:
-            n_projected += int((~inside[kept]).sum())
+        n_projected += int((~inside[kept]).sum())
         accepted = np.vstack([accepted, rows[kept]])
         if len(accepted) >= n:
-            break
-    else:
-        raise ValueError(
-            f"only {len(accepted)} distinct mixtures found for n={n}: the caps, floors and rounding "
-            "leave too few; lower n, min_weight or dedup_l1"
-        )
-    return proposals_frame(accepted[:n], list(domains), n_projected)
+            return proposals_frame(accepted[:n], list(domains), n_projected)
+    raise ValueError(f"only {len(accepted)} distinct mixtures found for n={n}: {advice}")
 
 
 def proposals_frame(weights: np.ndarray, domains: list[str], n_projected: int) -> pd.DataFrame:
@@ -311,13 +342,6 @@ def proposals_frame(weights: np.ndarray, domains: list[str], n_projected: int) -
     frame.insert(0, "mixture", [f"{MIXTURE_ID_PREFIX}{i:0{width}d}" for i in range(len(weights))])
     frame.attrs["n_projected"] = n_projected
     return frame
-
-
-def check_known(mapping: Mapping[str, float], domains: list[str], what: str) -> None:
-    """ValueError naming the keys of `mapping` that are not among `domains`."""
-    unknown = sorted(set(mapping) - set(domains))
-    if unknown:
-        raise ValueError(f"{what} given for unknown domain(s) {unknown}; domains are {domains}")
 
 
 def write_proposals(

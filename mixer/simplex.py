@@ -11,7 +11,7 @@ Pure functions, no knowledge of laws or domains:
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -19,24 +19,27 @@ import numpy as np
 Objective = Callable[[np.ndarray], tuple[float, np.ndarray]]
 
 
-def check_bounds(lower: np.ndarray, upper: np.ndarray, tol: float = 1e-12) -> None:
-    """Raise ValueError unless 0 <= lower <= upper <= 1 and sum(lower) <= 1 <= sum(upper)."""
+def check_bounds(
+    lower: np.ndarray, upper: np.ndarray, domains: Sequence[str] | None = None, tol: float = 1e-12
+) -> None:
+    """Raise ValueError unless 0 <= lower <= upper <= 1 and sum(lower) <= 1 <= sum(upper); errors
+    name the domain (`domains`, else the coordinate's index)."""
+    lower, upper = np.asarray(lower, dtype=float), np.asarray(upper, dtype=float)
     if lower.shape != upper.shape:
         raise ValueError(f"floors and caps differ in length ({lower.size} vs {upper.size})")
-    if (
-        np.any(lower < 0)
-        or np.any(upper > 1 + tol)
-        or not (np.isfinite(lower).all() and np.isfinite(upper).all())
-    ):
-        raise ValueError("floors and caps must lie in [0, 1]")
-    bad = np.flatnonzero(lower > upper + tol)
-    if bad.size:
-        i = int(bad[0])
-        raise ValueError(f"coordinate {i}: floor {lower[i]} is above its cap {upper[i]}")
+    names = list(domains) if domains is not None else [str(i) for i in range(lower.size)]
+    for name, lo, hi in zip(names, lower, upper, strict=True):
+        if not (0 <= lo and hi <= 1 + tol):  # also rejects NaN
+            raise ValueError(f"domain {name!r}: floor ({lo:g}) and cap ({hi:g}) must lie in [0, 1]")
+        if lo > hi + tol:
+            raise ValueError(f"domain {name!r}: floor ({lo:g}) is above its cap ({hi:g})")
     if lower.sum() > 1 + tol:
         raise ValueError(f"floors sum to {lower.sum():.4f} > 1: no mixture satisfies them")
     if upper.sum() < 1 - tol:
-        raise ValueError(f"caps sum to {upper.sum():.4f} < 1: no mixture satisfies them")
+        raise ValueError(
+            f"caps sum to {upper.sum():.4f} < 1: no mixture satisfies them; "
+            "raise the caps or max_epochs, or lower the training tokens"
+        )
 
 
 def kl_projection(y: np.ndarray, lower: np.ndarray, upper: np.ndarray) -> np.ndarray:

@@ -41,7 +41,9 @@ import pandas as pd
 
 from mixer import sampler
 from mixer.files import safe_load_yaml
+from mixer.mixture import check_known, nonnegative_number
 from mixer.runs import WEIGHT_PREFIX
+from mixer.simplex import check_bounds
 
 SEPARATOR = ":"
 NONZERO_FLOOR = 1e-3  # conditional floor of a --nonzero domain whose level has no minimum weight
@@ -108,9 +110,7 @@ class DomainTree:
         """Leaf -> tokens: counts in the tree, overridden by `tokens`; an error names any leaf
         with neither."""
         given = dict(tokens or {})
-        unknown = sorted(set(given) - set(self.domains))
-        if unknown:
-            raise ValueError(f"token table names domain(s) {unknown} that are not leaves of the tree")
+        check_known(given, self.domains, "token table", "tree")
         out = {leaf.path: given.get(leaf.path, leaf.tokens) for leaf in self.leaves()}
         missing = [d for d, v in out.items() if v is None]
         if missing:
@@ -156,15 +156,7 @@ def _parse_node(name: str, value: Any, parent: str, depth: int, where: str) -> N
 
 
 def _count(value: Any, path: str, where: str) -> float | None:
-    if value is None:
-        return None
-    try:
-        count = float(value)
-    except (TypeError, ValueError):
-        raise ValueError(f"{where}: leaf {path!r}: token count {value!r} is not a number") from None
-    if not math.isfinite(count) or count < 0:
-        raise ValueError(f"{where}: leaf {path!r}: token count {value!r} must be finite and >= 0")
-    return count
+    return None if value is None else nonnegative_number(value, f"{where}: leaf {path!r}: token count")
 
 
 def _number(value: Any, where: str) -> float:
@@ -421,34 +413,20 @@ def propose_tree_mixtures(
     counts = tree.leaf_tokens(tokens)
     shares = sampler.token_shares(counts)
     leaf_caps = {**sampler.domain_caps(counts, proxy_tokens, max_epochs), **dict(caps or {})}
-    sampler.check_known(dict(caps or {}), list(counts), "cap")
-    sampler.check_bounds(np.zeros(len(counts)), np.array([leaf_caps[d] for d in counts]), list(counts))
+    check_known(dict(caps or {}), list(counts), "cap", "tree")
+    check_bounds(np.zeros(len(counts)), np.array([leaf_caps[d] for d in counts]), list(counts))
     nodes, groups = _prepare(tree, shares, leaf_caps, _expand_nonzero(tree, nonzero))
     leaf_index = [i for i, node in enumerate(nodes) if node.is_leaf]
     order = [nodes[i].path for i in leaf_index]
     columns = [order.index(d) for d in counts]  # leaves in the tree's order
     rng = np.random.default_rng(seed)
-    accepted = np.empty((0, len(counts)))
-    batch = max(2 * n, 64)
-    drawn = n_projected = 0
-    for _ in range(sampler.MAX_BATCHES):
-        rejecting = drawn < sampler.SAMPLE_MULTIPLIER * n
-        drawn += batch
+
+    def draw(batch: int, rejecting: bool) -> tuple[np.ndarray, np.ndarray]:
         absolute, inside = _draw(groups, len(nodes), batch, rng, project=not rejecting)
         rows = absolute[:, leaf_index][:, columns]
         if rejecting:
             rows, inside = rows[inside], inside[inside]
-        rows = rows / rows.sum(axis=1, keepdims=True)
-        far = sampler.outside_radius(rows, existing, min_distance)
-        rows, inside = rows[far], inside[far]
-        kept = sampler.dedupe(rows, accepted, dedup_l1)[: n - len(accepted)]
-        n_projected += int((~inside[kept]).sum())
-        accepted = np.vstack([accepted, rows[kept]])
-        if len(accepted) >= n:
-            break
-    else:
-        raise ValueError(
-            f"only {len(accepted)} distinct mixtures found for n={n}: lower n, dedup_l1 "
-            "or --min-distance, or loosen the caps"
-        )
-    return sampler.proposals_frame(accepted[:n], list(counts), n_projected)
+        return rows / rows.sum(axis=1, keepdims=True), inside
+
+    advice = "lower n, dedup_l1 or --min-distance, or loosen the caps"
+    return sampler.collect_proposals(draw, n, list(counts), dedup_l1, existing, min_distance, advice)

@@ -72,7 +72,7 @@ class DedupOptions:
         return (1.0 / self.bands) ** (1.0 / self.rows) if self.method == "minhash" else 1.0
 
 
-def normalised_words(text: str) -> list[str]:
+def normalized_words(text: str) -> list[str]:
     """Lower-cased word characters runs: punctuation, case and spacing do not make a document new."""
     return _WORD.findall(text.lower())
 
@@ -86,7 +86,7 @@ def shingles(words: list[str], n: int) -> set[str]:
 
 def band_keys(texts: list[str], opts: DedupOptions) -> list[list[bytes] | None]:
     """Per text its band keys (one for exact, `bands` for minhash); None for a text without words."""
-    words = [normalised_words(t) for t in texts]
+    words = [normalized_words(t) for t in texts]
     if opts.method == "exact":
         return [
             [hashlib.blake2b(" ".join(w).encode("utf-8", "surrogatepass"), digest_size=16).digest()]

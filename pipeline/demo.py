@@ -167,7 +167,7 @@ def fit_and_optimize_regmix(
     paths: RunLayout, config: DemoConfig, runs: pd.DataFrame, natural: dict[str, float], log: Log
 ) -> tuple[dict[str, float], dict[str, Any]]:
     """RegMix on the largest proxy size's final losses; caps from the target's data budget."""
-    from mixer.budget import optimiser_caps
+    from mixer.budget import optimizer_caps
     from mixer.metrics import out_of_fold, regression_metrics
     from mixer.regmix import fit_regmix, make_estimator, optimize_regmix
 
@@ -205,7 +205,7 @@ def fit_and_optimize_regmix(
         **{f"spearman_{m}": c[1]["spearman"] for m, c in candidates.items()},
     }
     write_json(paths.regmix_metrics, metrics)
-    caps = optimiser_caps(
+    caps = optimizer_caps(
         model.domains, stats=paths.domain_stats, tokens=config.target_tokens, max_epochs=config.max_epochs
     )
     result = optimize_regmix(

@@ -66,7 +66,7 @@ def search_candidates(fixed: dict[str, Any]) -> list[dict[str, Any]]:
     return [{"epoch": e, "lr": lr, "wordNgrams": n} for e, lr in pairs for n in ngrams]
 
 
-def normalise(text: str) -> str:
+def normalize(text: str) -> str:
     """fastText reads one line per example: newlines become spaces (DCLM's preprocessing), and a
     literal `__label__` inside the text is escaped so fastText does not read it as a label."""
     return text.replace("\n", " ").replace(LABEL_PREFIX, LABEL_ESCAPE)
@@ -136,7 +136,7 @@ def prediction_lines(texts: Sequence[str] | Any) -> list[str]:
 
         lines = pc.replace_substring(pc.replace_substring(texts, "\n", " "), LABEL_PREFIX, LABEL_ESCAPE)
         return pc.binary_join_element_wise(lines, "\n", "").to_pylist()
-    return [normalise(t) + "\n" for t in texts]
+    return [normalize(t) + "\n" for t in texts]
 
 
 def label_probabilities(model: Any, texts: Sequence[str] | Any, label: str) -> np.ndarray:
@@ -317,7 +317,7 @@ class FastTextQualityClassifier:
             path = Path(tmp) / "train.txt"
             with open(path, "w", encoding="utf-8") as fh:
                 for label, text in rows:
-                    fh.write(f"{label} {normalise(text)}\n")
+                    fh.write(f"{label} {normalize(text)}\n")
             return _fasttext().train_supervised(input=str(path), **params)
 
     def _evaluate(self, train_size: int, test: list[tuple[str, int]]) -> ClassifierReport:

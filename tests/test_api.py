@@ -176,7 +176,7 @@ def test_regmix_mixture_respects_data_budget_caps(regmix_model, tmp_path):
         mixer.regmix_mixture(**options, stats={"code": 1e9, "prose": 1e9}, tokens="1B")
 
 
-def test_law_mixture_passes_budget_caps_to_the_law_optimiser(monkeypatch, tmp_path):
+def test_law_mixture_passes_budget_caps_to_the_law_optimizer(monkeypatch, tmp_path):
     """Wiring only (fitting a law takes seconds): the caps reach mixer.laws.optimize_mixture."""
     import mixer.laws as laws
 

@@ -200,12 +200,12 @@ def test_select_heads_takes_top_fraction_with_at_least_one():
 
 
 def test_copy_keys_match_token_text_up_to_space_quotes_and_commas():
-    from scorers.attention_influence.probes import normalise_token
+    from scorers.attention_influence.probes import normalize_token
 
-    assert normalise_token(" The") == normalise_token('"The') == normalise_token("The") == "The"
-    assert normalise_token('.",') == normalise_token(".") == "."
-    assert normalise_token(' "') == normalise_token(",") == ""  # such tokens keep their own id
-    assert normalise_token(" the") != normalise_token("The")  # case is kept
+    assert normalize_token(" The") == normalize_token('"The') == normalize_token("The") == "The"
+    assert normalize_token('.",') == normalize_token(".") == "."
+    assert normalize_token(' "') == normalize_token(",") == ""  # such tokens keep their own id
+    assert normalize_token(" the") != normalize_token("The")  # case is kept
 
 
 def test_probes_module_imports_without_torch():

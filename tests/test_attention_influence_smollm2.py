@@ -158,7 +158,7 @@ def test_score_matches_naive_two_pass_and_batching_does_not_change_it(smol):
         assert single.score[0] == pytest.approx(batched.score[i], rel=1e-4, abs=1e-6)
 
 
-def test_normalised_copy_keys_lift_the_ceiling(smol):
+def test_normalized_copy_keys_lift_the_ceiling(smol):
     _, tokenizer, _ = smol
     probes = ai.build_probes(tokenizer, ai.stdlib_sentences(), n_probes=16, max_tokens=512)
     exact = [dataclasses.replace(p, copy_keys=[]) for p in probes]

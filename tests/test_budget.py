@@ -40,7 +40,7 @@ def write_stats(path, available=AVAILABLE):
 
 def test_stats_columns_match_the_pipeline_schema():
     assert budget.DOMAIN == schema.DOMAIN
-    assert schema.TOKENS_KEPT in runs.TOKEN_COLUMNS
+    assert schema.TOKENS_KEPT in runs.TOKEN_TABLE_COLUMNS
 
 
 def test_epoch_caps_formula_clip_and_infeasible():
@@ -148,19 +148,19 @@ def test_cli_budget_warns_then_fails_with_strict(tmp_path, capsys, cli):
     assert cli([*args, "--strict", "--max-epochs", "5"])["ok"] is True
 
 
-def test_optimiser_caps_merge_given_caps_with_the_budget(tmp_path):
+def test_optimizer_caps_merge_given_caps_with_the_budget(tmp_path):
     stats = write_stats(tmp_path / "domain_stats.parquet")
-    assert budget.optimiser_caps(["code", "web"]) is None
-    assert budget.optimiser_caps(["code", "web"], caps={"web": 0.7}) == {"web": 0.7}
-    caps = budget.optimiser_caps(["code", "web"], caps={"web": 0.7}, stats=stats, tokens="1B")
+    assert budget.optimizer_caps(["code", "web"]) is None
+    assert budget.optimizer_caps(["code", "web"], caps={"web": 0.7}) == {"web": 0.7}
+    caps = budget.optimizer_caps(["code", "web"], caps={"web": 0.7}, stats=stats, tokens="1B")
     assert caps == {"code": pytest.approx(0.2), "web": 0.7}
     with pytest.raises(ValueError, match="caps sum to"):
-        budget.optimiser_caps(["code"], stats=stats, tokens="1B")
+        budget.optimizer_caps(["code"], stats=stats, tokens="1B")
     with pytest.raises(ValueError, match="need both"):
-        budget.optimiser_caps(["code", "web"], tokens="1B")
+        budget.optimizer_caps(["code", "web"], tokens="1B")
 
 
-def test_optimise_commands_take_the_data_budget_as_caps(tmp_path, capsys, cli):
+def test_optimize_commands_take_the_data_budget_as_caps(tmp_path, capsys, cli):
     """`regmix optimize` and `law optimize` cap a scarce domain at max_epochs * kept / planned."""
 
     import numpy as np

@@ -17,7 +17,7 @@ from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 
 from pipeline import schema as S
-from pipeline.dedup import ConnectedComponents, DedupOptions, normalised_words, shingles
+from pipeline.dedup import ConnectedComponents, DedupOptions, normalized_words, shingles
 from pipeline.job import ScoreJobConfig, run_score_job
 from pipeline.read import ReadOptions
 
@@ -57,7 +57,7 @@ def _paragraphs(min_words: int = 200, n: int = 300) -> list[str]:
         words = topics[key].split()
         for start in range(0, len(words) - min_words + 1, min_words):
             text = " ".join(words[start : start + min_words])
-            grams = shingles(normalised_words(text), 5)
+            grams = shingles(normalized_words(text), 5)
             if len(grams & seen) > 0.1 * len(grams) or not re.search(r"\bthe\b", text):
                 continue
             seen |= grams
@@ -75,7 +75,7 @@ def _near_copy(text: str, rng: random.Random, changes: int = 3) -> str:
 
 
 def _jaccard(a: str, b: str) -> float:
-    x, y = shingles(normalised_words(a), 5), shingles(normalised_words(b), 5)
+    x, y = shingles(normalized_words(a), 5), shingles(normalized_words(b), 5)
     return len(x & y) / len(x | y)
 
 

@@ -79,7 +79,7 @@ def test_demo_prints_predicted_beside_measured_at_the_target(demo):
         assert gain["beats"] == (gain["measured"] > 2 * gain["stderr"])
 
 
-def test_demo_states_the_verdicts_and_the_optimisers_disagreement(demo_run):
+def test_demo_states_the_verdicts_and_the_optimizers_disagreement(demo_run):
     out, result, stderr = demo_run
     checked = json.loads((out / "comparison.json").read_text())
     assert checked == result["comparison"]

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from pipeline.corpus import CorpusOptions, build_corpus
-from scorers.fasttext import FastTextQualityClassifier, FastTextScorer, label_probabilities, normalise
+from scorers.fasttext import FastTextQualityClassifier, FastTextScorer, label_probabilities, normalize
 
 SMALL = {"dim": 16, "bucket": 20_000, "epoch": 20, "lr": 0.5}
 
@@ -55,10 +55,10 @@ class _OverconfidentModel:
         return [["__label__hq", "__label__lq"]] * len(texts), [np.array([1.000003, 0.0])] * len(texts)
 
 
-def test_scores_are_clamped_and_newlines_normalised():
+def test_scores_are_clamped_and_newlines_normalized():
     scores = label_probabilities(_OverconfidentModel(), ["line one\nline two", "x"], "__label__hq")
     assert scores.max() == 1.0 and scores.min() >= 0.0
-    assert normalise("a\nb\n") == "a b "
+    assert normalize("a\nb\n") == "a b "
 
 
 def test_cli_train(corpus, tmp_path, cli):

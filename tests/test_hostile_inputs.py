@@ -562,10 +562,10 @@ def test_an_input_without_one_valid_record_is_all_dead_letters_not_a_tokenizer_e
     "text", ["__label__hq", "__label___x", "____label__", "__label__label__", "a__label__b"]
 )
 def test_no_text_reaches_fasttext_with_a_label_token(text):
-    from scorers.fasttext import LABEL_PREFIX, normalise, prediction_lines
+    from scorers.fasttext import LABEL_PREFIX, normalize, prediction_lines
 
-    assert LABEL_PREFIX not in normalise(text)
-    assert prediction_lines(pa.array([text])) == [normalise(text) + "\n"]  # Arrow path does the same
+    assert LABEL_PREFIX not in normalize(text)
+    assert prediction_lines(pa.array([text])) == [normalize(text) + "\n"]  # Arrow path does the same
 
 
 @pytest.mark.parametrize(

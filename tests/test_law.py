@@ -208,7 +208,7 @@ def test_joint_and_mixing_laws_fit(runs: pd.DataFrame) -> None:
 
 
 def test_predict_needs_the_laws_domains(additive: AdditiveLaw) -> None:
-    with pytest.raises(ValueError, match="missing from the mixture"):
+    with pytest.raises(ValueError, match="not in the mixture"):
         additive.frame_for(1e8, 1e9, {"web": 0.5, "code": 0.5})
 
 

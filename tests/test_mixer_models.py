@@ -298,7 +298,7 @@ FOUR_TARGETS = [f"metric/the_pile_{t}_val_loss" for t in ("pile_cc", "github", "
 
 
 @pytest.mark.slow
-def test_reuse_on_regmix_reaches_full_reoptimisation_with_16_runs() -> None:
+def test_reuse_on_regmix_reaches_full_reoptimization_with_16_runs() -> None:
     """Olmix Sec. 5.1 on RegMix's 17 domains: three domains change (here: arrive), 14 stay frozen."""
     if not REGMIX.exists():
         pytest.skip(f"shared RegMix runs not found at {REGMIX}")

@@ -75,7 +75,7 @@ def heads(
             max_tokens or default_tokens,
             top_fraction,
             seed,
-            normalise=not exact_copy,
+            normalize=not exact_copy,
             batch_tokens=batch_tokens,
             on_batch=advance,
         )

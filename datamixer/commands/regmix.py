@@ -482,7 +482,7 @@ def optimize(
 ) -> None:
     """Search for the mixture with the lowest predicted loss (RegMix: simulate, average top-k;
     or solve it exactly), with Olmix's KL regulariser, task families and mixture reuse."""
-    from mixer.budget import optimiser_caps
+    from mixer.budget import optimizer_caps
     from mixer.families import read_families
     from mixer.regmix import RegMixModel, optimize_regmix
 
@@ -498,7 +498,7 @@ def optimize(
         n_draws=draws,
         top_k=top_k,
         prior=_read_prior(prior) if prior else None,
-        caps=optimiser_caps(domains, parse_mapping(caps, "--caps"), stats, train_tokens, max_epochs),
+        caps=optimizer_caps(domains, parse_mapping(caps, "--caps"), stats, train_tokens, max_epochs),
         floors=parse_mapping(floors, "--floors"),
         target_weights=(
             read_families(families) if families else parse_mapping(target_weights, "--target-weights")

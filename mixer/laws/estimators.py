@@ -18,6 +18,7 @@ from sklearn.utils.validation import check_is_fitted
 from mixer.identify import check_identifiable
 from mixer.laws import fitting
 from mixer.laws.forms import FORMS, Features, LawForm
+from mixer.mixture import check_domains
 from mixer.runs import LOSS, WEIGHT_PREFIX, check_positive, domain_name, load_runs, validate_weights
 
 FORMAT = "datamixer-law/1"
@@ -43,17 +44,6 @@ def percentile_interval(values: np.ndarray, point: np.ndarray, level: float) -> 
     tail = 50.0 * (1.0 - level)
     low, high = np.percentile(values, [tail, 100.0 - tail], axis=0)
     return np.minimum(low, point), np.maximum(high, point)
-
-
-def check_domains(mixture: Mapping[str, float], domains: Sequence[str]) -> None:
-    """ValueError unless `mixture` names exactly `domains`."""
-    unknown = sorted(set(mixture) - set(domains))
-    absent = sorted(set(domains) - set(mixture))
-    if unknown or absent:
-        raise ValueError(
-            f"mixture domains do not match the law's: not in the law {unknown}, "
-            f"missing from the mixture {absent}"
-        )
 
 
 def loss_components(frame: pd.DataFrame, total: str, rtol: float = 1e-6) -> dict[str, float] | None:
@@ -423,7 +413,7 @@ class LawEstimator(BaseEstimator):
         if self.form.uses_mixture:
             if mixture is None:
                 raise ValueError(f"the {self.kind} law needs a mixture (domains {self.domains_})")
-            check_domains(mixture, self.domains_)
+            check_domains(mixture, self.domains_, "law")
             for dom in self.domains_:
                 row[WEIGHT_PREFIX + dom] = [float(mixture[dom])]
         return pd.DataFrame(row)

@@ -5,13 +5,14 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import Any
 
 import numpy as np
 
-from mixer.laws.estimators import LawEstimator, check_domains, percentile_interval
+from mixer.laws.estimators import LawEstimator, percentile_interval
 from mixer.laws.forms import Features, LawForm
+from mixer.mixture import check_domains, check_known
 from mixer.simplex import exponentiated_gradient
 
 
@@ -30,30 +31,16 @@ class MixtureOptimum:
     warnings: list[str]
 
     def to_dict(self) -> dict[str, Any]:
-        return {
-            "weights": self.weights,
-            "loss": self.loss,
-            "losses": self.losses,
-            "converged": self.converged,
-            "n_iter": self.n_iter,
-            "spread": self.spread,
-            "outside_region": self.outside_region,
-            "in_hull": self.in_hull,
-            "warnings": self.warnings,
-        }
+        return asdict(self)
 
 
 def _bounds(
     domains: Sequence[str], floor: float | Mapping[str, float], caps: Mapping[str, float] | None
 ) -> tuple[np.ndarray, np.ndarray]:
     caps = dict(caps or {})
-    unknown = sorted(set(caps) - set(domains))
-    if unknown:
-        raise ValueError(f"caps name domain(s) {unknown} the law does not have; its domains: {list(domains)}")
+    check_known(caps, domains, "caps", "law")
     if isinstance(floor, Mapping):
-        unknown = sorted(set(floor) - set(domains))
-        if unknown:
-            raise ValueError(f"floor names domain(s) {unknown} the law does not have")
+        check_known(floor, domains, "floor", "law")
         lower = np.array([float(floor.get(d, 0.0)) for d in domains])
     else:
         lower = np.full(len(domains), float(floor))
@@ -174,14 +161,7 @@ def optimize_mixture(
     The same search runs for every bootstrap fit to give the spread of h; the result says which
     domains leave the range the training mixtures covered and whether h is in their convex hull.
     """
-    form = law.form
-    if not form.uses_mixture:
-        raise ValueError(
-            f"the {law.kind} law has no mixture to optimise; fit an additive, joint or mixing law"
-        )
-    for name, value in (("N", N), ("D", D)):
-        if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
-            raise ValueError(f"--{name} must be a positive number; got {value}")
+    _check_optimizable(law, N, D)
     targets, target_w = _target_weights(law, targets, weights)
     domains = law.domains_
     lower, upper = _bounds(domains, floor, caps)
@@ -190,7 +170,7 @@ def optimize_mixture(
     x0 = np.array([start[d] for d in domains], dtype=float) if start else None
 
     def solve(thetas: Sequence[np.ndarray]):
-        fun = _weighted_loss(form, list(zip(w, thetas, strict=True)), log_n, log_d)
+        fun = _weighted_loss(law.form, list(zip(w, thetas, strict=True)), log_n, log_d)
         return exponentiated_gradient(fun, x0, lower, upper, max_iter=max_iter, tol=tol)
 
     best = solve([f.theta for f in fits])
@@ -198,9 +178,7 @@ def optimize_mixture(
     x_best = Features.at(log_n, log_d, h)
     per_target = {t: _target_loss(law, t, N, D, x_best) for t in targets}
     n_boot = min(f.bootstrap.shape[0] for f in fits)
-    boot_h = np.array([solve([f.bootstrap[b] for f in fits]).x for b in range(n_boot)]).reshape(
-        -1, len(domains)
-    )
+    boot_h = np.array([solve([f.bootstrap[b] for f in fits]).x for b in range(n_boot)])
     outside, hull, warnings = _region_warnings(law, h)
     if not best.converged:
         warnings.append(f"mirror descent stopped after {best.n_iter} iterations without converging")
@@ -215,6 +193,16 @@ def optimize_mixture(
         in_hull=hull,
         warnings=warnings,
     )
+
+
+def _check_optimizable(law: LawEstimator, N: float, D: float) -> None:
+    if not law.form.uses_mixture:
+        raise ValueError(
+            f"the {law.kind} law has no mixture to optimise; fit an additive, joint or mixing law"
+        )
+    for name, value in (("N", N), ("D", D)):
+        if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
+            raise ValueError(f"--{name} must be a positive number; got {value}")
 
 
 def compute_optimal_size(
@@ -232,7 +220,7 @@ def _mixture_for(law: LawEstimator, mixture: Mapping[str, float] | None):
     if mixture is None:
         h = law.training_mixtures().mean(axis=0)
         return h, {d: float(v) for d, v in zip(law.domains_, h, strict=True)}
-    check_domains(mixture, law.domains_)
+    check_domains(mixture, law.domains_, "law")
     return np.array([mixture[d] for d in law.domains_], dtype=float), mixture
 
 

@@ -23,7 +23,7 @@ from pipeline import schema
 
 TOKENIZER_FILE = "tokenizer.json"
 EOS_CANDIDATES = ("<|endoftext|>", "</s>", "<eos>", "[EOS]", "<|end|>", "[SEP]")
-DEFAULT_VOCAB_SIZE = 1024
+PROXY_VOCAB_SIZE = 1024
 DEFAULT_VAL_TOKENS = 8192
 
 
@@ -84,7 +84,7 @@ def read_kept(score_dir: str | os.PathLike[str]) -> pd.DataFrame:
     return kept[[schema.ID, schema.DOMAIN, schema.TEXT]].reset_index(drop=True)
 
 
-def train_tokenizer(texts: Sequence[str], vocab_size: int = DEFAULT_VOCAB_SIZE) -> str:
+def train_tokenizer(texts: Sequence[str], vocab_size: int = PROXY_VOCAB_SIZE) -> str:
     """A byte-level BPE tokenizer trained on `texts`, as JSON, with `<|endoftext|>` special."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
@@ -109,7 +109,7 @@ def resolve_tokenizer(
 ) -> tuple[str, str]:
     """(tokenizer JSON, source): `tokenizer` if given; else, with `vocab_size`, a byte-level BPE of
     that size trained on `texts` (source "trained"); else the score job's
-    `<score_dir>/tokenizer.json`; else a trained one of DEFAULT_VOCAB_SIZE."""
+    `<score_dir>/tokenizer.json`; else a trained one of PROXY_VOCAB_SIZE."""
     if tokenizer is not None and vocab_size is not None:
         raise ValueError("give a tokenizer file or a vocabulary size to train one, not both")
     if vocab_size is not None:
@@ -124,7 +124,7 @@ def resolve_tokenizer(
     default = Path(score_dir) / TOKENIZER_FILE
     if default.exists():
         return default.read_text(), str(default)
-    return train_tokenizer(texts, DEFAULT_VOCAB_SIZE), "trained"
+    return train_tokenizer(texts, PROXY_VOCAB_SIZE), "trained"
 
 
 def find_eos(tokenizer_json: str) -> str | None:
@@ -191,7 +191,7 @@ def load_proxy_data(
     """Read the kept documents of a score output, tokenize them and split every domain.
 
     The tokenizer is `tokenizer`, or (with `vocab_size`) one trained here, or the score job's, or
-    one trained here with DEFAULT_VOCAB_SIZE. The output head dominates these models' cost, so a
+    one trained here with PROXY_VOCAB_SIZE. The output head dominates these models' cost, so a
     small vocabulary (~1k) trains several times faster than the score job's default.
     """
     from tokenizers import Tokenizer

@@ -25,7 +25,7 @@ _MODULES = {
         "N_SHOTS",
         "Probe",
         "CopyKeys",
-        "normalise_token",
+        "normalize_token",
         "copy_ceiling",
         "probe_defaults",
         "split_sentences",

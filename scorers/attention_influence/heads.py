@@ -153,7 +153,7 @@ def detect_heads(
     max_tokens: int,
     top_fraction: float = DEFAULT_TOP_FRACTION,
     seed: int = 0,
-    normalise: bool = True,
+    normalize: bool = True,
     batch_tokens: int = lm.DEFAULT_BATCH_TOKENS,
     on_batch: Callable[[int], None] | None = None,
 ) -> Detection:
@@ -165,7 +165,7 @@ def detect_heads(
         raise ValueError(f"need at least one probe, got {n_probes}")
     limit = lm.context_length(model, max_tokens)
     probes = build_probes(
-        tokenizer, sentences, n_probes=n_probes, max_tokens=limit, seed=seed, normalise=normalise
+        tokenizer, sentences, n_probes=n_probes, max_tokens=limit, seed=seed, normalize=normalize
     )
     start = time.perf_counter()
     scores = retrieval_head_scores(model, probes, lm.pad_id(tokenizer), batch_tokens, on_batch)
@@ -176,7 +176,7 @@ def detect_heads(
         "max_tokens": limit,
         "top_fraction": top_fraction,
         "seed": seed,
-        "copy_match": "normalised token text" if normalise else "token id",
+        "copy_match": "normalised token text" if normalize else "token id",
         "copy_ceiling": round(copy_ceiling(probes), 4),
         "mean_probe_tokens": tokens / len(probes),
         "seconds": round(seconds, 2),

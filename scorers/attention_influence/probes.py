@@ -98,7 +98,7 @@ class Probe:
 
 
 class CopyKeys:
-    """Token id -> copy key: ids whose decoded text matches after `normalise_token` share one key (the
+    """Token id -> copy key: ids whose decoded text matches after `normalize_token` share one key (the
     first such id seen); a token that is only spaces, quotes or commas keeps its own id."""
 
     def __init__(self, tokenizer: Any) -> None:
@@ -109,12 +109,12 @@ class CopyKeys:
     def __call__(self, ids: Sequence[int]) -> list[int]:
         missing = sorted({int(i) for i in ids} - self._by_id.keys())
         for token, text in zip(missing, self.tokenizer.batch_decode([[i] for i in missing]), strict=True):
-            norm = normalise_token(text)
+            norm = normalize_token(text)
             self._by_id[token] = self._by_text.setdefault(norm, token) if norm else token
         return [self._by_id[int(i)] for i in ids]
 
 
-def normalise_token(text: str) -> str:
+def normalize_token(text: str) -> str:
     """A token's text without surrounding whitespace, quotes and commas (the JSON around a value)."""
     return text.strip().strip("\"'`,").strip()
 
@@ -177,13 +177,13 @@ def build_probes(
     n_probes: int = DEFAULT_PROBES,
     max_tokens: int = DEFAULT_PROBE_TOKENS,
     seed: int = 0,
-    normalise: bool = True,
+    normalize: bool = True,
 ) -> list[Probe]:
     """Synthetic 3-shot JSON key-value retrieval prompts of at most `max_tokens` tokens (Hua et al. 2025).
 
     Keys are random 32-character alphanumeric strings, values are sentences of at most 30 tokens;
     the JSON holds as many pairs as fit, three of them are worked examples and one is asked for.
-    `normalise=True` gives each probe copy keys from normalised token text (`CopyKeys`); else token ids.
+    `normalize=True` gives each probe copy keys from normalised token text (`CopyKeys`); else token ids.
     """
     sentences = list(dict.fromkeys(sentences))
     n_roles = N_SHOTS + 1
@@ -208,7 +208,7 @@ def build_probes(
             f"need at least {n_roles} distinct sentences of at most {max(longest, 0)} tokens "
             f"(max_tokens={max_tokens}), got {len(values)}"
         )
-    copy_keys = CopyKeys(tokenizer) if normalise else None
+    copy_keys = CopyKeys(tokenizer) if normalize else None
     fit = _Fit(tokenizer, values, value_tokens, key_tokens, max_tokens - instruction_tokens, max_tokens)
     return [fit.probe(rng, copy_keys) for _ in range(n_probes)]
 
