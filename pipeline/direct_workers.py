@@ -22,6 +22,7 @@ import threading
 from collections.abc import Iterator, Sequence
 from typing import Any
 
+FORK_WORKERS = True  # False: Beam starts every worker process itself (each imports Beam on its own)
 _WORKER_MODULE = "apache_beam.runners.worker.sdk_worker_main"
 # Runs in the worker before Beam's worker main: ask the kernel to SIGKILL this process when its parent
 # (the job) dies, then check that the parent is still the job (it may have died before the prctl).
@@ -241,7 +242,7 @@ def direct_workers(options: Any, preload: Sequence[str] = ()) -> Iterator[None]:
     """For the pipelines run inside: DirectRunner workers bound to the job and, in multi_processing
     mode on Linux, forked from a zygote that imports Beam and `preload` while the job starts."""
     bind_direct_workers_to_job()
-    if not (sys.platform.startswith("linux") and _multi_processing(options)):
+    if not (FORK_WORKERS and sys.platform.startswith("linux") and _multi_processing(options)):
         yield
         return
     zygote = _Zygote(preload)
