@@ -96,8 +96,9 @@ while True:
             worker(json.loads(line))
         workers.add(pid)
         reply(f"pid {{pid}}")
-for pid in workers:
+for pid in workers:  # none when Beam stopped them all (it waits for each worker's exit)
     os.kill(pid, signal.SIGKILL)
+    os.waitpid(pid, 0)
 os._exit(0)  # nothing to finalise: skip tearing down the imported modules
 """
 
