@@ -113,10 +113,10 @@ def bench_fit_speed(skip_joint: bool, joint_old: bool) -> dict:
 
 def _side_by_side(results: dict, defaults: dict[str, str]) -> None:
     """One table: each law and search, its time and objective; the search `auto` picks is starred."""
-    print(f"  {'law':<9} {'search':<14} {'wall s':>7} {'CPU s':>7}  objective (summed Huber)")
+    print(f"  {'law':<9} {'search':<16} {'wall s':>7} {'CPU s':>7}  objective (summed Huber)")
     for (kind, search), (objective, wall, cpu) in results.items():
         star = " *" if defaults.get(kind) == search else ""
-        print(f"  {kind:<9} {search + star:<14} {wall:7.1f} {cpu:7.1f}  {objective:.7g}")
+        print(f"  {kind:<9} {search + star:<16} {wall:7.1f} {cpu:7.1f}  {objective:.7g}")
     missing = [f"{k} ({s})" for k, s in defaults.items() if (k, s) not in results]
     print(
         "  * the search `auto` (the default) picks on these rows"
