@@ -6,7 +6,8 @@ shared machine CPU time is what compares between runs):
    starts at once, L-BFGS from the best 8) vs L-BFGS from every one of the 4,500 starts.
 2. Speed: the additive law on all 1,098 RedPajama rows, basin-hopping (the search before) vs least
    squares (the default above 512 rows), same starts: seconds, ratio old/new, objective of each;
-   the joint law with least squares (and, with --joint-old, with basin-hopping).
+   the joint law with least squares (and, with --joint-old, with basin-hopping, its default);
+   then one table of both laws side by side (time and objective of each search).
 3. Extrapolation, leaving out the largest size: every law fitted on 70M-305M, error on all 410M
    rows, one law fitted on the overall loss vs the overall loss predicted as the valid-weighted
    sum of per-domain laws (`per_domain=True`); the mixing law, which holds N and D fixed, is scored
@@ -15,7 +16,7 @@ shared machine CPU time is what compares between runs):
 The last line is JSON with the headline figures.
 
 Usage: python bench/law_bench.py [--skip-grid] [--skip-joint] [--joint-old] [--skip-per-domain]
-       [--joint-per-domain]
+       [--joint-per-domain] [--only-speed]
 """
 
 from __future__ import annotations
@@ -85,7 +86,8 @@ def bench_fit_speed(skip_joint: bool, joint_old: bool) -> dict:
     runs = mixinglaws_runs(DATA)
     print(f"fit on all {len(runs)} RedPajama rows (70M-410M), no bootstrap, same 256 starts:")
     results = {}
-    for kind in ("additive",) + (() if skip_joint else ("joint",)):
+    kinds = ("additive",) + (() if skip_joint else ("joint",))
+    for kind in kinds:
         searches = (
             ("basinhopping", "least_squares") if kind == "additive" or joint_old else ("least_squares",)
         )
@@ -102,10 +104,24 @@ def bench_fit_speed(skip_joint: bool, joint_old: bool) -> dict:
                 f"{old_cpu / new_cpu:.1f}x (CPU); objective {new_obj:.6g} vs {old_obj:.6g} "
                 f"({'lower or equal' if new_obj <= old_obj * (1 + 1e-9) else 'HIGHER'})"
             )
+    _side_by_side(results, {kind: LAWS[kind](n_bootstrap=0)._search_for(len(runs)) for kind in kinds})
     return {
         f"{k}_{s}": {"objective": o, "wall_s": round(w, 2), "cpu_s": round(c, 2)}
         for (k, s), (o, w, c) in results.items()
     }
+
+
+def _side_by_side(results: dict, defaults: dict[str, str]) -> None:
+    """One table: each law and search, its time and objective; the search `auto` picks is starred."""
+    print(f"  {'law':<9} {'search':<16} {'wall s':>7} {'CPU s':>7}  objective (summed Huber)")
+    for (kind, search), (objective, wall, cpu) in results.items():
+        star = " *" if defaults.get(kind) == search else ""
+        print(f"  {kind:<9} {search + star:<16} {wall:7.1f} {cpu:7.1f}  {objective:.7g}")
+    missing = [f"{k} ({s})" for k, s in defaults.items() if (k, s) not in results]
+    print(
+        "  * the search `auto` (the default) picks on these rows"
+        + (f"; not run: {', '.join(missing)} (--joint-old)" if missing else "")
+    )
 
 
 def _per_domain_columns(runs) -> list[str]:
@@ -172,14 +188,17 @@ def main() -> None:
     parser.add_argument(
         "--joint-per-domain", action="store_true", help="also the joint law's per-domain sums"
     )
+    parser.add_argument("--only-speed", action="store_true", help="only the fit speed on all rows (2.)")
     args = parser.parse_args()
     print(f"(shared machine: compare ratios and CPU seconds, not wall seconds; {load()})")
     summary = {"load_before": [round(v, 1) for v in os.getloadavg()]}
-    summary.update(bench_chinchilla(args.skip_grid))
+    if not args.only_speed:
+        summary.update(bench_chinchilla(args.skip_grid))
     summary["fit_speed"] = bench_fit_speed(args.skip_joint, args.joint_old)
-    summary["extrapolation"] = bench_extrapolation(
-        args.skip_joint, args.skip_per_domain, args.joint_per_domain
-    )
+    if not args.only_speed:
+        summary["extrapolation"] = bench_extrapolation(
+            args.skip_joint, args.skip_per_domain, args.joint_per_domain
+        )
     summary["load_after"] = [round(v, 1) for v in os.getloadavg()]
     print(f"({load()})")
     print(json.dumps(summary))

@@ -5,11 +5,12 @@
 Prints, in one run: raw fastText docs/s (a plain per-document loop, one core; measured before and
 after the job, and averaged, because other work on a shared machine drifts), raw token counting
 docs/s, the Beam job's docs/s on the DirectRunner (wall time of read, validate, tokenize, score,
-per-domain top-30% and Parquet writes, including start-up), the job's fixed cost (the same job on
-one small file: Beam start-up, worker processes, graph), the job's rate without that fixed cost,
+per-domain top-30% and Parquet writes, including start-up), the job's start-up (the same job on
+one small file: Beam start-up, worker processes, graph; with the workers forked by the zygote of
+`pipeline.direct_workers`, and started by Beam as before it), the job's rate without that start-up,
 and the ratios of both to the plain loop. It also prints docs per CPU-second of the loop and of the
-job (all its processes), which other load on the machine does not change: twice their ratio is
-what two free cores would give.
+job (all its processes, with and without the start-up's CPU), which other load on the machine
+changes little: that ratio times the cores is what free cores would give. The last line is JSON.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from pipeline import direct_workers  # noqa: E402
 from pipeline.corpus import CorpusOptions, build_corpus  # noqa: E402
 from pipeline.job import ScoreJobConfig, run_score_job  # noqa: E402
 from pipeline.read import ReadOptions  # noqa: E402
@@ -77,6 +79,23 @@ def predict_loop(model, texts: list[str]) -> tuple[float, float]:
     for text in texts:
         model.predict(normalize(text), k=-1)
     return rate(len(texts), time.perf_counter() - start), rate(len(texts), time.process_time() - cpu)
+
+
+def fixed_costs(
+    config: ScoreJobConfig, tiny_inputs: dict[str, list[str]], tmp: Path, beam_args: list[str]
+) -> dict[bool, tuple[float, float]]:
+    """{workers forked by the zygote: (wall s, CPU s)} of the job on 200 documents, best of two runs
+    each way, interleaved (False: Beam starts each worker process itself, as before the zygote)."""
+    runs: dict[bool, list[tuple[float, float]]] = {True: [], False: []}
+    for attempt in range(2):
+        for fork in (True, False):
+            direct_workers.FORK_WORKERS = fork
+            tiny = dict(config.__dict__, inputs=tiny_inputs, output=str(tmp / f"tiny-{fork}-{attempt}"))
+            cpu = cpu_seconds()
+            seconds = run_score_job(ScoreJobConfig(**tiny), "direct", beam_args)["seconds"]
+            runs[fork].append((seconds, cpu_seconds() - cpu))
+    direct_workers.FORK_WORKERS = True
+    return {fork: min(values) for fork, values in runs.items()}
 
 
 def main() -> None:
@@ -139,11 +158,13 @@ def main() -> None:
         with open(tmp / "tiny.jsonl", "w") as fh:
             for i, text in enumerate(texts[:200]):
                 fh.write(json.dumps({"id": f"t{i}", "text": text}) + "\n")
-        tiny = dict(config.__dict__, inputs=tiny_inputs, output=str(tmp / "tiny"))
-        fixed = run_score_job(ScoreJobConfig(**tiny), "direct", beam_args)["seconds"]
+        starts = fixed_costs(config, tiny_inputs, tmp, beam_args)
+        fixed, fixed_cpu = starts[True]
         cpu = cpu_seconds()
         result = run_score_job(config, "direct", beam_args)
-        job_cpu = rate(result["in"], cpu_seconds() - cpu)
+        job_cpu_s = cpu_seconds() - cpu
+        job_cpu = rate(result["in"], job_cpu_s)
+        steady_cpu = rate(result["in"], job_cpu_s - fixed_cpu)
         assert result["in"] == len(texts) == result["scored"], result
         loop_after, loop_cpu_after = predict_loop(model, texts)
         loop, loop_cpu = (loop_before + loop_after) / 2, (loop_cpu_before + loop_cpu_after) / 2
@@ -154,16 +175,37 @@ def main() -> None:
             f"Beam job, DirectRunner {args.mode} ({args.workers or os.cpu_count()} workers): "
             f"{job:10,.0f} docs/s ({result['seconds']:.1f} s wall)"
         )
-        print(f"  fixed cost (same job on 200 documents):    {fixed:10.1f} s")
-        print(f"  job without the fixed cost:                 {steady:10,.0f} docs/s")
-        print(f"ratio job / plain loop (mean of both):        {job / loop:10.2f}")
-        print(f"ratio job without fixed cost / plain loop:    {steady / loop:10.2f}")
-        print(f"docs per CPU-second: plain loop {loop_cpu:,.0f}, job (all processes) {job_cpu:,.0f}")
         print(
-            f"  ratio x {os.cpu_count()} cores (what free cores would give): "
-            f"{os.cpu_count() * job_cpu / loop_cpu:10.2f}"
+            f"  start-up (same job on 200 documents):       {fixed:10.1f} s ({fixed_cpu:.1f} CPU-s), workers "
+            f"forked by the zygote; {starts[False][0]:.1f} s ({starts[False][1]:.1f} CPU-s) started by Beam"
+        )
+        print(f"  job without the start-up:                   {steady:10,.0f} docs/s")
+        print(f"ratio job / plain loop (mean of both):        {job / loop:10.2f}")
+        print(f"ratio job without start-up / plain loop:      {steady / loop:10.2f}")
+        print(
+            f"docs per CPU-second: plain loop {loop_cpu:,.0f}, job (all processes) {job_cpu:,.0f}, "
+            f"job without the start-up {steady_cpu:,.0f}"
+        )
+        cores = os.cpu_count() or 1
+        print(
+            f"  ratio x {cores} cores (what free cores would give): {cores * job_cpu / loop_cpu:10.2f} "
+            f"({cores * steady_cpu / loop_cpu:.2f} without the start-up)"
         )
         print(f"load average at the end: {os.getloadavg()[0]:.1f}")
+        headline = {
+            "docs": len(texts),
+            "loop_docs_per_s": round(loop),
+            "job_docs_per_s": round(job),
+            "job_docs_per_s_without_startup": round(steady),
+            "startup_s": round(fixed, 2),
+            "startup_s_beam_started_workers": round(starts[False][0], 2),
+            "ratio": round(job / loop, 3),
+            "ratio_without_startup": round(steady / loop, 3),
+            "cpu_ratio_x_cores": round(cores * job_cpu / loop_cpu, 3),
+            "cpu_ratio_x_cores_without_startup": round(cores * steady_cpu / loop_cpu, 3),
+            "load_average": [round(v, 1) for v in os.getloadavg()],
+        }
+        print(json.dumps(headline))
 
 
 if __name__ == "__main__":

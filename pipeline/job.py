@@ -536,12 +536,12 @@ def _run(
     out_dir: str,
     previous_output: str | None,
 ) -> pa.Table:
-    from pipeline.options import bind_direct_workers_to_job
+    from pipeline.direct_workers import direct_workers
 
-    tokenizer_json = prepare_tokenizer(config, files, out_dir, previous_output)
-    bind_direct_workers_to_job()
-    with beam.Pipeline(options=options) as pipeline:
-        build_pipeline(pipeline, config, files, tokenizer_json, out_dir)
+    with direct_workers(options, preload=[__name__]):  # workers import while the graph is built
+        tokenizer_json = prepare_tokenizer(config, files, out_dir, previous_output)
+        with beam.Pipeline(options=options) as pipeline:
+            build_pipeline(pipeline, config, files, tokenizer_json, out_dir)
     return read_stats(out_dir)
 
 

@@ -8,6 +8,9 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+# DirectRunner worker processes live in pipeline.direct_workers; re-exported for older importers.
+from pipeline.direct_workers import bind_direct_workers_to_job, direct_workers
+
 RUNNERS = ("direct", "dataflow", "spark", "flink", "portable")
 # Below this much input the DirectRunner runs in-process: starting one worker process per core
 # (each imports Beam, pyarrow, the tokenizer and the model) costs more than the second core saves.
@@ -141,48 +144,16 @@ def pipeline_options(runner: str = "direct", extra_args: Sequence[str] = (), inp
     return PipelineOptions([*defaults, *extra])
 
 
-# --- DirectRunner worker processes die with the job ----------------------------------------------
-
-_WORKER_MODULE = "apache_beam.runners.worker.sdk_worker_main"
-# Runs in the worker before Beam's worker main: ask the kernel to SIGKILL this process when its parent
-# (the job) dies, then check that the parent is still the job (it may have died before the prctl).
-_WORKER_BOOT = (
-    "import ctypes, os, runpy, signal, sys\n"
-    "ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG\n"
-    "if os.getppid() != int(sys.argv[1]):\n"
-    "    os._exit(1)\n"
-    "del sys.argv[1:]\n"
-    f"runpy.run_module({_WORKER_MODULE!r}, run_name='__main__', alter_sys=True)\n"
-)
-
-
-class _WorkerSubprocess:
-    """`subprocess` as Beam's local job service sees it: its one `Popen` call (the SDK worker command,
-    run through a shell) becomes a direct start of the worker with _WORKER_BOOT in front."""
-
-    def __init__(self, module) -> None:
-        self._module = module
-
-    def __getattr__(self, name: str):
-        return getattr(self._module, name)
-
-    def Popen(self, args, *rest, shell: bool = False, **kwargs):  # noqa: N802 - the name Beam calls
-        import os
-        import sys
-
-        if shell and isinstance(args, str) and args.strip().endswith(f"-m {_WORKER_MODULE}"):
-            args, shell = [sys.executable, "-c", _WORKER_BOOT, str(os.getpid())], False
-        return self._module.Popen(args, *rest, shell=shell, **kwargs)
-
-
-def bind_direct_workers_to_job() -> None:
-    """Make the DirectRunner's worker processes (multi_processing mode) die with the job, even when it
-    is killed with SIGKILL; without this they outlive it (~180 MB each). Linux only; a no-op elsewhere."""
-    import sys
-
-    if not sys.platform.startswith("linux"):
-        return
-    from apache_beam.runners.portability import local_job_service
-
-    if not isinstance(local_job_service.subprocess, _WorkerSubprocess):
-        local_job_service.subprocess = _WorkerSubprocess(local_job_service.subprocess)
+__all__ = [
+    "RUNNERS",
+    "auto_direct_args",
+    "bind_direct_workers_to_job",
+    "dataflow_args",
+    "direct_args",
+    "direct_workers",
+    "flink_args",
+    "pipeline_options",
+    "portable_args",
+    "runner_args",
+    "spark_args",
+]

