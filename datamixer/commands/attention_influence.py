@@ -9,20 +9,16 @@ from typing import Annotated
 import typer
 
 from datamixer.commands._common import emit, info, progress, stage_progress
+from datamixer.options import BatchTokens, Device, Dtype, LMPath, TextField
 
 group = typer.Typer(
     help="AttentionInfluence: find a model's retrieval heads; score docs by masking them.",
     no_args_is_help=True,
 )
 
-ModelOpt = Annotated[Path, typer.Option("--model", help="Local HF causal LM directory or .gguf file.")]
-DeviceOpt = Annotated[str | None, typer.Option("--device", help="cpu, cuda, cuda:1 (default: cuda if any).")]
-DtypeOpt = Annotated[str, typer.Option("--dtype", help="auto (bf16 on CUDA, else fp32), float32, bfloat16.")]
-BatchTokensOpt = Annotated[int, typer.Option("--batch-tokens", help="Padded tokens per forward pass.")]
-
 
 def heads(
-    model: ModelOpt,
+    model: LMPath,
     out: Annotated[Path, typer.Option("--out", help="HEADS.json to write.")],
     corpus: Annotated[
         str | None,
@@ -47,9 +43,9 @@ def heads(
             "--exact-copy", help="Count a copy only on identical token ids (default: normalised token text)."
         ),
     ] = False,
-    device: DeviceOpt = None,
-    dtype: DtypeOpt = "auto",
-    batch_tokens: BatchTokensOpt = 16384,
+    device: Device = None,
+    dtype: Dtype = "auto",
+    batch_tokens: BatchTokens = 16384,
 ) -> None:
     """Score every head's retrieval behaviour on key-value probes and select the top fraction."""
     from mixer.files import write_json
@@ -122,7 +118,7 @@ def _read_jsonl(pattern: str, text_field: str) -> tuple[list[dict], list[str]]:
 
 
 def score(
-    model: ModelOpt,
+    model: LMPath,
     heads_file: Annotated[Path, typer.Option("--heads", help="HEADS.json from `attention-influence heads`.")],
     input: Annotated[
         str,
@@ -137,10 +133,10 @@ def score(
     max_tokens: Annotated[
         int | None, typer.Option("--max-tokens", help="Chunk length (default: min(model context, 1024)).")
     ] = None,
-    text_field: Annotated[str, typer.Option("--text-field", help="JSON field holding the text.")] = "text",
-    device: DeviceOpt = None,
-    dtype: DtypeOpt = "auto",
-    batch_tokens: BatchTokensOpt = 16384,
+    text_field: TextField = "text",
+    device: Device = None,
+    dtype: Dtype = "auto",
+    batch_tokens: BatchTokens = 16384,
     docs_per_call: Annotated[int, typer.Option("--docs-per-call", help="Docs bucketed together.")] = 512,
 ) -> None:
     """Score a JSONL corpus with AttentionInfluence and mark the top fraction per domain (no Beam)."""

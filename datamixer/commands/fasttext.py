@@ -8,6 +8,7 @@ from typing import Annotated, Any
 import typer
 
 from datamixer.commands._common import emit, info
+from datamixer.options import Seed, TextField
 
 fasttext_app = typer.Typer(help="Train fastText quality classifiers.", no_args_is_help=True)
 
@@ -36,12 +37,12 @@ def train(
         list[str], typer.Option("--negative", help="JSONL/Parquet glob of low-quality texts (repeatable).")
     ],
     out: Annotated[Path, typer.Option("--out", help="Model file to write (fastText .bin).")],
-    text_field: Annotated[str, typer.Option("--text-field")] = "text",
+    text_field: TextField = "text",
     test_fraction: Annotated[
         float, typer.Option("--test-fraction", help="Held-out share of each class.")
     ] = 0.1,
     max_docs: Annotated[int, typer.Option("--max-docs", help="Cap per class (0: all).")] = 0,
-    seed: Annotated[int, typer.Option("--seed")] = 0,
+    seed: Seed = 0,
     preset: Annotated[
         str,
         typer.Option(

@@ -2,51 +2,29 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 
-from datamixer.commands._common import emit, info
+from datamixer.commands._common import emit, info, write_table
+from datamixer.options import (
+    MIXTURE_SUFFIXES,
+    Caps,
+    Changed,
+    Floors,
+    MaxEpochs,
+    Reuse,
+    Seed,
+    Stats,
+    parse_mapping,
+    split_list,
+)
 
 group = typer.Typer(
     help="RegMix (Liu et al. 2024): proxy mixtures, loss regressors, and the mixture search.",
     no_args_is_help=True,
 )
-
-MIXTURE_SUFFIXES = (".yaml", ".yml")
-
-
-def parse_mapping(text: str | None, what: str) -> dict[str, float]:
-    """`domain=value,domain=value`, or a YAML/JSON file holding {domain: value}."""
-    if not text:
-        return {}
-    path = Path(text)
-    if path.suffix.lower() in (*MIXTURE_SUFFIXES, ".json") and path.exists():
-        from mixer.files import safe_load_yaml
-
-        text = path.read_text()
-        data = json.loads(text) if path.suffix.lower() == ".json" else safe_load_yaml(text, path)
-        if isinstance(data, dict) and isinstance(data.get("weights"), dict):
-            data = data["weights"]
-        if not isinstance(data, dict):
-            raise ValueError(f"{path}: {what} file must map name -> number")
-        items = list(data.items())
-    else:
-        items = []
-        for part in text.split(","):
-            name, sep, value = part.rpartition("=")
-            if not sep or not name.strip():
-                raise ValueError(f"{what}: expected name=value pairs separated by commas, got {part!r}")
-            items.append((name.strip(), value.strip()))
-    out: dict[str, float] = {}
-    for name, value in items:
-        try:
-            out[str(name)] = float(value)
-        except (TypeError, ValueError):
-            raise ValueError(f"{what}: value for {name!r} is not a number: {value!r}") from None
-    return out
 
 
 def _read_prior(path: str) -> dict[str, float]:
@@ -84,18 +62,10 @@ def propose(
     dedup_l1: Annotated[
         float, typer.Option("--dedup-l1", help="drop mixtures within this L1 of another")
     ] = 1e-5,
-    caps: Annotated[
-        str | None, typer.Option("--caps", help="per-domain caps: d=w,... or a YAML/JSON file")
-    ] = None,
-    floors: Annotated[
-        str | None, typer.Option("--floors", "--floor", help="per-domain floors: d=w,... or a file")
-    ] = None,
-    reuse: Annotated[
-        Path | None, typer.Option("--reuse", help="previous mixture YAML: freeze unchanged domains' ratios")
-    ] = None,
-    changed: Annotated[
-        str | None, typer.Option("--changed", help="with --reuse: domains added or revised, d1,d2")
-    ] = None,
+    caps: Caps = None,
+    floors: Floors = None,
+    reuse: Reuse = None,
+    changed: Changed = None,
     tree: Annotated[
         Path | None, typer.Option("--tree", help="domain tree YAML: sample level by level (docs/swarms.md)")
     ] = None,
@@ -113,7 +83,7 @@ def propose(
     nonzero: Annotated[
         str | None, typer.Option("--nonzero", help="domains (or tree nodes) that must stay non-zero: d1,d2")
     ] = None,
-    seed: Annotated[int, typer.Option("--seed")] = 0,
+    seed: Seed = 0,
 ) -> None:
     """Sample proxy mixtures (RegMix's capped Dirichlet sampler, or level by level over --tree) into
     DIR/proposals.parquet (docs/swarms.md).
@@ -134,7 +104,7 @@ def propose(
     domain_tree = read_tree(tree) if tree is not None else None
     frozen = _reuse(reuse, changed, list(counts or {}))
     cap_map, floor_map = parse_mapping(caps, "--caps"), parse_mapping(floors, "--floors")
-    must = [d.strip() for d in (nonzero or "").split(",") if d.strip()]
+    must = split_list(nonzero)
     settings: dict[str, Any] = {"proxy_tokens": proxy_tokens, "max_epochs": max_epochs, "dedup_l1": dedup_l1}
     if domain_tree is None:
         settings.update(
@@ -243,7 +213,7 @@ def fit(
         str | None, typer.Option("--candidates", help="models compared by --select and across scale: m1,m2")
     ] = None,
     cv_folds: Annotated[int, typer.Option("--cv-folds", help="k-fold CV on the training runs (0: off)")] = 5,
-    seed: Annotated[int, typer.Option("--seed")] = 0,
+    seed: Seed = 0,
 ) -> None:
     """Fit one regressor per target; report CV Spearman (95% CI) beside the trivial baseline, and
     rank accuracy across scale when the runs hold two or more model sizes."""
@@ -255,7 +225,7 @@ def fit(
         f"fitting {select and f'the best by {select}' or model} on {mixtures} -> {', '.join(target)} "
         f"({cv_folds}-fold CV)"
     )
-    models = [m.strip() for m in candidates.split(",") if m.strip()] if candidates else list(MODELS)
+    models = split_list(candidates) or list(MODELS)
     _, summary = fit_regmix(
         mixtures,
         losses,
@@ -402,8 +372,6 @@ def predict(
     ] = None,
 ) -> None:
     """Predict each target for each mixture."""
-    from mixer.files import write_parquet, write_text
-
     model, frame = _load_for_model(model_dir, mixtures, key)
     predictions = model.predict(frame)
     predictions.index = frame.index
@@ -415,11 +383,7 @@ def predict(
     if len(predictions) == 1:
         result["prediction"] = {t: float(predictions[t].iloc[0]) for t in model.targets}
     if out is not None:
-        table = predictions.reset_index()
-        if out.suffix.lower() == ".csv":
-            write_text(out, table.to_csv(index=False))
-        else:
-            write_parquet(out, table)
+        write_table(out, predictions.reset_index())
         result["out"] = str(out)
     emit(result)
 
@@ -436,25 +400,17 @@ def optimize(
         str | None, typer.Option("--prior", help="token table or mixture YAML (default: training mean)")
     ] = None,
     concentration: Annotated[float, typer.Option("--concentration", help="Dirichlet(prior x this)")] = 1.0,
-    caps: Annotated[
-        str | None, typer.Option("--caps", help="per-domain max weight: d=w,... or a YAML/JSON file")
-    ] = None,
-    floors: Annotated[
-        str | None, typer.Option("--floors", "--floor", help="per-domain min weight: d=w,... or a file")
-    ] = None,
+    caps: Caps = None,
+    floors: Floors = None,
     target_weights: Annotated[
         str | None, typer.Option("--target-weights", help="target=w,... (default: equal)")
     ] = None,
     search: Annotated[str, typer.Option("--search", help="refine (surrogate-guided) | brute")] = "refine",
-    stats: Annotated[
-        Path | None, typer.Option("--stats", help="domain_stats.parquet (tokens kept) for data-budget caps")
-    ] = None,
+    stats: Stats = None,
     train_tokens: Annotated[
         str | None, typer.Option("--train-tokens", help="planned tokens of the target run, e.g. 100B")
     ] = None,
-    max_epochs: Annotated[
-        float, typer.Option("--max-epochs", help="cap each domain at this many epochs of its data")
-    ] = 4.0,
+    max_epochs: MaxEpochs = 4.0,
     proposer: Annotated[
         str, typer.Option("--proposer", help="simulate (RegMix top-k) | exact (SLSQP; smooth models)")
     ] = "simulate",
@@ -472,13 +428,9 @@ def optimize(
     families: Annotated[
         Path | None, typer.Option("--families", help="task-family YAML: targets grouped and weighted")
     ] = None,
-    reuse: Annotated[
-        Path | None, typer.Option("--reuse", help="previous mixture YAML: keep unchanged domains' ratios")
-    ] = None,
-    changed: Annotated[
-        str | None, typer.Option("--changed", help="with --reuse: domains added or revised, d1,d2")
-    ] = None,
-    seed: Annotated[int, typer.Option("--seed")] = 0,
+    reuse: Reuse = None,
+    changed: Changed = None,
+    seed: Seed = 0,
 ) -> None:
     """Search for the mixture with the lowest predicted loss (RegMix: simulate, average top-k;
     or solve it exactly), with Olmix's KL regulariser, task families and mixture reuse."""
@@ -574,7 +526,7 @@ def _reuse(previous: Path | None, changed: str | None, domains: list[str]):
         if changed:
             raise ValueError("--changed needs --reuse PREVIOUS.yaml")
         return None
-    names = [c.strip() for c in (changed or "").split(",") if c.strip()]
+    names = split_list(changed)
     if not names:
         raise ValueError("--reuse needs --changed d1,d2 (the domains added or revised)")
     return freeze(read_mixture(previous), domains, names)

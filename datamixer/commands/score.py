@@ -3,13 +3,13 @@ select, write)."""
 
 from __future__ import annotations
 
-import logging
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 
 from datamixer.commands._common import emit, info, stage_progress
+from datamixer.options import BEAM_COMMAND, IdField, MaxChars, Runner, TextField, quiet_beam, split_list
 from pipeline.domains import domain_inputs
 
 
@@ -52,12 +52,7 @@ def score(
     threshold: Annotated[
         float | None, typer.Option("--threshold", help="Keep documents scoring >= this.")
     ] = None,
-    runner: Annotated[
-        str,
-        typer.Option(
-            "--runner", help="direct, portable, dataflow, spark or flink; Beam flags for it go after `--`."
-        ),
-    ] = "direct",
+    runner: Runner = "direct",
     tokenizer: Annotated[
         str | None,
         typer.Option(
@@ -67,11 +62,9 @@ def score(
         ),
     ] = None,
     vocab_size: Annotated[int, typer.Option("--vocab-size", help="Vocabulary of the trained BPE.")] = 8192,
-    text_field: Annotated[str, typer.Option("--text-field")] = "text",
-    id_field: Annotated[str, typer.Option("--id-field")] = "id",
-    max_chars: Annotated[
-        int, typer.Option("--max-chars", help="Longest document, in characters.")
-    ] = 1_000_000,
+    text_field: TextField = "text",
+    id_field: IdField = "id",
+    max_chars: MaxChars = 1_000_000,
     oversize: Annotated[
         str, typer.Option("--oversize", help="dead-letter or truncate documents over --max-chars.")
     ] = "dead-letter",
@@ -132,14 +125,14 @@ def score(
     from pipeline.registry import ScorerConfig
     from pipeline.select import Selection
 
-    logging.getLogger("apache_beam").setLevel(logging.WARNING)
+    quiet_beam()
     if scorer is None and model is not None:
         scorer = "fasttext"
     language = None
     if languages is not None or language_model is not None:
-        codes = tuple(c.strip() for c in (languages or "").split(",") if c.strip())
+        codes = tuple(split_list(languages))
         language = LanguageOptions(languages=codes, model=language_model or "lingua")
-    fields = None if keep_fields is None else tuple(f.strip() for f in keep_fields.split(",") if f.strip())
+    fields = None if keep_fields is None else tuple(split_list(keep_fields))
     job = ScoreJobConfig(
         inputs=domain_inputs(input or [], domain or [], config),
         output=str(output),
@@ -194,4 +187,4 @@ def score(
 
 
 def register(app: typer.Typer) -> None:
-    app.command("score", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})(score)
+    app.command("score", context_settings=BEAM_COMMAND)(score)
