@@ -19,10 +19,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGES = ("datamixer", "pipeline", "scorers", "mixer")
 # scorers modules other than the handlers that may import Beam, each with the reason.
-BEAM_IN_SCORERS_ALLOWED: dict[str, str] = {
-    "scorers.fasttext": "a worker copies a gs:// / s3:// model to local disk with Beam's FileSystems (a lazy "
-    "import, only for remote paths); the pipeline should hand the scorer a local path instead",
-}
+BEAM_IN_SCORERS_ALLOWED: dict[str, str] = {}
 
 
 def _module_name(path: Path) -> str:
