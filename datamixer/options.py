@@ -47,6 +47,9 @@ Floors = Annotated[
 Stats = Annotated[
     Path | None, typer.Option("--stats", help="domain_stats.parquet (tokens kept) for data-budget caps.")
 ]
+TrainTokens = Annotated[
+    str | None, typer.Option("--train-tokens", help="Planned tokens of the target run, e.g. 100B.")
+]
 MaxEpochs = Annotated[
     float, typer.Option("--max-epochs", help="Cap each domain at this many epochs of its data.")
 ]

@@ -9,13 +9,17 @@ from typing import Annotated, Any
 import typer
 
 from datamixer.commands._common import emit, info, stage_progress, write_table
-from datamixer.options import Caps, MaxEpochs, Stats, parse_mapping, split_list
+from datamixer.options import Caps, MaxEpochs, Stats, TrainTokens, parse_mapping, split_list
 
 group = typer.Typer(
     help="Fit loss laws L(N, D, h) on runs tables; predict, optimise the mixture, "
     "find compute-optimal sizes.",
     no_args_is_help=True,
 )
+
+
+LawJson = Annotated[Path, typer.Option("--law", help="Law JSON written by `law fit`.")]
+LawTarget = Annotated[str | None, typer.Option("--target", help="Target column (default: the law's first).")]
 
 
 def register(app: typer.Typer) -> None:
@@ -123,11 +127,9 @@ def _fit_summary(estimator: Any, out: Path, paths: dict[str, Path], metrics: dic
 
 @group.command("evaluate")
 def evaluate_command(
-    law_path: Annotated[Path, typer.Option("--law", help="Law JSON from `law fit`.")],
+    law_path: LawJson,
     runs: Annotated[Path, typer.Option("--runs", help="Runs table to predict.")],
-    target: Annotated[
-        str | None, typer.Option("--target", help="Target column (default: the law's first).")
-    ] = None,
+    target: LawTarget = None,
     out: Annotated[
         Path | None, typer.Option("--out", help="Optional Parquet of per-run predictions and residuals.")
     ] = None,
@@ -174,13 +176,13 @@ def _read_mixture_arg(path: Path | None) -> dict[str, float] | None:
 
 @group.command("predict")
 def predict_command(
-    law_path: Annotated[Path, typer.Option("--law", help="Law JSON from `law fit`.")],
+    law_path: LawJson,
     n: Annotated[float, typer.Option("--N", help="Model parameters (non-embedding), e.g. 1e9.")],
     d: Annotated[float, typer.Option("--D", help="Training tokens, e.g. 1e11.")],
     mixture: Annotated[
         Path | None, typer.Option("--mixture", help="Mixture YAML/JSON (required for mixture laws).")
     ] = None,
-    target: Annotated[str | None, typer.Option("--target", help="Target (default: the law's first).")] = None,
+    target: LawTarget = None,
     level: Annotated[float, typer.Option("--level", help="Interval level from the bootstrap fits.")] = 0.95,
 ) -> None:
     """Predicted loss at (N, D[, h]) with its bootstrap interval."""
@@ -212,7 +214,7 @@ def predict_command(
 
 @group.command("optimize")
 def optimize_command(
-    law_path: Annotated[Path, typer.Option("--law", help="Law JSON (additive, joint or mixing).")],
+    law_path: LawJson,
     n: Annotated[float, typer.Option("--N", help="Model parameters of the target run.")],
     d: Annotated[float, typer.Option("--D", help="Training tokens of the target run.")],
     out: Annotated[Path, typer.Option("--out", help="Mixture YAML (or .json) to write.")],
@@ -225,12 +227,11 @@ def optimize_command(
         list[str] | None, typer.Option("--weights", help="Their weights (comma-separated).")
     ] = None,
     stats: Stats = None,
-    train_tokens: Annotated[
-        str | None, typer.Option("--train-tokens", help="Planned tokens for the caps (default: --D).")
-    ] = None,
+    train_tokens: TrainTokens = None,
     max_epochs: MaxEpochs = 4.0,
 ) -> None:
-    """The mixture minimising the (weighted) predicted loss at (N, D), by mirror descent on the simplex."""
+    """The mixture minimising the (weighted) predicted loss at (N, D) of an additive, joint or mixing law,
+    by mirror descent on the simplex; data-budget caps use --train-tokens (default: --D)."""
     from mixer.api import law_mixture
 
     target_list = split_list(targets) or None
@@ -260,14 +261,15 @@ def optimize_command(
 
 @group.command("compute-optimal")
 def compute_optimal_command(
-    law_path: Annotated[Path, typer.Option("--law", help="Law JSON (chinchilla, additive or joint).")],
+    law_path: LawJson,
     flops: Annotated[float, typer.Option("--flops", help="Training compute C in FLOPs (C = 6 N D).")],
     mixture: Annotated[
         Path | None, typer.Option("--mixture", help="Mixture (mixture laws; default: mean training mixture).")
     ] = None,
-    target: Annotated[str | None, typer.Option("--target", help="Target (default: the law's first).")] = None,
+    target: LawTarget = None,
 ) -> None:
-    """The N and D that minimise the predicted loss for a compute budget C = 6 N D."""
+    """The N and D that minimise the predicted loss of a chinchilla, additive or joint law for a compute
+    budget C = 6 N D."""
     from mixer.laws import compute_optimal, load_law
 
     law = load_law(law_path)

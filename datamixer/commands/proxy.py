@@ -15,6 +15,7 @@ proxy_app = typer.Typer(
     help="Train proxy models on mixtures (rows for `regmix fit` and `law fit`).", no_args_is_help=True
 )
 
+
 def parse_count(text: str) -> int:
     """'300k' -> 300000, '1.5m' -> 1500000, '2e5' -> 200000, '300_000' (`mixer.budget.parse_tokens`)."""
     from mixer.budget import parse_tokens

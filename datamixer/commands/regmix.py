@@ -17,6 +17,7 @@ from datamixer.options import (
     Reuse,
     Seed,
     Stats,
+    TrainTokens,
     parse_mapping,
     split_list,
 )
@@ -217,7 +218,6 @@ def fit(
 ) -> None:
     """Fit one regressor per target; report CV Spearman (95% CI) beside the trivial baseline, and
     rank accuracy across scale when the runs hold two or more model sizes."""
-    from mixer.model_selection import baseline_warning
     from mixer.regmix import MODELS, canonical_model, fit_regmix
 
     model = canonical_model(model)
@@ -240,14 +240,7 @@ def fit(
         candidates=models,
     )
     for name, metrics in summary["cv"].items():
-        info(
-            f"  {name}: {summary['model']} CV spearman {metrics['spearman']:.4f} "
-            f"[{metrics['spearman_ci_low']:.4f}, {metrics['spearman_ci_high']:.4f}], "
-            f"pearson {metrics['pearson']:.4f}, mse {metrics['mse']:.5f}" + _baseline_text(metrics)
-        )
-        warning = baseline_warning(name, metrics, "CV")
-        if warning:
-            info(warning)
+        _say_metrics(name, f"  {name}: {summary['model']} CV", metrics, "CV")
     for name, per_model in summary.get("cross_scale", {}).items():
         for kind, metrics in per_model.items():
             info(
@@ -255,12 +248,29 @@ def fit(
                 f"spearman at "
                 f"{metrics['scale']:g}: {metrics['spearman']:.4f}" + _baseline_text(metrics)
             )
-        warning = baseline_warning(name, per_model[summary["model"]], "cross-scale")
-        if warning:
-            info(warning)
+        _say_warning(name, per_model[summary["model"]], "cross-scale")
     if len(target) == 1 and summary["cv"]:
         summary.update({f"cv_{k}": v for k, v in summary["cv"][target[0]].items()})
     emit(summary)
+
+
+def _say_metrics(name: str, label: str, metrics: dict[str, Any], where: str) -> None:
+    """One stderr line of a target's fit metrics beside the trivial baseline, and the warning when the
+    model does not beat it."""
+    info(
+        f"{label}: n={metrics['n']} spearman {metrics['spearman']:.4f} "
+        f"[{metrics['spearman_ci_low']:.4f}, {metrics['spearman_ci_high']:.4f}], "
+        f"pearson {metrics['pearson']:.4f}, mse {metrics['mse']:.5f}" + _baseline_text(metrics)
+    )
+    _say_warning(name, metrics, where)
+
+
+def _say_warning(name: str, metrics: dict[str, Any], where: str) -> None:
+    from mixer.model_selection import baseline_warning
+
+    warning = baseline_warning(name, metrics, where)
+    if warning:
+        info(warning)
 
 
 def _baseline_text(metrics: dict[str, Any]) -> str:
@@ -312,7 +322,7 @@ def evaluate(
     trivial baseline (minus the target domain's weight; for a weighted sum of targets, minus the
     weighted sum of their domains' weights); warn when the model does not beat it."""
     from mixer.metrics import regression_metrics
-    from mixer.model_selection import baseline_warning, compare_to_baseline
+    from mixer.model_selection import compare_to_baseline
     from mixer.regmix import RegMixModel, load_training_table
 
     model = RegMixModel.load(model_dir)
@@ -332,14 +342,7 @@ def evaluate(
         }
     first = per_target[targets[0]]
     for name, metrics in per_target.items():
-        info(
-            f"{name}: n={metrics['n']} spearman {metrics['spearman']:.4f} "
-            f"[{metrics['spearman_ci_low']:.4f}, {metrics['spearman_ci_high']:.4f}] "
-            f"pearson {metrics['pearson']:.4f} mse {metrics['mse']:.5f}" + _baseline_text(metrics)
-        )
-        warning = baseline_warning(name, metrics, "held-out")
-        if warning:
-            info(warning)
+        _say_metrics(name, name, metrics, "held-out")
     result: dict[str, Any] = {**first, "target": targets[0], "model": str(model_dir)}
     if len(targets) > 1:
         result["per_target"] = per_target
@@ -355,9 +358,7 @@ def evaluate(
             "target_weights": tw,
         }
         info(f"weighted targets: spearman {combined['spearman']:.4f}" + _baseline_text(combined))
-        warning = baseline_warning("weighted targets", combined, "held-out")
-        if warning:
-            info(warning)
+        _say_warning("weighted targets", combined, "held-out")
         result["combined"] = combined
     emit(result)
 
@@ -407,9 +408,7 @@ def optimize(
     ] = None,
     search: Annotated[str, typer.Option("--search", help="refine (surrogate-guided) | brute")] = "refine",
     stats: Stats = None,
-    train_tokens: Annotated[
-        str | None, typer.Option("--train-tokens", help="planned tokens of the target run, e.g. 100B")
-    ] = None,
+    train_tokens: TrainTokens = None,
     max_epochs: MaxEpochs = 4.0,
     proposer: Annotated[
         str, typer.Option("--proposer", help="simulate (RegMix top-k) | exact (SLSQP; smooth models)")
