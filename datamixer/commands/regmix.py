@@ -91,12 +91,9 @@ def propose(
 
     With --reuse PREVIOUS.yaml --changed d1,d2 (Olmix's mixture reuse), the unchanged domains keep
     their previous ratios as one virtual domain: a small swarm over it and the changed domains."""
-    import pandas as pd
-
-    from mixer.extend import propose_swarm
     from mixer.files import write_yaml
-    from mixer.runs import domain_name, load_token_counts
-    from mixer.sampler import domain_caps, epochs_table, write_proposals
+    from mixer.runs import load_token_counts
+    from mixer.sampler import write_proposals
     from mixer.tree import read_tree
 
     if tokens is None and tree is None:
@@ -106,41 +103,26 @@ def propose(
     frozen = _reuse(reuse, changed, list(counts or {}))
     cap_map, floor_map = parse_mapping(caps, "--caps"), parse_mapping(floors, "--floors")
     must = split_list(nonzero)
+    flat = {
+        "temperature": temperature,
+        "min_concentration": min_concentration,
+        "max_concentration": max_concentration,
+        "min_weight": min_weight,
+        "round_to": round_to,
+    }
     settings: dict[str, Any] = {"proxy_tokens": proxy_tokens, "max_epochs": max_epochs, "dedup_l1": dedup_l1}
     if domain_tree is None:
-        settings.update(
-            temperature=temperature,
-            min_concentration=min_concentration,
-            max_concentration=max_concentration,
-            min_weight=min_weight,
-            round_to=round_to,
-        )
+        settings.update(flat)
     else:
-        flat_only = {
-            "--temperature": temperature != 0.5,
-            "--min-concentration": min_concentration != 0.1,
-            "--max-concentration": max_concentration != 5.0,
-            "--min-weight": min_weight != 2e-4,
-            "--round-to": round_to is not None,
-            "--floors": bool(floor_map),
-            "--reuse": bool(frozen),
-        }
-        given = [name for name, is_set in flat_only.items() if is_set]
-        if given:
-            raise ValueError(
-                f"{', '.join(given)}: set per level in the tree file (levels: temperature, "
-                "min_strength, max_strength, min_weight), or use --nonzero"
-            )
+        _refuse_flat_options(flat, bool(floor_map), frozen is not None)
     info(f"sampling {n} mixtures{' over ' + str(tree) if tree else ''}")
     if frozen is not None:
         if existing is not None or must:
             raise ValueError("--reuse does not combine with --existing or --nonzero yet")
-        if counts is None:
-            raise ValueError("--reuse needs --tokens (the token counts of every domain)")
-        frame = _propose_reused(frozen, counts, n, cap_map, floor_map, seed, settings)
-        summary: dict[str, Any] = {}
-        frame = pd.concat([frame, epochs_table(frame, counts, proxy_tokens)], axis=1)
+        frame, summary = _propose_reused(frozen, counts, n, cap_map, floor_map, seed, settings), {}
     else:
+        from mixer.extend import propose_swarm
+
         floor_option: dict[str, Any] = {"floors": floor_map} if floor_map else {}
         frame, summary = propose_swarm(
             n,
@@ -167,26 +149,62 @@ def propose(
         **({"reuse": str(reuse), "changed": list(frozen.changed)} if frozen else {}),
     }
     proposals = write_proposals(frame, out, provenance)
-    if domain_tree is not None:
-        write_yaml(out / "tree.yaml", domain_tree.to_dict(domain_tree.leaf_tokens(counts)))
     leaf_counts = domain_tree.leaf_tokens(counts) if domain_tree is not None else counts
+    if domain_tree is not None:
+        write_yaml(out / "tree.yaml", domain_tree.to_dict(leaf_counts))
     assert leaf_counts is not None  # --tokens or --tree, checked above
-    effective_caps = {**domain_caps(leaf_counts, proxy_tokens, max_epochs), **cap_map}
+    emit(_proposal_summary(frame, out, proposals, seed, summary, leaf_counts, cap_map, settings))
+
+
+# `regmix propose` options of the flat sampler; over a tree each level sets its own.
+FLAT_DEFAULTS = {
+    "temperature": 0.5,
+    "min_concentration": 0.1,
+    "max_concentration": 5.0,
+    "min_weight": 2e-4,
+    "round_to": None,
+}
+
+
+def _refuse_flat_options(flat: dict[str, Any], floors: bool, reuse: bool) -> None:
+    """With --tree, a flat-sampler option given on the command line is an error naming it."""
+    given = [f"--{k.replace('_', '-')}" for k, v in flat.items() if v != FLAT_DEFAULTS[k]]
+    given += [name for name, is_set in (("--floors", floors), ("--reuse", reuse)) if is_set]
+    if given:
+        raise ValueError(
+            f"{', '.join(given)}: set per level in the tree file (levels: temperature, "
+            "min_strength, max_strength, min_weight), or use --nonzero"
+        )
+
+
+def _proposal_summary(
+    frame,
+    out: Path,
+    proposals: Path,
+    seed: int,
+    summary: dict,
+    leaf_counts: dict,
+    caps: dict[str, float],
+    settings: dict[str, Any],
+) -> dict[str, Any]:
+    """The JSON line of `regmix propose`."""
+    from mixer.runs import domain_name
+    from mixer.sampler import domain_caps
+
+    effective_caps = {**domain_caps(leaf_counts, settings["proxy_tokens"], settings["max_epochs"]), **caps}
     weight_columns = [c for c in frame.columns if str(c).startswith("h_")]
-    emit(
-        {
-            "n": len(frame),
-            "domains": len(weight_columns),
-            "out": str(out),
-            "caps_binding": sorted(d for d, c in effective_caps.items() if c < 1.0),
-            "proposals": str(proposals),
-            "mixtures_dir": str(out / "mixtures"),
-            "seed": seed,
-            "max_epochs_proposed": float(frame["max_epochs"].max()),
-            **summary,
-            "max_weight": {domain_name(c): float(frame[c].max()) for c in weight_columns},
-        }
-    )
+    return {
+        "n": len(frame),
+        "domains": len(weight_columns),
+        "out": str(out),
+        "caps_binding": sorted(d for d, c in effective_caps.items() if c < 1.0),
+        "proposals": str(proposals),
+        "mixtures_dir": str(out / "mixtures"),
+        "seed": seed,
+        "max_epochs_proposed": float(frame["max_epochs"].max()),
+        **summary,
+        "max_weight": {domain_name(c): float(frame[c].max()) for c in weight_columns},
+    }
 
 
 @group.command("fit")
@@ -485,11 +503,16 @@ def optimize(
 
 
 def _propose_reused(frozen, counts, n, caps, floors, seed, settings):
-    """Propose over (virtual frozen domain, changed domains), then recompose over every domain."""
+    """Propose over (virtual frozen domain, changed domains), then recompose over every domain; with
+    the epochs each mixture asks of each domain."""
     import numpy as np
+    import pandas as pd
 
     from mixer.reuse import VIRTUAL, expand_frame, reduced_bounds
-    from mixer.sampler import domain_caps, propose_mixtures
+    from mixer.sampler import domain_caps, epochs_table, propose_mixtures
+
+    if counts is None:
+        raise ValueError("--reuse needs --tokens (the token counts of every domain)")
 
     domains = list(frozen.domains)
     upper = np.array(
@@ -513,7 +536,8 @@ def _propose_reused(frozen, counts, n, caps, floors, seed, settings):
         floors={d: v for d, v in zip(names, low.tolist(), strict=True) if v > 0},
         **settings,
     )
-    return expand_frame(frozen, reduced)
+    frame = expand_frame(frozen, reduced)
+    return pd.concat([frame, epochs_table(frame, counts, settings["proxy_tokens"])], axis=1)
 
 
 def _reuse(previous: Path | None, changed: str | None, domains: list[str]):
