@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -77,25 +77,27 @@ def heads(
         )
     found.provenance.update(model=str(model), corpus=source)
     write_json(out, found.document())
+    emit(_heads_summary(found, out, n_probes, time.perf_counter() - start))
+
+
+def _heads_summary(found: Any, out: Path, n_probes: int, seconds: float) -> dict[str, Any]:
+    """The JSON line of `attention-influence heads` (and its stderr line)."""
     info(
         f"selected {len(found.selected)} of {found.scores.size} heads: {found.selected} "
         f"({found.provenance['probes_per_s']} probes/s)"
     )
-    emit(
-        {
-            "out": str(out),
-            "selected": found.selected,
-            "n_heads": int(found.scores.size),
-            "top_scores": sorted((float(s) for s in found.scores.ravel()), reverse=True)[
-                : len(found.selected)
-            ],
-            "probes": n_probes,
-            "max_tokens": found.provenance["max_tokens"],
-            "copy_ceiling": found.provenance["copy_ceiling"],
-            "probes_per_s": found.provenance["probes_per_s"],
-            "seconds": round(time.perf_counter() - start, 2),
-        }
-    )
+    top_scores = sorted((float(s) for s in found.scores.ravel()), reverse=True)
+    return {
+        "out": str(out),
+        "selected": found.selected,
+        "n_heads": int(found.scores.size),
+        "top_scores": top_scores[: len(found.selected)],
+        "probes": n_probes,
+        "max_tokens": found.provenance["max_tokens"],
+        "copy_ceiling": found.provenance["copy_ceiling"],
+        "probes_per_s": found.provenance["probes_per_s"],
+        "seconds": round(seconds, 2),
+    }
 
 
 def score(

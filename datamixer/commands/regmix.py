@@ -481,6 +481,12 @@ def optimize(
         uncertainty_penalty=uncertainty_penalty,
         reuse=_reuse(reuse, changed, domains),
     )
+    _say_optimum(summary)
+    emit(summary)
+
+
+def _say_optimum(summary: dict[str, Any]) -> None:
+    """The search's result on stderr, with a warning when the mixture leaves the training region."""
     for name, proposal in (summary["proposals"] or {}).items():
         info(f"  {name}: predicted {proposal['predicted']:.4f}, KL to prior {proposal['kl_to_prior']:.4f}")
     info(
@@ -499,7 +505,6 @@ def optimize(
             f"{summary['nearest_training_l1']:.3f} vs typical {summary['training_nn_l1_q']:.3f}; "
             f"outside range: {summary['outside_range']}); trees predict flat there"
         )
-    emit(summary)
 
 
 def _propose_reused(frozen, counts, n, caps, floors, seed, settings):

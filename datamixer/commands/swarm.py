@@ -16,6 +16,21 @@ runs_group = typer.Typer(
 )
 
 
+def _write_olmix_priors(out: Path, counts: dict[str, int]) -> None:
+    """Token counts in Olmix's priors format (olmix/fit/loaders.py)."""
+    from mixer.files import write_json
+
+    total = sum(counts.values())
+    write_json(
+        out,
+        {
+            "relative_sizes": {d: c / total for d, c in counts.items()},
+            "total_tokens": total,
+            "token_counts": counts,
+        },
+    )
+
+
 def priors(
     out: Annotated[
         Path,
@@ -39,7 +54,6 @@ def priors(
     import pandas as pd
 
     from mixer.exports import read_paths
-    from mixer.files import write_json
     from mixer.priors import count_tokens
     from mixer.tree import read_tree
 
@@ -57,16 +71,9 @@ def priors(
     rows = [{"domain": d, "tokens": int(c["tokens"]), "files": c["files"]} for d, c in counted.items()]
     rows += [{"domain": d, "tokens": int(t), "files": 0} for d, t in given.items()]
     table = pd.DataFrame(rows)
-    if out.suffix.lower() == ".json":  # Olmix's priors format (olmix/fit/loaders.py)
-        counts = dict(zip(table["domain"], table["tokens"].astype(int).tolist(), strict=True))
-        total = sum(counts.values())
-        write_json(
-            out,
-            {
-                "relative_sizes": {d: c / total for d, c in counts.items()},
-                "total_tokens": total,
-                "token_counts": counts,
-            },
+    if out.suffix.lower() == ".json":
+        _write_olmix_priors(
+            out, dict(zip(table["domain"], table["tokens"].astype(int).tolist(), strict=True))
         )
     else:
         write_table(out, table)
