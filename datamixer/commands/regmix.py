@@ -93,7 +93,7 @@ def propose(
     their previous ratios as one virtual domain: a small swarm over it and the changed domains."""
     from mixer.files import write_yaml
     from mixer.runs import load_token_counts
-    from mixer.sampler import write_proposals
+    from mixer.sampler import domain_caps, write_proposals
     from mixer.tree import read_tree
 
     if tokens is None and tree is None:
@@ -153,7 +153,8 @@ def propose(
     if domain_tree is not None:
         write_yaml(out / "tree.yaml", domain_tree.to_dict(leaf_counts))
     assert leaf_counts is not None  # --tokens or --tree, checked above
-    emit(_proposal_summary(frame, out, proposals, seed, summary, leaf_counts, cap_map, settings))
+    effective_caps = {**domain_caps(leaf_counts, proxy_tokens, max_epochs), **cap_map}
+    emit(_proposal_summary(frame, out, proposals, seed, effective_caps, summary))
 
 
 # `regmix propose` options of the flat sampler; over a tree each level sets its own.
@@ -177,21 +178,10 @@ def _refuse_flat_options(flat: dict[str, Any], floors: bool, reuse: bool) -> Non
         )
 
 
-def _proposal_summary(
-    frame,
-    out: Path,
-    proposals: Path,
-    seed: int,
-    summary: dict,
-    leaf_counts: dict,
-    caps: dict[str, float],
-    settings: dict[str, Any],
-) -> dict[str, Any]:
+def _proposal_summary(frame, out: Path, proposals: Path, seed: int, effective_caps: dict, summary: dict):
     """The JSON line of `regmix propose`."""
     from mixer.runs import domain_name
-    from mixer.sampler import domain_caps
 
-    effective_caps = {**domain_caps(leaf_counts, settings["proxy_tokens"], settings["max_epochs"]), **caps}
     weight_columns = [c for c in frame.columns if str(c).startswith("h_")]
     return {
         "n": len(frame),
