@@ -79,7 +79,7 @@ def parse_pairs(items: list[str] | None, what: str) -> dict[str, str]:
     out = {}
     for item in items or []:
         name, sep, value = item.partition("=")
-        if not sep or not name or not value:
+        if not sep or not name:
             raise ValueError(f"{what}: expected NAME=VALUE, got {item!r}")
         out[name] = value
     return out

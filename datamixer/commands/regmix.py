@@ -119,7 +119,8 @@ def propose(
     if frozen is not None:
         if existing is not None or must:
             raise ValueError("--reuse does not combine with --existing or --nonzero yet")
-        frame, summary = _propose_reused(frozen, counts, n, cap_map, floor_map, seed, settings), {}
+        frame = _propose_reused(frozen, counts, n, cap_map, floor_map, seed, settings)
+        summary: dict[str, Any] = {}
     else:
         from mixer.extend import propose_swarm
 

@@ -9,18 +9,25 @@ from typing import Annotated, Any
 import typer
 
 from datamixer.commands._common import emit, info, stage_progress
-from datamixer.options import BEAM_COMMAND, IdField, MaxChars, Runner, TextField, quiet_beam, split_list
+from datamixer.options import (
+    BEAM_COMMAND,
+    IdField,
+    MaxChars,
+    Runner,
+    TextField,
+    parse_pairs,
+    quiet_beam,
+    split_list,
+)
 from pipeline.domains import domain_inputs
 
 
-def parse_scorer_options(pairs: list[str]) -> dict[str, Any]:
-    options: dict[str, Any] = {}
-    for pair in pairs:
-        key, sep, value = pair.partition("=")
-        if not sep or not key:
-            raise ValueError(f"--scorer-option must be KEY=VALUE; got {pair!r}")
-        options[key] = value
-    return options
+def _scorer_config(name: str, model: str | None, label: str, options: list[str] | None, heads: Path | None):
+    """The `ScorerConfig` of --scorer, --model, --label, --scorer-option KEY=VALUE and --heads."""
+    from pipeline.registry import ScorerConfig
+
+    settings: dict[str, Any] = dict(parse_pairs(options, "--scorer-option"))
+    return ScorerConfig(name, model, label, {**settings, **({"heads": str(heads)} if heads else {})})
 
 
 def score(
@@ -122,7 +129,6 @@ def score(
     from pipeline.langid import LanguageOptions
     from pipeline.progress import document_progress
     from pipeline.read import ReadOptions
-    from pipeline.registry import ScorerConfig
     from pipeline.select import Selection
 
     quiet_beam()
@@ -136,14 +142,7 @@ def score(
     job = ScoreJobConfig(
         inputs=domain_inputs(input or [], domain or [], config),
         output=str(output),
-        scorer=None
-        if scorer is None
-        else ScorerConfig(
-            scorer,
-            model,
-            label,
-            {**parse_scorer_options(scorer_option or []), **({"heads": str(heads)} if heads else {})},
-        ),
+        scorer=None if scorer is None else _scorer_config(scorer, model, label, scorer_option, heads),
         language=language,
         filters=parse_filters(filters),
         dedup=None
@@ -163,16 +162,8 @@ def score(
         with_text=not no_text,
         vocab_size=vocab_size,
     )
-    steps = [
-        name
-        for name, on in (
-            ("language ID", language),
-            ("filters", job.filters),
-            ("dedup", dedup),
-            (scorer or "", scorer),
-        )
-        if on
-    ]
+    stages = (("language ID", language), ("filters", job.filters), ("dedup", dedup), (scorer, job.scorer))
+    steps = [str(name) for name, on in stages if on]
     info(f"{len(job.inputs)} domain(s): {', '.join(steps) or 'read and count'} on the {runner} runner")
     with document_progress(stage_progress) as settle:
         result = run_score_job(job, runner=runner, beam_args=list(ctx.args))
