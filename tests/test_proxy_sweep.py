@@ -46,19 +46,13 @@ def data(score_dir: Path):
 def test_sweep_resumes_training_only_the_new_runs(data, tmp_path: Path) -> None:
     """The quick variant of the two slow tests below: one size, one process."""
     runs = tmp_path / "runs.parquet"
-    first = run_sweep(data, PROPOSALS.iloc[:1], ["20k"], 4_096, runs, workers=1, threads=1, config=CONFIG)
+
+    def sweep(proposals: pd.DataFrame, **options):
+        return run_sweep(data, proposals, ["20k"], 4096, runs, workers=1, threads=1, config=CONFIG, **options)
+
+    first = sweep(PROPOSALS.iloc[:1])
     trained: list[str] = []
-    table = run_sweep(
-        data,
-        PROPOSALS.iloc[:2],
-        ["20k"],
-        4_096,
-        runs,
-        workers=1,
-        threads=1,
-        config=CONFIG,
-        on_done=lambda task, rows: trained.append(task.mixture),
-    )
+    table = sweep(PROPOSALS.iloc[:2], on_done=lambda task, rows: trained.append(task.mixture))
     assert trained == ["p1"] and len(first) == 2 and len(table) == 4  # 2 evaluations per run
     assert table["run"].is_unique and set(table["mixture"]) == {"p0", "p1"}
 
