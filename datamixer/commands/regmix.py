@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -291,6 +292,21 @@ def _baseline_text(metrics: dict[str, Any]) -> str:
     )
 
 
+def _is_mixture_file(path: Path) -> bool:
+    """One mixture rather than a table: a YAML file, or JSON holding ours (`{"weights": ...}`) or Olmix's
+    `*_optimal.json` (`[{"domain", "weight"}, ...]`), told apart by the parsed structure."""
+    suffix = path.suffix.lower()
+    if suffix in MIXTURE_SUFFIXES:
+        return True
+    if suffix != ".json" or not path.is_file():
+        return False
+    data = json.loads(path.read_text())
+    if isinstance(data, dict):
+        return "weights" in data
+    records = data if isinstance(data, list) else [None]
+    return all(isinstance(r, dict) and {"domain", "weight"} <= set(r) for r in records)
+
+
 def _load_for_model(model_dir: Path, mixtures: Path, key: str):
     """The model and the mixtures to score: a table indexed by `key`, or one mixture file."""
     import pandas as pd
@@ -300,12 +316,7 @@ def _load_for_model(model_dir: Path, mixtures: Path, key: str):
     from mixer.runs import load_mixtures
 
     model = RegMixModel.load(model_dir)
-    if mixtures.suffix.lower() in MIXTURE_SUFFIXES or (
-        # a mixture file: ours ({"weights": ...}) or Olmix's `*_optimal.json` ([{"domain", "weight"}])
-        mixtures.suffix.lower() == ".json"
-        and mixtures.exists()
-        and any(k in mixtures.read_text()[:2000] for k in ('"weights"', '"domain"'))
-    ):
+    if _is_mixture_file(mixtures):
         weights = read_mixture(mixtures)
         frame = pd.DataFrame([weights], index=pd.Index([mixtures.stem], name=key))
     else:
