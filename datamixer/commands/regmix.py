@@ -139,17 +139,12 @@ def propose(
             **floor_option,
             **settings,
         )
-    named = {"tokens": tokens, "tree": tree, "existing": existing}
-    provenance = {
-        "method": "regmix-propose",
-        "seed": seed,
-        **settings,
-        **{k: str(v) for k, v in named.items() if v is not None},
-        **({"caps": cap_map} if cap_map else {}),
-        **({"floors": floor_map} if floor_map else {}),
-        **({"nonzero": must} if must else {}),
-        **({"reuse": str(reuse), "changed": list(frozen.changed)} if frozen else {}),
-    }
+    files = {"tokens": tokens, "tree": tree, "existing": existing, "reuse": reuse}
+    changes = list(frozen.changed) if frozen else []
+    given = {"caps": cap_map, "floors": floor_map, "nonzero": must, "changed": changes}
+    provenance = {"method": "regmix-propose", "seed": seed, **settings}
+    provenance |= {k: str(v) for k, v in files.items() if v is not None}
+    provenance |= {k: v for k, v in given.items() if v}
     proposals = write_proposals(frame, out, provenance)
     leaf_counts = domain_tree.leaf_tokens(counts) if domain_tree is not None else counts
     if domain_tree is not None:
