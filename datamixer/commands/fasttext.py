@@ -13,21 +13,6 @@ from datamixer.options import Seed, TextField
 fasttext_app = typer.Typer(help="Train fastText quality classifiers.", no_args_is_help=True)
 
 
-def read_texts(globs: list[str], text_field: str, max_docs: int | None) -> list[str]:
-    """Texts of JSONL/Parquet files matching `globs`; records without a usable text are skipped."""
-    from pipeline.read import ReadOptions, expand_inputs, read_file
-
-    opts = ReadOptions(text_field=text_field, oversize="truncate")
-    texts: list[str] = []
-    for domain, path in expand_inputs({"input": globs}):
-        for batch, _dead in read_file(domain, path, opts):
-            if batch is not None:
-                texts += batch.column("text").to_pylist()
-            if max_docs and len(texts) >= max_docs:
-                return texts[:max_docs]
-    return texts
-
-
 @fasttext_app.command("train")
 def train(
     positive: Annotated[
@@ -64,6 +49,7 @@ def train(
     """Train __label__hq (positive) vs __label__lq (negative); prints held-out precision/recall/AUC."""
     import warnings
 
+    from pipeline.read import read_texts
     from scorers.fasttext import LOW_AUC, FastTextQualityClassifier
 
     pos = read_texts(positive, text_field, max_docs or None)
