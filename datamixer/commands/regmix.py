@@ -29,6 +29,16 @@ group = typer.Typer(
 )
 
 
+# `regmix propose` options of the flat sampler; over a tree each level sets its own.
+FLAT_DEFAULTS: dict[str, Any] = {
+    "temperature": 0.5,
+    "min_concentration": 0.1,
+    "max_concentration": 5.0,
+    "min_weight": 2e-4,
+    "round_to": None,
+}
+
+
 def _read_prior(path: str) -> dict[str, float]:
     from mixer.mixture import read_mixture
     from mixer.runs import load_token_counts
@@ -54,10 +64,16 @@ def propose(
     ] = 15.0,
     temperature: Annotated[
         float, typer.Option("--temperature", help="prior = token share ** temperature")
-    ] = 0.5,
-    min_concentration: Annotated[float, typer.Option("--min-concentration")] = 0.1,
-    max_concentration: Annotated[float, typer.Option("--max-concentration")] = 5.0,
-    min_weight: Annotated[float, typer.Option("--min-weight", help="weights below this become 0")] = 2e-4,
+    ] = FLAT_DEFAULTS["temperature"],
+    min_concentration: Annotated[float, typer.Option("--min-concentration")] = FLAT_DEFAULTS[
+        "min_concentration"
+    ],
+    max_concentration: Annotated[float, typer.Option("--max-concentration")] = FLAT_DEFAULTS[
+        "max_concentration"
+    ],
+    min_weight: Annotated[
+        float, typer.Option("--min-weight", help="weights below this become 0")
+    ] = FLAT_DEFAULTS["min_weight"],
     round_to: Annotated[
         float | None, typer.Option("--round-to", help="rounding grid (default: --min-weight; 0: off)")
     ] = None,
@@ -152,16 +168,6 @@ def propose(
     assert leaf_counts is not None  # --tokens or --tree, checked above
     effective_caps = {**domain_caps(leaf_counts, proxy_tokens, max_epochs), **cap_map}
     emit(_proposal_summary(frame, out, proposals, seed, effective_caps, summary))
-
-
-# `regmix propose` options of the flat sampler; over a tree each level sets its own.
-FLAT_DEFAULTS = {
-    "temperature": 0.5,
-    "min_concentration": 0.1,
-    "max_concentration": 5.0,
-    "min_weight": 2e-4,
-    "round_to": None,
-}
 
 
 def _refuse_flat_options(flat: dict[str, Any], floors: bool, reuse: bool) -> None:
