@@ -117,3 +117,34 @@ def test_option_values_parse_one_way_for_every_command(tmp_path):
         parse_mapping("code=lots", "--floors")
     with pytest.raises(ValueError, match="--column: expected NAME=VALUE"):
         parse_pairs(["N"], "--column")
+
+
+class _Config:
+    """The parts of `pytest.Config` that `conftest.pytest_configure` reads and writes."""
+
+    def __init__(self, markexpr: str, slow: bool) -> None:
+        self.option = type("Option", (), {"markexpr": markexpr})()
+        self.stash = pytest.Stash()
+        self._slow = slow
+
+    def getoption(self, name: str) -> bool:
+        assert name == "slow"
+        return self._slow
+
+
+@pytest.mark.parametrize(
+    ("ci", "markexpr", "slow", "expected"),
+    [
+        ("", "", False, "not slow"),  # a local `pytest -q`
+        ("true", "", False, ""),  # CI runs everything
+        ("", "", True, ""),  # --slow
+        ("", "slow", False, "slow"),  # an explicit -m wins
+    ],
+)
+def test_local_runs_leave_out_slow_tests_and_ci_runs_all(monkeypatch, ci, markexpr, slow, expected):
+    from conftest import pytest_configure  # tests/conftest.py, which pytest has put on sys.path
+
+    monkeypatch.setenv("CI", ci)
+    config = _Config(markexpr, slow)
+    pytest_configure(config)  # type: ignore[arg-type]
+    assert config.option.markexpr == expected
