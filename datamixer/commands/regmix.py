@@ -354,13 +354,17 @@ def evaluate(
     weights, values = load_training_table(mixtures, losses, targets, key)
     predictions = model.predict(weights)
     X = weights.to_numpy(dtype=float)
-    per_target = {}
-    for t in targets:
-        y, pred = values[t].to_numpy(), predictions[t].to_numpy()
-        per_target[t] = {
+
+    def scored(target_weights: dict[str, float]) -> dict[str, Any]:
+        """Held-out metrics of the weighted sum of targets, beside the trivial baseline."""
+        y = sum(w * values[t].to_numpy() for t, w in target_weights.items())
+        pred = sum(w * predictions[t].to_numpy() for t, w in target_weights.items())
+        return {
             **regression_metrics(y, pred, seed=seed),
-            **compare_to_baseline(y, pred, X, model.domains, {t: 1.0}, seed),
+            **compare_to_baseline(y, pred, X, model.domains, target_weights, seed),
         }
+
+    per_target = {t: scored({t: 1.0}) for t in targets}
     first = per_target[targets[0]]
     for name, metrics in per_target.items():
         _say_metrics(name, name, metrics, "held-out")
@@ -371,13 +375,7 @@ def evaluate(
         from mixer.regmix import resolve_target_weights
 
         tw = resolve_target_weights(targets, parse_mapping(target_weights, "--target-weights"))
-        y = sum(w * values[t].to_numpy() for t, w in tw.items())
-        pred = sum(w * predictions[t].to_numpy() for t, w in tw.items())
-        combined = {
-            **regression_metrics(y, pred, seed=seed),
-            **compare_to_baseline(y, pred, X, model.domains, tw, seed),
-            "target_weights": tw,
-        }
+        combined = {**scored(tw), "target_weights": tw}
         info(f"weighted targets: spearman {combined['spearman']:.4f}" + _baseline_text(combined))
         _say_warning("weighted targets", combined, "held-out")
         result["combined"] = combined
