@@ -39,15 +39,6 @@ FLAT_DEFAULTS: dict[str, Any] = {
 }
 
 
-def _read_prior(path: str) -> dict[str, float]:
-    from mixer.mixture import read_mixture
-    from mixer.runs import load_token_counts
-
-    if Path(path).suffix.lower() in MIXTURE_SUFFIXES:
-        return read_mixture(path)
-    return load_token_counts(path)
-
-
 @group.command("propose")
 def propose(
     out: Annotated[Path, typer.Option("--out", help="output directory")],
@@ -452,6 +443,7 @@ def optimize(
 ) -> None:
     """Search for the mixture with the lowest predicted loss (RegMix: simulate, average top-k;
     or solve it exactly), with Olmix's KL regulariser, task families and mixture reuse."""
+    from mixer.api import read_prior
     from mixer.budget import optimizer_caps
     from mixer.families import read_families
     from mixer.regmix import RegMixModel, optimize_regmix
@@ -467,7 +459,7 @@ def optimize(
         out,
         n_draws=draws,
         top_k=top_k,
-        prior=_read_prior(prior) if prior else None,
+        prior=read_prior(prior or None),
         caps=optimizer_caps(domains, parse_mapping(caps, "--caps"), stats, train_tokens, max_epochs),
         floors=parse_mapping(floors, "--floors"),
         target_weights=(
