@@ -65,9 +65,10 @@ class LanguageIdentifier:
 
             self.detector_ = LangId.from_modelstring(model, norm_probs=True)
         else:
-            from scorers.fasttext import _fasttext, _local_copy
+            from pipeline.remote import local_copy
+            from scorers.fasttext import _fasttext
 
-            self.detector_ = _fasttext().load_model(_local_copy(self.model))
+            self.detector_ = _fasttext().load_model(local_copy(self.model))
         return self
 
     def identify(self, texts: Sequence[str]) -> tuple[list[str], np.ndarray]:

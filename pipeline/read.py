@@ -592,3 +592,17 @@ def sample_texts(pairs: Iterable[tuple[str, str]], opts: ReadOptions, max_chars_
         except Exception:  # noqa: BLE001 - an unreadable file is dead-lettered by the job itself
             continue
     return out
+
+
+def read_texts(globs: list[str], text_field: str = "text", max_docs: int | None = None) -> list[str]:
+    """Texts of the JSONL/Parquet files matching `globs`, in order, up to `max_docs` (oversized texts
+    truncated; records without a usable text skipped, as the job dead-letters them)."""
+    opts = ReadOptions(text_field=text_field, oversize="truncate")
+    texts: list[str] = []
+    for domain, path in expand_inputs({"input": globs}):
+        for batch, _dead in read_file(domain, path, opts):
+            if batch is not None:
+                texts += batch.column(S.TEXT).to_pylist()
+            if max_docs and len(texts) >= max_docs:
+                return texts[:max_docs]
+    return texts

@@ -29,13 +29,14 @@ __all__ = [
 
 def build_fasttext(config: ScorerConfig) -> beam.PTransform:
     """fastText quality classifier: probability of `config.label`, clamped to [0, 1]."""
+    from pipeline.remote import local_copy
     from scorers.fasttext import FastTextScorer
 
     if not config.model:
         raise ValueError("the fasttext scorer needs --model PATH (a fastText .bin)")
-    FastTextScorer(config.model, config.label).setup()  # fail at submission, not on every worker
+    FastTextScorer(local_copy(config.model), config.label).setup()  # fail at submission, not on workers
     model, label = config.model, config.label
-    return ScoreBatches(lambda: FastTextScorer(model, label), config.name)
+    return ScoreBatches(lambda: FastTextScorer(local_copy(model), label), config.name)
 
 
 def build_attention_influence(config: ScorerConfig) -> beam.PTransform:

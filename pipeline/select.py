@@ -43,6 +43,17 @@ def top_fraction_cutoff(scores: np.ndarray, fraction: float) -> float:
     return float(np.partition(scores, n - k)[n - k])
 
 
+def keep_top_per_domain(scores: np.ndarray, domains: np.ndarray, fraction: float) -> np.ndarray:
+    """In memory: True for the top `fraction` of each domain by score (NaN scores never kept before
+    finite ones), as the job's `keep_top` selects."""
+    scores = np.where(np.isfinite(scores), scores, -np.inf)
+    keep = np.zeros(len(scores), dtype=bool)
+    for domain in np.unique(domains):
+        rows = domains == domain
+        keep[rows] = scores[rows] >= top_fraction_cutoff(scores[rows], fraction)
+    return keep
+
+
 def multiset_difference(values: np.ndarray, removed: np.ndarray) -> np.ndarray:
     """`values` with one occurrence taken out per element of `removed` (each of which is in `values`)."""
     if not len(removed):

@@ -7,7 +7,6 @@ pipeline wraps `FastTextScorer` (a small `setup`/`score_batch` class) in a DoFn.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import tempfile
 import warnings
@@ -163,7 +162,8 @@ def label_probabilities(model: Any, texts: Sequence[str] | Any, label: str) -> n
 class FastTextScorer:
     """Scores a batch of texts with the probability of one label of a fastText classifier.
 
-    `setup()` loads the model once (per worker); `score_batch(texts)` returns float64 scores.
+    `setup()` loads the model once (per worker) from a local path (the pipeline copies a remote one
+    with `pipeline.remote.local_copy`); `score_batch(texts)` returns float64 scores.
     """
 
     accepts_arrow = True  # score_batch takes the Arrow text column as it is
@@ -175,7 +175,7 @@ class FastTextScorer:
 
     def setup(self) -> FastTextScorer:
         if self.model_ is None:
-            model = load_model(_local_copy(self.model_path))
+            model = load_model(self.model_path)
             if self.label not in model.get_labels():
                 raise ValueError(
                     f"{self.model_path}: label {self.label!r} is not one of the model's labels "
@@ -189,21 +189,6 @@ class FastTextScorer:
         if self.model_ is None:
             self.setup()
         return label_probabilities(self.model_, texts, self.label)
-
-
-def _local_copy(path: str) -> str:
-    """Workers on Dataflow/Spark read the model from any Beam filesystem (gs://, s3://, hdfs://)."""
-    if "://" not in path:
-        return path
-    from apache_beam.io.filesystems import FileSystems  # only on remote paths; the class stays Beam-free
-
-    digest = hashlib.sha1(path.encode()).hexdigest()[:16]
-    local = Path(tempfile.gettempdir()) / f"datamixer-{digest}-{Path(path).name}"
-    if not local.exists():
-        with FileSystems.open(path) as src, open(str(local) + ".part", "wb") as dst:
-            dst.write(src.read())
-        os.replace(str(local) + ".part", local)
-    return str(local)
 
 
 @dataclass(frozen=True)

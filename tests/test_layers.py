@@ -18,11 +18,6 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGES = ("datamixer", "pipeline", "scorers", "mixer")
-# scorers modules other than the handlers that may import Beam, each with the reason.
-BEAM_IN_SCORERS_ALLOWED: dict[str, str] = {
-    "scorers.fasttext": "a worker copies a gs:// / s3:// model to local disk with Beam's FileSystems (a lazy "
-    "import, only for remote paths); the pipeline should hand the scorer a local path instead",
-}
 
 
 def _module_name(path: Path) -> str:
@@ -165,7 +160,7 @@ def test_scorers_import_beam_only_in_handlers():
     bad = {
         module: names
         for module, names in _importers("scorers", ("apache_beam",)).items()
-        if not _is_handler(module) and module not in BEAM_IN_SCORERS_ALLOWED
+        if not _is_handler(module)
     }
     assert bad == {}
 

@@ -293,6 +293,7 @@ def test_score_job_uses_the_classifier(setup: dict, classifier, cli) -> None:
     assert (kept == TARGET).mean() > 0.6  # legal is 27% of the held-out documents
 
 
+@pytest.mark.slow  # ~50 s: two more PreSelect jobs, one multi-process
 def test_rerun_is_byte_identical(setup: dict, labelled: dict) -> None:
     """Two models are enough here: same inputs and seed, same bytes (multi-process DirectRunner)."""
     from pipeline.preselect import PreselectConfig, run_preselect_job

@@ -43,6 +43,21 @@ def data(score_dir: Path):
     return load_proxy_data(score_dir, val_tokens=1024)
 
 
+def test_sweep_resumes_training_only_the_new_runs(data, tmp_path: Path) -> None:
+    """The quick variant of the two slow tests below: one size, one process."""
+    runs = tmp_path / "runs.parquet"
+
+    def sweep(proposals: pd.DataFrame, **options):
+        return run_sweep(data, proposals, ["20k"], 4096, runs, workers=1, threads=1, config=CONFIG, **options)
+
+    first = sweep(PROPOSALS.iloc[:1])
+    trained: list[str] = []
+    table = sweep(PROPOSALS.iloc[:2], on_done=lambda task, rows: trained.append(task.mixture))
+    assert trained == ["p1"] and len(first) == 2 and len(table) == 4  # 2 evaluations per run
+    assert table["run"].is_unique and set(table["mixture"]) == {"p0", "p1"}
+
+
+@pytest.mark.slow  # ~80 s on 2 busy cores: three sweeps, two of them with worker processes
 def test_parallel_sweep_writes_every_run_once_and_resumes(data, tmp_path: Path) -> None:
     PROPOSALS.to_parquet(tmp_path / "proposals.parquet")
     runs = tmp_path / "runs.parquet"
@@ -95,6 +110,7 @@ def test_proposals_from_a_directory_of_mixture_files(tmp_path: Path) -> None:
         read_proposals(tmp_path / "bad.parquet")
 
 
+@pytest.mark.slow  # ~45 s: a `datamixer proxy sweep` subprocess killed mid-run, then resumed
 def test_killed_sweep_restarts_where_it_stopped(score_dir: Path, tmp_path: Path, cli) -> None:
     proposals = tmp_path / "mixtures"
     for i in range(4):

@@ -173,6 +173,7 @@ def test_accuracy_floors_on_regmix_runs() -> None:
 
 
 @needs_regmix
+@pytest.mark.slow  # ~30 s: fits on RegMix's released runs and searches the mixture
 def test_fit_and_optimize_lands_near_regmix_released_mixture(tmp_path: Path) -> None:
     fit_regmix(
         REGMIX / "train_mixture_1m.csv",

@@ -20,7 +20,7 @@ from pipeline.langid import LanguageIdentifier, LanguageOptions
 from pipeline.locales import multilingual_sample
 from pipeline.read import ReadOptions
 from pipeline.registry import ScorerConfig
-from pipeline.select import Selection
+from pipeline.select import Selection, keep_top_per_domain
 from scorers.fasttext import FastTextQualityClassifier
 
 LOCALES = ("en", "de", "fr", "es", "it", "pt", "nl", "sv", "pl", "ru", "cs", "tr", "ja", "zh_CN", "ko", "el")
@@ -264,3 +264,14 @@ def test_fasttext_language_model_path(tmp_path):
         ScoreJobConfig(
             inputs={"d": ["x"]}, output="o", language=LanguageOptions(model=str(tmp_path / "no.bin"))
         )
+
+
+def test_keep_top_per_domain_in_memory_keeps_the_top_fraction_of_each_domain():
+    import numpy as np
+
+    scores = np.array([0.1, 0.9, 0.5, np.nan, 3.0, 2.0, 1.0, np.nan])
+    domains = np.array(["a"] * 4 + ["b"] * 4)
+    keep = keep_top_per_domain(scores, domains, 0.5)
+    assert keep.tolist() == [False, True, True, False, True, True, False, False]
+    assert not keep_top_per_domain(scores, domains, 0.0).any()
+    assert keep_top_per_domain(scores, domains, 1.0).sum() == 8  # NaN last, but kept when all are

@@ -1,4 +1,4 @@
-"""Helpers every command shares: the final JSON line and progress on stderr."""
+"""Helpers every command shares: the final JSON line, progress on stderr, writing a table."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import logging
 import math
 import time
 from collections.abc import Callable, Iterable, Iterator
+from pathlib import Path
 from typing import Any, TypeVar
 
 from rich.console import Console
@@ -44,6 +45,16 @@ def _plain(value: Any) -> Any:
 def emit(result: dict[str, Any]) -> None:
     """Print the command's headline figures as the last stdout line (one JSON object)."""
     print(json.dumps(_plain(result), sort_keys=True), flush=True)
+
+
+def write_table(out: Path, frame: Any) -> None:
+    """Write a DataFrame as CSV when `out` ends in .csv, else as Parquet (atomically, either way)."""
+    from mixer.files import write_parquet, write_text
+
+    if out.suffix.lower() == ".csv":
+        write_text(out, frame.to_csv(index=False))
+    else:
+        write_parquet(out, frame)
 
 
 def info(message: str) -> None:

@@ -4,25 +4,21 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
 from datamixer.commands._common import emit, info, progress, stage_progress
+from datamixer.options import BatchTokens, Device, Dtype, LMPath, TextField
 
 group = typer.Typer(
     help="AttentionInfluence: find a model's retrieval heads; score docs by masking them.",
     no_args_is_help=True,
 )
 
-ModelOpt = Annotated[Path, typer.Option("--model", help="Local HF causal LM directory or .gguf file.")]
-DeviceOpt = Annotated[str | None, typer.Option("--device", help="cpu, cuda, cuda:1 (default: cuda if any).")]
-DtypeOpt = Annotated[str, typer.Option("--dtype", help="auto (bf16 on CUDA, else fp32), float32, bfloat16.")]
-BatchTokensOpt = Annotated[int, typer.Option("--batch-tokens", help="Padded tokens per forward pass.")]
-
 
 def heads(
-    model: ModelOpt,
+    model: LMPath,
     out: Annotated[Path, typer.Option("--out", help="HEADS.json to write.")],
     corpus: Annotated[
         str | None,
@@ -47,9 +43,9 @@ def heads(
             "--exact-copy", help="Count a copy only on identical token ids (default: normalised token text)."
         ),
     ] = False,
-    device: DeviceOpt = None,
-    dtype: DtypeOpt = "auto",
-    batch_tokens: BatchTokensOpt = 16384,
+    device: Device = None,
+    dtype: Dtype = "auto",
+    batch_tokens: BatchTokens = 16384,
 ) -> None:
     """Score every head's retrieval behaviour on key-value probes and select the top fraction."""
     from mixer.files import write_json
@@ -81,48 +77,31 @@ def heads(
         )
     found.provenance.update(model=str(model), corpus=source)
     write_json(out, found.document())
+    emit(_heads_summary(found, out, n_probes, time.perf_counter() - start))
+
+
+def _heads_summary(found: Any, out: Path, n_probes: int, seconds: float) -> dict[str, Any]:
+    """The JSON line of `attention-influence heads` (and its stderr line)."""
     info(
         f"selected {len(found.selected)} of {found.scores.size} heads: {found.selected} "
         f"({found.provenance['probes_per_s']} probes/s)"
     )
-    emit(
-        {
-            "out": str(out),
-            "selected": found.selected,
-            "n_heads": int(found.scores.size),
-            "top_scores": sorted((float(s) for s in found.scores.ravel()), reverse=True)[
-                : len(found.selected)
-            ],
-            "probes": n_probes,
-            "max_tokens": found.provenance["max_tokens"],
-            "copy_ceiling": found.provenance["copy_ceiling"],
-            "probes_per_s": found.provenance["probes_per_s"],
-            "seconds": round(time.perf_counter() - start, 2),
-        }
-    )
-
-
-def _read_jsonl(pattern: str, text_field: str) -> tuple[list[dict], list[str]]:
-    from scorers.jsonl import jsonl_records
-
-    rows, texts = [], []
-    for path, number, record in jsonl_records(pattern, text_field):
-        text = record[text_field]
-        if not isinstance(text, str):
-            raise ValueError(f"{path}:{number}: {text_field!r} is not a string")
-        rows.append(
-            {
-                "id": str(record.get("id", f"{Path(path).name}:{number}")),
-                "domain": str(record.get("domain", Path(path).name.split(".")[0])),
-                "source": path,
-            }
-        )
-        texts.append(text)
-    return rows, texts
+    top_scores = sorted((float(s) for s in found.scores.ravel()), reverse=True)
+    return {
+        "out": str(out),
+        "selected": found.selected,
+        "n_heads": int(found.scores.size),
+        "top_scores": top_scores[: len(found.selected)],
+        "probes": n_probes,
+        "max_tokens": found.provenance["max_tokens"],
+        "copy_ceiling": found.provenance["copy_ceiling"],
+        "probes_per_s": found.provenance["probes_per_s"],
+        "seconds": round(seconds, 2),
+    }
 
 
 def score(
-    model: ModelOpt,
+    model: LMPath,
     heads_file: Annotated[Path, typer.Option("--heads", help="HEADS.json from `attention-influence heads`.")],
     input: Annotated[
         str,
@@ -137,54 +116,43 @@ def score(
     max_tokens: Annotated[
         int | None, typer.Option("--max-tokens", help="Chunk length (default: min(model context, 1024)).")
     ] = None,
-    text_field: Annotated[str, typer.Option("--text-field", help="JSON field holding the text.")] = "text",
-    device: DeviceOpt = None,
-    dtype: DtypeOpt = "auto",
-    batch_tokens: BatchTokensOpt = 16384,
+    text_field: TextField = "text",
+    device: Device = None,
+    dtype: Dtype = "auto",
+    batch_tokens: BatchTokens = 16384,
     docs_per_call: Annotated[int, typer.Option("--docs-per-call", help="Docs bucketed together.")] = 512,
 ) -> None:
-    """Score a JSONL corpus with AttentionInfluence and mark the top fraction per domain (no Beam)."""
+    """Score a JSONL corpus with AttentionInfluence and mark the top fraction per domain (no Beam job)."""
     import numpy as np
-    import pandas as pd
 
     from mixer.files import write_parquet
     from pipeline import schema as S
-    from pipeline.select import top_fraction_cutoff
+    from pipeline.attention_influence import score_documents_table
+    from pipeline.select import Selection
     from scorers import attention_influence as ai
+    from scorers.jsonl import jsonl_documents
 
-    if not 0.0 <= keep_top <= 1.0:
-        raise ValueError(f"--keep-top must be a fraction in [0, 1]; got {keep_top}")
-    rows, texts = _read_jsonl(input, text_field)
+    Selection(keep_top=keep_top)  # a bad fraction fails before the model loads
+    rows, texts = jsonl_documents(input, text_field)
     scorer = ai.AttentionInfluenceScorer(
         model, heads_file, device=device, dtype=dtype, max_tokens=max_tokens, batch_tokens=batch_tokens
     ).setup()
     info(f"scoring {len(texts)} documents; masked heads {scorer.heads_}")
     start = time.perf_counter()
-    parts = [
-        scorer.score_documents(texts[i : i + docs_per_call])
-        for i in progress(range(0, len(texts), docs_per_call), "scoring")
-    ]
+    table = score_documents_table(
+        scorer, rows, texts, keep_top, docs_per_call, track=lambda starts: progress(starts, "scoring")
+    )
     seconds = time.perf_counter() - start
-    table = pd.DataFrame(rows)
-    table[S.N_TOKENS] = np.concatenate([p.n_tokens for p in parts]) if parts else np.zeros(0, dtype=np.int64)
-    table[S.score_column("attention-influence")] = np.concatenate([p.score for p in parts]) if parts else []
-    table["loss_base"] = np.concatenate([p.loss_base for p in parts]) if parts else []
-    table["loss_masked"] = np.concatenate([p.loss_masked for p in parts]) if parts else []
-    column = S.score_column("attention-influence")
-    table[S.KEEP] = False
-    for _, index in table.groupby(S.DOMAIN).groups.items():
-        values = table.loc[index, column].to_numpy(dtype=float)
-        finite = np.where(np.isfinite(values), values, -np.inf)
-        table.loc[index, S.KEEP] = finite >= top_fraction_cutoff(finite, keep_top)
     write_parquet(out, table)
     tokens = int(table[S.N_TOKENS].sum())
+    scores = table[S.score_column("attention-influence")]
     emit(
         {
             "out": str(out),
             "docs": len(table),
             "kept": int(table[S.KEEP].sum()),
             "tokens": tokens,
-            "mean_score": float(np.nanmean(table[column])) if len(table) else None,
+            "mean_score": float(np.nanmean(scores)) if len(table) else None,
             "tokens_per_s": round(tokens / seconds, 1) if seconds > 0 else None,
             "seconds": round(seconds, 2),
         }

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Annotated
 
 import typer
 
 from datamixer.commands._common import emit, info
+from datamixer.options import OutDir
 
 corpus_app = typer.Typer(
     help="Build a local multi-domain text corpus (code, prose, legal).", no_args_is_help=True
@@ -16,7 +16,7 @@ corpus_app = typer.Typer(
 
 @corpus_app.command("build")
 def build(
-    out: Annotated[Path, typer.Option("--out", help="Output directory (replaced atomically).")],
+    out: OutDir,
     max_mb: Annotated[
         float, typer.Option("--max-mb", help="Text per domain, in MB (legal has about 1 MB).")
     ] = 3.0,

@@ -8,6 +8,7 @@ from typing import Annotated
 import typer
 
 from datamixer.commands._common import emit, info, stage_progress
+from datamixer.options import Seed
 
 
 def demo(
@@ -21,7 +22,7 @@ def demo(
     workers: Annotated[
         int | None, typer.Option("--workers", help="sweep processes (default: all cores)")
     ] = None,
-    seed: Annotated[int, typer.Option("--seed")] = 0,
+    seed: Seed = 0,
 ) -> None:
     """Corpus -> score and select (Beam) -> propose -> proxy sweep -> RegMix -> law -> target -> report."""
     from pipeline.demo import DemoConfig, run_demo

@@ -8,6 +8,7 @@ from typing import Annotated, Any
 import typer
 
 from datamixer.commands._common import emit, info, stderr
+from datamixer.options import MixtureFile
 
 # Literals, not imports from mixer (which loads pandas), so `datamixer --help` stays fast;
 # tests/test_export.py checks them against mixer.exports and mixer.budget.
@@ -18,7 +19,7 @@ FORMAT_HELP = "One of: " + ", ".join(FORMATS) + "."
 
 
 def export(
-    mixture: Annotated[Path, typer.Option("--mixture", help="Mixture file (YAML/JSON) to export.")],
+    mixture: MixtureFile,
     format: Annotated[str, typer.Option("--format", help=FORMAT_HELP)],
     paths: Annotated[
         Path | None,
@@ -64,7 +65,7 @@ def export(
 
 
 def budget(
-    mixture: Annotated[Path, typer.Option("--mixture", help="Mixture file (YAML/JSON).")],
+    mixture: MixtureFile,
     stats: Annotated[Path, typer.Option("--stats", help="domain_stats.parquet from `datamixer score`.")],
     tokens: Annotated[str, typer.Option("--tokens", help="Planned training tokens: 1e9, 300M, 100B.")],
     max_epochs: Annotated[

@@ -8,23 +8,9 @@ from typing import Annotated, Any
 import typer
 
 from datamixer.commands._common import emit, info
+from datamixer.options import Seed, TextField
 
 fasttext_app = typer.Typer(help="Train fastText quality classifiers.", no_args_is_help=True)
-
-
-def read_texts(globs: list[str], text_field: str, max_docs: int | None) -> list[str]:
-    """Texts of JSONL/Parquet files matching `globs`; records without a usable text are skipped."""
-    from pipeline.read import ReadOptions, expand_inputs, read_file
-
-    opts = ReadOptions(text_field=text_field, oversize="truncate")
-    texts: list[str] = []
-    for domain, path in expand_inputs({"input": globs}):
-        for batch, _dead in read_file(domain, path, opts):
-            if batch is not None:
-                texts += batch.column("text").to_pylist()
-            if max_docs and len(texts) >= max_docs:
-                return texts[:max_docs]
-    return texts
 
 
 @fasttext_app.command("train")
@@ -36,12 +22,12 @@ def train(
         list[str], typer.Option("--negative", help="JSONL/Parquet glob of low-quality texts (repeatable).")
     ],
     out: Annotated[Path, typer.Option("--out", help="Model file to write (fastText .bin).")],
-    text_field: Annotated[str, typer.Option("--text-field")] = "text",
+    text_field: TextField = "text",
     test_fraction: Annotated[
         float, typer.Option("--test-fraction", help="Held-out share of each class.")
     ] = 0.1,
     max_docs: Annotated[int, typer.Option("--max-docs", help="Cap per class (0: all).")] = 0,
-    seed: Annotated[int, typer.Option("--seed")] = 0,
+    seed: Seed = 0,
     preset: Annotated[
         str,
         typer.Option(
@@ -63,6 +49,7 @@ def train(
     """Train __label__hq (positive) vs __label__lq (negative); prints held-out precision/recall/AUC."""
     import warnings
 
+    from pipeline.read import read_texts
     from scorers.fasttext import LOW_AUC, FastTextQualityClassifier
 
     pos = read_texts(positive, text_field, max_docs or None)

@@ -8,7 +8,8 @@ from typing import Annotated, Any
 
 import typer
 
-from datamixer.commands._common import emit, info, stage_progress
+from datamixer.commands._common import emit, info, stage_progress, write_table
+from datamixer.options import Caps, MaxEpochs, Stats, TrainTokens, parse_mapping, split_list
 
 group = typer.Typer(
     help="Fit loss laws L(N, D, h) on runs tables; predict, optimise the mixture, "
@@ -17,14 +18,13 @@ group = typer.Typer(
 )
 
 
+LawJson = Annotated[Path, typer.Option("--law", help="Law JSON written by `law fit`.")]
+LawTarget = Annotated[str | None, typer.Option("--target", help="Target column (default: the law's first).")]
+
+
 def register(app: typer.Typer) -> None:
     """Add the `law` command group."""
     app.add_typer(group, name="law")
-
-
-def _split(values: list[str] | None) -> list[str]:
-    """`--targets a,b --targets c` -> [a, b, c]."""
-    return [part.strip() for value in (values or []) for part in value.split(",") if part.strip()]
 
 
 @group.command("fit")
@@ -76,7 +76,7 @@ def fit_command(
 
     if law not in LAWS:
         raise ValueError(f"--law must be one of {', '.join(LAWS)}, got {law!r}")
-    target_list = _split(targets) or ["loss"]
+    target_list = split_list(targets) or ["loss"]
     options = {
         "n_bootstrap": n_bootstrap,
         "method": method,
@@ -127,11 +127,9 @@ def _fit_summary(estimator: Any, out: Path, paths: dict[str, Path], metrics: dic
 
 @group.command("evaluate")
 def evaluate_command(
-    law_path: Annotated[Path, typer.Option("--law", help="Law JSON from `law fit`.")],
+    law_path: LawJson,
     runs: Annotated[Path, typer.Option("--runs", help="Runs table to predict.")],
-    target: Annotated[
-        str | None, typer.Option("--target", help="Target column (default: the law's first).")
-    ] = None,
+    target: LawTarget = None,
     out: Annotated[
         Path | None, typer.Option("--out", help="Optional Parquet of per-run predictions and residuals.")
     ] = None,
@@ -178,13 +176,13 @@ def _read_mixture_arg(path: Path | None) -> dict[str, float] | None:
 
 @group.command("predict")
 def predict_command(
-    law_path: Annotated[Path, typer.Option("--law", help="Law JSON from `law fit`.")],
+    law_path: LawJson,
     n: Annotated[float, typer.Option("--N", help="Model parameters (non-embedding), e.g. 1e9.")],
     d: Annotated[float, typer.Option("--D", help="Training tokens, e.g. 1e11.")],
     mixture: Annotated[
         Path | None, typer.Option("--mixture", help="Mixture YAML/JSON (required for mixture laws).")
     ] = None,
-    target: Annotated[str | None, typer.Option("--target", help="Target (default: the law's first).")] = None,
+    target: LawTarget = None,
     level: Annotated[float, typer.Option("--level", help="Interval level from the bootstrap fits.")] = 0.95,
 ) -> None:
     """Predicted loss at (N, D[, h]) with its bootstrap interval."""
@@ -214,68 +212,30 @@ def predict_command(
     )
 
 
-def _read_caps(caps: str | None) -> dict[str, float] | None:
-    """CAPS is a YAML/JSON file (domain: cap, optionally under `caps:`) or inline `web=0.5,code=0.2`."""
-    if not caps:
-        return None
-    path = Path(caps)
-    if path.exists():
-        from mixer.files import read_yaml
-
-        data = read_yaml(path)
-        if isinstance(data, dict) and isinstance(data.get("caps"), dict):
-            data = data["caps"]
-        if not isinstance(data, dict):
-            raise ValueError(f"{path}: expected a mapping domain -> cap")
-        items: list[tuple[Any, Any]] = list(data.items())
-    else:
-        items = []
-        for part in caps.split(","):
-            if "=" not in part:
-                raise ValueError(f"--caps {caps!r}: not a file, and {part!r} is not domain=cap")
-            key, value = part.split("=", 1)
-            items.append((key.strip(), value.strip()))
-    out = {}
-    for key, value in items:
-        try:
-            out[str(key)] = float(value)
-        except (TypeError, ValueError):
-            raise ValueError(f"--caps: cap for {key!r} is not a number ({value!r})") from None
-    return out
-
-
 @group.command("optimize")
 def optimize_command(
-    law_path: Annotated[Path, typer.Option("--law", help="Law JSON (additive, joint or mixing).")],
+    law_path: LawJson,
     n: Annotated[float, typer.Option("--N", help="Model parameters of the target run.")],
     d: Annotated[float, typer.Option("--D", help="Training tokens of the target run.")],
     out: Annotated[Path, typer.Option("--out", help="Mixture YAML (or .json) to write.")],
     floor: Annotated[float, typer.Option("--floor", help="Minimum weight of every domain.")] = 0.0,
-    caps: Annotated[
-        str | None,
-        typer.Option("--caps", help="Caps: YAML/JSON file domain -> max weight, or web=0.5,code=0.2."),
-    ] = None,
+    caps: Caps = None,
     targets: Annotated[
         list[str] | None, typer.Option("--targets", help="Targets to trade off (comma-separated).")
     ] = None,
     weights: Annotated[
         list[str] | None, typer.Option("--weights", help="Their weights (comma-separated).")
     ] = None,
-    stats: Annotated[
-        Path | None, typer.Option("--stats", help="domain_stats.parquet (tokens kept) for data-budget caps.")
-    ] = None,
-    train_tokens: Annotated[
-        str | None, typer.Option("--train-tokens", help="Planned tokens for the caps (default: --D).")
-    ] = None,
-    max_epochs: Annotated[
-        float, typer.Option("--max-epochs", help="Cap each domain at this many epochs of its data.")
-    ] = 4.0,
+    stats: Stats = None,
+    train_tokens: TrainTokens = None,
+    max_epochs: MaxEpochs = 4.0,
 ) -> None:
-    """The mixture minimising the (weighted) predicted loss at (N, D), by mirror descent on the simplex."""
+    """The mixture minimising the (weighted) predicted loss at (N, D) of an additive, joint or mixing law,
+    by mirror descent on the simplex; data-budget caps use --train-tokens (default: --D)."""
     from mixer.api import law_mixture
 
-    target_list = _split(targets) or None
-    weight_list = [float(w) for w in _split(weights)] or None
+    target_list = split_list(targets) or None
+    weight_list = [float(w) for w in split_list(weights)] or None
     if weight_list is not None and target_list is None:
         raise ValueError("--weights needs --targets")
     result = law_mixture(
@@ -284,7 +244,7 @@ def optimize_command(
         d,
         out=out,
         floor=floor,
-        caps=_read_caps(caps),
+        caps=parse_mapping(caps, "--caps") or None,
         targets=target_list,
         weights=weight_list,
         stats=stats,
@@ -301,14 +261,15 @@ def optimize_command(
 
 @group.command("compute-optimal")
 def compute_optimal_command(
-    law_path: Annotated[Path, typer.Option("--law", help="Law JSON (chinchilla, additive or joint).")],
+    law_path: LawJson,
     flops: Annotated[float, typer.Option("--flops", help="Training compute C in FLOPs (C = 6 N D).")],
     mixture: Annotated[
         Path | None, typer.Option("--mixture", help="Mixture (mixture laws; default: mean training mixture).")
     ] = None,
-    target: Annotated[str | None, typer.Option("--target", help="Target (default: the law's first).")] = None,
+    target: LawTarget = None,
 ) -> None:
-    """The N and D that minimise the predicted loss for a compute budget C = 6 N D."""
+    """The N and D that minimise the predicted loss of a chinchilla, additive or joint law for a compute
+    budget C = 6 N D."""
     from mixer.laws import compute_optimal, load_law
 
     law = load_law(law_path)
@@ -341,20 +302,16 @@ def reference_runs_command(
     ] = None,
 ) -> None:
     """Write a runs table built from the shared reference data (Ye et al.'s RedPajama runs, Chinchilla)."""
-    from mixer.files import write_parquet, write_text
     from mixer.reference_data import reference_runs
 
     frame = reference_runs(
         source,
         data_dir,
-        sizes=_split(sizes) or None,
+        sizes=split_list(sizes) or None,
         include_target_runs=include_target_runs,
         lowest=lowest or None,
     )
-    if out.suffix.lower() == ".csv":
-        write_text(out, frame.to_csv(index=False))
-    else:
-        write_parquet(out, frame)
+    write_table(out, frame)
     domains = [c[2:] for c in frame.columns if c.startswith("h_")]
     info(f"{source}: {len(frame)} rows, N {frame['N'].min():.3g}-{frame['N'].max():.3g}, domains {domains}")
     n_values = sorted({float(v) for v in frame["N"]})

@@ -2,28 +2,35 @@
 
 from __future__ import annotations
 
-import logging
-from pathlib import Path
 from typing import Annotated
 
 import typer
 
 from datamixer.commands._common import emit, info
+from datamixer.options import (
+    BEAM_COMMAND,
+    BatchTokens,
+    Device,
+    Dtype,
+    IdField,
+    Input,
+    MaxChars,
+    OutDir,
+    Runner,
+    TextField,
+    quiet_beam,
+    split_list,
+)
 
 preselect_app = typer.Typer(
     help="PreSelect: label documents by how well their loss predicts model ability.", no_args_is_help=True
 )
 
 
-def split_list(values: list[str]) -> list[str]:
-    """Comma-separated and/or repeated option values, in order, blanks dropped."""
-    return [p.strip() for v in values for p in v.split(",") if p.strip()]
-
-
-@preselect_app.command("label", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+@preselect_app.command("label", context_settings=BEAM_COMMAND)
 def label(
     ctx: typer.Context,
-    input: Annotated[list[str], typer.Option("--input", help="JSONL(.gz/.zst)/Parquet glob (repeatable).")],
+    input: Input,
     models: Annotated[
         list[str], typer.Option("--models", help="Causal LM directories or .gguf files, comma-separated.")
     ],
@@ -31,34 +38,24 @@ def label(
         list[str],
         typer.Option("--scores", help="One benchmark score per model (higher is better), comma-separated."),
     ],
-    out: Annotated[Path, typer.Option("--out", help="Output directory (replaced atomically).")],
+    out: OutDir,
     top: Annotated[
         float, typer.Option("--top", help="Fraction labelled __label__hq; as many get __label__lq.")
     ] = 0.1,
     seed: Annotated[int, typer.Option("--seed", help="Seed of the last tie-break (id hash).")] = 0,
-    runner: Annotated[
-        str, typer.Option("--runner", help="direct, portable, dataflow, spark, flink; Beam flags after `--`.")
-    ] = "direct",
-    device: Annotated[
-        str | None, typer.Option("--device", help="cpu, cuda, cuda:1 (default: cuda if any).")
-    ] = None,
-    dtype: Annotated[
-        str, typer.Option("--dtype", help="auto (bf16 on CUDA, else fp32), float32, bfloat16.")
-    ] = "auto",
+    runner: Runner = "direct",
+    device: Device = None,
+    dtype: Dtype = "auto",
     max_tokens: Annotated[
         int | None, typer.Option("--max-tokens", help="Tokens per chunk (default: min(context, 1024)).")
     ] = None,
-    batch_tokens: Annotated[
-        int, typer.Option("--batch-tokens", help="Padded tokens per forward pass.")
-    ] = 16384,
+    batch_tokens: BatchTokens = 16384,
     threads: Annotated[
         int, typer.Option("--threads", help="torch CPU threads per worker (0: torch's default).")
     ] = 1,
-    text_field: Annotated[str, typer.Option("--text-field")] = "text",
-    id_field: Annotated[str, typer.Option("--id-field")] = "id",
-    max_chars: Annotated[
-        int, typer.Option("--max-chars", help="Longest document, in characters.")
-    ] = 1_000_000,
+    text_field: TextField = "text",
+    id_field: IdField = "id",
+    max_chars: MaxChars = 1_000_000,
     batch_size: Annotated[int, typer.Option("--batch-size", help="Documents per Arrow batch.")] = 1024,
 ) -> None:
     """Score each document's loss under every model, rank models per document, label top and bottom."""
@@ -66,7 +63,7 @@ def label(
     from pipeline.read import ReadOptions
     from scorers.preselect import parse_scores
 
-    logging.getLogger("apache_beam").setLevel(logging.WARNING)
+    quiet_beam()
     config = PreselectConfig(
         inputs=list(input),
         models=split_list(models),

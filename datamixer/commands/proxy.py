@@ -9,27 +9,18 @@ from typing import Annotated
 import typer
 
 from datamixer.commands._common import emit, info, stage_progress
+from datamixer.options import MixtureFile, split_list
 
 proxy_app = typer.Typer(
     help="Train proxy models on mixtures (rows for `regmix fit` and `law fit`).", no_args_is_help=True
 )
 
-_SUFFIXES = {"k": 10**3, "m": 10**6, "g": 10**9, "b": 10**9}
-
 
 def parse_count(text: str) -> int:
-    """'300k' -> 300000, '1.5m' -> 1500000, '2e5' -> 200000."""
-    value = text.strip().lower().replace("_", "")
-    scale = _SUFFIXES.get(value[-1:], 1)
-    if scale != 1:
-        value = value[:-1]
-    try:
-        number = float(value) * scale
-    except ValueError:
-        raise ValueError(f"not a token count: {text!r} (e.g. 300000, 300k, 1.5m)") from None
-    if not number >= 1:
-        raise ValueError(f"token count must be at least 1, got {text!r}")
-    return int(round(number))
+    """'300k' -> 300000, '1.5m' -> 1500000, '2e5' -> 200000, '300_000' (`mixer.budget.parse_tokens`)."""
+    from mixer.budget import parse_tokens
+
+    return parse_tokens(text.replace("_", ""))
 
 
 Data = Annotated[Path, typer.Option("--data", help="`datamixer score` output directory (scored-*.parquet).")]
@@ -98,7 +89,7 @@ def _load(data: Path, tokenizer: Path | None, val_tokens: int, vocab_size: int |
 @proxy_app.command("train")
 def train(
     data: Data,
-    mixture: Annotated[Path, typer.Option("--mixture", help="Mixture YAML/JSON (domain -> weight).")],
+    mixture: MixtureFile,
     tokens: Tokens,
     size: Annotated[str, typer.Option("--size", help="Named model size (see `datamixer proxy sizes`).")],
     out: Annotated[Path, typer.Option("--out", help="Checkpoint directory (Hugging Face format).")],
@@ -192,7 +183,7 @@ def sweep(
     """Train every proposed mixture at every size, in parallel; a re-run resumes."""
     from pipeline.proxy.sweep import done_runs, plan_tasks, read_proposals, run_sweep_tracked
 
-    size_list = [s.strip() for s in sizes.split(",") if s.strip()]
+    size_list = split_list(sizes)
     if not size_list:
         raise ValueError("--sizes is empty")
     mixtures = read_proposals(proposals)

@@ -8,54 +8,35 @@ from typing import Annotated, Any
 
 import typer
 
-from datamixer.commands._common import emit, info
+from datamixer.commands._common import emit, info, write_table
+from datamixer.options import (
+    MIXTURE_SUFFIXES,
+    Caps,
+    Changed,
+    Floors,
+    MaxEpochs,
+    Reuse,
+    Seed,
+    Stats,
+    TrainTokens,
+    parse_mapping,
+    split_list,
+)
 
 group = typer.Typer(
     help="RegMix (Liu et al. 2024): proxy mixtures, loss regressors, and the mixture search.",
     no_args_is_help=True,
 )
 
-MIXTURE_SUFFIXES = (".yaml", ".yml")
 
-
-def parse_mapping(text: str | None, what: str) -> dict[str, float]:
-    """`domain=value,domain=value`, or a YAML/JSON file holding {domain: value}."""
-    if not text:
-        return {}
-    path = Path(text)
-    if path.suffix.lower() in (*MIXTURE_SUFFIXES, ".json") and path.exists():
-        from mixer.files import safe_load_yaml
-
-        text = path.read_text()
-        data = json.loads(text) if path.suffix.lower() == ".json" else safe_load_yaml(text, path)
-        if isinstance(data, dict) and isinstance(data.get("weights"), dict):
-            data = data["weights"]
-        if not isinstance(data, dict):
-            raise ValueError(f"{path}: {what} file must map name -> number")
-        items = list(data.items())
-    else:
-        items = []
-        for part in text.split(","):
-            name, sep, value = part.rpartition("=")
-            if not sep or not name.strip():
-                raise ValueError(f"{what}: expected name=value pairs separated by commas, got {part!r}")
-            items.append((name.strip(), value.strip()))
-    out: dict[str, float] = {}
-    for name, value in items:
-        try:
-            out[str(name)] = float(value)
-        except (TypeError, ValueError):
-            raise ValueError(f"{what}: value for {name!r} is not a number: {value!r}") from None
-    return out
-
-
-def _read_prior(path: str) -> dict[str, float]:
-    from mixer.mixture import read_mixture
-    from mixer.runs import load_token_counts
-
-    if Path(path).suffix.lower() in MIXTURE_SUFFIXES:
-        return read_mixture(path)
-    return load_token_counts(path)
+# `regmix propose` options of the flat sampler; over a tree each level sets its own.
+FLAT_DEFAULTS: dict[str, Any] = {
+    "temperature": 0.5,
+    "min_concentration": 0.1,
+    "max_concentration": 5.0,
+    "min_weight": 2e-4,
+    "round_to": None,
+}
 
 
 @group.command("propose")
@@ -74,28 +55,26 @@ def propose(
     ] = 15.0,
     temperature: Annotated[
         float, typer.Option("--temperature", help="prior = token share ** temperature")
-    ] = 0.5,
-    min_concentration: Annotated[float, typer.Option("--min-concentration")] = 0.1,
-    max_concentration: Annotated[float, typer.Option("--max-concentration")] = 5.0,
-    min_weight: Annotated[float, typer.Option("--min-weight", help="weights below this become 0")] = 2e-4,
+    ] = FLAT_DEFAULTS["temperature"],
+    min_concentration: Annotated[float, typer.Option("--min-concentration")] = FLAT_DEFAULTS[
+        "min_concentration"
+    ],
+    max_concentration: Annotated[float, typer.Option("--max-concentration")] = FLAT_DEFAULTS[
+        "max_concentration"
+    ],
+    min_weight: Annotated[
+        float, typer.Option("--min-weight", help="weights below this become 0")
+    ] = FLAT_DEFAULTS["min_weight"],
     round_to: Annotated[
         float | None, typer.Option("--round-to", help="rounding grid (default: --min-weight; 0: off)")
     ] = None,
     dedup_l1: Annotated[
         float, typer.Option("--dedup-l1", help="drop mixtures within this L1 of another")
     ] = 1e-5,
-    caps: Annotated[
-        str | None, typer.Option("--caps", help="per-domain caps: d=w,... or a YAML/JSON file")
-    ] = None,
-    floors: Annotated[
-        str | None, typer.Option("--floors", "--floor", help="per-domain floors: d=w,... or a file")
-    ] = None,
-    reuse: Annotated[
-        Path | None, typer.Option("--reuse", help="previous mixture YAML: freeze unchanged domains' ratios")
-    ] = None,
-    changed: Annotated[
-        str | None, typer.Option("--changed", help="with --reuse: domains added or revised, d1,d2")
-    ] = None,
+    caps: Caps = None,
+    floors: Floors = None,
+    reuse: Reuse = None,
+    changed: Changed = None,
     tree: Annotated[
         Path | None, typer.Option("--tree", help="domain tree YAML: sample level by level (docs/swarms.md)")
     ] = None,
@@ -113,19 +92,16 @@ def propose(
     nonzero: Annotated[
         str | None, typer.Option("--nonzero", help="domains (or tree nodes) that must stay non-zero: d1,d2")
     ] = None,
-    seed: Annotated[int, typer.Option("--seed")] = 0,
+    seed: Seed = 0,
 ) -> None:
     """Sample proxy mixtures (RegMix's capped Dirichlet sampler, or level by level over --tree) into
     DIR/proposals.parquet (docs/swarms.md).
 
     With --reuse PREVIOUS.yaml --changed d1,d2 (Olmix's mixture reuse), the unchanged domains keep
     their previous ratios as one virtual domain: a small swarm over it and the changed domains."""
-    import pandas as pd
-
-    from mixer.extend import propose_swarm
     from mixer.files import write_yaml
-    from mixer.runs import domain_name, load_token_counts
-    from mixer.sampler import domain_caps, epochs_table, write_proposals
+    from mixer.runs import load_token_counts
+    from mixer.sampler import domain_caps, write_proposals
     from mixer.tree import read_tree
 
     if tokens is None and tree is None:
@@ -134,42 +110,28 @@ def propose(
     domain_tree = read_tree(tree) if tree is not None else None
     frozen = _reuse(reuse, changed, list(counts or {}))
     cap_map, floor_map = parse_mapping(caps, "--caps"), parse_mapping(floors, "--floors")
-    must = [d.strip() for d in (nonzero or "").split(",") if d.strip()]
+    must = split_list(nonzero)
+    flat = {
+        "temperature": temperature,
+        "min_concentration": min_concentration,
+        "max_concentration": max_concentration,
+        "min_weight": min_weight,
+        "round_to": round_to,
+    }
     settings: dict[str, Any] = {"proxy_tokens": proxy_tokens, "max_epochs": max_epochs, "dedup_l1": dedup_l1}
     if domain_tree is None:
-        settings.update(
-            temperature=temperature,
-            min_concentration=min_concentration,
-            max_concentration=max_concentration,
-            min_weight=min_weight,
-            round_to=round_to,
-        )
+        settings.update(flat)
     else:
-        flat_only = {
-            "--temperature": temperature != 0.5,
-            "--min-concentration": min_concentration != 0.1,
-            "--max-concentration": max_concentration != 5.0,
-            "--min-weight": min_weight != 2e-4,
-            "--round-to": round_to is not None,
-            "--floors": bool(floor_map),
-            "--reuse": bool(frozen),
-        }
-        given = [name for name, is_set in flat_only.items() if is_set]
-        if given:
-            raise ValueError(
-                f"{', '.join(given)}: set per level in the tree file (levels: temperature, "
-                "min_strength, max_strength, min_weight), or use --nonzero"
-            )
+        _refuse_flat_options(flat, bool(floor_map), frozen is not None)
     info(f"sampling {n} mixtures{' over ' + str(tree) if tree else ''}")
     if frozen is not None:
         if existing is not None or must:
             raise ValueError("--reuse does not combine with --existing or --nonzero yet")
-        if counts is None:
-            raise ValueError("--reuse needs --tokens (the token counts of every domain)")
         frame = _propose_reused(frozen, counts, n, cap_map, floor_map, seed, settings)
         summary: dict[str, Any] = {}
-        frame = pd.concat([frame, epochs_table(frame, counts, proxy_tokens)], axis=1)
     else:
+        from mixer.extend import propose_swarm
+
         floor_option: dict[str, Any] = {"floors": floor_map} if floor_map else {}
         frame, summary = propose_swarm(
             n,
@@ -184,38 +146,49 @@ def propose(
             **floor_option,
             **settings,
         )
-    named = {"tokens": tokens, "tree": tree, "existing": existing}
-    provenance = {
-        "method": "regmix-propose",
-        "seed": seed,
-        **settings,
-        **{k: str(v) for k, v in named.items() if v is not None},
-        **({"caps": cap_map} if cap_map else {}),
-        **({"floors": floor_map} if floor_map else {}),
-        **({"nonzero": must} if must else {}),
-        **({"reuse": str(reuse), "changed": list(frozen.changed)} if frozen else {}),
-    }
+    files = {"tokens": tokens, "tree": tree, "existing": existing, "reuse": reuse}
+    changes = list(frozen.changed) if frozen else []
+    given = {"caps": cap_map, "floors": floor_map, "nonzero": must, "changed": changes}
+    provenance = {"method": "regmix-propose", "seed": seed, **settings}
+    provenance |= {k: str(v) for k, v in files.items() if v is not None}
+    provenance |= {k: v for k, v in given.items() if v}
     proposals = write_proposals(frame, out, provenance)
-    if domain_tree is not None:
-        write_yaml(out / "tree.yaml", domain_tree.to_dict(domain_tree.leaf_tokens(counts)))
     leaf_counts = domain_tree.leaf_tokens(counts) if domain_tree is not None else counts
+    if domain_tree is not None:
+        write_yaml(out / "tree.yaml", domain_tree.to_dict(leaf_counts))
     assert leaf_counts is not None  # --tokens or --tree, checked above
     effective_caps = {**domain_caps(leaf_counts, proxy_tokens, max_epochs), **cap_map}
+    emit(_proposal_summary(frame, out, proposals, seed, effective_caps, summary))
+
+
+def _refuse_flat_options(flat: dict[str, Any], floors: bool, reuse: bool) -> None:
+    """With --tree, a flat-sampler option given on the command line is an error naming it."""
+    given = [f"--{k.replace('_', '-')}" for k, v in flat.items() if v != FLAT_DEFAULTS[k]]
+    given += [name for name, is_set in (("--floors", floors), ("--reuse", reuse)) if is_set]
+    if given:
+        raise ValueError(
+            f"{', '.join(given)}: set per level in the tree file (levels: temperature, "
+            "min_strength, max_strength, min_weight), or use --nonzero"
+        )
+
+
+def _proposal_summary(frame, out: Path, proposals: Path, seed: int, effective_caps: dict, summary: dict):
+    """The JSON line of `regmix propose`."""
+    from mixer.runs import domain_name
+
     weight_columns = [c for c in frame.columns if str(c).startswith("h_")]
-    emit(
-        {
-            "n": len(frame),
-            "domains": len(weight_columns),
-            "out": str(out),
-            "caps_binding": sorted(d for d, c in effective_caps.items() if c < 1.0),
-            "proposals": str(proposals),
-            "mixtures_dir": str(out / "mixtures"),
-            "seed": seed,
-            "max_epochs_proposed": float(frame["max_epochs"].max()),
-            **summary,
-            "max_weight": {domain_name(c): float(frame[c].max()) for c in weight_columns},
-        }
-    )
+    return {
+        "n": len(frame),
+        "domains": len(weight_columns),
+        "out": str(out),
+        "caps_binding": sorted(d for d, c in effective_caps.items() if c < 1.0),
+        "proposals": str(proposals),
+        "mixtures_dir": str(out / "mixtures"),
+        "seed": seed,
+        "max_epochs_proposed": float(frame["max_epochs"].max()),
+        **summary,
+        "max_weight": {domain_name(c): float(frame[c].max()) for c in weight_columns},
+    }
 
 
 @group.command("fit")
@@ -243,11 +216,10 @@ def fit(
         str | None, typer.Option("--candidates", help="models compared by --select and across scale: m1,m2")
     ] = None,
     cv_folds: Annotated[int, typer.Option("--cv-folds", help="k-fold CV on the training runs (0: off)")] = 5,
-    seed: Annotated[int, typer.Option("--seed")] = 0,
+    seed: Seed = 0,
 ) -> None:
     """Fit one regressor per target; report CV Spearman (95% CI) beside the trivial baseline, and
     rank accuracy across scale when the runs hold two or more model sizes."""
-    from mixer.model_selection import baseline_warning
     from mixer.regmix import MODELS, canonical_model, fit_regmix
 
     model = canonical_model(model)
@@ -255,7 +227,7 @@ def fit(
         f"fitting {select and f'the best by {select}' or model} on {mixtures} -> {', '.join(target)} "
         f"({cv_folds}-fold CV)"
     )
-    models = [m.strip() for m in candidates.split(",") if m.strip()] if candidates else list(MODELS)
+    models = split_list(candidates) or list(MODELS)
     _, summary = fit_regmix(
         mixtures,
         losses,
@@ -270,14 +242,7 @@ def fit(
         candidates=models,
     )
     for name, metrics in summary["cv"].items():
-        info(
-            f"  {name}: {summary['model']} CV spearman {metrics['spearman']:.4f} "
-            f"[{metrics['spearman_ci_low']:.4f}, {metrics['spearman_ci_high']:.4f}], "
-            f"pearson {metrics['pearson']:.4f}, mse {metrics['mse']:.5f}" + _baseline_text(metrics)
-        )
-        warning = baseline_warning(name, metrics, "CV")
-        if warning:
-            info(warning)
+        _say_metrics(name, f"  {name}: {summary['model']} CV", metrics, "CV")
     for name, per_model in summary.get("cross_scale", {}).items():
         for kind, metrics in per_model.items():
             info(
@@ -285,12 +250,29 @@ def fit(
                 f"spearman at "
                 f"{metrics['scale']:g}: {metrics['spearman']:.4f}" + _baseline_text(metrics)
             )
-        warning = baseline_warning(name, per_model[summary["model"]], "cross-scale")
-        if warning:
-            info(warning)
+        _say_warning(name, per_model[summary["model"]], "cross-scale")
     if len(target) == 1 and summary["cv"]:
         summary.update({f"cv_{k}": v for k, v in summary["cv"][target[0]].items()})
     emit(summary)
+
+
+def _say_metrics(name: str, label: str, metrics: dict[str, Any], where: str) -> None:
+    """One stderr line of a target's fit metrics beside the trivial baseline, and the warning when the
+    model does not beat it."""
+    info(
+        f"{label}: n={metrics['n']} spearman {metrics['spearman']:.4f} "
+        f"[{metrics['spearman_ci_low']:.4f}, {metrics['spearman_ci_high']:.4f}], "
+        f"pearson {metrics['pearson']:.4f}, mse {metrics['mse']:.5f}" + _baseline_text(metrics)
+    )
+    _say_warning(name, metrics, where)
+
+
+def _say_warning(name: str, metrics: dict[str, Any], where: str) -> None:
+    from mixer.model_selection import baseline_warning
+
+    warning = baseline_warning(name, metrics, where)
+    if warning:
+        info(warning)
 
 
 def _baseline_text(metrics: dict[str, Any]) -> str:
@@ -302,6 +284,21 @@ def _baseline_text(metrics: dict[str, Any]) -> str:
     )
 
 
+def _is_mixture_file(path: Path) -> bool:
+    """One mixture rather than a table: a YAML file, or JSON holding ours (`{"weights": ...}`) or Olmix's
+    `*_optimal.json` (`[{"domain", "weight"}, ...]`), told apart by the parsed structure."""
+    suffix = path.suffix.lower()
+    if suffix in MIXTURE_SUFFIXES:
+        return True
+    if suffix != ".json" or not path.is_file():
+        return False
+    data = json.loads(path.read_text())
+    if isinstance(data, dict):
+        return "weights" in data
+    records = data if isinstance(data, list) else [None]
+    return all(isinstance(r, dict) and {"domain", "weight"} <= set(r) for r in records)
+
+
 def _load_for_model(model_dir: Path, mixtures: Path, key: str):
     """The model and the mixtures to score: a table indexed by `key`, or one mixture file."""
     import pandas as pd
@@ -311,12 +308,7 @@ def _load_for_model(model_dir: Path, mixtures: Path, key: str):
     from mixer.runs import load_mixtures
 
     model = RegMixModel.load(model_dir)
-    if mixtures.suffix.lower() in MIXTURE_SUFFIXES or (
-        # a mixture file: ours ({"weights": ...}) or Olmix's `*_optimal.json` ([{"domain", "weight"}])
-        mixtures.suffix.lower() == ".json"
-        and mixtures.exists()
-        and any(k in mixtures.read_text()[:2000] for k in ('"weights"', '"domain"'))
-    ):
+    if _is_mixture_file(mixtures):
         weights = read_mixture(mixtures)
         frame = pd.DataFrame([weights], index=pd.Index([mixtures.stem], name=key))
     else:
@@ -342,7 +334,7 @@ def evaluate(
     trivial baseline (minus the target domain's weight; for a weighted sum of targets, minus the
     weighted sum of their domains' weights); warn when the model does not beat it."""
     from mixer.metrics import regression_metrics
-    from mixer.model_selection import baseline_warning, compare_to_baseline
+    from mixer.model_selection import compare_to_baseline
     from mixer.regmix import RegMixModel, load_training_table
 
     model = RegMixModel.load(model_dir)
@@ -353,23 +345,20 @@ def evaluate(
     weights, values = load_training_table(mixtures, losses, targets, key)
     predictions = model.predict(weights)
     X = weights.to_numpy(dtype=float)
-    per_target = {}
-    for t in targets:
-        y, pred = values[t].to_numpy(), predictions[t].to_numpy()
-        per_target[t] = {
+
+    def scored(target_weights: dict[str, float]) -> dict[str, Any]:
+        """Held-out metrics of the weighted sum of targets, beside the trivial baseline."""
+        y = sum(w * values[t].to_numpy() for t, w in target_weights.items())
+        pred = sum(w * predictions[t].to_numpy() for t, w in target_weights.items())
+        return {
             **regression_metrics(y, pred, seed=seed),
-            **compare_to_baseline(y, pred, X, model.domains, {t: 1.0}, seed),
+            **compare_to_baseline(y, pred, X, model.domains, target_weights, seed),
         }
+
+    per_target = {t: scored({t: 1.0}) for t in targets}
     first = per_target[targets[0]]
     for name, metrics in per_target.items():
-        info(
-            f"{name}: n={metrics['n']} spearman {metrics['spearman']:.4f} "
-            f"[{metrics['spearman_ci_low']:.4f}, {metrics['spearman_ci_high']:.4f}] "
-            f"pearson {metrics['pearson']:.4f} mse {metrics['mse']:.5f}" + _baseline_text(metrics)
-        )
-        warning = baseline_warning(name, metrics, "held-out")
-        if warning:
-            info(warning)
+        _say_metrics(name, name, metrics, "held-out")
     result: dict[str, Any] = {**first, "target": targets[0], "model": str(model_dir)}
     if len(targets) > 1:
         result["per_target"] = per_target
@@ -377,17 +366,9 @@ def evaluate(
         from mixer.regmix import resolve_target_weights
 
         tw = resolve_target_weights(targets, parse_mapping(target_weights, "--target-weights"))
-        y = sum(w * values[t].to_numpy() for t, w in tw.items())
-        pred = sum(w * predictions[t].to_numpy() for t, w in tw.items())
-        combined = {
-            **regression_metrics(y, pred, seed=seed),
-            **compare_to_baseline(y, pred, X, model.domains, tw, seed),
-            "target_weights": tw,
-        }
+        combined = {**scored(tw), "target_weights": tw}
         info(f"weighted targets: spearman {combined['spearman']:.4f}" + _baseline_text(combined))
-        warning = baseline_warning("weighted targets", combined, "held-out")
-        if warning:
-            info(warning)
+        _say_warning("weighted targets", combined, "held-out")
         result["combined"] = combined
     emit(result)
 
@@ -402,8 +383,6 @@ def predict(
     ] = None,
 ) -> None:
     """Predict each target for each mixture."""
-    from mixer.files import write_parquet, write_text
-
     model, frame = _load_for_model(model_dir, mixtures, key)
     predictions = model.predict(frame)
     predictions.index = frame.index
@@ -415,11 +394,7 @@ def predict(
     if len(predictions) == 1:
         result["prediction"] = {t: float(predictions[t].iloc[0]) for t in model.targets}
     if out is not None:
-        table = predictions.reset_index()
-        if out.suffix.lower() == ".csv":
-            write_text(out, table.to_csv(index=False))
-        else:
-            write_parquet(out, table)
+        write_table(out, predictions.reset_index())
         result["out"] = str(out)
     emit(result)
 
@@ -436,25 +411,15 @@ def optimize(
         str | None, typer.Option("--prior", help="token table or mixture YAML (default: training mean)")
     ] = None,
     concentration: Annotated[float, typer.Option("--concentration", help="Dirichlet(prior x this)")] = 1.0,
-    caps: Annotated[
-        str | None, typer.Option("--caps", help="per-domain max weight: d=w,... or a YAML/JSON file")
-    ] = None,
-    floors: Annotated[
-        str | None, typer.Option("--floors", "--floor", help="per-domain min weight: d=w,... or a file")
-    ] = None,
+    caps: Caps = None,
+    floors: Floors = None,
     target_weights: Annotated[
         str | None, typer.Option("--target-weights", help="target=w,... (default: equal)")
     ] = None,
     search: Annotated[str, typer.Option("--search", help="refine (surrogate-guided) | brute")] = "refine",
-    stats: Annotated[
-        Path | None, typer.Option("--stats", help="domain_stats.parquet (tokens kept) for data-budget caps")
-    ] = None,
-    train_tokens: Annotated[
-        str | None, typer.Option("--train-tokens", help="planned tokens of the target run, e.g. 100B")
-    ] = None,
-    max_epochs: Annotated[
-        float, typer.Option("--max-epochs", help="cap each domain at this many epochs of its data")
-    ] = 4.0,
+    stats: Stats = None,
+    train_tokens: TrainTokens = None,
+    max_epochs: MaxEpochs = 4.0,
     proposer: Annotated[
         str, typer.Option("--proposer", help="simulate (RegMix top-k) | exact (SLSQP; smooth models)")
     ] = "simulate",
@@ -472,16 +437,13 @@ def optimize(
     families: Annotated[
         Path | None, typer.Option("--families", help="task-family YAML: targets grouped and weighted")
     ] = None,
-    reuse: Annotated[
-        Path | None, typer.Option("--reuse", help="previous mixture YAML: keep unchanged domains' ratios")
-    ] = None,
-    changed: Annotated[
-        str | None, typer.Option("--changed", help="with --reuse: domains added or revised, d1,d2")
-    ] = None,
-    seed: Annotated[int, typer.Option("--seed")] = 0,
+    reuse: Reuse = None,
+    changed: Changed = None,
+    seed: Seed = 0,
 ) -> None:
     """Search for the mixture with the lowest predicted loss (RegMix: simulate, average top-k;
     or solve it exactly), with Olmix's KL regulariser, task families and mixture reuse."""
+    from mixer.api import read_prior
     from mixer.budget import optimizer_caps
     from mixer.families import read_families
     from mixer.regmix import RegMixModel, optimize_regmix
@@ -497,7 +459,7 @@ def optimize(
         out,
         n_draws=draws,
         top_k=top_k,
-        prior=_read_prior(prior) if prior else None,
+        prior=read_prior(prior or None),
         caps=optimizer_caps(domains, parse_mapping(caps, "--caps"), stats, train_tokens, max_epochs),
         floors=parse_mapping(floors, "--floors"),
         target_weights=(
@@ -512,6 +474,12 @@ def optimize(
         uncertainty_penalty=uncertainty_penalty,
         reuse=_reuse(reuse, changed, domains),
     )
+    _say_optimum(summary)
+    emit(summary)
+
+
+def _say_optimum(summary: dict[str, Any]) -> None:
+    """The search's result on stderr, with a warning when the mixture leaves the training region."""
     for name, proposal in (summary["proposals"] or {}).items():
         info(f"  {name}: predicted {proposal['predicted']:.4f}, KL to prior {proposal['kl_to_prior']:.4f}")
     info(
@@ -530,15 +498,19 @@ def optimize(
             f"{summary['nearest_training_l1']:.3f} vs typical {summary['training_nn_l1_q']:.3f}; "
             f"outside range: {summary['outside_range']}); trees predict flat there"
         )
-    emit(summary)
 
 
 def _propose_reused(frozen, counts, n, caps, floors, seed, settings):
-    """Propose over (virtual frozen domain, changed domains), then recompose over every domain."""
+    """Propose over (virtual frozen domain, changed domains), then recompose over every domain; with
+    the epochs each mixture asks of each domain."""
     import numpy as np
+    import pandas as pd
 
     from mixer.reuse import VIRTUAL, expand_frame, reduced_bounds
-    from mixer.sampler import domain_caps, propose_mixtures
+    from mixer.sampler import domain_caps, epochs_table, propose_mixtures
+
+    if counts is None:
+        raise ValueError("--reuse needs --tokens (the token counts of every domain)")
 
     domains = list(frozen.domains)
     upper = np.array(
@@ -562,7 +534,8 @@ def _propose_reused(frozen, counts, n, caps, floors, seed, settings):
         floors={d: v for d, v in zip(names, low.tolist(), strict=True) if v > 0},
         **settings,
     )
-    return expand_frame(frozen, reduced)
+    frame = expand_frame(frozen, reduced)
+    return pd.concat([frame, epochs_table(frame, counts, settings["proxy_tokens"])], axis=1)
 
 
 def _reuse(previous: Path | None, changed: str | None, domains: list[str]):
@@ -574,7 +547,7 @@ def _reuse(previous: Path | None, changed: str | None, domains: list[str]):
         if changed:
             raise ValueError("--changed needs --reuse PREVIOUS.yaml")
         return None
-    names = [c.strip() for c in (changed or "").split(",") if c.strip()]
+    names = split_list(changed)
     if not names:
         raise ValueError("--reuse needs --changed d1,d2 (the domains added or revised)")
     return freeze(read_mixture(previous), domains, names)

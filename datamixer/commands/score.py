@@ -3,24 +3,31 @@ select, write)."""
 
 from __future__ import annotations
 
-import logging
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 
 from datamixer.commands._common import emit, info, stage_progress
+from datamixer.options import (
+    BEAM_COMMAND,
+    IdField,
+    MaxChars,
+    Runner,
+    TextField,
+    parse_pairs,
+    quiet_beam,
+    split_list,
+)
 from pipeline.domains import domain_inputs
 
 
-def parse_scorer_options(pairs: list[str]) -> dict[str, Any]:
-    options: dict[str, Any] = {}
-    for pair in pairs:
-        key, sep, value = pair.partition("=")
-        if not sep or not key:
-            raise ValueError(f"--scorer-option must be KEY=VALUE; got {pair!r}")
-        options[key] = value
-    return options
+def _scorer_config(name: str, model: str | None, label: str, options: list[str] | None, heads: Path | None):
+    """The `ScorerConfig` of --scorer, --model, --label, --scorer-option KEY=VALUE and --heads."""
+    from pipeline.registry import ScorerConfig
+
+    settings: dict[str, Any] = dict(parse_pairs(options, "--scorer-option"))
+    return ScorerConfig(name, model, label, {**settings, **({"heads": str(heads)} if heads else {})})
 
 
 def score(
@@ -52,12 +59,7 @@ def score(
     threshold: Annotated[
         float | None, typer.Option("--threshold", help="Keep documents scoring >= this.")
     ] = None,
-    runner: Annotated[
-        str,
-        typer.Option(
-            "--runner", help="direct, portable, dataflow, spark or flink; Beam flags for it go after `--`."
-        ),
-    ] = "direct",
+    runner: Runner = "direct",
     tokenizer: Annotated[
         str | None,
         typer.Option(
@@ -67,11 +69,9 @@ def score(
         ),
     ] = None,
     vocab_size: Annotated[int, typer.Option("--vocab-size", help="Vocabulary of the trained BPE.")] = 8192,
-    text_field: Annotated[str, typer.Option("--text-field")] = "text",
-    id_field: Annotated[str, typer.Option("--id-field")] = "id",
-    max_chars: Annotated[
-        int, typer.Option("--max-chars", help="Longest document, in characters.")
-    ] = 1_000_000,
+    text_field: TextField = "text",
+    id_field: IdField = "id",
+    max_chars: MaxChars = 1_000_000,
     oversize: Annotated[
         str, typer.Option("--oversize", help="dead-letter or truncate documents over --max-chars.")
     ] = "dead-letter",
@@ -129,28 +129,20 @@ def score(
     from pipeline.langid import LanguageOptions
     from pipeline.progress import document_progress
     from pipeline.read import ReadOptions
-    from pipeline.registry import ScorerConfig
     from pipeline.select import Selection
 
-    logging.getLogger("apache_beam").setLevel(logging.WARNING)
+    quiet_beam()
     if scorer is None and model is not None:
         scorer = "fasttext"
     language = None
     if languages is not None or language_model is not None:
-        codes = tuple(c.strip() for c in (languages or "").split(",") if c.strip())
+        codes = tuple(split_list(languages))
         language = LanguageOptions(languages=codes, model=language_model or "lingua")
-    fields = None if keep_fields is None else tuple(f.strip() for f in keep_fields.split(",") if f.strip())
+    fields = None if keep_fields is None else tuple(split_list(keep_fields))
     job = ScoreJobConfig(
         inputs=domain_inputs(input or [], domain or [], config),
         output=str(output),
-        scorer=None
-        if scorer is None
-        else ScorerConfig(
-            scorer,
-            model,
-            label,
-            {**parse_scorer_options(scorer_option or []), **({"heads": str(heads)} if heads else {})},
-        ),
+        scorer=None if scorer is None else _scorer_config(scorer, model, label, scorer_option, heads),
         language=language,
         filters=parse_filters(filters),
         dedup=None
@@ -170,16 +162,8 @@ def score(
         with_text=not no_text,
         vocab_size=vocab_size,
     )
-    steps = [
-        name
-        for name, on in (
-            ("language ID", language),
-            ("filters", job.filters),
-            ("dedup", dedup),
-            (scorer or "", scorer),
-        )
-        if on
-    ]
+    stages = (("language ID", language), ("filters", job.filters), ("dedup", dedup), (scorer, job.scorer))
+    steps = [str(name) for name, on in stages if on]
     info(f"{len(job.inputs)} domain(s): {', '.join(steps) or 'read and count'} on the {runner} runner")
     with document_progress(stage_progress) as settle:
         result = run_score_job(job, runner=runner, beam_args=list(ctx.args))
@@ -194,4 +178,4 @@ def score(
 
 
 def register(app: typer.Typer) -> None:
-    app.command("score", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})(score)
+    app.command("score", context_settings=BEAM_COMMAND)(score)

@@ -8,11 +8,27 @@ from typing import Annotated
 
 import typer
 
-from datamixer.commands._common import emit, info
+from datamixer.commands._common import emit, info, write_table
+from datamixer.options import parse_pairs
 
 runs_group = typer.Typer(
     help="Runs tables from other tools: Olmix swarms, W&B exports.", no_args_is_help=True
 )
+
+
+def _write_olmix_priors(out: Path, counts: dict[str, int]) -> None:
+    """Token counts in Olmix's priors format (olmix/fit/loaders.py)."""
+    from mixer.files import write_json
+
+    total = sum(counts.values())
+    write_json(
+        out,
+        {
+            "relative_sizes": {d: c / total for d, c in counts.items()},
+            "total_tokens": total,
+            "token_counts": counts,
+        },
+    )
 
 
 def priors(
@@ -38,7 +54,6 @@ def priors(
     import pandas as pd
 
     from mixer.exports import read_paths
-    from mixer.files import write_json, write_parquet, write_text
     from mixer.priors import count_tokens
     from mixer.tree import read_tree
 
@@ -56,21 +71,12 @@ def priors(
     rows = [{"domain": d, "tokens": int(c["tokens"]), "files": c["files"]} for d, c in counted.items()]
     rows += [{"domain": d, "tokens": int(t), "files": 0} for d, t in given.items()]
     table = pd.DataFrame(rows)
-    if out.suffix.lower() == ".csv":
-        write_text(out, table.to_csv(index=False))
-    elif out.suffix.lower() == ".json":  # Olmix's priors format (olmix/fit/loaders.py)
-        counts = dict(zip(table["domain"], table["tokens"].astype(int).tolist(), strict=True))
-        total = sum(counts.values())
-        write_json(
-            out,
-            {
-                "relative_sizes": {d: c / total for d, c in counts.items()},
-                "total_tokens": total,
-                "token_counts": counts,
-            },
+    if out.suffix.lower() == ".json":
+        _write_olmix_priors(
+            out, dict(zip(table["domain"], table["tokens"].astype(int).tolist(), strict=True))
         )
     else:
-        write_parquet(out, table)
+        write_table(out, table)
     emit(
         {
             "out": str(out),
@@ -80,16 +86,6 @@ def priors(
             "per_domain": dict(zip(table["domain"], table["tokens"], strict=True)),
         }
     )
-
-
-def _pairs(items: list[str] | None, what: str) -> dict[str, str]:
-    out = {}
-    for item in items or []:
-        name, sep, column = item.partition("=")
-        if not sep or not name or not column:
-            raise ValueError(f"{what}: expected NAME=COLUMN, got {item!r}")
-        out[name] = column
-    return out
 
 
 @runs_group.command("import")
@@ -118,7 +114,7 @@ def import_runs(
         if not target:
             raise ValueError("a W&B export needs at least one --target NAME=COLUMN")
         frame = read_wandb_csv(
-            source, weights, _pairs(target, "--target"), _pairs(column, "--column"), run_column
+            source, weights, parse_pairs(target, "--target"), parse_pairs(column, "--column"), run_column
         )
         kind = "wandb"
     elif is_olmix_swarm(source):

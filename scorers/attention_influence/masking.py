@@ -89,33 +89,20 @@ def _with_masking(
     return output, weights
 
 
-def sdpa_attention(
-    module: torch.nn.Module,
-    query: torch.Tensor,
-    key: torch.Tensor,
-    value: torch.Tensor,
-    attention_mask: torch.Tensor | None,
-    **kwargs: Any,
-) -> tuple[torch.Tensor, Any]:
-    """PyTorch SDPA attention, plus uniform-prefix heads and argmax recording when asked for."""
+def sdpa_attention(module: torch.nn.Module, *args: Any, **kwargs: Any) -> tuple[torch.Tensor, Any]:
+    """PyTorch SDPA attention, plus uniform-prefix heads and argmax recording when asked for (the
+    arguments of transformers' attention interface: query, key, value, attention_mask, options)."""
     from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
-    return _with_masking(sdpa_attention_forward, module, query, key, value, attention_mask, **kwargs)
+    return _with_masking(sdpa_attention_forward, module, *args, **kwargs)
 
 
-def eager_attention(
-    module: torch.nn.Module,
-    query: torch.Tensor,
-    key: torch.Tensor,
-    value: torch.Tensor,
-    attention_mask: torch.Tensor | None,
-    **kwargs: Any,
-) -> tuple[torch.Tensor, Any]:
+def eager_attention(module: torch.nn.Module, *args: Any, **kwargs: Any) -> tuple[torch.Tensor, Any]:
     """The model's own eager attention (explicit softmax), plus uniform-prefix heads and recording."""
     base = getattr(sys.modules[type(module).__module__], "eager_attention_forward", None)
     if base is None:
         raise ValueError(f"{type(module).__name__}: its module defines no eager_attention_forward")
-    return _with_masking(base, module, query, key, value, attention_mask, **kwargs)
+    return _with_masking(base, module, *args, **kwargs)
 
 
 def register_attention(eager: bool = False) -> str:
