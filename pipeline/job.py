@@ -33,7 +33,7 @@ import pyarrow.compute as pc
 from apache_beam.transforms.window import GlobalWindows
 
 from pipeline import schema as S
-from pipeline.dedup import DedupOptions, FindDuplicates, mark_duplicates
+from pipeline.dedup import BANDS_DIR, DedupOptions, FindDuplicates, mark_duplicates
 from pipeline.domains import read_domains_yaml
 from pipeline.filters import ApplyFilters
 from pipeline.langid import IdentifyLanguage, LanguageOptions, check_model
@@ -459,7 +459,8 @@ def build_pipeline(
     outputs: dict[str, Any] = {"parts": staged["parts"]}
     scores = staged["scores"]
     if config.dedup is not None:
-        outputs["duplicates"] = docs | "Dedup" >> FindDuplicates(config.dedup, score_column)
+        bands_dir = _join(out_dir, f"{PARTS_DIR}/{BANDS_DIR}")
+        outputs["duplicates"] = docs | "Dedup" >> FindDuplicates(config.dedup, score_column, bands_dir)
         if keep_top:
             removed = outputs["duplicates"] | "RemovedScores" >> beam.Map(_removed_score)
             scores = (scores, removed) | "CandidateScores" >> beam.Flatten()

@@ -114,10 +114,12 @@ class PartWriters:
             self._open[shard] = (sink, pa.ipc.new_stream(sink, schema, options=PART_OPTIONS), path)
         return self._open[shard][1]
 
-    def write(self, batch: pa.RecordBatch) -> None:
+    def write(self, batch: pa.RecordBatch, shards: np.ndarray | None = None) -> None:
+        """Rows to the part of their shard: `shard_ids`, or the given shard of each row."""
         if batch.num_rows == 0:
             return
-        shards = shard_ids(batch, self.num_shards)
+        if shards is None:
+            shards = shard_ids(batch, self.num_shards)
         present = np.unique(shards).tolist()
         for shard in present:
             part = batch if len(present) == 1 else batch.filter(pa.array(shards == shard))
