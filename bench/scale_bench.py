@@ -10,7 +10,8 @@ a fixed tokenizer; with --dedup also `--dedup minhash`) on each with a DirectRun
 processes and samples, every 0.2 s, the RSS of every process of the job's tree and, every second,
 the bytes under the job's output directory. It prints per size: docs/s, peak RSS summed over the
 tree and the largest single process's peak, peak temporary disk (`_parts`, and everything the job
-held beside its output), output size, and their ratios between sizes, with the load average.
+held beside its output), output size, and their ratios between the two largest sizes (the
+smallest is dominated by the fixed start-up), with the load average.
 """
 
 from __future__ import annotations
@@ -241,7 +242,7 @@ def main() -> None:
             f"| {r['output_mb']:,} MB | {r['disk_over_output']:.2f} | {r['load'][0]}-{r['load'][1]} |",
             file=sys.stderr,
         )
-    first, last = rows[0], rows[-1]
+    first, last = rows[-2] if len(rows) > 1 else rows[0], rows[-1]  # the two largest sizes
     ratios = {
         "rss_sum_ratio": round(last["rss_sum_mb"] / first["rss_sum_mb"], 2),
         "rss_max_ratio": round(last["rss_max_mb"] / first["rss_max_mb"], 2),
