@@ -108,7 +108,10 @@ class BinCounts(beam.CombineFn):
         return acc
 
     def merge_accumulators(self, accs) -> np.ndarray:
-        return np.sum(list(accs), axis=0, dtype=np.int64)
+        total = self.create_accumulator()
+        for acc in accs:
+            total += acc
+        return total
 
     def extract_output(self, acc: np.ndarray) -> np.ndarray:
         return acc
