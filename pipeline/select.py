@@ -35,11 +35,16 @@ class Selection:
         return self.keep_top is not None or self.threshold is not None
 
 
+def keep_count(n: int, fraction: float) -> int:
+    """How many of n documents the top `fraction` keeps: ceil(fraction * n), at most n."""
+    return min(n, math.ceil(fraction * n - 1e-9))
+
+
 def top_fraction_cutoff(scores: np.ndarray, fraction: float) -> float:
     """The score of the ceil(fraction * n)-th best document: `score >= cutoff` keeps that many
     (more only on ties). No documents or nothing to keep gives +inf."""
     n = len(scores)
-    k = min(n, math.ceil(fraction * n - 1e-9))
+    k = keep_count(n, fraction)
     if k <= 0:
         return math.inf
     return float(np.partition(scores, n - k)[n - k])
@@ -128,13 +133,12 @@ def narrow(prefix: int, rank: int, counts: np.ndarray) -> tuple[int, int]:
 
 
 def first_state(element: tuple[str, np.ndarray], fraction: float) -> tuple[str, tuple[int, int] | None]:
-    """After the first pass: k = ceil(fraction * n) as in `top_fraction_cutoff`, and where the k-th
+    """After the first pass: k = `keep_count` of the domain's n documents, and where the k-th
     largest key lies (None: keep nothing)."""
     domain, counts = element
     if np.any(counts < 0):
         raise ValueError("removed scores that were never added")
-    n = int(counts.sum())
-    k = min(n, math.ceil(fraction * n - 1e-9))
+    k = keep_count(int(counts.sum()), fraction)
     return domain, (narrow(0, k, counts) if k > 0 else None)
 
 
