@@ -144,9 +144,11 @@ def remove_parts(parts_dir: str) -> None:
         return
     from apache_beam.io.filesystems import FileSystems
 
-    matched = FileSystems.match([parts_dir.rstrip("/") + "/*"])[0].metadata_list
+    prefix = parts_dir.rstrip("/")
+    patterns = [f"{prefix}/*", f"{prefix}/*/*"]  # the parts and a stage's own folder (dedup's bands)
+    matched = [m.path for result in FileSystems.match(patterns) for m in result.metadata_list]
     if matched:
-        FileSystems.delete([m.path for m in matched])
+        FileSystems.delete(matched)
 
 
 def remove_files(paths: Sequence[str]) -> None:
