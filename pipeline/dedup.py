@@ -4,10 +4,13 @@ shingles), clustered by connected components, one representative kept per cluste
 The distributed design, with no index on one machine:
 1. `Signatures`: per document (in a DoFn over record batches) the band keys: for MinHash,
    `bands` slices of `rows` minhash values each (rensa's RMinHash, seeded, the same on every
-   worker); for exact, one key, the hash of the normalised text. Keys are bucketed by
-   (scope, band, partition) so the runner moves a few elements per batch, not one per document.
-2. `CandidateEdges`: GroupByKey on the bucket; documents sharing a band key are linked to the
-   smallest of them (a star per key).
+   worker); for exact, one key, the hash of the normalised text. One row per (document, band)
+   goes to an Arrow part file per key partition (as the scored batches do, see `pipeline.shards`):
+   only file names go through the runner, so no step, and no runner's in-memory GroupByKey,
+   holds the keys of the whole corpus.
+2. `CandidateEdges`: GroupByKey of the file names on the partition; each partition's rows are
+   read back and sorted by (scope, band, key), and documents sharing a key are linked to the
+   smallest of them (a star per key). Memory: one partition, 1/`partitions` of the keys.
 3. `ConnectedComponents`: alternating large-star / small-star rounds (Kiveris et al. 2014,
    "Connected Components in MapReduce and Beyond") over hash-ordered nodes, each a GroupByKey over
    edges only, label every component; a last GroupByKey per label (one component, never the
@@ -34,8 +37,11 @@ from typing import Any
 import apache_beam as beam
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
+from apache_beam.transforms.window import GlobalWindows
 
 from pipeline import schema as S
+from pipeline.shards import PartWriters, read_parts
 from pipeline.stages import pending
 
 METHODS = ("exact", "minhash")
@@ -110,54 +116,98 @@ def band_keys(texts: list[str], opts: DedupOptions) -> list[list[bytes] | None]:
     return out
 
 
-def batch_nodes(batch: pa.RecordBatch | pa.Table, score_column: str | None) -> list[Node]:
-    """The node of every row: rank (minus the score, or 0), id, domain, source file, record."""
+BANDS_DIR = "bands"  # band rows, under the job's part files directory
+_BAND_COLUMNS = ["scope", "band", "key"]
+
+
+def band_rows(
+    batch: pa.RecordBatch, opts: DedupOptions, score_column: str | None
+) -> tuple[pa.RecordBatch, np.ndarray]:
+    """One row per (document, band key) of a batch's documents: scope, band, key and the node's
+    fields (rank, id, domain, source_file, record); and the key partition of each row."""
+    keys = band_keys(batch.column(S.TEXT).to_pylist(), opts)
+    doc = np.array([i for i, ks in enumerate(keys) for _ in ks or ()], np.int64)
+    flat = [k for ks in keys for k in ks or ()]
+    bands = [b for ks in keys for b in range(len(ks or ()))]
     n = batch.num_rows
     ranks = (
-        (-np.nan_to_num(np.asarray(batch.column(score_column), np.float64), nan=-np.inf)).tolist()
+        -np.nan_to_num(np.asarray(batch.column(score_column), np.float64), nan=-np.inf)
         if score_column is not None and score_column in batch.schema.names
-        else [0.0] * n
+        else np.zeros(n)
     )
-    cols = [batch.column(c).to_pylist() for c in (S.ID, S.DOMAIN, S.SOURCE, S.RECORD)]
-    return [(ranks[i], cols[0][i], cols[1][i], cols[2][i] or "", cols[3][i]) for i in range(n)]
+    rows = batch.select([S.ID, S.DOMAIN, S.SOURCE, S.RECORD]).take(pa.array(doc))
+    domains = rows.column(S.DOMAIN)
+    scope = domains if opts.scope == "domain" else pa.array([""] * len(doc), pa.string())
+    out = pa.RecordBatch.from_arrays(
+        [
+            scope,
+            pa.array(bands, pa.int32()),
+            pa.array(flat, pa.binary()),
+            pa.array(ranks[doc], pa.float64()),
+            rows.column(S.ID),
+            domains,
+            pc.fill_null(rows.column(S.SOURCE), ""),
+            rows.column(S.RECORD),
+        ],
+        names=[*_BAND_COLUMNS, "rank", S.ID, S.DOMAIN, S.SOURCE, S.RECORD],
+    )
+    partitions = np.array([int.from_bytes(k[:4], "little") for k in flat], np.int64) % opts.partitions
+    return out, partitions
 
 
 class _SignaturesFn(beam.DoFn):
-    """Surviving documents of a batch -> ((scope, band, partition), [(key, node), ...]) elements."""
+    """Surviving documents -> their band rows in one part file per key partition that this bundle
+    touches, emitted at the bundle's end as (partition, file): the band keys go to disk, not
+    through the runner, and the grouping reads one partition at a time."""
 
-    def __init__(self, opts: DedupOptions, score_column: str | None) -> None:
+    def __init__(self, opts: DedupOptions, score_column: str | None, bands_dir: str) -> None:
         self._opts = opts
         self._score_column = score_column
+        self._dir = bands_dir
+        self._writers: PartWriters | None = None
 
-    def process(self, batch: pa.RecordBatch) -> Iterator[tuple[tuple[str, int, int], list]]:
+    def start_bundle(self) -> None:
+        self._writers = PartWriters(self._dir, self._opts.partitions)
+
+    def process(self, batch: pa.RecordBatch) -> Iterator[Any]:
         todo = np.flatnonzero(pending(batch))
-        if not len(todo):
-            return
-        live = batch.take(pa.array(todo))
-        keys = band_keys(live.column(S.TEXT).to_pylist(), self._opts)
-        nodes = batch_nodes(live, self._score_column)
-        buckets: dict[tuple[str, int, int], list[tuple[bytes, Node]]] = {}
-        for node, doc_keys in zip(nodes, keys, strict=True):
-            scope = node[2] if self._opts.scope == "domain" else ""
-            for band, key in enumerate(doc_keys or ()):
-                part = int.from_bytes(key[:4], "little") % self._opts.partitions
-                buckets.setdefault((scope, band, part), []).append((key, node))
-        yield from sorted(buckets.items())
+        if len(todo):
+            rows, partitions = band_rows(batch.take(pa.array(todo)), self._opts, self._score_column)
+            assert self._writers is not None  # opened in start_bundle
+            self._writers.write(rows, partitions)
+        return iter(())
+
+    def finish_bundle(self) -> Iterator[Any]:
+        assert self._writers is not None
+        for partition, path in self._writers.close():
+            yield GlobalWindows.windowed_value((partition, path))
 
 
-def bucket_edges(element: tuple[Any, Iterable[list[tuple[bytes, Node]]]]) -> Iterator[tuple[Node, Node]]:
-    """Documents sharing a band key: an edge from each to the smallest of them."""
-    _, lists = element
-    by_key: dict[bytes, set[Node]] = {}
-    for pairs in lists:
-        for key, node in pairs:
-            by_key.setdefault(key, set()).add(node)
-    for members in by_key.values():
-        if len(members) > 1:
-            low = min(members)
-            for node in members:
-                if node != low:
-                    yield node, low
+def partition_edges(element: tuple[int, Iterable[str]]) -> Iterator[tuple[Node, Node]]:
+    """One key partition's band rows -> for each (scope, band, key) that several documents share,
+    an edge from each of them to the smallest (a star per key)."""
+    _, paths = element
+    table = read_parts(sorted(paths))
+    if table is None or table.num_rows < 2:
+        return
+    table = table.take(pc.sort_indices(table, sort_keys=[(c, "ascending") for c in _BAND_COLUMNS]))
+    same = np.ones(table.num_rows - 1, bool)
+    for name in _BAND_COLUMNS:
+        column = table.column(name)
+        same &= pc.equal(column.slice(1), column.slice(0, table.num_rows - 1)).to_numpy(zero_copy_only=False)
+    starts = np.flatnonzero(np.concatenate([[True], ~same]))
+    sizes = np.diff(np.append(starts, table.num_rows))
+    shared = np.repeat(sizes > 1, sizes)
+    rows = table.filter(pa.array(shared)).select(["rank", S.ID, S.DOMAIN, S.SOURCE, S.RECORD])
+    nodes = list(zip(*(rows.column(c).to_pylist() for c in rows.column_names), strict=True))
+    offset = 0
+    for size in sizes[sizes > 1].tolist():
+        members = set(nodes[offset : offset + size])
+        offset += size
+        low = min(members)
+        for node in members:
+            if node != low:
+                yield node, low
 
 
 def _hashed(node: Any) -> tuple[bytes, Any]:
@@ -255,17 +305,18 @@ class FindDuplicates(beam.PTransform):
     """Record batches (documents with `drop_reason` null are candidates) -> (node, representative)
     for every document removed as a duplicate."""
 
-    def __init__(self, opts: DedupOptions, score_column: str | None) -> None:
+    def __init__(self, opts: DedupOptions, score_column: str | None, bands_dir: str) -> None:
         super().__init__()
         self._opts = opts
         self._score_column = score_column
+        self._dir = bands_dir
 
     def expand(self, batches):
         return (
             batches
-            | "Signatures" >> beam.ParDo(_SignaturesFn(self._opts, self._score_column))
+            | "Signatures" >> beam.ParDo(_SignaturesFn(self._opts, self._score_column, self._dir))
             | "Buckets" >> beam.GroupByKey()
-            | "CandidateEdges" >> beam.FlatMap(bucket_edges)
+            | "CandidateEdges" >> beam.FlatMap(partition_edges)
             | "Components" >> ConnectedComponents(self._opts.rounds)
         )
 

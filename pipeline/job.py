@@ -33,7 +33,7 @@ import pyarrow.compute as pc
 from apache_beam.transforms.window import GlobalWindows
 
 from pipeline import schema as S
-from pipeline.dedup import DedupOptions, FindDuplicates, mark_duplicates
+from pipeline.dedup import BANDS_DIR, DedupOptions, FindDuplicates, mark_duplicates
 from pipeline.domains import read_domains_yaml
 from pipeline.filters import ApplyFilters
 from pipeline.langid import IdentifyLanguage, LanguageOptions, check_model
@@ -53,8 +53,11 @@ from pipeline.shards import (
     DEFAULT_NUM_SHARDS,
     PARTS_DIR,
     PartWriters,
+    all_exist,
     default_num_shards,
+    read_counted_columns,
     read_parts,
+    remove_files,
     remove_parts,
     shard_name,
     shard_of,
@@ -258,6 +261,10 @@ class _WriteShardFn(beam.DoFn):
         dead = sort_dead_letters([v for kind, v in values if kind == "dead"])
         duplicates = [v for kind, v in values if kind == "dup"]
         counts: list[tuple[str, Any]] = [dead_letter_counts(row) for row in dead]
+        scored_path = _join(self._out, shard_name(S.SCORED_PREFIX, shard, self._n))
+        if not all_exist(parts):  # a retry: the first attempt wrote this shard, then removed its parts
+            yield shard, counts + scored_counts(read_counted_columns(scored_path))
+            return
         table = read_parts(parts)
         if table is None:
             table = self._schema.empty_table()
@@ -265,12 +272,14 @@ class _WriteShardFn(beam.DoFn):
             table = mark_duplicates(sort_documents(table), duplicates)
             table = mark_keep(table, self._column, cutoffs, self._selection.threshold)
             counts += scored_counts(table)
-        write_parquet(table, _join(self._out, shard_name(S.SCORED_PREFIX, shard, self._n)), self._schema)
+        write_parquet(table, scored_path, self._schema)
+        del table
         write_parquet(
             pa.Table.from_pylist(dead, schema=S.DEAD_LETTER_SCHEMA),
             _join(self._out, shard_name(S.DEAD_LETTER_PREFIX, shard, self._n)),
             S.DEAD_LETTER_SCHEMA,
         )
+        remove_files(parts)  # committed: the disk they took is free for the next shards
         yield shard, counts
 
 
@@ -450,7 +459,8 @@ def build_pipeline(
     outputs: dict[str, Any] = {"parts": staged["parts"]}
     scores = staged["scores"]
     if config.dedup is not None:
-        outputs["duplicates"] = docs | "Dedup" >> FindDuplicates(config.dedup, score_column)
+        bands_dir = _join(out_dir, f"{PARTS_DIR}/{BANDS_DIR}")
+        outputs["duplicates"] = docs | "Dedup" >> FindDuplicates(config.dedup, score_column, bands_dir)
         if keep_top:
             removed = outputs["duplicates"] | "RemovedScores" >> beam.Map(_removed_score)
             scores = (scores, removed) | "CandidateScores" >> beam.Flatten()

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import apache_beam as beam
 import numpy as np
@@ -33,11 +35,16 @@ class Selection:
         return self.keep_top is not None or self.threshold is not None
 
 
+def keep_count(n: int, fraction: float) -> int:
+    """How many of n documents the top `fraction` keeps: ceil(fraction * n), at most n."""
+    return min(n, math.ceil(fraction * n - 1e-9))
+
+
 def top_fraction_cutoff(scores: np.ndarray, fraction: float) -> float:
     """The score of the ceil(fraction * n)-th best document: `score >= cutoff` keeps that many
     (more only on ties). No documents or nothing to keep gives +inf."""
     n = len(scores)
-    k = min(n, math.ceil(fraction * n - 1e-9))
+    k = keep_count(n, fraction)
     if k <= 0:
         return math.inf
     return float(np.partition(scores, n - k)[n - k])
@@ -54,52 +61,102 @@ def keep_top_per_domain(scores: np.ndarray, domains: np.ndarray, fraction: float
     return keep
 
 
-def multiset_difference(values: np.ndarray, removed: np.ndarray) -> np.ndarray:
-    """`values` with one occurrence taken out per element of `removed` (each of which is in `values`)."""
-    if not len(removed):
-        return values
-    distinct, counts = np.unique(values, return_counts=True)
-    gone, gone_counts = np.unique(removed, return_counts=True)
-    index = np.searchsorted(distinct, gone)
-    if np.any(index >= len(distinct)) or np.any(distinct[np.minimum(index, len(distinct) - 1)] != gone):
-        raise ValueError("removed scores that were never added")
-    counts[index] -= gone_counts
-    if np.any(counts < 0):
-        raise ValueError("removed a score more often than it was added")
-    return np.repeat(distinct, counts)
+# --- exact cut-offs in bounded memory: a radix select over the scores' bit patterns --------------
+
+RADIX_BITS = 16  # four passes of 2^16 bins find any float64 exactly
+_LEVELS = 64 // RADIX_BITS
+_BINS = 1 << RADIX_BITS
+_SIGN = np.uint64(1 << 63)
 
 
-class TopFractionCutoff(beam.CombineFn):
-    """Exact per-key cut-off: accumulates the scores (float64 arrays, 8 bytes per document).
+def order_keys(scores: np.ndarray) -> np.ndarray:
+    """uint64 keys in the order of the float64 scores (-0.0 counts as 0.0; NaN above +inf, as in
+    `np.partition`), so that the k-th largest key is the k-th largest score."""
+    x = np.asarray(scores, np.float64)
+    x = np.where(np.isnan(x), np.nan, x + 0.0)
+    bits = x.view(np.uint64)
+    return np.where(bits & _SIGN, ~bits, bits | _SIGN)
 
-    An input is a scores array, or ("remove", scores) for documents a later stage (dedup) took
-    out of the candidates, so the fraction is of the documents that survive every stage."""
 
-    def __init__(self, fraction: float) -> None:
-        self.fraction = fraction
+def key_score(key: int) -> float:
+    """The score whose `order_keys` key is `key`."""
+    bits = np.array([key], np.uint64)
+    return float(np.where(bits & _SIGN, bits ^ _SIGN, ~bits).view(np.float64)[0])
 
-    def create_accumulator(self) -> tuple[list[np.ndarray], list[np.ndarray]]:
-        return [], []
 
-    def add_input(self, acc, scores):
-        added, removed = acc
-        if isinstance(scores, tuple):
-            removed.append(np.asarray(scores[1], dtype=np.float64))
-        else:
-            added.append(np.asarray(scores, dtype=np.float64))
+def level_bins(
+    element: tuple[str, tuple[np.ndarray, int]], level: int, states: dict | None = None
+) -> Iterator[tuple[str, tuple[np.ndarray, np.ndarray]]]:
+    """Pass `level`: the next RADIX_BITS of the keys that share the domain's prefix so far, with
+    their weight (+1, or -1 for a removed document): (domain, (bins, weights))."""
+    domain, (keys, weight) = element
+    shift = 64 - RADIX_BITS * (level + 1)
+    if level:
+        state = (states or {}).get(domain)
+        if state is None:  # settled: nothing to keep
+            return
+        keys = keys[(keys >> np.uint64(shift + RADIX_BITS)) == np.uint64(state[0])]
+    if len(keys):
+        bins = ((keys >> np.uint64(shift)) & np.uint64(_BINS - 1)).astype(np.int64)
+        yield domain, (bins, np.full(len(bins), weight, np.int64))
+
+
+class BinCounts(beam.CombineFn):
+    """(bins, weights) -> weighted counts of the 2^RADIX_BITS bins (bounded, whatever the input)."""
+
+    def create_accumulator(self) -> np.ndarray:
+        return np.zeros(_BINS, np.int64)
+
+    def add_input(self, acc: np.ndarray, element: tuple[np.ndarray, np.ndarray]) -> np.ndarray:
+        bins, weights = element
+        acc += np.bincount(bins, weights, minlength=_BINS).astype(np.int64)
         return acc
 
-    def merge_accumulators(self, accs):
-        accs = list(accs)
-        added = [a for acc in accs for a in acc[0]]
-        removed = [a for acc in accs for a in acc[1]]
-        return ([np.concatenate(added)] if added else []), ([np.concatenate(removed)] if removed else [])
+    def merge_accumulators(self, accs) -> np.ndarray:
+        total = self.create_accumulator()
+        for acc in accs:
+            total += acc
+        return total
 
-    def extract_output(self, acc) -> float:
-        added, removed = acc
-        scores = np.concatenate(added) if added else np.zeros(0)
-        gone = np.concatenate(removed) if removed else np.zeros(0)
-        return top_fraction_cutoff(multiset_difference(scores, gone), self.fraction)
+    def extract_output(self, acc: np.ndarray) -> np.ndarray:
+        return acc
+
+
+def narrow(prefix: int, rank: int, counts: np.ndarray) -> tuple[int, int]:
+    """(prefix extended by the bin that holds the `rank`-th largest key, that key's rank in the bin)."""
+    if np.any(counts < 0):
+        raise ValueError("removed scores that were never added")
+    above = np.cumsum(counts[::-1])  # keys in the bins from the highest down
+    top = int(np.searchsorted(above, rank))
+    inside = rank - (int(above[top - 1]) if top else 0)
+    return (prefix << RADIX_BITS) | (_BINS - 1 - top), inside
+
+
+def first_state(element: tuple[str, np.ndarray], fraction: float) -> tuple[str, tuple[int, int] | None]:
+    """After the first pass: k = `keep_count` of the domain's n documents, and where the k-th
+    largest key lies (None: keep nothing)."""
+    domain, counts = element
+    if np.any(counts < 0):
+        raise ValueError("removed scores that were never added")
+    k = keep_count(int(counts.sum()), fraction)
+    return domain, (narrow(0, k, counts) if k > 0 else None)
+
+
+def next_state(element: tuple[str, tuple[int, int] | None], counts: dict) -> tuple[str, Any]:
+    """After a later pass: the prefix one bin longer (None stays None)."""
+    domain, state = element
+    return domain, None if state is None else narrow(state[0], state[1], counts[domain])
+
+
+def _weighted_keys(element: tuple[str, Any]) -> tuple[str, tuple[np.ndarray, int]]:
+    domain, scores = element
+    if isinstance(scores, tuple):  # ("remove", scores): documents a later stage took out
+        return domain, (order_keys(scores[1]), -1)
+    return domain, (order_keys(scores), 1)
+
+
+def _cutoff(domain: str, state: tuple[int, int] | None) -> tuple[str, float]:
+    return domain, math.inf if state is None else key_score(state[0])
 
 
 def domain_scores(batch: pa.RecordBatch | pa.Table, column: str):
@@ -113,14 +170,33 @@ def domain_scores(batch: pa.RecordBatch | pa.Table, column: str):
 
 
 class DomainCutoffs(beam.PTransform):
-    """(domain, scores array) pairs -> (domain, cut-off) for `keep_top`, computed over all documents."""
+    """(domain, scores array) pairs -> (domain, cut-off) for `keep_top`: exactly
+    `top_fraction_cutoff` of each domain's scores, in memory bounded whatever the input size.
+
+    An input is a scores array, or ("remove", scores) for documents a later stage (dedup) took out
+    of the candidates, so the fraction is of the documents that survive every stage. Four passes
+    over the scores (a radix select on their bit patterns) each sum a 2^16-bin histogram per
+    domain of the keys that share the prefix the passes before chose; no step holds the scores."""
 
     def __init__(self, fraction: float) -> None:
         super().__init__()
         self._fraction = fraction
 
     def expand(self, domain_scores):
-        return domain_scores | "Cutoff" >> beam.CombinePerKey(TopFractionCutoff(self._fraction))
+        keys = domain_scores | "OrderKeys" >> beam.Map(_weighted_keys)
+        states = None
+        for level in range(_LEVELS):
+            side = [beam.pvalue.AsDict(states)] if states is not None else []
+            counts = (
+                keys
+                | f"Bins{level}" >> beam.FlatMap(level_bins, level, *side)
+                | f"Count{level}" >> beam.CombinePerKey(BinCounts())
+            )
+            if states is None:
+                states = counts | f"Narrow{level}" >> beam.Map(first_state, self._fraction)
+            else:
+                states = states | f"Narrow{level}" >> beam.Map(next_state, beam.pvalue.AsDict(counts))
+        return states | "Cutoff" >> beam.MapTuple(_cutoff)
 
 
 def keep_mask(

@@ -10,6 +10,7 @@ the runner, so the text is serialised once. No Beam transforms here: `pipeline.j
 from __future__ import annotations
 
 import math
+import os
 import uuid
 import zlib
 from collections.abc import Iterable, Sequence
@@ -28,6 +29,9 @@ BLOCK = 1024  # consecutive records of a file that go to the same shard
 ROW_GROUP_BYTES = 64 << 20
 ROW_GROUP_ROWS = 131_072
 PARTS_DIR = "_parts"
+# Parts are compressed like the output (IPC zstd is about as small as Parquet zstd on text, and
+# cheaper to write), so the staged parts take about the output's size on disk, not the input's.
+PART_OPTIONS = pa.ipc.IpcWriteOptions(compression="zstd")
 SORT_KEY = [(S.DOMAIN, "ascending"), (S.SOURCE, "ascending"), (S.RECORD, "ascending")]
 
 
@@ -89,8 +93,6 @@ def _open_read(path: str) -> Any:
 
 def _make_dirs(directory: str) -> None:
     if _is_local(directory):
-        import os
-
         os.makedirs(directory, exist_ok=True)
 
 
@@ -109,13 +111,15 @@ class PartWriters:
             _make_dirs(self.parts_dir)
             path = f"{self.parts_dir.rstrip('/')}/{shard:05d}-{uuid.uuid4().hex}.arrow"
             sink = _open_write(path)
-            self._open[shard] = (sink, pa.ipc.new_stream(sink, schema), path)
+            self._open[shard] = (sink, pa.ipc.new_stream(sink, schema, options=PART_OPTIONS), path)
         return self._open[shard][1]
 
-    def write(self, batch: pa.RecordBatch) -> None:
+    def write(self, batch: pa.RecordBatch, shards: np.ndarray | None = None) -> None:
+        """Rows to the part of their shard: `shard_ids`, or the given shard of each row."""
         if batch.num_rows == 0:
             return
-        shards = shard_ids(batch, self.num_shards)
+        if shards is None:
+            shards = shard_ids(batch, self.num_shards)
         present = np.unique(shards).tolist()
         for shard in present:
             part = batch if len(present) == 1 else batch.filter(pa.array(shards == shard))
@@ -140,9 +144,42 @@ def remove_parts(parts_dir: str) -> None:
         return
     from apache_beam.io.filesystems import FileSystems
 
-    matched = FileSystems.match([parts_dir.rstrip("/") + "/*"])[0].metadata_list
+    prefix = parts_dir.rstrip("/")
+    patterns = [f"{prefix}/*", f"{prefix}/*/*"]  # the parts and a stage's own folder (dedup's bands)
+    matched = [m.path for result in FileSystems.match(patterns) for m in result.metadata_list]
     if matched:
-        FileSystems.delete([m.path for m in matched])
+        FileSystems.delete(matched)
+
+
+def remove_files(paths: Sequence[str]) -> None:
+    """Delete the given files (local or remote); a file already gone is no error."""
+    local = [p for p in paths if _is_local(p)]
+    for path in local:
+        try:
+            os.remove(path)
+        except FileNotFoundError:
+            pass
+    remote = [p for p in paths if not _is_local(p)]
+    if remote:
+        from apache_beam.io.filesystems import FileSystems
+
+        FileSystems.delete([p for p in remote if FileSystems.exists(p)])
+
+
+def all_exist(paths: Iterable[str]) -> bool:
+    """Every file exists (local or remote)."""
+    paths = list(paths)
+    if all(_is_local(p) for p in paths):
+        return all(os.path.exists(p) for p in paths)
+    from apache_beam.io.filesystems import FileSystems
+
+    return all(FileSystems.exists(p) for p in paths)
+
+
+def read_counted_columns(path: str) -> pa.Table:
+    """The columns of a written scored shard that its counts (`pipeline.stats.scored_counts`) need."""
+    with _open_read(path) as source:
+        return pq.read_table(source, columns=[S.DOMAIN, S.KEEP, S.N_TOKENS, S.DROP_REASON])
 
 
 def read_parts(paths: Iterable[str]) -> pa.Table | None:

@@ -17,9 +17,17 @@ from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 
 from pipeline import schema as S
-from pipeline.dedup import ConnectedComponents, DedupOptions, normalized_words, shingles
+from pipeline.dedup import (
+    ConnectedComponents,
+    DedupOptions,
+    _SignaturesFn,
+    band_keys,
+    normalized_words,
+    partition_edges,
+    shingles,
+)
 from pipeline.job import ScoreJobConfig, run_score_job
-from pipeline.read import ReadOptions
+from pipeline.read import ReadOptions, docs_batch
 
 IN_MEMORY = ["--direct_running_mode=in_memory", "--direct_num_workers=1"]
 
@@ -150,3 +158,25 @@ def test_threshold_and_options():
         DedupOptions("fuzzy")
     with pytest.raises(ValueError, match="--dedup-scope"):
         DedupOptions(scope="shard")
+
+
+def test_band_rows_go_through_files_and_group_exactly_by_key(tmp_path):
+    rng = random.Random(5)
+    vocab = [f"w{i}" for i in range(400)]
+    base = [" ".join(rng.choice(vocab) for _ in range(80)) for _ in range(60)]
+    near = [t.replace(t.split()[40], "changed", 1) for t in base[:20]]
+    texts = base + near + base[:5]  # near copies and exact copies
+    batch = docs_batch("web", "a.jsonl", [f"d{i}" for i in range(len(texts))], texts, list(range(1, 86)))
+    opts = DedupOptions(partitions=4)
+    fn = _SignaturesFn(opts, None, str(tmp_path / "bands"))
+    fn.start_bundle()
+    assert list(fn.process(batch)) == []  # nothing per document goes through the runner
+    emitted = [w.value for w in fn.finish_bundle()]
+    assert sorted(p for p, _ in emitted) == [0, 1, 2, 3] and all(isinstance(f, str) for _, f in emitted)
+    edges = sorted(e for part, path in emitted for e in partition_edges((part, [path])))
+    groups: dict[tuple, set] = {}
+    for i, keys in enumerate(band_keys(texts, opts)):
+        for band, key in enumerate(keys or ()):
+            groups.setdefault((band, key), set()).add((0.0, f"d{i}", "web", "a.jsonl", i + 1))
+    expected = sorted((n, min(g)) for g in groups.values() if len(g) > 1 for n in g if n != min(g))
+    assert edges == expected and len({a for a, _ in expected}) >= 20

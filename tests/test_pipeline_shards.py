@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -73,3 +75,27 @@ def test_dead_letters_sort_with_missing_fields():
         {S.DOMAIN: "b", S.SOURCE: "f", S.RECORD: 1, S.STAGE: "read", S.ERROR: "z"},
     ]
     assert [r[S.ERROR] for r in shards.sort_dead_letters(rows)] == ["y", "z", "x"]
+
+
+def test_shard_writer_removes_its_parts_and_a_retry_recounts_from_the_written_shard(tmp_path):
+    from pipeline.job import _WriteShardFn
+    from pipeline.select import Selection
+    from pipeline.stages import conform
+
+    schema = S.scored_schema([], with_text=True).append(pa.field(S.RECORD, pa.int64()))
+    columns = [c for c in schema.names if c not in (S.KEEP, S.DUPLICATE_OF)]
+    writers = shards.PartWriters(str(tmp_path / "out" / shards.PARTS_DIR), 1)
+    for b in (batch("b.jsonl", list(range(1, 900))), batch("a.jsonl", [3, 1, 2])):
+        b = b.append_column(S.N_TOKENS, pa.array([5] * b.num_rows, pa.int64()))
+        writers.write(conform(b, columns, schema))
+    parts = [("part", path) for _, path in writers.close()]
+    assert len(parts) == 1 and all(os.path.exists(path) for _, path in parts)
+    fn = _WriteShardFn(str(tmp_path / "out"), 1, None, Selection(), with_text=True)
+    (first,) = list(fn.process((0, parts)))
+    assert not any((tmp_path / "out" / shards.PARTS_DIR).iterdir())  # committed parts are gone
+    written = (tmp_path / "out" / shards.shard_name(S.SCORED_PREFIX, 0, 1)).read_bytes()
+    (retry,) = list(fn.process((0, parts)))  # the runner retries the shard after its parts went
+    assert (tmp_path / "out" / shards.shard_name(S.SCORED_PREFIX, 0, 1)).read_bytes() == written
+    assert retry[0] == first[0] == 0
+    assert [(d, c.tolist()) for d, c in retry[1]] == [(d, c.tolist()) for d, c in first[1]]
+    assert first[1][0][1][:3].tolist() == [902, 902, 902 * 5]  # scored, kept, tokens

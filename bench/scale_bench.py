@@ -1,0 +1,257 @@
+"""Memory and disk of the score job against input size: is its cost a flat curve?
+
+    python bench/scale_bench.py [--sizes 0.2,1,4] [--root /tmp/datamixer-scale] [--workers 2] [--dedup]
+
+Generates (once, cached under --root; never in the repository) JSONL inputs of about the given
+sizes in GB from the bundled corpus (`pipeline.corpus`): documents cycled per domain, each copy
+with a unique id and a light variation (every 4th word of copy c gets the suffix c), so copies
+are neither exact nor near duplicates. Then it runs `datamixer score` (fastText, --keep-top 0.3,
+a fixed tokenizer; with --dedup also `--dedup minhash`) on each with a DirectRunner of --workers
+processes and samples, every 0.2 s, the RSS of every process of the job's tree and, every second,
+the bytes under the job's output directory. It prints per size: docs/s, peak RSS summed over the
+tree and the largest single process's peak, peak temporary disk (`_parts`, and everything the job
+held beside its output), output size, and their ratios between the two largest sizes (the
+smallest is dominated by the fixed start-up), with the load average.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import psutil
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from pipeline.corpus import DOMAINS, CorpusOptions, build_corpus  # noqa: E402
+
+FILE_BYTES = 64 << 20  # inputs are cut into JSONL files of about this size
+GB = 1e9
+
+
+def prepare(root: Path) -> tuple[Path, Path, Path]:
+    """(corpus dir, fastText model, tokenizer.json), built once under `root`."""
+    from pipeline.tokenize import train_byte_level_bpe
+    from scorers.fasttext import FastTextQualityClassifier
+
+    corpus, model, tokenizer = root / "corpus", root / "quality.bin", root / "tokenizer.json"
+    if not (corpus / "legal.jsonl").exists():
+        build_corpus(corpus, CorpusOptions())
+    texts = {d: [json.loads(x)["text"] for x in (corpus / f"{d}.jsonl").open()] for d in DOMAINS}
+    if not model.exists():
+        FastTextQualityClassifier(preset="dclm").fit(texts["prose"], texts["code"]).save(model)
+    if not tokenizer.exists():
+        train_byte_level_bpe([t for d in DOMAINS for t in texts[d]]).save(str(tokenizer))
+    return corpus, model, tokenizer
+
+
+def vary(text: str, copy: int) -> str:
+    """Copy 0 unchanged; copy c > 0 with suffix c on every 4th word (from word c % 4)."""
+    if copy == 0:
+        return text
+    words = text.split(" ")
+    start, tag = copy % 4, str(copy)
+    words[start::4] = [w + tag for w in words[start::4]]
+    return " ".join(words)
+
+
+def generate(corpus: Path, out: Path, size_bytes: int) -> dict[str, str]:
+    """JSONL inputs of about `size_bytes` under `out` (cached); domain -> glob. Each domain gets its
+    share of the corpus's bytes, cycled with `vary`."""
+    done = out / "DONE"
+    docs = {d: [json.loads(x)["text"] for x in (corpus / f"{d}.jsonl").open()] for d in DOMAINS}
+    globs = {d: str(out / f"{d}-*.jsonl") for d in DOMAINS}
+    if done.exists() and done.read_text() == str(size_bytes):
+        return globs
+    out.mkdir(parents=True, exist_ok=True)
+    for old in out.glob("*.jsonl"):
+        old.unlink()
+    corpus_bytes = {d: sum(len(t.encode()) for t in docs[d]) for d in DOMAINS}
+    total = sum(corpus_bytes.values())
+    for domain in DOMAINS:
+        budget, written, i, part = size_bytes * corpus_bytes[domain] / total, 0, 0, 0
+        texts = docs[domain]
+        while written < budget:
+            with open(out / f"{domain}-{part:04d}.jsonl", "w") as fh:
+                file_bytes = 0
+                while file_bytes < FILE_BYTES and written + file_bytes < budget:
+                    copy, j = divmod(i, len(texts))
+                    line = json.dumps({"id": f"{domain}-{copy}-{j}", "text": vary(texts[j], copy)}) + "\n"
+                    fh.write(line)
+                    file_bytes += len(line)
+                    i += 1
+            written += file_bytes
+            part += 1
+    done.write_text(str(size_bytes))
+    return globs
+
+
+@dataclass
+class Peaks:
+    """What the sampler saw: per-process peak RSS, peak of their sum, peak bytes on disk."""
+
+    rss: dict[int, int] = field(default_factory=dict)
+    role: dict[int, str] = field(default_factory=dict)
+    rss_sum: int = 0
+    processes: int = 0
+    disk: int = 0
+    parts: int = 0
+
+
+def _tree_size(root: Path) -> tuple[int, int]:
+    """(bytes under root, bytes under any `_parts` directory below it)."""
+    total = parts = 0
+    for dirpath, _dirs, files in os.walk(root):
+        for name in files:
+            try:
+                size = os.path.getsize(os.path.join(dirpath, name))
+            except OSError:
+                continue  # deleted while we walked
+            total += size
+            parts += size if "_parts" in dirpath else 0
+    return total, parts
+
+
+def _role(p: psutil.Process, root: psutil.Process) -> str:
+    """ "job" (the datamixer process, which runs Beam's runner), "worker" (an SDK worker) or its name."""
+    if p.pid == root.pid:
+        return "job"
+    try:
+        return "worker" if "sdk_worker" in " ".join(p.cmdline()) else p.name()
+    except psutil.Error:
+        return "?"
+
+
+def sample(proc: subprocess.Popen, out_parent: Path, peaks: Peaks, stop: threading.Event) -> None:
+    """Sample the RSS of `proc`'s process tree (0.2 s) and the bytes under `out_parent` (1 s)."""
+    root = psutil.Process(proc.pid)
+    last_disk = 0.0
+    while not stop.is_set():
+        total = 0
+        try:
+            tree = [root, *root.children(recursive=True)]
+        except psutil.NoSuchProcess:
+            break
+        for p in tree:
+            try:
+                rss = p.memory_info().rss
+            except psutil.NoSuchProcess:
+                continue
+            total += rss
+            peaks.rss[p.pid] = max(peaks.rss.get(p.pid, 0), rss)
+            if p.pid not in peaks.role:
+                peaks.role[p.pid] = _role(p, root)
+        peaks.rss_sum = max(peaks.rss_sum, total)
+        peaks.processes = max(peaks.processes, len(tree))
+        if time.monotonic() - last_disk >= 1.0:
+            disk, parts = _tree_size(out_parent)
+            peaks.disk, peaks.parts = max(peaks.disk, disk), max(peaks.parts, parts)
+            last_disk = time.monotonic()
+        stop.wait(0.2)
+
+
+def run_job(
+    globs: dict[str, str], model: Path, tokenizer: Path, out_parent: Path, args: argparse.Namespace
+) -> dict:
+    """One `datamixer score` run, sampled; its JSON line plus the peaks and sizes."""
+    output = out_parent / "scored"
+    shutil.rmtree(out_parent, ignore_errors=True)  # this bench's own earlier output: disk starts at 0
+    cmd = [sys.executable, "-m", "datamixer", "score", "--output", str(output)]
+    for domain, glob in globs.items():
+        cmd += ["--input", glob, "--domain", domain]
+    cmd += ["--model", str(model), "--label", "__label__hq", "--keep-top", "0.3"]
+    cmd += ["--tokenizer", str(tokenizer)]
+    if args.dedup:
+        cmd += ["--dedup", "minhash"]
+    cmd += ["--", "--direct_running_mode=multi_processing", f"--direct_num_workers={args.workers}"]
+    peaks, stop = Peaks(), threading.Event()
+    load_before = os.getloadavg()[0]
+    started = time.perf_counter()
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True)
+    sampler = threading.Thread(target=sample, args=(proc, out_parent, peaks, stop))
+    sampler.start()
+    stdout, _ = proc.communicate()
+    stop.set()
+    sampler.join()
+    if proc.returncode:
+        raise SystemExit(f"score job failed ({proc.returncode}): {' '.join(cmd)}")
+    result = json.loads(stdout.strip().splitlines()[-1])
+    return {
+        "docs": result["in"],
+        "kept": result["kept"],
+        "seconds": round(time.perf_counter() - started, 1),
+        "docs_per_s": result["docs_per_s"],
+        "rss_sum_mb": round(peaks.rss_sum / 1e6),
+        "rss_max_mb": round(max(peaks.rss.values()) / 1e6),
+        "processes": peaks.processes,
+        "rss_by_process_mb": sorted(
+            ((peaks.role.get(pid, "?"), round(rss / 1e6)) for pid, rss in peaks.rss.items()),
+            key=lambda r: -r[1],
+        )[:4],
+        "parts_mb": round(peaks.parts / 1e6),
+        "disk_peak_mb": round(peaks.disk / 1e6),
+        "output_mb": round(_tree_size(output)[0] / 1e6),
+        "load": [round(load_before, 1), round(os.getloadavg()[0], 1)],
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sizes", default="0.2,1,4", help="input sizes in GB, comma-separated")
+    parser.add_argument("--root", type=Path, default=Path("/tmp/datamixer-scale"))
+    parser.add_argument("--workers", type=int, default=2, help="DirectRunner worker processes")
+    parser.add_argument("--dedup", action="store_true", help="also run MinHash dedup in the job")
+    args = parser.parse_args()
+    sizes = [float(s) for s in args.sizes.split(",")]
+    args.root.mkdir(parents=True, exist_ok=True)
+    corpus, model, tokenizer = prepare(args.root)
+    print(f"cores: {os.cpu_count()}, load average: {os.getloadavg()[0]:.1f}", file=sys.stderr)
+    rows = []
+    for size in sizes:
+        inputs = args.root / f"in-{size:g}gb"
+        t0 = time.perf_counter()
+        globs = generate(corpus, inputs, int(size * GB))
+        input_mb = _tree_size(inputs)[0] / 1e6
+        print(f"{size:g} GB: {input_mb:,.0f} MB of JSONL ({time.perf_counter() - t0:.0f} s)", file=sys.stderr)
+        out_parent = args.root / f"out-{size:g}gb{'-dedup' if args.dedup else ''}"
+        row = {"size_gb": size, "input_mb": round(input_mb)}
+        row.update(run_job(globs, model, tokenizer, out_parent, args))
+        row["disk_over_output"] = round(row["disk_peak_mb"] / max(row["output_mb"], 1), 2)
+        row["parts_over_output"] = round(row["parts_mb"] / max(row["output_mb"], 1), 2)
+        print(json.dumps(row), file=sys.stderr)
+        rows.append(row)
+    print(
+        "| input | docs | docs/s | RSS sum | RSS max (process) | peak `_parts` | peak disk | output "
+        "| disk / output | load |",
+        file=sys.stderr,
+    )
+    print("|---|---|---|---|---|---|---|---|---|---|", file=sys.stderr)
+    for r in rows:
+        print(
+            f"| {r['input_mb'] / 1e3:.2f} GB | {r['docs']:,} | {r['docs_per_s']:,.0f} "
+            f"| {r['rss_sum_mb']:,} MB | {r['rss_max_mb']:,} MB | {r['parts_mb']:,} MB "
+            f"| {r['disk_peak_mb']:,} MB "
+            f"| {r['output_mb']:,} MB | {r['disk_over_output']:.2f} | {r['load'][0]}-{r['load'][1]} |",
+            file=sys.stderr,
+        )
+    first, last = rows[-2] if len(rows) > 1 else rows[0], rows[-1]  # the two largest sizes
+    ratios = {
+        "rss_sum_ratio": round(last["rss_sum_mb"] / first["rss_sum_mb"], 2),
+        "rss_max_ratio": round(last["rss_max_mb"] / first["rss_max_mb"], 2),
+        "docs_per_s_ratio": round(last["docs_per_s"] / first["docs_per_s"], 2),
+        "max_disk_over_output": max(r["disk_over_output"] for r in rows),
+    }
+    print(f"{last['size_gb']:g} GB / {first['size_gb']:g} GB: {ratios}", file=sys.stderr)
+    print(json.dumps({"rows": rows, **ratios, "load_average": round(os.getloadavg()[0], 1)}))
+
+
+if __name__ == "__main__":
+    main()
