@@ -169,7 +169,10 @@ def test_size_weight_counts_larger_proxies_more(tmp_path) -> None:
     loaded = load_law(fitted.save(tmp_path / "law.json"))
     assert (loaded.size_weight_, loaded.per_domain_) == (1.0, True)
     unweighted = AdditiveLaw(**quick, size_weight=0.0).fit(runs)
-    assert unweighted.size_weight_ == 0.0 and unweighted.fits_[0].theta.tolist() != fitted.fits_[0].theta.tolist()
+    assert (
+        unweighted.size_weight_ == 0.0
+        and unweighted.fits_[0].theta.tolist() != fitted.fits_[0].theta.tolist()
+    )
     with pytest.raises(ValueError, match="size_weight must be a number >= 0"):
         AdditiveLaw(**quick, size_weight=-1.0).fit(runs)
 
