@@ -125,6 +125,7 @@ def test_committed_law_was_fitted_on_all_redpajama_runs(tmp_path, cli) -> None:
     runs = mixinglaws_runs(DATA)
     assert law.data_["sha256"] == data_hash(runs, law.data_["columns"])
     assert law.data_["n_rows"] == len(runs)
+    assert len(law.components("loss")) == 22 and law.size_weight_ == 1.0  # the additive law's defaults
     mix = tmp_path / "mix.yaml"
     mix.write_text(
         "weights:\n"
