@@ -26,6 +26,7 @@ from mixer.laws import (
 )
 from mixer.laws.estimators import loss_components, size_weights
 from mixer.laws.fitting import HuberObjective, huber_terms, weighted_huber_rho
+from mixer.laws.forms import additive_grad_h
 
 
 def test_huber_terms_is_the_loss_scipy_least_squares_minimises() -> None:
@@ -193,3 +194,19 @@ def test_defaults_per_form_are_the_extrapolation_settings() -> None:
     quick = {"n_starts": 8, "n_restarts": 1, "niter": 0, "n_bootstrap": 0}
     assert AdditiveLaw(**quick).fit(runs).components("loss") != [("loss", 1.0)]  # per-domain by default
     assert AdditiveLaw(**quick, per_domain=False).fit(runs).components("loss") == [("loss", 1.0)]
+
+
+def test_mixture_gradient_is_finite_where_a_per_domain_fit_diverged() -> None:
+    """A per-domain fit can send a domain that does not matter to C = exp(3.5e5), gamma = exp(20.6):
+    its term C h^gamma is 0 at any h < 1, and the gradient in h must stay finite (the optimiser
+    stopped at its first step on a nan)."""
+    theta = np.zeros(5 + 2 * 3)
+    theta[5:8] = [0.3, 0.4, 3.5e5]
+    theta[8:11] = [0.1, -0.2, 20.6]
+    h = np.array([0.5, 0.3, 0.2])
+    grad = additive_grad_h(theta, h)
+    assert np.all(np.isfinite(grad)) and grad[2] == 0.0
+    step = 1e-7 * np.array([1.0, -1.0, 0.0])
+    x = Features(np.zeros(2), np.zeros(2), np.vstack([h + step, h - step]))
+    loss = additive_law(theta, x)[0]
+    assert (loss[0] - loss[1]) / 2 == pytest.approx(grad @ step, rel=1e-5)
