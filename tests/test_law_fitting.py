@@ -116,6 +116,8 @@ def test_loss_components_needs_an_exact_weighted_sum() -> None:
     runs["loss"] = runs["loss"] * (1 + 0.01 * np.sin(np.arange(len(runs))))
     assert loss_components(runs, "loss") is None
     assert loss_components(runs.drop(columns=["loss_web", "loss_code"]), "loss") is None
+    exact = _per_domain_runs().head(2)  # 2 rows, 2 columns: some weighted sum always fits exactly
+    assert loss_components(exact, "loss") is None
     quick = {"n_starts": 8, "n_restarts": 1, "niter": 0, "n_bootstrap": 0}
     law = AdditiveLaw(**quick, per_domain=True).fit(runs)  # no exact sum: one law on the loss itself
     assert law.targets_ == ["loss"] and law.components("loss") == [("loss", 1.0)]

@@ -48,12 +48,15 @@ def percentile_interval(values: np.ndarray, point: np.ndarray, level: float) -> 
 
 def loss_components(frame: pd.DataFrame, total: str, rtol: float = 1e-6) -> dict[str, float] | None:
     """Weights w with frame[total] = sum_j w_j frame[total_j] over the table's per-domain columns
-    `<total>_<domain>` (non-negative least squares on its rows), if they reproduce `total` to `rtol`
-    on every row (e.g. the Pile's validation weights, or a plain mean); None otherwise."""
+    `<total>_<domain>` (non-negative least squares on its rows, more rows than columns), if they
+    reproduce `total` to `rtol` on every row (e.g. the Pile's validation weights, or a plain
+    mean); None otherwise."""
     from scipy.optimize import nnls
 
     columns = [c for c in frame.columns if str(c).startswith(f"{total}_")]
     if not columns or total not in frame.columns:
+        return None
+    if len(frame) <= len(columns):  # fewer rows than columns: some weighted sum always fits exactly
         return None
     parts = frame[columns].to_numpy(dtype=float)
     observed = frame[total].to_numpy(dtype=float)
