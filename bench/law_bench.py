@@ -8,15 +8,17 @@ shared machine CPU time is what compares between runs):
    squares (the default above 512 rows), same starts: seconds, ratio old/new, objective of each;
    the joint law with least squares (and, with --joint-old, with basin-hopping, its default);
    then one table of both laws side by side (time and objective of each search).
-3. Extrapolation, leaving out the largest size: every law fitted on 70M-305M, error on all 410M
-   rows, one law fitted on the overall loss vs the overall loss predicted as the valid-weighted
-   sum of per-domain laws (`per_domain=True`); the mixing law, which holds N and D fixed, is scored
-   on held-out mixtures at 410M / 30k steps instead. Each with and without size-aware weighting
-   (`size_weight=1`: rows weighted by N / N_min, so the larger proxies count more).
+3. Extrapolation, for every law, on data it was not fitted on: the old settings (one unweighted
+   law on the overall loss) beside the law's default (`per_domain=None, size_weight=None`: per-domain
+   sums for the additive and mixing laws, rows weighted by N / N_min for the laws in N and D).
+   Chinchilla, additive and joint are fitted on 70M-305M and scored on every 410M row; the mixing
+   law, which holds N and D fixed, on held-out mixtures at the final step of 410M (15 fitting runs,
+   too few to recover 22 per-domain weights, so one law either way) and of 70M (30). The other two
+   combinations of the two settings are printed for the chinchilla and additive laws.
 The last line is JSON with the headline figures.
 
-Usage: python bench/law_bench.py [--skip-grid] [--skip-joint] [--joint-old] [--skip-per-domain]
-       [--joint-per-domain] [--only-speed]
+Usage: python bench/law_bench.py [--skip-grid] [--skip-joint] [--joint-old] [--joint-per-domain]
+       [--only-speed]
 """
 
 from __future__ import annotations
@@ -33,7 +35,8 @@ from mixer.laws import AdditiveLaw, ChinchillaLaw, JointLaw, MixingLaw, evaluate
 from mixer.reference_data import chinchilla_runs, mixinglaws_runs
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
-LAWS = {"chinchilla": ChinchillaLaw, "additive": AdditiveLaw, "joint": JointLaw}
+OLD = {"per_domain": False, "size_weight": 0.0}  # the settings before the per-form defaults
+LAWS = {"chinchilla": ChinchillaLaw, "additive": AdditiveLaw, "joint": JointLaw, "mixing": MixingLaw}
 
 
 def timed(function):
@@ -49,7 +52,9 @@ def load() -> str:
 
 def bench_chinchilla(skip_grid: bool) -> dict:
     runs = chinchilla_runs(DATA)
-    fast, fast_s, fast_cpu = timed(lambda: ChinchillaLaw(method="screened", n_bootstrap=0).fit(runs))
+    fast, fast_s, fast_cpu = timed(
+        lambda: ChinchillaLaw(method="screened", n_bootstrap=0, size_weight=0.0).fit(runs)
+    )
     f = fast.fits_[0]
     print(
         f"chinchilla screened (4,500 evaluated, L-BFGS from 8): {fast_s:.2f} s ({fast_cpu:.2f} s CPU), "
@@ -58,7 +63,9 @@ def bench_chinchilla(skip_grid: bool) -> dict:
     )
     if skip_grid:
         return {"chinchilla_screened_s": round(fast_s, 2)}
-    grid, grid_s, grid_cpu = timed(lambda: ChinchillaLaw(method="grid", n_bootstrap=0).fit(runs))
+    grid, grid_s, grid_cpu = timed(
+        lambda: ChinchillaLaw(method="grid", n_bootstrap=0, size_weight=0.0).fit(runs)
+    )
     g = grid.fits_[0]
     rel = np.max(np.abs(np.array(list(g.params.values())) / np.array(list(f.params.values())) - 1))
     print(
@@ -84,7 +91,10 @@ def _fit_line(name: str, law, wall: float, cpu: float) -> str:
 
 def bench_fit_speed(skip_joint: bool, joint_old: bool) -> dict:
     runs = mixinglaws_runs(DATA)
-    print(f"fit on all {len(runs)} RedPajama rows (70M-410M), no bootstrap, same 256 starts:")
+    print(
+        f"fit on all {len(runs)} RedPajama rows (70M-410M), no bootstrap, same 256 starts, one unweighted "
+        "law on the loss (the search's speed; a per-domain default is 22 such fits):"
+    )
     results = {}
     kinds = ("additive",) + (() if skip_joint else ("joint",))
     for kind in kinds:
@@ -92,7 +102,7 @@ def bench_fit_speed(skip_joint: bool, joint_old: bool) -> dict:
             ("basinhopping", "least_squares") if kind == "additive" or joint_old else ("least_squares",)
         )
         for search in searches:
-            law, wall, cpu = timed(lambda s=search, k=kind: LAWS[k](n_bootstrap=0, search=s).fit(runs))
+            law, wall, cpu = timed(lambda s=search, k=kind: LAWS[k](n_bootstrap=0, search=s, **OLD).fit(runs))
             print("  " + _fit_line(f"{kind}, {search}", law, wall, cpu), flush=True)
             results[(kind, search)] = (law.fits_[0].diagnostics["objective"], wall, cpu)
         if len(searches) == 2:
@@ -124,11 +134,28 @@ def _side_by_side(results: dict, defaults: dict[str, str]) -> None:
     )
 
 
-def _per_domain_columns(runs) -> list[str]:
-    return [c for c in runs.columns if str(c).startswith("loss_")]
+def _settings_label(law) -> str:
+    parts = len(law.components("loss"))
+    how = f"sum of {parts} per-domain laws" if parts > 1 else "one law"
+    return f"{how}, size_weight {law.size_weight_:g}"
 
 
-def bench_extrapolation(skip_joint: bool, skip_per_domain: bool, joint_per_domain: bool) -> dict:
+def _extrapolate(kind: str, fit_on, score_on, settings: dict) -> tuple[dict, str, float]:
+    law, wall, cpu = timed(lambda: LAWS[kind](n_bootstrap=0, **settings).fit(fit_on))
+    m = evaluate(law, score_on, "loss")
+    label = _settings_label(law)
+    print(
+        f"  {kind}, {label}: MRE {m['mre']:.3%}, max {m['max_re']:.3%}, Spearman {m['spearman']:.4f} "
+        f"({wall:.1f} s, {cpu:.1f} s CPU)",
+        flush=True,
+    )
+    return m, label, cpu
+
+
+def bench_extrapolation(skip_joint: bool, joint_per_domain: bool) -> dict:
+    """Every law: the old settings (one unweighted law on the loss) against its default, on data it
+    was not fitted on; also the other two combinations of per-domain sums and size weighting for the
+    chinchilla and additive laws (and the joint law with --joint-per-domain)."""
     runs = mixinglaws_runs(DATA)
     largest = runs.loc[runs["N"].idxmax(), "size"]
     train, test = runs[runs["size"] != largest], runs[runs["size"] == largest]
@@ -137,45 +164,52 @@ def bench_extrapolation(skip_joint: bool, skip_per_domain: bool, joint_per_domai
         f"extrapolation: fit on {sorted(set(train['size']))} ({len(train)} rows), predict {largest} "
         f"({len(test)} rows), overall loss (Pile valid-weighted):"
     )
-    out = {}
+    table = []
     for kind in ("chinchilla", "additive") + (() if skip_joint else ("joint",)):
         drop = no_h if kind == "chinchilla" else []
         fit_on, score_on = train.drop(columns=drop), test.drop(columns=drop)
-        per_domain_options = (
-            (False,)
-            if skip_per_domain or (kind == "joint" and not joint_per_domain)
-            else (
-                False,
-                True,
-            )
-        )
-        for per_domain in per_domain_options:
-            for size_weight in (0.0, 1.0):
-                law, wall, cpu = timed(
-                    lambda k=kind, p=per_domain, w=size_weight, f=fit_on: LAWS[k](
-                        n_bootstrap=0, per_domain=p, size_weight=w
-                    ).fit(f)
-                )
-                m = evaluate(law, score_on, "loss")
-                how = f"sum of {len(law.components('loss'))} per-domain laws" if per_domain else "one law"
-                print(
-                    f"  {kind}, {how}, size_weight {size_weight:g}: MRE {m['mre']:.3%}, "
-                    f"max {m['max_re']:.3%}, Spearman {m['spearman']:.4f} ({wall:.1f} s, {cpu:.1f} s CPU)",
-                    flush=True,
-                )
-                key = f"{kind}{'_per_domain' if per_domain else ''}_w{size_weight:g}_mre"
-                out[key] = round(m["mre"], 5)
-    final = test[test["step"] == test["step"].max()]
-    mixtures = sorted(final["mixture"].unique())
-    held = set(mixtures[::4])
-    fit_rows, held_rows = final[~final["mixture"].isin(held)], final[final["mixture"].isin(held)]
-    law, wall, _ = timed(lambda: MixingLaw(n_bootstrap=0).fit(fit_rows))
-    m = evaluate(law, held_rows)
+        default = LAWS[kind]()._settings()
+        others = [
+            {"per_domain": p, "size_weight": w}
+            for p, w in ((False, 1.0), (True, 0.0), (True, 1.0))
+            if (p, w) != default
+        ]
+        if kind == "joint":
+            # 22 basin-hopping fits of 33 parameters are ~35 CPU-minutes: least squares, and only if asked
+            others = [{"per_domain": True, "search": "least_squares"}] if joint_per_domain else []
+        old, _, old_cpu = _extrapolate(kind, fit_on, score_on, OLD)
+        new, label, new_cpu = _extrapolate(kind, fit_on, score_on, {})
+        for settings in others:
+            _extrapolate(kind, fit_on, score_on, settings)
+        table.append((kind, f"{largest} from smaller sizes", old["mre"], new["mre"], label, old_cpu, new_cpu))
+    smallest = runs.loc[runs["N"].idxmin(), "size"]
+    for size in (largest, smallest):  # 15 fitting runs at 410M: too few for 22 per-domain weights
+        at = runs[runs["size"] == size]
+        final = at[at["step"] == at["step"].max()]
+        mixtures = sorted(final["mixture"].unique())
+        held = set(mixtures[::4])
+        fit_rows, held_rows = final[~final["mixture"].isin(held)], final[final["mixture"].isin(held)]
+        where = f"{len(held_rows)} held-out mixtures at {size} / {int(final['step'].max())} steps"
+        print(f"  mixing law (fixed N and D: scored on {where}, fit on {len(fit_rows)} others):")
+        old, _, old_cpu = _extrapolate("mixing", fit_rows, held_rows, OLD)
+        new, label, new_cpu = _extrapolate("mixing", fit_rows, held_rows, {})
+        table.append(("mixing", where, old["mre"], new["mre"], label, old_cpu, new_cpu))
+    print("\nheld-out MRE of the overall loss, old settings (one law, size_weight 0) vs the default:")
     print(
-        f"  mixing law at {largest} / {int(final['step'].max())} steps, fit on {len(fit_rows)} mixtures, "
-        f"{len(held_rows)} held out: MRE {m['mre']:.3%}, max {m['max_re']:.3%} ({wall:.1f} s)"
+        f"  {'law':11s} {'held out':34s} {'old':>7s} {'default':>8s} {'ratio':>6s} {'CPU s':>11s}  default is"
     )
-    out["mixing_heldout_mixtures_mre"] = round(m["mre"], 5)
+    out = {}
+    for kind, where, old_mre, new_mre, label, old_cpu, new_cpu in table:
+        verdict = "better" if new_mre < old_mre else "same" if new_mre == old_mre else "WORSE"
+        print(
+            f"  {kind:11s} {where:34s} {old_mre:7.3%} {new_mre:8.3%} {new_mre / old_mre:6.2f} "
+            f"{old_cpu:5.1f}/{new_cpu:5.1f}  {label} ({verdict})"
+        )
+        out[f"{kind} ({where})"] = {
+            "old_mre": round(old_mre, 5),
+            "default_mre": round(new_mre, 5),
+            "default": label,
+        }
     return out
 
 
@@ -184,9 +218,8 @@ def main() -> None:
     parser.add_argument("--skip-grid", action="store_true", help="skip the 4,500-start Chinchilla fit")
     parser.add_argument("--skip-joint", action="store_true", help="skip the joint law (slowest)")
     parser.add_argument("--joint-old", action="store_true", help="also time the joint law with basin-hopping")
-    parser.add_argument("--skip-per-domain", action="store_true", help="skip the per-domain sums (22 fits)")
     parser.add_argument(
-        "--joint-per-domain", action="store_true", help="also the joint law's per-domain sums"
+        "--joint-per-domain", action="store_true", help="also the joint law's per-domain sums (least squares)"
     )
     parser.add_argument("--only-speed", action="store_true", help="only the fit speed on all rows (2.)")
     args = parser.parse_args()
@@ -196,9 +229,7 @@ def main() -> None:
         summary.update(bench_chinchilla(args.skip_grid))
     summary["fit_speed"] = bench_fit_speed(args.skip_joint, args.joint_old)
     if not args.only_speed:
-        summary["extrapolation"] = bench_extrapolation(
-            args.skip_joint, args.skip_per_domain, args.joint_per_domain
-        )
+        summary["extrapolation"] = bench_extrapolation(args.skip_joint, args.joint_per_domain)
     summary["load_after"] = [round(v, 1) for v in os.getloadavg()]
     print(f"({load()})")
     print(json.dumps(summary))

@@ -9,6 +9,13 @@ the trivial baseline, on the shared RegMix and Data Mixing Laws runs.
   the overall loss (validation-weighted sum of 22 Pile losses; the baseline weights those of its
   domains that name a training domain) and the GitHub loss.
 
+Beside each model: its 5-fold CV Spearman on the fitting runs (what `--select cv` sees), fit
+seconds (wall and CPU), and a stacked blend: blend weights by non-negative least squares on the
+models' 5-fold out-of-fold predictions (`mixer.model_selection.stack_weights`), applied to the
+models fitted on all runs (for the Data Mixing Laws CV column, nested: weights from the training
+folds only). Each case ends with which model wins, where the default stands, whether it beats
+the trivial baseline, and what `--select cv` would have picked.
+
     python bench/mixer_models_bench.py
 """
 
@@ -22,13 +29,18 @@ from pathlib import Path
 
 import numpy as np
 from scipy.stats import spearmanr
+from sklearn.model_selection import KFold
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from mixer.metrics import out_of_fold  # noqa: E402
-from mixer.model_selection import baseline_weights, build_estimator, trivial_prediction  # noqa: E402
+from mixer.model_selection import (  # noqa: E402
+    baseline_weights,
+    build_estimator,
+    stack_weights,
+    trivial_prediction,
+)
 from mixer.reference_data import mixinglaws_runs  # noqa: E402
-from mixer.regressors import MODELS  # noqa: E402
+from mixer.regressors import DEFAULT_MODEL, MODELS  # noqa: E402
 from mixer.runs import load_mixtures, load_targets  # noqa: E402
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
@@ -89,51 +101,130 @@ def mixinglaws_cases() -> list[dict]:
     return cases
 
 
-def run_case(case: dict) -> list[dict]:
+def timed_fit(model: str, X: np.ndarray, y: np.ndarray):
+    """(fitted estimator, wall seconds, CPU seconds of this process)."""
+    wall, cpu = time.perf_counter(), time.process_time()
+    est = build_estimator(model, 0).fit(X, y)
+    return est, time.perf_counter() - wall, time.process_time() - cpu
+
+
+def oof_predictions(X: np.ndarray, y: np.ndarray, folds: int = 5, seed: int = 0) -> np.ndarray:
+    """(n, models) out-of-fold predictions of every model, one shuffled k-fold split."""
+    out = np.empty((len(y), len(MODELS)))
+    for train, test in KFold(folds, shuffle=True, random_state=seed).split(X):
+        for j, model in enumerate(MODELS):
+            out[test, j] = build_estimator(model, 0).fit(X[train], y[train]).predict(X[test])
+    return out
+
+
+def nested_stack_oof(X: np.ndarray, y: np.ndarray, folds: int = 5, seed: int = 0) -> np.ndarray:
+    """Out-of-fold predictions of the stacked blend: in each outer fold, blend weights from the
+    inner out-of-fold predictions of the training part only."""
+    out = np.empty(len(y))
+    for train, test in KFold(folds, shuffle=True, random_state=seed).split(X):
+        weights = stack_weights(oof_predictions(X[train], y[train], folds, seed), y[train])
+        outer = [build_estimator(m, 0).fit(X[train], y[train]).predict(X[test]) for m in MODELS]
+        out[test] = np.column_stack(outer) @ weights
+    return out
+
+
+def run_case(case: dict) -> tuple[list[dict], dict]:
+    """Rows (model, in, across, fit seconds) for the baseline, every model and the stacked blend;
+    and the blend's weights."""
     X, y, domains = case["X"], case["y"], case["domains"]
-    rows = []
-    base_in = None
-    if case["in"] is not None:
-        base_in = rho(trivial_prediction(case["in"][0], domains, case["baseline"]), case["in"][1])
-    else:
-        base_in = rho(trivial_prediction(X, domains, case["baseline"]), y)
-    base_across = rho(trivial_prediction(case["across"][0], domains, case["baseline"]), case["across"][1])
-    rows.append({"model": "trivial baseline", "in": base_in, "across": base_across, "seconds": 0.0})
-    for model in MODELS:
-        start = time.perf_counter()
-        est = build_estimator(model, 0).fit(X, y)
-        seconds = time.perf_counter() - start
-        if case["in"] is not None:
-            in_dist = rho(est.predict(case["in"][0]), case["in"][1])
-        else:
-            oof, _ = out_of_fold(build_estimator(model, 0), X, y, folds=5, seed=0)
-            in_dist = rho(oof, y)
-        across = rho(est.predict(case["across"][0]), case["across"][1])
-        rows.append({"model": model, "in": in_dist, "across": across, "seconds": seconds})
-    return rows
+    in_X, in_y = case["in"] if case["in"] is not None else (X, y)
+    across_X, across_y = case["across"]
+    base = case["baseline"]
+    rows = [
+        {
+            "model": "trivial baseline",
+            "in": rho(trivial_prediction(in_X, domains, base), in_y),
+            "across": rho(trivial_prediction(across_X, domains, base), across_y),
+            "cv": rho(trivial_prediction(X, domains, base), y),
+            "seconds": 0.0,
+            "cpu": 0.0,
+        }
+    ]
+    oof = oof_predictions(X, y)
+    weights = stack_weights(oof, y)
+    in_preds, across_preds = [], []
+    for j, model in enumerate(MODELS):
+        est, seconds, cpu = timed_fit(model, X, y)
+        in_pred = oof[:, j] if case["in"] is None else est.predict(in_X)
+        in_preds.append(in_pred)
+        across_preds.append(est.predict(across_X))
+        rows.append(
+            {
+                "model": model,
+                "in": rho(in_pred, in_y),
+                "across": rho(across_preds[-1], across_y),
+                "cv": rho(oof[:, j], y),
+                "seconds": seconds,
+                "cpu": cpu,
+            }
+        )
+    stack_in = nested_stack_oof(X, y) if case["in"] is None else np.column_stack(in_preds) @ weights
+    rows.append(
+        {
+            "model": "stack (NNLS)",
+            "in": rho(stack_in, in_y),
+            "across": rho(np.column_stack(across_preds) @ weights, across_y),
+            "cv": float("nan"),
+            "seconds": float("nan"),
+            "cpu": float("nan"),
+        }
+    )
+    return rows, dict(zip(MODELS, (round(float(w), 3) for w in weights), strict=True))
+
+
+def verdict(rows: list[dict], column: str, label: str) -> str:
+    """Which model wins `column`, where the default stands, and whether it beats the baseline."""
+    models = [r for r in rows if r["model"] in MODELS]
+    best = max(models, key=lambda r: r[column])
+    default = next(r for r in rows if r["model"] == DEFAULT_MODEL)
+    base = rows[0][column]
+    by_cv = max(models, key=lambda r: r["cv"])
+    gap = default[column] - best[column]
+    standing = "matches it" if gap >= 0 else f"is {-gap:.4f} below it"
+    return (
+        f"{label}: best single model {best['model']} {best[column]:.4f}; default {DEFAULT_MODEL} "
+        f"{default[column]:.4f} {standing}; {'beats' if default[column] > base else 'DOES NOT beat'} the "
+        f"trivial baseline ({base:.4f}); --select cv would pick {by_cv['model']} ({by_cv[column]:.4f})"
+    )
 
 
 def main() -> None:
     load = os.getloadavg()
     print(f"load average at start: {load[0]:.1f} {load[1]:.1f} {load[2]:.1f} (2 cores)")
-    results = {}
+    results, blends = {}, {}
     for case in [regmix_case(), *mixinglaws_cases()]:
-        rows = run_case(case)
-        results[case["name"]] = rows
+        rows, weights = run_case(case)
+        results[case["name"]], blends[case["name"]] = rows, weights
         print(f"\n{case['name']}: fitted on {len(case['y'])} runs")
-        print(f"{'model':18s} {case['in_label']:>10s} {case['across_label']:>10s} {'fit s':>7s}")
+        print(
+            f"{'model':18s} {case['in_label']:>10s} {case['across_label']:>10s} {'5-fold CV':>10s} "
+            f"{'fit s':>7s} {'CPU s':>7s}"
+        )
         for r in rows:
-            print(f"{r['model']:18s} {r['in']:10.4f} {r['across']:10.4f} {r['seconds']:7.1f}", flush=True)
-        models = [r for r in rows if r["model"] != "trivial baseline"]
-        best_in = max(models, key=lambda r: r["in"])["model"]
-        best_across = max(models, key=lambda r: r["across"])["model"]
-        print(f"best in distribution: {best_in}; best across scale: {best_across}")
+            print(
+                f"{r['model']:18s} {r['in']:10.4f} {r['across']:10.4f} {r['cv']:10.4f} "
+                f"{r['seconds']:7.1f} {r['cpu']:7.1f}",
+                flush=True,
+            )
+        print(verdict(rows, "in", f"in distribution ({case['in_label']})"))
+        print(verdict(rows, "across", f"across scale ({case['across_label']})"))
+        stack = rows[-1]
+        print(
+            f"stack (NNLS on 5-fold out-of-fold predictions), weights {weights}: "
+            f"in {stack['in']:.4f}, across {stack['across']:.4f}"
+        )
     load = os.getloadavg()
     print(f"\nload average at end: {load[0]:.1f} {load[1]:.1f} {load[2]:.1f}")
     summary = {
         name: {r["model"]: {"in": round(r["in"], 4), "across": round(r["across"], 4)} for r in rows}
         for name, rows in results.items()
     }
+    summary["stack_weights"] = blends
     print(json.dumps(summary))
 
 

@@ -175,3 +175,19 @@ def best_model(scores: Mapping[str, Mapping[str, Mapping[str, Any]]]) -> str:
     models = list(next(iter(scores.values())))
     mean = {m: float(np.mean([scores[t][m]["spearman"] for t in scores])) for m in models}
     return max(models, key=lambda m: (mean[m], -models.index(m)))
+
+
+def stack_weights(predictions: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """Blend weights (non-negative, summing to 1) of m models from their out-of-fold predictions
+    (n, m): non-negative least squares of the centred targets on the centred predictions, so that
+    a model earns weight only by what it adds to the others (stacking, Breiman 1996)."""
+    from scipy.optimize import nnls
+
+    P = np.asarray(predictions, dtype=float)
+    y = np.asarray(y, dtype=float)
+    if P.ndim != 2 or P.shape[0] != y.size:
+        raise ValueError(f"predictions must be (n, m) with n = len(y) = {y.size}, got shape {P.shape}")
+    weights, _ = nnls(P - P.mean(axis=0), y - y.mean())
+    if weights.sum() <= 0:  # no model follows the targets: equal weights say so rather than guess
+        return np.full(P.shape[1], 1.0 / P.shape[1])
+    return weights / weights.sum()

@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import warnings
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -392,15 +393,37 @@ class RidgeRegressor(_MixtureRegressor):
         return grad
 
 
+@dataclass(frozen=True)
+class LbfgsHyperparameters:
+    """A GaussianProcessRegressor `optimizer`: scikit-learn's L-BFGS-B on the log marginal
+    likelihood, stopping at a relative decrease of `ftol` (scikit-learn's ~2e-9 default kept
+    iterating long after the hyperparameters stopped moving the predictions)."""
+
+    ftol: float
+
+    def __call__(self, objective: Any, theta0: np.ndarray, bounds: np.ndarray) -> tuple[np.ndarray, float]:
+        from scipy.optimize import minimize
+
+        options = {"ftol": self.ftol}
+        result = minimize(objective, theta0, method="L-BFGS-B", jac=True, bounds=bounds, options=options)
+        return result.x, float(result.fun)
+
+
 class GaussianProcessMixtureRegressor(_MixtureRegressor):
     """scikit-learn's Gaussian process over the weights: constant x ARD RBF + white noise, y normalised.
 
     `predict(X, return_std=True)` gives the predictive standard deviation, which grows away from
     the training mixtures. Saved as JSON: the fitted kernel's hyperparameters and the training data.
+    The hyperparameter search stops at a relative improvement of `ftol` (1e-7): on RegMix's 512
+    runs it took 75 likelihood evaluations instead of 205 (2.8x less CPU) for the same Spearman
+    to 4 digits (bench/mixer_models_bench.py).
     """
 
-    def __init__(self, n_restarts_optimizer: int = 0, random_state: int = 0, n_jobs: int = 1) -> None:
+    def __init__(
+        self, n_restarts_optimizer: int = 0, ftol: float = 1e-7, random_state: int = 0, n_jobs: int = 1
+    ) -> None:
         self.n_restarts_optimizer = n_restarts_optimizer
+        self.ftol = ftol
         self.random_state = random_state
         self.n_jobs = n_jobs
 
@@ -414,6 +437,7 @@ class GaussianProcessMixtureRegressor(_MixtureRegressor):
         X, y = self._fit_data(X, y)
         gp = GaussianProcessRegressor(
             self._kernel(X.shape[1]),
+            optimizer=LbfgsHyperparameters(self.ftol),
             normalize_y=True,
             n_restarts_optimizer=self.n_restarts_optimizer,
             random_state=self.random_state,

@@ -17,13 +17,16 @@ from mixer.laws import (
     JointLaw,
     MixingLaw,
     additive_law,
+    compute_optimal,
     fit_mixing_law,
     load_law,
+    make_law,
     mixing_law_loss,
     optimize_mixture,
 )
-from mixer.laws.estimators import loss_components
+from mixer.laws.estimators import loss_components, size_weights
 from mixer.laws.fitting import HuberObjective, huber_terms, weighted_huber_rho
+from mixer.laws.forms import additive_grad_h
 
 
 def test_huber_terms_is_the_loss_scipy_least_squares_minimises() -> None:
@@ -57,12 +60,14 @@ def test_auto_search_picks_least_squares_only_on_large_tables() -> None:
 
 
 def _per_domain_runs() -> pd.DataFrame:
-    """Two domain losses from different additive laws; the overall loss is their mean."""
+    """Two domain losses from different additive laws (different size exponents too); the overall
+    loss is their mean."""
     runs = synthetic_runs()
     h = runs[[f"h_{d}" for d in DOMAINS]].to_numpy()
     size = 400.0 / runs["N"] ** 0.34 + 1500.0 / runs["D"] ** 0.3
     runs["loss_web"] = 1.5 + 1.0 / (0.5 + 4.0 * h[:, 0] ** 0.5) + size
-    runs["loss_code"] = 1.2 + 1.0 / (0.3 + 6.0 * h[:, 1] ** 0.4) + 1.2 * size
+    code_size = 150.0 / runs["N"] ** 0.28 + 3000.0 / runs["D"] ** 0.36  # its own compute-optimal N
+    runs["loss_code"] = 1.2 + 1.0 / (0.3 + 6.0 * h[:, 1] ** 0.4) + code_size
     runs["loss"] = 0.5 * (runs["loss_web"] + runs["loss_code"])
     return runs
 
@@ -90,11 +95,29 @@ def test_per_domain_laws_predict_the_overall_loss_as_their_weighted_sum(tmp_path
         law.fit_for("loss")
 
 
+def test_compute_optimal_minimises_the_per_domain_sum() -> None:
+    """A per-domain law's compute-optimal N minimises the summed prediction along N D = C/6 (checked
+    on a grid of N), not the first component's closed form."""
+    law = AdditiveLaw(n_starts=16, n_restarts=1, niter=1, n_bootstrap=4).fit(_per_domain_runs())
+    mix = {d: 1 / len(DOMAINS) for d in DOMAINS}
+    best = compute_optimal(law, 1e19, mix)
+    grid = np.geomspace(best["N"] / 3, best["N"] * 3, 201)
+    frames = pd.concat([law.frame_for(n, 1e19 / 6 / n, mix) for n in grid], ignore_index=True)
+    losses = law.predict(frames, "loss")
+    assert best["target"] == "loss" and best["N"] == pytest.approx(grid[np.argmin(losses)], rel=0.02)
+    assert best["loss"] <= losses.min() + 1e-9
+    first = compute_optimal(law, 1e19, mix, target=law.components("loss")[0][0])
+    assert first["N"] != pytest.approx(best["N"], rel=1e-3)  # the components disagree: the sum matters
+    assert best["N_interval"][0] <= best["N"] <= best["N_interval"][1]
+
+
 def test_loss_components_needs_an_exact_weighted_sum() -> None:
     runs = _per_domain_runs()
     runs["loss"] = runs["loss"] * (1 + 0.01 * np.sin(np.arange(len(runs))))
     assert loss_components(runs, "loss") is None
     assert loss_components(runs.drop(columns=["loss_web", "loss_code"]), "loss") is None
+    exact = _per_domain_runs().head(2)  # 2 rows, 2 columns: some weighted sum always fits exactly
+    assert loss_components(exact, "loss") is None
     quick = {"n_starts": 8, "n_restarts": 1, "niter": 0, "n_bootstrap": 0}
     law = AdditiveLaw(**quick, per_domain=True).fit(runs)  # no exact sum: one law on the loss itself
     assert law.targets_ == ["loss"] and law.components("loss") == [("loss", 1.0)]
@@ -134,14 +157,58 @@ def test_weighted_least_squares_minimises_the_weighted_huber_objective() -> None
     assert result.cost == pytest.approx(float(np.sum(weights * huber_terms(residual, 1e-3))), rel=1e-12)
 
 
-def test_size_weight_counts_larger_proxies_more() -> None:
+def test_size_weight_counts_larger_proxies_more(tmp_path) -> None:
     runs = synthetic_runs()
-    law = AdditiveLaw(n_starts=8, n_restarts=1, niter=0, n_bootstrap=0, size_weight=1.0)
-    x = Features(np.log(runs["N"].to_numpy()), np.zeros(len(runs)), np.zeros((len(runs), 0)))
-    weights = law._size_weights(x)
+    log_n = np.log(runs["N"].to_numpy())
+    weights = size_weights(log_n, 1.0)
     assert weights.mean() == pytest.approx(1.0)
     ratio = weights[runs["N"].to_numpy() == 2e8][0] / weights[runs["N"].to_numpy() == 2e7][0]
     assert ratio == pytest.approx(10.0)
-    assert AdditiveLaw()._size_weights(x) is None
-    fitted = law.fit(runs)
+    assert size_weights(log_n, 0.0) is None
+    quick = {"n_starts": 8, "n_restarts": 1, "niter": 0, "n_bootstrap": 0}
+    fitted = AdditiveLaw(**quick).fit(runs)  # weighted by default
+    assert fitted.size_weight_ == 1.0 and fitted.fits_[0].diagnostics["size_weight"] == 1.0
     assert np.mean(np.abs(fitted.predict(runs) - runs["loss"]) / runs["loss"]) < 0.01
+    loaded = load_law(fitted.save(tmp_path / "law.json"))
+    assert (loaded.size_weight_, loaded.per_domain_) == (1.0, True)
+    unweighted = AdditiveLaw(**quick, size_weight=0.0).fit(runs)
+    assert (
+        unweighted.size_weight_ == 0.0
+        and unweighted.fits_[0].theta.tolist() != fitted.fits_[0].theta.tolist()
+    )
+    with pytest.raises(ValueError, match="size_weight must be a number >= 0"):
+        AdditiveLaw(**quick, size_weight=-1.0).fit(runs)
+
+
+def test_defaults_per_form_are_the_extrapolation_settings() -> None:
+    """Per-domain sums and size weighting are on where they lowered the error at a held-out larger
+    size (docs/laws.md): size weighting for every law in N and D, per-domain sums for the additive
+    and mixing laws; None means the law's default, an explicit value wins."""
+    settings = {kind: make_law(kind)._settings() for kind in ("chinchilla", "additive", "joint", "mixing")}
+    assert settings == {
+        "chinchilla": (False, 1.0),
+        "additive": (True, 1.0),
+        "joint": (False, 1.0),
+        "mixing": (True, 0.0),
+    }
+    assert AdditiveLaw(per_domain=False, size_weight=0.5)._settings() == (False, 0.5)
+    runs = _per_domain_runs()
+    quick = {"n_starts": 8, "n_restarts": 1, "niter": 0, "n_bootstrap": 0}
+    assert AdditiveLaw(**quick).fit(runs).components("loss") != [("loss", 1.0)]  # per-domain by default
+    assert AdditiveLaw(**quick, per_domain=False).fit(runs).components("loss") == [("loss", 1.0)]
+
+
+def test_mixture_gradient_is_finite_where_a_per_domain_fit_diverged() -> None:
+    """A per-domain fit can send a domain that does not matter to C = exp(3.5e5), gamma = exp(20.6):
+    its term C h^gamma is 0 at any h < 1, and the gradient in h must stay finite (the optimiser
+    stopped at its first step on a nan)."""
+    theta = np.zeros(5 + 2 * 3)
+    theta[5:8] = [0.3, 0.4, 3.5e5]
+    theta[8:11] = [0.1, -0.2, 20.6]
+    h = np.array([0.5, 0.3, 0.2])
+    grad = additive_grad_h(theta, h)
+    assert np.all(np.isfinite(grad)) and grad[2] == 0.0
+    step = 1e-7 * np.array([1.0, -1.0, 0.0])
+    x = Features(np.zeros(2), np.zeros(2), np.vstack([h + step, h - step]))
+    loss = additive_law(theta, x)[0]
+    assert (loss[0] - loss[1]) / 2 == pytest.approx(grad @ step, rel=1e-5)

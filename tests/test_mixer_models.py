@@ -14,7 +14,7 @@ from sklearn.utils.estimator_checks import parametrize_with_checks
 
 from mixer.families import family_target_weights
 from mixer.interaction import plot_interaction
-from mixer.model_selection import baseline_weights, target_domain
+from mixer.model_selection import baseline_weights, stack_weights, target_domain
 from mixer.regmix import RegMixModel, fit_regmix, optimize_regmix
 from mixer.regressors import (
     GaussianProcessMixtureRegressor,
@@ -145,6 +145,21 @@ def two_scale_runs(n: int = 64) -> pd.DataFrame:
     table = pd.concat(rows, ignore_index=True)
     table.insert(0, "run", [f"run-{i}" for i in range(len(table))])
     return table
+
+
+def test_stack_weights_blend_models_by_what_each_adds() -> None:
+    """NNLS on out-of-fold predictions: a target made of 0.7 of one model and 0.3 of another gets
+    those weights; a model that only adds noise, or follows the target backwards, gets none."""
+    rng = np.random.default_rng(0)
+    a, b = rng.normal(size=200), rng.normal(size=200)
+    y = 0.7 * a + 0.3 * b + 5.0  # an offset the centring absorbs
+    noise, backwards = rng.normal(size=200), -y
+    weights = stack_weights(np.column_stack([a, b, noise, backwards]), y)
+    np.testing.assert_allclose(weights, [0.7, 0.3, 0.0, 0.0], atol=1e-9)
+    flat = stack_weights(np.column_stack([-a, -b]), a + b)  # nothing follows y: equal weights
+    np.testing.assert_allclose(flat, [0.5, 0.5])
+    with pytest.raises(ValueError, match="predictions must be"):
+        stack_weights(np.ones((3, 2)), np.ones(4))
 
 
 def test_cross_scale_validation_scores_every_model_and_selects(tmp_path: Path) -> None:

@@ -56,15 +56,22 @@ def fit_command(
         ),
     ] = None,
     per_domain: Annotated[
-        bool,
+        bool | None,
         typer.Option(
-            "--per-domain",
-            help="Predict a target as the weighted sum of per-domain laws (<target>_<domain>).",
+            "--per-domain/--no-per-domain",
+            help="Predict a target as the weighted sum of per-domain laws (<target>_<domain>) when the "
+            "table has columns that sum to it (default: on for additive and mixing, off for chinchilla "
+            "and joint; see docs/laws.md).",
+            show_default=False,
         ),
-    ] = False,
+    ] = None,
     size_weight: Annotated[
         float | None,
-        typer.Option("--size-weight", help="Weight rows by (N / N_min)^w (1: larger proxies count more)."),
+        typer.Option(
+            "--size-weight",
+            help="Weight rows by (N / N_min)^w so larger proxies count more (default 1 for laws in N "
+            "and D; 0 turns it off).",
+        ),
     ] = None,
     seed: Annotated[int, typer.Option("--seed", help="Seed for starts, basin-hopping and bootstrap.")] = 0,
 ) -> None:
@@ -97,13 +104,17 @@ def fit_command(
     seconds = time.perf_counter() - started
     for target, parts in estimator.components_.items():
         info(f"{target} = weighted sum of {len(parts)} per-domain laws ({', '.join(parts)})")
+    if estimator.size_weight_:
+        info(f"rows weighted by (N / N_min)^{estimator.size_weight_:g} (--size-weight 0 turns it off)")
     estimator.save(out)
     paths, metrics = write_law_fit_report(estimator, frame, out, runs.name)
     emit(_fit_summary(estimator, out, paths, metrics, seconds))
 
 
 def _fit_summary(estimator: Any, out: Path, paths: dict[str, Path], metrics: dict, seconds: float) -> dict:
-    """The JSON line of `law fit` (and its progress line): fit quality of the first fitted target."""
+    """The JSON line of `law fit` (and its progress line): in-sample quality of the law's first
+    target; objective and parameters of its first fit (`objective_target`: a per-domain law's
+    first component)."""
     fit = estimator.fits_[0]
     info(
         f"objective {fit.diagnostics['objective']:.6g} ({fit.diagnostics['n_at_best']} of "
@@ -118,7 +129,10 @@ def _fit_summary(estimator: Any, out: Path, paths: dict[str, Path], metrics: dic
         "max_re": metrics["max_re"],
         "spearman": metrics["spearman"],
         "objective": fit.diagnostics["objective"],
+        "objective_target": fit.target,
         "params": fit.params if estimator.form.uses_size else None,
+        "per_domain": {t: len(parts) for t, parts in estimator.components_.items()},
+        "size_weight": estimator.size_weight_,
         "n_fits": len(estimator.fits_),
         "fit_seconds": round(seconds, 3),
         "report": {k: str(v) for k, v in paths.items()},

@@ -172,9 +172,13 @@ def additive_grad_h(theta: np.ndarray, h: np.ndarray) -> np.ndarray:
     """dL/dh of the additive (and joint) mixture term at one mixture h (interior)."""
     k = h.size
     c, g = theta[5 : 5 + k], theta[5 + k : 5 + 2 * k]
-    gamma, big_c = np.exp(g), np.exp(c)
-    s = np.sum(big_c * h**gamma)  # a numpy float: overflow gives inf, not an exception
-    return -(big_c * gamma * h ** (gamma - 1.0)) / s**2
+    gamma = np.exp(g)
+    # in log space: a per-domain fit can drive a domain that does not matter to C_i = exp(3e5) with
+    # gamma_i = 1e9, where C_i h_i^gamma_i is exp(3e5 - 2e9) = 0, not inf x 0 = nan
+    with np.errstate(divide="ignore"):
+        log_h = np.log(h)
+    s = np.sum(np.exp(c + gamma * log_h))  # a numpy float: overflow gives inf, not an exception
+    return -np.exp(c + g + (gamma - 1.0) * log_h) / s**2
 
 
 def joint_grad_h(theta: np.ndarray, h: np.ndarray, log_n: float, log_d: float) -> np.ndarray:

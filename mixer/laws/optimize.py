@@ -213,6 +213,29 @@ def compute_optimal_size(
     return n, flops_scaled / n
 
 
+def compute_optimal_size_sum(
+    terms: Sequence[tuple[float, float, float, float, float]], flops_scaled: float
+) -> tuple[float, float]:
+    """argmin_N sum_j w_j (A_j/N^alpha_j + B_j/D^beta_j) subject to N D = flops_scaled, for terms
+    (w_j, A_j, alpha_j, B_j, beta_j): a law predicted as a weighted sum of per-domain laws. Each
+    term is convex in log N, so the optimum lies between the terms' own optima (bounded Brent)."""
+    if len(terms) == 1:
+        return compute_optimal_size(*terms[0][1:], flops_scaled)
+    from scipy.optimize import minimize_scalar
+
+    own = [math.log(compute_optimal_size(a, al, b, be, flops_scaled)[0]) for _, a, al, b, be in terms]
+    log_c = math.log(flops_scaled)
+
+    def size_loss(u: float) -> float:
+        return sum(w * (a * math.exp(-al * u) + b * math.exp(-be * (log_c - u))) for w, a, al, b, be in terms)
+
+    low, high = min(own), max(own)
+    if high - low < 1e-12:
+        return math.exp(low), flops_scaled / math.exp(low)
+    u = minimize_scalar(size_loss, bounds=(low, high), method="bounded", options={"xatol": 1e-10}).x
+    return math.exp(u), flops_scaled / math.exp(u)
+
+
 def _mixture_for(law: LawEstimator, mixture: Mapping[str, float] | None):
     """(h, mixture): the given mixture, or the mean training mixture; (None, None) without h."""
     if not law.form.uses_mixture:
@@ -231,24 +254,29 @@ def compute_optimal(
     target: str | None = None,
     level: float = 0.95,
 ) -> dict[str, Any]:
-    """The N and D minimising the law's loss at C = 6 N D (with a bootstrap interval).
+    """The N and D minimising the law's loss at C = 6 N D (with a bootstrap interval); a target
+    predicted as a sum of per-domain laws is minimised as that sum.
 
     Mixture laws need a mixture; without one the mean of the training mixtures is used.
     """
     if not (flops > 0 and math.isfinite(flops)):
         raise ValueError(f"flops must be a positive number, got {flops}")
-    fit = law.fit_for(target)
+    target = target or law.targets_[0]
+    weights = [w for _, w in law.components(target)]
+    fits = [law.fit_for(name) for name, _ in law.components(target)]
     h, mixture = _mixture_for(law, mixture)
     scaled = flops / 6.0 / (law.n_scale_ * law.d_scale_)
 
-    def solve(theta: np.ndarray) -> tuple[float, float]:
-        n_hat, _ = compute_optimal_size(*law.form.size_terms(theta, h), scaled)
+    def solve(thetas: Sequence[np.ndarray]) -> tuple[float, float]:
+        terms = [(w, *law.form.size_terms(t, h)) for w, t in zip(weights, thetas, strict=True)]
+        n_hat, _ = compute_optimal_size_sum(terms, scaled)
         n = n_hat * law.n_scale_
         return n, flops / (6.0 * n)
 
-    n_opt, d_opt = solve(fit.theta)
-    pred = law.predict_interval(law.frame_for(n_opt, d_opt, mixture), fit.target, level)
-    boot = np.array([solve(theta) for theta in fit.bootstrap]).reshape(-1, 2)
+    n_opt, d_opt = solve([f.theta for f in fits])
+    pred = law.predict_interval(law.frame_for(n_opt, d_opt, mixture), target, level)
+    n_boot = min(f.bootstrap.shape[0] for f in fits)
+    boot = np.array([solve([f.bootstrap[b] for f in fits]) for b in range(n_boot)]).reshape(-1, 2)
     n_low, n_high = percentile_interval(boot[:, :1], np.array([n_opt]), level)
     d_low, d_high = percentile_interval(boot[:, 1:], np.array([d_opt]), level)
     return {
@@ -262,5 +290,5 @@ def compute_optimal(
         "N_interval": [float(np.ravel(n_low)[0]), float(np.ravel(n_high)[0])],
         "D_interval": [float(np.ravel(d_low)[0]), float(np.ravel(d_high)[0])],
         "mixture": mixture,
-        "target": fit.target,
+        "target": target,
     }
