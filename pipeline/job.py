@@ -259,10 +259,17 @@ class _WriteShardFn(beam.DoFn):
     sorted into dead_letter-S-of-N.parquet; emits the shard's per-domain counts."""
 
     def __init__(
-        self, out_dir: str, num_shards: int, scorer: str | None, selection: Selection, with_text: bool
+        self,
+        out_dir: str,
+        num_shards: int,
+        scorer: str | None,
+        selection: Selection,
+        with_text: bool,
+        keep_parts: bool = False,
     ):
         self._out = out_dir
         self._n = num_shards
+        self._keep_parts = keep_parts  # --resume: staged units are removed with the resume state
         self._schema = S.scored_schema(_scorers(scorer), with_text=with_text)
         self._column = S.score_column(scorer) if scorer else None
         self._selection = selection
@@ -291,7 +298,8 @@ class _WriteShardFn(beam.DoFn):
             _join(self._out, shard_name(S.DEAD_LETTER_PREFIX, shard, self._n)),
             S.DEAD_LETTER_SCHEMA,
         )
-        remove_files(parts)  # committed: the disk they took is free for the next shards
+        if not self._keep_parts:
+            remove_files(parts)  # committed: the disk they took is free for the next shards
         yield shard, counts
 
 
@@ -328,6 +336,7 @@ class WriteOutputs(beam.PTransform):
         with_text: bool,
         num_shards: int = DEFAULT_NUM_SHARDS,
         cutoffs: beam.PCollection | None = None,
+        keep_parts: bool = False,
     ) -> None:
         super().__init__()
         self._cutoffs = cutoffs
@@ -337,6 +346,7 @@ class WriteOutputs(beam.PTransform):
         self._selection = selection
         self._with_text = with_text
         self._num_shards = num_shards
+        self._keep_parts = keep_parts
 
     def expand(self, outputs):
         n = self._num_shards
@@ -351,7 +361,10 @@ class WriteOutputs(beam.PTransform):
             | "Gather" >> beam.Flatten()
             | "ByShard" >> beam.GroupByKey()
             | "WriteShards"
-            >> beam.ParDo(_WriteShardFn(self._out, n, self._scorer, self._selection, self._with_text), side)
+            >> beam.ParDo(
+                _WriteShardFn(self._out, n, self._scorer, self._selection, self._with_text, self._keep_parts),
+                side,
+            )
         )
         return (
             outputs["parts"].pipeline
@@ -513,6 +526,7 @@ def build_pipeline(
         config.with_text,
         num_shards,
         cutoffs=cutoffs,
+        keep_parts=resume is not None,
     )
 
 
