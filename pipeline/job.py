@@ -19,10 +19,11 @@ shard writers mark them, so `docs_scored = docs_kept + sum(docs_dropped_<stage>)
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -47,6 +48,7 @@ from pipeline.read import (
     sample_texts,
 )
 from pipeline.registry import scoring_transform
+from pipeline.resume import ResumeState, StageUnits, check_resumable, forget_run, remove_state, resume_units
 from pipeline.scoring import ScorerConfig, failed_batch_rows
 from pipeline.select import DomainCutoffs, Selection, domain_scores, mark_keep
 from pipeline.shards import (
@@ -105,6 +107,7 @@ class ScoreJobConfig:
     vocab_size: int = DEFAULT_VOCAB_SIZE
     tokenizer_sample_chars: int = 2_000_000
     num_shards: int = 0  # 0: DEFAULT_NUM_SHARDS, or one per BYTES_PER_SHARD of input when that is more
+    resume: bool = False  # local DirectRunner only: skip files a killed run finished (pipeline.resume)
 
     def __post_init__(self) -> None:
         if isinstance(self.inputs, (str, Path)):
@@ -130,16 +133,23 @@ class ScoreJobConfig:
 
 
 class _ReadFileFn(beam.DoFn):
-    def __init__(self, opts: ReadOptions) -> None:
+    def __init__(self, opts: ReadOptions, ends: bool) -> None:
         self._opts = opts
+        self._ends = ends
 
     def process(self, element: tuple[str, str]) -> Iterator[Any]:
         domain, path = element
+        documents, dead_letters = 0, []
         for batch, dead in read_file(domain, path, self._opts):
             if batch is not None:
+                documents += batch.num_rows
                 yield batch
             for row in dead:
                 yield beam.pvalue.TaggedOutput("dead_letter", row)
+            if self._ends:
+                dead_letters += dead
+        if self._ends:  # the file is read whole: what a resumable unit must stage (`pipeline.resume`)
+            yield beam.pvalue.TaggedOutput("ends", (domain, path, documents, dead_letters))
 
 
 def _unreadable_file(failure: tuple[tuple[str, str], tuple[Any, str, Any]]) -> dict[str, Any]:
@@ -148,24 +158,26 @@ def _unreadable_file(failure: tuple[tuple[str, str], tuple[Any, str, Any]]) -> d
 
 
 class ReadDocuments(beam.PTransform):
-    """(domain, file) pairs -> {"docs": record batches, "dead_letter": rows}."""
+    """(domain, file) pairs -> {"docs": record batches, "dead_letter": rows, "ends": (domain, file,
+    documents, read dead letters) once a file is read whole, when `ends`}."""
 
-    def __init__(self, opts: ReadOptions) -> None:
+    def __init__(self, opts: ReadOptions, ends: bool = False) -> None:
         super().__init__()
         self._opts = opts
+        self._ends = ends
 
     def expand(self, files):
         result = (
             files
             | "Distribute" >> beam.Reshuffle()
             | "Parse"
-            >> beam.ParDo(_ReadFileFn(self._opts))
+            >> beam.ParDo(_ReadFileFn(self._opts, self._ends))
             .with_exception_handling(main_tag="docs", dead_letter_tag="failed", partial=True)
-            .with_outputs("dead_letter", main="docs")
+            .with_outputs("dead_letter", "ends", main="docs")
         )
         unreadable = result["failed"] | "UnreadableFiles" >> beam.Map(_unreadable_file)
         dead = (result["dead_letter"], unreadable) | "ReadDeadLetters" >> beam.Flatten()
-        return {"docs": result["docs"], "dead_letter": dead}
+        return {"docs": result["docs"], "dead_letter": dead, "ends": result["ends"]}
 
 
 class _CountTokensFn(beam.DoFn):
@@ -247,10 +259,17 @@ class _WriteShardFn(beam.DoFn):
     sorted into dead_letter-S-of-N.parquet; emits the shard's per-domain counts."""
 
     def __init__(
-        self, out_dir: str, num_shards: int, scorer: str | None, selection: Selection, with_text: bool
+        self,
+        out_dir: str,
+        num_shards: int,
+        scorer: str | None,
+        selection: Selection,
+        with_text: bool,
+        keep_parts: bool = False,
     ):
         self._out = out_dir
         self._n = num_shards
+        self._keep_parts = keep_parts  # --resume: staged units are removed with the resume state
         self._schema = S.scored_schema(_scorers(scorer), with_text=with_text)
         self._column = S.score_column(scorer) if scorer else None
         self._selection = selection
@@ -279,7 +298,8 @@ class _WriteShardFn(beam.DoFn):
             _join(self._out, shard_name(S.DEAD_LETTER_PREFIX, shard, self._n)),
             S.DEAD_LETTER_SCHEMA,
         )
-        remove_files(parts)  # committed: the disk they took is free for the next shards
+        if not self._keep_parts:
+            remove_files(parts)  # committed: the disk they took is free for the next shards
         yield shard, counts
 
 
@@ -316,6 +336,7 @@ class WriteOutputs(beam.PTransform):
         with_text: bool,
         num_shards: int = DEFAULT_NUM_SHARDS,
         cutoffs: beam.PCollection | None = None,
+        keep_parts: bool = False,
     ) -> None:
         super().__init__()
         self._cutoffs = cutoffs
@@ -325,6 +346,7 @@ class WriteOutputs(beam.PTransform):
         self._selection = selection
         self._with_text = with_text
         self._num_shards = num_shards
+        self._keep_parts = keep_parts
 
     def expand(self, outputs):
         n = self._num_shards
@@ -339,7 +361,10 @@ class WriteOutputs(beam.PTransform):
             | "Gather" >> beam.Flatten()
             | "ByShard" >> beam.GroupByKey()
             | "WriteShards"
-            >> beam.ParDo(_WriteShardFn(self._out, n, self._scorer, self._selection, self._with_text), side)
+            >> beam.ParDo(
+                _WriteShardFn(self._out, n, self._scorer, self._selection, self._with_text, self._keep_parts),
+                side,
+            )
         )
         return (
             outputs["parts"].pipeline
@@ -416,18 +441,30 @@ def _stages(docs, config: ScoreJobConfig):
     return docs
 
 
-def _score(docs, config: ScoreJobConfig) -> tuple[Any, list[Any]]:
-    """(all documents, survivors scored; dead letters of the scorer); dropped documents are not scored."""
+def _score(docs, config: ScoreJobConfig) -> tuple[list[Any], list[Any]]:
+    """(all documents: survivors scored, and those a stage dropped, which are not scored; dead letters
+    of the scorer). Two collections when stages drop documents: see `_rejoin`."""
     if config.scorer is None:
-        return docs, []
+        return [docs], []
     if config.language is not None and config.language.languages or config.filters:
         split = docs | "SplitDropped" >> beam.ParDo(_SplitDroppedFn()).with_outputs("dropped", main="alive")
         scored = split["alive"] | f"Score[{config.scorer.name}]" >> scoring_transform(config.scorer)
-        docs = (scored["scored"], split["dropped"]) | "Rejoin" >> beam.Flatten()
-    else:
-        scored = docs | f"Score[{config.scorer.name}]" >> scoring_transform(config.scorer)
-        docs = scored["scored"]
-    return docs, [scored["dead_letter"]]
+        return [scored["scored"], split["dropped"]], [scored["dead_letter"]]
+    scored = docs | f"Score[{config.scorer.name}]" >> scoring_transform(config.scorer)
+    return [scored["scored"]], [scored["dead_letter"]]
+
+
+def _rejoin(docs: list[Any]) -> Any:
+    """One collection of all documents (a Flatten of two inputs is a stage boundary on the
+    DirectRunner, so the resumable staging takes the two apart instead)."""
+    return docs[0] if len(docs) == 1 else tuple(docs) | "Rejoin" >> beam.Flatten()
+
+
+def job_num_shards(config: ScoreJobConfig, files: list[tuple[str, str]]) -> int:
+    """`config.num_shards`, or the automatic count for the size of `files`."""
+    if config.num_shards > 0:
+        return config.num_shards
+    return default_num_shards(sum(file_sizes([path for _, path in files]).values()))
 
 
 def build_pipeline(
@@ -436,27 +473,42 @@ def build_pipeline(
     files: list[tuple[str, str]],
     tokenizer_json: str,
     out_dir: str,
+    resume: tuple[ResumeState, list[dict[str, Any]]] | None = None,
 ) -> None:
-    """Add the whole job to `pipeline` (nothing runs until `pipeline.run()`)."""
+    """Add the whole job to `pipeline` (nothing runs until `pipeline.run()`).
+
+    With `resume` (the state and the markers of finished units; `config.num_shards` resolved),
+    `files` are the files left to score and the finished units join them before the cut-off."""
     sizes = file_sizes([path for _, path in files])
-    num_shards = config.num_shards if config.num_shards > 0 else default_num_shards(sum(sizes.values()))
+    num_shards = job_num_shards(config, files)
     ordered = sorted(files, key=lambda f: (-sizes.get(f[1], 0), f))  # largest first: even split
-    read = pipeline | "Files" >> beam.Create(ordered, reshuffle=False) | "Read" >> ReadDocuments(config.read)
+    read = (
+        pipeline
+        | "Files" >> beam.Create(ordered, reshuffle=False)
+        | "Read" >> ReadDocuments(config.read, ends=resume is not None)
+    )
     tokens = _stages(read["docs"], config) | "Tokenize" >> CountTokens(tokenizer_json)
-    docs, score_dead = _score(tokens["docs"], config)
+    scored, score_dead = _score(tokens["docs"], config)
     scorer = config.scorer.name if config.scorer else None
     score_column = config.scorer.column if config.scorer else None
     schema = S.scored_schema(_scorers(scorer), with_text=config.with_text)
     columns = [c for c in [*schema.names, S.RECORD] if c not in (S.KEEP, S.DUPLICATE_OF)]
     keep_top = config.selection.keep_top is not None
-    staged = docs | "Stage" >> StageScored(
-        _join(out_dir, PARTS_DIR),
-        columns,
-        schema.append(pa.field(S.RECORD, pa.int64())),
-        num_shards,
-        score_column if keep_top else None,
-    )
-    outputs: dict[str, Any] = {"parts": staged["parts"]}
+    dead_letter = (read["dead_letter"], tokens["dead_letter"], *score_dead) | "DeadLetters" >> beam.Flatten()
+    staging = (columns, schema.append(pa.field(S.RECORD, pa.int64())), num_shards)
+    if resume is None:
+        docs = _rejoin(scored)
+        staged = docs | "Stage" >> StageScored(
+            _join(out_dir, PARTS_DIR), *staging, score_column if keep_top else None
+        )
+    else:
+        assert config.dedup is None, "--resume does not work with --dedup (check_resumable)"
+        fresh = {"ends": read["ends"], "failed_tokenize": tokens["dead_letter"]}
+        fresh.update({f"docs_{i}": docs for i, docs in enumerate(scored)})
+        fresh.update({f"failed_score_{i}": dead for i, dead in enumerate(score_dead)})
+        staged = fresh | "Stage" >> StageUnits(resume, *staging, score_column if keep_top else None)
+        dead_letter = (dead_letter, staged["dead_letter"]) | "WithFinishedUnits" >> beam.Flatten()
+    outputs: dict[str, Any] = {"parts": staged["parts"], "dead_letter": dead_letter}
     scores = staged["scores"]
     if config.dedup is not None:
         bands_dir = _join(out_dir, f"{PARTS_DIR}/{BANDS_DIR}")
@@ -466,11 +518,6 @@ def build_pipeline(
             scores = (scores, removed) | "CandidateScores" >> beam.Flatten()
     fraction = config.selection.keep_top
     cutoffs = (scores | "Select" >> DomainCutoffs(fraction)) if fraction is not None else None
-    outputs["dead_letter"] = (
-        read["dead_letter"],
-        tokens["dead_letter"],
-        *score_dead,
-    ) | "DeadLetters" >> beam.Flatten()
     _ = outputs | "Write" >> WriteOutputs(
         out_dir,
         scorer,
@@ -479,6 +526,7 @@ def build_pipeline(
         config.with_text,
         num_shards,
         cutoffs=cutoffs,
+        keep_parts=resume is not None,
     )
 
 
@@ -545,14 +593,28 @@ def _run(
     options: Any,
     out_dir: str,
     previous_output: str | None,
-) -> pa.Table:
+    target: Path | None = None,
+) -> tuple[pa.Table, dict[str, int]]:
+    """Run the job into `out_dir`: (domain stats, {"files_resumed", "files_scored"} with --resume).
+
+    `target`, the local output, owns the resume state: kept and used with --resume, else cleared."""
     from pipeline.direct_workers import direct_workers
 
+    resume = None
     with direct_workers(options, preload=[__name__]):  # workers import while the graph is built
         tokenizer_json = prepare_tokenizer(config, files, out_dir, previous_output)
-        with beam.Pipeline(options=options) as pipeline:
-            build_pipeline(pipeline, config, files, tokenizer_json, out_dir)
-    return read_stats(out_dir)
+        if target is not None:
+            if config.resume:  # the shard count of all files, not of those left
+                config = replace(config, num_shards=job_num_shards(config, files))
+            files, resume = resume_units(target, config, files, tokenizer_json)
+        try:
+            with beam.Pipeline(options=options) as pipeline:
+                build_pipeline(pipeline, config, files, tokenizer_json, out_dir, resume)
+        finally:
+            if resume is not None:
+                forget_run(resume[0])
+    units = {} if resume is None else {"files_resumed": len(resume[1]), "files_scored": len(files)}
+    return read_stats(out_dir), units
 
 
 def input_paths(inputs: dict[str, list[str]], files: list[tuple[str, str]]) -> list[str]:
@@ -588,21 +650,26 @@ def run_score_job(
     A local output directory is written beside itself and moved into place (replaced whole, only
     when datamixer wrote it; never an input; one job at a time: see `mixer.files.atomic_path`); a
     remote one (gs://, s3://) is written in place, each file committed by Beam's sink."""
-    from mixer.files import atomic_path
+    from mixer.files import OutputLocked, atomic_path, output_lock
     from pipeline.options import pipeline_options
 
     remote = "://" in config.output
+    if config.resume:
+        check_resumable(runner, config.output, config.dedup is not None)
     files = expand_inputs(config.inputs, exclude=None if remote else config.output)
     input_bytes = sum(file_sizes([path for _, path in files]).values())
     options = pipeline_options(runner, beam_args, input_bytes=input_bytes)
     started = time.perf_counter()
     if remote:
-        table = _run(config, files, options, config.output, config.output)
+        table, units = _run(config, files, options, config.output, config.output)
     else:
         target = Path(config.output)
         with atomic_path(target, inputs=input_paths(config.inputs, files)) as tmp:
             tmp.mkdir(parents=True)
-            table = _run(config, files, options, str(tmp), str(target) if target.is_dir() else None)
+            previous = str(target) if target.is_dir() else None
+            table, units = _run(config, files, options, str(tmp), previous, target)
+        with contextlib.suppress(OutputLocked), output_lock(target):
+            remove_state(target)  # committed: the staged units have served (unless a new job holds them)
     seconds = time.perf_counter() - started
     result: dict[str, Any] = totals(table)
     result.update(
@@ -611,5 +678,6 @@ def run_score_job(
         docs_per_s=round(result["in"] / seconds, 1) if seconds > 0 else None,
         domains={row[S.DOMAIN]: {k: v for k, v in row.items() if k != S.DOMAIN} for row in table.to_pylist()},
         warnings=selection_warnings(config, table),
+        **units,
     )
     return result

@@ -63,8 +63,8 @@ def stable_id(text: str) -> str:
 def expand_inputs(domain_globs: dict[str, list[str]], exclude: str | None = None) -> list[tuple[str, str]]:
     """(domain, file) pairs, files sorted within each domain; a glob matching nothing is an error.
 
-    Files inside the local directory `exclude` (the job's own output) or inside its temporaries are
-    never inputs, so a recursive glob over a tree that holds the output does not read it."""
+    Files inside the local directory `exclude` (the job's own output), its temporaries or its resume
+    state are never inputs, so a recursive glob over a tree that holds the output does not read it."""
     from apache_beam.io.filesystems import FileSystems
 
     pairs: list[tuple[str, str]] = []
@@ -88,10 +88,12 @@ def _inside_output(path: str, output: str | None) -> bool:
     if output is None or "://" in path or "://" in output:
         return False
     from mixer.files import temp_prefix
+    from pipeline.resume import resume_path
 
     out, resolved = Path(output).resolve(), Path(path).resolve()
     chain = [resolved, *resolved.parents]
-    return out in chain or any(p.parent == out.parent and p.name.startswith(temp_prefix(out)) for p in chain)
+    owned = (out, resume_path(out))
+    return any(p in owned or p.parent == out.parent and p.name.startswith(temp_prefix(out)) for p in chain)
 
 
 def file_sizes(paths: Iterable[str]) -> dict[str, int]:

@@ -120,6 +120,14 @@ def score(
             help="Input fields kept in the `metadata` column, comma-separated (default: all; '' none).",
         ),
     ] = None,
+    resume: Annotated[
+        bool,
+        typer.Option(
+            "--resume",
+            help="Direct runner: keep each finished input file beside the output and, after a kill, "
+            "score only the files left (same options; see docs/reliability.md).",
+        ),
+    ] = False,
 ) -> None:
     """Language ID, filters, dedup, score and select per domain (each optional); write scored-*,
     dead_letter-*.parquet and domain_stats (per-stage drops)."""
@@ -161,6 +169,7 @@ def score(
         num_shards=num_shards,
         with_text=not no_text,
         vocab_size=vocab_size,
+        resume=resume,
     )
     stages = (("language ID", language), ("filters", job.filters), ("dedup", dedup), (scorer, job.scorer))
     steps = [str(name) for name, on in stages if on]
@@ -168,6 +177,8 @@ def score(
     with document_progress(stage_progress) as settle:
         result = run_score_job(job, runner=runner, beam_args=list(ctx.args))
         settle(result["scored"])
+    if resume:
+        info(f"resumed {result['files_resumed']} finished file(s); scored {result['files_scored']}")
     info(
         f"{result['in']} in, {result['scored']} scored, {result['dead_letter']} dead-lettered, "
         f"{result['kept']} kept -> {output}"
