@@ -102,6 +102,7 @@ def train_quality_classifier(paths: RunLayout, config: DemoConfig, log: Log) -> 
 def score_corpus(paths: RunLayout, config: DemoConfig, log: Log, track: Tracker = silent) -> dict[str, Any]:
     from pipeline.dedup import DedupOptions
     from pipeline.job import ScoreJobConfig, run_score_job
+    from pipeline.read import count_records
     from pipeline.registry import ScorerConfig
     from pipeline.select import Selection
 
@@ -115,9 +116,9 @@ def score_corpus(paths: RunLayout, config: DemoConfig, log: Log, track: Tracker 
         dedup=DedupOptions("minhash"),
         vocab_size=config.vocab_size,
     )
-    with document_progress(track) as settle:
+    with document_progress(track, total=count_records(inputs)) as settle:
         result = run_score_job(job)
-        settle(result["scored"])
+        settle(result["in"])
     return result
 
 
@@ -237,7 +238,8 @@ def fit_law(paths: RunLayout, config: DemoConfig, runs: pd.DataFrame, log: Log, 
     law = AdditiveLaw(
         targets=targets, n_starts=config.law_starts, n_bootstrap=config.law_bootstrap, seed=config.seed
     )
-    with track("law fit", unit="local searches") as advance, counting_searches(advance):
+    total = len(targets) * law.n_searches(len(table))
+    with track("law fit", total=total, unit="local searches") as advance, counting_searches(advance):
         law.fit(table)
     law.save(paths.law)
     return law
