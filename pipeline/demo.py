@@ -8,7 +8,9 @@ seeds each, and compare measured with predicted against the seed noise -> report
 
 from __future__ import annotations
 
+import os
 import random
+import resource
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
@@ -39,7 +41,7 @@ class DemoConfig:
     mixtures: int = 24
     sizes: tuple[str, ...] = ("20k", "50k")  # same depth as the target, so N extrapolates smoothly
     tokens: int = 150_000
-    eval_points: int = 4
+    eval_points: int = 3  # the law fits D >= tokens / 5: the 4th point (tokens / 8) went unused
     regressors: tuple[str, ...] = ("linear", "lightgbm", "law-blend")
     target_size: str = "100k"
     target_tokens: int = 300_000
@@ -102,6 +104,7 @@ def train_quality_classifier(paths: RunLayout, config: DemoConfig, log: Log) -> 
 def score_corpus(paths: RunLayout, config: DemoConfig, log: Log, track: Tracker = silent) -> dict[str, Any]:
     from pipeline.dedup import DedupOptions
     from pipeline.job import ScoreJobConfig, run_score_job
+    from pipeline.read import count_records
     from pipeline.registry import ScorerConfig
     from pipeline.select import Selection
 
@@ -115,9 +118,9 @@ def score_corpus(paths: RunLayout, config: DemoConfig, log: Log, track: Tracker 
         dedup=DedupOptions("minhash"),
         vocab_size=config.vocab_size,
     )
-    with document_progress(track) as settle:
+    with document_progress(track, total=count_records(inputs)) as settle:
         result = run_score_job(job)
-        settle(result["scored"])
+        settle(result["in"])
     return result
 
 
@@ -132,27 +135,30 @@ def propose(paths: RunLayout, config: DemoConfig, log: Log) -> pd.DataFrame:
     return frame
 
 
-def _train_config(config: DemoConfig):
+def _train_config(config: DemoConfig, target: bool = False):
+    """The proxies' schedule, evaluated at `eval_points` token counts; the target is evaluated once, at
+    the end (only its final loss is compared)."""
     from pipeline.proxy.train import TrainConfig
 
-    return TrainConfig(eval_points=config.eval_points)
+    return TrainConfig(eval_points=1 if target else config.eval_points)
 
 
-def sweep(paths: RunLayout, config: DemoConfig, data: Any, log: Log, track: Tracker = silent) -> pd.DataFrame:
+def sweep(paths: RunLayout, config: DemoConfig, pool: Any, log: Log, track: Tracker = silent) -> pd.DataFrame:
+    """Every proposal at every proxy size, in `pool` (a `pipeline.proxy.sweep.TrainingPool`)."""
     from pipeline.proxy.sweep import run_sweep_tracked
 
     log(f"proxy sweep: {config.mixtures} mixtures x sizes {list(config.sizes)} x {config.tokens} tokens")
     return run_sweep_tracked(
         track,
         "proxy sweep",
-        data,
+        pool.data,
         paths.proposals,
         list(config.sizes),
         config.tokens,
         paths.runs,
-        workers=config.workers,
         seed=config.seed,
         config=_train_config(config),
+        pool=pool,
     )
 
 
@@ -237,7 +243,8 @@ def fit_law(paths: RunLayout, config: DemoConfig, runs: pd.DataFrame, log: Log, 
     law = AdditiveLaw(
         targets=targets, n_starts=config.law_starts, n_bootstrap=config.law_bootstrap, seed=config.seed
     )
-    with track("law fit", unit="local searches") as advance, counting_searches(advance):
+    total = len(targets) * law.n_searches(len(table))
+    with track("law fit", total=total, unit="local searches") as advance, counting_searches(advance):
         law.fit(table)
     law.save(paths.law)
     return law
@@ -272,37 +279,34 @@ def law_curves(
     return frame
 
 
-def train_targets(
-    paths: RunLayout,
-    config: DemoConfig,
-    data: Any,
-    mixtures: dict[str, dict[str, float]],
-    log: Log,
-    track: Tracker = silent,
-) -> pd.DataFrame:
-    """Train the target size on each mixture with `target_seeds` seeds (in parallel processes); one
-    final row per (mixture, seed)."""
-    from pipeline.proxy.sweep import run_sweep_tracked
+def start_targets(
+    paths: RunLayout, config: DemoConfig, pool: Any, mixtures: dict[str, dict[str, float]], log: Log
+) -> Any:
+    """Queue the target size on each mixture with `target_seeds` seeds in `pool`; they train while
+    this process goes on (the baselines during RegMix and the law fit, the chosen one during the
+    law fit). Returns the `Batch` that `finish_targets` waits for."""
+    from pipeline.proxy.sweep import plan_todo
 
     seeds = [config.seed + i for i in range(config.target_seeds)]
     log(
         f"training the target ({config.target_size}, {config.target_tokens} tokens) on {sorted(mixtures)}, "
         f"seeds {seeds}"
     )
-    runs = run_sweep_tracked(
-        track,
-        "target training",
-        data,
-        mixtures,
-        [config.target_size],
-        config.target_tokens,
-        paths.target_runs,
-        workers=config.workers,
-        seed=seeds,
-        config=_train_config(config),
-        checkpoints=paths.checkpoints,
+    target = _train_config(config, target=True)
+    tasks = plan_todo(
+        pool.data, mixtures, [config.target_size], config.target_tokens, paths.target_runs, seeds, target
     )
-    return final_rows(runs)
+    return pool.submit(tasks, target, str(paths.checkpoints))
+
+
+def finish_targets(paths: RunLayout, batches: list[Any], track: Tracker = silent) -> pd.DataFrame:
+    """Wait for the queued target runs, writing each to `target_runs`; one final row per (mixture, seed)."""
+    from pipeline.proxy.sweep import append_runs
+
+    with track("target training", total=sum(len(b.tasks) for b in batches), unit="runs") as advance:
+        for batch in batches:
+            batch.wait(lambda task, rows: (append_runs(paths.target_runs, rows), advance(1)))
+    return final_rows(pd.read_parquet(paths.target_runs))
 
 
 def run_demo(
@@ -403,59 +407,90 @@ def claim(
 
 def _run_stages(paths: RunLayout, config: DemoConfig, log: Log, track: Tracker) -> dict[str, Any]:
     from pipeline.proxy.data import load_proxy_data
-    from pipeline.proxy.model import get_size
+    from pipeline.proxy.sweep import TrainingPool
     from pipeline.report import write_report
 
-    started = time.perf_counter()
-    timings: dict[str, float] = {}
-
-    def stage(name: str, fn: Callable[[], Any]) -> Any:
-        t0 = time.perf_counter()
-        value = fn()
-        timings[name] = round(time.perf_counter() - t0, 2)
-        return value
-
-    stage("corpus", lambda: build_corpus(paths, config, log))
-    quality = stage("quality", lambda: train_quality_classifier(paths, config, log))
-    scored = stage("score", lambda: score_corpus(paths, config, log, track))
-    stage("propose", lambda: propose(paths, config, log))
-    data = stage("load", lambda: load_proxy_data(paths.scored, vocab_size=config.vocab_size))
-    runs = stage("sweep", lambda: sweep(paths, config, data, log, track))
-    natural, uniform = _baselines(paths)
-    optimized, regmix_info = stage(
-        "regmix", lambda: fit_and_optimize_regmix(paths, config, runs, natural, log)
-    )
-    law = stage("law", lambda: fit_law(paths, config, runs, log, track))
-
-    target_n = float(get_size(config.target_size).non_embedding_params())
-    target_d = float(config.target_tokens)
-    compared = {"optimized": optimized, "natural": natural, "uniform": uniform}
-    best = law_optimum(paths, law, target_n, target_d, regmix_info["caps"])
-    predictions = predict_at_target(law, {**compared, "law_optimal": best.weights}, target_n, target_d)
-    write_parquet(paths.law_curves, law_curves(law, runs, compared, target_n, target_d))
-    final = None
-    if config.validate:
-        final = stage("target", lambda: train_targets(paths, config, data, compared, log, track))
-        predictions["measured"] = predictions["mixture"].map(final.groupby("mixture")[LOSS].mean())
+    clock = StageClock()
+    clock.stage("corpus", lambda: build_corpus(paths, config, log))
+    quality = clock.stage("quality", lambda: train_quality_classifier(paths, config, log))
+    scored = clock.stage("score", lambda: score_corpus(paths, config, log, track))
+    clock.stage("propose", lambda: propose(paths, config, log))
+    data = clock.stage("load", lambda: load_proxy_data(paths.scored, vocab_size=config.vocab_size))
+    with TrainingPool(data, config.workers) as pool:  # one set of workers for the proxies and the target
+        runs = clock.stage("sweep", lambda: sweep(paths, config, pool, log, track))
+        natural, uniform = _baselines(paths)
+        baselines = {"natural": natural, "uniform": uniform}
+        targets = [start_targets(paths, config, pool, baselines, log)] if config.validate else []
+        optimized, regmix_info = clock.stage(
+            "regmix", lambda: fit_and_optimize_regmix(paths, config, runs, natural, log)
+        )
+        if config.validate:
+            targets.append(start_targets(paths, config, pool, {"optimized": optimized}, log))
+        law = clock.stage("law", lambda: fit_law(paths, config, runs, log, track))
+        compared = {"optimized": optimized, **baselines}
+        predictions, best = _predict(paths, config, law, runs, compared, regmix_info)
+        final = None
+        if config.validate:
+            final = clock.stage("target", lambda: finish_targets(paths, targets, track))
+            predictions["measured"] = predictions["mixture"].map(final.groupby("mixture")[LOSS].mean())
     write_parquet(paths.target, predictions)
     checked = claim(predictions, final, {**compared, "law_optimal": best.weights}, law, regmix_info)
     write_json(paths.comparison, checked)
-    report = stage("report", lambda: write_report(paths.root, "datamixer demo"))
-    return _summary(
-        paths,
-        config,
-        scored,
-        runs,
-        compared,
-        best,
-        predictions,
-        checked,
-        regmix_info,
-        quality,
-        report,
-        timings,
-        time.perf_counter() - started,
-    )
+    report = clock.stage("report", lambda: write_report(paths.root, "datamixer demo"))
+    parts = (scored, runs, compared, best, predictions, checked, regmix_info, quality, report)
+    return _summary(paths, config, *parts, clock.figures())
+
+
+def _predict(
+    paths: RunLayout,
+    config: DemoConfig,
+    law: Any,
+    runs: pd.DataFrame,
+    compared: dict[str, dict[str, float]],
+    regmix_info: dict[str, Any],
+) -> tuple[pd.DataFrame, Any]:
+    """The law's predictions at the target for the compared mixtures and its own optimum (written as
+    `mixtures/law_optimal.yaml`), and its curves (`law_curves.parquet`)."""
+    from pipeline.proxy.model import get_size
+
+    target_n = float(get_size(config.target_size).non_embedding_params())
+    target_d = float(config.target_tokens)
+    best = law_optimum(paths, law, target_n, target_d, regmix_info["caps"])
+    predictions = predict_at_target(law, {**compared, "law_optimal": best.weights}, target_n, target_d)
+    write_parquet(paths.law_curves, law_curves(law, runs, compared, target_n, target_d))
+    return predictions, best
+
+
+class StageClock:
+    """Wall seconds per stage, and at the end the whole run's wall and CPU seconds (this process and
+    its finished children: the Beam job runs in this process, the training pool's workers are
+    children) with the load average, so a timing can be read against how busy the machine was."""
+
+    def __init__(self) -> None:
+        self.started = time.perf_counter()
+        self.cpu_before = _cpu_seconds()
+        self.load_before = os.getloadavg()[0]
+        self.timings: dict[str, float] = {}
+
+    def stage(self, name: str, fn: Callable[[], Any]) -> Any:
+        t0 = time.perf_counter()
+        value = fn()
+        self.timings[name] = round(time.perf_counter() - t0, 2)
+        return value
+
+    def figures(self) -> dict[str, Any]:
+        return {
+            "seconds": round(time.perf_counter() - self.started, 1),
+            "cpu_seconds": round(_cpu_seconds() - self.cpu_before, 1),
+            "load_average": [round(self.load_before, 2), round(os.getloadavg()[0], 2)],
+            "timings": self.timings,
+        }
+
+
+def _cpu_seconds() -> float:
+    """User + system CPU seconds of this process and of its children that have finished."""
+    own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
 
 
 def _summary(
@@ -470,8 +505,7 @@ def _summary(
     regmix_info: dict[str, Any],
     quality: dict[str, Any],
     report: dict[str, Any],
-    timings: dict[str, float],
-    seconds: float,
+    clock: dict[str, Any],
 ) -> dict[str, Any]:
     """summary.json: the headline figures of the run."""
     by_name = predictions.set_index("mixture")
@@ -495,8 +529,7 @@ def _summary(
         "comparison": checked,
         "quality_classifier": quality,
         "report": report["report"],
-        "seconds": round(seconds, 1),
-        "timings": timings,
+        **clock,
         "config": asdict(config),
     }
     for g in checked["gains"]:

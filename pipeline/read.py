@@ -385,6 +385,36 @@ def _line_chunks(stream: Any, batch_size: int) -> Iterator[tuple[list[int], list
         yield numbers, chunk
 
 
+def count_records(
+    inputs: dict[str, list[str]], exclude: str | None = None, max_bytes: int = 256 << 20
+) -> int | None:
+    """Records in a job's inputs (domain -> globs, as `expand_inputs` takes them), counted the way the
+    reader splits them (non-blank JSONL lines; Parquet rows from the footer): a progress total. None
+    for remote files, unreadable ones, or JSONL files holding more than `max_bytes` on disk (counting
+    them would cost a noticeable part of the job)."""
+    import pyarrow.parquet as pq
+    from apache_beam.io.filesystems import FileSystems
+
+    paths = [path for _, path in expand_inputs(inputs, exclude)]
+    if any("://" in p for p in paths):
+        return None
+    jsonl = {p for p in paths if not p.lower().endswith(PARQUET_SUFFIXES)}
+    if sum(file_sizes(jsonl).values()) > max_bytes:
+        return None
+    total = 0
+    try:
+        for path in paths:
+            if path in jsonl:
+                with contextlib.closing(_open_jsonl(path)) as stream:
+                    total += sum(len(lines) for _, lines in _line_chunks(stream, 1 << 16))
+            else:
+                with contextlib.closing(FileSystems.open(path)) as source:
+                    total += pq.ParquetFile(source).metadata.num_rows
+    except (OSError, ValueError):
+        return None
+    return total
+
+
 def _fast_parse(
     lines: list[bytes], opts: ReadOptions, other_fields: bool = True
 ) -> tuple[pa.Array, pa.Array | None, bool] | None:

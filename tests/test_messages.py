@@ -103,9 +103,9 @@ def test_score_command_prints_no_beam_noise_and_one_progress_line(tmp_path):
     assert "apitools" not in run.stderr
     assert "requested in with_outputs()" not in run.stderr
     assert "WARNING" not in run.stderr
-    documents = json.loads(run.stdout.strip().splitlines()[-1])["scored"]
+    documents = json.loads(run.stdout.strip().splitlines()[-1])["in"]
     progress = [line for line in run.stderr.splitlines() if line.startswith("score job:")]
-    assert len(progress) == 1 and progress[0].startswith(f"score job: {documents} documents in ")
+    assert len(progress) == 1 and progress[0].startswith(f"score job: {documents}/{documents} documents in ")
 
 
 def test_heads_detection_reports_every_probe():

@@ -162,3 +162,23 @@ def test_killed_sweep_restarts_where_it_stopped(score_dir: Path, tmp_path: Path,
     table = load_runs(runs)
     assert table["run"].is_unique and len(table) == 4 * 2
     pd.testing.assert_frame_equal(table.iloc[: len(partial)].reset_index(drop=True), partial)
+
+
+def test_one_pool_serves_sweeps_with_their_own_settings(data, tmp_path: Path) -> None:
+    from pipeline.proxy.sweep import TrainingPool, plan_todo
+
+    once = TrainConfig(context=64, batch_size=8, eval_points=1, warmup_steps=2)
+    with TrainingPool(data, workers=2) as pool:
+        queued = pool.submit(
+            plan_todo(data, PROPOSALS.iloc[:1], ["50k"], 4_096, tmp_path / "t.parquet", 0, once), once
+        )
+        shared = run_sweep(
+            data, PROPOSALS.iloc[1:], ["20k"], 4_096, tmp_path / "a.parquet", config=CONFIG, pool=pool
+        )
+        rows: list[dict] = []
+        queued.wait(lambda task, found: rows.extend(found))
+    alone = run_sweep(
+        data, PROPOSALS.iloc[1:], ["20k"], 4_096, tmp_path / "b.parquet", workers=1, config=CONFIG
+    )
+    pd.testing.assert_frame_equal(shared, alone)  # the queued runs did not disturb the sweep
+    assert [r["D"] for r in rows] == [4_096]  # their own settings: evaluated once, at the end

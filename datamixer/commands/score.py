@@ -136,7 +136,7 @@ def score(
     from pipeline.job import ScoreJobConfig, run_score_job
     from pipeline.langid import LanguageOptions
     from pipeline.progress import document_progress
-    from pipeline.read import ReadOptions
+    from pipeline.read import ReadOptions, count_records
     from pipeline.select import Selection
 
     quiet_beam()
@@ -174,9 +174,10 @@ def score(
     stages = (("language ID", language), ("filters", job.filters), ("dedup", dedup), (scorer, job.scorer))
     steps = [str(name) for name, on in stages if on]
     info(f"{len(job.inputs)} domain(s): {', '.join(steps) or 'read and count'} on the {runner} runner")
-    with document_progress(stage_progress) as settle:
+    total = count_records(job.inputs, exclude=None if "://" in job.output else job.output)
+    with document_progress(stage_progress, total=total) as settle:
         result = run_score_job(job, runner=runner, beam_args=list(ctx.args))
-        settle(result["scored"])
+        settle(result["in"])
     if resume:
         info(f"resumed {result['files_resumed']} finished file(s); scored {result['files_scored']}")
     info(

@@ -608,6 +608,14 @@ class MixtureLaw(LawEstimator):
         settings.update(lbfgs=dict(fitting.LBFGS_OPTIONS), objective_scale=objective.scale)
         return result, settings
 
+    def n_searches(self, n_rows: int) -> int:
+        """Local searches `fit` runs per fitted target on `n_rows` rows, bootstrap refits included (at
+        most: starts with a non-finite objective are skipped): a total for `fitting.counting_searches`."""
+        keep = min(self.n_restarts, self.n_starts)
+        if self._search_for(n_rows) == "least_squares":
+            return min(self.n_restarts * (self.niter + 1), self.n_starts) + keep + self.n_bootstrap
+        return keep + self.n_bootstrap
+
     def _search_for(self, n_rows: int) -> str:
         if self.search == "auto":
             large = n_rows > 2 * EXPLORE_ROWS

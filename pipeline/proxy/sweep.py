@@ -11,7 +11,7 @@ from __future__ import annotations
 import contextlib
 import os
 from collections.abc import Callable, Mapping, Sequence
-from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from dataclasses import dataclass
 from multiprocessing import get_context
 from pathlib import Path
@@ -108,14 +108,12 @@ def done_runs(path: str | os.PathLike[str]) -> set[str]:
 _WORKER: dict[str, Any] = {}
 
 
-def _init_worker(data: ProxyData, config: TrainConfig, threads: int, checkpoints: str | None) -> None:
-    _WORKER.update(data=data, config=config, threads=threads, checkpoints=checkpoints)
+def _init_worker(data: ProxyData, threads: int) -> None:
+    _WORKER.update(data=data, threads=threads)
 
 
-def _run_task(task: Task) -> list[dict[str, Any]]:
-    out = None
-    if _WORKER["checkpoints"]:
-        out = Path(_WORKER["checkpoints"]) / task.mixture / f"{task.size}-seed{task.seed}"
+def _run_task(task: Task, config: TrainConfig, checkpoints: str | None) -> list[dict[str, Any]]:
+    out = None if checkpoints is None else Path(checkpoints) / task.mixture / f"{task.size}-seed{task.seed}"
     return train_proxy(
         _WORKER["data"],
         dict(task.weights),
@@ -123,10 +121,120 @@ def _run_task(task: Task) -> list[dict[str, Any]]:
         task.size,
         mixture=task.mixture,
         seed=task.seed,
-        config=_WORKER["config"],
+        config=config,
         out=out,
         threads=_WORKER["threads"],
     )
+
+
+Finish = Callable[[Task, list[dict[str, Any]]], None]
+
+
+class Batch:
+    """Runs submitted to a `TrainingPool`; `wait` hands each finished one to `finish` in plan order
+    (without worker processes it trains them there, one by one)."""
+
+    def __init__(
+        self,
+        tasks: list[Task],
+        config: TrainConfig,
+        checkpoints: str | None,
+        futures: list[Future[list[dict[str, Any]]]] | None,
+    ) -> None:
+        self.tasks, self.config, self.checkpoints, self.futures = tasks, config, checkpoints, futures
+
+    def wait(self, finish: Finish) -> None:
+        if self.futures is None:
+            for task in self.tasks:
+                finish(task, _run_task(task, self.config, self.checkpoints))
+            return
+        order = {id(f): i for i, f in enumerate(self.futures)}
+        pending = set(self.futures)
+        while pending:
+            finished, pending = wait(pending, return_when=FIRST_COMPLETED)
+            for future in sorted(finished, key=lambda f: order[id(f)]):
+                finish(self.tasks[order[id(future)]], future.result())
+
+
+class TrainingPool:
+    """`workers` processes (default: one per core) that train proxy runs on `data`, each with
+    `threads` torch threads (default: cores // workers); with one worker, runs train in this process.
+    One pool serves several sweeps (the workers start once), and what `submit` queues trains while
+    this process does other work."""
+
+    def __init__(self, data: ProxyData, workers: int | None = None, threads: int | None = None) -> None:
+        cores = os.cpu_count() or 1
+        self.data = data
+        self.workers = max(1, workers or cores)
+        self.threads = threads or max(1, cores // self.workers)
+        self._pool: ProcessPoolExecutor | None = None
+
+    def __enter__(self) -> TrainingPool:
+        _init_worker(self.data, self.threads)
+        if self.workers > 1:
+            self._pool = ProcessPoolExecutor(
+                self.workers,
+                mp_context=get_context("spawn"),
+                initializer=_init_worker,
+                initargs=(self.data, self.threads),
+            )
+        return self
+
+    def __exit__(self, kind: object, error: object, traceback: object) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=error is None, cancel_futures=error is not None)
+
+    def submit(self, tasks: list[Task], config: TrainConfig, checkpoints: str | None = None) -> Batch:
+        """Queue `tasks` on the workers (none: they train in `Batch.wait`) and return their batch."""
+        if self._pool is None:
+            return Batch(tasks, config, checkpoints, None)
+        futures = [self._pool.submit(_run_task, task, config, checkpoints) for task in tasks]
+        return Batch(tasks, config, checkpoints, futures)
+
+
+def run_sweep(
+    data: ProxyData | str | os.PathLike[str],
+    proposals: str | os.PathLike[str] | pd.DataFrame | Mapping[str, Mapping[str, float]],
+    sizes: Sequence[str],
+    tokens: int,
+    runs: str | os.PathLike[str],
+    *,
+    workers: int | None = None,
+    threads: int | None = None,
+    seed: int | Sequence[int] = 0,
+    config: TrainConfig | None = None,
+    checkpoints: str | os.PathLike[str] | None = None,
+    on_done: Finish | None = None,
+    on_start: Callable[[list[Task]], None] | None = None,
+    pool: TrainingPool | None = None,
+) -> pd.DataFrame:
+    """Train every proposal at every size (and every seed, when `seed` is a list) for `tokens`
+    tokens; return the whole runs table.
+
+    The runs train in `pool`, or in a `TrainingPool(data, workers, threads)` of their own. `on_start`
+    gets the runs left to train (after skipping those already in `runs`), `on_done` each finished
+    run and its rows.
+    """
+    config = config or TrainConfig()
+    data = pool.data if pool is not None else data
+    data = data if isinstance(data, ProxyData) else load_proxy_data(data)
+    tasks = plan_todo(data, proposals, sizes, tokens, runs, seed, config)
+    if on_start is not None:
+        on_start(tasks)
+
+    def finish(task: Task, rows: list[dict[str, Any]]) -> None:
+        append_runs(runs, rows)
+        if on_done is not None:
+            on_done(task, rows)
+
+    ckpt = str(checkpoints) if checkpoints is not None else None
+    own = pool is None
+    pool = pool or TrainingPool(data, min(workers or os.cpu_count() or 1, len(tasks) or 1), threads)
+    with pool if own else contextlib.nullcontext():
+        pool.submit(tasks, config, ckpt).wait(finish)
+    if not Path(runs).exists():
+        raise ValueError("nothing to train: no proposals")
+    return pd.read_parquet(runs)
 
 
 def plan_tasks(
@@ -147,71 +255,21 @@ def plan_tasks(
     ]
 
 
-def run_sweep(
-    data: ProxyData | str | os.PathLike[str],
+def plan_todo(
+    data: ProxyData,
     proposals: str | os.PathLike[str] | pd.DataFrame | Mapping[str, Mapping[str, float]],
     sizes: Sequence[str],
     tokens: int,
     runs: str | os.PathLike[str],
-    *,
-    workers: int | None = None,
-    threads: int | None = None,
-    seed: int | Sequence[int] = 0,
-    config: TrainConfig | None = None,
-    checkpoints: str | os.PathLike[str] | None = None,
-    on_done: Callable[[Task, list[dict[str, Any]]], None] | None = None,
-    on_start: Callable[[list[Task]], None] | None = None,
-) -> pd.DataFrame:
-    """Train every proposal at every size (and every seed, when `seed` is a list) for `tokens`
-    tokens; return the whole runs table.
-
-    `workers` processes (default: one per core) each use `threads` torch threads (default:
-    cores // workers). One worker trains in this process. `on_start` gets the runs left to train
-    (after skipping those already in `runs`), `on_done` each finished run and its rows.
-    """
-    config = config or TrainConfig()
+    seed: int | Sequence[int],
+    config: TrainConfig,
+) -> list[Task]:
+    """`plan_tasks` less the runs whose final row is already in the runs table `runs`."""
     for size in sizes:
         get_size(size)
-    if not isinstance(data, ProxyData):
-        data = load_proxy_data(data)
-    proposals = read_proposals(proposals)
     done = done_runs(runs)
-    tasks = [t for t in plan_tasks(proposals, sizes, tokens, seed, data) if t.final_run(config) not in done]
-    cores = os.cpu_count() or 1
-    workers = max(1, min(workers or cores, len(tasks) or 1))
-    threads = threads or max(1, cores // workers)
-    ckpt = str(checkpoints) if checkpoints is not None else None
-
-    def finish(task: Task, rows: list[dict[str, Any]]) -> None:
-        append_runs(runs, rows)
-        if on_done is not None:
-            on_done(task, rows)
-
-    if on_start is not None:
-        on_start(tasks)
-    if workers == 1:
-        _init_worker(data, config, threads, ckpt)
-        for task in tasks:
-            finish(task, _run_task(task))
-    elif tasks:
-        with ProcessPoolExecutor(
-            workers,
-            mp_context=get_context("spawn"),
-            initializer=_init_worker,
-            initargs=(data, config, threads, ckpt),
-        ) as pool:
-            pending = {pool.submit(_run_task, t): t for t in tasks}
-            try:
-                while pending:
-                    finished, _ = wait(pending, return_when=FIRST_COMPLETED)
-                    for future in sorted(finished, key=lambda f: tasks.index(pending[f])):
-                        finish(pending.pop(future), future.result())
-            except BaseException:
-                pool.shutdown(wait=False, cancel_futures=True)
-                raise
-    if not Path(runs).exists():
-        raise ValueError("nothing to train: no proposals")
-    return pd.read_parquet(runs)
+    planned = plan_tasks(read_proposals(proposals), sizes, tokens, seed, data)
+    return [t for t in planned if t.final_run(config) not in done]
 
 
 def run_sweep_tracked(track: Tracker, description: str, *args: Any, **kwargs: Any) -> pd.DataFrame:

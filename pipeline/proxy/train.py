@@ -165,54 +165,64 @@ def train_proxy(
     final model and tokenizer are saved there as a Hugging Face checkpoint, with
     `proxy_run.json` (settings and rows) beside them.
     """
-    import torch
-
     config = config or TrainConfig()
     if not isinstance(data, ProxyData):
         data = load_proxy_data(data)
     mix = full_weights(data, weights)
     device = resolve_device(device)
-    shape = get_size(size)
-    n_params = shape.non_embedding_params()
-    eos_id = None
-    if data.eos_token is not None:
-        from tokenizers import Tokenizer
-
-        eos_id = Tokenizer.from_str(data.tokenizer_json).token_to_id(data.eos_token)
+    n_params = get_size(size).non_embedding_params()
     rows: list[dict[str, Any]] = []
     with torch_threads(threads):
-        model = build_model(llama_config(size, data.vocab_size, config.context, eos_id), seed).to(device)
+        model = build_model(llama_config(size, data.vocab_size, config.context, eos_id(data)), seed).to(
+            device
+        )
         sampler = MixtureSampler(data.train, mix, config.context, seed)
-        optimizer, schedule = make_optimizer(model, config)
-        evals = set(config.eval_steps(tokens))
-        total = config.total_steps(tokens)
-        for step in range(1, total + 1):
-            batch = torch.from_numpy(sampler.batch(config.batch_size)).to(device)
-            train_step(model, optimizer, schedule, batch, config)
-            if step in evals:
-                row = make_row(
-                    mixture,
-                    size,
-                    n_params,
-                    step * config.batch_tokens,
-                    seed,
-                    mix,
-                    evaluate(model, data, config, device),
-                )
-                rows.append(row)
-                if on_eval is not None:
-                    on_eval(row)
+        for step in train_steps(model, sampler, config, tokens, device):
+            losses = evaluate(model, data, config, device)
+            rows.append(make_row(mixture, size, n_params, step * config.batch_tokens, seed, mix, losses))
+            if on_eval is not None:
+                on_eval(rows[-1])
         if out is not None:
             save_run(model, data, config, rows, out, size=size, tokens=tokens)
     return rows
 
 
-def make_optimizer(model: Any, config: TrainConfig) -> tuple[Any, Any]:
-    """AdamW and its schedule: linear warm-up over `warmup_steps`, then constant."""
+def eos_id(data: ProxyData) -> int | None:
+    """The id of the data's end-of-text token (documents are joined by it), if it has one."""
+    if data.eos_token is None:
+        return None
+    from tokenizers import Tokenizer
+
+    return Tokenizer.from_str(data.tokenizer_json).token_to_id(data.eos_token)
+
+
+def train_steps(
+    model: Any, sampler: MixtureSampler, config: TrainConfig, tokens: int, device: str
+) -> Iterator[int]:
+    """Train `model` on the sampler's batches for `tokens` tokens; yield the step after each one that
+    `config.eval_steps` names (the caller evaluates there)."""
     import torch
 
+    optimizer, schedule = make_optimizer(model, config)
+    evals = set(config.eval_steps(tokens))
+    for step in range(1, config.total_steps(tokens) + 1):
+        batch = torch.from_numpy(sampler.batch(config.batch_size)).to(device)
+        train_step(model, optimizer, schedule, batch, config)
+        if step in evals:
+            yield step
+
+
+def make_optimizer(model: Any, config: TrainConfig) -> tuple[Any, Any]:
+    """AdamW (fused) and its schedule: linear warm-up over `warmup_steps`, then constant."""
+    import torch
+
+    # fused: one kernel for every parameter, where the default loops over them on the CPU
     optimizer = torch.optim.AdamW(
-        model.parameters(), lr=config.lr, betas=(config.beta1, config.beta2), weight_decay=config.weight_decay
+        model.parameters(),
+        lr=config.lr,
+        betas=(config.beta1, config.beta2),
+        weight_decay=config.weight_decay,
+        fused=True,
     )
     schedule = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda step: min(1.0, (step + 1) / max(1, config.warmup_steps))
@@ -229,7 +239,7 @@ def train_step(model: Any, optimizer: Any, schedule: Any, batch: Any, config: Tr
     loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), batch[:, 1:].reshape(-1))
     loss.backward()
     if config.grad_clip:
-        torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
+        torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip, foreach=True)
     optimizer.step()
     schedule.step()
     optimizer.zero_grad(set_to_none=True)
