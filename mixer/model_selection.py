@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from mixer.metrics import cross_validate, spearman_gap
+from mixer.metrics import cross_validate, regression_metrics, spearman_gap
 from mixer.regressors import make_estimator
 
 
@@ -86,10 +86,12 @@ def compare_to_baseline(
     target_weights: Mapping[str, float],
     seed: int = 0,
 ) -> dict[str, Any]:
-    """Spearman of the model and of the trivial baseline, with the paired bootstrap CI of the gap."""
+    """Spearman of the model and of the trivial baseline, with the paired bootstrap CI of the gap; a
+    target that is no domain's loss has no baseline, only the model's Spearman (with its CI)."""
     weights = baseline_weights(target_weights, domains)
     if weights is None:
-        return {"baseline": None}
+        metrics = regression_metrics(y, pred, seed=seed)
+        return {"baseline": None, **{k: v for k, v in metrics.items() if k.startswith("spearman")}}
     gap = spearman_gap(y, pred, trivial_prediction(X, domains, weights), seed=seed)
     return {"baseline": "minus the target domain's weight", **gap}
 

@@ -38,7 +38,7 @@ class DemoConfig:
     corpus_bytes: int = 3_000_000  # per domain; the bundled legal text has about 1.1 MB
     keep_top: float = 0.5
     vocab_size: int = 1024
-    mixtures: int = 24
+    mixtures: int = 20  # 40 proxy runs keep the demo under 4 minutes on 2 cores (docs/demo.md: timings)
     sizes: tuple[str, ...] = ("20k", "50k")  # same depth as the target, so N extrapolates smoothly
     tokens: int = 150_000
     eval_points: int = 3  # the law fits D >= tokens / 5: the 4th point (tokens / 8) went unused

@@ -65,7 +65,7 @@ from pipeline.shards import (
     shard_of,
     sort_dead_letters,
     sort_documents,
-    write_parquet,
+    write_shard,
 )
 from pipeline.stages import conform, pending
 from pipeline.stats import (
@@ -291,9 +291,9 @@ class _WriteShardFn(beam.DoFn):
             table = mark_duplicates(sort_documents(table), duplicates)
             table = mark_keep(table, self._column, cutoffs, self._selection.threshold)
             counts += scored_counts(table)
-        write_parquet(table, scored_path, self._schema)
+        write_shard(table, scored_path, self._schema)
         del table
-        write_parquet(
+        write_shard(
             pa.Table.from_pylist(dead, schema=S.DEAD_LETTER_SCHEMA),
             _join(self._out, shard_name(S.DEAD_LETTER_PREFIX, shard, self._n)),
             S.DEAD_LETTER_SCHEMA,
@@ -408,7 +408,7 @@ def _commit(
     }
     for shard in sorted(set(range(num_shards)) - done):
         for prefix, schema in empty.items():
-            write_parquet(schema.empty_table(), _join(out_dir, shard_name(prefix, shard, num_shards)), schema)
+            write_shard(schema.empty_table(), _join(out_dir, shard_name(prefix, shard, num_shards)), schema)
     if selection.threshold is not None:
         cutoffs = dict.fromkeys(domains, selection.threshold)
     counts = [c for _, shard_counts in written for c in shard_counts]

@@ -231,7 +231,7 @@ def row_group_bounds(table: pa.Table) -> list[tuple[int, int]]:
     return bounds
 
 
-def write_parquet(table: pa.Table, path: str, schema: pa.Schema) -> None:
+def write_shard(table: pa.Table, path: str, schema: pa.Schema) -> None:
     """`table` as Parquet (zstd) on any Beam filesystem, in deterministic row groups."""
     table = table.select(schema.names).cast(schema)
     with _open_write(path) as sink, pq.ParquetWriter(sink, schema, compression="zstd") as writer:

@@ -188,6 +188,23 @@ def test_cross_scale_validation_scores_every_model_and_selects(tmp_path: Path) -
         fit_regmix(table[table["N"] == 1e6], table, ["loss_web"], key="run", select="cross-scale")
 
 
+def test_cross_scale_selects_for_a_target_that_is_no_domains_loss() -> None:
+    """A target named after no domain (e.g. an overall loss) has no trivial baseline, but it still
+    gets its Spearman at the larger scale, and selection by that figure works."""
+    table = two_scale_runs().rename(columns={"loss_web": "loss"})
+    params = {"n_estimators": 50, "learning_rate": 0.1, "law_starts": 8, "n_starts": 16}
+    candidates = ["linear", "lightgbm"]
+    model, summary = fit_regmix(
+        table, table, ["loss"], key="run", params=params, select="cross-scale", candidates=candidates
+    )
+    across = summary["cross_scale"]["loss"]
+    assert set(across) == set(candidates)
+    for metrics in across.values():
+        assert metrics["baseline"] is None and "baseline_spearman" not in metrics
+        assert metrics["spearman_ci_low"] <= metrics["spearman"] <= metrics["spearman_ci_high"]
+    assert model.model == max(candidates, key=lambda m: across[m]["spearman"])
+
+
 def test_select_by_cv_picks_the_best_cv_model() -> None:
     X, losses = runs(64)
     params = {"n_estimators": 50, "learning_rate": 0.1, "law_starts": 8, "n_starts": 16}

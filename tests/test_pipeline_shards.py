@@ -56,15 +56,15 @@ def test_parquet_bytes_do_not_depend_on_chunking(tmp_path, monkeypatch):
     schema = pa.schema([f for f in batch("x", [1]).schema if f.name != S.RECORD])
     table = pa.Table.from_batches([batch("a.jsonl", list(range(1, 2001)))])
     rechunked = pa.Table.from_batches(table.to_batches(max_chunksize=77))
-    shards.write_parquet(table, str(tmp_path / "one.parquet"), schema)
-    shards.write_parquet(rechunked, str(tmp_path / "two.parquet"), schema)
+    shards.write_shard(table, str(tmp_path / "one.parquet"), schema)
+    shards.write_shard(rechunked, str(tmp_path / "two.parquet"), schema)
     assert (tmp_path / "one.parquet").read_bytes() == (tmp_path / "two.parquet").read_bytes()
     meta = pq.ParquetFile(tmp_path / "one.parquet").metadata
     assert meta.num_row_groups > 1 and meta.num_rows == 2000
     bounds = shards.row_group_bounds(table)
     assert sum(n for _, n in bounds) == 2000 and bounds[0][0] == 0
     empty = tmp_path / "empty.parquet"
-    shards.write_parquet(schema.empty_table(), str(empty), schema)
+    shards.write_shard(schema.empty_table(), str(empty), schema)
     assert pq.read_table(empty).schema.equals(schema) and pq.read_table(empty).num_rows == 0
 
 
