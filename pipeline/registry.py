@@ -34,7 +34,7 @@ def build_fasttext(config: ScorerConfig) -> beam.PTransform:
 
     if not config.model:
         raise ValueError("the fasttext scorer needs --model PATH (a fastText .bin)")
-    FastTextScorer(local_copy(config.model), config.label).setup()  # fail at submission, not on workers
+    FastTextScorer(local_copy(config.model), config.label).check()  # fail at submission, not on workers
     model, label = config.model, config.label
     return ScoreBatches(lambda: FastTextScorer(local_copy(model), label), config.name)
 

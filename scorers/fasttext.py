@@ -121,9 +121,45 @@ def load_model(path: str | os.PathLike[str]):
         raise FileNotFoundError(f"{path}: no such fastText model file")
     check_model_file(path)
     model = _fasttext().load_model(str(path))
-    if not model.get_labels() or not str(model.get_labels()[0]).startswith("__label__"):
-        raise ValueError(f"{path}: not a supervised fastText classifier (it has no labels)")
+    check_labels(path, model.get_labels())
     return model
+
+
+def model_labels(path: str | os.PathLike[str]) -> list[str]:
+    """The labels of a fastText model, read from its dictionary without loading its matrices (a
+    released classifier such as DCLM's is gigabytes; its dictionary is a small part of that)."""
+    import struct
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such fastText model file")
+    check_model_file(path)
+    labels: list[str] = []
+    with open(path, "rb") as fh:
+        (entries,) = struct.unpack("<i", fh.read(92)[64:68])
+        buf, pos = b"", 0
+        for _ in range(entries):  # each entry: word, NUL, int64 count, int8 type (1: a label)
+            end = buf.find(b"\0", pos)
+            while end < 0 or end + 10 > len(buf):
+                more = fh.read(1 << 20)
+                if not more:
+                    raise ValueError(f"{path}: fastText model is truncated (in its dictionary)")
+                buf, pos = buf[pos:] + more, 0
+                end = buf.find(b"\0")
+            if buf[end + 9] == 1:
+                labels.append(buf[pos:end].decode("utf-8", "replace"))
+            pos = end + 10
+    return check_labels(path, labels)
+
+
+def check_labels(path: str | os.PathLike[str], labels: Sequence[str], label: str | None = None) -> list[str]:
+    """`labels` if they are a supervised classifier's (and hold `label`), else a clear error."""
+    labels = [str(x) for x in labels]
+    if not labels or not labels[0].startswith("__label__"):
+        raise ValueError(f"{path}: not a supervised fastText classifier (it has no labels)")
+    if label is not None and label not in labels:
+        raise ValueError(f"{path}: label {label!r} is not one of the model's labels {labels}")
+    return labels
 
 
 def prediction_lines(texts: Sequence[str] | Any) -> list[str]:
@@ -176,13 +212,13 @@ class FastTextScorer:
     def setup(self) -> FastTextScorer:
         if self.model_ is None:
             model = load_model(self.model_path)
-            if self.label not in model.get_labels():
-                raise ValueError(
-                    f"{self.model_path}: label {self.label!r} is not one of the model's labels "
-                    f"{model.get_labels()}"
-                )
+            check_labels(self.model_path, model.get_labels(), self.label)
             self.model_ = model
         return self
+
+    def check(self) -> None:
+        """Refuse a bad model file or a missing label without loading the model (job submission)."""
+        check_labels(self.model_path, model_labels(self.model_path), self.label)
 
     def score_batch(self, texts: Sequence[str] | Any) -> np.ndarray:
         """Scores of a list of str or of an Arrow string array (the pipeline passes the column)."""

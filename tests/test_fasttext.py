@@ -8,7 +8,14 @@ import numpy as np
 import pytest
 
 from pipeline.corpus import CorpusOptions, build_corpus
-from scorers.fasttext import FastTextQualityClassifier, FastTextScorer, label_probabilities, normalize
+from scorers import fasttext as fasttext_module
+from scorers.fasttext import (
+    FastTextQualityClassifier,
+    FastTextScorer,
+    label_probabilities,
+    model_labels,
+    normalize,
+)
 
 SMALL = {"dim": 16, "bucket": 20_000, "epoch": 20, "lr": 0.5}
 
@@ -45,6 +52,25 @@ def test_unknown_label_and_missing_model(tmp_path, corpus):
         FastTextScorer(str(path), "__label__nope").setup()
     with pytest.raises(FileNotFoundError):
         FastTextScorer(str(tmp_path / "absent.bin")).setup()
+
+
+def test_labels_read_from_the_dictionary_match_fasttext(tmp_path, corpus, monkeypatch):
+    """`model_labels` reads a model's labels from its file as fastText does, and `check` refuses a
+    missing label, a missing file and a truncated dictionary without loading the model."""
+    prose, code = texts(corpus / "prose.jsonl"), texts(corpus / "code.jsonl")
+    path = FastTextQualityClassifier(**SMALL).fit(prose, code).save(tmp_path / "m.bin")
+    assert model_labels(path) == FastTextScorer(str(path)).setup().model_.get_labels()
+    monkeypatch.setattr(fasttext_module, "_fasttext", lambda: pytest.fail("check loaded the model"))
+    FastTextScorer(str(path), "__label__hq").check()
+    with pytest.raises(ValueError, match="__label__nope"):
+        FastTextScorer(str(path), "__label__nope").check()
+    with pytest.raises(FileNotFoundError):
+        FastTextScorer(str(tmp_path / "absent.bin")).check()
+    monkeypatch.setattr(fasttext_module, "check_model_file", lambda p: None)  # header and matrix pass
+    cut = tmp_path / "cut.bin"
+    cut.write_bytes(path.read_bytes()[:200])
+    with pytest.raises(ValueError, match="truncated"):
+        model_labels(cut)
 
 
 class _OverconfidentModel:
