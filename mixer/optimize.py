@@ -17,7 +17,7 @@ import numpy as np
 from threadpoolctl import threadpool_limits
 
 from mixer.sampler import box_simplex_projection, sample_dirichlet
-from mixer.simplex import check_bounds
+from mixer.simplex import check_bounds, outside_range
 
 N_DRAWS = 1_000_000
 TOP_K = 100
@@ -229,8 +229,7 @@ def coverage(
         block[np.arange(len(block)), np.arange(start, start + len(block))] = np.inf
         own_nearest[start : start + 256] = block.min(axis=1)
     typical = float(np.quantile(own_nearest, quantile)) if len(training) > 1 else 0.0
-    lo, hi = training.min(axis=0), training.max(axis=0)
-    outside = [n for n, w, a, b in zip(names, weights, lo, hi, strict=True) if w < a - 1e-9 or w > b + 1e-9]
+    outside = outside_range(weights, training.min(axis=0), training.max(axis=0), names)
     return {
         "nearest_training_l1": nearest,
         "training_nn_l1_q": typical,

@@ -19,6 +19,13 @@ import numpy as np
 Objective = Callable[[np.ndarray], tuple[float, np.ndarray]]
 
 
+def outside_range(
+    weights: np.ndarray, low: np.ndarray, high: np.ndarray, domains: Sequence[str], tol: float = 1e-9
+) -> list[str]:
+    """The domains whose weight lies outside [low, high] (e.g. the training mixtures' range)."""
+    return [d for d, w, a, b in zip(domains, weights, low, high, strict=True) if w < a - tol or w > b + tol]
+
+
 def check_bounds(
     lower: np.ndarray, upper: np.ndarray, domains: Sequence[str] | None = None, tol: float = 1e-12
 ) -> None:

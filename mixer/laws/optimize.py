@@ -13,7 +13,7 @@ import numpy as np
 from mixer.laws.estimators import LawEstimator, percentile_interval
 from mixer.laws.forms import Features, LawForm
 from mixer.mixture import check_domains, check_known
-from mixer.simplex import exponentiated_gradient
+from mixer.simplex import exponentiated_gradient, outside_range
 
 
 @dataclass
@@ -105,11 +105,10 @@ def _region_warnings(law: LawEstimator, h: np.ndarray) -> tuple[dict[str, list[f
     """Domains whose optimal weight leaves the training range; convex-hull membership; warnings."""
     domains = law.domains_
     h_range = law.data_.get("h_range", {})
-    outside = {
-        d: h_range[d]
-        for j, d in enumerate(domains)
-        if d in h_range and not (h_range[d][0] - 1e-9 <= h[j] <= h_range[d][1] + 1e-9)
-    }
+    known = [j for j, d in enumerate(domains) if d in h_range]
+    names = [domains[j] for j in known]
+    low, high = (np.array([h_range[d][k] for d in names], dtype=float) for k in (0, 1))
+    outside = {d: h_range[d] for d in outside_range(h[known], low, high, names)}
     hull = in_convex_hull(h, law.training_mixtures())
     warnings = []
     if outside:
