@@ -8,7 +8,7 @@ Read, tokenize, score and stage are consecutive ParDos, which runners fuse into 
 passes through them without being encoded. The stage step writes scored batches to part files
 per output shard and sends on only file names and scores, so the text never goes through the
 runner; the top-fraction cut-offs come from a combine over those scores, and one writer per shard
-sorts its rows by (domain, source, record) and marks `keep`. Output is therefore byte-identical
+merges its parts in (domain, source, record) order, a row group at a time, and marks `keep`. Output is therefore byte-identical
 for the same inputs on any runner, worker count or batch size (see `pipeline.shards`).
 Every record that cannot be read, tokenized or scored becomes a dead-letter row, so
 `docs_in = docs_scored + docs_dead_letter` per domain. A document a stage drops stays in
