@@ -8,8 +8,9 @@ Read, tokenize, score and stage are consecutive ParDos, which runners fuse into 
 passes through them without being encoded. The stage step writes scored batches to part files
 per output shard and sends on only file names and scores, so the text never goes through the
 runner; the top-fraction cut-offs come from a combine over those scores, and one writer per shard
-merges its parts in (domain, source, record) order, a row group at a time, and marks `keep`. Output is therefore byte-identical
-for the same inputs on any runner, worker count or batch size (see `pipeline.shards`).
+merges its parts in (domain, source, record) order, a row group at a time, and marks `keep`.
+Output is therefore byte-identical for the same inputs on any runner, worker count or batch size
+(see `pipeline.shards`).
 Every record that cannot be read, tokenized or scored becomes a dead-letter row, so
 `docs_in = docs_scored + docs_dead_letter` per domain. A document a stage drops stays in
 `scored-*` with its `drop_reason` (language and filter drops are not scored); dedup sends only
@@ -283,6 +284,11 @@ class _WriteShardFn(beam.DoFn):
         counts: list[tuple[str, Any]] = [dead_letter_counts(row) for row in dead]
         scored_path = _join(self._out, shard_name(S.SCORED_PREFIX, shard, self._n))
         if not all_exist(parts):  # a retry: the first attempt wrote this shard, then removed its parts
+            if not all_exist([scored_path]):
+                raise RuntimeError(
+                    f"shard {shard}: an earlier attempt removed part files as it merged them and did "
+                    "not finish writing the shard; run the job again"
+                )
             yield shard, counts + scored_counts(read_counted_columns(scored_path))
             return
         write_shard(

@@ -8,6 +8,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
+import pytest
 
 from pipeline import schema as S
 from pipeline import shards
@@ -166,6 +167,10 @@ def test_merged_shard_equals_the_in_memory_sort_on_adversarial_parts(tmp_path, m
     written = tmp_path / "out" / shards.shard_name(S.SCORED_PREFIX, 0, 1)
     assert written.read_bytes() == (tmp_path / "expected.parquet").read_bytes()
     assert not any(os.path.exists(p) for p in parts)  # each part went once merged
+    written.unlink()  # as if the attempt died mid-merge: parts gone, no shard (it appears whole or not)
+    with pytest.raises(RuntimeError, match="shard 0: an earlier attempt removed part files"):
+        list(fn.process((0, values)))
+    shards.write_shard(expected, str(written), schema)
     dead_written = pq.read_table(tmp_path / "out" / shards.shard_name(S.DEAD_LETTER_PREFIX, 0, 1))
     assert dead_written.column(S.ERROR).to_pylist() == ["no text", "bad json"]
     stats = {r[S.DOMAIN]: r for r in stats_table(counts, ["code", "web"]).to_pylist()}
