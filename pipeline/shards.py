@@ -33,7 +33,7 @@ ROW_GROUP_BYTES = 64 << 20
 ROW_GROUP_ROWS = 131_072
 PARTS_DIR = "_parts"
 PART_BYTES = 4 << 20  # a part holding this much starts a new one at its next input file (see PartWriters)
-MERGE_ROWS = 8192  # rows a shard merge gathers at a time
+MERGE_ROWS = 2048  # rows a shard merge gathers at a time
 # Parts are compressed like the output (IPC zstd is about as small as Parquet zstd on text, and
 # cheaper to write), so the staged parts take about the output's size on disk, not the input's.
 PART_OPTIONS = pa.ipc.IpcWriteOptions(compression="zstd")
@@ -360,10 +360,12 @@ def row_groups(tables: Iterable[pa.Table], with_text: bool) -> Iterator[pa.Table
         while len(sizes) >= ROW_GROUP_ROWS or sizes.sum() > ROW_GROUP_BYTES:  # the first group is whole
             buffer = pa.concat_tables(held)
             _, length = _group_bounds(sizes)[0]
-            yield buffer.slice(0, length)
-            held, sizes = [buffer.slice(length)], sizes[length:]
+            held, sizes = [buffer.slice(0, length), buffer.slice(length)], sizes[length:]
+            del buffer
+            yield held.pop(0)  # the group's rows are then held by the caller alone, and freed with it
     if held:
         buffer = pa.concat_tables(held)
+        del held
         for offset, length in _group_bounds(sizes):
             yield buffer.slice(offset, length)
 
