@@ -291,6 +291,7 @@ class _WriteShardFn(beam.DoFn):
                 )
             yield shard, counts + scored_counts(read_counted_columns(scored_path))
             return
+        pa.default_memory_pool().release_unused()  # what scoring or the last shard freed, to the system
         write_shard(
             pa.Table.from_pylist(dead, schema=S.DEAD_LETTER_SCHEMA),
             _join(self._out, shard_name(S.DEAD_LETTER_PREFIX, shard, self._n)),
