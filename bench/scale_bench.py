@@ -10,8 +10,14 @@ a fixed tokenizer; with --dedup also `--dedup minhash`) on each with a DirectRun
 processes and samples, every 0.2 s, the RSS of every process of the job's tree and, every second,
 the bytes under the job's output directory. It prints per size: docs/s, peak RSS summed over the
 tree and the largest single process's peak, peak temporary disk (`_parts`, and everything the job
-held beside its output), output size, and their ratios between the two largest sizes (the
-smallest is dominated by the fixed start-up), with the load average.
+held beside its output), output size, and their ratios between the two largest sizes, with the
+load average. Beside docs/s it prints docs/s without the start-up: the job's seconds less those of
+the same job on 200 documents (Beam, worker processes, graph; run before and after the sizes in the
+same bench, the mean of the two), and documents per CPU-second of the job's processes without the
+start-up's (what the job costs, whatever share of the cores the machine's other load leaves it).
+Per size also: the job's phases (seconds until the first part file, until the parts peak, i.e. all
+staged, and the shard writing after it), when the largest process peaked, and the CPU seconds of
+each worker (their spread: how evenly the input files were dealt).
 """
 
 from __future__ import annotations
@@ -19,6 +25,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import shutil
 import subprocess
 import sys
@@ -104,6 +111,10 @@ class Peaks:
     processes: int = 0
     disk: int = 0
     parts: int = 0
+    cpu: dict[int, float] = field(default_factory=dict)
+    rss_at_s: dict[int, float] = field(default_factory=dict)  # when each process peaked, since the start
+    first_part_s: float | None = None  # since the job started
+    parts_peak_s: float = 0.0
 
 
 def _tree_size(root: Path) -> tuple[int, int]:
@@ -134,6 +145,7 @@ def sample(proc: subprocess.Popen, out_parent: Path, peaks: Peaks, stop: threadi
     """Sample the RSS of `proc`'s process tree (0.2 s) and the bytes under `out_parent` (1 s)."""
     root = psutil.Process(proc.pid)
     last_disk = 0.0
+    started = time.monotonic()
     while not stop.is_set():
         total = 0
         try:
@@ -143,16 +155,24 @@ def sample(proc: subprocess.Popen, out_parent: Path, peaks: Peaks, stop: threadi
         for p in tree:
             try:
                 rss = p.memory_info().rss
+                cpu = p.cpu_times()
             except psutil.NoSuchProcess:
                 continue
+            peaks.cpu[p.pid] = cpu.user + cpu.system
             total += rss
-            peaks.rss[p.pid] = max(peaks.rss.get(p.pid, 0), rss)
+            if rss > peaks.rss.get(p.pid, 0):
+                peaks.rss[p.pid], peaks.rss_at_s[p.pid] = rss, time.monotonic() - started
             if p.pid not in peaks.role:
                 peaks.role[p.pid] = _role(p, root)
         peaks.rss_sum = max(peaks.rss_sum, total)
         peaks.processes = max(peaks.processes, len(tree))
         if time.monotonic() - last_disk >= 1.0:
             disk, parts = _tree_size(out_parent)
+            now = time.monotonic() - started
+            if parts and peaks.first_part_s is None:
+                peaks.first_part_s = now
+            if parts > peaks.parts:
+                peaks.parts_peak_s = now
             peaks.disk, peaks.parts = max(peaks.disk, disk), max(peaks.parts, parts)
             last_disk = time.monotonic()
         stop.wait(0.2)
@@ -175,6 +195,7 @@ def run_job(
     peaks, stop = Peaks(), threading.Event()
     load_before = os.getloadavg()[0]
     started = time.perf_counter()
+    children = resource.getrusage(resource.RUSAGE_CHILDREN)
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True)
     sampler = threading.Thread(target=sample, args=(proc, out_parent, peaks, stop))
     sampler.start()
@@ -184,11 +205,23 @@ def run_job(
     if proc.returncode:
         raise SystemExit(f"score job failed ({proc.returncode}): {' '.join(cmd)}")
     result = json.loads(stdout.strip().splitlines()[-1])
+    seconds = time.perf_counter() - started
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)  # the job and every process it waited for
+    cpu = after.ru_utime + after.ru_stime - children.ru_utime - children.ru_stime
+    workers = [pid for pid, role in peaks.role.items() if role == "worker"]
+    largest = max(peaks.rss, key=lambda pid: peaks.rss[pid])
     return {
         "docs": result["in"],
         "kept": result["kept"],
-        "seconds": round(time.perf_counter() - started, 1),
+        "seconds": round(seconds, 1),
+        "job_seconds": result["seconds"],
         "docs_per_s": result["docs_per_s"],
+        "first_part_s": round(peaks.first_part_s or 0.0, 1),
+        "staged_s": round(peaks.parts_peak_s, 1),
+        "write_s": round(seconds - peaks.parts_peak_s, 1),
+        "worker_cpu_s": sorted((round(peaks.cpu[pid], 1) for pid in workers), reverse=True),
+        "cpu_s": round(cpu, 1),
+        "rss_max_at_s": round(peaks.rss_at_s[largest], 1),
         "rss_sum_mb": round(peaks.rss_sum / 1e6),
         "rss_max_mb": round(max(peaks.rss.values()) / 1e6),
         "processes": peaks.processes,
@@ -203,6 +236,19 @@ def run_job(
     }
 
 
+def tiny_inputs(globs: dict[str, str], out: Path, lines: int) -> dict[str, str]:
+    """The first `lines` documents of each domain's first file, under `out`; domain -> glob."""
+    out.mkdir(parents=True, exist_ok=True)
+    tiny = {}
+    for domain, pattern in globs.items():
+        first = sorted(Path(pattern).parent.glob(Path(pattern).name))[0]
+        with first.open() as fh:
+            head = [line for _, line in zip(range(lines), fh, strict=False)]
+        (out / f"{domain}.jsonl").write_text("".join(head))
+        tiny[domain] = str(out / f"{domain}.jsonl")
+    return tiny
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", default="0.2,1,4", help="input sizes in GB, comma-separated")
@@ -214,7 +260,8 @@ def main() -> None:
     args.root.mkdir(parents=True, exist_ok=True)
     corpus, model, tokenizer = prepare(args.root)
     print(f"cores: {os.cpu_count()}, load average: {os.getloadavg()[0]:.1f}", file=sys.stderr)
-    rows = []
+    rows: list[dict] = []
+    startup: tuple[float, float] | None = None
     for size in sizes:
         inputs = args.root / f"in-{size:g}gb"
         t0 = time.perf_counter()
@@ -222,32 +269,52 @@ def main() -> None:
         input_mb = _tree_size(inputs)[0] / 1e6
         print(f"{size:g} GB: {input_mb:,.0f} MB of JSONL ({time.perf_counter() - t0:.0f} s)", file=sys.stderr)
         out_parent = args.root / f"out-{size:g}gb{'-dedup' if args.dedup else ''}"
+        if startup is None:  # the same job on 200 documents: its start-up, in this run
+            tiny = tiny_inputs(globs, args.root / "in-tiny", 200 // len(globs))
+            first = run_job(tiny, model, tokenizer, args.root / "out-tiny", args)
+            startup = first["job_seconds"], first["cpu_s"]
+            print(f"start-up (the job on 200 documents): {startup} s, CPU s", file=sys.stderr)
         row = {"size_gb": size, "input_mb": round(input_mb)}
         row.update(run_job(globs, model, tokenizer, out_parent, args))
         row["disk_over_output"] = round(row["disk_peak_mb"] / max(row["output_mb"], 1), 2)
         row["parts_over_output"] = round(row["parts_mb"] / max(row["output_mb"], 1), 2)
         print(json.dumps(row), file=sys.stderr)
         rows.append(row)
+    assert startup is not None
+    last_run = run_job(tiny, model, tokenizer, args.root / "out-tiny", args)
+    again = last_run["job_seconds"], last_run["cpu_s"]
+    print(f"start-up again, after the sizes: {again} s, CPU s", file=sys.stderr)
+    startups = [startup, again]
+    wall, cpu = (sum(run[i] for run in startups) / 2 for i in (0, 1))  # mean of before and after
+    for r in rows:
+        r["docs_per_s_without_startup"] = round(r["docs"] / (r["job_seconds"] - wall), 1)
+        r["docs_per_cpu_s_without_startup"] = round(r["docs"] / (r["cpu_s"] - cpu), 1)
     print(
-        "| input | docs | docs/s | RSS sum | RSS max (process) | peak `_parts` | peak disk | output "
-        "| disk / output | load |",
+        "| input | docs | docs/s | without start-up | docs per CPU-s | RSS sum | RSS max (process) "
+        "| peak `_parts` | peak disk | output | disk / output | load |",
         file=sys.stderr,
     )
-    print("|---|---|---|---|---|---|---|---|---|---|", file=sys.stderr)
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|", file=sys.stderr)
     for r in rows:
         print(
             f"| {r['input_mb'] / 1e3:.2f} GB | {r['docs']:,} | {r['docs_per_s']:,.0f} "
+            f"| {r['docs_per_s_without_startup']:,.0f} | {r['docs_per_cpu_s_without_startup']:,.0f} "
             f"| {r['rss_sum_mb']:,} MB | {r['rss_max_mb']:,} MB | {r['parts_mb']:,} MB "
             f"| {r['disk_peak_mb']:,} MB "
             f"| {r['output_mb']:,} MB | {r['disk_over_output']:.2f} | {r['load'][0]}-{r['load'][1]} |",
             file=sys.stderr,
         )
     first, last = rows[-2] if len(rows) > 1 else rows[0], rows[-1]  # the two largest sizes
+    steady = [r["docs_per_s_without_startup"] for r in rows]
+    per_cpu = [r["docs_per_cpu_s_without_startup"] for r in rows]
     ratios = {
         "rss_sum_ratio": round(last["rss_sum_mb"] / first["rss_sum_mb"], 2),
         "rss_max_ratio": round(last["rss_max_mb"] / first["rss_max_mb"], 2),
         "docs_per_s_ratio": round(last["docs_per_s"] / first["docs_per_s"], 2),
+        "docs_per_s_without_startup_min_over_max": round(min(steady) / max(steady), 2),
+        "docs_per_cpu_s_without_startup_min_over_max": round(min(per_cpu) / max(per_cpu), 2),
         "max_disk_over_output": max(r["disk_over_output"] for r in rows),
+        "startup_s": startups,
     }
     print(f"{last['size_gb']:g} GB / {first['size_gb']:g} GB: {ratios}", file=sys.stderr)
     print(json.dumps({"rows": rows, **ratios, "load_average": round(os.getloadavg()[0], 1)}))

@@ -8,8 +8,9 @@ Read, tokenize, score and stage are consecutive ParDos, which runners fuse into 
 passes through them without being encoded. The stage step writes scored batches to part files
 per output shard and sends on only file names and scores, so the text never goes through the
 runner; the top-fraction cut-offs come from a combine over those scores, and one writer per shard
-sorts its rows by (domain, source, record) and marks `keep`. Output is therefore byte-identical
-for the same inputs on any runner, worker count or batch size (see `pipeline.shards`).
+merges its parts in (domain, source, record) order, a row group at a time, and marks `keep`.
+Output is therefore byte-identical for the same inputs on any runner, worker count or batch size
+(see `pipeline.shards`).
 Every record that cannot be read, tokenized or scored becomes a dead-letter row, so
 `docs_in = docs_scored + docs_dead_letter` per domain. A document a stage drops stays in
 `scored-*` with its `drop_reason` (language and filter drops are not scored); dedup sends only
@@ -57,14 +58,15 @@ from pipeline.shards import (
     PartWriters,
     all_exist,
     default_num_shards,
+    merge_parts,
     read_counted_columns,
-    read_parts,
     remove_files,
     remove_parts,
+    row_groups,
     shard_name,
     shard_of,
     sort_dead_letters,
-    sort_documents,
+    write_row_groups,
     write_shard,
 )
 from pipeline.stages import conform, pending
@@ -223,7 +225,7 @@ class _StageFn(beam.DoFn):
         self._writers: PartWriters | None = None
 
     def start_bundle(self) -> None:
-        self._writers = PartWriters(self._parts_dir, self._num_shards)
+        self._writers = PartWriters(self._parts_dir, self._num_shards, per_source=True)
 
     def process(self, batch: pa.RecordBatch) -> Iterator[Any]:
         batch = conform(batch, self._columns, self._schema)
@@ -255,8 +257,8 @@ class StageScored(beam.PTransform):
 
 
 class _WriteShardFn(beam.DoFn):
-    """One shard: its part files sorted into scored-S-of-N.parquet (with `keep`), its dead letters
-    sorted into dead_letter-S-of-N.parquet; emits the shard's per-domain counts."""
+    """One shard: its dead letters sorted into dead_letter-S-of-N.parquet, then its part files merged
+    in order into scored-S-of-N.parquet (with `keep`); emits the shard's per-domain counts."""
 
     def __init__(
         self,
@@ -282,25 +284,36 @@ class _WriteShardFn(beam.DoFn):
         counts: list[tuple[str, Any]] = [dead_letter_counts(row) for row in dead]
         scored_path = _join(self._out, shard_name(S.SCORED_PREFIX, shard, self._n))
         if not all_exist(parts):  # a retry: the first attempt wrote this shard, then removed its parts
+            if not all_exist([scored_path]):
+                raise RuntimeError(
+                    f"shard {shard}: an earlier attempt removed part files as it merged them and did "
+                    "not finish writing the shard; run the job again"
+                )
             yield shard, counts + scored_counts(read_counted_columns(scored_path))
             return
-        table = read_parts(parts)
-        if table is None:
-            table = self._schema.empty_table()
-        else:
-            table = mark_duplicates(sort_documents(table), duplicates)
-            table = mark_keep(table, self._column, cutoffs, self._selection.threshold)
-            counts += scored_counts(table)
-        write_shard(table, scored_path, self._schema)
-        del table
+        pa.default_memory_pool().release_unused()  # what scoring or the last shard freed, to the system
         write_shard(
             pa.Table.from_pylist(dead, schema=S.DEAD_LETTER_SCHEMA),
             _join(self._out, shard_name(S.DEAD_LETTER_PREFIX, shard, self._n)),
             S.DEAD_LETTER_SCHEMA,
         )
-        if not self._keep_parts:
+        # A local shard's parts go as the merge takes them, so the disk they took is free for the
+        # shard itself; elsewhere they go once it is written (a retried shard finds them).
+        early = not self._keep_parts and "://" not in scored_path
+        by_domain: dict[str, Any] = {}
+
+        def finish(group: pa.Table) -> pa.Table:
+            group = mark_duplicates(group, duplicates)
+            group = mark_keep(group, self._column, cutoffs, self._selection.threshold)
+            for domain, vec in scored_counts(group):
+                by_domain[domain] = by_domain[domain] + vec if domain in by_domain else vec
+            return group
+
+        groups = row_groups(merge_parts(parts, remove=early), S.TEXT in self._schema.names)
+        write_row_groups(map(finish, groups), scored_path, self._schema)
+        if not self._keep_parts and not early:
             remove_files(parts)  # committed: the disk they took is free for the next shards
-        yield shard, counts
+        yield shard, counts + list(by_domain.items())
 
 
 def _scorers(scorer: str | None) -> list[str]:

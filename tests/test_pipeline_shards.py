@@ -8,6 +8,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
+import pytest
 
 from pipeline import schema as S
 from pipeline import shards
@@ -99,3 +100,111 @@ def test_shard_writer_removes_its_parts_and_a_retry_recounts_from_the_written_sh
     assert retry[0] == first[0] == 0
     assert [(d, c.tolist()) for d, c in retry[1]] == [(d, c.tolist()) for d, c in first[1]]
     assert first[1][0][1][:3].tolist() == [902, 902, 902 * 5]  # scored, kept, tokens
+
+
+def _scored_part(tmp_path, name: str, batches: list[pa.RecordBatch]) -> str:
+    """A part file as the stage step writes it (possibly with empty batches, or none)."""
+    from pipeline.stages import conform
+
+    schema = S.scored_schema([], with_text=True).append(pa.field(S.RECORD, pa.int64()))
+    columns = [c for c in schema.names if c not in (S.KEEP, S.DUPLICATE_OF)]
+    path = str(tmp_path / f"{name}.arrow")
+
+    def scored(b: pa.RecordBatch) -> pa.RecordBatch:
+        b = b.append_column(S.N_TOKENS, pa.array([len(b) % 5] * b.num_rows, pa.int64()))
+        return conform(b, columns, schema)
+
+    part_schema = scored(batch("x", [1])).schema
+    with pa.OSFile(path, "wb") as sink, pa.ipc.new_file(sink, part_schema, options=shards.PART_OPTIONS) as w:
+        for b in batches:
+            w.write_batch(scored(b))
+    return path
+
+
+def test_merged_shard_equals_the_in_memory_sort_on_adversarial_parts(tmp_path, monkeypatch):
+    """Records of one file interleaved across parts and within batches, equal keys in several parts,
+    empty parts, dead letters: the streaming merge writes the bytes of sorting it all in memory."""
+    from pipeline.job import _WriteShardFn
+    from pipeline.select import Selection
+    from pipeline.stats import stats_table
+
+    monkeypatch.setattr(shards, "ROW_GROUP_BYTES", 3_000)  # row groups and merge chunks cut across
+    monkeypatch.setattr(shards, "ROW_GROUP_ROWS", 50)
+    monkeypatch.setattr(shards, "MERGE_ROWS", 37)
+    rng = np.random.default_rng(0)
+    records = rng.permutation(np.arange(1, 400)).tolist()
+    paths = [
+        _scored_part(tmp_path, "odd", [batch("f.jsonl", sorted(records[0:150:2])), batch("a.jsonl", [7, 3])]),
+        _scored_part(tmp_path, "none", []),
+        _scored_part(tmp_path, "empty", [batch("f.jsonl", [])]),
+        _scored_part(tmp_path, "mixed", [batch("f.jsonl", records[150:300]), batch("a.jsonl", [3, 1, 3])]),
+        _scored_part(tmp_path, "rest", [batch("f.jsonl", sorted(records[1:150:2]) + records[300:])]),
+        _scored_part(tmp_path, "other", [batch("f.jsonl", [5, 6], domain="code"), batch("f.jsonl", [9])]),
+    ]
+    parts = sorted(paths)
+    table = shards.read_parts(parts)
+    schema = S.scored_schema([], with_text=True)
+    expected = shards.sort_documents(table).append_column(S.KEEP, pa.array([True] * table.num_rows))
+    expected = expected.append_column(S.DUPLICATE_OF, pa.nulls(table.num_rows, pa.string()))
+    shards.write_shard(expected, str(tmp_path / "expected.parquet"), schema)
+    assert pq.ParquetFile(tmp_path / "expected.parquet").metadata.num_row_groups > 5
+
+    merged = pa.concat_tables(shards.merge_parts(parts))
+    assert merged.equals(shards.sort_documents(table))  # equal keys keep the order of `parts`
+    ids = ["f.jsonl:5", "f.jsonl:6", "a.jsonl:1", "a.jsonl:3", "a.jsonl:3", "a.jsonl:3", "a.jsonl:7"]
+    assert merged.column(S.ID).to_pylist()[:7] == ids  # "code" first; f.jsonl:9 of "other" is web's
+    assert merged.column(S.N_TOKENS).to_pylist()[3:6] == [3, 3, 2]  # ties: part "mixed", then "odd"
+    assert all(os.path.exists(p) for p in parts)  # not asked to remove
+
+    dead = [
+        {S.DOMAIN: "web", S.SOURCE: "f.jsonl", S.RECORD: 4, S.STAGE: "read", S.ERROR: "bad json", S.RAW: "{"},
+        {S.DOMAIN: "web", S.SOURCE: "a.jsonl", S.RECORD: 2, S.STAGE: "read", S.ERROR: "no text", S.RAW: "{}"},
+    ]
+    values = [("part", p) for p in parts] + [("dead", row) for row in dead]
+    fn = _WriteShardFn(str(tmp_path / "out"), 1, None, Selection(), with_text=True)
+    (tmp_path / "out").mkdir()
+    ((shard, counts),) = list(fn.process((0, values)))
+    written = tmp_path / "out" / shards.shard_name(S.SCORED_PREFIX, 0, 1)
+    assert written.read_bytes() == (tmp_path / "expected.parquet").read_bytes()
+    assert not any(os.path.exists(p) for p in parts)  # each part went once merged
+    written.unlink()  # as if the attempt died mid-merge: parts gone, no shard (it appears whole or not)
+    with pytest.raises(RuntimeError, match="shard 0: an earlier attempt removed part files"):
+        list(fn.process((0, values)))
+    shards.write_shard(expected, str(written), schema)
+    dead_written = pq.read_table(tmp_path / "out" / shards.shard_name(S.DEAD_LETTER_PREFIX, 0, 1))
+    assert dead_written.column(S.ERROR).to_pylist() == ["no text", "bad json"]
+    stats = {r[S.DOMAIN]: r for r in stats_table(counts, ["code", "web"]).to_pylist()}
+    assert [stats["code"][S.DOCS_SCORED], stats["web"][S.DOCS_SCORED]] == [2, table.num_rows - 2]
+    assert [stats["code"][S.DOCS_DEAD_LETTER], stats["web"][S.DOCS_DEAD_LETTER]] == [0, 2]
+    assert (
+        stats["web"][S.TOKENS_IN]
+        == pc.sum(pc.filter(table[S.N_TOKENS], pc.equal(table[S.DOMAIN], "web"))).as_py()
+    )
+
+
+def test_parts_per_input_file_merge_a_few_batches_at_a_time(tmp_path, monkeypatch):
+    """Parts cut at a new input file once full: the merge holds about one batch per part it reads
+    from at once, not the shard, and removes each part when it is done with it."""
+    monkeypatch.setattr(shards, "PART_BYTES", 1)  # every new file starts a part
+    monkeypatch.setattr(shards, "MERGE_ROWS", 100)
+    writers = shards.PartWriters(str(tmp_path / "parts"), 1, per_source=True)
+    for name in ["c.jsonl", "a.jsonl", "b.jsonl"]:  # arrival order is not the key order
+        for first in range(1, 2000, 250):
+            writers.write(batch(name, list(range(first, first + 250))))
+    parts = [path for _, path in writers.close()]
+    assert len(parts) == 3 and all(
+        len(set(shards.read_parts([p]).column(S.SOURCE).to_pylist())) == 1 for p in parts
+    )
+    held, gone = [], []
+    real_get = shards._PartBatches.get
+
+    def get(self, b):
+        held.append(len(self._loaded))
+        gone.append(sum(not os.path.exists(p) for p in parts))
+        return real_get(self, b)
+
+    monkeypatch.setattr(shards._PartBatches, "get", get)
+    merged = pa.concat_tables(shards.merge_parts(sorted(parts), remove=True))
+    assert merged.column(S.ID).to_pylist() == [f"{n}.jsonl:{r}" for n in "abc" for r in range(1, 2001)]
+    assert max(held) <= 1  # a batch is dropped once its rows are out, before the next is read
+    assert gone[-1] == 2 and not any(os.path.exists(p) for p in parts)  # a, b gone before c's end
