@@ -1,25 +1,28 @@
 """Deduplication as Beam transforms: exact (normalised-text hash) and MinHash LSH (word 5-gram
 shingles), clustered by connected components, one representative kept per cluster.
 
-The distributed design, with no index on one machine:
-1. `Signatures`: per document (in a DoFn over record batches) the band keys: for MinHash,
-   `bands` slices of `rows` minhash values each (rensa's RMinHash, seeded, the same on every
-   worker); for exact, one key, the hash of the normalised text. One row per (document, band)
-   goes to an Arrow part file per key partition (as the scored batches do, see `pipeline.shards`):
-   only file names go through the runner, so no step, and no runner's in-memory GroupByKey,
-   holds the keys of the whole corpus.
-2. `CandidateEdges`: GroupByKey of the file names on the partition; each partition's rows are
-   read back and sorted by (scope, band, key), and documents sharing a key are linked to the
-   smallest of them (a star per key). Memory: one partition, 1/`partitions` of the keys.
-3. `ConnectedComponents`: alternating large-star / small-star rounds (Kiveris et al. 2014,
-   "Connected Components in MapReduce and Beyond") over hash-ordered nodes, each a GroupByKey over
-   edges only, label every component; a last GroupByKey per label (one component, never the
-   corpus) keeps its smallest node and points the others at it. Each group keeps a member, so a
-   cluster never loses all its members, even if `rounds` were too few to converge (then only a
-   duplicate is missed). 8 rounds settled a 300-document chain in the tests.
-A node is (rank, id, domain, source_file, record) with rank = -score when a scorer runs, else 0:
-the minimum, i.e. the representative, is the highest-scoring document, ties (and runs without a
-scorer) going to the smallest id; the file and record make it unique.
+The distributed design: no index on one machine, and nothing per document through the runner until
+the removed documents themselves. Every step reads its inputs from Arrow part files (zstd, as the
+scored batches, see `pipeline.shards`) named by a `GroupByKey` of file names, deletes them once read,
+and writes its output to part files by partition:
+1. `Signatures`: per document (in a DoFn over record batches) its node id (`node_ids`: 64 bits from
+   its domain, file and record, in random order) and its band keys: for MinHash, a 64-bit hash of
+   the scope, the band number and the band's `rows` minhash values (rensa's RMinHash, seeded, the
+   same on every worker); for exact, of the normalised text. Band rows (key, node), 16 bytes each,
+   go to a file per key partition (`partitions`); node rows (node, rank, id, domain, source_file,
+   record), one per document, to a file per node partition (`edge_partitions`).
+2. `CandidateEdges`: one key partition at a time, the documents that share a key are linked, and a
+   union-find over the partition (`local_components`) leaves one edge per linked document, to its
+   component's smallest node, however many bands it shares (one partition's rows in memory).
+3. `ConnectedComponents`: alternating large-star / small-star rounds (Kiveris et al. 2014, "Connected
+   Components in MapReduce and Beyond") over the edge files, one node partition at a time, label
+   every component by its smallest node id. 8 rounds settle a 300-document chain in the tests; if
+   they were too few, a component keeps several labels and only a duplicate is missed.
+4. `Join` and `Representative`: the labels meet the node rows of their partition, and per label
+   the smallest node (rank, id, domain, source_file, record) is kept and the others point at it.
+A node's order is (rank, id, domain, source_file, record) with rank = -score when a scorer runs,
+else 0: the representative is the highest-scoring document, ties (and runs without a scorer) going
+to the smallest id; the file and record make it unique.
 
 MinHash with b bands of r rows flags a pair of Jaccard similarity s with probability
 1 - (1 - s^r)^b; the default 14 x 8 (datatrove's) has its threshold (1/b)^(1/r) ~= 0.72, and
@@ -295,8 +298,8 @@ def _write_edges(
 
 def _groups(keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """For sorted `keys`: the start of each run of equal keys, and each row's run number."""
-    starts = np.flatnonzero(np.concatenate([[True], keys[1:] != keys[:-1]]))
-    return starts, np.cumsum(np.concatenate([[True], keys[1:] != keys[:-1]])) - 1
+    new_run = np.concatenate([[True], keys[1:] != keys[:-1]])[: len(keys)]
+    return np.flatnonzero(new_run), np.cumsum(new_run) - 1
 
 
 def local_components(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -29,9 +29,9 @@ from pipeline.dedup import (
     normalized_words,
     shingles,
 )
-from pipeline.shards import read_parts
 from pipeline.job import ScoreJobConfig, run_score_job
 from pipeline.read import ReadOptions, docs_batch
+from pipeline.shards import read_parts
 
 IN_MEMORY = ["--direct_running_mode=in_memory", "--direct_num_workers=1"]
 
@@ -49,7 +49,7 @@ def _component_minimum(edges: list[tuple[int, int]]) -> dict[int, int]:
     return {v: minimum[labels[index[v]]] for v in nodes}
 
 
-def _run_components(edges: list[tuple[int, int]], tmp_path, partitions: int = 4) -> list[tuple[int, int]]:
+def _run_components(edges: list[tuple[int, int]], tmp_path, partitions: int = 4) -> None:
     work = str(tmp_path / "work")
     a, b = (np.array(x, np.uint64) for x in zip(*edges, strict=True))
     files = _write_edges(a, b, work, partitions, both_ways=True)
@@ -59,7 +59,6 @@ def _run_components(edges: list[tuple[int, int]], tmp_path, partitions: int = 4)
         got = labelled | beam.FlatMap(lambda rows: [(r["a"], r["b"]) for r in rows])
         # every node (and label) appears with the minimum of its component, once the rounds settle
         assert_that(got | beam.Distinct(), equal_to(sorted(_component_minimum(edges).items())))
-    return []
 
 
 def test_components_match_scipy_on_random_graph_and_chain(tmp_path):
@@ -219,9 +218,8 @@ def test_band_rows_go_through_files_and_group_exactly_by_key(tmp_path):
     ids = node_ids(batch)
     assert len(set(ids.tolist())) == 85
     doc, keys = band_hashes(texts, ["web"] * len(texts), opts)
-    assert sorted(zip(rows.column("key").to_pylist(), rows.column("node").to_pylist())) == sorted(
-        zip(keys.tolist(), ids[doc].tolist())
-    )
+    stored = zip(rows.column("key").to_pylist(), rows.column("node").to_pylist(), strict=True)
+    assert sorted(stored) == sorted(zip(keys.tolist(), ids[doc].tolist(), strict=True))
     a, b = bucket_edges(keys, ids[doc])
     component = dict(zip(a.tolist(), b.tolist(), strict=True))  # a star per component
 
