@@ -163,14 +163,14 @@ def _dictionary_hash(column: pa.Array | pa.ChunkedArray) -> np.ndarray:
     return _hash64(encoded.dictionary.to_pylist())[encoded.indices.to_numpy()]
 
 
-def node_ids(batch: pa.RecordBatch | pa.Table) -> np.ndarray:
+def node_ids(batch: pa.RecordBatch | pa.Table, seed: int = 1) -> np.ndarray:
     """A 64-bit id per document from (domain, source_file, record): distinct within a file (a bijection
-    of the record), random across files and in order (the star rounds assume a random order)."""
+    of the record), random across files (and seeds) and in order (the star rounds assume a random order)."""
     pairs = pc.binary_join_element_wise(
         pc.fill_null(batch.column(S.DOMAIN), ""), pc.fill_null(batch.column(S.SOURCE), ""), "\x00"
     )
     records = np.asarray(batch.column(S.RECORD), np.int64).astype(np.uint64)
-    return mix64(_dictionary_hash(pairs) ^ (records * _GOLDEN))
+    return mix64((_dictionary_hash(pairs) ^ (records * _GOLDEN)) + mix64(np.array([seed], np.uint64)))
 
 
 def band_hashes(texts: list[str], scopes: list[str], opts: DedupOptions) -> tuple[np.ndarray, np.ndarray]:
@@ -199,7 +199,7 @@ def band_rows(
     domains = batch.column(S.DOMAIN).to_pylist()
     scopes = domains if opts.scope == "domain" else [""] * batch.num_rows
     doc, keys = band_hashes(batch.column(S.TEXT).to_pylist(), scopes, opts)
-    nodes = node_ids(batch)
+    nodes = node_ids(batch, opts.seed)
     ranks = (
         -np.nan_to_num(np.asarray(batch.column(score_column), np.float64), nan=-np.inf)
         if score_column is not None and score_column in batch.schema.names
@@ -408,6 +408,8 @@ def _join_step(element: tuple[int, Iterable[tuple[str, str]]], work_dir: str, pa
     """One node partition's labels and node rows -> (label, node's fields) rows by label partition."""
     files = list(element[1])
     node, label = _pairs(_consume(p for kind, p in files if kind == "label"))
+    first, _ = _groups(node)  # one label per node, its smallest: before the rounds settle a node can
+    node, label = node[first], label[first]  # have two, and each removed node must point at a kept one
     nodes = _consume(p for kind, p in files if kind == "node")
     if len(node) == 0 or nodes is None:
         return []
