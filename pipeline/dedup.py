@@ -32,6 +32,8 @@ flags s = 0.8 with p = 0.92, s = 0.9 with p = 0.9998, s = 0.5 with p = 0.05.
 from __future__ import annotations
 
 import hashlib
+import json
+import os
 import re
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
@@ -263,17 +265,47 @@ def _partition(values: pa.Array | np.ndarray, partitions: int) -> np.ndarray:
     return (np.asarray(values, np.uint64) % np.uint64(partitions)).astype(np.int64)
 
 
-def _consume(paths: Iterable[str]) -> pa.Table | None:
-    """The rows of dedup work files, which are then deleted (each is read by one step only)."""
-    paths = sorted(paths)
-    if not all_exist(paths):
-        raise RuntimeError(
-            "dedup work files were already consumed (a step ran twice after its inputs were deleted); "
-            "run the job again"
-        )
-    table = read_parts(paths)
-    remove_files(paths)
-    return table
+def _once(step: str, partition: int, inputs: list[str], work_dir: str, run: Any) -> list[tuple[int, str]]:
+    """`run()`, which reads `inputs` and returns the (partition, file)s it wrote, once per step and
+    partition: the files are listed in a marker before the inputs are deleted, so a retried bundle
+    (Beam retries failed ones) whose inputs are already gone returns the same files."""
+    marker = f"{work_dir.rstrip('/')}/{step}-{partition:05d}.done"
+    if not all_exist(inputs):
+        if not all_exist([marker]):
+            raise RuntimeError(
+                f"dedup step {step} lost input files of partition {partition}; run the job again"
+            )
+        return _read_marker(marker)
+    outputs = run()
+    _write_marker(marker, json.dumps(outputs))
+    remove_files(inputs)  # each work file is read by one step: the disk it took is free now
+    return outputs
+
+
+def _write_marker(path: str, text: str) -> None:
+    """A small file written whole or not at all (renamed into place; an object store's write is)."""
+    if "://" in path:
+        from apache_beam.io.filesystems import FileSystems
+
+        with FileSystems.create(path) as sink:
+            sink.write(text.encode())
+        return
+    tmp = f"{path}.tmp-{os.getpid()}"
+    with open(tmp, "w", encoding="utf-8") as fh:
+        fh.write(text)
+    os.replace(tmp, path)
+
+
+def _read_marker(path: str) -> list[tuple[int, str]]:
+    if "://" in path:
+        from apache_beam.io.filesystems import FileSystems
+
+        with FileSystems.open(path) as source:
+            text = source.read().decode()
+    else:
+        with open(path, encoding="utf-8") as fh:
+            text = fh.read()
+    return [(int(p), str(f)) for p, f in json.loads(text)]
 
 
 def _pairs(table: pa.Table | None) -> tuple[np.ndarray, np.ndarray]:
@@ -366,12 +398,19 @@ def labels(u: np.ndarray, v: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return np.concatenate([node, label]), np.concatenate([label, label])
 
 
-def _edge_step(kernel: Any, both_ways: bool, work_dir: str, partitions: int) -> Any:
-    def step(element: tuple[int, Iterable[str]]) -> list[tuple[int, str]]:
-        a, b = kernel(*_pairs(_consume(element[1])))
-        return _write_edges(a, b, work_dir, partitions, both_ways)
+def _edge_step(kernel: Any, both_ways: bool, step: str, work_dir: str, partitions: int) -> Any:
+    """A step of the rounds: one partition's edge files -> `kernel` -> edge files by partition."""
 
-    return step
+    def run_step(element: tuple[int, Iterable[str]]) -> list[tuple[int, str]]:
+        partition, paths = element[0], sorted(element[1])
+
+        def run() -> list[tuple[int, str]]:
+            a, b = kernel(*_pairs(read_parts(paths)))
+            return _write_edges(a, b, work_dir, partitions, both_ways)
+
+        return _once(step, partition, paths, work_dir, run)
+
+    return run_step
 
 
 class ConnectedComponents(beam.PTransform):
@@ -395,22 +434,38 @@ class ConnectedComponents(beam.PTransform):
             edges = (
                 edges
                 | f"Neighbours{i}" >> beam.GroupByKey()
-                | f"LargeStar{i}" >> beam.FlatMap(_edge_step(large_star, False, *args))
+                | f"LargeStar{i}" >> beam.FlatMap(_edge_step(large_star, False, f"large{i}", *args))
                 | f"Smaller{i}" >> beam.GroupByKey()
-                | f"SmallStar{i}" >> beam.FlatMap(_edge_step(small_star, True, *args))
+                | f"SmallStar{i}" >> beam.FlatMap(_edge_step(small_star, True, f"small{i}", *args))
             )
         return (
-            edges | "ByNode" >> beam.GroupByKey() | "Label" >> beam.FlatMap(_edge_step(labels, False, *args))
+            edges
+            | "ByNode" >> beam.GroupByKey()
+            | "Label" >> beam.FlatMap(_edge_step(labels, False, "labels", *args))
         )
 
 
 def _join_step(element: tuple[int, Iterable[tuple[str, str]]], work_dir: str, partitions: int) -> Any:
-    """One node partition's labels and node rows -> (label, node's fields) rows by label partition."""
-    files = list(element[1])
-    node, label = _pairs(_consume(p for kind, p in files if kind == "label"))
+    """One node partition's label and node files -> (node's fields, label) rows by label partition."""
+    partition, files = element[0], sorted(element[1])
+    labelled = [p for kind, p in files if kind == "label"]
+    node_files = [p for kind, p in files if kind == "node"]
+    return _once(
+        "join",
+        partition,
+        labelled + node_files,
+        work_dir,
+        lambda: _join(labelled, node_files, work_dir, partitions),
+    )
+
+
+def _join(
+    labelled: list[str], node_files: list[str], work_dir: str, partitions: int
+) -> list[tuple[int, str]]:
+    node, label = _pairs(read_parts(labelled))
     first, _ = _groups(node)  # one label per node, its smallest: before the rounds settle a node can
     node, label = node[first], label[first]  # have two, and each removed node must point at a kept one
-    nodes = _consume(p for kind, p in files if kind == "node")
+    nodes = read_parts(node_files)
     if len(node) == 0 or nodes is None:
         return []
     ids = np.asarray(nodes.column("node"))
@@ -431,8 +486,10 @@ def _join_step(element: tuple[int, Iterable[tuple[str, str]]], work_dir: str, pa
 
 
 def _representatives(element: tuple[int, Iterable[str]]) -> Iterator[tuple[Node, Node]]:
-    """One label partition's rows -> (node, representative) for every node but its label's smallest."""
-    table = _consume(element[1])
+    """One label partition's rows -> (node, representative) for every node but its label's smallest.
+    Its files (one row per document in a cluster) stay until the job removes its part files, so a
+    retried bundle reads them again."""
+    table = read_parts(sorted(element[1]))
     if table is None or table.num_rows == 0:
         return
     table = table.take(pc.sort_indices(table, [(c, "ascending") for c in ["label", *_NODE_COLUMNS]]))
@@ -461,7 +518,7 @@ class FindDuplicates(beam.PTransform):
         labelled = (
             signatures.bands
             | "Buckets" >> beam.GroupByKey()
-            | "CandidateEdges" >> beam.FlatMap(_edge_step(bucket_edges, True, *args))
+            | "CandidateEdges" >> beam.FlatMap(_edge_step(bucket_edges, True, "bands", *args))
             | "Components" >> ConnectedComponents(*args, self._opts.rounds)
         )
         return (

@@ -4,6 +4,7 @@ paragraphs (Python's reference documentation) found by the whole job."""
 from __future__ import annotations
 
 import json
+import os
 import random
 import re
 
@@ -20,13 +21,15 @@ from pipeline import schema as S
 from pipeline.dedup import (
     ConnectedComponents,
     DedupOptions,
-    _consume,
+    _edge_step,
     _join_step,
+    _pairs,
     _representatives,
     _SignaturesFn,
     _write_edges,
     band_hashes,
     bucket_edges,
+    large_star,
     mix64,
     node_ids,
     normalized_words,
@@ -115,14 +118,17 @@ def test_representatives_are_kept_even_before_the_rounds_settle(tmp_path, rounds
         assert_that(labels, check)
 
 
-def test_work_files_are_read_once(tmp_path):
-    writers = PartWriters(str(tmp_path), 1)
-    edge = pa.RecordBatch.from_pydict({"a": pa.array([1], pa.uint64()), "b": pa.array([0], pa.uint64())})
-    writers.write(edge, np.zeros(1, np.int64))
-    (_, path), *_ = writers.close()
-    assert _consume([path]).num_rows == 1
-    with pytest.raises(RuntimeError, match="already consumed"):
-        _consume([path])
+def test_a_step_deletes_its_inputs_and_a_retry_returns_the_same_files(tmp_path):
+    work = str(tmp_path / "work")
+    files = _write_edges(np.array([5, 9], np.uint64), np.array([3, 5], np.uint64), work, 1, both_ways=True)
+    step = _edge_step(large_star, False, "large0", work, 2)
+    element = (0, [path for _, path in files])
+    first = step(element)
+    assert not any(os.path.exists(path) for _, path in files)  # read once, then deleted
+    assert step(element) == first  # a retried bundle whose inputs are gone: the same output files
+    assert sorted(zip(*_pairs(read_parts([p for _, p in first])), strict=True)) == [(5, 3), (9, 3)]
+    with pytest.raises(RuntimeError, match="lost input files"):
+        _edge_step(large_star, False, "large1", work, 2)(element)
 
 
 def test_bucket_edges_keep_connectivity_of_all_pairs():
