@@ -18,8 +18,9 @@ and writes its output to part files by partition:
    Components in MapReduce and Beyond") over the edge files, one node partition at a time, label
    every component by its smallest node id. 8 rounds settle a 300-document chain in the tests; if
    they were too few, a component keeps several labels and only a duplicate is missed.
-4. `Join` and `Representative`: the labels meet the node rows of their partition, and per label
-   the smallest node (rank, id, domain, source_file, record) is kept and the others point at it.
+4. `Join` and `Removed`: the labels meet the node rows of their partition, and per label the smallest
+   node (rank, id, domain, source_file, record) is kept and the others point at it; the removed
+   documents go to a part file per output shard, for the shard writers (`read_removed`).
 A node's order is (rank, id, domain, source_file, record) with rank = -score when a scorer runs,
 else 0: the representative is the highest-scoring document, ties (and runs without a scorer) going
 to the smallest id; the file and record make it unique.
@@ -486,9 +487,7 @@ def _join(
 
 
 def _representatives(element: tuple[int, Iterable[str]]) -> Iterator[tuple[Node, Node]]:
-    """One label partition's rows -> (node, representative) for every node but its label's smallest.
-    Its files (one row per document in a cluster) stay until the job removes its part files, so a
-    retried bundle reads them again."""
+    """One label partition's rows -> (node, representative) for every node but its label's smallest."""
     table = read_parts(sorted(element[1]))
     if table is None or table.num_rows == 0:
         return
@@ -500,15 +499,62 @@ def _representatives(element: tuple[int, Iterable[str]]) -> Iterator[tuple[Node,
             yield nodes[i], nodes[starts[g]]
 
 
-class FindDuplicates(beam.PTransform):
-    """Record batches (documents with `drop_reason` null are candidates) -> (node, representative)
-    for every document removed as a duplicate. Only file names go through the runner until then."""
+_REMOVED = pa.schema(
+    [(S.DOMAIN, pa.string()), (S.SOURCE, pa.string()), (S.RECORD, pa.int64()), (S.DUPLICATE_OF, pa.string())]
+    + [("score", pa.float64())]
+)
 
-    def __init__(self, opts: DedupOptions, score_column: str | None, work_dir: str) -> None:
+
+def _removed_step(
+    element: tuple[int, Iterable[str]], work_dir: str, num_shards: int
+) -> list[tuple[int, str]]:
+    """One label partition's rows -> the removed documents (domain, source_file, record, duplicate_of,
+    score) in a part file per output shard: the shard writers read them, not the runner."""
+    partition, paths = element[0], sorted(element[1])
+
+    def run() -> list[tuple[int, str]]:
+        removed = [(n[2], n[3], n[4], rep[1], -n[0]) for n, rep in _representatives((partition, paths))]
+        writers = PartWriters(work_dir, num_shards)
+        writers.write(
+            pa.RecordBatch.from_pylist([dict(zip(_REMOVED.names, r, strict=True)) for r in removed], _REMOVED)
+        )
+        return writers.close()
+
+    return _once("removed", partition, paths, work_dir, run)
+
+
+def read_removed(paths: Iterable[str]) -> list[tuple[str, str, int, str]]:
+    """(domain, source_file, record, kept id) of the documents removed as duplicates, from
+    `FindDuplicates`' files of one output shard."""
+    table = read_parts(sorted(paths))
+    if table is None:
+        return []
+    columns = [table.column(c).to_pylist() for c in _REMOVED.names[:4]]
+    return list(zip(*columns, strict=True))
+
+
+def removed_scores(path: str) -> list[tuple[str, np.ndarray]]:
+    """(domain, scores) of the documents removed as duplicates in one of `FindDuplicates`' files: they
+    are no candidates of the top-k cut-off."""
+    table = read_parts([path])
+    if table is None:
+        return []
+    domains = np.asarray(table.column(S.DOMAIN).to_pylist(), dtype=object)
+    scores = np.asarray(table.column("score"), np.float64)
+    return [(d, scores[domains == d]) for d in sorted(set(domains.tolist()))]
+
+
+class FindDuplicates(beam.PTransform):
+    """Record batches (documents with `drop_reason` null are candidates) -> (shard, file) of the
+    documents removed as duplicates (`read_removed`) per output shard of `num_shards`. Only file names
+    go through the runner."""
+
+    def __init__(self, opts: DedupOptions, score_column: str | None, work_dir: str, num_shards: int) -> None:
         super().__init__()
         self._opts = opts
         self._score_column = score_column
         self._dir = work_dir
+        self._num_shards = num_shards
 
     def expand(self, batches):
         args = (self._dir, self._opts.edge_partitions)
@@ -530,7 +576,7 @@ class FindDuplicates(beam.PTransform):
             | "ByNodePartition" >> beam.GroupByKey()
             | "Join" >> beam.FlatMap(_join_step, *args)
             | "ByLabel" >> beam.GroupByKey()
-            | "Representative" >> beam.FlatMap(_representatives)
+            | "Removed" >> beam.FlatMap(_removed_step, self._dir, self._num_shards)
         )
 
 
