@@ -24,6 +24,7 @@ from pipeline.dedup import (
     _edge_step,
     _join_step,
     _pairs,
+    _removed_step,
     _representatives,
     _SignaturesFn,
     _write_edges,
@@ -33,11 +34,13 @@ from pipeline.dedup import (
     mix64,
     node_ids,
     normalized_words,
+    read_removed,
+    removed_scores,
     shingles,
 )
 from pipeline.job import ScoreJobConfig, run_score_job
 from pipeline.read import ReadOptions, docs_batch
-from pipeline.shards import PartWriters, read_parts
+from pipeline.shards import PartWriters, read_parts, shard_of
 
 IN_MEMORY = ["--direct_running_mode=in_memory", "--direct_num_workers=1"]
 
@@ -104,7 +107,13 @@ def test_representatives_are_kept_even_before_the_rounds_settle(tmp_path, rounds
         grouped: dict[int, list] = {}
         for part, path in joined:
             grouped.setdefault(part, []).append(path)
-        removed = [(a[1], b[1]) for item in grouped.items() for a, b in _representatives(item)]
+        pairs = [pair for item in grouped.items() for pair in _representatives(item)]
+        removed = [(a[1], b[1]) for a, b in pairs]
+        files = [f for item in grouped.items() for f in _removed_step(item, work, 3)]  # 3 output shards
+        assert all(shard_of("web", "a.jsonl", r[2], 3) == s for s, f in files for r in read_removed([f]))
+        assert sorted(read_removed(f for _, f in files)) == sorted((a[2], a[3], a[4], b[1]) for a, b in pairs)
+        scores = [s for _, f in files for d, s in removed_scores(f) if d == "web"]
+        assert sum(map(len, scores)) == len(pairs) and all((s == 0).all() for s in scores)
         gone = [a for a, _ in removed]
         assert len(gone) == len(set(gone)) and not {b for _, b in removed} & set(gone)
         assert "d0000" not in gone
