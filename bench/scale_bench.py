@@ -225,6 +225,12 @@ def run_job(
         "rss_sum_mb": round(peaks.rss_sum / 1e6),
         "rss_max_mb": round(max(peaks.rss.values()) / 1e6),
         "processes": peaks.processes,
+        "job_rss_mb": round(
+            max((r for p, r in peaks.rss.items() if peaks.role.get(p) == "job"), default=0) / 1e6
+        ),
+        "worker_rss_mb": round(
+            max((r for p, r in peaks.rss.items() if peaks.role.get(p) == "worker"), default=0) / 1e6
+        ),
         "rss_by_process_mb": sorted(
             ((peaks.role.get(pid, "?"), round(rss / 1e6)) for pid, rss in peaks.rss.items()),
             key=lambda r: -r[1],

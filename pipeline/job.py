@@ -35,7 +35,14 @@ import pyarrow.compute as pc
 from apache_beam.transforms.window import GlobalWindows
 
 from pipeline import schema as S
-from pipeline.dedup import BANDS_DIR, DedupOptions, FindDuplicates, mark_duplicates
+from pipeline.dedup import (
+    BANDS_DIR,
+    DedupOptions,
+    FindDuplicates,
+    mark_duplicates,
+    read_removed,
+    removed_scores,
+)
 from pipeline.domains import read_domains_yaml
 from pipeline.filters import ApplyFilters
 from pipeline.langid import IdentifyLanguage, LanguageOptions, check_model
@@ -280,7 +287,7 @@ class _WriteShardFn(beam.DoFn):
         shard, values = element
         parts = sorted(v for kind, v in values if kind == "part")
         dead = sort_dead_letters([v for kind, v in values if kind == "dead"])
-        duplicates = [v for kind, v in values if kind == "dup"]
+        duplicates = read_removed(v for kind, v in values if kind == "dup")
         counts: list[tuple[str, Any]] = [dead_letter_counts(row) for row in dead]
         scored_path = _join(self._out, shard_name(S.SCORED_PREFIX, shard, self._n))
         if not all_exist(parts):  # a retry: the first attempt wrote this shard, then removed its parts
@@ -324,21 +331,15 @@ def _keyed_dead_letter(row: dict[str, Any], num_shards: int) -> tuple[int, tuple
     return shard_of(row[S.DOMAIN], row[S.SOURCE], row[S.RECORD], num_shards), ("dead", row)
 
 
-def _keyed_duplicate(removed: tuple[tuple, tuple], num_shards: int) -> tuple[int, tuple[str, Any]]:
-    (_rank, _id, domain, source, record), representative = removed
-    return shard_of(domain, source, record, num_shards), ("dup", (domain, source, record, representative[1]))
-
-
-def _removed_score(removed: tuple[tuple, tuple]) -> tuple[str, tuple[str, np.ndarray]]:
-    """(domain, ("remove", [score])) for the cut-off combine: a duplicate is no candidate."""
-    rank, _id, domain, _source, _record = removed[0]
-    return domain, ("remove", np.array([-rank]))
+def _removed_scores(removed: tuple[int, str]) -> list[tuple[str, tuple[str, np.ndarray]]]:
+    """(domain, ("remove", scores)) for the cut-off combine: a duplicate is no candidate."""
+    return [(domain, ("remove", scores)) for domain, scores in removed_scores(removed[1])]
 
 
 class WriteOutputs(beam.PTransform):
     """scored-S-of-N.parquet, dead_letter-S-of-N.parquet (all N of each, even when empty) and
     domain_stats.parquet/.json into `out_dir`; takes {"parts": (shard, file), "dead_letter": rows,
-    optionally "duplicates": (node, representative)}."""
+    optionally "duplicates": (shard, file of removed documents)}."""
 
     def __init__(
         self,
@@ -368,7 +369,9 @@ class WriteOutputs(beam.PTransform):
         dead = outputs["dead_letter"] | "KeyDeadLetters" >> beam.Map(_keyed_dead_letter, n)
         gathered = [parts, dead]
         if "duplicates" in outputs:
-            gathered.append(outputs["duplicates"] | "KeyDuplicates" >> beam.Map(_keyed_duplicate, n))
+            gathered.append(
+                outputs["duplicates"] | "KeyDuplicates" >> beam.MapTuple(lambda s, f: (s, ("dup", f)))
+            )
         written = (
             tuple(gathered)
             | "Gather" >> beam.Flatten()
@@ -525,9 +528,11 @@ def build_pipeline(
     scores = staged["scores"]
     if config.dedup is not None:
         bands_dir = _join(out_dir, f"{PARTS_DIR}/{BANDS_DIR}")
-        outputs["duplicates"] = docs | "Dedup" >> FindDuplicates(config.dedup, score_column, bands_dir)
+        outputs["duplicates"] = docs | "Dedup" >> FindDuplicates(
+            config.dedup, score_column, bands_dir, num_shards
+        )
         if keep_top:
-            removed = outputs["duplicates"] | "RemovedScores" >> beam.Map(_removed_score)
+            removed = outputs["duplicates"] | "RemovedScores" >> beam.FlatMap(_removed_scores)
             scores = (scores, removed) | "CandidateScores" >> beam.Flatten()
     fraction = config.selection.keep_top
     cutoffs = (scores | "Select" >> DomainCutoffs(fraction)) if fraction is not None else None
