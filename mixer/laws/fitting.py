@@ -25,10 +25,13 @@ import numpy as np
 from scipy.optimize import OptimizeResult, basinhopping, least_squares, minimize
 from threadpoolctl import threadpool_limits
 
+from mixer.laws.forms import Blocks, Features
+
 Model = Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]]
 F = TypeVar("F", bound=Callable[..., Any])
 
 HUBER_DELTA = 1e-3
+EPS = float(np.finfo(float).eps)
 # On the objective / delta^2 (see the module docstring): relative decrease 1e-14, gradient 1e-8.
 LBFGS_OPTIONS: dict[str, float | int] = {
     "maxiter": 20_000,
@@ -406,3 +409,257 @@ def bootstrap_least_squares(
         if np.all(np.isfinite(result.x)):
             thetas.append(result.x)
     return np.array(thetas).reshape(len(thetas), theta.size)
+
+
+# --- Mixture laws, vectorised: many fits in one Levenberg-Marquardt loop ----------------------
+
+# (thetas (B, p), targets (B, n), row weights (B, n) or None) -> summed Huber loss (B,), gradient
+# (B, p), Gauss-Newton curvature (B, p, p)
+NormalEquations = Callable[
+    [np.ndarray, np.ndarray, np.ndarray | None], tuple[np.ndarray, np.ndarray, np.ndarray]
+]
+
+
+def huber_normal_equations(
+    blocks: Callable[[np.ndarray, Features], Blocks], x: Features, delta: float = HUBER_DELTA
+) -> NormalEquations:
+    """The summed Huber loss of B fits of a law given by its Jacobian `blocks`, with its gradient and
+    Gauss-Newton curvature J^T diag(c) J (c = the row weight within delta, machine epsilon beyond it:
+    scipy least_squares' robust-loss scaling), built
+    from the blocks: the mixture columns are summed per distinct mixture, never expanded to every row.
+    A fit whose prediction or Jacobian is not finite gets the value +inf."""
+    one_hot = (x.mixture_index[:, None] == np.arange(x.unique_h.shape[0])).astype(float)  # (n, u)
+
+    def equations(thetas: np.ndarray, targets: np.ndarray, weights: np.ndarray | None):
+        with np.errstate(all="ignore"):
+            b = blocks(thetas, x)
+            residual = b.prediction - targets
+            finite = np.isfinite(residual).all(axis=-1)
+            finite &= np.isfinite(b.rows).all(axis=(-2, -1)) & np.isfinite(b.mixtures).all(axis=(-2, -1))
+            residual = np.where(finite[:, None], residual, 0.0)
+            rows = np.where(finite[:, None, None], b.rows, 0.0)
+            mixtures = np.where(finite[:, None, None], b.mixtures, 0.0)
+            terms = huber_terms(residual, delta)
+            psi = np.clip(residual, -delta, delta)
+            curvature = (np.abs(residual) <= delta).astype(float)
+            if weights is not None:
+                terms, psi, curvature = terms * weights, psi * weights, curvature * weights
+            curvature = np.maximum(curvature, EPS)  # scipy's floor on the robust loss's Jacobian scale
+            value = np.where(finite, terms.sum(axis=-1), np.inf)
+            curved_rows = rows * curvature[..., None]
+            mixture_curvature = (curvature @ one_hot)[:, None, :]
+            h_rr = np.matmul(np.ascontiguousarray(curved_rows.transpose(0, 2, 1)), rows)
+            h_rm = np.matmul(np.matmul(one_hot.T, curved_rows).transpose(0, 2, 1), mixtures)
+            h_mm = np.matmul(mixtures.transpose(0, 2, 1) * mixture_curvature, mixtures)
+            gradient_r = np.matmul(psi[:, None, :], rows)[:, 0]
+            gradient_m = np.matmul((psi @ one_hot)[:, None, :], mixtures)[:, 0]
+        order = np.concatenate([b.row_columns, b.mixture_columns])
+        gradient = np.empty((thetas.shape[0], order.size))
+        gradient[:, order] = np.concatenate([gradient_r, gradient_m], axis=-1)
+        hessian = np.empty((thetas.shape[0], order.size, order.size))
+        hessian[:, order[:, None], order[None, :]] = np.block([[h_rr, h_rm], [h_rm.transpose(0, 2, 1), h_mm]])
+        return value, gradient, hessian
+
+    return equations
+
+
+@dataclass
+class BatchFit:
+    """The end points of B vectorised fits."""
+
+    thetas: np.ndarray  # (B, p)
+    values: np.ndarray  # (B,) summed Huber loss, unscaled
+    n_evaluations: np.ndarray  # (B,)
+
+
+def _trust_region_steps(
+    hessian: np.ndarray, gradient: np.ndarray, radius: np.ndarray, alpha: np.ndarray, n_rows: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """scipy's `solve_lsq_trust_region` (Moré's method) for a batch, in scaled variables, from the
+    eigen-decomposition of the Gauss-Newton matrix (J^T J = V s^2 V^T, so U^T f = V^T g / s):
+    the Gauss-Newton step where J has full rank and the step fits in `radius`, else the step of norm
+    `radius` of the Levenberg-Marquardt parameter found by 10 Newton iterations at most."""
+    eigenvalues, vectors = np.linalg.eigh(hessian)
+    s2 = np.maximum(eigenvalues[:, ::-1], 0.0)  # descending, as svd's
+    vectors = vectors[:, :, ::-1]
+    s = np.sqrt(s2)
+    suf = np.einsum("bpq,bp->bq", vectors, gradient)  # s * (U^T f)
+    full_rank = s[:, -1] > EPS * n_rows * s[:, 0]
+    with np.errstate(all="ignore"):
+        gauss_newton = -np.einsum("bpq,bq->bp", vectors, np.where(s2 > 0, suf / s2, 0.0))
+    fits = full_rank & (np.linalg.norm(gauss_newton, axis=1) <= radius)
+
+    def phi(a: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        denom = s2 + a[:, None]
+        p_norm = np.linalg.norm(suf / denom, axis=1)
+        return p_norm - radius, -np.sum(suf**2 / denom**3, axis=1) / p_norm
+
+    with np.errstate(all="ignore"):
+        upper = np.linalg.norm(suf, axis=1) / radius
+        phi0, dphi0 = phi(np.zeros_like(radius))
+        lower = np.where(full_rank, -phi0 / dphi0, 0.0)
+        fresh = (alpha == 0) & ~full_rank
+        alpha = np.where(fresh, np.maximum(0.001 * upper, np.sqrt(lower * upper)), alpha)
+        searching = ~fits
+        for _ in range(10):
+            outside = (alpha < lower) | (alpha > upper)
+            alpha = np.where(searching & outside, np.maximum(0.001 * upper, np.sqrt(lower * upper)), alpha)
+            value, derivative = phi(alpha)
+            upper = np.where(searching & (value < 0), alpha, upper)
+            ratio = value / derivative
+            lower = np.where(searching, np.maximum(lower, alpha - ratio), lower)
+            alpha = np.where(searching, alpha - (value + radius) * ratio / radius, alpha)
+            searching &= ~(np.abs(value) < 0.01 * radius)
+            if not searching.any():
+                break
+        step = -np.einsum("bpq,bq->bp", vectors, suf / (s2 + alpha[:, None]))
+        step *= (radius / np.linalg.norm(step, axis=1))[:, None]
+    return np.where(fits[:, None], gauss_newton, step), np.where(fits, 0.0, alpha)
+
+
+def batch_least_squares(
+    equations: NormalEquations,
+    thetas: np.ndarray,
+    targets: np.ndarray,
+    weights: np.ndarray | None = None,
+    options: dict[str, float | int] | None = None,
+) -> BatchFit:
+    """B independent Huber fits in one vectorised loop: scipy's `least_squares(method="trf",
+    loss="huber", x_scale="jac")` without bounds, step for step (`least_squares_fit` runs it on one
+    start), on the normal equations instead of the Jacobian's SVD.
+
+    Fit b starts at `thetas[b]` and fits `targets[b]` with row weights `weights[b]`; `options` are
+    least_squares' ftol, xtol, gtol and max_nfev (default `LEAST_SQUARES_OPTIONS`). A fit whose start
+    is not finite stays there (value +inf); a step onto a point where the prediction or Jacobian is
+    not finite is refused with a smaller trust region."""
+    settings = {**LEAST_SQUARES_OPTIONS, **(options or {})}
+    ftol, xtol, gtol, max_nfev = (settings[key] for key in ("ftol", "xtol", "gtol", "max_nfev"))
+    x = np.array(thetas, dtype=float)
+    weight = (lambda rows: None) if weights is None else (lambda rows: weights[rows])
+    cost, gradient, hessian = equations(x, targets, weights)
+    scale_inv = np.sqrt(np.diagonal(hessian, axis1=-2, axis2=-1)).copy()
+    scale_inv[scale_inv == 0] = 1.0
+    radius = np.linalg.norm(x * scale_inv, axis=1)
+    radius[radius == 0] = 1.0
+    alpha = np.zeros(x.shape[0])
+    nfev = np.ones(x.shape[0], dtype=int)
+    active = np.isfinite(cost) & (np.abs(gradient).max(axis=1) >= gtol)
+    while active.any():
+        a = np.flatnonzero(active)
+        d = 1.0 / scale_inv[a]
+        hessian_h = hessian[a] * d[:, :, None] * d[:, None, :]
+        gradient_h = gradient[a] * d
+        step_h, alpha[a] = _trust_region_steps(hessian_h, gradient_h, radius[a], alpha[a], targets.shape[1])
+        predicted = -0.5 * np.einsum("bp,bpq,bq->b", step_h, hessian_h, step_h)
+        predicted -= np.einsum("bp,bp->b", gradient_h, step_h)
+        step = d * step_h
+        new_cost, new_gradient, new_hessian = equations(x[a] + step, targets[a], weight(a))
+        nfev[a] += 1
+        step_h_norm = np.linalg.norm(step_h, axis=1)
+        finite = np.isfinite(new_cost)
+        reduction = cost[a] - new_cost
+        with np.errstate(all="ignore"):
+            ratio = np.where(predicted > 0, reduction / predicted, np.where(reduction == 0, 1.0, 0.0))
+        new_radius = np.where(ratio < 0.25, 0.25 * step_h_norm, radius[a])
+        new_radius = np.where((ratio > 0.75) & (step_h_norm > 0.95 * radius[a]), 2 * radius[a], new_radius)
+        ftol_met = (reduction < ftol * cost[a]) & (ratio > 0.25)
+        xtol_met = np.linalg.norm(step, axis=1) < xtol * (xtol + np.linalg.norm(x[a], axis=1))
+        stop = finite & (ftol_met | xtol_met)
+        keep_going = finite & ~stop
+        alpha[a[keep_going]] *= radius[a[keep_going]] / new_radius[keep_going]
+        radius[a] = np.where(keep_going, new_radius, np.where(finite, radius[a], 0.25 * step_h_norm))
+        accept = finite & (reduction > 0)
+        ok = a[accept]
+        x[ok] += step[accept]
+        cost[ok], gradient[ok], hessian[ok] = new_cost[accept], new_gradient[accept], new_hessian[accept]
+        scale_inv[ok] = np.maximum(scale_inv[ok], np.sqrt(np.diagonal(hessian[ok], axis1=-2, axis2=-1)))
+        done = stop | (nfev[a] >= max_nfev)
+        done[accept] |= np.abs(gradient[ok]).max(axis=1) < gtol
+        active[a[done]] = False
+    return BatchFit(x, cost, nfev)
+
+
+def batch_values(
+    blocks: Callable[[np.ndarray, Features], Blocks],
+    x: Features,
+    thetas: np.ndarray,
+    targets: np.ndarray,
+    weights: np.ndarray | None,
+    delta: float = HUBER_DELTA,
+) -> np.ndarray:
+    """The summed Huber loss of each row of `thetas` (B, p) against its row of `targets` (B, n); +inf
+    where the prediction is not finite."""
+    with np.errstate(all="ignore"):
+        terms = huber_terms(blocks(thetas, x).prediction - targets, delta)
+        values = (terms if weights is None else terms * weights).sum(axis=-1)
+    return np.where(np.isfinite(values), values, np.inf)
+
+
+def _best_per_group(values: np.ndarray, group: np.ndarray, n_groups: int, keep: int) -> list[np.ndarray]:
+    """For each group, the indices of its `keep` lowest finite values, lowest first (stable)."""
+    values = np.where(np.isfinite(values), values, np.inf)
+    out = []
+    for g in range(n_groups):
+        members = np.flatnonzero(group == g)
+        out.append(members[np.argsort(values[members], kind="stable")[:keep]])
+    return out
+
+
+@single_threaded
+def fit_least_squares_batch(
+    blocks: Callable[[np.ndarray, Features], Blocks],
+    x: Features,
+    targets: np.ndarray,
+    starts: np.ndarray,
+    weights: np.ndarray | None = None,
+    keep: int = 6,
+    n_searches: int = 54,
+    explore_rows: np.ndarray | None = None,
+    delta: float = HUBER_DELTA,
+) -> list[MultiStartResult]:
+    """`fit_least_squares` for T targets at once (e.g. 22 per-domain losses on the same runs), every
+    search of every target in one vectorised loop (`batch_least_squares`).
+
+    `targets` (T, n); `starts` (T, m, p), each target's random starts; `weights` (n,) row weights or
+    None; `explore_rows` the row subsample of the short searches (default: all rows). Per target:
+    the `n_searches` starts with the lowest objective on the subsample, short searches from each,
+    full searches on every row from the `keep` best end points; one result per target."""
+    n_targets, p = targets.shape[0], starts.shape[-1]
+    rows = np.arange(targets.shape[1]) if explore_rows is None else explore_rows
+    x_explore = x.subset(rows)
+    y_explore = targets[:, rows]
+    w_explore = None if weights is None else weights[rows]
+    flat = starts.reshape(-1, p)
+    owner = np.repeat(np.arange(n_targets), starts.shape[1])
+    values = batch_values(blocks, x_explore, flat, y_explore[owner], w_explore, delta)
+    chosen = np.concatenate(_best_per_group(values, owner, n_targets, n_searches))
+    chosen = chosen[np.isfinite(values[chosen])]
+    missing = sorted(set(range(n_targets)) - set(owner[chosen].tolist()))
+    if missing:
+        raise ValueError("no starting point gives a finite objective; check the runs table's losses")
+
+    def search(x_rows: Features, y: np.ndarray, w: np.ndarray | None, thetas, who, options) -> BatchFit:
+        equations = huber_normal_equations(blocks, x_rows, delta)
+        w_rows = None if w is None else np.broadcast_to(w, (who.size, w.size))
+        return batch_least_squares(equations, thetas, y[who], w_rows, options)
+
+    explore = search(x_explore, y_explore, w_explore, flat[chosen], owner[chosen], {"max_nfev": 3 * p})
+    best = np.concatenate(_best_per_group(explore.values, owner[chosen], n_targets, keep))
+    refined = search(x, targets, weights, explore.thetas[best], owner[chosen][best], None)
+    results = []
+    for t in range(n_targets):
+        mine = np.flatnonzero(owner[chosen][best] == t)
+        order = mine[np.argsort(refined.values[mine], kind="stable")]
+        evaluations = explore.n_evaluations[owner[chosen] == t].sum() + refined.n_evaluations[mine].sum()
+        results.append(
+            MultiStartResult(
+                theta=refined.thetas[order[0]].copy(),
+                objective=float(refined.values[order[0]]),
+                objectives=refined.values[order],
+                thetas=refined.thetas[order],
+                n_evaluations=int(evaluations),
+                converged=True,
+                message="vectorised least squares (scipy trf, step for step)",
+            )
+        )
+    return results
