@@ -114,12 +114,17 @@ def local_fit(
         method="L-BFGS-B",
         options={**LBFGS_OPTIONS, **(options or {})},
     )
-    for listener in list(_SEARCH_LISTENERS):
-        listener(1)
+    _advance(1)
     return result
 
 
 _SEARCH_LISTENERS: list[Callable[[int], None]] = []
+
+
+def _advance(n_searches: int) -> None:
+    """Tell the progress listeners that `n_searches` more local searches finished."""
+    for listener in list(_SEARCH_LISTENERS):
+        listener(n_searches)
 
 
 @contextlib.contextmanager
@@ -321,8 +326,7 @@ def least_squares_fit(
     objective.n_evaluations += int(result.nfev)
     if polish:
         return local_fit(objective, result.x)
-    for listener in list(_SEARCH_LISTENERS):
-        listener(1)
+    _advance(1)
     return result
 
 
@@ -425,38 +429,75 @@ def huber_normal_equations(
 ) -> NormalEquations:
     """The summed Huber loss of B fits of a law given by its Jacobian `blocks`, with its gradient and
     Gauss-Newton curvature J^T diag(c) J (c = the row weight within delta, machine epsilon beyond it:
-    scipy least_squares' robust-loss scaling), built
-    from the blocks: the mixture columns are summed per distinct mixture, never expanded to every row.
-    A fit whose prediction or Jacobian is not finite gets the value +inf."""
-    one_hot = (x.mixture_index[:, None] == np.arange(x.unique_h.shape[0])).astype(float)  # (n, u)
+    scipy least_squares' robust-loss scaling). Built from the blocks: the residual's weights are
+    summed per size cell and per mixture (one matrix product), never the Jacobian expanded to every
+    row. A fit whose prediction or Jacobian is not finite gets the value +inf."""
+    n_rows, n_mixtures = x.log_n.size, x.unique_h.shape[0]
+    mixture_index = x.mixture_index
+    structure: dict[str, Any] = {}
+
+    def sums(cells: np.ndarray | None) -> dict[str, Any]:
+        """One-hot matrices that sum a row quantity per cell and per mixture, and where each row
+        falls in the (cell x mixture) grid."""
+        if not structure:
+            n_cells = n_rows if cells is None else int(cells.max()) + 1
+            index = np.arange(n_rows) if cells is None else cells
+            columns = [] if cells is None else [index[:, None] == np.arange(n_cells)]
+            columns.append(mixture_index[:, None] == np.arange(n_mixtures))
+            structure.update(
+                one_hot=np.concatenate(columns, axis=1).astype(float),
+                n_cells=n_cells,
+                grid=index * n_mixtures + mixture_index,
+                unique=np.unique(index * n_mixtures + mixture_index).size == n_rows,
+            )
+        return structure
 
     def equations(thetas: np.ndarray, targets: np.ndarray, weights: np.ndarray | None):
         with np.errstate(all="ignore"):
             b = blocks(thetas, x)
+            s = sums(b.row_index)
             residual = b.prediction - targets
-            finite = np.isfinite(residual).all(axis=-1)
-            finite &= np.isfinite(b.rows).all(axis=(-2, -1)) & np.isfinite(b.mixtures).all(axis=(-2, -1))
-            residual = np.where(finite[:, None], residual, 0.0)
-            rows = np.where(finite[:, None, None], b.rows, 0.0)
-            mixtures = np.where(finite[:, None, None], b.mixtures, 0.0)
-            terms = huber_terms(residual, delta)
+            absolute = np.abs(residual)
+            inside = absolute <= delta
+            terms = np.where(inside, 0.5 * residual**2, delta * (absolute - 0.5 * delta))
             psi = np.clip(residual, -delta, delta)
-            curvature = (np.abs(residual) <= delta).astype(float)
+            curvature = inside if weights is None else inside * weights
             if weights is not None:
-                terms, psi, curvature = terms * weights, psi * weights, curvature * weights
+                terms, psi = terms * weights, psi * weights
             curvature = np.maximum(curvature, EPS)  # scipy's floor on the robust loss's Jacobian scale
-            value = np.where(finite, terms.sum(axis=-1), np.inf)
-            curved_rows = rows * curvature[..., None]
-            mixture_curvature = (curvature @ one_hot)[:, None, :]
-            h_rr = np.matmul(np.ascontiguousarray(curved_rows.transpose(0, 2, 1)), rows)
-            h_rm = np.matmul(np.matmul(one_hot.T, curved_rows).transpose(0, 2, 1), mixtures)
-            h_mm = np.matmul(mixtures.transpose(0, 2, 1) * mixture_curvature, mixtures)
-            gradient_r = np.matmul(psi[:, None, :], rows)[:, 0]
-            gradient_m = np.matmul((psi @ one_hot)[:, None, :], mixtures)[:, 0]
+            value = terms.sum(axis=-1)
+            rows, mixtures = b.rows, b.mixtures
+            finite = np.isfinite(value + rows.sum(axis=(-2, -1)) + mixtures.sum(axis=(-2, -1)))
+            if not finite.all():
+                value = np.where(finite, value, np.inf)
+                rows = np.where(finite[:, None, None], rows, 0.0)
+                mixtures = np.where(finite[:, None, None], mixtures, 0.0)
+                curvature = np.where(finite[:, None], curvature, EPS)
+                psi = np.where(finite[:, None], psi, 0.0)
+            summed = np.concatenate([curvature, psi]) @ s["one_hot"]  # (2B, cells + mixtures)
+            n_fits, n_cells = thetas.shape[0], s["n_cells"]
+            curvature_m, psi_m = summed[:n_fits, -n_mixtures:], summed[n_fits:, -n_mixtures:]
+            grid = np.zeros((n_fits, n_cells * n_mixtures))
+            if s["unique"]:
+                grid[:, s["grid"]] = curvature
+            else:  # repeated (cell, mixture) rows
+                for i in range(n_fits):
+                    grid[i] = np.bincount(s["grid"], curvature[i], minlength=grid.shape[1])
+            grid = grid.reshape(n_fits, n_cells, n_mixtures)
+            rows_t = rows.transpose(0, 2, 1)
+            if b.row_index is None:
+                curvature_c, psi_c = curvature, psi
+            else:
+                curvature_c, psi_c = summed[:n_fits, :n_cells], summed[n_fits:, :n_cells]
+            h_rr = np.matmul(rows_t * curvature_c[:, None, :], rows)
+            h_rm = np.matmul(np.matmul(rows_t, grid), mixtures)
+            h_mm = np.matmul(mixtures.transpose(0, 2, 1) * curvature_m[:, None, :], mixtures)
+            gradient_r = np.matmul(psi_c[:, None, :], rows)[:, 0]
+            gradient_m = np.matmul(psi_m[:, None, :], mixtures)[:, 0]
         order = np.concatenate([b.row_columns, b.mixture_columns])
-        gradient = np.empty((thetas.shape[0], order.size))
+        gradient = np.empty((n_fits, order.size))
         gradient[:, order] = np.concatenate([gradient_r, gradient_m], axis=-1)
-        hessian = np.empty((thetas.shape[0], order.size, order.size))
+        hessian = np.empty((n_fits, order.size, order.size))
         hessian[:, order[:, None], order[None, :]] = np.block([[h_rr, h_rm], [h_rm.transpose(0, 2, 1), h_mm]])
         return value, gradient, hessian
 
@@ -472,18 +513,22 @@ class BatchFit:
     n_evaluations: np.ndarray  # (B,)
 
 
+def _eigen(hessian: np.ndarray, gradient: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """What the trust-region steps need of the Gauss-Newton matrix J^T J = V s^2 V^T (scaled
+    variables): s^2 and V in descending order, as svd's, and V^T g = s (U^T f)."""
+    eigenvalues, vectors = np.linalg.eigh(hessian)
+    vectors = vectors[:, :, ::-1]
+    return np.maximum(eigenvalues[:, ::-1], 0.0), vectors, np.einsum("bpq,bp->bq", vectors, gradient)
+
+
 def _trust_region_steps(
-    hessian: np.ndarray, gradient: np.ndarray, radius: np.ndarray, alpha: np.ndarray, n_rows: int
+    s2: np.ndarray, vectors: np.ndarray, suf: np.ndarray, radius: np.ndarray, alpha: np.ndarray, n_rows: int
 ) -> tuple[np.ndarray, np.ndarray]:
     """scipy's `solve_lsq_trust_region` (Moré's method) for a batch, in scaled variables, from the
-    eigen-decomposition of the Gauss-Newton matrix (J^T J = V s^2 V^T, so U^T f = V^T g / s):
-    the Gauss-Newton step where J has full rank and the step fits in `radius`, else the step of norm
-    `radius` of the Levenberg-Marquardt parameter found by 10 Newton iterations at most."""
-    eigenvalues, vectors = np.linalg.eigh(hessian)
-    s2 = np.maximum(eigenvalues[:, ::-1], 0.0)  # descending, as svd's
-    vectors = vectors[:, :, ::-1]
+    eigen-decomposition of J^T J (`_eigen`: U^T f = V^T g / s): the Gauss-Newton step where J has
+    full rank and the step fits in `radius`, else the step of norm `radius` of the
+    Levenberg-Marquardt parameter found by 10 Newton iterations at most."""
     s = np.sqrt(s2)
-    suf = np.einsum("bpq,bp->bq", vectors, gradient)  # s * (U^T f)
     full_rank = s[:, -1] > EPS * n_rows * s[:, 0]
     with np.errstate(all="ignore"):
         gauss_newton = -np.einsum("bpq,bq->bp", vectors, np.where(s2 > 0, suf / s2, 0.0))
@@ -532,50 +577,60 @@ def batch_least_squares(
     least_squares' ftol, xtol, gtol and max_nfev (default `LEAST_SQUARES_OPTIONS`). A fit whose start
     is not finite stays there (value +inf); a step onto a point where the prediction or Jacobian is
     not finite is refused with a smaller trust region."""
-    settings = {**LEAST_SQUARES_OPTIONS, **(options or {})}
-    ftol, xtol, gtol, max_nfev = (settings[key] for key in ("ftol", "xtol", "gtol", "max_nfev"))
-    x = np.array(thetas, dtype=float)
-    weight = (lambda rows: None) if weights is None else (lambda rows: weights[rows])
-    cost, gradient, hessian = equations(x, targets, weights)
-    scale_inv = np.sqrt(np.diagonal(hessian, axis1=-2, axis2=-1)).copy()
-    scale_inv[scale_inv == 0] = 1.0
-    radius = np.linalg.norm(x * scale_inv, axis=1)
-    radius[radius == 0] = 1.0
-    alpha = np.zeros(x.shape[0])
-    nfev = np.ones(x.shape[0], dtype=int)
-    active = np.isfinite(cost) & (np.abs(gradient).max(axis=1) >= gtol)
-    while active.any():
-        a = np.flatnonzero(active)
-        d = 1.0 / scale_inv[a]
-        hessian_h = hessian[a] * d[:, :, None] * d[:, None, :]
-        gradient_h = gradient[a] * d
-        step_h, alpha[a] = _trust_region_steps(hessian_h, gradient_h, radius[a], alpha[a], targets.shape[1])
-        predicted = -0.5 * np.einsum("bp,bpq,bq->b", step_h, hessian_h, step_h)
-        predicted -= np.einsum("bp,bp->b", gradient_h, step_h)
-        step = d * step_h
-        new_cost, new_gradient, new_hessian = equations(x[a] + step, targets[a], weight(a))
-        nfev[a] += 1
-        step_h_norm = np.linalg.norm(step_h, axis=1)
-        finite = np.isfinite(new_cost)
-        reduction = cost[a] - new_cost
-        with np.errstate(all="ignore"):
-            ratio = np.where(predicted > 0, reduction / predicted, np.where(reduction == 0, 1.0, 0.0))
-        new_radius = np.where(ratio < 0.25, 0.25 * step_h_norm, radius[a])
-        new_radius = np.where((ratio > 0.75) & (step_h_norm > 0.95 * radius[a]), 2 * radius[a], new_radius)
-        ftol_met = (reduction < ftol * cost[a]) & (ratio > 0.25)
-        xtol_met = np.linalg.norm(step, axis=1) < xtol * (xtol + np.linalg.norm(x[a], axis=1))
-        stop = finite & (ftol_met | xtol_met)
-        keep_going = finite & ~stop
-        alpha[a[keep_going]] *= radius[a[keep_going]] / new_radius[keep_going]
-        radius[a] = np.where(keep_going, new_radius, np.where(finite, radius[a], 0.25 * step_h_norm))
-        accept = finite & (reduction > 0)
-        ok = a[accept]
-        x[ok] += step[accept]
-        cost[ok], gradient[ok], hessian[ok] = new_cost[accept], new_gradient[accept], new_hessian[accept]
-        scale_inv[ok] = np.maximum(scale_inv[ok], np.sqrt(np.diagonal(hessian[ok], axis1=-2, axis2=-1)))
-        done = stop | (nfev[a] >= max_nfev)
-        done[accept] |= np.abs(gradient[ok]).max(axis=1) < gtol
-        active[a[done]] = False
+    with np.errstate(all="ignore"):  # diverging starts overflow: their steps are refused
+        settings = {**LEAST_SQUARES_OPTIONS, **(options or {})}
+        ftol, xtol, gtol, max_nfev = (settings[key] for key in ("ftol", "xtol", "gtol", "max_nfev"))
+        x = np.array(thetas, dtype=float)
+        weight = (lambda rows: None) if weights is None else (lambda rows: weights[rows])
+        cost, gradient, hessian = equations(x, targets, weights)
+        scale_inv = np.sqrt(np.diagonal(hessian, axis1=-2, axis2=-1)).copy()
+        scale_inv[scale_inv == 0] = 1.0
+        radius = np.linalg.norm(x * scale_inv, axis=1)
+        radius[radius == 0] = 1.0
+        alpha = np.zeros(x.shape[0])
+        nfev = np.ones(x.shape[0], dtype=int)
+        active = np.isfinite(cost) & (np.abs(gradient).max(axis=1) >= gtol)
+        s2, vectors, suf = np.zeros_like(x), np.zeros(hessian.shape), np.zeros_like(x)
+        stale = np.ones(x.shape[0], dtype=bool)  # the eigen-decomposition is redone after each accepted step
+        while active.any():
+            a = np.flatnonzero(active)
+            d = 1.0 / scale_inv[a]
+            hessian_h = hessian[a] * d[:, :, None] * d[:, None, :]
+            redo = stale[a]
+            s2[a[redo]], vectors[a[redo]], suf[a[redo]] = _eigen(hessian_h[redo], gradient[a[redo]] * d[redo])
+            stale[a] = False
+            step_h, alpha[a] = _trust_region_steps(
+                s2[a], vectors[a], suf[a], radius[a], alpha[a], targets.shape[1]
+            )
+            predicted = -0.5 * np.einsum("bp,bpq,bq->b", step_h, hessian_h, step_h)
+            predicted -= np.einsum("bp,bp->b", gradient[a] * d, step_h)
+            step = d * step_h
+            new_cost, new_gradient, new_hessian = equations(x[a] + step, targets[a], weight(a))
+            nfev[a] += 1
+            step_h_norm = np.linalg.norm(step_h, axis=1)
+            finite = np.isfinite(new_cost)
+            reduction = cost[a] - new_cost
+            with np.errstate(all="ignore"):
+                ratio = np.where(predicted > 0, reduction / predicted, np.where(reduction == 0, 1.0, 0.0))
+            new_radius = np.where(ratio < 0.25, 0.25 * step_h_norm, radius[a])
+            new_radius = np.where(
+                (ratio > 0.75) & (step_h_norm > 0.95 * radius[a]), 2 * radius[a], new_radius
+            )
+            ftol_met = (reduction < ftol * cost[a]) & (ratio > 0.25)
+            xtol_met = np.linalg.norm(step, axis=1) < xtol * (xtol + np.linalg.norm(x[a], axis=1))
+            stop = finite & (ftol_met | xtol_met)
+            keep_going = finite & ~stop
+            alpha[a[keep_going]] *= radius[a[keep_going]] / new_radius[keep_going]
+            radius[a] = np.where(keep_going, new_radius, np.where(finite, radius[a], 0.25 * step_h_norm))
+            accept = finite & (reduction > 0)
+            ok = a[accept]
+            x[ok] += step[accept]
+            cost[ok], gradient[ok], hessian[ok] = new_cost[accept], new_gradient[accept], new_hessian[accept]
+            stale[ok] = True
+            scale_inv[ok] = np.maximum(scale_inv[ok], np.sqrt(np.diagonal(hessian[ok], axis1=-2, axis2=-1)))
+            done = stop | (nfev[a] >= max_nfev)
+            done[accept] |= np.abs(gradient[ok]).max(axis=1) < gtol
+            active[a[done]] = False
     return BatchFit(x, cost, nfev)
 
 
@@ -643,9 +698,12 @@ def fit_least_squares_batch(
         w_rows = None if w is None else np.broadcast_to(w, (who.size, w.size))
         return batch_least_squares(equations, thetas, y[who], w_rows, options)
 
-    explore = search(x_explore, y_explore, w_explore, flat[chosen], owner[chosen], {"max_nfev": 3 * p})
+    explore_nfev = {"max_nfev": EXPLORE_NFEV_PER_PARAM * p}
+    explore = search(x_explore, y_explore, w_explore, flat[chosen], owner[chosen], explore_nfev)
+    _advance(chosen.size)
     best = np.concatenate(_best_per_group(explore.values, owner[chosen], n_targets, keep))
     refined = search(x, targets, weights, explore.thetas[best], owner[chosen][best], None)
+    _advance(best.size)
     results = []
     for t in range(n_targets):
         mine = np.flatnonzero(owner[chosen][best] == t)
@@ -663,3 +721,32 @@ def fit_least_squares_batch(
             )
         )
     return results
+
+
+@single_threaded
+def bootstrap_least_squares_batch(
+    blocks: Callable[[np.ndarray, Features], Blocks],
+    x: Features,
+    targets: np.ndarray,
+    thetas: np.ndarray,
+    weights: np.ndarray | None,
+    groups: np.ndarray,
+    n_bootstrap: int,
+    seed: int,
+    delta: float = HUBER_DELTA,
+) -> list[np.ndarray]:
+    """`bootstrap_least_squares` for T targets (`targets` (T, n), fitted `thetas` (T, p)) in one
+    vectorised loop: the same resamples for every target (as row weights, times `weights`), each
+    refit warm-started from its target's theta. One (n_finite, p) array per target."""
+    n_targets = targets.shape[0]
+    if not n_bootstrap:
+        return [np.empty((0, thetas.shape[1])) for _ in range(n_targets)]
+    samples = np.array(bootstrap_weights(groups, n_bootstrap, seed))
+    if weights is not None:
+        samples = samples * weights
+    owner = np.repeat(np.arange(n_targets), n_bootstrap)
+    equations = huber_normal_equations(blocks, x, delta)
+    refits = batch_least_squares(equations, thetas[owner], targets[owner], np.tile(samples, (n_targets, 1)))
+    _advance(owner.size)
+    finite = np.isfinite(refits.thetas).all(axis=1)
+    return [refits.thetas[(owner == t) & finite] for t in range(n_targets)]

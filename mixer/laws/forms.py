@@ -18,7 +18,7 @@ what `public_params` reports.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -42,6 +42,10 @@ class Features:
     mixture_index: np.ndarray = field(init=False, repr=False)
     log_h: np.ndarray = field(init=False, repr=False)  # of unique_h
     positive: np.ndarray = field(init=False, repr=False)  # of unique_h
+    # the distinct (log N, log D) pairs ("size cells"; few: sizes x checkpoints) and each row's cell
+    cell_log_n: np.ndarray = field(init=False, repr=False)
+    cell_log_d: np.ndarray = field(init=False, repr=False)
+    size_index: np.ndarray = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
         if self.h.shape[1] and self.h.shape[0] > 1:
@@ -53,6 +57,10 @@ class Features:
         object.__setattr__(self, "mixture_index", np.ravel(index))
         object.__setattr__(self, "positive", positive)
         object.__setattr__(self, "log_h", np.log(np.where(positive, unique_h, 1.0)))
+        cells, cell_index = np.unique(np.column_stack([self.log_n, self.log_d]), axis=0, return_inverse=True)
+        object.__setattr__(self, "cell_log_n", cells[:, 0])
+        object.__setattr__(self, "cell_log_d", cells[:, 1])
+        object.__setattr__(self, "size_index", np.ravel(cell_index))
 
     def subset(self, rows: np.ndarray) -> Features:
         """The features of `rows` only."""
@@ -111,20 +119,24 @@ def mixture_term(c: np.ndarray, g: np.ndarray, x: Features) -> tuple[np.ndarray,
 
 @dataclass(frozen=True)
 class Blocks:
-    """A law's prediction at every row and its Jacobian in two blocks: columns that vary by row
-    (..., n, r) and columns that depend only on the row's mixture (..., u, s), one row per distinct
-    mixture. `row_columns` and `mixture_columns` say which entries of theta they are; fitting builds
-    the normal equations from the blocks without the full (..., n, p) Jacobian."""
+    """A law's prediction at every row and its Jacobian in two blocks: columns that depend on the
+    row's size cell (`rows`, (..., c, r): one row per distinct (N, D), `row_index` giving each table
+    row's; None when they vary by table row, c = n) and columns that depend only on the row's mixture
+    (`mixtures`, (..., u, s), one row per distinct mixture). `row_columns` and `mixture_columns` say
+    which entries of theta they are; fitting builds the normal equations from the blocks without
+    the full (..., n, p) Jacobian."""
 
     prediction: np.ndarray
     rows: np.ndarray
     mixtures: np.ndarray
     row_columns: np.ndarray
     mixture_columns: np.ndarray
+    row_index: np.ndarray | None = None
 
     def jacobian(self, x: Features) -> np.ndarray:
         """The full Jacobian (..., n, p), columns in theta's order."""
-        blocks = np.concatenate([self.rows, self.mixtures[..., x.mixture_index, :]], axis=-1)
+        rows = self.rows if self.row_index is None else self.rows[..., self.row_index, :]
+        blocks = np.concatenate([rows, self.mixtures[..., x.mixture_index, :]], axis=-1)
         order = np.argsort(np.concatenate([self.row_columns, self.mixture_columns]))
         return blocks if np.array_equal(order, np.arange(order.size)) else blocks[..., order]
 
@@ -137,12 +149,13 @@ def additive_blocks(theta: np.ndarray, x: Features) -> Blocks:
     e, a, la, b, lb = (theta[..., i, None] for i in range(5))
     alpha, beta = np.exp(la), np.exp(lb)
     big_e = np.exp(e)
-    t_n = np.exp(a - alpha * x.log_n)
-    t_d = np.exp(b - beta * x.log_d)
+    t_n = np.exp(a - alpha * x.cell_log_n)
+    t_d = np.exp(b - beta * x.cell_log_d)
     inv, d_mixture = mixture_term(theta[..., 5 : 5 + k], theta[..., 5 + k : 5 + 2 * k], x)
-    loss = big_e + inv[..., x.mixture_index] + t_n + t_d
-    rows = [big_e, t_n, -t_n * x.log_n * alpha, t_d, -t_d * x.log_d * beta]
-    return Blocks(loss, _stack(rows), d_mixture, np.arange(5), np.arange(5, 5 + 2 * k))
+    cell = x.size_index
+    loss = big_e + inv[..., x.mixture_index] + t_n[..., cell] + t_d[..., cell]
+    rows = _stack([big_e, t_n, -t_n * x.cell_log_n * alpha, t_d, -t_d * x.cell_log_d * beta])
+    return Blocks(loss, rows, d_mixture, np.arange(5), np.arange(5, 5 + 2 * k), cell)
 
 
 def _stack(columns: Sequence[np.ndarray]) -> np.ndarray:
@@ -257,6 +270,10 @@ class LawForm:
         """Prediction (log L if `log_residual`) and its Jacobian in theta."""
         raise NotImplementedError
 
+    # (theta (B, p), x) -> the prediction and Jacobian blocks of a batch: forms that have them are
+    # fitted by the vectorised least squares (`fitting.fit_least_squares_batch`)
+    blocks: ClassVar[Callable[[np.ndarray, Features], Blocks] | None] = None
+
     def loss(self, theta: np.ndarray, x: Features) -> np.ndarray:
         """The predicted loss L itself."""
         value, _ = self.model(theta, x)
@@ -318,6 +335,8 @@ class AdditiveForm(LawForm):
     n_fixed, n_per_domain = 5, 2
     auto_least_squares = True  # RedPajama, 1,098 rows: a lower optimum, 4-5x less CPU
 
+    blocks = staticmethod(additive_blocks)
+
     def model(self, theta, x):
         return additive_law(theta, x)
 
@@ -365,6 +384,8 @@ class JointForm(LawForm):
     )
     uses_mixture, uses_size = True, True
     n_fixed, n_per_domain = 5, 4
+
+    blocks = staticmethod(joint_blocks)
 
     def model(self, theta, x):
         return joint_law(theta, x)
