@@ -458,14 +458,17 @@ def huber_normal_equations(
             s = sums(b.row_index)
             residual = b.prediction - targets
             absolute = np.abs(residual)
+            clipped = np.minimum(absolute, delta)
+            terms = clipped * (absolute - 0.5 * clipped)  # huber_terms: r^2/2 within delta, linear beyond
+            psi = np.copysign(clipped, residual)
             inside = absolute <= delta
-            terms = np.where(inside, 0.5 * residual**2, delta * (absolute - 0.5 * delta))
-            psi = np.clip(residual, -delta, delta)
-            curvature = inside if weights is None else inside * weights
-            if weights is not None:
-                terms, psi = terms * weights, psi * weights
-            curvature = np.maximum(curvature, EPS)  # scipy's floor on the robust loss's Jacobian scale
-            value = terms.sum(axis=-1)
+            if weights is None:
+                curvature = np.where(inside, 1.0, EPS)  # EPS: scipy's floor on the robust loss's scaling
+                value = terms.sum(axis=-1)
+            else:
+                curvature = np.where(inside, np.maximum(weights, EPS), EPS)
+                psi *= weights
+                value = np.einsum("bn,bn->b", terms, weights)
             rows, mixtures = b.rows, b.mixtures
             finite = np.isfinite(value + rows.sum(axis=(-2, -1)) + mixtures.sum(axis=(-2, -1)))
             if not finite.all():
@@ -474,9 +477,9 @@ def huber_normal_equations(
                 mixtures = np.where(finite[:, None, None], mixtures, 0.0)
                 curvature = np.where(finite[:, None], curvature, EPS)
                 psi = np.where(finite[:, None], psi, 0.0)
-            summed = np.concatenate([curvature, psi]) @ s["one_hot"]  # (2B, cells + mixtures)
+            summed_curvature, summed_psi = curvature @ s["one_hot"], psi @ s["one_hot"]  # per cell, mixture
             n_fits, n_cells = thetas.shape[0], s["n_cells"]
-            curvature_m, psi_m = summed[:n_fits, -n_mixtures:], summed[n_fits:, -n_mixtures:]
+            curvature_m, psi_m = summed_curvature[:, -n_mixtures:], summed_psi[:, -n_mixtures:]
             grid = np.zeros((n_fits, n_cells * n_mixtures))
             if s["unique"]:
                 grid[:, s["grid"]] = curvature
@@ -488,7 +491,7 @@ def huber_normal_equations(
             if b.row_index is None:
                 curvature_c, psi_c = curvature, psi
             else:
-                curvature_c, psi_c = summed[:n_fits, :n_cells], summed[n_fits:, :n_cells]
+                curvature_c, psi_c = summed_curvature[:, :n_cells], summed_psi[:, :n_cells]
             h_rr = np.matmul(rows_t * curvature_c[:, None, :], rows)
             h_rm = np.matmul(np.matmul(rows_t, grid), mixtures)
             h_mm = np.matmul(mixtures.transpose(0, 2, 1) * curvature_m[:, None, :], mixtures)
