@@ -122,7 +122,9 @@ def bench_fit_speed(skip_joint: bool, joint_old: bool, skip_per_domain_old: bool
         f"fit on all {len(runs)} RedPajama rows (70M-410M), no bootstrap, the same 256 seeded starts "
         f"({load()}):"
     )
-    cases = [("additive", "one law", OLD, ("basinhopping", "scipy_least_squares", "least_squares"))]
+    cases: list[tuple[str, str, dict, tuple[str, ...]]] = [
+        ("additive", "one law", OLD, ("basinhopping", "scipy_least_squares", "least_squares"))
+    ]
     old_per_domain = () if skip_per_domain_old else ("scipy_least_squares",)
     cases.append(("additive", "22 per-domain laws (default)", {}, (*old_per_domain, "least_squares")))
     if not skip_joint:

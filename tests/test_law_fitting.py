@@ -260,7 +260,11 @@ def test_vectorised_least_squares_follows_scipy_step_for_step() -> None:
     objective = HuberObjective(lambda theta: additive_law(theta, x), y, weights=weights)
     options = {"max_nfev": 40}
     batch = batch_least_squares(
-        huber_normal_equations(additive_blocks, x), starts, np.tile(y, (8, 1)), np.tile(weights, (8, 1)), options
+        huber_normal_equations(additive_blocks, x),
+        starts,
+        np.tile(y, (8, 1)),
+        np.tile(weights, (8, 1)),
+        options,
     )
     for i, start in enumerate(starts):
         single = least_squares_fit(objective, start, options, polish=False)

@@ -104,7 +104,6 @@ def test_additive_law_predicts_410m_within_one_percent(redpajama) -> None:
     assert metrics["mre"] < chinchilla_mre  # the mixture term earns its parameters
 
 
-@pytest.mark.slow
 def test_default_additive_law_extrapolates_better_than_the_old_settings(redpajama) -> None:
     """The default (sum of 22 per-domain laws, rows weighted by N) predicts the held-out 410M runs
     under 0.4% MRE and better than one unweighted law on the loss, with the same search."""

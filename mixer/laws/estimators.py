@@ -645,7 +645,7 @@ class MixtureLaw(LawEstimator):
 
     def _fit_targets(self, x, y, groups, targets):
         search = self._search_for(y.shape[1])
-        if search != "least_squares" or self.form.blocks is None:
+        if search != "least_squares" or not self.form.has_blocks:
             return super()._fit_targets(x, y, groups, targets)
         weights = size_weights(x.log_n, self.size_weight_)
         starts = np.stack([self._starts(x, values) for values in y])

@@ -565,6 +565,84 @@ def _trust_region_steps(
     return np.where(fits[:, None], gauss_newton, step), np.where(fits, 0.0, alpha)
 
 
+@dataclass
+class _TrustRegions:
+    """The state of B trust-region searches (scipy trf's variables, one row per fit)."""
+
+    x: np.ndarray
+    cost: np.ndarray
+    gradient: np.ndarray
+    hessian: np.ndarray  # J^T diag(c) J
+    scale_inv: np.ndarray  # x_scale="jac": the largest column norms of J seen so far
+    radius: np.ndarray
+    alpha: np.ndarray  # the Levenberg-Marquardt parameter of the last step
+    nfev: np.ndarray
+    active: np.ndarray
+    s2: np.ndarray  # eigen-decomposition of the scaled J^T J, redone only after an accepted step
+    vectors: np.ndarray
+    suf: np.ndarray
+    stale: np.ndarray
+
+    @classmethod
+    def start(cls, x: np.ndarray, cost: np.ndarray, gradient: np.ndarray, hessian: np.ndarray, gtol: float):
+        scale_inv = np.sqrt(np.diagonal(hessian, axis1=-2, axis2=-1)).copy()
+        scale_inv[scale_inv == 0] = 1.0
+        radius = np.linalg.norm(x * scale_inv, axis=1)
+        radius[radius == 0] = 1.0
+        n = x.shape[0]
+        active = np.isfinite(cost) & (np.abs(gradient).max(axis=1) >= gtol)
+        return cls(
+            x, cost, gradient, hessian, scale_inv, radius, np.zeros(n), np.ones(n, dtype=int), active,
+            np.zeros_like(x), np.zeros(hessian.shape), np.zeros_like(x), np.ones(n, dtype=bool),
+        )  # fmt: skip
+
+    def steps(self, a: np.ndarray, n_rows: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The active fits' steps in scaled variables, their predicted reductions, and the scale."""
+        d = 1.0 / self.scale_inv[a]
+        redo = a[self.stale[a]]
+        if redo.size:
+            scale = 1.0 / self.scale_inv[redo]
+            scaled = self.hessian[redo] * scale[:, :, None] * scale[:, None, :]
+            self.s2[redo], self.vectors[redo], self.suf[redo] = _eigen(scaled, self.gradient[redo] * scale)
+            self.stale[redo] = False
+        step_h, self.alpha[a] = _trust_region_steps(
+            self.s2[a], self.vectors[a], self.suf[a], self.radius[a], self.alpha[a], n_rows
+        )
+        rotated = np.einsum("bpq,bp->bq", self.vectors[a], step_h)
+        predicted = -0.5 * np.einsum("bq,bq->b", self.s2[a], rotated**2)
+        predicted -= np.einsum("bp,bp->b", self.gradient[a] * d, step_h)
+        return step_h, predicted, d
+
+    def update(self, a, step_h, step, predicted, new, ftol, xtol, gtol, max_nfev) -> None:
+        """scipy trf's radius update, stopping tests and acceptance for the active fits `a`."""
+        new_cost, new_gradient, new_hessian = new
+        self.nfev[a] += 1
+        step_h_norm = np.linalg.norm(step_h, axis=1)
+        finite = np.isfinite(new_cost)
+        reduction = self.cost[a] - new_cost
+        ratio = np.where(predicted > 0, reduction / predicted, np.where(reduction == 0, 1.0, 0.0))
+        radius = self.radius[a]
+        new_radius = np.where(ratio < 0.25, 0.25 * step_h_norm, radius)
+        new_radius = np.where((ratio > 0.75) & (step_h_norm > 0.95 * radius), 2 * radius, new_radius)
+        ftol_met = (reduction < ftol * self.cost[a]) & (ratio > 0.25)
+        xtol_met = np.linalg.norm(step, axis=1) < xtol * (xtol + np.linalg.norm(self.x[a], axis=1))
+        stop = finite & (ftol_met | xtol_met)
+        going = finite & ~stop
+        self.alpha[a[going]] *= radius[going] / new_radius[going]
+        self.radius[a] = np.where(going, new_radius, np.where(finite, radius, 0.25 * step_h_norm))
+        accept = finite & (reduction > 0)
+        ok = a[accept]
+        self.x[ok] += step[accept]
+        self.cost[ok], self.gradient[ok] = new_cost[accept], new_gradient[accept]
+        self.hessian[ok] = new_hessian[accept]
+        self.stale[ok] = True
+        column_norms = np.sqrt(np.diagonal(self.hessian[ok], axis1=-2, axis2=-1))
+        self.scale_inv[ok] = np.maximum(self.scale_inv[ok], column_norms)
+        done = stop | (self.nfev[a] >= max_nfev)
+        done[accept] |= np.abs(self.gradient[ok]).max(axis=1) < gtol
+        self.active[a[done]] = False
+
+
 def batch_least_squares(
     equations: NormalEquations,
     thetas: np.ndarray,
@@ -580,61 +658,18 @@ def batch_least_squares(
     least_squares' ftol, xtol, gtol and max_nfev (default `LEAST_SQUARES_OPTIONS`). A fit whose start
     is not finite stays there (value +inf); a step onto a point where the prediction or Jacobian is
     not finite is refused with a smaller trust region."""
+    settings = {**LEAST_SQUARES_OPTIONS, **(options or {})}
+    ftol, xtol, gtol, max_nfev = (settings[key] for key in ("ftol", "xtol", "gtol", "max_nfev"))
+    x = np.array(thetas, dtype=float)
     with np.errstate(all="ignore"):  # diverging starts overflow: their steps are refused
-        settings = {**LEAST_SQUARES_OPTIONS, **(options or {})}
-        ftol, xtol, gtol, max_nfev = (settings[key] for key in ("ftol", "xtol", "gtol", "max_nfev"))
-        x = np.array(thetas, dtype=float)
-        weight = (lambda rows: None) if weights is None else (lambda rows: weights[rows])
-        cost, gradient, hessian = equations(x, targets, weights)
-        scale_inv = np.sqrt(np.diagonal(hessian, axis1=-2, axis2=-1)).copy()
-        scale_inv[scale_inv == 0] = 1.0
-        radius = np.linalg.norm(x * scale_inv, axis=1)
-        radius[radius == 0] = 1.0
-        alpha = np.zeros(x.shape[0])
-        nfev = np.ones(x.shape[0], dtype=int)
-        active = np.isfinite(cost) & (np.abs(gradient).max(axis=1) >= gtol)
-        s2, vectors, suf = np.zeros_like(x), np.zeros(hessian.shape), np.zeros_like(x)
-        stale = np.ones(x.shape[0], dtype=bool)  # the eigen-decomposition is redone after each accepted step
-        while active.any():
-            a = np.flatnonzero(active)
-            d = 1.0 / scale_inv[a]
-            hessian_h = hessian[a] * d[:, :, None] * d[:, None, :]
-            redo = stale[a]
-            s2[a[redo]], vectors[a[redo]], suf[a[redo]] = _eigen(hessian_h[redo], gradient[a[redo]] * d[redo])
-            stale[a] = False
-            step_h, alpha[a] = _trust_region_steps(
-                s2[a], vectors[a], suf[a], radius[a], alpha[a], targets.shape[1]
-            )
-            predicted = -0.5 * np.einsum("bp,bpq,bq->b", step_h, hessian_h, step_h)
-            predicted -= np.einsum("bp,bp->b", gradient[a] * d, step_h)
+        state = _TrustRegions.start(x, *equations(x, targets, weights), gtol)
+        while state.active.any():
+            a = np.flatnonzero(state.active)
+            step_h, predicted, d = state.steps(a, targets.shape[1])
             step = d * step_h
-            new_cost, new_gradient, new_hessian = equations(x[a] + step, targets[a], weight(a))
-            nfev[a] += 1
-            step_h_norm = np.linalg.norm(step_h, axis=1)
-            finite = np.isfinite(new_cost)
-            reduction = cost[a] - new_cost
-            with np.errstate(all="ignore"):
-                ratio = np.where(predicted > 0, reduction / predicted, np.where(reduction == 0, 1.0, 0.0))
-            new_radius = np.where(ratio < 0.25, 0.25 * step_h_norm, radius[a])
-            new_radius = np.where(
-                (ratio > 0.75) & (step_h_norm > 0.95 * radius[a]), 2 * radius[a], new_radius
-            )
-            ftol_met = (reduction < ftol * cost[a]) & (ratio > 0.25)
-            xtol_met = np.linalg.norm(step, axis=1) < xtol * (xtol + np.linalg.norm(x[a], axis=1))
-            stop = finite & (ftol_met | xtol_met)
-            keep_going = finite & ~stop
-            alpha[a[keep_going]] *= radius[a[keep_going]] / new_radius[keep_going]
-            radius[a] = np.where(keep_going, new_radius, np.where(finite, radius[a], 0.25 * step_h_norm))
-            accept = finite & (reduction > 0)
-            ok = a[accept]
-            x[ok] += step[accept]
-            cost[ok], gradient[ok], hessian[ok] = new_cost[accept], new_gradient[accept], new_hessian[accept]
-            stale[ok] = True
-            scale_inv[ok] = np.maximum(scale_inv[ok], np.sqrt(np.diagonal(hessian[ok], axis1=-2, axis2=-1)))
-            done = stop | (nfev[a] >= max_nfev)
-            done[accept] |= np.abs(gradient[ok]).max(axis=1) < gtol
-            active[a[done]] = False
-    return BatchFit(x, cost, nfev)
+            new = equations(state.x[a] + step, targets[a], None if weights is None else weights[a])
+            state.update(a, step_h, step, predicted, new, ftol, xtol, gtol, max_nfev)
+    return BatchFit(state.x, state.cost, state.nfev)
 
 
 def batch_values(

@@ -18,7 +18,7 @@ what `public_params` reports.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -270,9 +270,8 @@ class LawForm:
         """Prediction (log L if `log_residual`) and its Jacobian in theta."""
         raise NotImplementedError
 
-    # (theta (B, p), x) -> the prediction and Jacobian blocks of a batch: forms that have them are
-    # fitted by the vectorised least squares (`fitting.fit_least_squares_batch`)
-    blocks: ClassVar[Callable[[np.ndarray, Features], Blocks] | None] = None
+    # forms with `blocks` are fitted by the vectorised least squares (`fitting.fit_least_squares_batch`)
+    has_blocks: ClassVar[bool] = False
 
     def loss(self, theta: np.ndarray, x: Features) -> np.ndarray:
         """The predicted loss L itself."""
@@ -288,6 +287,10 @@ class LawForm:
     ) -> dict[str, Any]:
         """The published-form parameters (raw N and D) of a fitted theta."""
         raise NotImplementedError
+
+    def blocks(self, theta: np.ndarray, x: Features) -> Blocks:
+        """The prediction and Jacobian blocks of a batch of thetas (B, p) (`has_blocks` forms)."""
+        raise ValueError(f"the {self.name} law has no Jacobian blocks")
 
     def random_starts(self, k: int, y: np.ndarray, n: int, rng: np.random.Generator) -> np.ndarray:
         """`n` random starting points in the fitted coordinates, scaled to the observed losses `y`."""
@@ -335,10 +338,13 @@ class AdditiveForm(LawForm):
     n_fixed, n_per_domain = 5, 2
     auto_least_squares = True  # RedPajama, 1,098 rows: a lower optimum, 4-5x less CPU
 
-    blocks = staticmethod(additive_blocks)
+    has_blocks = True
 
     def model(self, theta, x):
         return additive_law(theta, x)
+
+    def blocks(self, theta, x):
+        return additive_blocks(theta, x)
 
     def public_params(self, theta, domains, n_scale, d_scale):
         theta = np.asarray(theta, dtype=float)
@@ -385,10 +391,13 @@ class JointForm(LawForm):
     uses_mixture, uses_size = True, True
     n_fixed, n_per_domain = 5, 4
 
-    blocks = staticmethod(joint_blocks)
+    has_blocks = True
 
     def model(self, theta, x):
         return joint_law(theta, x)
+
+    def blocks(self, theta, x):
+        return joint_blocks(theta, x)
 
     def public_params(self, theta, domains, n_scale, d_scale):
         theta = np.asarray(theta, dtype=float)
