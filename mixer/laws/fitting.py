@@ -480,20 +480,13 @@ def huber_normal_equations(
             summed_curvature, summed_psi = curvature @ s["one_hot"], psi @ s["one_hot"]  # per cell, mixture
             n_fits, n_cells = thetas.shape[0], s["n_cells"]
             curvature_m, psi_m = summed_curvature[:, -n_mixtures:], summed_psi[:, -n_mixtures:]
-            grid = np.zeros((n_fits, n_cells * n_mixtures))
-            if s["unique"]:
-                grid[:, s["grid"]] = curvature
-            else:  # repeated (cell, mixture) rows
-                for i in range(n_fits):
-                    grid[i] = np.bincount(s["grid"], curvature[i], minlength=grid.shape[1])
-            grid = grid.reshape(n_fits, n_cells, n_mixtures)
             rows_t = rows.transpose(0, 2, 1)
             if b.row_index is None:
                 curvature_c, psi_c = curvature, psi
             else:
                 curvature_c, psi_c = summed_curvature[:, :n_cells], summed_psi[:, :n_cells]
             h_rr = np.matmul(rows_t * curvature_c[:, None, :], rows)
-            h_rm = np.matmul(np.matmul(rows_t, grid), mixtures)
+            h_rm = np.matmul(_rows_by_mixture(rows_t, curvature, b.row_index, s, n_mixtures), mixtures)
             h_mm = np.matmul(mixtures.transpose(0, 2, 1) * curvature_m[:, None, :], mixtures)
             gradient_r = np.matmul(psi_c[:, None, :], rows)[:, 0]
             gradient_m = np.matmul(psi_m[:, None, :], mixtures)[:, 0]
@@ -505,6 +498,27 @@ def huber_normal_equations(
         return value, gradient, hessian
 
     return equations
+
+
+def _rows_by_mixture(
+    rows_t: np.ndarray,
+    curvature: np.ndarray,
+    row_index: np.ndarray | None,
+    s: dict[str, Any],
+    n_mixtures: int,
+) -> np.ndarray:
+    """sum over table rows i of c_i R[cell_i] e_{mixture_i}^T, (B, r, u): the row block's columns
+    summed per mixture, each row weighted by its curvature."""
+    if row_index is None:  # the row block is per table row
+        return np.matmul(rows_t * curvature[:, None, :], s["one_hot"][:, -n_mixtures:])
+    n_fits, n_cells = curvature.shape[0], s["n_cells"]
+    grid = np.zeros((n_fits, n_cells * n_mixtures))  # the curvature of each (size cell, mixture)
+    if s["unique"]:
+        grid[:, s["grid"]] = curvature
+    else:  # repeated (cell, mixture) rows
+        for i in range(n_fits):
+            grid[i] = np.bincount(s["grid"], curvature[i], minlength=grid.shape[1])
+    return np.matmul(rows_t, grid.reshape(n_fits, n_cells, n_mixtures))
 
 
 @dataclass
