@@ -551,32 +551,45 @@ def _trust_region_steps(
         gauss_newton = -np.einsum("bpq,bq->bp", vectors, np.where(s2 > 0, suf / s2, 0.0))
     fits = full_rank & (np.linalg.norm(gauss_newton, axis=1) <= radius)
 
+    step, out_alpha = gauss_newton, np.zeros_like(alpha)
+    m = np.flatnonzero(~fits)  # Moré's search for the rest
+    if m.size:
+        with np.errstate(all="ignore"):
+            out_alpha[m] = _more_alpha(s2[m], suf[m], radius[m], alpha[m], full_rank[m])
+            limited = -np.einsum("bpq,bq->bp", vectors[m], suf[m] / (s2[m] + out_alpha[m, None]))
+            step[m] = limited * (radius[m] / np.linalg.norm(limited, axis=1))[:, None]
+    return step, out_alpha
+
+
+def _more_alpha(
+    s2: np.ndarray, suf: np.ndarray, radius: np.ndarray, alpha: np.ndarray, full_rank: np.ndarray
+) -> np.ndarray:
+    """The Levenberg-Marquardt parameter whose step has norm `radius` (to 1%), by scipy's Newton
+    iteration on phi(alpha) = |p(alpha)| - radius, started from the last step's `alpha`."""
+
     def phi(a: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         denom = s2 + a[:, None]
         p_norm = np.linalg.norm(suf / denom, axis=1)
         return p_norm - radius, -np.sum(suf**2 / denom**3, axis=1) / p_norm
 
-    with np.errstate(all="ignore"):
-        upper = np.linalg.norm(suf, axis=1) / radius
-        phi0, dphi0 = phi(np.zeros_like(radius))
-        lower = np.where(full_rank, -phi0 / dphi0, 0.0)
-        fresh = (alpha == 0) & ~full_rank
-        alpha = np.where(fresh, np.maximum(0.001 * upper, np.sqrt(lower * upper)), alpha)
-        searching = ~fits
-        for _ in range(10):
-            outside = (alpha < lower) | (alpha > upper)
-            alpha = np.where(searching & outside, np.maximum(0.001 * upper, np.sqrt(lower * upper)), alpha)
-            value, derivative = phi(alpha)
-            upper = np.where(searching & (value < 0), alpha, upper)
-            ratio = value / derivative
-            lower = np.where(searching, np.maximum(lower, alpha - ratio), lower)
-            alpha = np.where(searching, alpha - (value + radius) * ratio / radius, alpha)
-            searching &= ~(np.abs(value) < 0.01 * radius)
-            if not searching.any():
-                break
-        step = -np.einsum("bpq,bq->bp", vectors, suf / (s2 + alpha[:, None]))
-        step *= (radius / np.linalg.norm(step, axis=1))[:, None]
-    return np.where(fits[:, None], gauss_newton, step), np.where(fits, 0.0, alpha)
+    upper = np.linalg.norm(suf, axis=1) / radius
+    phi0, dphi0 = phi(np.zeros_like(radius))
+    lower = np.where(full_rank, -phi0 / dphi0, 0.0)
+    fresh = (alpha == 0) & ~full_rank
+    alpha = np.where(fresh, np.maximum(0.001 * upper, np.sqrt(lower * upper)), alpha)
+    searching = np.ones(alpha.size, dtype=bool)
+    for _ in range(10):
+        outside = (alpha < lower) | (alpha > upper)
+        alpha = np.where(searching & outside, np.maximum(0.001 * upper, np.sqrt(lower * upper)), alpha)
+        value, derivative = phi(alpha)
+        upper = np.where(searching & (value < 0), alpha, upper)
+        ratio = value / derivative
+        lower = np.where(searching, np.maximum(lower, alpha - ratio), lower)
+        alpha = np.where(searching, alpha - (value + radius) * ratio / radius, alpha)
+        searching &= ~(np.abs(value) < 0.01 * radius)
+        if not searching.any():
+            break
+    return alpha
 
 
 @dataclass
