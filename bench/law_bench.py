@@ -19,7 +19,7 @@ shared machine CPU time is what compares between runs):
 The last line is JSON with the headline figures.
 
 Usage: python bench/law_bench.py [--skip-grid] [--skip-joint] [--joint-old] [--joint-per-domain]
-       [--only-speed] [--skip-per-domain-old]
+       [--only-speed] [--skip-per-domain-old] [--only-joint]
 """
 
 from __future__ import annotations
@@ -112,7 +112,9 @@ def _compare(label: str, old: tuple, new: tuple) -> dict:
     }
 
 
-def bench_fit_speed(skip_joint: bool, joint_old: bool, skip_per_domain_old: bool) -> dict:
+def bench_fit_speed(
+    skip_joint: bool, joint_old: bool, skip_per_domain_old: bool, only_joint: bool = False
+) -> dict:
     """Time and objective of each search on all RedPajama rows: the vectorised least squares
     (search="least_squares", the default above 512 rows) against the same search one scipy call per
     start (search="scipy_least_squares", the default before) and basin-hopping, for one additive law,
@@ -122,11 +124,11 @@ def bench_fit_speed(skip_joint: bool, joint_old: bool, skip_per_domain_old: bool
         f"fit on all {len(runs)} RedPajama rows (70M-410M), no bootstrap, the same 256 seeded starts "
         f"({load()}):"
     )
-    cases: list[tuple[str, str, dict, tuple[str, ...]]] = [
-        ("additive", "one law", OLD, ("basinhopping", "scipy_least_squares", "least_squares"))
-    ]
-    old_per_domain = () if skip_per_domain_old else ("scipy_least_squares",)
-    cases.append(("additive", "22 per-domain laws (default)", {}, (*old_per_domain, "least_squares")))
+    cases: list[tuple[str, str, dict, tuple[str, ...]]] = []
+    if not only_joint:
+        cases.append(("additive", "one law", OLD, ("basinhopping", "scipy_least_squares", "least_squares")))
+        old_per_domain = () if skip_per_domain_old else ("scipy_least_squares",)
+        cases.append(("additive", "22 per-domain laws (default)", {}, (*old_per_domain, "least_squares")))
     if not skip_joint:
         joint = (("basinhopping",) if joint_old else ()) + ("scipy_least_squares", "least_squares")
         cases.append(("joint", "one law", OLD, joint))
@@ -251,6 +253,9 @@ def main() -> None:
     )
     parser.add_argument("--only-speed", action="store_true", help="only the fit speed on all rows (2.)")
     parser.add_argument(
+        "--only-joint", action="store_true", help="with --only-speed: the joint law's fits alone"
+    )
+    parser.add_argument(
         "--skip-per-domain-old",
         action="store_true",
         help="skip the per-domain additive fit with one scipy call per start (~70 s CPU)",
@@ -260,7 +265,9 @@ def main() -> None:
     summary = {"load_before": [round(v, 1) for v in os.getloadavg()]}
     if not args.only_speed:
         summary.update(bench_chinchilla(args.skip_grid))
-    summary["fit_speed"] = bench_fit_speed(args.skip_joint, args.joint_old, args.skip_per_domain_old)
+    summary["fit_speed"] = bench_fit_speed(
+        args.skip_joint, args.joint_old, args.skip_per_domain_old, args.only_joint
+    )
     if not args.only_speed:
         summary["extrapolation"] = bench_extrapolation(args.skip_joint, args.joint_per_domain)
     summary["load_after"] = [round(v, 1) for v in os.getloadavg()]
