@@ -266,6 +266,14 @@ def test_vectorised_least_squares_follows_scipy_step_for_step() -> None:
         np.tile(weights, (8, 1)),
         options,
     )
+    again = batch_least_squares(
+        huber_normal_equations(additive_blocks, x),
+        starts[::-1],
+        np.tile(y, (8, 1)),
+        np.tile(weights, (8, 1)),
+        options,
+    )
+    np.testing.assert_array_equal(again.thetas[::-1], batch.thetas)  # deterministic, whatever the batch order
     for i, start in enumerate(starts):
         single = least_squares_fit(objective, start, options, polish=False)
         assert batch.n_evaluations[i] == single.nfev
