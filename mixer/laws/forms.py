@@ -138,7 +138,9 @@ class Blocks:
         rows = self.rows if self.row_index is None else self.rows[..., self.row_index, :]
         blocks = np.concatenate([rows, self.mixtures[..., x.mixture_index, :]], axis=-1)
         order = np.argsort(np.concatenate([self.row_columns, self.mixture_columns]))
-        return blocks if np.array_equal(order, np.arange(order.size)) else blocks[..., order]
+        if np.array_equal(order, np.arange(order.size)):
+            return blocks
+        return np.ascontiguousarray(blocks[..., order])  # C order, as before: the same BLAS sums
 
 
 def additive_blocks(theta: np.ndarray, x: Features) -> Blocks:
