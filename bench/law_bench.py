@@ -4,10 +4,11 @@ Prints, in one run (load average before and after; CPU seconds beside wall secon
 shared machine CPU time is what compares between runs):
 1. Chinchilla (240 lowest-loss points): the screened grid search (objective at all 4,500 Hoffmann
    starts at once, L-BFGS from the best 8) vs L-BFGS from every one of the 4,500 starts.
-2. Speed: the additive law on all 1,098 RedPajama rows, basin-hopping (the search before) vs least
-   squares (the default above 512 rows), same starts: seconds, ratio old/new, objective of each;
-   the joint law with least squares (and, with --joint-old, with basin-hopping, its default);
-   then one table of both laws side by side (time and objective of each search).
+2. Speed on all 1,098 RedPajama rows, same starts: the vectorised least squares (every search of
+   every target in one loop; the default above 512 rows) against the same search with one scipy
+   call per start (the default before) and basin-hopping: one additive law, the per-domain additive
+   default (22 laws; the objective of every one compared) and the joint law (basin-hopping, its
+   default, with --joint-old): seconds (wall and CPU), ratios old / new, objectives; then one table.
 3. Extrapolation, for every law, on data it was not fitted on: the old settings (one unweighted
    law on the overall loss) beside the law's default (`per_domain=None, size_weight=None`: per-domain
    sums for the additive and mixing laws, rows weighted by N / N_min for the laws in N and D).
@@ -18,7 +19,7 @@ shared machine CPU time is what compares between runs):
 The last line is JSON with the headline figures.
 
 Usage: python bench/law_bench.py [--skip-grid] [--skip-joint] [--joint-old] [--joint-per-domain]
-       [--only-speed]
+       [--only-speed] [--skip-per-domain-old] [--only-joint]
 """
 
 from __future__ import annotations
@@ -89,49 +90,78 @@ def _fit_line(name: str, law, wall: float, cpu: float) -> str:
     )
 
 
-def bench_fit_speed(skip_joint: bool, joint_old: bool) -> dict:
+def _objectives(law) -> np.ndarray:
+    return np.array([f.diagnostics["objective"] for f in law.fits_])
+
+
+def _compare(label: str, old: tuple, new: tuple) -> dict:
+    """One line: old / new time (wall, CPU) and how the objectives compare (every fitted target)."""
+    (old_obj, old_wall, old_cpu), (new_obj, new_wall, new_cpu) = old, new
+    relative = (new_obj - old_obj) / old_obj
+    higher = int(np.sum(relative > 1e-6))
+    print(
+        f"  {label}: {old_wall / new_wall:.1f}x faster (wall), {old_cpu / new_cpu:.1f}x (CPU); "
+        f"objectives of {relative.size} fit(s): largest relative change {relative.max():+.1e}, "
+        f"{int(np.sum(relative < -1e-6))} lower, {higher} higher (> 1e-6)" + (" HIGHER" if higher else "")
+    )
+    return {
+        "wall_ratio": round(old_wall / new_wall, 2),
+        "cpu_ratio": round(old_cpu / new_cpu, 2),
+        "max_relative_objective_change": float(relative.max()),
+        "n_higher": higher,
+    }
+
+
+def bench_fit_speed(
+    skip_joint: bool, joint_old: bool, skip_per_domain_old: bool, only_joint: bool = False
+) -> dict:
+    """Time and objective of each search on all RedPajama rows: the vectorised least squares
+    (search="least_squares", the default above 512 rows) against the same search one scipy call per
+    start (search="scipy_least_squares", the default before) and basin-hopping, for one additive law,
+    the per-domain additive default (22 laws) and the joint law."""
     runs = mixinglaws_runs(DATA)
     print(
-        f"fit on all {len(runs)} RedPajama rows (70M-410M), no bootstrap, same 256 starts, one unweighted "
-        "law on the loss (the search's speed; a per-domain default is 22 such fits):"
+        f"fit on all {len(runs)} RedPajama rows (70M-410M), no bootstrap, the same 256 seeded starts "
+        f"({load()}):"
     )
-    results = {}
-    kinds = ("additive",) + (() if skip_joint else ("joint",))
-    for kind in kinds:
-        searches = (
-            ("basinhopping", "least_squares") if kind == "additive" or joint_old else ("least_squares",)
-        )
+    cases: list[tuple[str, str, dict, tuple[str, ...]]] = []
+    if not only_joint:
+        cases.append(("additive", "one law", OLD, ("basinhopping", "scipy_least_squares", "least_squares")))
+        old_per_domain = () if skip_per_domain_old else ("scipy_least_squares",)
+        cases.append(("additive", "22 per-domain laws (default)", {}, (*old_per_domain, "least_squares")))
+    if not skip_joint:
+        joint = (("basinhopping",) if joint_old else ()) + ("scipy_least_squares", "least_squares")
+        cases.append(("joint", "one law", OLD, joint))
+    results, summary = {}, {}
+    for kind, what, settings, searches in cases:
         for search in searches:
-            law, wall, cpu = timed(lambda s=search, k=kind: LAWS[k](n_bootstrap=0, search=s, **OLD).fit(runs))
-            print("  " + _fit_line(f"{kind}, {search}", law, wall, cpu), flush=True)
-            results[(kind, search)] = (law.fits_[0].diagnostics["objective"], wall, cpu)
-        if len(searches) == 2:
-            (old_obj, old_wall, old_cpu), (new_obj, new_wall, new_cpu) = (
-                results[(kind, s)] for s in searches
+            law, wall, cpu = timed(
+                lambda s=search, k=kind, o=settings: LAWS[k](n_bootstrap=0, search=s, **o).fit(runs)
             )
-            print(
-                f"  {kind}: least squares / basin-hopping: {old_wall / new_wall:.1f}x faster (wall), "
-                f"{old_cpu / new_cpu:.1f}x (CPU); objective {new_obj:.6g} vs {old_obj:.6g} "
-                f"({'lower or equal' if new_obj <= old_obj * (1 + 1e-9) else 'HIGHER'})"
-            )
-    _side_by_side(results, {kind: LAWS[kind](n_bootstrap=0)._search_for(len(runs)) for kind in kinds})
-    return {
-        f"{k}_{s}": {"objective": o, "wall_s": round(w, 2), "cpu_s": round(c, 2)}
-        for (k, s), (o, w, c) in results.items()
+            print("  " + _fit_line(f"{kind}, {what}, {search}", law, wall, cpu), flush=True)
+            results[(kind, what, search)] = (_objectives(law), wall, cpu)
+        new = results[(kind, what, "least_squares")]
+        for old_search in searches[:-1]:
+            key = f"{kind} {what}: {old_search} / least_squares"
+            summary[key] = _compare(key, results[(kind, what, old_search)], new)
+    _side_by_side(
+        results, {kind: LAWS[kind](n_bootstrap=0)._search_for(len(runs)) for kind in ("additive", "joint")}
+    )
+    summary["fits"] = {
+        f"{k} {w} {s}": {"objective": float(o.sum()), "wall_s": round(wl, 2), "cpu_s": round(c, 2)}
+        for (k, w, s), (o, wl, c) in results.items()
     }
+    return summary
 
 
 def _side_by_side(results: dict, defaults: dict[str, str]) -> None:
     """One table: each law and search, its time and objective; the search `auto` picks is starred."""
-    print(f"  {'law':<9} {'search':<16} {'wall s':>7} {'CPU s':>7}  objective (summed Huber)")
-    for (kind, search), (objective, wall, cpu) in results.items():
+    print(f"  {'law':<9} {'fit':<29} {'search':<22} {'wall s':>7} {'CPU s':>7}  objective (summed Huber)")
+    for (kind, what, search), (objective, wall, cpu) in results.items():
         star = " *" if defaults.get(kind) == search else ""
-        print(f"  {kind:<9} {search + star:<16} {wall:7.1f} {cpu:7.1f}  {objective:.7g}")
-    missing = [f"{k} ({s})" for k, s in defaults.items() if (k, s) not in results]
-    print(
-        "  * the search `auto` (the default) picks on these rows"
-        + (f"; not run: {', '.join(missing)} (--joint-old)" if missing else "")
-    )
+        total = f"{objective.sum():.7g}" + (f" (sum of {objective.size})" if objective.size > 1 else "")
+        print(f"  {kind:<9} {what:<29} {search + star:<22} {wall:7.1f} {cpu:7.1f}  {total}")
+    print("  * the search `auto` (the default) picks on these rows")
 
 
 def _settings_label(law) -> str:
@@ -222,12 +252,22 @@ def main() -> None:
         "--joint-per-domain", action="store_true", help="also the joint law's per-domain sums (least squares)"
     )
     parser.add_argument("--only-speed", action="store_true", help="only the fit speed on all rows (2.)")
+    parser.add_argument(
+        "--only-joint", action="store_true", help="with --only-speed: the joint law's fits alone"
+    )
+    parser.add_argument(
+        "--skip-per-domain-old",
+        action="store_true",
+        help="skip the per-domain additive fit with one scipy call per start (~70 s CPU)",
+    )
     args = parser.parse_args()
     print(f"(shared machine: compare ratios and CPU seconds, not wall seconds; {load()})")
     summary = {"load_before": [round(v, 1) for v in os.getloadavg()]}
     if not args.only_speed:
         summary.update(bench_chinchilla(args.skip_grid))
-    summary["fit_speed"] = bench_fit_speed(args.skip_joint, args.joint_old)
+    summary["fit_speed"] = bench_fit_speed(
+        args.skip_joint, args.joint_old, args.skip_per_domain_old, args.only_joint
+    )
     if not args.only_speed:
         summary["extrapolation"] = bench_extrapolation(args.skip_joint, args.joint_per_domain)
     summary["load_after"] = [round(v, 1) for v in os.getloadavg()]

@@ -212,3 +212,69 @@ def test_mixture_gradient_is_finite_where_a_per_domain_fit_diverged() -> None:
     x = Features(np.zeros(2), np.zeros(2), np.vstack([h + step, h - step]))
     loss = additive_law(theta, x)[0]
     assert (loss[0] - loss[1]) / 2 == pytest.approx(grad @ step, rel=1e-5)
+
+
+@pytest.mark.parametrize("kind", ["additive", "joint"])
+def test_normal_equations_match_the_dense_jacobian(kind: str) -> None:
+    """The vectorised search's loss, gradient and Gauss-Newton matrix, built from the Jacobian blocks
+    (per size cell and per mixture), equal J^T diag(c) J and J^T psi from the full Jacobian, for a
+    batch of thetas, with row weights, a repeated row and a diverged theta."""
+    from mixer.laws.fitting import EPS, huber_normal_equations
+    from mixer.laws.forms import FORMS
+
+    runs = synthetic_runs()
+    runs = pd.concat([runs, runs.iloc[:1]], ignore_index=True)  # one (size cell, mixture) twice
+    h = runs[[f"h_{d}" for d in DOMAINS]].to_numpy()
+    x = Features(np.log(runs["N"].to_numpy() / 1e7), np.log(runs["D"].to_numpy() / 1e9), h)
+    form = FORMS[kind]
+    rng = np.random.default_rng(0)
+    thetas = form.random_starts(len(DOMAINS), runs["loss"].to_numpy(), 4, rng)
+    thetas[3, 0] = 800.0  # exp overflows: this fit's value is +inf
+    with np.errstate(all="ignore"):
+        prediction, jacobian = form.model(thetas, x)
+    targets = prediction + rng.normal(0, 2e-3, prediction.shape)  # residuals on both sides of delta
+    weights = rng.uniform(0.5, 2.0, prediction.shape)
+    value, gradient, hessian = huber_normal_equations(form.blocks, x)(thetas, targets, weights)
+    assert np.isinf(value[3]) and np.all(np.isfinite(gradient)) and np.all(np.isfinite(hessian))
+    for i in range(3):
+        residual = prediction[i] - targets[i]
+        curvature = np.where(np.abs(residual) <= 1e-3, weights[i], EPS)
+        expected = jacobian[i].T @ (curvature[:, None] * jacobian[i])
+        assert value[i] == pytest.approx(float((weights[i] * huber_terms(residual)).sum()), rel=1e-12)
+        np.testing.assert_allclose(gradient[i], jacobian[i].T @ (weights[i] * np.clip(residual, -1e-3, 1e-3)))
+        np.testing.assert_allclose(hessian[i], expected, rtol=1e-9, atol=1e-12 * np.abs(expected).max())
+
+
+def test_vectorised_least_squares_follows_scipy_step_for_step() -> None:
+    """batch_least_squares is scipy's least_squares(trf, huber, x_scale="jac") on many starts at once:
+    the same number of evaluations and the same end points from each start."""
+    from mixer.laws.fitting import batch_least_squares, huber_normal_equations, least_squares_fit
+    from mixer.laws.forms import FORMS, additive_blocks
+
+    runs = synthetic_runs()
+    h = runs[[f"h_{d}" for d in DOMAINS]].to_numpy()
+    x = Features(np.log(runs["N"].to_numpy() / 1e7), np.log(runs["D"].to_numpy() / 1e9), h)
+    y = runs["loss"].to_numpy()
+    weights = size_weights(x.log_n, 1.0)
+    starts = FORMS["additive"].random_starts(len(DOMAINS), y, 8, np.random.default_rng(1))
+    objective = HuberObjective(lambda theta: additive_law(theta, x), y, weights=weights)
+    options = {"max_nfev": 40}
+    batch = batch_least_squares(
+        huber_normal_equations(additive_blocks, x),
+        starts,
+        np.tile(y, (8, 1)),
+        np.tile(weights, (8, 1)),
+        options,
+    )
+    again = batch_least_squares(
+        huber_normal_equations(additive_blocks, x),
+        starts[::-1],
+        np.tile(y, (8, 1)),
+        np.tile(weights, (8, 1)),
+        options,
+    )
+    np.testing.assert_array_equal(again.thetas[::-1], batch.thetas)  # deterministic, whatever the batch order
+    for i, start in enumerate(starts):
+        single = least_squares_fit(objective, start, options, polish=False)
+        assert batch.n_evaluations[i] == single.nfev
+        assert batch.values[i] == pytest.approx(objective.value(single.x), rel=1e-6)

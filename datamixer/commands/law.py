@@ -52,7 +52,10 @@ def fit_command(
         str | None,
         typer.Option(
             "--search",
-            help="Mixture laws: auto (default: least_squares above 512 rows) | least_squares | basinhopping.",
+            help=(
+                "Mixture laws: auto (default: least_squares above 512 rows) | least_squares (vectorised) "
+                "| scipy_least_squares (one scipy call per start) | basinhopping."
+            ),
         ),
     ] = None,
     per_domain: Annotated[

@@ -25,10 +25,13 @@ import numpy as np
 from scipy.optimize import OptimizeResult, basinhopping, least_squares, minimize
 from threadpoolctl import threadpool_limits
 
+from mixer.laws.forms import Blocks, Features
+
 Model = Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]]
 F = TypeVar("F", bound=Callable[..., Any])
 
 HUBER_DELTA = 1e-3
+EPS = float(np.finfo(float).eps)
 # On the objective / delta^2 (see the module docstring): relative decrease 1e-14, gradient 1e-8.
 LBFGS_OPTIONS: dict[str, float | int] = {
     "maxiter": 20_000,
@@ -111,12 +114,17 @@ def local_fit(
         method="L-BFGS-B",
         options={**LBFGS_OPTIONS, **(options or {})},
     )
-    for listener in list(_SEARCH_LISTENERS):
-        listener(1)
+    _advance(1)
     return result
 
 
 _SEARCH_LISTENERS: list[Callable[[int], None]] = []
+
+
+def _advance(n_searches: int) -> None:
+    """Tell the progress listeners that `n_searches` more local searches finished."""
+    for listener in list(_SEARCH_LISTENERS):
+        listener(n_searches)
 
 
 @contextlib.contextmanager
@@ -318,8 +326,7 @@ def least_squares_fit(
     objective.n_evaluations += int(result.nfev)
     if polish:
         return local_fit(objective, result.x)
-    for listener in list(_SEARCH_LISTENERS):
-        listener(1)
+    _advance(1)
     return result
 
 
@@ -406,3 +413,405 @@ def bootstrap_least_squares(
         if np.all(np.isfinite(result.x)):
             thetas.append(result.x)
     return np.array(thetas).reshape(len(thetas), theta.size)
+
+
+# --- Mixture laws, vectorised: many fits in one Levenberg-Marquardt loop ----------------------
+
+# (thetas (B, p), targets (B, n), row weights (B, n) or None) -> summed Huber loss (B,), gradient
+# (B, p), Gauss-Newton curvature (B, p, p)
+NormalEquations = Callable[
+    [np.ndarray, np.ndarray, np.ndarray | None], tuple[np.ndarray, np.ndarray, np.ndarray]
+]
+
+
+def huber_normal_equations(
+    blocks: Callable[[np.ndarray, Features], Blocks], x: Features, delta: float = HUBER_DELTA
+) -> NormalEquations:
+    """The summed Huber loss of B fits of a law given by its Jacobian `blocks`, with its gradient and
+    Gauss-Newton curvature J^T diag(c) J (c = the row weight within delta, machine epsilon beyond it:
+    scipy least_squares' robust-loss scaling). Built from the blocks: the residual's weights are
+    summed per size cell and per mixture (one matrix product), never the Jacobian expanded to every
+    row. A fit whose prediction or Jacobian is not finite gets the value +inf."""
+    n_rows, n_mixtures = x.log_n.size, x.unique_h.shape[0]
+    mixture_index = x.mixture_index
+    structure: dict[str, Any] = {}
+
+    def sums(cells: np.ndarray | None) -> dict[str, Any]:
+        """One-hot matrices that sum a row quantity per cell and per mixture, and where each row
+        falls in the (cell x mixture) grid."""
+        if not structure:
+            n_cells = n_rows if cells is None else int(cells.max()) + 1
+            index = np.arange(n_rows) if cells is None else cells
+            columns = [] if cells is None else [index[:, None] == np.arange(n_cells)]
+            columns.append(mixture_index[:, None] == np.arange(n_mixtures))
+            structure.update(
+                one_hot=np.concatenate(columns, axis=1).astype(float),
+                n_cells=n_cells,
+                grid=index * n_mixtures + mixture_index,
+                unique=np.unique(index * n_mixtures + mixture_index).size == n_rows,
+            )
+        return structure
+
+    def equations(thetas: np.ndarray, targets: np.ndarray, weights: np.ndarray | None):
+        with np.errstate(all="ignore"):
+            b = blocks(thetas, x)
+            s = sums(b.row_index)
+            residual = b.prediction - targets
+            absolute = np.abs(residual)
+            clipped = np.minimum(absolute, delta)
+            terms = clipped * (absolute - 0.5 * clipped)  # huber_terms: r^2/2 within delta, linear beyond
+            psi = np.copysign(clipped, residual)
+            inside = absolute <= delta
+            if weights is None:
+                curvature = np.where(inside, 1.0, EPS)  # EPS: scipy's floor on the robust loss's scaling
+                value = terms.sum(axis=-1)
+            else:
+                curvature = np.where(inside, np.maximum(weights, EPS), EPS)
+                psi *= weights
+                value = np.einsum("bn,bn->b", terms, weights)
+            rows, mixtures = b.rows, b.mixtures
+            finite = np.isfinite(value + rows.sum(axis=(-2, -1)) + mixtures.sum(axis=(-2, -1)))
+            if not finite.all():
+                value = np.where(finite, value, np.inf)
+                rows = np.where(finite[:, None, None], rows, 0.0)
+                mixtures = np.where(finite[:, None, None], mixtures, 0.0)
+                curvature = np.where(finite[:, None], curvature, EPS)
+                psi = np.where(finite[:, None], psi, 0.0)
+            summed_curvature, summed_psi = curvature @ s["one_hot"], psi @ s["one_hot"]  # per cell, mixture
+            n_fits, n_cells = thetas.shape[0], s["n_cells"]
+            curvature_m, psi_m = summed_curvature[:, -n_mixtures:], summed_psi[:, -n_mixtures:]
+            rows_t = rows.transpose(0, 2, 1)
+            if b.row_index is None:
+                curvature_c, psi_c = curvature, psi
+            else:
+                curvature_c, psi_c = summed_curvature[:, :n_cells], summed_psi[:, :n_cells]
+            h_rr = np.matmul(rows_t * curvature_c[:, None, :], rows)
+            h_rm = np.matmul(_rows_by_mixture(rows_t, curvature, b.row_index, s, n_mixtures), mixtures)
+            h_mm = np.matmul(mixtures.transpose(0, 2, 1) * curvature_m[:, None, :], mixtures)
+            gradient_r = np.matmul(psi_c[:, None, :], rows)[:, 0]
+            gradient_m = np.matmul(psi_m[:, None, :], mixtures)[:, 0]
+        order = np.concatenate([b.row_columns, b.mixture_columns])
+        gradient = np.empty((n_fits, order.size))
+        gradient[:, order] = np.concatenate([gradient_r, gradient_m], axis=-1)
+        hessian = np.empty((n_fits, order.size, order.size))
+        hessian[:, order[:, None], order[None, :]] = np.block([[h_rr, h_rm], [h_rm.transpose(0, 2, 1), h_mm]])
+        return value, gradient, hessian
+
+    return equations
+
+
+def _rows_by_mixture(
+    rows_t: np.ndarray,
+    curvature: np.ndarray,
+    row_index: np.ndarray | None,
+    s: dict[str, Any],
+    n_mixtures: int,
+) -> np.ndarray:
+    """sum over table rows i of c_i R[cell_i] e_{mixture_i}^T, (B, r, u): the row block's columns
+    summed per mixture, each row weighted by its curvature."""
+    if row_index is None:  # the row block is per table row
+        return np.matmul(rows_t * curvature[:, None, :], s["one_hot"][:, -n_mixtures:])
+    n_fits, n_cells = curvature.shape[0], s["n_cells"]
+    grid = np.zeros((n_fits, n_cells * n_mixtures))  # the curvature of each (size cell, mixture)
+    if s["unique"]:
+        grid[:, s["grid"]] = curvature
+    else:  # repeated (cell, mixture) rows
+        for i in range(n_fits):
+            grid[i] = np.bincount(s["grid"], curvature[i], minlength=grid.shape[1])
+    return np.matmul(rows_t, grid.reshape(n_fits, n_cells, n_mixtures))
+
+
+@dataclass
+class BatchFit:
+    """The end points of B vectorised fits."""
+
+    thetas: np.ndarray  # (B, p)
+    values: np.ndarray  # (B,) summed Huber loss, unscaled
+    n_evaluations: np.ndarray  # (B,)
+
+
+def _eigen(hessian: np.ndarray, gradient: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """What the trust-region steps need of the Gauss-Newton matrix J^T J = V s^2 V^T (scaled
+    variables): s^2 and V in descending order, as svd's, and V^T g = s (U^T f)."""
+    eigenvalues, vectors = np.linalg.eigh(hessian)
+    vectors = vectors[:, :, ::-1]
+    return np.maximum(eigenvalues[:, ::-1], 0.0), vectors, np.einsum("bpq,bp->bq", vectors, gradient)
+
+
+def _trust_region_steps(
+    s2: np.ndarray, vectors: np.ndarray, suf: np.ndarray, radius: np.ndarray, alpha: np.ndarray, n_rows: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """scipy's `solve_lsq_trust_region` (Moré's method) for a batch, in scaled variables, from the
+    eigen-decomposition of J^T J (`_eigen`: U^T f = V^T g / s): the Gauss-Newton step where J has
+    full rank and the step fits in `radius`, else the step of norm `radius` of the
+    Levenberg-Marquardt parameter found by 10 Newton iterations at most."""
+    s = np.sqrt(s2)
+    full_rank = s[:, -1] > EPS * n_rows * s[:, 0]
+    with np.errstate(all="ignore"):
+        gauss_newton = -np.einsum("bpq,bq->bp", vectors, np.where(s2 > 0, suf / s2, 0.0))
+    fits = full_rank & (np.linalg.norm(gauss_newton, axis=1) <= radius)
+
+    step, out_alpha = gauss_newton, np.zeros_like(alpha)
+    m = np.flatnonzero(~fits)  # Moré's search for the rest
+    if m.size:
+        with np.errstate(all="ignore"):
+            out_alpha[m] = _more_alpha(s2[m], suf[m], radius[m], alpha[m], full_rank[m])
+            limited = -np.einsum("bpq,bq->bp", vectors[m], suf[m] / (s2[m] + out_alpha[m, None]))
+            step[m] = limited * (radius[m] / np.linalg.norm(limited, axis=1))[:, None]
+    return step, out_alpha
+
+
+def _more_alpha(
+    s2: np.ndarray, suf: np.ndarray, radius: np.ndarray, alpha: np.ndarray, full_rank: np.ndarray
+) -> np.ndarray:
+    """The Levenberg-Marquardt parameter whose step has norm `radius` (to 1%), by scipy's Newton
+    iteration on phi(alpha) = |p(alpha)| - radius, started from the last step's `alpha`."""
+
+    def phi(a: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        denom = s2 + a[:, None]
+        p_norm = np.linalg.norm(suf / denom, axis=1)
+        return p_norm - radius, -np.sum(suf**2 / denom**3, axis=1) / p_norm
+
+    upper = np.linalg.norm(suf, axis=1) / radius
+    phi0, dphi0 = phi(np.zeros_like(radius))
+    lower = np.where(full_rank, -phi0 / dphi0, 0.0)
+    fresh = (alpha == 0) & ~full_rank
+    alpha = np.where(fresh, np.maximum(0.001 * upper, np.sqrt(lower * upper)), alpha)
+    searching = np.ones(alpha.size, dtype=bool)
+    for _ in range(10):
+        outside = (alpha < lower) | (alpha > upper)
+        alpha = np.where(searching & outside, np.maximum(0.001 * upper, np.sqrt(lower * upper)), alpha)
+        value, derivative = phi(alpha)
+        upper = np.where(searching & (value < 0), alpha, upper)
+        ratio = value / derivative
+        lower = np.where(searching, np.maximum(lower, alpha - ratio), lower)
+        alpha = np.where(searching, alpha - (value + radius) * ratio / radius, alpha)
+        searching &= ~(np.abs(value) < 0.01 * radius)
+        if not searching.any():
+            break
+    return alpha
+
+
+@dataclass
+class _TrustRegions:
+    """The state of B trust-region searches (scipy trf's variables, one row per fit)."""
+
+    x: np.ndarray
+    cost: np.ndarray
+    gradient: np.ndarray
+    hessian: np.ndarray  # J^T diag(c) J
+    scale_inv: np.ndarray  # x_scale="jac": the largest column norms of J seen so far
+    radius: np.ndarray
+    alpha: np.ndarray  # the Levenberg-Marquardt parameter of the last step
+    nfev: np.ndarray
+    active: np.ndarray
+    s2: np.ndarray  # eigen-decomposition of the scaled J^T J, redone only after an accepted step
+    vectors: np.ndarray
+    suf: np.ndarray
+    stale: np.ndarray
+
+    @classmethod
+    def start(cls, x: np.ndarray, cost: np.ndarray, gradient: np.ndarray, hessian: np.ndarray, gtol: float):
+        scale_inv = np.sqrt(np.diagonal(hessian, axis1=-2, axis2=-1)).copy()
+        scale_inv[scale_inv == 0] = 1.0
+        radius = np.linalg.norm(x * scale_inv, axis=1)
+        radius[radius == 0] = 1.0
+        n = x.shape[0]
+        active = np.isfinite(cost) & (np.abs(gradient).max(axis=1) >= gtol)
+        return cls(
+            x, cost, gradient, hessian, scale_inv, radius, np.zeros(n), np.ones(n, dtype=int), active,
+            np.zeros_like(x), np.zeros(hessian.shape), np.zeros_like(x), np.ones(n, dtype=bool),
+        )  # fmt: skip
+
+    def steps(self, a: np.ndarray, n_rows: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The active fits' steps in scaled variables, their predicted reductions, and the scale."""
+        d = 1.0 / self.scale_inv[a]
+        redo = a[self.stale[a]]
+        if redo.size:
+            scale = 1.0 / self.scale_inv[redo]
+            scaled = self.hessian[redo] * scale[:, :, None] * scale[:, None, :]
+            self.s2[redo], self.vectors[redo], self.suf[redo] = _eigen(scaled, self.gradient[redo] * scale)
+            self.stale[redo] = False
+        step_h, self.alpha[a] = _trust_region_steps(
+            self.s2[a], self.vectors[a], self.suf[a], self.radius[a], self.alpha[a], n_rows
+        )
+        rotated = np.einsum("bpq,bp->bq", self.vectors[a], step_h)
+        predicted = -0.5 * np.einsum("bq,bq->b", self.s2[a], rotated**2)
+        predicted -= np.einsum("bp,bp->b", self.gradient[a] * d, step_h)
+        return step_h, predicted, d
+
+    def update(self, a, step_h, step, predicted, new, ftol, xtol, gtol, max_nfev) -> None:
+        """scipy trf's radius update, stopping tests and acceptance for the active fits `a`."""
+        new_cost, new_gradient, new_hessian = new
+        self.nfev[a] += 1
+        step_h_norm = np.linalg.norm(step_h, axis=1)
+        finite = np.isfinite(new_cost)
+        reduction = self.cost[a] - new_cost
+        ratio = np.where(predicted > 0, reduction / predicted, np.where(reduction == 0, 1.0, 0.0))
+        radius = self.radius[a]
+        new_radius = np.where(ratio < 0.25, 0.25 * step_h_norm, radius)
+        new_radius = np.where((ratio > 0.75) & (step_h_norm > 0.95 * radius), 2 * radius, new_radius)
+        ftol_met = (reduction < ftol * self.cost[a]) & (ratio > 0.25)
+        xtol_met = np.linalg.norm(step, axis=1) < xtol * (xtol + np.linalg.norm(self.x[a], axis=1))
+        stop = finite & (ftol_met | xtol_met)
+        going = finite & ~stop
+        self.alpha[a[going]] *= radius[going] / new_radius[going]
+        self.radius[a] = np.where(going, new_radius, np.where(finite, radius, 0.25 * step_h_norm))
+        accept = finite & (reduction > 0)
+        ok = a[accept]
+        self.x[ok] += step[accept]
+        self.cost[ok], self.gradient[ok] = new_cost[accept], new_gradient[accept]
+        self.hessian[ok] = new_hessian[accept]
+        self.stale[ok] = True
+        column_norms = np.sqrt(np.diagonal(self.hessian[ok], axis1=-2, axis2=-1))
+        self.scale_inv[ok] = np.maximum(self.scale_inv[ok], column_norms)
+        done = stop | (self.nfev[a] >= max_nfev)
+        done[accept] |= np.abs(self.gradient[ok]).max(axis=1) < gtol
+        self.active[a[done]] = False
+
+
+def batch_least_squares(
+    equations: NormalEquations,
+    thetas: np.ndarray,
+    targets: np.ndarray,
+    weights: np.ndarray | None = None,
+    options: dict[str, float | int] | None = None,
+) -> BatchFit:
+    """B independent Huber fits in one vectorised loop: scipy's `least_squares(method="trf",
+    loss="huber", x_scale="jac")` without bounds, step for step (`least_squares_fit` runs it on one
+    start), on the normal equations instead of the Jacobian's SVD.
+
+    Fit b starts at `thetas[b]` and fits `targets[b]` with row weights `weights[b]`; `options` are
+    least_squares' ftol, xtol, gtol and max_nfev (default `LEAST_SQUARES_OPTIONS`). A fit whose start
+    is not finite stays there (value +inf); a step onto a point where the prediction or Jacobian is
+    not finite is refused with a smaller trust region."""
+    settings = {**LEAST_SQUARES_OPTIONS, **(options or {})}
+    ftol, xtol, gtol, max_nfev = (settings[key] for key in ("ftol", "xtol", "gtol", "max_nfev"))
+    x = np.array(thetas, dtype=float)
+    with np.errstate(all="ignore"):  # diverging starts overflow: their steps are refused
+        state = _TrustRegions.start(x, *equations(x, targets, weights), gtol)
+        while state.active.any():
+            a = np.flatnonzero(state.active)
+            step_h, predicted, d = state.steps(a, targets.shape[1])
+            step = d * step_h
+            new = equations(state.x[a] + step, targets[a], None if weights is None else weights[a])
+            state.update(a, step_h, step, predicted, new, ftol, xtol, gtol, max_nfev)
+    return BatchFit(state.x, state.cost, state.nfev)
+
+
+def batch_values(
+    blocks: Callable[[np.ndarray, Features], Blocks],
+    x: Features,
+    thetas: np.ndarray,
+    targets: np.ndarray,
+    weights: np.ndarray | None,
+    delta: float = HUBER_DELTA,
+) -> np.ndarray:
+    """The summed Huber loss of each row of `thetas` (B, p) against its row of `targets` (B, n); +inf
+    where the prediction is not finite."""
+    with np.errstate(all="ignore"):
+        terms = huber_terms(blocks(thetas, x).prediction - targets, delta)
+        values = (terms if weights is None else terms * weights).sum(axis=-1)
+    return np.where(np.isfinite(values), values, np.inf)
+
+
+def _best_per_group(values: np.ndarray, group: np.ndarray, n_groups: int, keep: int) -> list[np.ndarray]:
+    """For each group, the indices of its `keep` lowest finite values, lowest first (stable)."""
+    values = np.where(np.isfinite(values), values, np.inf)
+    out = []
+    for g in range(n_groups):
+        members = np.flatnonzero(group == g)
+        out.append(members[np.argsort(values[members], kind="stable")[:keep]])
+    return out
+
+
+@single_threaded
+def fit_least_squares_batch(
+    blocks: Callable[[np.ndarray, Features], Blocks],
+    x: Features,
+    targets: np.ndarray,
+    starts: np.ndarray,
+    weights: np.ndarray | None = None,
+    keep: int = 6,
+    n_searches: int = 54,
+    explore_rows: np.ndarray | None = None,
+    delta: float = HUBER_DELTA,
+) -> list[MultiStartResult]:
+    """`fit_least_squares` for T targets at once (e.g. 22 per-domain losses on the same runs), every
+    search of every target in one vectorised loop (`batch_least_squares`).
+
+    `targets` (T, n); `starts` (T, m, p), each target's random starts; `weights` (n,) row weights or
+    None; `explore_rows` the row subsample of the short searches (default: all rows). Per target:
+    the `n_searches` starts with the lowest objective on the subsample, short searches from each,
+    full searches on every row from the `keep` best end points; one result per target."""
+    n_targets, p = targets.shape[0], starts.shape[-1]
+    rows = np.arange(targets.shape[1]) if explore_rows is None else explore_rows
+    x_explore = x.subset(rows)
+    y_explore = targets[:, rows]
+    w_explore = None if weights is None else weights[rows]
+    flat = starts.reshape(-1, p)
+    owner = np.repeat(np.arange(n_targets), starts.shape[1])
+    values = batch_values(blocks, x_explore, flat, y_explore[owner], w_explore, delta)
+    chosen = np.concatenate(_best_per_group(values, owner, n_targets, n_searches))
+    chosen = chosen[np.isfinite(values[chosen])]
+    missing = sorted(set(range(n_targets)) - set(owner[chosen].tolist()))
+    if missing:
+        raise ValueError("no starting point gives a finite objective; check the runs table's losses")
+
+    def search(x_rows: Features, y: np.ndarray, w: np.ndarray | None, thetas, who, options) -> BatchFit:
+        equations = huber_normal_equations(blocks, x_rows, delta)
+        w_rows = None if w is None else np.broadcast_to(w, (who.size, w.size))
+        return batch_least_squares(equations, thetas, y[who], w_rows, options)
+
+    explore_nfev = {"max_nfev": EXPLORE_NFEV_PER_PARAM * p}
+    explore = search(x_explore, y_explore, w_explore, flat[chosen], owner[chosen], explore_nfev)
+    _advance(chosen.size)
+    best = np.concatenate(_best_per_group(explore.values, owner[chosen], n_targets, keep))
+    refined = search(x, targets, weights, explore.thetas[best], owner[chosen][best], None)
+    _advance(best.size)
+    results = []
+    for t in range(n_targets):
+        mine = np.flatnonzero(owner[chosen][best] == t)
+        order = mine[np.argsort(refined.values[mine], kind="stable")]
+        evaluations = explore.n_evaluations[owner[chosen] == t].sum() + refined.n_evaluations[mine].sum()
+        results.append(
+            MultiStartResult(
+                theta=refined.thetas[order[0]].copy(),
+                objective=float(refined.values[order[0]]),
+                objectives=refined.values[order],
+                thetas=refined.thetas[order],
+                n_evaluations=int(evaluations),
+                converged=True,
+                message="vectorised least squares (scipy trf, step for step)",
+            )
+        )
+    return results
+
+
+@single_threaded
+def bootstrap_least_squares_batch(
+    blocks: Callable[[np.ndarray, Features], Blocks],
+    x: Features,
+    targets: np.ndarray,
+    thetas: np.ndarray,
+    weights: np.ndarray | None,
+    groups: np.ndarray,
+    n_bootstrap: int,
+    seed: int,
+    delta: float = HUBER_DELTA,
+) -> list[np.ndarray]:
+    """`bootstrap_least_squares` for T targets (`targets` (T, n), fitted `thetas` (T, p)) in one
+    vectorised loop: the same resamples for every target (as row weights, times `weights`), each
+    refit warm-started from its target's theta. One (n_finite, p) array per target."""
+    n_targets = targets.shape[0]
+    if not n_bootstrap:
+        return [np.empty((0, thetas.shape[1])) for _ in range(n_targets)]
+    samples = np.array(bootstrap_weights(groups, n_bootstrap, seed))
+    if weights is not None:
+        samples = samples * weights
+    owner = np.repeat(np.arange(n_targets), n_bootstrap)
+    equations = huber_normal_equations(blocks, x, delta)
+    refits = batch_least_squares(equations, thetas[owner], targets[owner], np.tile(samples, (n_targets, 1)))
+    _advance(owner.size)
+    finite = np.isfinite(refits.thetas).all(axis=1)
+    return [refits.thetas[(owner == t) & finite] for t in range(n_targets)]

@@ -42,6 +42,10 @@ class Features:
     mixture_index: np.ndarray = field(init=False, repr=False)
     log_h: np.ndarray = field(init=False, repr=False)  # of unique_h
     positive: np.ndarray = field(init=False, repr=False)  # of unique_h
+    # the distinct (log N, log D) pairs ("size cells"; few: sizes x checkpoints) and each row's cell
+    cell_log_n: np.ndarray = field(init=False, repr=False)
+    cell_log_d: np.ndarray = field(init=False, repr=False)
+    size_index: np.ndarray = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
         if self.h.shape[1] and self.h.shape[0] > 1:
@@ -53,6 +57,10 @@ class Features:
         object.__setattr__(self, "mixture_index", np.ravel(index))
         object.__setattr__(self, "positive", positive)
         object.__setattr__(self, "log_h", np.log(np.where(positive, unique_h, 1.0)))
+        cells, cell_index = np.unique(np.column_stack([self.log_n, self.log_d]), axis=0, return_inverse=True)
+        object.__setattr__(self, "cell_log_n", cells[:, 0])
+        object.__setattr__(self, "cell_log_d", cells[:, 1])
+        object.__setattr__(self, "size_index", np.ravel(cell_index))
 
     def subset(self, rows: np.ndarray) -> Features:
         """The features of `rows` only."""
@@ -98,64 +106,104 @@ def chinchilla_law(theta: np.ndarray, x: Features) -> tuple[np.ndarray, np.ndarr
     return log_loss, jac
 
 
-def mixture_term(c: np.ndarray, g: np.ndarray, x: Features) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """1/S with S = sum_i C_i h_i^gamma_i, and d(1/S)/dc_i, d(1/S)/dg_i (c = log C, g = log gamma)."""
-    gamma = np.exp(g)
+def mixture_term(c: np.ndarray, g: np.ndarray, x: Features) -> tuple[np.ndarray, np.ndarray]:
+    """1/S with S = sum_i C_i h_i^gamma_i at each distinct mixture, and its derivatives in
+    (c, g) = (log C, log gamma): c and g are (k,) or a batch (B, k); the results (..., u) and (..., u, 2k)."""
+    gamma = np.exp(g)[..., None, :]
     log_h = x.log_h
-    powered = np.where(x.positive, np.exp(gamma * log_h + c), 0.0)  # C_i h_i^gamma_i
-    inv = 1.0 / powered.sum(axis=1)
-    d_c = -(inv**2)[:, None] * powered
-    d_g = d_c * log_h * gamma
-    idx = x.mixture_index
-    return inv[idx], d_c[idx], d_g[idx]
+    powered = np.where(x.positive, np.exp(gamma * log_h + c[..., None, :]), 0.0)  # C_i h_i^gamma_i
+    inv = 1.0 / powered.sum(axis=-1)
+    d_c = -(inv**2)[..., None] * powered
+    return inv, np.concatenate([d_c, d_c * log_h * gamma], axis=-1)
+
+
+@dataclass(frozen=True)
+class Blocks:
+    """A law's prediction at every row and its Jacobian in two blocks: columns that depend on the
+    row's size cell (`rows`, (..., c, r): one row per distinct (N, D), `row_index` giving each table
+    row's; None when they vary by table row, c = n) and columns that depend only on the row's mixture
+    (`mixtures`, (..., u, s), one row per distinct mixture). `row_columns` and `mixture_columns` say
+    which entries of theta they are; fitting builds the normal equations from the blocks without
+    the full (..., n, p) Jacobian."""
+
+    prediction: np.ndarray
+    rows: np.ndarray
+    mixtures: np.ndarray
+    row_columns: np.ndarray
+    mixture_columns: np.ndarray
+    row_index: np.ndarray | None = None
+
+    def jacobian(self, x: Features) -> np.ndarray:
+        """The full Jacobian (..., n, p), columns in theta's order."""
+        rows = self.rows if self.row_index is None else self.rows[..., self.row_index, :]
+        blocks = np.concatenate([rows, self.mixtures[..., x.mixture_index, :]], axis=-1)
+        order = np.argsort(np.concatenate([self.row_columns, self.mixture_columns]))
+        if np.array_equal(order, np.arange(order.size)):
+            return blocks
+        return np.ascontiguousarray(blocks[..., order])  # C order, as before: the same BLAS sums
+
+
+def additive_blocks(theta: np.ndarray, x: Features) -> Blocks:
+    """The additive law and its Jacobian blocks for theta = (log E, log A, log alpha, log B, log beta,
+    log C (k), log gamma (k)), (p,) or a batch (B, p) of parameter vectors (the prediction is then
+    (B, n)): one vectorised call for many starts or many per-domain targets."""
+    k = x.h.shape[1]
+    e, a, la, b, lb = (theta[..., i, None] for i in range(5))
+    alpha, beta = np.exp(la), np.exp(lb)
+    big_e = np.exp(e)
+    t_n = np.exp(a - alpha * x.cell_log_n)
+    t_d = np.exp(b - beta * x.cell_log_d)
+    inv, d_mixture = mixture_term(theta[..., 5 : 5 + k], theta[..., 5 + k : 5 + 2 * k], x)
+    cell = x.size_index
+    loss = big_e + inv[..., x.mixture_index] + t_n[..., cell] + t_d[..., cell]
+    rows = _stack([big_e, t_n, -t_n * x.cell_log_n * alpha, t_d, -t_d * x.cell_log_d * beta])
+    return Blocks(loss, rows, d_mixture, np.arange(5), np.arange(5, 5 + 2 * k), cell)
+
+
+def _stack(columns: Sequence[np.ndarray]) -> np.ndarray:
+    """Per-row columns, each broadcastable to (..., n), as one (..., n, r) block."""
+    return np.stack(np.broadcast_arrays(*columns), axis=-1)
 
 
 def additive_law(theta: np.ndarray, x: Features) -> tuple[np.ndarray, np.ndarray]:
-    """L and its Jacobian for theta = (log E, log A, log alpha, log B, log beta, log C (k), log gamma (k))."""
+    """L and its Jacobian for theta = (log E, log A, log alpha, log B, log beta, log C (k), log gamma (k));
+    theta (p,) or a batch (B, p) (`additive_blocks`)."""
+    blocks = additive_blocks(theta, x)
+    return blocks.prediction, blocks.jacobian(x)
+
+
+def joint_blocks(theta: np.ndarray, x: Features) -> Blocks:
+    """The joint law and its Jacobian blocks for theta = (log E, log alpha, log beta, gamma_A, gamma_B,
+    log C (k), log gamma (k), log CA (k), log CB (k)); theta (p,) or a batch (B, p)."""
     k = x.h.shape[1]
-    e, a, la, b, lb = theta[:5]
-    c, g = theta[5 : 5 + k], theta[5 + k : 5 + 2 * k]
+    e, la, lb, g_a, g_b = (theta[..., i, None] for i in range(5))
+    ca, cb = theta[..., 5 + 2 * k : 5 + 3 * k], theta[..., 5 + 3 * k : 5 + 4 * k]
     alpha, beta = np.exp(la), np.exp(lb)
     big_e = np.exp(e)
-    t_n = np.exp(a - alpha * x.log_n)
-    t_d = np.exp(b - beta * x.log_d)
-    inv, d_c, d_g = mixture_term(c, g, x)
-    loss = big_e + inv + t_n + t_d
-    jac = np.column_stack(
-        [np.full_like(loss, big_e), t_n, -t_n * x.log_n * alpha, t_d, -t_d * x.log_d * beta, d_c, d_g]
+    weighted_a = x.h * np.exp(ca)[..., None, :]
+    weighted_b = x.h * np.exp(cb)[..., None, :]
+    u_a, u_b = weighted_a.sum(axis=-1), weighted_b.sum(axis=-1)
+    log_u_a, log_u_b = np.log(u_a), np.log(u_b)
+    t_n = np.exp(g_a * log_u_a - alpha * x.log_n)
+    t_d = np.exp(g_b * log_u_b - beta * x.log_d)
+    inv, d_mixture = mixture_term(theta[..., 5 : 5 + k], theta[..., 5 + k : 5 + 2 * k], x)
+    loss = big_e + inv[..., x.mixture_index] + t_n + t_d
+    rows = np.concatenate(
+        [
+            _stack([big_e, -t_n * x.log_n * alpha, -t_d * x.log_d * beta, t_n * log_u_a, t_d * log_u_b]),
+            (t_n * g_a / u_a)[..., None] * weighted_a,
+            (t_d * g_b / u_b)[..., None] * weighted_b,
+        ],
+        axis=-1,
     )
-    return loss, jac
+    row_columns = np.concatenate([np.arange(5), np.arange(5 + 2 * k, 5 + 4 * k)])
+    return Blocks(loss, rows, d_mixture, row_columns, np.arange(5, 5 + 2 * k))
 
 
 def joint_law(theta: np.ndarray, x: Features) -> tuple[np.ndarray, np.ndarray]:
-    """L and its Jacobian for theta = (log E, log alpha, log beta, gamma_A, gamma_B, log C (k),
-    log gamma (k), log CA (k), log CB (k))."""
-    k = x.h.shape[1]
-    e, la, lb, g_a, g_b = theta[:5]
-    c, g, ca, cb = (theta[5 + i * k : 5 + (i + 1) * k] for i in range(4))
-    alpha, beta = np.exp(la), np.exp(lb)
-    big_e = np.exp(e)
-    weighted_a = x.h * np.exp(ca)
-    weighted_b = x.h * np.exp(cb)
-    u_a, u_b = weighted_a.sum(axis=1), weighted_b.sum(axis=1)
-    t_n = np.exp(g_a * np.log(u_a) - alpha * x.log_n)
-    t_d = np.exp(g_b * np.log(u_b) - beta * x.log_d)
-    inv, d_c, d_g = mixture_term(c, g, x)
-    loss = big_e + inv + t_n + t_d
-    jac = np.column_stack(
-        [
-            np.full_like(loss, big_e),
-            -t_n * x.log_n * alpha,
-            -t_d * x.log_d * beta,
-            t_n * np.log(u_a),
-            t_d * np.log(u_b),
-            d_c,
-            d_g,
-            (t_n * g_a / u_a)[:, None] * weighted_a,
-            (t_d * g_b / u_b)[:, None] * weighted_b,
-        ]
-    )
-    return loss, jac
+    """L and its Jacobian for the joint law's theta (`joint_blocks`); theta (p,) or a batch (B, p)."""
+    blocks = joint_blocks(theta, x)
+    return blocks.prediction, blocks.jacobian(x)
 
 
 def mixing_law(theta: np.ndarray, x: Features) -> tuple[np.ndarray, np.ndarray]:
@@ -224,6 +272,9 @@ class LawForm:
         """Prediction (log L if `log_residual`) and its Jacobian in theta."""
         raise NotImplementedError
 
+    # forms with `blocks` are fitted by the vectorised least squares (`fitting.fit_least_squares_batch`)
+    has_blocks: ClassVar[bool] = False
+
     def loss(self, theta: np.ndarray, x: Features) -> np.ndarray:
         """The predicted loss L itself."""
         value, _ = self.model(theta, x)
@@ -238,6 +289,10 @@ class LawForm:
     ) -> dict[str, Any]:
         """The published-form parameters (raw N and D) of a fitted theta."""
         raise NotImplementedError
+
+    def blocks(self, theta: np.ndarray, x: Features) -> Blocks:
+        """The prediction and Jacobian blocks of a batch of thetas (B, p) (`has_blocks` forms)."""
+        raise ValueError(f"the {self.name} law has no Jacobian blocks")
 
     def random_starts(self, k: int, y: np.ndarray, n: int, rng: np.random.Generator) -> np.ndarray:
         """`n` random starting points in the fitted coordinates, scaled to the observed losses `y`."""
@@ -285,8 +340,13 @@ class AdditiveForm(LawForm):
     n_fixed, n_per_domain = 5, 2
     auto_least_squares = True  # RedPajama, 1,098 rows: a lower optimum, 4-5x less CPU
 
+    has_blocks = True
+
     def model(self, theta, x):
         return additive_law(theta, x)
+
+    def blocks(self, theta, x):
+        return additive_blocks(theta, x)
 
     def public_params(self, theta, domains, n_scale, d_scale):
         theta = np.asarray(theta, dtype=float)
@@ -333,8 +393,13 @@ class JointForm(LawForm):
     uses_mixture, uses_size = True, True
     n_fixed, n_per_domain = 5, 4
 
+    has_blocks = True
+
     def model(self, theta, x):
         return joint_law(theta, x)
+
+    def blocks(self, theta, x):
+        return joint_blocks(theta, x)
 
     def public_params(self, theta, domains, n_scale, d_scale):
         theta = np.asarray(theta, dtype=float)
