@@ -143,7 +143,7 @@ class TokenCounter:
         self.tokenizer_json = tokenizer_json
         self.tokenizer_: Any = None
         self.cached_ = False
-        self._cache: dict[str, int] = {}
+        self._cache: dict[bytes, int] = {}  # chunk (UTF-8) -> count
         self._piece_cache: dict[str, int] = {}
 
     def setup(self) -> TokenCounter:
@@ -223,10 +223,10 @@ class TokenCounter:
         if texts.null_count:
             texts = texts.fill_null("")
         if pa.types.is_large_string(texts.type):
-            offset_type, dtype = np.int64, pa.large_string()
+            offset_type, dtype = np.int64, pa.large_binary()
         else:
             texts = texts.cast(pa.string())
-            offset_type, dtype = np.int32, pa.string()
+            offset_type, dtype = np.int32, pa.binary()
         if len(texts) == 0:
             return np.zeros(0, dtype=np.int64)
         _, offsets_buf, data_buf = texts.buffers()
@@ -242,6 +242,7 @@ class TokenCounter:
         starts[doc_starts[doc_starts < hi - lo]] = True
         bounds = np.flatnonzero(starts) + lo
         chunk_offsets = np.append(bounds, hi).astype(offset_type)
+        # Binary chunks: Python gets them as bytes, which are cheaper to make and look up than str.
         chunks = pa.Array.from_buffers(dtype, len(bounds), [None, pa.py_buffer(chunk_offsets), data_buf])
         encoded = chunks.dictionary_encode()
         distinct = encoded.dictionary.to_pylist()
@@ -250,7 +251,8 @@ class TokenCounter:
             counts = np.fromiter(map(cache.__getitem__, distinct), np.int64, len(distinct))
         except KeyError:
             missing = [c for c in distinct if c not in cache]
-            cache.update(zip(missing, self._chunk_counts(missing).tolist(), strict=True))
+            counted = self._chunk_counts([c.decode("utf-8") for c in missing])
+            cache.update(zip(missing, counted.tolist(), strict=True))
             counts = np.fromiter(map(cache.__getitem__, distinct), np.int64, len(distinct))
         per_chunk = counts[encoded.indices.to_numpy()]
         cumulative = np.concatenate([[0], np.cumsum(per_chunk)])
