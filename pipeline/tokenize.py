@@ -176,8 +176,9 @@ class TokenCounter:
         A chunk that starts with whitespace and ends with a word splits alone as it does after another
         such chunk (no piece crosses a word -> whitespace boundary), so those are split in one pass over
         their concatenation; the others (a text's first word, its trailing whitespace) one by one."""
-        inner = [i for i, c in enumerate(chunks) if c[0] in _WS_CHARS and c[-1] not in _WS_CHARS]
-        outer = sorted(set(range(len(chunks))) - set(inner))
+        joinable = [c[0] in _WS_CHARS and c[-1] not in _WS_CHARS for c in chunks]
+        inner = [i for i, ok in enumerate(joinable) if ok]
+        outer = [i for i, ok in enumerate(joinable) if not ok]
         joined = "".join(chunks[i] for i in inner)
         pieces = self._pieces(joined)
         ends = np.cumsum(np.fromiter(map(len, pieces), np.int64, len(pieces)))
