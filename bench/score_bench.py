@@ -1,6 +1,7 @@
 """Speed of the Beam scoring job against a plain fastText predict loop, on the same documents.
 
     python bench/score_bench.py [--docs 600000] [--files 8] [--workers 0] [--mode multi_processing]
+                                [--breakdown-docs 100000]
 
 Prints, in one run: raw fastText docs/s (a plain per-document loop, one core; measured before and
 after the job, and averaged, because other work on a shared machine drifts), raw token counting
@@ -10,7 +11,11 @@ one small file: Beam start-up, worker processes, graph; with the workers forked 
 `pipeline.direct_workers`, and started by Beam as before it), the job's rate without that start-up,
 and the ratios of both to the plain loop. It also prints docs per CPU-second of the loop and of the
 job (all its processes, with and without the start-up's CPU), which other load on the machine
-changes little: that ratio times the cores is what free cores would give. The last line is JSON.
+changes little: that ratio times the cores is what free cores would give. Before the job it prints
+the CPU-seconds per 100,000 documents of each step of the job (read and validate, token counts,
+fastText, part files, cut-off histograms, the shard writers' read, sort and Parquet) run in one
+process without Beam on the first `--breakdown-docs` documents, beside the plain loop's on the same
+documents, and the Parquet output's size. The last line is JSON.
 """
 
 from __future__ import annotations
