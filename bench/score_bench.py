@@ -10,8 +10,9 @@ per-domain top-30% and Parquet writes, including start-up), the job's start-up (
 one small file: Beam start-up, worker processes, graph; with the workers forked by the zygote of
 `pipeline.direct_workers`, and started by Beam as before it), the job's rate without that start-up,
 and the ratios of both to the plain loop. It also prints docs per CPU-second of the loop and of the
-job (all its processes, with and without the start-up's CPU), which other load on the machine
-changes little: that ratio times the cores is what free cores would give. Before the job it prints
+job (all its processes, with and without the start-up's CPU): that ratio times the cores is what free
+cores would give (load moves it less than the wall-clock ratio, but heavy load slows the memory-bound
+plain loop more than the job: compare runs at similar load). Before the job it prints
 the CPU-seconds per 100,000 documents of each step of the job (read and validate, token counts,
 fastText, part files, cut-off histograms, the shard writers' read, sort and Parquet) run in one
 process without Beam on the first `--breakdown-docs` documents, beside the plain loop's on the same
