@@ -14,7 +14,7 @@ job (all its processes, with and without the start-up's CPU): that ratio times t
 cores would give (load moves it less than the wall-clock ratio, but heavy load slows the memory-bound
 plain loop more than the job: compare runs at similar load). Before the job it prints
 the CPU-seconds per 100,000 documents of each step of the job (read and validate, token counts,
-fastText, part files, cut-off histograms, the shard writers' read, sort and Parquet) run in one
+fastText, part files, cut-off histograms, the shard writers' merge and Parquet) run in one
 process without Beam on the first `--breakdown-docs` documents, beside the plain loop's on the same
 documents, and the Parquet output's size. The last line is JSON.
 """
@@ -44,7 +44,7 @@ from pipeline.job import ScoreJobConfig, run_score_job  # noqa: E402
 from pipeline.read import ReadOptions, read_file  # noqa: E402
 from pipeline.registry import ScorerConfig  # noqa: E402
 from pipeline.select import BinCounts, Selection, domain_scores, level_bins, mark_keep, order_keys  # noqa: E402
-from pipeline.shards import PartWriters, read_parts, sort_documents, write_shard  # noqa: E402
+from pipeline.shards import PartWriters, merge_parts, row_groups, write_row_groups  # noqa: E402
 from pipeline.stages import conform  # noqa: E402
 from pipeline.tokenize import TokenCounter, train_byte_level_bpe  # noqa: E402
 from scorers.fasttext import FastTextQualityClassifier, FastTextScorer, load_model, normalize  # noqa: E402
@@ -135,18 +135,20 @@ def worker_steps(batches, clock: StepClock, model: str, tokenizer_json: str, par
 
 
 def shard_steps(parts: list[tuple[int, str]], clock: StepClock, out: Path) -> int:
-    """The shard writers: read each shard's parts, sort, mark keep, write Parquet; output bytes."""
+    """The shard writers as the job runs them (merge each shard's parts in order, mark keep, write
+    Parquet row groups); returns the output bytes."""
     schema = S.scored_schema(["fasttext"], with_text=True)
+
+    def finish(group: pa.Table) -> pa.Table:
+        return mark_keep(mark_duplicates(group, []), S.score_column("fasttext"), {}, threshold=0.5)
+
     size = 0
     for shard in sorted({s for s, _ in parts}):
-        table = read_parts(sorted(path for s, path in parts if s == shard))
-        clock.step("shards: read parts")
-        table = mark_duplicates(sort_documents(table), [])
-        table = mark_keep(table, S.score_column("fasttext"), {}, threshold=0.5)
-        clock.step("shards: sort, keep")
-        write_shard(table, str(out / f"shard-{shard}.parquet"), schema)
-        clock.step("shards: Parquet")
-        size += (out / f"shard-{shard}.parquet").stat().st_size
+        path = out / f"shard-{shard}.parquet"
+        groups = row_groups(merge_parts(sorted(p for s, p in parts if s == shard)), with_text=True)
+        write_row_groups(map(finish, groups), str(path), schema)
+        clock.step("shards: merge, keep, Parquet")
+        size += path.stat().st_size
     return size
 
 
