@@ -1,6 +1,7 @@
 """Speed of the Beam scoring job against a plain fastText predict loop, on the same documents.
 
     python bench/score_bench.py [--docs 600000] [--files 8] [--workers 0] [--mode multi_processing]
+                                [--breakdown-docs 100000]
 
 Prints, in one run: raw fastText docs/s (a plain per-document loop, one core; measured before and
 after the job, and averaged, because other work on a shared machine drifts), raw token counting
@@ -9,8 +10,13 @@ per-domain top-30% and Parquet writes, including start-up), the job's start-up (
 one small file: Beam start-up, worker processes, graph; with the workers forked by the zygote of
 `pipeline.direct_workers`, and started by Beam as before it), the job's rate without that start-up,
 and the ratios of both to the plain loop. It also prints docs per CPU-second of the loop and of the
-job (all its processes, with and without the start-up's CPU), which other load on the machine
-changes little: that ratio times the cores is what free cores would give. The last line is JSON.
+job (all its processes, with and without the start-up's CPU): that ratio times the cores is what free
+cores would give (load moves it less than the wall-clock ratio, but heavy load slows the memory-bound
+plain loop more than the job: compare runs at similar load). Before the job it prints
+the CPU-seconds per 100,000 documents of each step of the job (read and validate, token counts,
+fastText, part files, cut-off histograms, the shard writers' merge and Parquet) run in one
+process without Beam on the first `--breakdown-docs` documents, beside the plain loop's on the same
+documents, and the Parquet output's size. The last line is JSON.
 """
 
 from __future__ import annotations
@@ -28,14 +34,20 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+import pyarrow as pa  # noqa: E402
+
 from pipeline import direct_workers  # noqa: E402
+from pipeline import schema as S  # noqa: E402
 from pipeline.corpus import CorpusOptions, build_corpus  # noqa: E402
+from pipeline.dedup import mark_duplicates  # noqa: E402
 from pipeline.job import ScoreJobConfig, run_score_job  # noqa: E402
-from pipeline.read import ReadOptions  # noqa: E402
+from pipeline.read import ReadOptions, read_file  # noqa: E402
 from pipeline.registry import ScorerConfig  # noqa: E402
-from pipeline.select import Selection  # noqa: E402
+from pipeline.select import BinCounts, Selection, domain_scores, level_bins, mark_keep, order_keys  # noqa: E402
+from pipeline.shards import PartWriters, merge_parts, row_groups, write_row_groups  # noqa: E402
+from pipeline.stages import conform  # noqa: E402
 from pipeline.tokenize import TokenCounter, train_byte_level_bpe  # noqa: E402
-from scorers.fasttext import FastTextQualityClassifier, load_model, normalize  # noqa: E402
+from scorers.fasttext import FastTextQualityClassifier, FastTextScorer, load_model, normalize  # noqa: E402
 
 DOMAINS = ("prose", "code", "legal")
 
@@ -81,6 +93,94 @@ def predict_loop(model, texts: list[str]) -> tuple[float, float]:
     return rate(len(texts), time.perf_counter() - start), rate(len(texts), time.process_time() - cpu)
 
 
+class StepClock:
+    """CPU-seconds of this process spent in each named step (`clock.step(name)` ends the current one)."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {}
+        self._last = time.process_time()
+
+    def step(self, name: str) -> None:
+        now = time.process_time()
+        self.seconds[name] = self.seconds.get(name, 0.0) + now - self._last
+        self._last = now
+
+
+def worker_steps(batches, clock: StepClock, model: str, tokenizer_json: str, parts: PartWriters) -> list[str]:
+    """A worker's fused step on each batch of `batches` (read, tokens, score, stage, cut-off keys),
+    timed by `clock`; returns the texts."""
+    counter, scorer = TokenCounter(tokenizer_json).setup(), FastTextScorer(model).setup()
+    column = S.score_column("fasttext")
+    schema = S.scored_schema(["fasttext"], with_text=True).append(pa.field(S.RECORD, pa.int64()))
+    columns = [c for c in schema.names if c not in (S.KEEP, S.DUPLICATE_OF)]
+    texts: list[str] = []
+    clock.step("(bench: set-up)")
+    for batch in batches:
+        clock.step("read, parse, validate")
+        batch = batch.append_column(S.N_TOKENS, pa.array(counter.count(batch.column(S.TEXT)), pa.int64()))
+        clock.step("token counts")
+        batch = batch.append_column(column, pa.array(scorer.score_batch(batch.column(S.TEXT)), pa.float64()))
+        clock.step("fastText scores")
+        parts.write(conform(batch, columns, schema))
+        clock.step("stage: part files")
+        for domain, scores in domain_scores(batch, column):
+            keys = order_keys(scores)
+            for level in range(4):  # the cut-off's four radix passes over the keys
+                for _, element in level_bins((domain, (keys, 1)), level, {domain: (0, 0)}):
+                    BinCounts().add_input(BinCounts().create_accumulator(), element)
+        clock.step("cut-off histograms")
+        texts += batch.column(S.TEXT).to_pylist()
+        clock.step("(bench: texts kept for the loop)")
+    return texts
+
+
+def shard_steps(parts: list[tuple[int, str]], clock: StepClock, out: Path) -> int:
+    """The shard writers as the job runs them (merge each shard's parts in order, mark keep, write
+    Parquet row groups); returns the output bytes."""
+    schema = S.scored_schema(["fasttext"], with_text=True)
+
+    def finish(group: pa.Table) -> pa.Table:
+        return mark_keep(mark_duplicates(group, []), S.score_column("fasttext"), {}, threshold=0.5)
+
+    size = 0
+    for shard in sorted({s for s, _ in parts}):
+        path = out / f"shard-{shard}.parquet"
+        groups = row_groups(merge_parts(sorted(p for s, p in parts if s == shard)), with_text=True)
+        write_row_groups(map(finish, groups), str(path), schema)
+        clock.step("shards: merge, keep, Parquet")
+        size += path.stat().st_size
+    return size
+
+
+def step_breakdown(
+    inputs: dict[str, list[str]], model: str, tokenizer_json: str, n_docs: int, tmp: Path, batch_size: int
+) -> tuple[dict[str, float], float, int]:
+    """({step: CPU-seconds per 100,000 documents}, the same for the plain loop, output bytes per 100,000
+    documents): the job's steps in this process without Beam, on the first `n_docs` documents of the
+    inputs (a file of each domain in turn), and the plain loop on the same documents."""
+    longest = max(map(len, inputs.values()))
+    pairs = [(d, paths[k]) for k in range(longest) for d, paths in inputs.items() if k < len(paths)]
+
+    def batches():
+        left = n_docs
+        for domain, path in pairs:
+            for batch, _ in read_file(domain, path, ReadOptions(batch_size=batch_size)):
+                if left <= 0:
+                    return
+                yield batch.slice(0, left)
+                left -= batch.num_rows
+
+    clock = StepClock()
+    writers = PartWriters(str(tmp / "breakdown-parts"), 4)
+    texts = worker_steps(batches(), clock, model, tokenizer_json, writers)
+    (tmp / "breakdown").mkdir()
+    size = shard_steps(writers.close(), clock, tmp / "breakdown")
+    _, loop_rate = predict_loop(load_model(model), texts)
+    scale = 100_000 / len(texts)
+    steps = {k: v * scale for k, v in clock.seconds.items() if not k.startswith("(")}
+    return steps, 100_000 / loop_rate, round(size * scale)
+
+
 def fixed_costs(
     config: ScoreJobConfig, tiny_inputs: dict[str, list[str]], tmp: Path, beam_args: list[str]
 ) -> dict[bool, tuple[float, float]]:
@@ -105,6 +205,12 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=0, help="DirectRunner workers (0: all cores)")
     parser.add_argument("--mode", default="multi_processing", choices=["multi_processing", "in_memory"])
     parser.add_argument("--batch-size", type=int, default=4096)
+    parser.add_argument(
+        "--breakdown-docs",
+        type=int,
+        default=100_000,
+        help="documents for the per-step CPU breakdown (0: none)",
+    )
     args = parser.parse_args()
     logging.getLogger("apache_beam").setLevel(logging.ERROR)
     logging.getLogger().setLevel(logging.ERROR)
@@ -145,6 +251,21 @@ def main() -> None:
         print(f"token counts, tokenizers encode_batch_fast:   {encode:10,.0f} docs/s")
         print(f"token counts, TokenCounter (cached chunks):   {tokens:10,.0f} docs/s")
 
+        breakdown: dict[str, float] = {}
+        if args.breakdown_docs > 0:
+            n = min(args.breakdown_docs, len(texts))
+            breakdown, loop_step, out_bytes = step_breakdown(
+                inputs, str(tmp / "quality.bin"), counter.tokenizer_json, n, tmp, args.batch_size
+            )
+            print(
+                f"CPU-seconds per 100,000 documents, each step in one process without Beam ({n:,} documents):"
+            )
+            for name, seconds in breakdown.items():
+                print(f"  {name:30s} {seconds:6.2f} s  ({seconds / loop_step:.2f} x the plain loop)")
+            total = sum(breakdown.values())
+            print(f"  {'all steps':30s} {total:6.2f} s  ({total / loop_step:.2f} x the plain loop)")
+            print(f"  {'plain loop':30s} {loop_step:6.2f} s; Parquet output {out_bytes / 1e6:.1f} MB")
+            breakdown = {**breakdown, "plain loop": loop_step}
         config = ScoreJobConfig(
             inputs=inputs,
             output=str(tmp / "out"),
@@ -204,6 +325,7 @@ def main() -> None:
             "cpu_ratio_x_cores": round(cores * job_cpu / loop_cpu, 3),
             "cpu_ratio_x_cores_without_startup": round(cores * steady_cpu / loop_cpu, 3),
             "load_average": [round(v, 1) for v in os.getloadavg()],
+            "cpu_s_per_100k_docs": {k: round(v, 3) for k, v in breakdown.items()},
         }
         print(json.dumps(headline))
 

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
@@ -263,7 +264,7 @@ def parse_json_line(line: bytes, opts: ReadOptions) -> tuple[str, str]:
 def _parse_with_arrow(line: bytes, opts: ReadOptions, exc: Exception) -> tuple[str, str]:
     """One line that Python's json refuses only for its limits (nesting depth, integer digits):
     read it as the fast path does, so a record's fate never depends on its neighbours."""
-    parsed = _fast_parse([line], opts, other_fields=False)
+    parsed = _fast_parse(line, 1, opts, other_fields=False)
     if parsed is None:
         what = (
             "values nested too deeply"
@@ -352,37 +353,62 @@ def _open_jsonl(path: str) -> Any:
     return _Decompressed(raw, suffix)
 
 
-def _line_chunks(stream: Any, batch_size: int) -> Iterator[tuple[list[int], list[bytes]]]:
-    """(line numbers, non-blank lines) chunks of a byte stream; blank lines are not records.
+def _line_chunks(stream: Any, batch_size: int) -> Iterator[tuple[list[int], bytes]]:
+    """(line numbers, lines) chunks of `batch_size` non-blank lines of a byte stream (blank lines are not
+    records): the lines as the bytes from the first to the last of them, any blank lines between them
+    included (`chunk_lines` splits them). Newlines are found with numpy: no Python object per line.
 
     When the stream breaks (`stream.broken`), the partial last line is not a record: it is left in
     `stream.partial` as (line number, bytes) for the caller to dead-letter with the reason."""
     carry = b""
     line_no = 0
-    chunk: list[bytes] = []
     numbers: list[int] = []
+    parts: list[bytes] = []
     while True:
         block = stream.read(_READ_BLOCK)
         if not block:
             break
-        lines = (carry + block).split(b"\n")
-        carry = lines.pop()
-        for line in lines:
-            line_no += 1
-            if not line.strip():
-                continue
-            chunk.append(line)
-            numbers.append(line_no)
-            if len(chunk) >= batch_size:
-                yield numbers, chunk
-                chunk, numbers = [], []
+        data = carry + block
+        ends = np.flatnonzero(np.frombuffer(data, np.uint8) == 10)
+        if not len(ends):
+            carry = data
+            continue
+        carry = data[ends[-1] + 1 :]
+        starts = np.concatenate(([0], ends[:-1] + 1))
+        kept = _non_blank(data, starts, ends)
+        here = (line_no + 1 + kept).tolist()
+        line_no += len(ends)
+        i = 0
+        while i < len(here):
+            take = min(batch_size - len(numbers), len(here) - i)
+            parts.append(data[starts[kept[i]] : ends[kept[i + take - 1]]])
+            numbers += here[i : i + take]
+            i += take
+            if len(numbers) >= batch_size:
+                yield numbers, b"\n".join(parts)
+                numbers, parts = [], []
     if getattr(stream, "broken", None) is not None:
         stream.partial = (line_no + 1, carry)
     elif carry.strip():
-        chunk.append(carry)
+        parts.append(carry)
         numbers.append(line_no + 1)
-    if chunk:
-        yield numbers, chunk
+    if numbers:
+        yield numbers, b"\n".join(parts)
+
+
+def _non_blank(data: bytes, starts: np.ndarray, ends: np.ndarray) -> np.ndarray:
+    """Indices of the lines data[starts[i]:ends[i]] that hold more than whitespace (`bytes.strip`'s)."""
+    first = np.frombuffer(data, np.uint8)[starts]  # a start is at most the last newline's position
+    maybe_blank = (starts == ends) | (first == 32) | ((first >= 9) & (first <= 13))
+    blank = np.zeros(len(starts), dtype=bool)
+    for i in np.flatnonzero(maybe_blank).tolist():  # rare: a line that starts with whitespace
+        blank[i] = not data[starts[i] : ends[i]].strip()
+    return np.flatnonzero(~blank)
+
+
+def chunk_lines(data: bytes) -> list[bytes]:
+    """The non-blank lines of a `_line_chunks` chunk, in order."""
+    return [line for line in data.split(b"\n") if line.strip()]
 
 
 def count_records(
@@ -406,7 +432,7 @@ def count_records(
         for path in paths:
             if path in jsonl:
                 with contextlib.closing(_open_jsonl(path)) as stream:
-                    total += sum(len(lines) for _, lines in _line_chunks(stream, 1 << 16))
+                    total += sum(len(numbers) for numbers, _ in _line_chunks(stream, 1 << 16))
             else:
                 with contextlib.closing(FileSystems.open(path)) as source:
                     total += pq.ParquetFile(source).metadata.num_rows
@@ -416,21 +442,22 @@ def count_records(
 
 
 def _fast_parse(
-    lines: list[bytes], opts: ReadOptions, other_fields: bool = True
+    data: bytes, n_lines: int, opts: ReadOptions, other_fields: bool = True
 ) -> tuple[pa.Array, pa.Array | None, bool] | None:
-    """Parse a chunk with Arrow's JSON reader: (texts, ids, whether records have other fields to
-    keep as metadata); None when any record needs the per-line path."""
+    """Parse a chunk of `n_lines` non-blank lines with Arrow's JSON reader (which skips blank ones):
+    (texts, ids, whether records have other fields to keep as metadata); None when any record needs
+    the per-line path."""
     import pyarrow.json as pj
 
     fields = [(opts.text_field, pa.string())]
     if opts.id_field != opts.text_field:
         fields.append((opts.id_field, pa.string()))
-    block = max(1 << 20, 2 * sum(map(len, lines)))
+    block = max(1 << 20, 2 * len(data))
 
     def read(unexpected: str) -> pa.Table:
         parse = pj.ParseOptions(explicit_schema=pa.schema(fields), unexpected_field_behavior=unexpected)
         return pj.read_json(
-            io.BytesIO(b"\n".join(lines)), read_options=pj.ReadOptions(block_size=block), parse_options=parse
+            io.BytesIO(data), read_options=pj.ReadOptions(block_size=block), parse_options=parse
         )
 
     # Other fields are only detected here ("error"), never typed by Arrow: inferring the type of a
@@ -446,7 +473,7 @@ def _fast_parse(
             table, has_other = read("ignore"), True
         except (pa.ArrowInvalid, UnicodeDecodeError):
             return None
-    if table.num_rows != len(lines):
+    if table.num_rows != n_lines:
         return None
     text = table.column(opts.text_field).combine_chunks()
     if text.null_count:
@@ -462,9 +489,9 @@ def _fast_parse(
 
 
 def _chunk_documents(
-    domain: str, source: str, numbers: list[int], lines: list[bytes], opts: ReadOptions
+    domain: str, source: str, numbers: list[int], data: bytes, opts: ReadOptions
 ) -> tuple[pa.RecordBatch | None, list[dict[str, Any]]]:
-    fast = _fast_parse(lines, opts)
+    fast = _fast_parse(data, len(numbers), opts)
     ids: list[str] = []
     texts: list[str] = []
     records: list[int] = []
@@ -472,18 +499,18 @@ def _chunk_documents(
     dead: list[dict[str, Any]] = []
     if fast is not None:
         text_arr, id_arr, has_metadata = fast
-        meta = [line_metadata(line, opts) for line in lines] if has_metadata else None
+        meta = [line_metadata(line, opts) for line in chunk_lines(data)] if has_metadata else None
         lengths = pc.utf8_length(text_arr).to_numpy()
         blank = pc.invert(pc.match_substring_regex(text_arr, VISIBLE_PATTERN)).to_numpy(zero_copy_only=False)
         if not blank.any() and lengths.max(initial=0) <= opts.max_chars:
             if id_arr is not None and not id_arr.null_count:
                 return docs_batch(domain, source, id_arr, text_arr, numbers, meta), []
-            raw_ids = id_arr.to_pylist() if id_arr is not None else [None] * len(lines)
+            raw_ids = id_arr.to_pylist() if id_arr is not None else [None] * len(numbers)
             if None in raw_ids:
                 texts_py = text_arr.to_pylist()
                 raw_ids = [stable_id(t) if i is None else i for i, t in zip(raw_ids, texts_py, strict=True)]
             return docs_batch(domain, source, raw_ids, text_arr, numbers, meta), []
-    for number, line in zip(numbers, lines, strict=True):
+    for number, line in zip(numbers, chunk_lines(data), strict=True):
         try:
             doc_id, text = parse_json_line(line, opts)
         except BadRecord as exc:
@@ -501,8 +528,8 @@ def read_jsonl(domain: str, path: str, opts: ReadOptions) -> Iterator[tuple[pa.R
     """(documents batch, dead-letter rows) per chunk of `opts.batch_size` lines; a compressed file that
     ends early keeps every record before the break and dead-letters the break itself."""
     with _open_jsonl(path) as stream:
-        for numbers, lines in _line_chunks(stream, opts.batch_size):
-            yield _chunk_documents(domain, path, numbers, lines, opts)
+        for numbers, data in _line_chunks(stream, opts.batch_size):
+            yield _chunk_documents(domain, path, numbers, data, opts)
         broken = getattr(stream, "broken", None)
         if broken is not None:
             number, partial = stream.partial

@@ -108,3 +108,24 @@ def test_parquet_bad_rows(tmp_path):
 def test_unmatched_glob_is_an_error(tmp_path):
     with pytest.raises(FileNotFoundError, match="no files match"):
         expand_inputs({"web": [str(tmp_path / "*.jsonl")]})
+
+
+@pytest.mark.parametrize("block", [7, 64, 1 << 20])
+def test_line_chunks_are_the_non_blank_lines_in_batches(monkeypatch, block):
+    """Chunks hold `batch_size` non-blank lines numbered as in the file, whatever the read block size
+    (lines and batches across blocks), with blank lines of every kind between and around them."""
+    import io
+
+    import pipeline.read as read
+
+    lines = [b"", b'{"a": 1}', b" \t", b"\r", b'  {"b": 2}', b"\x0b\x0c", b'{"c": 3}\r']
+    lines += [b"x" * 99, b"", b"z"]
+    data = b"\n".join(lines * 5)
+    expected = [(i + 1, line) for i, line in enumerate(data.split(b"\n")) if line.strip()]
+    monkeypatch.setattr(read, "_READ_BLOCK", block)
+    for batch_size in (1, 3, 1000):
+        got = []
+        for numbers, chunk in read._line_chunks(io.BytesIO(data), batch_size):
+            assert len(numbers) <= batch_size
+            got += list(zip(numbers, read.chunk_lines(chunk), strict=True))
+        assert got == expected

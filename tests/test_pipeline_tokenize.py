@@ -17,6 +17,10 @@ ODD = [
     "   leading\n\n\n  trailing   ",
     "x" * 5000,
     "    def f(x):\n        return x  # comment\n\n\n",
+    "".join(chr(i) for i in range(1, 0x2600, 3)) + " \U0001f600x\U0001f600 end",  # bytes of every width
+    " \t \n",  # whitespace alone: one chunk that is no word
+    "word",
+    "a'sb 's 're12 ?!x --  ..y\u00a0z",
 ]
 
 
@@ -82,4 +86,20 @@ def test_special_token_literal_in_text_counts_as_text(texts):
     raw_nfc.encode_special_tokens = True
     assert uncached.count(docs).tolist() == [
         len(e.ids) for e in raw_nfc.encode_batch(docs, add_special_tokens=False)
+    ]
+
+
+def test_added_tokens_that_are_not_special_use_the_library(texts):
+    """A non-special added token is cut out of raw text before pre-tokenization, across chunks: such
+    a tokenizer is counted by the library itself, exactly."""
+    tokenizer = train_byte_level_bpe(texts, vocab_size=600)
+    tokenizer.add_tokens(["of the"])
+    spec = tokenizer.to_str()
+    assert not splits_like_python(spec)
+    counter = TokenCounter(spec).setup()
+    docs = ["one of the two", texts[0]]
+    raw = Tokenizer.from_str(spec)
+    raw.encode_special_tokens = True
+    assert counter.count(docs).tolist() == [
+        len(e.ids) for e in raw.encode_batch(docs, add_special_tokens=False)
     ]
