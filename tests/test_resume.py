@@ -266,13 +266,16 @@ def _shard_files(out: Path) -> dict[str, tuple[int, int]]:
 def shards_written(monkeypatch) -> list[str]:
     """Names of the shard files the in-process job writes."""
     written: list[str] = []
-    original = score_job.write_shard
 
-    def writing(table, path, schema):
-        written.append(os.path.basename(path))
-        original(table, path, schema)
+    def noting(write):
+        def writing(rows, path, schema):
+            written.append(os.path.basename(path))
+            write(rows, path, schema)
 
-    monkeypatch.setattr(score_job, "write_shard", writing)
+        return writing
+
+    monkeypatch.setattr(score_job, "write_shard", noting(score_job.write_shard))  # dead letters
+    monkeypatch.setattr(score_job, "write_row_groups", noting(score_job.write_row_groups))  # documents
     return written
 
 
