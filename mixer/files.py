@@ -136,6 +136,13 @@ def temp_prefix(target: str | os.PathLike[str]) -> str:
     return f".{Path(target).name}.tmp-"
 
 
+def resume_path(target: str | os.PathLike[str]) -> Path:
+    """The resume directory of a job's output (`pipeline.resume`): `.NAME.resume` beside it, absolute
+    (workers write there)."""
+    target = Path(target).absolute()
+    return target.parent / f".{target.name}.resume"
+
+
 def _pid_alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)

@@ -52,11 +52,22 @@ from pipeline.read import (
     dead_letter_row,
     expand_inputs,
     file_sizes,
+    read_block,
     read_file,
     sample_texts,
 )
 from pipeline.registry import scoring_transform
-from pipeline.resume import ResumeState, StageUnits, check_resumable, forget_run, remove_state, resume_units
+from pipeline.resume import (
+    ResumeState,
+    ShardCommits,
+    StageUnits,
+    check_resumable,
+    forget_run,
+    remove_state,
+    resume_units,
+    trained_bpe,
+    unit_counts,
+)
 from pipeline.scoring import ScorerConfig, failed_batch_rows
 from pipeline.select import DomainCutoffs, Selection, domain_scores, mark_keep
 from pipeline.shards import (
@@ -146,10 +157,17 @@ class _ReadFileFn(beam.DoFn):
         self._opts = opts
         self._ends = ends
 
-    def process(self, element: tuple[str, str]) -> Iterator[Any]:
-        domain, path = element
+    def process(self, element: tuple[Any, ...]) -> Iterator[Any]:
+        """(domain, file) or (domain, file, block): a file, or a block of it (`pipeline.resume`)."""
+        domain, path = element[:2]
+        block = element[2] if len(element) > 2 else None
         documents, dead_letters = 0, []
-        for batch, dead in read_file(domain, path, self._opts):
+        batches = (
+            read_file(domain, path, self._opts)
+            if block is None
+            else read_block(domain, path, self._opts, *block[1:])
+        )
+        for batch, dead in batches:
             if batch is not None:
                 documents += batch.num_rows
                 yield batch
@@ -157,18 +175,20 @@ class _ReadFileFn(beam.DoFn):
                 yield beam.pvalue.TaggedOutput("dead_letter", row)
             if self._ends:
                 dead_letters += dead
-        if self._ends:  # the file is read whole: what a resumable unit must stage (`pipeline.resume`)
-            yield beam.pvalue.TaggedOutput("ends", (domain, path, documents, dead_letters))
+        if self._ends:  # the unit is read whole: what it must stage (`pipeline.resume`)
+            index = 0 if block is None else block[0]
+            yield beam.pvalue.TaggedOutput("ends", (domain, path, index, documents, dead_letters))
 
 
-def _unreadable_file(failure: tuple[tuple[str, str], tuple[Any, str, Any]]) -> dict[str, Any]:
-    (domain, path), (_type, exc_repr, _trace) = failure
+def _unreadable_file(failure: tuple[tuple[Any, ...], tuple[Any, str, Any]]) -> dict[str, Any]:
+    (domain, path, *_block), (_type, exc_repr, _trace) = failure
     return dead_letter_row(domain, path, None, "read", path, f"cannot read file: {exc_repr}")
 
 
 class ReadDocuments(beam.PTransform):
-    """(domain, file) pairs -> {"docs": record batches, "dead_letter": rows, "ends": (domain, file,
-    documents, read dead letters) once a file is read whole, when `ends`}."""
+    """(domain, file) pairs (or (domain, file, block) units) -> {"docs": record batches, "dead_letter":
+    rows, "ends": (domain, file, block index, documents, read dead letters) once a unit is read whole,
+    when `ends`}."""
 
     def __init__(self, opts: ReadOptions, ends: bool = False) -> None:
         super().__init__()
@@ -274,11 +294,11 @@ class _WriteShardFn(beam.DoFn):
         scorer: str | None,
         selection: Selection,
         with_text: bool,
-        keep_parts: bool = False,
+        commits: ShardCommits | None = None,
     ):
         self._out = out_dir
         self._n = num_shards
-        self._keep_parts = keep_parts  # --resume: staged units are removed with the resume state
+        self._commits = commits  # --resume: shards kept with the resume state, staged units too
         self._schema = S.scored_schema(_scorers(scorer), with_text=with_text)
         self._column = S.score_column(scorer) if scorer else None
         self._selection = selection
@@ -289,7 +309,17 @@ class _WriteShardFn(beam.DoFn):
         dead = sort_dead_letters([v for kind, v in values if kind == "dead"])
         duplicates = read_removed(v for kind, v in values if kind == "dup")
         counts: list[tuple[str, Any]] = [dead_letter_counts(row) for row in dead]
-        scored_path = _join(self._out, shard_name(S.SCORED_PREFIX, shard, self._n))
+        names = [shard_name(prefix, shard, self._n) for prefix in (S.SCORED_PREFIX, S.DEAD_LETTER_PREFIX)]
+        if self._commits is not None:
+            key = self._commits.key(parts, dead, cutoffs)
+            reused = self._commits.reuse(shard, key, self._out)
+            if reused is not None:  # written and verified by a killed run: linked, not rewritten
+                yield shard, reused
+                return
+            paths = [self._commits.path(name) for name in names]
+        else:
+            paths = [_join(self._out, name) for name in names]
+        scored_path = paths[0]
         if not all_exist(parts):  # a retry: the first attempt wrote this shard, then removed its parts
             if not all_exist([scored_path]):
                 raise RuntimeError(
@@ -299,14 +329,11 @@ class _WriteShardFn(beam.DoFn):
             yield shard, counts + scored_counts(read_counted_columns(scored_path))
             return
         pa.default_memory_pool().release_unused()  # what scoring or the last shard freed, to the system
-        write_shard(
-            pa.Table.from_pylist(dead, schema=S.DEAD_LETTER_SCHEMA),
-            _join(self._out, shard_name(S.DEAD_LETTER_PREFIX, shard, self._n)),
-            S.DEAD_LETTER_SCHEMA,
-        )
+        write_shard(pa.Table.from_pylist(dead, schema=S.DEAD_LETTER_SCHEMA), paths[1], S.DEAD_LETTER_SCHEMA)
         # A local shard's parts go as the merge takes them, so the disk they took is free for the
-        # shard itself; elsewhere they go once it is written (a retried shard finds them).
-        early = not self._keep_parts and "://" not in scored_path
+        # shard itself; elsewhere they go once it is written (a retried shard finds them). With
+        # --resume they stay with the resume state until the output is committed.
+        early = self._commits is None and "://" not in scored_path
         by_domain: dict[str, Any] = {}
 
         def finish(group: pa.Table) -> pa.Table:
@@ -318,9 +345,12 @@ class _WriteShardFn(beam.DoFn):
 
         groups = row_groups(merge_parts(parts, remove=early), S.TEXT in self._schema.names)
         write_row_groups(map(finish, groups), scored_path, self._schema)
-        if not self._keep_parts and not early:
+        counts += list(by_domain.items())
+        if self._commits is not None:
+            self._commits.record(shard, key, names, counts, self._out)
+        elif not early:
             remove_files(parts)  # committed: the disk they took is free for the next shards
-        yield shard, counts + list(by_domain.items())
+        yield shard, counts
 
 
 def _scorers(scorer: str | None) -> list[str]:
@@ -350,7 +380,7 @@ class WriteOutputs(beam.PTransform):
         with_text: bool,
         num_shards: int = DEFAULT_NUM_SHARDS,
         cutoffs: beam.PCollection | None = None,
-        keep_parts: bool = False,
+        commits: ShardCommits | None = None,
     ) -> None:
         super().__init__()
         self._cutoffs = cutoffs
@@ -360,7 +390,7 @@ class WriteOutputs(beam.PTransform):
         self._selection = selection
         self._with_text = with_text
         self._num_shards = num_shards
-        self._keep_parts = keep_parts
+        self._commits = commits
 
     def expand(self, outputs):
         n = self._num_shards
@@ -378,7 +408,7 @@ class WriteOutputs(beam.PTransform):
             | "ByShard" >> beam.GroupByKey()
             | "WriteShards"
             >> beam.ParDo(
-                _WriteShardFn(self._out, n, self._scorer, self._selection, self._with_text, self._keep_parts),
+                _WriteShardFn(self._out, n, self._scorer, self._selection, self._with_text, self._commits),
                 side,
             )
         )
@@ -486,7 +516,7 @@ def job_num_shards(config: ScoreJobConfig, files: list[tuple[str, str]]) -> int:
 def build_pipeline(
     pipeline: beam.Pipeline,
     config: ScoreJobConfig,
-    files: list[tuple[str, str]],
+    files: Sequence[tuple[Any, ...]],
     tokenizer_json: str,
     out_dir: str,
     resume: tuple[ResumeState, list[dict[str, Any]]] | None = None,
@@ -494,10 +524,16 @@ def build_pipeline(
     """Add the whole job to `pipeline` (nothing runs until `pipeline.run()`).
 
     With `resume` (the state and the markers of finished units; `config.num_shards` resolved),
-    `files` are the files left to score and the finished units join them before the cut-off."""
-    sizes = file_sizes([path for _, path in files])
-    num_shards = job_num_shards(config, files)
-    ordered = sorted(files, key=lambda f: (-sizes.get(f[1], 0), f))  # largest first: even split
+    `files` are the units left to score, (domain, file, block or None), and the finished units join
+    them before the cut-off."""
+    sizes = file_sizes([f[1] for f in files])
+    num_shards = job_num_shards(config, [f[:2] for f in files])
+
+    def size(unit: tuple[Any, ...]) -> int:
+        block = unit[2] if len(unit) > 2 else None
+        return sizes.get(unit[1], 0) if block is None else block[2] - block[1]
+
+    ordered = sorted(files, key=lambda f: (-size(f), f))  # largest first: even split
     read = (
         pipeline
         | "Files" >> beam.Create(ordered, reshuffle=False)
@@ -544,7 +580,7 @@ def build_pipeline(
         config.with_text,
         num_shards,
         cutoffs=cutoffs,
-        keep_parts=resume is not None,
+        commits=None if resume is None else ShardCommits.of(resume[0]),
     )
 
 
@@ -580,13 +616,18 @@ def _write_text(path: str, text: str) -> None:
 
 
 def prepare_tokenizer(
-    config: ScoreJobConfig, files: list[tuple[str, str]], out_dir: str, previous_output: str | None
+    config: ScoreJobConfig,
+    files: list[tuple[str, str]],
+    out_dir: str,
+    previous_output: str | None,
+    resume_target: Path | None = None,
 ) -> str:
     """The tokenizer JSON for counting, also saved as `<out_dir>/tokenizer.json`.
 
     Order: --tokenizer; else the previous run's `<output>/tokenizer.json` when it was trained with the
     same options (TOKENIZER_OPTIONS_FILE), so counts stay comparable across re-runs; else a byte-level
-    BPE trained on the valid documents of the input sample (bad records are dead-lettered by the job)."""
+    BPE trained on the valid documents of the input sample (bad records are dead-lettered by the job),
+    kept in the resume directory of `resume_target` when given (`pipeline.resume.trained_bpe`)."""
     options: str | None = json.dumps(_tokenizer_options(config), indent=2, sort_keys=True) + "\n"
     previous = _read_text(_join(previous_output, TOKENIZER_OPTIONS_FILE)) if previous_output else None
     if config.tokenizer:
@@ -596,7 +637,10 @@ def prepare_tokenizer(
         text = read_tokenizer_json(_join(previous_output, TOKENIZER_FILE))
     else:
         sample = sample_texts(files, config.read, config.tokenizer_sample_chars)
-        text = train_byte_level_bpe(sample, vocab_size=config.vocab_size).to_str()
+        if resume_target is not None:
+            text = trained_bpe(sample, config.vocab_size, resume_target)
+        else:
+            text = train_byte_level_bpe(sample, vocab_size=config.vocab_size).to_str()
         if not sample:  # nothing valid to learn from: no reuse of this one
             options = None
     _write_text(_join(out_dir, TOKENIZER_FILE), text)
@@ -613,26 +657,27 @@ def _run(
     previous_output: str | None,
     target: Path | None = None,
 ) -> tuple[pa.Table, dict[str, int]]:
-    """Run the job into `out_dir`: (domain stats, {"files_resumed", "files_scored"} with --resume).
+    """Run the job into `out_dir`: (domain stats, `pipeline.resume.unit_counts` with --resume).
 
     `target`, the local output, owns the resume state: kept and used with --resume, else cleared."""
     from pipeline.direct_workers import direct_workers
 
     resume = None
+    units: list[tuple[Any, ...]] = list(files)
     with direct_workers(options, preload=[__name__]):  # workers import while the graph is built
-        tokenizer_json = prepare_tokenizer(config, files, out_dir, previous_output)
+        resume_target = target if config.resume else None
+        tokenizer_json = prepare_tokenizer(config, files, out_dir, previous_output, resume_target)
         if target is not None:
             if config.resume:  # the shard count of all files, not of those left
                 config = replace(config, num_shards=job_num_shards(config, files))
-            files, resume = resume_units(target, config, files, tokenizer_json)
+            units, resume = resume_units(target, config, files, tokenizer_json)
         try:
             with beam.Pipeline(options=options) as pipeline:
-                build_pipeline(pipeline, config, files, tokenizer_json, out_dir, resume)
+                build_pipeline(pipeline, config, units, tokenizer_json, out_dir, resume)
         finally:
             if resume is not None:
                 forget_run(resume[0])
-    units = {} if resume is None else {"files_resumed": len(resume[1]), "files_scored": len(files)}
-    return read_stats(out_dir), units
+    return read_stats(out_dir), {} if resume is None else unit_counts(units, resume[1])
 
 
 def input_paths(inputs: dict[str, list[str]], files: list[tuple[str, str]]) -> list[str]:

@@ -88,8 +88,7 @@ def _inside_output(path: str, output: str | None) -> bool:
     """True when local `path` is `output`, inside it, or inside one of its temporaries."""
     if output is None or "://" in path or "://" in output:
         return False
-    from mixer.files import temp_prefix
-    from pipeline.resume import resume_path
+    from mixer.files import resume_path, temp_prefix
 
     out, resolved = Path(output).resolve(), Path(path).resolve()
     chain = [resolved, *resolved.parents]
@@ -353,15 +352,16 @@ def _open_jsonl(path: str) -> Any:
     return _Decompressed(raw, suffix)
 
 
-def _line_chunks(stream: Any, batch_size: int) -> Iterator[tuple[list[int], bytes]]:
-    """(line numbers, lines) chunks of `batch_size` non-blank lines of a byte stream (blank lines are not
-    records): the lines as the bytes from the first to the last of them, any blank lines between them
-    included (`chunk_lines` splits them). Newlines are found with numpy: no Python object per line.
+def _line_chunks(stream: Any, batch_size: int, first_line: int = 1) -> Iterator[tuple[list[int], bytes]]:
+    """(line numbers, lines) chunks of `batch_size` non-blank lines of a byte stream whose first line is
+    line `first_line` (blank lines are not records): the lines as the bytes from the first to the last
+    of them, any blank lines between them included (`chunk_lines` splits them). Newlines are found
+    with numpy: no Python object per line.
 
     When the stream breaks (`stream.broken`), the partial last line is not a record: it is left in
     `stream.partial` as (line number, bytes) for the caller to dead-letter with the reason."""
     carry = b""
-    line_no = 0
+    line_no = first_line - 1
     numbers: list[int] = []
     parts: list[bytes] = []
     while True:
@@ -540,6 +540,47 @@ def read_jsonl(domain: str, path: str, opts: ReadOptions) -> Iterator[tuple[pa.R
             yield None, [dead_letter_row(domain, path, number, "read", partial, reason)]
 
 
+class _ByteRange(io.RawIOBase):
+    """The bytes [start, end) of a local file, read by `read(n)`."""
+
+    def __init__(self, path: str, start: int, end: int) -> None:
+        self._file = open(path, "rb")  # noqa: SIM115 - closed by close()
+        self._file.seek(start)
+        self._left = end - start
+
+    def close(self) -> None:
+        self._file.close()
+        super().close()
+
+    def read(self, size: int = -1) -> bytes:
+        data = self._file.read(self._left if size < 0 else min(size, self._left))
+        self._left -= len(data)
+        return data
+
+
+def is_plain_jsonl(path: str) -> bool:
+    """A local JSONL file read as its bytes are on disk (not compressed): one that `read_jsonl_block`
+    can read in byte ranges."""
+    from apache_beam.io.filesystem import CompressionTypes
+
+    lower = path.lower()
+    return (
+        "://" not in path
+        and not lower.endswith(PARQUET_SUFFIXES + COMPRESSED_SUFFIXES)
+        and CompressionTypes.detect_compression_type(path) == CompressionTypes.UNCOMPRESSED
+    )
+
+
+def read_jsonl_block(
+    domain: str, path: str, opts: ReadOptions, start: int, end: int, first_line: int
+) -> Iterator[tuple[pa.RecordBatch | None, list]]:
+    """`read_jsonl` of the bytes [start, end) of an uncompressed local JSONL file, cut at line ends,
+    whose first line is line `first_line` of the file: records keep their line numbers in the file."""
+    with _ByteRange(path, start, end) as stream:
+        for numbers, data in _line_chunks(stream, opts.batch_size, first_line):
+            yield _chunk_documents(domain, path, numbers, data, opts)
+
+
 # --- Parquet -----------------------------------------------------------------------------------
 
 
@@ -569,8 +610,11 @@ def _parquet_record(text: Any, doc_id: Any, opts: ReadOptions) -> tuple[str, str
     return (stable_id(text) if doc_id is None else doc_id), text
 
 
-def read_parquet(domain: str, path: str, opts: ReadOptions) -> Iterator[tuple[pa.RecordBatch | None, list]]:
-    """(documents batch, dead-letter rows) per Parquet record batch."""
+def read_parquet(
+    domain: str, path: str, opts: ReadOptions, row_groups: range | None = None, first_row: int = 1
+) -> Iterator[tuple[pa.RecordBatch | None, list]]:
+    """(documents batch, dead-letter rows) per Parquet record batch: of the whole file, or of the
+    given `row_groups` whose first row is row `first_row` of the file."""
     import pyarrow.parquet as pq
     from apache_beam.io.filesystems import FileSystems
 
@@ -584,8 +628,9 @@ def read_parquet(domain: str, path: str, opts: ReadOptions) -> Iterator[tuple[pa
         names = parquet.schema_arrow.names
         other = [n for n in names if n not in (opts.text_field, opts.id_field)]
         other = [n for n in other if opts.keep_fields is None or n in opts.keep_fields]
-        row = 0
-        for batch in parquet.iter_batches(batch_size=opts.batch_size, use_threads=local):
+        row = first_row - 1
+        batches = parquet.iter_batches(batch_size=opts.batch_size, row_groups=row_groups, use_threads=local)
+        for batch in batches:
             meta_rows = batch.select(other).to_pylist() if other else None
             texts_in = _as_python(batch.column(opts.text_field)) if opts.text_field in names else None
             raw_ids = _as_python(batch.column(opts.id_field)) if opts.id_field in names else None
@@ -628,6 +673,17 @@ def read_file(domain: str, path: str, opts: ReadOptions) -> Iterator[tuple[pa.Re
     if path.lower().endswith(PARQUET_SUFFIXES):
         return read_parquet(domain, path, opts)
     return read_jsonl(domain, path, opts)
+
+
+def read_block(
+    domain: str, path: str, opts: ReadOptions, start: int, end: int, first: int
+) -> Iterator[tuple[pa.RecordBatch | None, list]]:
+    """One block of a file (`pipeline.resume`): the row groups [start, end) of a Parquet file whose
+    first row is row `first`, or the bytes [start, end) of a plain JSONL file whose first line is line
+    `first` (`read_jsonl_block`). Records keep their numbers in the whole file."""
+    if path.lower().endswith(PARQUET_SUFFIXES):
+        return read_parquet(domain, path, opts, range(start, end), first)
+    return read_jsonl_block(domain, path, opts, start, end, first)
 
 
 def sample_texts(pairs: Iterable[tuple[str, str]], opts: ReadOptions, max_chars_per_domain: int) -> list[str]:

@@ -1,13 +1,23 @@
-"""Resumable local score jobs (`datamixer score --resume`): finished input files are not scored again.
+"""Resumable local score jobs (`datamixer score --resume`): finished work is not done again.
 
-A unit of work is one input file of one domain. While the job runs, every scored batch of a unit
-is staged as Arrow part files in the job's resume directory, `.NAME.resume/` beside the output
-`NAME`, together with the unit's dead-letter rows. When the step has seen all of a unit's rows (the
-reader sends each file's record count after its last batch), the parts are flushed to disk and a
-marker `units/<unit>.done` (JSON: the file's size and mtime, the options digest, the part files)
-is written atomically. A later run with `--resume` and the same options digest skips those files
-and feeds their staged parts, scores and dead letters into the same cut-off combine and shard
-writers as the files it scores now, so the output is byte-identical to an uninterrupted run.
+A unit of work is one input file of one domain, or one block of a large file: a local plain JSONL
+file over `BLOCK_BYTES` is cut into byte ranges of about that size, each ending at a line end,
+whose records keep their line numbers in the file (`line_blocks`), and a local Parquet file into
+runs of row groups of about that size (`row_group_blocks`); compressed JSONL files (they cannot be
+cut by bytes) and remote files are whole-file units. While the job runs, every scored batch of a
+unit is staged as Arrow part files in the job's resume directory, `.NAME.resume/` beside the
+output `NAME`, together with the unit's dead-letter rows. When the step has seen all of a unit's
+rows (the reader sends each unit's record count after its last batch), the parts are flushed to
+disk and a marker `units/<unit>.done` (JSON: the file's size and mtime, the block, the options
+digest, the part files) is written atomically. A later run with `--resume` and the same options
+digest skips those units and feeds their staged parts, scores and dead letters into the same
+cut-off combine and shard writers as the units it scores now, so the output is byte-identical to
+an uninterrupted run. The BPE trained on the input sample is kept there too (`trained_bpe`).
+
+The commit resumes too: each output shard is written into `shards/` of the resume directory,
+flushed, and given a marker (`ShardCommits`: the digest of what went into it, and the size and
+sha256 of its files) before it is hard-linked into the output. A resumed run whose shard would be
+made of the same parts, dead letters and cut-offs links the verified files instead of writing them.
 
 The digest covers every option that changes the output (the config, the resolved shard count),
 the tokenizer JSON and the content of model files (scorer model, language-ID model, heads file):
@@ -31,34 +41,40 @@ from pathlib import Path
 from typing import Any
 
 import apache_beam as beam
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from mixer.files import resume_path
 from pipeline import schema as S
 from pipeline.progress import documents_done
+from pipeline.read import PARQUET_SUFFIXES, is_plain_jsonl
 from pipeline.select import domain_scores
 from pipeline.shards import PartWriters, read_parts
 from pipeline.stages import conform
 
 STATE_FILE = ".datamixer-resume"
-FORMAT = 1
+FORMAT = 2
 UNITS_DIR = "units"
+SHARDS_DIR = "shards"
+BPE_DIR = "bpe"
 DEAD_LETTERS = "dead_letter.arrow"
+BLOCK_BYTES = 64 << 20  # a local plain-JSONL or Parquet file over this is resumed by blocks of this size
+_SCAN = 8 << 20
+
+# A file's block: (index, start, end, number of its first record), start and end being bytes of a
+# JSONL file or row groups of a Parquet file.
+Block = tuple[int, int, int, int]
 
 
 class ResumeRefused(ValueError):
     """`--resume` asked for where it cannot work (another runner, a remote output, a foreign dir)."""
 
 
-def resume_path(target: str | os.PathLike[str]) -> Path:
-    """The resume directory of an output: `.NAME.resume` beside it (absolute: workers write there)."""
-    target = Path(target).absolute()
-    return target.parent / f".{target.name}.resume"
-
-
-def unit_id(domain: str, source: str) -> str:
-    """Name of a (domain, file) unit inside the resume directory."""
-    return hashlib.sha256(f"{domain}\x00{source}".encode("utf-8", "surrogatepass")).hexdigest()[:24]
+def unit_id(domain: str, source: str, block: int = 0) -> str:
+    """Name of a (domain, file, block) unit inside the resume directory."""
+    key = f"{domain}\x00{source}\x00{block}"
+    return hashlib.sha256(key.encode("utf-8", "surrogatepass")).hexdigest()[:24]
 
 
 def check_resumable(runner: str, output: str, dedup: bool) -> None:
@@ -121,6 +137,72 @@ def options_digest(config: Any, tokenizer_json: str, num_shards: int) -> str:
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()
 
 
+# --- blocks of large files ---------------------------------------------------------------------
+
+
+def _next_line_end(fh: Any, offset: int, size: int) -> int:
+    """The offset just past the first newline at or after `offset` (the file size when none)."""
+    fh.seek(offset)
+    while chunk := fh.read(1 << 16):
+        found = chunk.find(b"\n")
+        if found >= 0:
+            return offset + found + 1
+        offset += len(chunk)
+    return size
+
+
+def line_blocks(path: str, block_bytes: int) -> list[Block]:
+    """(index, start, end, first line number) of a local file cut into blocks of at least
+    `block_bytes` that each end just after a newline (the last one at the end of the file)."""
+    blocks: list[Block] = []
+    start, first = 0, 1
+    with open(path, "rb") as fh:
+        size = os.fstat(fh.fileno()).st_size
+        while start < size:
+            end = _next_line_end(fh, start + block_bytes - 1, size) if start + block_bytes < size else size
+            blocks.append((len(blocks), start, end, first))
+            fh.seek(start)
+            left = end - start
+            while left:
+                chunk = fh.read(min(_SCAN, left))
+                first += chunk.count(b"\n")
+                left -= len(chunk)
+            start = end
+    return blocks
+
+
+def row_group_blocks(path: str, block_bytes: int) -> list[Block]:
+    """(index, first row group, end row group, first row number) of a local Parquet file cut into
+    runs of whole row groups of at least `block_bytes` compressed (the last one may be smaller)."""
+    import pyarrow.parquet as pq
+
+    meta = pq.read_metadata(path)
+    blocks: list[Block] = []
+    start, first, row, size = 0, 1, 1, 0
+    for i in range(meta.num_row_groups):
+        group = meta.row_group(i)
+        size += sum(group.column(c).total_compressed_size for c in range(group.num_columns))
+        row += group.num_rows
+        if size >= block_bytes or i == meta.num_row_groups - 1:
+            blocks.append((len(blocks), start, i + 1, first))
+            start, first, size = i + 1, row, 0
+    return blocks
+
+
+def file_blocks(path: str) -> list[Block] | None:
+    """The blocks an input file is resumed by, or None when it is one unit: a remote file, a
+    compressed JSONL file (it cannot be cut by bytes), and a file that would make one block."""
+    if "://" in path:
+        return None
+    if path.lower().endswith(PARQUET_SUFFIXES):
+        blocks = row_group_blocks(path, BLOCK_BYTES)
+    elif is_plain_jsonl(path) and os.path.getsize(path) > BLOCK_BYTES:
+        blocks = line_blocks(path, BLOCK_BYTES)
+    else:
+        return None
+    return blocks if len(blocks) > 1 else None
+
+
 # --- the state on disk -------------------------------------------------------------------------
 
 
@@ -155,30 +237,41 @@ def _fsync(path: str) -> None:
 
 @dataclasses.dataclass(frozen=True)
 class ResumeState:
-    """The resume directory of one output, for one options digest."""
+    """The resume directory of one output, for one options digest; `blocks`: the files read by blocks."""
 
     root: Path
     digest: str
     run: str = dataclasses.field(default_factory=lambda: uuid.uuid4().hex)  # keys this run's ledger
+    blocks: dict[tuple[str, str], list[Block]] = dataclasses.field(default_factory=dict)
 
     @property
     def units_dir(self) -> Path:
         return self.root / UNITS_DIR
 
-    def marker(self, domain: str, source: str) -> Path:
-        return self.units_dir / f"{unit_id(domain, source)}.done"
+    def marker(self, domain: str, source: str, block: int = 0) -> Path:
+        return self.units_dir / f"{unit_id(domain, source, block)}.done"
 
-    def finished(self, domain: str, source: str) -> dict[str, Any] | None:
+    def block_of(self, domain: str, source: str, records: np.ndarray) -> np.ndarray:
+        """Index of the block that holds each record (line number) of a file (0: a whole-file unit)."""
+        blocks = self.blocks.get((domain, source))
+        if blocks is None:
+            return np.zeros(len(records), np.int64)
+        firsts = np.array([block[3] for block in blocks], np.int64)
+        return np.searchsorted(firsts, records, side="right") - 1
+
+    def finished(self, domain: str, source: str, block: Block | None) -> dict[str, Any] | None:
         """The unit's marker when it is valid for this digest and the file is unchanged, else None."""
+        index = 0 if block is None else block[0]
         try:
-            done = json.loads(self.marker(domain, source).read_text())
+            done = json.loads(self.marker(domain, source, index).read_text())
             stamp = _file_stamp(source)
         except (OSError, ValueError, IndexError):
             return None
-        unit_dir = self.units_dir / unit_id(domain, source)
+        unit_dir = self.units_dir / unit_id(domain, source, index)
         valid = (
             done.get("digest") == self.digest
             and [done.get("domain"), done.get("source")] == [domain, source]
+            and done.get("block") == (None if block is None else list(block))
             and done.get("stamp") == stamp
             and all((unit_dir / name).is_file() for _, name in done["parts"])
             and (unit_dir / DEAD_LETTERS).is_file()
@@ -192,7 +285,7 @@ def open_state(target: str | os.PathLike[str], digest: str, resume: bool) -> Res
     Without `resume`, a state directory of ours is removed (and None returned); one without our
     marker is never touched: ResumeRefused when `resume` asks to use it."""
     root = resume_path(target)
-    ours = (root / STATE_FILE).is_file() and not root.is_symlink()
+    ours = _ours(root)
     if root.exists() and not ours:
         if not resume:
             return None
@@ -206,27 +299,58 @@ def open_state(target: str | os.PathLike[str], digest: str, resume: bool) -> Res
             stored = json.loads((root / STATE_FILE).read_text()).get("digest")
         except (OSError, ValueError, AttributeError):
             stored = None
-        if stored != digest:
-            shutil.rmtree(root)  # other options: nothing staged is valid
+        if stored != digest:  # other options: nothing staged is valid (a trained BPE still is)
+            for entry in root.iterdir():
+                if entry.name not in (STATE_FILE, BPE_DIR):
+                    shutil.rmtree(entry) if entry.is_dir() and not entry.is_symlink() else entry.unlink()
     root.mkdir(exist_ok=True)
     _write_atomically(root / STATE_FILE, json.dumps({"written_by": "datamixer", "digest": digest}) + "\n")
     (root / UNITS_DIR).mkdir(exist_ok=True)
     return ResumeState(root, digest)
 
 
-def split_units(
-    state: ResumeState, files: list[tuple[str, str]]
-) -> tuple[list[tuple[str, str]], list[dict[str, Any]]]:
-    """(files still to score, markers of finished units); staged data of any other unit is removed."""
-    todo: list[tuple[str, str]] = []
+def _ours(root: Path) -> bool:
+    return (root / STATE_FILE).is_file() and not root.is_symlink()
+
+
+def trained_bpe(sample: Sequence[str], vocab_size: int, target: str | os.PathLike[str]) -> str:
+    """`train_byte_level_bpe(sample)` as JSON, kept in the resume directory of the output `target`
+    (keyed by the sample and vocabulary size) so that a resumed run does not train it again."""
+    from pipeline.tokenize import train_byte_level_bpe
+
+    key = hashlib.sha256(str(vocab_size).encode())
+    for text in sample:
+        key.update(b"\x00" + text.encode("utf-8", "surrogatepass"))
+    root = resume_path(target)
+    cached = root / BPE_DIR / f"{key.hexdigest()[:32]}.json"
+    if _ours(root) and cached.is_file():
+        return cached.read_text(encoding="utf-8")
+    text = train_byte_level_bpe(sample, vocab_size=vocab_size).to_str()
+    if not root.exists():  # claimed now; `open_state` gives it its digest
+        root.mkdir(parents=True)
+        _write_atomically(root / STATE_FILE, json.dumps({"written_by": "datamixer", "digest": None}) + "\n")
+    if _ours(root):
+        cached.parent.mkdir(exist_ok=True)
+        _write_atomically(cached, text)
+    return text
+
+
+Unit = tuple[str, str, Block | None]  # (domain, file, its block or None for the whole file)
+
+
+def split_units(state: ResumeState, files: list[tuple[str, str]]) -> tuple[list[Unit], list[dict[str, Any]]]:
+    """(units still to score, markers of finished units); staged data of any other unit is removed."""
+    todo: list[Unit] = []
     done: list[dict[str, Any]] = []
     for domain, path in files:
-        marker = state.finished(domain, path)
-        if marker is None:
-            todo.append((domain, path))
-        else:
-            done.append(marker)
-    keep = {unit_id(m["domain"], m["source"]) for m in done}
+        blocks = state.blocks.get((domain, path))
+        for block in [None] if blocks is None else blocks:
+            marker = state.finished(domain, path, block)
+            if marker is None:
+                todo.append((domain, path, block))
+            else:
+                done.append(marker)
+    keep = {m["unit"] for m in done}
     for entry in state.units_dir.iterdir():
         if entry.name.split(".", 1)[0] not in keep:
             shutil.rmtree(entry) if entry.is_dir() else entry.unlink()
@@ -235,15 +359,30 @@ def split_units(
 
 def resume_units(
     target: str | os.PathLike[str], config: Any, files: list[tuple[str, str]], tokenizer_json: str
-) -> tuple[list[tuple[str, str]], tuple[ResumeState, list[dict[str, Any]]] | None]:
-    """(files to score, (state, markers of finished units) or None) for a run of `config` (a
-    `ScoreJobConfig` with `num_shards` resolved when it resumes) into the local output `target`."""
+) -> tuple[list[tuple[Any, ...]], tuple[ResumeState, list[dict[str, Any]]] | None]:
+    """(units to score, (state, markers of finished units) or None) for a run of `config` (a
+    `ScoreJobConfig` with `num_shards` resolved when it resumes) into the local output `target`.
+    Without resume: `files` as they are, and None."""
     digest = options_digest(config, tokenizer_json, config.num_shards) if config.resume else ""
     state = open_state(target, digest, config.resume)
     if state is None:
-        return files, None
+        return list(files), None
+    blocks = {(domain, path): file_blocks(path) for domain, path in files}
+    state = dataclasses.replace(state, blocks={k: v for k, v in blocks.items() if v is not None})
     todo, finished = split_units(state, files)
     return todo, (state, finished)
+
+
+def unit_counts(todo: list[Unit], finished: list[dict[str, Any]]) -> dict[str, int]:
+    """What a resumed run skipped and did: units (files or blocks), and files with nothing left to do."""
+    left = {(domain, path) for domain, path, _ in todo}
+    resumed = {(m["domain"], m["source"]) for m in finished} - left
+    return {
+        "files_resumed": len(resumed),
+        "files_scored": len(left),
+        "units_resumed": len(finished),
+        "units_scored": len(todo),
+    }
 
 
 def forget_run(state: ResumeState) -> None:
@@ -255,18 +394,20 @@ def forget_run(state: ResumeState) -> None:
 def remove_state(target: str | os.PathLike[str]) -> None:
     """Remove the resume directory after a committed output (only when it carries our marker)."""
     root = resume_path(target)
-    if (root / STATE_FILE).is_file() and not root.is_symlink():
+    if _ours(root):
         shutil.rmtree(root)
 
 
 # --- staging units during the job --------------------------------------------------------------
 #
-# A unit is complete when its rows have all been staged: the reader's end-of-file count (with the
-# file's read dead letters) must equal the documents staged plus those the tokenizer or scorer
+# A unit is complete when its rows have all been staged: the reader's count at the unit's end (with
+# its read dead letters) must equal the documents staged plus those the tokenizer or scorer
 # dead-lettered. The three arrive at three steps of the same fused stage, so they meet in a ledger
 # per worker process (a multi-input Flatten would end the fusion: the DirectRunner runs it as a
 # separate stage after the whole read). Counts that never meet in one process (a runner that
-# splits a file's rows) only mean that unit is scored again: a marker is never written early.
+# splits a unit's rows) only mean that unit is scored again: a marker is never written early.
+
+UnitKey = tuple[str, str, int]  # (domain, file, block index)
 
 
 @dataclasses.dataclass
@@ -277,13 +418,13 @@ class _Unit:
     expected: int | None = None
 
 
-_LEDGERS: dict[str, dict[tuple[str, str], _Unit]] = {}
+_LEDGERS: dict[str, dict[UnitKey, _Unit]] = {}
 _LEDGER_LOCK = threading.Lock()
 
 
 def _note(
     state: ResumeState,
-    key: tuple[str, str],
+    key: UnitKey,
     parts: Sequence[tuple[int, str]] = (),
     dead: Sequence[dict[str, Any]] = (),
     rows: int = 0,
@@ -303,10 +444,11 @@ def _note(
     _commit_unit(state, key, unit)
 
 
-def _commit_unit(state: ResumeState, key: tuple[str, str], unit: _Unit) -> None:
+def _commit_unit(state: ResumeState, key: UnitKey, unit: _Unit) -> None:
     """Flush the unit's parts and dead letters to disk, then write its marker atomically."""
-    domain, source = key
-    unit_dir = state.units_dir / unit_id(domain, source)
+    domain, source, index = key
+    blocks = state.blocks.get((domain, source))
+    unit_dir = state.units_dir / unit_id(*key)
     unit_dir.mkdir(parents=True, exist_ok=True)
     dead = unit_dir / DEAD_LETTERS
     with pa.OSFile(str(dead), "wb") as sink, pa.ipc.new_stream(sink, S.DEAD_LETTER_SCHEMA) as writer:
@@ -314,14 +456,16 @@ def _commit_unit(state: ResumeState, key: tuple[str, str], unit: _Unit) -> None:
     for path in [str(dead), *(p for _, p in unit.parts), str(unit_dir)]:
         _fsync(path)
     marker = {
+        "unit": unit_dir.name,
         "domain": domain,
         "source": source,
+        "block": None if blocks is None else list(blocks[index]),
         "stamp": _file_stamp(source),
         "digest": state.digest,
         "rows": unit.rows,
         "parts": [[shard, os.path.basename(path)] for shard, path in unit.parts],
     }
-    _write_atomically(state.marker(domain, source), json.dumps(marker, sort_keys=True) + "\n")
+    _write_atomically(state.marker(*key), json.dumps(marker, sort_keys=True) + "\n")
 
 
 class _StageUnitFn(beam.DoFn):
@@ -339,7 +483,7 @@ class _StageUnitFn(beam.DoFn):
 
     def process(self, batch: pa.RecordBatch) -> Iterator[Any]:
         batch = conform(batch, self._columns, self._schema)
-        for key, rows in _by_unit(batch):
+        for key, rows in _by_unit(batch, self._state):
             writers = PartWriters(str(self._state.units_dir / unit_id(*key)), self._num_shards)
             writers.write(rows)
             parts = writers.close()
@@ -351,29 +495,35 @@ class _StageUnitFn(beam.DoFn):
                 yield beam.pvalue.TaggedOutput("scores", (domain, scores))
 
 
-def _note_end(end: tuple[str, str, int, list[dict[str, Any]]], state: ResumeState) -> None:
-    domain, source, rows, dead = end
-    _note(state, (domain, source), dead=dead, expected=rows)
+def _note_end(end: tuple[str, str, int, int, list[dict[str, Any]]], state: ResumeState) -> None:
+    domain, source, block, rows, dead = end
+    _note(state, (domain, source, block), dead=dead, expected=rows)
 
 
 def _note_failed(row: dict[str, Any], state: ResumeState) -> None:
-    _note(state, (row[S.DOMAIN], row[S.SOURCE]), dead=[row], rows=1)
+    domain, source = row[S.DOMAIN], row[S.SOURCE]
+    block = int(state.block_of(domain, source, np.array([row[S.RECORD] or 1]))[0])
+    _note(state, (domain, source, block), dead=[row], rows=1)
 
 
-def _by_unit(batch: pa.RecordBatch) -> Iterator[tuple[tuple[str, str], pa.RecordBatch]]:
-    """The rows of each (domain, file) in a batch (one file per batch unless a step merged some)."""
+def _by_unit(batch: pa.RecordBatch, state: ResumeState) -> Iterator[tuple[UnitKey, pa.RecordBatch]]:
+    """The rows of each unit in a batch (one unit per batch unless a step merged some)."""
     domains, sources = batch.column(S.DOMAIN), batch.column(S.SOURCE)
     pairs = sorted(set(zip(domains.to_pylist(), sources.to_pylist(), strict=True)))
-    if len(pairs) == 1:
-        yield pairs[0], batch
-        return
     for domain, source in pairs:
-        yield (domain, source), batch.filter(pc.and_(pc.equal(domains, domain), pc.equal(sources, source)))
+        rows = batch
+        if len(pairs) > 1:
+            rows = batch.filter(pc.and_(pc.equal(domains, domain), pc.equal(sources, source)))
+        blocks = state.block_of(domain, source, rows.column(S.RECORD).to_numpy())
+        present = np.unique(blocks).tolist()
+        for block in present:
+            part = rows if len(present) == 1 else rows.filter(pa.array(blocks == block))
+            yield (domain, source, block), part
 
 
 class StageUnits(beam.PTransform):
-    """{"docs_<i>": scored batches (and those a stage dropped), "ends": (domain, file, documents, read
-    dead letters) per file read whole, "failed_<i>": tokenizer and scorer dead letters} of the files
+    """{"docs_<i>": scored batches (and those a stage dropped), "ends": (domain, file, block, documents,
+    read dead letters) per unit read whole, "failed_<i>": tokenizer and scorer dead letters} of the files
     scored now -> {"parts":
     (shard, file), "scores": (domain, scores)} of those and of the finished units, and "dead_letter":
     the finished units' dead letters. Each unit is staged in the resume directory as it completes."""
@@ -416,12 +566,18 @@ class StageUnits(beam.PTransform):
 
 
 def _unit_parts(marker: dict[str, Any], units_dir: str) -> list[tuple[int, str]]:
-    unit_dir = os.path.join(units_dir, unit_id(marker["domain"], marker["source"]))
+    unit_dir = os.path.join(units_dir, marker["unit"])
     return [(shard, os.path.join(unit_dir, name)) for shard, name in marker["parts"]]
 
 
+def _finished_parts(marker: dict[str, Any], units_dir: str) -> list[tuple[int, str]]:
+    """`_unit_parts`, the unit's documents counted as done (the progress bar's total holds them)."""
+    documents_done(marker["rows"])
+    return _unit_parts(marker, units_dir)
+
+
 def _unit_dead_letters(marker: dict[str, Any], units_dir: str) -> list[dict[str, Any]]:
-    path = os.path.join(units_dir, unit_id(marker["domain"], marker["source"]), DEAD_LETTERS)
+    path = os.path.join(units_dir, marker["unit"], DEAD_LETTERS)
     with pa.memory_map(path) as source:
         return pa.ipc.open_stream(source).read_all().to_pylist()
 
@@ -445,7 +601,7 @@ class FinishedUnits(beam.PTransform):
     def expand(self, pipeline):
         units = pipeline | "Markers" >> beam.Create(self._markers, reshuffle=False)
         out = {
-            "parts": units | "Parts" >> beam.FlatMap(_unit_parts, self._units_dir),
+            "parts": units | "Parts" >> beam.FlatMap(_finished_parts, self._units_dir),
             "dead_letter": units | "DeadLetters" >> beam.FlatMap(_unit_dead_letters, self._units_dir),
             "scores": None,
         }
@@ -453,3 +609,86 @@ class FinishedUnits(beam.PTransform):
             column = self._score_column
             out["scores"] = units | "Scores" >> beam.FlatMap(_unit_scores, self._units_dir, column)
         return out
+
+
+# --- the commit, one shard at a time -----------------------------------------------------------
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _link(source: Path, target: str) -> None:
+    """Hard-link `source` as `target` (the same inode: nothing rewritten), or copy where links fail."""
+    try:
+        os.link(source, target)
+    except OSError:
+        shutil.copyfile(source, target)
+
+
+@dataclasses.dataclass(frozen=True)
+class ShardCommits:
+    """Output shards of a `--resume` job, written into the resume directory and linked into the output.
+
+    A shard's marker `<shard>.done` holds the digest of its inputs (`key`), the size and sha256 of
+    each of its files, and its per-domain counts; a resumed run whose shard has the same key links
+    the verified files into its output instead of sorting and writing them again."""
+
+    directory: str
+
+    @staticmethod
+    def of(state: ResumeState) -> ShardCommits:
+        (state.root / SHARDS_DIR).mkdir(exist_ok=True)
+        return ShardCommits(str(state.root / SHARDS_DIR))
+
+    @staticmethod
+    def key(parts: Sequence[str], dead: Sequence[dict[str, Any]], cutoffs: Any) -> str:
+        """Digest of what makes a shard: its part files (named uniquely when staged), its dead
+        letters and the cut-offs."""
+        cut = None if cutoffs is None else sorted(dict(cutoffs).items())
+        what = [sorted(os.path.basename(p) for p in parts), list(dead), cut]
+        return hashlib.sha256(json.dumps(what, sort_keys=True, default=str).encode()).hexdigest()
+
+    def _marker(self, shard: int) -> Path:
+        return Path(self.directory) / f"{shard:05d}.done"
+
+    def path(self, name: str) -> str:
+        """Where to write the shard file `name` (a file left there by a killed run is removed first)."""
+        path = Path(self.directory) / name
+        path.unlink(missing_ok=True)  # a new inode: links made of the old file keep their bytes
+        return str(path)
+
+    def reuse(self, shard: int, key: str, out_dir: str) -> list[tuple[str, np.ndarray]] | None:
+        """The shard's counts, its verified files linked into `out_dir`; None when it must be written."""
+        try:
+            done = json.loads(self._marker(shard).read_text())
+        except (OSError, ValueError):
+            return None
+        files = [(Path(self.directory) / name, size, sha) for name, size, sha in done.get("files", [])]
+        if done.get("key") != key or not all(
+            p.is_file() and p.stat().st_size == size and _sha256(p) == sha for p, size, sha in files
+        ):
+            return None
+        for path, _, _ in files:
+            _link(path, os.path.join(out_dir, path.name))
+        return [(domain, np.array(vec, np.int64)) for domain, vec in done["counts"]]
+
+    def record(
+        self, shard: int, key: str, names: Sequence[str], counts: Sequence[tuple[str, Any]], out_dir: str
+    ) -> None:
+        """Flush the shard's written files, write its marker atomically, link the files into `out_dir`."""
+        paths = [Path(self.directory) / name for name in names]
+        for path in [*paths, Path(self.directory)]:
+            _fsync(str(path))
+        marker = {
+            "key": key,
+            "files": [[p.name, p.stat().st_size, _sha256(p)] for p in paths],
+            "counts": [[domain, [int(v) for v in vec]] for domain, vec in counts],
+        }
+        _write_atomically(self._marker(shard), json.dumps(marker) + "\n")
+        for path in paths:
+            _link(path, os.path.join(out_dir, path.name))

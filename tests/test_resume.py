@@ -1,9 +1,11 @@
 """`datamixer score --resume`: a job killed with SIGKILL part-way and run again with `--resume` scores
-only the files it had not finished and writes the uninterrupted run's bytes; other options, another
-model file or a changed input file are never served from stale units."""
+only the files (or blocks of a large file) it had not finished, does not write again the shards it
+had committed, and writes the uninterrupted run's bytes; other options, another model file or a
+changed input file are never served from stale units."""
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -17,32 +19,47 @@ import pytest
 
 from mixer.files import MARKER
 from pipeline import job as score_job
+from pipeline import resume as resume_module
+from pipeline import schema as S
 from pipeline.job import ScoreJobConfig, run_score_job
-from pipeline.read import ReadOptions
+from pipeline.progress import document_progress
+from pipeline.read import ReadOptions, read_block, read_file
 from pipeline.registry import ScorerConfig
-from pipeline.resume import STATE_FILE, ResumeRefused, open_state, resume_path
+from pipeline.resume import STATE_FILE, ResumeRefused, line_blocks, open_state, resume_path
 from pipeline.select import Selection
 
 ROOT = Path(__file__).resolve().parents[1]
 IN_MEMORY = ["--direct_running_mode=in_memory", "--direct_num_workers=1"]
 FILES = 8
 
-# Runs the CLI, SIGKILLing its own process when the job starts reading its KILL_AT-th file (the
-# DirectRunner's in-memory mode reads and stages files one after the other in this process), or
-# when it starts the commit (KILL_AT=commit: after every file is staged).
+# Runs the CLI, SIGKILLing its own process when the job starts reading its KILL_AT-th unit (a file or
+# a block of one; the DirectRunner's in-memory mode reads and stages units one after the other in
+# this process), once it has written KILL_AT=shard:N shards, or when it starts the last step of the
+# commit (KILL_AT=commit: after every shard is written). BLOCK_BYTES sets the size of blocks.
 KILLING_CLI = """
 import os, signal, sys
-import pipeline.job as job
-read_file, started = job.read_file, []
-def reading(domain, path, opts):
-    started.append(path)
-    if str(len(started)) == os.environ["KILL_AT"]:
-        os.kill(os.getpid(), signal.SIGKILL)
-    yield from read_file(domain, path, opts)
+import pipeline.job as job, pipeline.resume as resume
+resume.BLOCK_BYTES = int(os.environ["BLOCK_BYTES"])
+started, shards, kill_at = [], [], os.environ["KILL_AT"]
+def starting(read):
+    def reading(domain, path, opts, *block):
+        started.append(path)
+        if str(len(started)) == kill_at:
+            os.kill(os.getpid(), signal.SIGKILL)
+        yield from read(domain, path, opts, *block)
+    return reading
+def recording(record):
+    def shard_written(self, *args):
+        record(self, *args)
+        shards.append(args[0])
+        if f"shard:{len(shards)}" == kill_at:
+            os.kill(os.getpid(), signal.SIGKILL)
+    return shard_written
 def committing(*args):
     os.kill(os.getpid(), signal.SIGKILL)
-job.read_file = reading
-if os.environ["KILL_AT"] == "commit":
+job.read_file, job.read_block = starting(job.read_file), starting(job.read_block)
+resume.ShardCommits.record = recording(resume.ShardCommits.record)
+if kill_at == "commit":
     job._commit = committing
 from datamixer.cli import main
 sys.exit(main(sys.argv[1:]))
@@ -94,10 +111,15 @@ def _cli_args(inputs: dict[str, list[str]], out: Path, model: str, *extra: str) 
 
 
 def _kill_part_way(
-    inputs: dict[str, list[str]], out: Path, model: str, kill_at: int | str, *extra: str
+    inputs: dict[str, list[str]],
+    out: Path,
+    model: str,
+    kill_at: int | str,
+    *extra: str,
+    block_bytes: int = resume_module.BLOCK_BYTES,
 ) -> int:
-    """Run `score --resume` until it starts its `kill_at`-th file, SIGKILLed there; the finished units."""
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "KILL_AT": str(kill_at)}
+    """Run `score --resume` until it starts its `kill_at`-th unit, SIGKILLed there; the finished units."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "KILL_AT": str(kill_at), "BLOCK_BYTES": str(block_bytes)}
     command = [sys.executable, "-c", KILLING_CLI, *_cli_args(inputs, out, model, *extra), "--", *IN_MEMORY]
     done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == -signal.SIGKILL, done.stderr[-2000:]
@@ -112,40 +134,84 @@ def _owned(parent: Path, name: str) -> list[str]:
     return sorted(p.name for p in parent.iterdir() if p.name.startswith(f".{name}."))
 
 
+class Reads(list):
+    """Paths of the units the in-process job starts reading (in-memory runner), one per unit, and the
+    records (documents and read dead letters) it reads."""
+
+    records = 0
+
+
 @pytest.fixture
-def files_read(monkeypatch) -> list[str]:
-    """Paths the in-process job starts reading (in-memory runner)."""
-    read: list[str] = []
-    original = score_job.read_file
+def files_read(monkeypatch) -> Reads:
+    read = Reads()
 
-    def reading(domain, path, opts):
-        read.append(path)
-        yield from original(domain, path, opts)
+    def starting(original):
+        def reading(domain, path, opts, *block):
+            read.append(path)
+            for batch, dead in original(domain, path, opts, *block):
+                read.records += len(dead) + (0 if batch is None else batch.num_rows)
+                yield batch, dead
 
-    monkeypatch.setattr(score_job, "read_file", reading)
+        return reading
+
+    monkeypatch.setattr(score_job, "read_file", starting(score_job.read_file))
+    monkeypatch.setattr(score_job, "read_block", starting(score_job.read_block))
     return read
 
 
-def test_a_job_killed_part_way_resumes_its_unfinished_files_to_the_same_bytes(tmp_path, model, files_read):
-    inputs = _inputs(tmp_path / "data")
+@pytest.fixture
+def bpe_trained(monkeypatch) -> list[int]:
+    """Vocabulary sizes of the BPE tokenizers the in-process job trains."""
+    from pipeline import tokenize
+
+    trained: list[int] = []
+    original = tokenize.train_byte_level_bpe
+
+    def training(texts, vocab_size, **kw):
+        trained.append(vocab_size)
+        return original(texts, vocab_size, **kw)
+
+    monkeypatch.setattr(tokenize, "train_byte_level_bpe", training)
+    monkeypatch.setattr(score_job, "train_byte_level_bpe", training)
+    return trained
+
+
+@pytest.fixture(scope="module")
+def eight_files(tmp_path_factory, model) -> tuple[dict[str, list[str]], dict[str, str], dict]:
+    """The eight input files (not to be changed), and the hashes and result of a run without --resume."""
+    root = tmp_path_factory.mktemp("eight")
+    inputs = _inputs(root / "data")
+    result = run_score_job(_config(inputs, root / "clean", model), beam_args=IN_MEMORY)
+    return inputs, _hashes(root / "clean"), result
+
+
+def test_a_job_killed_part_way_resumes_its_unfinished_files_to_the_same_bytes(
+    tmp_path, model, eight_files, files_read, bpe_trained
+):
+    inputs, clean_hashes, clean = eight_files
     out = tmp_path / "out"
     finished = _kill_part_way(inputs, out, model, kill_at=5)
     assert finished == 4  # the four files read before the kill, each with its marker
     left = _owned(tmp_path, "out")  # the killed run's lock and temporary, and its resume state
     assert {".out.lock", ".out.resume"} <= set(left) and any(n.startswith(".out.tmp-") for n in left)
 
-    resumed = run_score_job(_config(inputs, out, model, resume=True), beam_args=IN_MEMORY)
+    advances: list[int] = []
+
+    @contextlib.contextmanager
+    def track(description: str, total: int | None = None, unit: str = ""):
+        yield advances.append
+
+    with document_progress(track):
+        resumed = run_score_job(_config(inputs, out, model, resume=True), beam_args=IN_MEMORY)
     assert (resumed["files_resumed"], resumed["files_scored"]) == (4, FILES - 4)
+    assert sum(advances) == resumed["scored"]  # the progress bar counts the finished units' documents
     assert len(files_read) == FILES - 4  # the finished files were not read again
-    files_read.clear()
-    clean = run_score_job(_config(inputs, tmp_path / "clean", model), beam_args=IN_MEMORY)
-    assert len(files_read) == FILES
-    assert _hashes(out) == _hashes(tmp_path / "clean")  # every output file, byte for byte
+    assert bpe_trained == []  # the killed run's tokenizer, kept in the resume state
+    assert _hashes(out) == clean_hashes  # every output file, byte for byte
     assert MARKER in _hashes(out) and resumed["dead_letter"] == clean["dead_letter"] == 3
     assert {k: v for k, v in resumed.items() if k not in ("seconds", "docs_per_s", "output")} == {
         **{k: v for k, v in clean.items() if k not in ("seconds", "docs_per_s", "output")},
-        "files_resumed": 4,
-        "files_scored": FILES - 4,
+        **{"files_resumed": 4, "files_scored": FILES - 4, "units_resumed": 4, "units_scored": FILES - 4},
     }
     assert _owned(tmp_path, "out") == []  # state, temporaries and lock all gone after the commit
 
@@ -185,15 +251,204 @@ def test_other_options_a_new_model_or_a_changed_file_never_reuse_stale_units(tmp
     assert _hashes(out) == _hashes(clean)
 
 
-@pytest.mark.slow
-def test_a_job_killed_in_its_commit_resumes_with_nothing_left_to_score(tmp_path, model, files_read):
-    inputs = _inputs(tmp_path / "data")
+def _shard_files(out: Path) -> dict[str, tuple[int, int]]:
+    """(inode, mtime in ns) of each shard file that the killed run committed (with its marker)."""
+    shards = resume_path(out) / "shards"
+    done = [json.loads(p.read_text()) for p in shards.glob("*.done")]
+    return {
+        name: (os.stat(shards / name).st_ino, os.stat(shards / name).st_mtime_ns)
+        for d in done
+        for name, *_ in d["files"]
+    }
+
+
+@pytest.fixture
+def shards_written(monkeypatch) -> list[str]:
+    """Names of the shard files the in-process job writes."""
+    written: list[str] = []
+
+    def noting(write):
+        def writing(rows, path, schema):
+            written.append(os.path.basename(path))
+            write(rows, path, schema)
+
+        return writing
+
+    monkeypatch.setattr(score_job, "write_shard", noting(score_job.write_shard))  # dead letters
+    monkeypatch.setattr(score_job, "write_row_groups", noting(score_job.write_row_groups))  # documents
+    return written
+
+
+def test_a_job_killed_in_its_commit_does_not_write_its_committed_shards_again(
+    tmp_path, model, eight_files, files_read, shards_written
+):
+    inputs, clean_hashes, _ = eight_files
     out = tmp_path / "out"
-    assert _kill_part_way(inputs, out, model, "commit") == FILES
+    assert _kill_part_way(inputs, out, model, "shard:2") == FILES  # every unit staged, 2 of 4 shards
+    committed = _shard_files(out)
+    assert len(committed) == 4  # the scored and dead-letter files of two shards
+
     resumed = run_score_job(_config(inputs, out, model, resume=True), beam_args=IN_MEMORY)
     assert (resumed["files_resumed"], resumed["files_scored"], files_read) == (FILES, 0, [])
-    run_score_job(_config(inputs, tmp_path / "clean", model), beam_args=IN_MEMORY)
+    assert len(shards_written) == 4 and not set(shards_written) & set(committed)  # two shards written
+    after = {name: (os.stat(out / name).st_ino, os.stat(out / name).st_mtime_ns) for name in committed}
+    assert after == committed  # the very files the killed run wrote, linked into the output
+    assert _hashes(out) == clean_hashes
+
+
+@pytest.mark.slow
+def test_a_committed_shard_holding_a_changed_file_is_written_again(tmp_path, model, shards_written):
+    import pyarrow.parquet as pq
+
+    inputs = _inputs(tmp_path / "data")
+    out = tmp_path / "out"
+    assert _kill_part_way(inputs, out, model, "shard:2") == FILES
+    committed = _shard_files(out)
+    scored = sorted(name for name in committed if name.startswith("scored-"))
+    changed = Path(pq.read_table(resume_path(out) / "shards" / scored[0]).column(S.SOURCE)[0].as_py())
+    changed.write_bytes(changed.read_bytes() + _lines("extra", 3, bad=False))
+
+    resumed = run_score_job(_config(inputs, out, model, resume=True), beam_args=IN_MEMORY)
+    assert resumed["files_resumed"] == FILES - 1 and scored[0] in shards_written
+    clean = run_score_job(_config(inputs, tmp_path / "clean", model), beam_args=IN_MEMORY)
+    assert _hashes(out) == _hashes(tmp_path / "clean") and resumed["in"] == clean["in"]
+
+
+@pytest.mark.slow
+def test_a_job_killed_after_its_shards_resumes_with_nothing_to_score_or_write(
+    tmp_path, model, eight_files, files_read, shards_written
+):
+    inputs, clean_hashes, _ = eight_files
+    out = tmp_path / "out"
+    assert _kill_part_way(inputs, out, model, "commit") == FILES
+    assert len(_shard_files(out)) == 8
+    resumed = run_score_job(_config(inputs, out, model, resume=True), beam_args=IN_MEMORY)
+    assert (resumed["files_resumed"], resumed["files_scored"], files_read, shards_written) == (
+        FILES,
+        0,
+        [],
+        [],
+    )
+    assert _hashes(out) == clean_hashes
+
+
+# --- one large file, resumed by blocks ---------------------------------------------------------
+
+
+def _big_file(path: Path, lines: int) -> int:
+    """A JSONL file with bad records and blank lines spread over it, and no newline at its end."""
+    body = _lines("big", lines, bad=True).replace(b"\n", b"\n\n", 3)  # blank lines 2, 4, 6
+    body += b'{"id": "big-last", "text": ' + b"[1, 2]}\n" + _lines("tail", 40, bad=True).rstrip(b"\n")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(body)
+    return body.count(b"\n") + 1
+
+
+def test_line_blocks_cut_at_line_ends_and_number_lines_from_the_file_start(tmp_path):
+    path = tmp_path / "big.jsonl"
+    lines = _big_file(path, 400)
+    data = path.read_bytes()
+    blocks = line_blocks(str(path), 10_000)
+    assert [b[0] for b in blocks] == list(range(len(blocks))) and len(blocks) > 3
+    assert blocks[0][1] == 0 and blocks[-1][2] == len(data)
+    for (_, start, end, first), following in zip(blocks, blocks[1:], strict=False):
+        assert end - start >= 10_000 and data[end - 1 : end] == b"\n" and following[1] == end
+        assert following[3] == first + data[start:end].count(b"\n")  # line numbers from the file start
+    assert blocks[-1][3] + data[blocks[-1][1] :].count(b"\n") == lines
+    assert line_blocks(str(path), len(data)) == [(0, 0, len(data), 1)]
+
+
+def _big_input(directory: Path, fmt: str) -> tuple[Path, int, dict[tuple, int]]:
+    """(a large JSONL or Parquet file with bad records, block size, records of each of its blocks)."""
+    directory.mkdir(parents=True)
+    if fmt == "jsonl":
+        path = directory / "big.jsonl"
+        _big_file(path, 3_000)
+        text = path.read_bytes()
+        blocks = line_blocks(str(path), 64_000)
+        counts = [
+            sum(1 for line in text[start:end].split(b"\n") if line.strip()) for _, start, end, _ in blocks
+        ]
+        return path, 64_000, dict(zip(blocks, counts, strict=True))
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    texts = [json.loads(line)["text"] for line in _lines("big", 3_000, bad=False).splitlines()]
+    texts = [None if i % 500 == 7 else " " if i == 1234 else t for i, t in enumerate(texts)]
+    path = directory / "big.parquet"
+    table = pa.table({"id": [f"big-{i}" for i in range(len(texts))], "text": texts})
+    pq.write_table(table, path, row_group_size=250)
+    blocks = resume_module.row_group_blocks(str(path), 1)  # a block per row group
+    return path, 1, {block: 250 for block in blocks}
+
+
+def test_large_plain_jsonl_and_parquet_files_are_cut_into_blocks_compressed_ones_stay_whole(
+    tmp_path, monkeypatch
+):
+    import gzip
+
+    jsonl, _, _ = _big_input(tmp_path / "jsonl", "jsonl")
+    parquet, _, _ = _big_input(tmp_path / "parquet", "parquet")
+    compressed = tmp_path / "big.jsonl.gz"
+    compressed.write_bytes(gzip.compress(jsonl.read_bytes()))
+    monkeypatch.setattr(resume_module, "BLOCK_BYTES", 64_000)
+    assert resume_module.file_blocks(str(jsonl)) == line_blocks(str(jsonl), 64_000)
+    assert resume_module.file_blocks(str(compressed)) is None  # a compressed stream has no offsets
+    monkeypatch.setattr(resume_module, "BLOCK_BYTES", 1)
+    assert resume_module.file_blocks(str(parquet)) == resume_module.row_group_blocks(str(parquet), 1)
+    assert len(resume_module.file_blocks(str(parquet)) or []) == 12  # a block per row group
+    monkeypatch.setattr(resume_module, "BLOCK_BYTES", jsonl.stat().st_size)
+    assert resume_module.file_blocks(str(jsonl)) is None  # not over BLOCK_BYTES: one unit
+    monkeypatch.setattr(resume_module, "BLOCK_BYTES", parquet.stat().st_size)
+    assert resume_module.file_blocks(str(parquet)) is None  # one run of row groups: one unit
+
+
+@pytest.mark.parametrize("fmt", ["jsonl", "parquet"])
+def test_a_file_read_block_by_block_gives_the_records_of_the_whole_file(tmp_path, fmt):
+    data, _, records = _big_input(tmp_path / "data", fmt)
+
+    def rows(batches) -> tuple[list, list]:
+        docs: list = []
+        dead: list = []
+        for batch, bad in batches:
+            docs += [] if batch is None else batch.to_pylist()
+            dead += bad
+        return docs, dead
+
+    whole = rows(read_file("web", str(data), ReadOptions(batch_size=100)))
+    blocks = [rows(read_block("web", str(data), ReadOptions(), *block[1:])) for block in sorted(records)]
+    assert [len(d) + len(b) for d, b in blocks] == [records[block] for block in sorted(records)]
+    assert ([d for docs, _ in blocks for d in docs], [b for _, bad in blocks for b in bad]) == whole
+    assert whole[1]  # the bad records are dead letters with their record numbers in the file
+
+
+@pytest.mark.parametrize("fmt", ["jsonl", pytest.param("parquet", marks=pytest.mark.slow)])
+def test_one_large_file_killed_part_way_resumes_only_its_unfinished_blocks(
+    tmp_path, model, files_read, monkeypatch, fmt
+):
+    data, block_bytes, records = _big_input(tmp_path / "data", fmt)
+    blocks = sorted(records)
+    inputs = {"web": [str(data)]}
+    out = tmp_path / "out"
+    assert len(blocks) >= 6
+    assert _kill_part_way(inputs, out, model, 4, block_bytes=block_bytes) == 3  # three blocks staged
+    markers = [json.loads(p.read_text()) for p in (resume_path(out) / "units").glob("*.done")]
+    staged = {tuple(m["block"]) for m in markers}
+    assert staged < set(blocks)
+
+    monkeypatch.setattr(resume_module, "BLOCK_BYTES", block_bytes)
+    resumed = run_score_job(_config(inputs, out, model, resume=True), beam_args=IN_MEMORY)
+    assert (resumed["units_resumed"], resumed["units_scored"]) == (3, len(blocks) - 3)
+    assert (resumed["files_resumed"], resumed["files_scored"]) == (0, 1)
+    assert len(files_read) == len(blocks) - 3
+    left = sum(records[block] for block in set(blocks) - staged)
+    assert files_read.records == left < sum(records.values())  # each record left read once, no other
+
+    files_read.clear()
+    clean = run_score_job(_config(inputs, tmp_path / "clean", model), beam_args=IN_MEMORY)
+    assert files_read == [str(data)]  # read whole, in one piece
     assert _hashes(out) == _hashes(tmp_path / "clean")
+    assert resumed["dead_letter"] == clean["dead_letter"] > 0 and resumed["in"] == clean["in"]
 
 
 def test_resume_is_refused_where_it_cannot_work_and_never_touches_what_it_did_not_write(tmp_path, model):
@@ -234,27 +489,29 @@ def test_a_run_without_resume_clears_its_own_stale_state(tmp_path, model):
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="signals the process group")
 def test_cli_sigkill_with_two_workers_then_resume_gives_the_clean_bytes(tmp_path, model):
     inputs = _inputs(tmp_path / "data", scale=20)  # files that take a while: the kill lands part-way
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    total = sum(len(line_blocks(str(p), 100_000)) for p in (tmp_path / "data").iterdir())
+    assert total > FILES  # most files are read by blocks, by both workers
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "KILL_AT": "never", "BLOCK_BYTES": "100000"}
     workers = ["--", "--direct_running_mode=multi_processing", "--direct_num_workers=2"]
-    base = [sys.executable, "-m", "datamixer"]
+    base = [sys.executable, "-c", KILLING_CLI]
     out, units = tmp_path / "out", resume_path(tmp_path / "out") / "units"
     job = subprocess.Popen(
         [*base, *_cli_args(inputs, out, model, *workers)], env=env, start_new_session=True,
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )  # fmt: skip
     deadline = time.monotonic() + 300
-    while len(list(units.glob("*.done"))) < FILES // 2 and time.monotonic() < deadline:
+    while len(list(units.glob("*.done"))) < total // 2 and time.monotonic() < deadline:
         assert job.poll() is None, "the job ended before it could be killed"
         time.sleep(0.02)
     os.killpg(job.pid, signal.SIGKILL)  # the job and its two workers
     job.wait()
     finished = len(list(units.glob("*.done")))
-    assert FILES // 2 <= finished < FILES
+    assert total // 2 <= finished < total
 
     done = subprocess.run([*base, *_cli_args(inputs, out, model, *workers)], env=env, capture_output=True)
     assert done.returncode == 0, done.stderr[-2000:]
     result = json.loads(done.stdout.splitlines()[-1])
-    assert (result["files_resumed"], result["files_scored"]) == (finished, FILES - finished)
+    assert (result["units_resumed"], result["units_scored"]) == (finished, total - finished)
     clean = tmp_path / "clean"
     run_score_job(_config(inputs, clean, model), beam_args=IN_MEMORY)
     assert _hashes(out) == _hashes(clean)

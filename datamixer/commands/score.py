@@ -124,8 +124,9 @@ def score(
         bool,
         typer.Option(
             "--resume",
-            help="Direct runner: keep each finished input file beside the output and, after a kill, "
-            "score only the files left (same options; see docs/reliability.md).",
+            help="Direct runner: keep each finished input file (or block of a large one) and output "
+            "shard beside the output and, after a kill, do only the rest (same options; see "
+            "docs/reliability.md).",
         ),
     ] = False,
 ) -> None:
@@ -179,7 +180,10 @@ def score(
         result = run_score_job(job, runner=runner, beam_args=list(ctx.args))
         settle(result["in"])
     if resume:
-        info(f"resumed {result['files_resumed']} finished file(s); scored {result['files_scored']}")
+        info(
+            f"resumed {result['units_resumed']} finished unit(s) ({result['files_resumed']} whole file(s)); "
+            f"scored {result['units_scored']} unit(s)"
+        )
     info(
         f"{result['in']} in, {result['scored']} scored, {result['dead_letter']} dead-lettered, "
         f"{result['kept']} kept -> {output}"
