@@ -34,6 +34,7 @@ from pipeline.dedup import (
     mix64,
     node_ids,
     normalized_words,
+    read_bands,
     read_removed,
     removed_scores,
     shingles,
@@ -276,18 +277,23 @@ def test_band_rows_go_through_files_and_group_exactly_by_key(tmp_path):
     fn = _SignaturesFn(opts, None, str(tmp_path / "bands"))
     fn.start_bundle()
     assert list(fn.process(batch)) == []  # nothing per document goes through the runner
+    assert list(fn.process(batch.slice(40))) == []  # a second batch: document ordinals go on
     emitted = [(w.tag, w.value.value) for w in fn.finish_bundle()]
     bands = [v for tag, v in emitted if tag == "bands"]
-    nodes = read_parts([path for tag, (_, path) in emitted if tag == "nodes"])
-    assert sorted(p for p, _ in bands) == [0, 1, 2, 3] and all(isinstance(f, str) for _, f in bands)
-    rows = read_parts([path for _, path in bands])
-    assert rows.num_rows == 14 * 85 and rows.schema.names == ["key", "node"]  # 16 bytes a band
-    assert sorted(nodes.column("record").to_pylist()) == list(range(1, 86))
+    (ids_file,) = [v for tag, v in emitted if tag == "ids"]
+    nodes = read_parts([v[1] for tag, v in emitted if tag == "nodes"])
+    assert sorted(p for p, _ in bands) == [0, 1, 2, 3] and all(f[1] == ids_file for _, f in bands)
+    rows = read_parts([path for _, (path, _) in bands])
+    assert rows.num_rows == 14 * (85 + 45) and rows.schema.names == ["key", "gap"]  # 12 bytes a band
+    assert read_parts([ids_file]).num_rows == 85 + 45  # a node id per document, in order
+    assert sorted(nodes.column("record").to_pylist()) == sorted([*range(1, 86), *range(41, 86)])
     ids = node_ids(batch)
     assert len(set(ids.tolist())) == 85
     doc, keys = band_hashes(texts, ["web"] * len(texts), opts)
-    stored = zip(rows.column("key").to_pylist(), rows.column("node").to_pylist(), strict=True)
-    assert sorted(stored) == sorted(zip(keys.tolist(), ids[doc].tolist(), strict=True))
+    stored = zip(*(x.tolist() for x in read_bands([f for _, f in bands])), strict=True)
+    expected = list(zip(keys.tolist(), ids[doc].tolist(), strict=True))
+    again = [row for row, d in zip(expected, doc.tolist(), strict=True) if d >= 40]  # the second batch's
+    assert sorted(stored) == sorted(expected + again)
     a, b = bucket_edges(keys, ids[doc])
     component = dict(zip(a.tolist(), b.tolist(), strict=True))  # a star per component
 
