@@ -8,9 +8,11 @@ and writes its output to part files by partition:
 1. `Signatures`: per document (in a DoFn over record batches) its node id (`node_ids`: 64 bits from
    its domain, file and record, in random order) and its band keys: for MinHash, a 64-bit hash of
    the scope, the band number and the band's `rows` minhash values (rensa's RMinHash, seeded, the
-   same on every worker); for exact, of the normalised text. Band rows (key, node), 16 bytes each,
-   go to a file per key partition (`partitions`); node rows (node, rank, id, domain, source_file,
-   record), one per document, to a file per node partition (`edge_partitions`).
+   same on every worker); for exact, of the normalised text. Band rows (key, gap), 12 bytes each
+   (about 8.7 in zstd), go to a file per key partition (`partitions`): the gap leads to the document's
+   ordinal in the bundle's node-id file (one per bundle, 8 bytes a document), so a band does not
+   repeat its 64-bit node; node rows (node, rank, id, domain, source_file, record), one per
+   document, go to a file per node partition (`edge_partitions`).
 2. `CandidateEdges`: one key partition at a time, the documents that share a key are linked, and a
    union-find over the partition (`local_components`) leaves one edge per linked document, to its
    component's smallest node, however many bands it shares (one partition's rows in memory).
