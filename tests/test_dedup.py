@@ -21,6 +21,7 @@ from pipeline import schema as S
 from pipeline.dedup import (
     ConnectedComponents,
     DedupOptions,
+    _bands_step,
     _edge_step,
     _join_step,
     _pairs,
@@ -305,3 +306,31 @@ def test_band_rows_go_through_files_and_group_exactly_by_key(tmp_path):
     assert len({component.get(int(ids[i]), int(ids[i])) for i in range(60)}) == 60  # unrelated stay apart
     _, other = band_hashes(texts, ["code"] * len(texts), opts)
     assert not set(other.tolist()) & set(keys.tolist())  # a key is per scope (domain)
+
+
+def test_band_files_go_once_read_and_node_id_files_with_the_join(tmp_path):
+    """The candidate-edges step deletes its partition's band files but leaves the node-id files, which
+    the other key partitions read; the join deletes them, after every key partition is done."""
+    texts = ["alpha beta gamma delta epsilon zeta eta theta iota kappa"] * 3 + ["one two three four five six"]
+    batch = docs_batch("web", "a.jsonl", ["d0", "d1", "d2", "d3"], texts, [1, 2, 3, 4])
+    work = str(tmp_path / "bands")
+    fn = _SignaturesFn(DedupOptions(partitions=2, edge_partitions=1), None, work)
+    fn.start_bundle()
+    list(fn.process(batch))
+    emitted = [(w.tag, w.value.value) for w in fn.finish_bundle()]
+    (ids_file,) = [v for tag, v in emitted if tag == "ids"]
+    by_partition: dict[int, list] = {}
+    for tag, value in emitted:
+        if tag == "bands":
+            by_partition.setdefault(value[0], []).append(value[1])
+    edges = [f for item in by_partition.items() for f in _bands_step(work, 1)(item)]
+    assert not any(os.path.exists(band) for files in by_partition.values() for band, _ in files)
+    assert os.path.exists(ids_file)
+    a, b = _pairs(read_parts([path for _, path in edges]))
+    ids = node_ids(batch).tolist()
+    low = min(ids[:3])
+    assert sorted(zip(a.tolist(), b.tolist(), strict=True)) == sorted(
+        [(n, low) for n in ids[:3] if n != low] + [(low, n) for n in ids[:3] if n != low]
+    )  # the three copies, as a star both ways; d3 alone
+    _join_step((0, [("ids", ids_file)]), work, 1)
+    assert not os.path.exists(ids_file)
