@@ -8,9 +8,11 @@ and writes its output to part files by partition:
 1. `Signatures`: per document (in a DoFn over record batches) its node id (`node_ids`: 64 bits from
    its domain, file and record, in random order) and its band keys: for MinHash, a 64-bit hash of
    the scope, the band number and the band's `rows` minhash values (rensa's RMinHash, seeded, the
-   same on every worker); for exact, of the normalised text. Band rows (key, node), 16 bytes each,
-   go to a file per key partition (`partitions`); node rows (node, rank, id, domain, source_file,
-   record), one per document, to a file per node partition (`edge_partitions`).
+   same on every worker); for exact, of the normalised text. Band rows (key, gap), 12 bytes each
+   (about 8.7 in zstd), go to a file per key partition (`partitions`): the gap leads to the document's
+   ordinal in the bundle's node-id file (one per bundle, 8 bytes a document), so a band does not
+   repeat its 64-bit node; node rows (node, rank, id, domain, source_file, record), one per
+   document, go to a file per node partition (`edge_partitions`).
 2. `CandidateEdges`: one key partition at a time, the documents that share a key are linked, and a
    union-find over the partition (`local_components`) leaves one edge per linked document, to its
    component's smallest node, however many bands it shares (one partition's rows in memory).
@@ -196,9 +198,9 @@ def band_hashes(texts: list[str], scopes: list[str], opts: DedupOptions) -> tupl
 
 def band_rows(
     batch: pa.RecordBatch, opts: DedupOptions, score_column: str | None
-) -> tuple[pa.RecordBatch, pa.RecordBatch]:
-    """A batch's documents -> (band rows: one (key, node) per document and band key; node rows: one
-    (node, rank, id, domain, source_file, record) per document with words). 16 bytes a band."""
+) -> tuple[np.ndarray, np.ndarray, pa.RecordBatch]:
+    """A batch's documents -> (per band key: its document's row in the node rows, the 64-bit key; node
+    rows: one (node, rank, id, domain, source_file, record) per document with words, in batch order)."""
     domains = batch.column(S.DOMAIN).to_pylist()
     scopes = domains if opts.scope == "domain" else [""] * batch.num_rows
     doc, keys = band_hashes(batch.column(S.TEXT).to_pylist(), scopes, opts)
@@ -209,7 +211,6 @@ def band_rows(
         else np.zeros(batch.num_rows)
     )
     present = np.unique(doc)
-    bands = pa.RecordBatch.from_arrays([pa.array(keys), pa.array(nodes[doc])], names=["key", "node"])
     rows = batch.select([S.ID, S.DOMAIN, S.SOURCE, S.RECORD]).take(pa.array(present))
     node_rows = pa.RecordBatch.from_arrays(
         [
@@ -222,7 +223,41 @@ def band_rows(
         ],
         names=["node", *_NODE_COLUMNS],
     )
-    return bands, node_rows
+    return np.searchsorted(present, doc), keys, node_rows
+
+
+def _gaps(ordinals: np.ndarray, partition: np.ndarray, last: np.ndarray) -> np.ndarray:
+    """Per row, its non-decreasing `ordinals` less the previous one of its partition (`last[p]` before
+    this batch, updated): the band rows' document column, delta-coded per partition file."""
+    order = np.argsort(partition, kind="stable")
+    ordered, parts = ordinals[order], partition[order]
+    first = np.concatenate([[True], parts[1:] != parts[:-1]])[: len(parts)]
+    previous = np.concatenate([np.zeros(1, ordered.dtype), ordered[:-1]])[: len(parts)]
+    previous[first] = last[parts[first]]
+    final = np.concatenate([parts[1:] != parts[:-1], [True]])[: len(parts)]
+    last[parts[final]] = ordered[final]
+    gaps = np.empty_like(ordinals)
+    gaps[order] = ordered - previous
+    return gaps
+
+
+_BAND_SCHEMA = pa.schema([("key", pa.uint64()), ("gap", pa.uint32())])
+
+
+def read_bands(files: Iterable[tuple[str, str]]) -> tuple[np.ndarray, np.ndarray]:
+    """(key, node) of every band row of the given (band file, its bundle's node-id file) pairs: a band
+    file holds (64-bit key, gap to the previous row's document ordinal), the node-id file the node of
+    each ordinal (`_SignaturesFn`)."""
+    keys, nodes = [np.zeros(0, np.uint64)], [np.zeros(0, np.uint64)]
+    for path, ids_path in files:
+        table = read_parts([path])
+        ids = read_parts([ids_path])
+        if table is None or ids is None:
+            continue
+        keys.append(np.asarray(table.column("key"), np.uint64))
+        ordinals = np.cumsum(np.asarray(table.column("gap"), np.uint64))
+        nodes.append(np.asarray(ids.column("node"), np.uint64)[ordinals])
+    return np.concatenate(keys), np.concatenate(nodes)
 
 
 def _windowed(tag: str, value: Any) -> Any:
@@ -230,36 +265,60 @@ def _windowed(tag: str, value: Any) -> Any:
 
 
 class _SignaturesFn(beam.DoFn):
-    """Surviving documents -> their band rows in one part file per key partition, and their node rows
-    in one part file per node partition, that this bundle touches; emitted at the bundle's end as
-    (partition, file) on the outputs "bands" and "nodes": nothing per document goes through the runner."""
+    """Surviving documents -> their band rows in one part file per key partition, their node rows in
+    one part file per node partition, and their node ids in one file, that this bundle touches; emitted
+    at the bundle's end on the outputs "bands" (partition, (file, node-id file)), "nodes" (partition,
+    file) and "ids" (file): nothing per document goes through the runner.
+
+    A band row is (64-bit key, 32-bit gap): its document is the `ordinal`-th (from 0) of the bundle's
+    node-id file, the gaps of a partition's file summing to it. About 8.7 bytes a band in zstd, where
+    a (key, node) pair takes 16: the bands are dedup's largest work files, and exist with every staged
+    part file (the band grouping waits for all documents)."""
 
     def __init__(self, opts: DedupOptions, score_column: str | None, work_dir: str) -> None:
         self._opts = opts
         self._score_column = score_column
         self._dir = work_dir
-        self._writers: tuple[PartWriters, PartWriters] | None = None
+        self._writers: tuple[PartWriters, PartWriters, PartWriters] | None = None
+        self._documents = 0
+        self._last = np.zeros(0, np.uint64)
 
     def start_bundle(self) -> None:
         self._writers = (
             PartWriters(self._dir, self._opts.partitions),
             PartWriters(self._dir, self._opts.edge_partitions),
+            PartWriters(self._dir, 1),
         )
+        self._documents = 0
+        self._last = np.zeros(self._opts.partitions, np.uint64)
 
     def process(self, batch: pa.RecordBatch) -> Iterator[Any]:
         todo = np.flatnonzero(pending(batch))
         if len(todo):
-            bands, nodes = band_rows(batch.take(pa.array(todo)), self._opts, self._score_column)
+            doc, keys, nodes = band_rows(batch.take(pa.array(todo)), self._opts, self._score_column)
+            if self._documents + nodes.num_rows > np.iinfo(np.uint32).max:
+                raise RuntimeError("a dedup bundle of more than 2^32 documents: run with more workers")
             assert self._writers is not None  # opened in start_bundle
-            self._writers[0].write(bands, _partition(bands.column(0), self._opts.partitions))
+            partition = _partition(keys, self._opts.partitions)
+            gaps = _gaps(doc.astype(np.uint64) + np.uint64(self._documents), partition, self._last)
+            bands = pa.RecordBatch.from_arrays(
+                [pa.array(keys), pa.array(gaps, pa.uint32())], schema=_BAND_SCHEMA
+            )
+            self._writers[0].write(bands, partition)
             self._writers[1].write(nodes, _partition(nodes.column(0), self._opts.edge_partitions))
+            self._writers[2].write(nodes.select(["node"]), np.zeros(nodes.num_rows, np.int64))
+            self._documents += nodes.num_rows
         return iter(())
 
     def finish_bundle(self) -> Iterator[Any]:
         assert self._writers is not None
-        for tag, writers in zip(("bands", "nodes"), self._writers, strict=True):
-            for partition, path in writers.close():
-                yield _windowed(tag, (partition, path))
+        bands, nodes, ids = (writers.close() for writers in self._writers)
+        for _, path in ids:
+            yield _windowed("ids", path)
+            for partition, band_path in bands:
+                yield _windowed("bands", (partition, (band_path, path)))
+        for partition, path in nodes:
+            yield _windowed("nodes", (partition, path))
 
 
 def _partition(values: pa.Array | np.ndarray, partitions: int) -> np.ndarray:
@@ -313,7 +372,14 @@ def _pairs(table: pa.Table | None) -> tuple[np.ndarray, np.ndarray]:
     """The distinct (first column, second column) pairs of a work file's rows."""
     if table is None or table.num_rows == 0:
         return np.zeros(0, np.uint64), np.zeros(0, np.uint64)
-    pairs = np.unique(np.stack([np.asarray(table.column(0)), np.asarray(table.column(1))], 1), axis=0)
+    return _distinct(np.asarray(table.column(0)), np.asarray(table.column(1)))
+
+
+def _distinct(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The distinct (a, b) pairs, sorted."""
+    if len(a) == 0:
+        return a.astype(np.uint64), b.astype(np.uint64)
+    pairs = np.unique(np.stack([a, b], 1), axis=0)
     return pairs[:, 0].astype(np.uint64), pairs[:, 1].astype(np.uint64)
 
 
@@ -414,6 +480,22 @@ def _edge_step(kernel: Any, both_ways: bool, step: str, work_dir: str, partition
     return run_step
 
 
+def _bands_step(work_dir: str, partitions: int) -> Any:
+    """Candidate edges: one key partition's band files (with their node-id files, which stay for the
+    other partitions) -> `bucket_edges` -> edge files by node partition, both ways."""
+
+    def run_step(element: tuple[int, Iterable[tuple[str, str]]]) -> list[tuple[int, str]]:
+        partition, files = element[0], sorted(element[1])
+
+        def run() -> list[tuple[int, str]]:
+            a, b = bucket_edges(*_distinct(*read_bands(files)))
+            return _write_edges(a, b, work_dir, partitions, both_ways=True)
+
+        return _once("bands", partition, [path for path, _ in files], work_dir, run)
+
+    return run_step
+
+
 class ConnectedComponents(beam.PTransform):
     """(partition, file) of edges (a, b), stored both ways by `a`'s partition -> (partition, file) of
     (node, label) rows by node partition, label being the component's smallest node.
@@ -447,14 +529,16 @@ class ConnectedComponents(beam.PTransform):
 
 
 def _join_step(element: tuple[int, Iterable[tuple[str, str]]], work_dir: str, partitions: int) -> Any:
-    """One node partition's label and node files -> (node's fields, label) rows by label partition."""
+    """One node partition's label and node files -> (node's fields, label) rows by label partition.
+    The node-id files of the band rows, which every key partition read, go with partition 0's."""
     partition, files = element[0], sorted(element[1])
     labelled = [p for kind, p in files if kind == "label"]
     node_files = [p for kind, p in files if kind == "node"]
+    ids = [p for kind, p in files if kind == "ids"]
     return _once(
         "join",
         partition,
-        labelled + node_files,
+        labelled + node_files + ids,
         work_dir,
         lambda: _join(labelled, node_files, work_dir, partitions),
     )
@@ -560,17 +644,18 @@ class FindDuplicates(beam.PTransform):
         args = (self._dir, self._opts.edge_partitions)
         signatures = batches | "Signatures" >> beam.ParDo(
             _SignaturesFn(self._opts, self._score_column, self._dir)
-        ).with_outputs("bands", "nodes")
+        ).with_outputs("bands", "nodes", "ids")
         labelled = (
             signatures.bands
             | "Buckets" >> beam.GroupByKey()
-            | "CandidateEdges" >> beam.FlatMap(_edge_step(bucket_edges, True, "bands", *args))
+            | "CandidateEdges" >> beam.FlatMap(_bands_step(*args))
             | "Components" >> ConnectedComponents(*args, self._opts.rounds)
         )
         return (
             (
                 labelled | "TagLabels" >> beam.MapTuple(lambda p, f: (p, ("label", f))),
                 signatures.nodes | "TagNodes" >> beam.MapTuple(lambda p, f: (p, ("node", f))),
+                signatures.ids | "TagIds" >> beam.Map(lambda f: (0, ("ids", f))),
             )
             | "Gather" >> beam.Flatten()
             | "ByNodePartition" >> beam.GroupByKey()

@@ -71,7 +71,9 @@ from pipeline.resume import (
 from pipeline.scoring import ScorerConfig, failed_batch_rows
 from pipeline.select import DomainCutoffs, Selection, domain_scores, mark_keep
 from pipeline.shards import (
+    DEDUP_PART_LEVEL,
     DEFAULT_NUM_SHARDS,
+    PART_LEVEL,
     PARTS_DIR,
     PartWriters,
     all_exist,
@@ -239,20 +241,27 @@ class CountTokens(beam.PTransform):
 class _StageFn(beam.DoFn):
     """Scored batches -> part files, one per shard this bundle touches (emitted at the bundle's end),
     plus (domain, scores) for the cut-off combine. The text is written once here and read once by
-    the shard writer instead of being encoded through the runner."""
+    the shard writer instead of being encoded through the runner. `level`: the parts' zstd level."""
 
     def __init__(
-        self, parts_dir: str, columns: list[str], schema: pa.Schema, num_shards: int, score_column: str | None
+        self,
+        parts_dir: str,
+        columns: list[str],
+        schema: pa.Schema,
+        num_shards: int,
+        score_column: str | None,
+        level: int = PART_LEVEL,
     ):
         self._parts_dir = parts_dir
         self._columns = columns
         self._schema = schema
         self._num_shards = num_shards
         self._score_column = score_column
+        self._level = level
         self._writers: PartWriters | None = None
 
     def start_bundle(self) -> None:
-        self._writers = PartWriters(self._parts_dir, self._num_shards, per_source=True)
+        self._writers = PartWriters(self._parts_dir, self._num_shards, per_source=True, level=self._level)
 
     def process(self, batch: pa.RecordBatch) -> Iterator[Any]:
         batch = conform(batch, self._columns, self._schema)
@@ -273,10 +282,16 @@ class StageScored(beam.PTransform):
     """Scored batches -> {"parts": (shard, part file), "scores": (domain, scores array)}."""
 
     def __init__(
-        self, parts_dir: str, columns: list[str], schema: pa.Schema, num_shards: int, score_column: str | None
+        self,
+        parts_dir: str,
+        columns: list[str],
+        schema: pa.Schema,
+        num_shards: int,
+        score_column: str | None,
+        level: int = PART_LEVEL,
     ):
         super().__init__()
-        self._fn = _StageFn(parts_dir, columns, schema, num_shards, score_column)
+        self._fn = _StageFn(parts_dir, columns, schema, num_shards, score_column, level)
 
     def expand(self, scored):
         result = scored | "WriteParts" >> beam.ParDo(self._fn).with_outputs("scores", main="parts")
@@ -551,7 +566,10 @@ def build_pipeline(
     if resume is None:
         docs = _rejoin(scored)
         staged = docs | "Stage" >> StageScored(
-            _join(out_dir, PARTS_DIR), *staging, score_column if keep_top else None
+            _join(out_dir, PARTS_DIR),
+            *staging,
+            score_column if keep_top else None,
+            DEDUP_PART_LEVEL if config.dedup is not None else PART_LEVEL,  # beside the band rows
         )
     else:
         assert config.dedup is None, "--resume does not work with --dedup (check_resumable)"

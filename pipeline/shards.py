@@ -36,7 +36,19 @@ PART_BYTES = 4 << 20  # a part holding this much starts a new one at its next in
 MERGE_ROWS = 2048  # rows a shard merge gathers at a time
 # Parts are compressed like the output (IPC zstd is about as small as Parquet zstd on text, and
 # cheaper to write), so the staged parts take about the output's size on disk, not the input's.
-PART_OPTIONS = pa.ipc.IpcWriteOptions(compression="zstd")
+PART_LEVEL = 1  # zstd level of the parts: Arrow's default
+# With --dedup the staged parts share the disk with dedup's band rows until the shards are written:
+# zstd level 3 makes them about 11% smaller on the bench's text for about 2 ms more CPU per MB of
+# text (see docs/scale.md).
+DEDUP_PART_LEVEL = 3
+
+
+def part_options(level: int = PART_LEVEL) -> pa.ipc.IpcWriteOptions:
+    """IPC write options of part files: zstd at `level`."""
+    return pa.ipc.IpcWriteOptions(compression=pa.Codec("zstd", compression_level=level))
+
+
+PART_OPTIONS = part_options()
 SORT_KEY = [(S.DOMAIN, "ascending"), (S.SOURCE, "ascending"), (S.RECORD, "ascending")]
 _KEY_COLUMNS = [name for name, _ in SORT_KEY]
 
@@ -108,12 +120,15 @@ class PartWriters:
     `write(batch)` splits a batch by shard; `close()` returns (shard, path) for every part written.
     With `per_source`, a shard's part that holds PART_BYTES or more is closed when a batch of another
     input file comes, and a new one begins: parts then hold whole files' rows, so a shard's merge is
-    done with most of them (and removes them) long before its end."""
+    done with most of them (and removes them) long before its end. `level`: their zstd level."""
 
-    def __init__(self, parts_dir: str, num_shards: int, per_source: bool = False) -> None:
+    def __init__(
+        self, parts_dir: str, num_shards: int, per_source: bool = False, level: int = PART_LEVEL
+    ) -> None:
         self.parts_dir = parts_dir
         self.num_shards = num_shards
         self.per_source = per_source
+        self._options = PART_OPTIONS if level == PART_LEVEL else part_options(level)
         self._open: dict[int, tuple[Any, Any, str]] = {}
         self._filled: dict[int, tuple[int, Any]] = {}  # shard -> (bytes written, last source)
         self._closed: list[tuple[int, str]] = []
@@ -123,7 +138,7 @@ class PartWriters:
             _make_dirs(self.parts_dir)
             path = f"{self.parts_dir.rstrip('/')}/{shard:05d}-{uuid.uuid4().hex}.arrow"
             sink = _open_write(path)
-            self._open[shard] = (sink, pa.ipc.new_file(sink, schema, options=PART_OPTIONS), path)
+            self._open[shard] = (sink, pa.ipc.new_file(sink, schema, options=self._options), path)
         return self._open[shard][1]
 
     def _rotate(self, shard: int, part: pa.RecordBatch) -> None:

@@ -21,6 +21,7 @@ from pipeline import schema as S
 from pipeline.dedup import (
     ConnectedComponents,
     DedupOptions,
+    _bands_step,
     _edge_step,
     _join_step,
     _pairs,
@@ -34,6 +35,7 @@ from pipeline.dedup import (
     mix64,
     node_ids,
     normalized_words,
+    read_bands,
     read_removed,
     removed_scores,
     shingles,
@@ -276,18 +278,23 @@ def test_band_rows_go_through_files_and_group_exactly_by_key(tmp_path):
     fn = _SignaturesFn(opts, None, str(tmp_path / "bands"))
     fn.start_bundle()
     assert list(fn.process(batch)) == []  # nothing per document goes through the runner
+    assert list(fn.process(batch.slice(40))) == []  # a second batch: document ordinals go on
     emitted = [(w.tag, w.value.value) for w in fn.finish_bundle()]
     bands = [v for tag, v in emitted if tag == "bands"]
-    nodes = read_parts([path for tag, (_, path) in emitted if tag == "nodes"])
-    assert sorted(p for p, _ in bands) == [0, 1, 2, 3] and all(isinstance(f, str) for _, f in bands)
-    rows = read_parts([path for _, path in bands])
-    assert rows.num_rows == 14 * 85 and rows.schema.names == ["key", "node"]  # 16 bytes a band
-    assert sorted(nodes.column("record").to_pylist()) == list(range(1, 86))
+    (ids_file,) = [v for tag, v in emitted if tag == "ids"]
+    nodes = read_parts([v[1] for tag, v in emitted if tag == "nodes"])
+    assert sorted(p for p, _ in bands) == [0, 1, 2, 3] and all(f[1] == ids_file for _, f in bands)
+    rows = read_parts([path for _, (path, _) in bands])
+    assert rows.num_rows == 14 * (85 + 45) and rows.schema.names == ["key", "gap"]  # 12 bytes a band
+    assert read_parts([ids_file]).num_rows == 85 + 45  # a node id per document, in order
+    assert sorted(nodes.column("record").to_pylist()) == sorted([*range(1, 86), *range(41, 86)])
     ids = node_ids(batch)
     assert len(set(ids.tolist())) == 85
     doc, keys = band_hashes(texts, ["web"] * len(texts), opts)
-    stored = zip(rows.column("key").to_pylist(), rows.column("node").to_pylist(), strict=True)
-    assert sorted(stored) == sorted(zip(keys.tolist(), ids[doc].tolist(), strict=True))
+    stored = zip(*(x.tolist() for x in read_bands([f for _, f in bands])), strict=True)
+    expected = list(zip(keys.tolist(), ids[doc].tolist(), strict=True))
+    again = [row for row, d in zip(expected, doc.tolist(), strict=True) if d >= 40]  # the second batch's
+    assert sorted(stored) == sorted(expected + again)
     a, b = bucket_edges(keys, ids[doc])
     component = dict(zip(a.tolist(), b.tolist(), strict=True))  # a star per component
 
@@ -299,3 +306,31 @@ def test_band_rows_go_through_files_and_group_exactly_by_key(tmp_path):
     assert len({component.get(int(ids[i]), int(ids[i])) for i in range(60)}) == 60  # unrelated stay apart
     _, other = band_hashes(texts, ["code"] * len(texts), opts)
     assert not set(other.tolist()) & set(keys.tolist())  # a key is per scope (domain)
+
+
+def test_band_files_go_once_read_and_node_id_files_with_the_join(tmp_path):
+    """The candidate-edges step deletes its partition's band files but leaves the node-id files, which
+    the other key partitions read; the join deletes them, after every key partition is done."""
+    texts = ["alpha beta gamma delta epsilon zeta eta theta iota kappa"] * 3 + ["one two three four five six"]
+    batch = docs_batch("web", "a.jsonl", ["d0", "d1", "d2", "d3"], texts, [1, 2, 3, 4])
+    work = str(tmp_path / "bands")
+    fn = _SignaturesFn(DedupOptions(partitions=2, edge_partitions=1), None, work)
+    fn.start_bundle()
+    list(fn.process(batch))
+    emitted = [(w.tag, w.value.value) for w in fn.finish_bundle()]
+    (ids_file,) = [v for tag, v in emitted if tag == "ids"]
+    by_partition: dict[int, list] = {}
+    for tag, value in emitted:
+        if tag == "bands":
+            by_partition.setdefault(value[0], []).append(value[1])
+    edges = [f for item in by_partition.items() for f in _bands_step(work, 1)(item)]
+    assert not any(os.path.exists(band) for files in by_partition.values() for band, _ in files)
+    assert os.path.exists(ids_file)
+    a, b = _pairs(read_parts([path for _, path in edges]))
+    ids = node_ids(batch).tolist()
+    low = min(ids[:3])
+    assert sorted(zip(a.tolist(), b.tolist(), strict=True)) == sorted(
+        [(n, low) for n in ids[:3] if n != low] + [(low, n) for n in ids[:3] if n != low]
+    )  # the three copies, as a star both ways; d3 alone
+    _join_step((0, [("ids", ids_file)]), work, 1)
+    assert not os.path.exists(ids_file)
