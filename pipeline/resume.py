@@ -366,8 +366,6 @@ def trained_bpe(sample: Sequence[str], vocab_size: int, target: str | os.PathLik
     return text
 
 
-
-
 def split_units(state: ResumeState, files: list[tuple[str, str]]) -> tuple[list[Unit], list[dict[str, Any]]]:
     """(units still to score, markers of finished units); staged data of any other unit is removed."""
     todo: list[Unit] = []

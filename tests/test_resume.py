@@ -399,7 +399,8 @@ def test_large_plain_jsonl_and_parquet_files_are_cut_into_blocks_compressed_ones
     assert blocks == line_blocks(str(jsonl), target)
     longest = max(map(len, jsonl.read_bytes().split(b"\n"))) + 1
     sizes = [end - start for _, start, end, _ in blocks]
-    assert all(target <= n <= target + longest for n in sizes[:-1]) and sizes[-1] >= target - len(blocks) * longest
+    assert all(target <= n <= target + longest for n in sizes[:-1])
+    assert sizes[-1] >= target - len(blocks) * longest
     assert resume_module.file_blocks(str(compressed)) is None  # a compressed stream has no offsets
     monkeypatch.setattr(resume_module, "BLOCK_BYTES", 1)
     assert resume_module.file_blocks(str(parquet)) == resume_module.row_group_blocks(str(parquet), 1)
