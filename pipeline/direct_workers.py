@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import multiprocessing
 import os
 import queue
 import signal
@@ -236,6 +237,16 @@ def _multi_processing(options: Any) -> bool:
     runner = options.view_as(StandardOptions).runner
     direct = runner is None or str(runner).lower().removesuffix("runner") in ("direct", "")
     return direct and options.view_as(DirectOptions).direct_running_mode == "multi_processing"
+
+
+def direct_worker_count(options: Any) -> int:
+    """How many worker processes a multi_processing DirectRunner job runs (`--direct_num_workers`, or
+    one per core when 0, as Beam counts them); 0 in any other mode or runner."""
+    from apache_beam.options.pipeline_options import DirectOptions
+
+    if not _multi_processing(options):
+        return 0
+    return options.view_as(DirectOptions).direct_num_workers or multiprocessing.cpu_count()
 
 
 @contextlib.contextmanager

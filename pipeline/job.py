@@ -61,12 +61,15 @@ from pipeline.resume import (
     ResumeState,
     ShardCommits,
     StageUnits,
+    block_bytes,
+    blocks_of,
     check_resumable,
     forget_run,
     remove_state,
     resume_units,
     trained_bpe,
     unit_counts,
+    units_of,
 )
 from pipeline.scoring import ScorerConfig, failed_batch_rows
 from pipeline.select import DomainCutoffs, Selection, domain_scores, mark_keep
@@ -678,17 +681,19 @@ def _run(
     """Run the job into `out_dir`: (domain stats, `pipeline.resume.unit_counts` with --resume).
 
     `target`, the local output, owns the resume state: kept and used with --resume, else cleared."""
-    from pipeline.direct_workers import direct_workers
+    from pipeline.direct_workers import direct_worker_count, direct_workers
 
     resume = None
-    units: list[tuple[Any, ...]] = list(files)
+    input_bytes = sum(file_sizes([path for _, path in files]).values())
+    blocks = blocks_of(files, block_bytes(input_bytes, direct_worker_count(options)))
+    units: list[tuple[Any, ...]] = units_of(files, blocks)
     with direct_workers(options, preload=[__name__]):  # workers import while the graph is built
         resume_target = target if config.resume else None
         tokenizer_json = prepare_tokenizer(config, files, out_dir, previous_output, resume_target)
         if target is not None:
             if config.resume:  # the shard count of all files, not of those left
                 config = replace(config, num_shards=job_num_shards(config, files))
-            units, resume = resume_units(target, config, files, tokenizer_json)
+            units, resume = resume_units(target, config, files, tokenizer_json, blocks)
         try:
             with beam.Pipeline(options=options) as pipeline:
                 build_pipeline(pipeline, config, units, tokenizer_json, out_dir, resume)

@@ -1,7 +1,9 @@
 """Resumable local score jobs (`datamixer score --resume`): finished work is not done again.
 
-A unit of work is one input file of one domain, or one block of a large file: a local plain JSONL
-file over `BLOCK_BYTES` is cut into byte ranges of about that size, each ending at a line end,
+A unit of work is one input file of one domain, or one block of a large file (`blocks_of`, with
+or without `--resume`): a local plain JSONL file is cut into equal byte ranges of about
+`block_bytes` (at most `BLOCK_BYTES`; smaller when a DirectRunner job has few files for its
+workers, so that dealing the blocks round them evens out their work), each ending at a line end,
 whose records keep their line numbers in the file (`line_blocks`), and a local Parquet file into
 runs of row groups of about that size (`row_group_blocks`); compressed JSONL files (they cannot be
 cut by bytes) and remote files are whole-file units. While the job runs, every scored batch of a
@@ -59,12 +61,15 @@ UNITS_DIR = "units"
 SHARDS_DIR = "shards"
 BPE_DIR = "bpe"
 DEAD_LETTERS = "dead_letter.arrow"
-BLOCK_BYTES = 64 << 20  # a local plain-JSONL or Parquet file over this is resumed by blocks of this size
+BLOCK_BYTES = 64 << 20  # the largest block a local plain-JSONL or Parquet file is read by
+MIN_BLOCK_BYTES = 4 << 20  # the smallest block cut to even out the workers' work
+BLOCKS_PER_WORKER = 8  # dealt largest first, the workers' shares then differ by at most one block
 _SCAN = 8 << 20
 
 # A file's block: (index, start, end, number of its first record), start and end being bytes of a
 # JSONL file or row groups of a Parquet file.
 Block = tuple[int, int, int, int]
+Unit = tuple[str, str, Block | None]  # (domain, file, its block or None for the whole file)
 
 
 class ResumeRefused(ValueError):
@@ -189,18 +194,44 @@ def row_group_blocks(path: str, block_bytes: int) -> list[Block]:
     return blocks
 
 
-def file_blocks(path: str) -> list[Block] | None:
-    """The blocks an input file is resumed by, or None when it is one unit: a remote file, a
-    compressed JSONL file (it cannot be cut by bytes), and a file that would make one block."""
+def block_bytes(input_bytes: int, workers: int) -> int:
+    """About how large the blocks of a job's files are: BLOCKS_PER_WORKER per worker process of a
+    DirectRunner job (`workers`; at least MIN_BLOCK_BYTES), so that the workers get even shares of
+    an input of few or unequal files, and at most BLOCK_BYTES (also the size with one worker or on
+    other runners, `workers=0`, which split the work themselves)."""
+    if workers <= 1:
+        return BLOCK_BYTES
+    even = -(-input_bytes // (BLOCKS_PER_WORKER * workers))
+    return min(BLOCK_BYTES, max(MIN_BLOCK_BYTES, even))
+
+
+def file_blocks(path: str, size: int | None = None) -> list[Block] | None:
+    """The blocks an input file is read by: round(file size / `size`) blocks of equal bytes (`size`
+    defaults to BLOCK_BYTES), or None when it is one unit: a remote file, a compressed JSONL file (it
+    cannot be cut by bytes), and a file that would make one block."""
     if "://" in path:
         return None
-    if path.lower().endswith(PARQUET_SUFFIXES):
-        blocks = row_group_blocks(path, BLOCK_BYTES)
-    elif is_plain_jsonl(path) and os.path.getsize(path) > BLOCK_BYTES:
-        blocks = line_blocks(path, BLOCK_BYTES)
-    else:
+    parquet = path.lower().endswith(PARQUET_SUFFIXES)
+    if not (parquet or is_plain_jsonl(path)):
         return None
+    file_bytes = os.path.getsize(path)
+    count = round(file_bytes / (BLOCK_BYTES if size is None else size))
+    if count <= 1:
+        return None
+    target = -(-file_bytes // count)
+    blocks = row_group_blocks(path, target) if parquet else line_blocks(path, target)
     return blocks if len(blocks) > 1 else None
+
+
+def blocks_of(files: Sequence[tuple[str, str]], size: int) -> dict[tuple[str, str], list[Block]]:
+    """The files of `files` that are read by blocks of about `size` bytes, with their blocks."""
+    blocks = {(domain, path): file_blocks(path, size) for domain, path in files}
+    return {key: value for key, value in blocks.items() if value is not None}
+
+
+def units_of(files: Sequence[tuple[str, str]], blocks: dict[tuple[str, str], list[Block]]) -> list[Unit]:
+    """(domain, file, block or None) for every block of every file (None: the whole file)."""
+    return [(domain, path, block) for domain, path in files for block in blocks.get((domain, path), [None])]
 
 
 # --- the state on disk -------------------------------------------------------------------------
@@ -335,21 +366,16 @@ def trained_bpe(sample: Sequence[str], vocab_size: int, target: str | os.PathLik
     return text
 
 
-Unit = tuple[str, str, Block | None]  # (domain, file, its block or None for the whole file)
-
-
 def split_units(state: ResumeState, files: list[tuple[str, str]]) -> tuple[list[Unit], list[dict[str, Any]]]:
     """(units still to score, markers of finished units); staged data of any other unit is removed."""
     todo: list[Unit] = []
     done: list[dict[str, Any]] = []
-    for domain, path in files:
-        blocks = state.blocks.get((domain, path))
-        for block in [None] if blocks is None else blocks:
-            marker = state.finished(domain, path, block)
-            if marker is None:
-                todo.append((domain, path, block))
-            else:
-                done.append(marker)
+    for domain, path, block in units_of(files, state.blocks):
+        marker = state.finished(domain, path, block)
+        if marker is None:
+            todo.append((domain, path, block))
+        else:
+            done.append(marker)
     keep = {m["unit"] for m in done}
     for entry in state.units_dir.iterdir():
         if entry.name.split(".", 1)[0] not in keep:
@@ -358,17 +384,20 @@ def split_units(state: ResumeState, files: list[tuple[str, str]]) -> tuple[list[
 
 
 def resume_units(
-    target: str | os.PathLike[str], config: Any, files: list[tuple[str, str]], tokenizer_json: str
-) -> tuple[list[tuple[Any, ...]], tuple[ResumeState, list[dict[str, Any]]] | None]:
+    target: str | os.PathLike[str],
+    config: Any,
+    files: list[tuple[str, str]],
+    tokenizer_json: str,
+    blocks: dict[tuple[str, str], list[Block]],
+) -> tuple[list[Unit], tuple[ResumeState, list[dict[str, Any]]] | None]:
     """(units to score, (state, markers of finished units) or None) for a run of `config` (a
-    `ScoreJobConfig` with `num_shards` resolved when it resumes) into the local output `target`.
-    Without resume: `files` as they are, and None."""
+    `ScoreJobConfig` with `num_shards` resolved when it resumes) into the local output `target`,
+    whose files are read by `blocks` (`blocks_of`). Without resume: every unit, and None."""
     digest = options_digest(config, tokenizer_json, config.num_shards) if config.resume else ""
     state = open_state(target, digest, config.resume)
     if state is None:
-        return list(files), None
-    blocks = {(domain, path): file_blocks(path) for domain, path in files}
-    state = dataclasses.replace(state, blocks={k: v for k, v in blocks.items() if v is not None})
+        return units_of(files, blocks), None
+    state = dataclasses.replace(state, blocks=blocks)
     todo, finished = split_units(state, files)
     return todo, (state, finished)
 

@@ -365,7 +365,7 @@ def _big_input(directory: Path, fmt: str) -> tuple[Path, int, dict[tuple, int]]:
         path = directory / "big.jsonl"
         _big_file(path, 3_000)
         text = path.read_bytes()
-        blocks = line_blocks(str(path), 64_000)
+        blocks = resume_module.file_blocks(str(path), 64_000) or []
         counts = [
             sum(1 for line in text[start:end].split(b"\n") if line.strip()) for _, start, end, _ in blocks
         ]
@@ -392,7 +392,15 @@ def test_large_plain_jsonl_and_parquet_files_are_cut_into_blocks_compressed_ones
     compressed = tmp_path / "big.jsonl.gz"
     compressed.write_bytes(gzip.compress(jsonl.read_bytes()))
     monkeypatch.setattr(resume_module, "BLOCK_BYTES", 64_000)
-    assert resume_module.file_blocks(str(jsonl)) == line_blocks(str(jsonl), 64_000)
+    size = jsonl.stat().st_size
+    blocks = resume_module.file_blocks(str(jsonl)) or []
+    assert len(blocks) == round(size / 64_000) > 3  # equal blocks of about BLOCK_BYTES
+    target = -(-size // len(blocks))
+    assert blocks == line_blocks(str(jsonl), target)
+    longest = max(map(len, jsonl.read_bytes().split(b"\n"))) + 1
+    sizes = [end - start for _, start, end, _ in blocks]
+    assert all(target <= n <= target + longest for n in sizes[:-1])
+    assert sizes[-1] >= target - len(blocks) * longest
     assert resume_module.file_blocks(str(compressed)) is None  # a compressed stream has no offsets
     monkeypatch.setattr(resume_module, "BLOCK_BYTES", 1)
     assert resume_module.file_blocks(str(parquet)) == resume_module.row_group_blocks(str(parquet), 1)
@@ -446,7 +454,7 @@ def test_one_large_file_killed_part_way_resumes_only_its_unfinished_blocks(
 
     files_read.clear()
     clean = run_score_job(_config(inputs, tmp_path / "clean", model), beam_args=IN_MEMORY)
-    assert files_read == [str(data)]  # read whole, in one piece
+    assert files_read == [str(data)] * len(blocks)  # without --resume too, by the same blocks
     assert _hashes(out) == _hashes(tmp_path / "clean")
     assert resumed["dead_letter"] == clean["dead_letter"] > 0 and resumed["in"] == clean["in"]
 
@@ -489,7 +497,7 @@ def test_a_run_without_resume_clears_its_own_stale_state(tmp_path, model):
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="signals the process group")
 def test_cli_sigkill_with_two_workers_then_resume_gives_the_clean_bytes(tmp_path, model):
     inputs = _inputs(tmp_path / "data", scale=20)  # files that take a while: the kill lands part-way
-    total = sum(len(line_blocks(str(p), 100_000)) for p in (tmp_path / "data").iterdir())
+    total = sum(len(resume_module.file_blocks(str(p), 100_000) or [p]) for p in (tmp_path / "data").iterdir())
     assert total > FILES  # most files are read by blocks, by both workers
     env = {**os.environ, "PYTHONPATH": str(ROOT), "KILL_AT": "never", "BLOCK_BYTES": "100000"}
     workers = ["--", "--direct_running_mode=multi_processing", "--direct_num_workers=2"]
@@ -527,3 +535,12 @@ def test_a_recursive_glob_never_reads_the_resume_state(tmp_path, model):
     (state.units_dir / "staged.jsonl").write_bytes(_lines("staged", 5, bad=False))
     result = run_score_job(_config({"web": [str(tree / "**")]}, out, model), beam_args=IN_MEMORY)
     assert result["in"] == 30 and result["dead_letter"] == 0
+
+
+def test_block_size_gives_each_direct_worker_several_blocks_between_the_bounds():
+    mib = 1 << 20
+    assert resume_module.block_bytes(200 * mib, 2) == 200 * mib // (2 * resume_module.BLOCKS_PER_WORKER)
+    assert resume_module.block_bytes(4096 * mib, 2) == resume_module.BLOCK_BYTES  # large input: the cap
+    assert resume_module.block_bytes(8 * mib, 2) == resume_module.MIN_BLOCK_BYTES  # small: no tiny blocks
+    for workers in (0, 1):  # one worker, or a runner that splits work itself: the largest blocks
+        assert resume_module.block_bytes(200 * mib, workers) == resume_module.BLOCK_BYTES
