@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
@@ -574,10 +575,12 @@ class MixtureLaw(LawEstimator):
         seed: int = 0,
         per_domain: bool | None = None,
         size_weight: float | None = None,
+        n_jobs: int | None = None,
     ) -> None:
         self.targets = targets
         self.per_domain = per_domain
         self.size_weight = size_weight
+        self.n_jobs = n_jobs
         self.n_starts = n_starts
         self.n_restarts = n_restarts
         self.search = search
@@ -659,16 +662,26 @@ class MixtureLaw(LawEstimator):
             n_searches=self.n_restarts * (self.niter + 1),
             explore_rows=_explore_rows(y.shape[1]),
             delta=self.huber_delta,
+            n_jobs=self._threads(),
         )
         thetas = np.array([result.theta for result in results])
         boots = fitting.bootstrap_least_squares_batch(
-            self.form.blocks, x, y, thetas, weights, groups, self.n_bootstrap, self.seed, self.huber_delta
-        )
+            self.form.blocks, x, y, thetas, weights, groups, self.n_bootstrap, self.seed, self.huber_delta,
+            self._threads(),
+        )  # fmt: skip
         settings = self._settings_for(search, y.shape[1], starts.shape[-1])
         return [
             self._make_fit(target, x, result, settings, boot)
             for target, result, boot in zip(targets, results, boots, strict=True)
         ]
+
+    def _threads(self) -> int:
+        """Threads of the vectorised search: `n_jobs`, or every core when None or -1."""
+        if self.n_jobs is None or self.n_jobs == -1:
+            return os.cpu_count() or 1
+        if not (isinstance(self.n_jobs, int) and self.n_jobs >= 1):
+            raise ValueError(f"n_jobs must be a positive int, -1 or None (every core), got {self.n_jobs!r}")
+        return self.n_jobs
 
     def n_searches(self, n_rows: int) -> int:
         """Local searches `fit` runs per fitted target on `n_rows` rows, bootstrap refits included (at
