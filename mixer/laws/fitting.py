@@ -274,11 +274,11 @@ LEAST_SQUARES_OPTIONS: dict[str, float | int] = {"ftol": 1e-12, "xtol": 1e-12, "
 EXPLORE_OPTIONS: dict[str, float | int] = {**LEAST_SQUARES_OPTIONS}
 EXPLORE_NFEV_PER_PARAM = 3
 # The full searches of the vectorised path are Levenberg-Marquardt ones (`batch_least_squares`,
-# method="lm"): cheaper steps than trf's, so twice trf's budget costs no more. Searches that end in
-# flat valleys (a domain's term switched off: log C -> -inf, gamma -> inf) were still descending
-# after trf's 300 evaluations; with 600 every RedPajama per-domain law ended at trf's objective or
-# lower (bench/law_bench.py).
-REFINE_NFEV = 600
+# method="lm"): no eigen-decomposition per step, so 400 evaluations cost about what trf's 300 did.
+# Searches that end in flat valleys (a domain's term switched off: log C -> -inf, gamma -> inf) were
+# still descending after trf's 300 evaluations, so their objective moved with rounding; with these
+# every RedPajama per-domain law ends at trf's objective or lower (bench/law_bench.py).
+REFINE_METHOD, REFINE_NFEV = "lm", 400  # trf and 300 before (bench/law_bench.py times both)
 
 
 def weighted_huber_rho(weights: np.ndarray) -> Callable[[np.ndarray], np.ndarray]:
@@ -916,7 +916,7 @@ def fit_least_squares_batch(
     _advance(chosen.size)
     best = np.concatenate(_best_per_group(explore.values, owner[chosen], n_targets, keep))
     refine = {"max_nfev": REFINE_NFEV}
-    refined = search(x, targets, weights, explore.thetas[best], owner[chosen][best], refine, "lm")
+    refined = search(x, targets, weights, explore.thetas[best], owner[chosen][best], refine, REFINE_METHOD)
     _advance(best.size)
     results = []
     for t in range(n_targets):
