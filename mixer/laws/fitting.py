@@ -787,7 +787,7 @@ def _solve(matrices: np.ndarray, vectors: np.ndarray) -> np.ndarray:
         )
 
 
-METHODS = {"trf": _TrustRegions, "lm": _Damped}
+METHODS: dict[str, type[_TrustRegions] | type[_Damped]] = {"trf": _TrustRegions, "lm": _Damped}
 
 
 def batch_least_squares(
