@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
@@ -550,10 +551,12 @@ class MixtureLaw(LawEstimator):
     searches) from the `n_restarts` best starts. search="least_squares" makes as many local searches,
     but short trust-region least-squares ones (scipy's trf step for step, loss="huber", analytic
     Jacobian) on a subsample of about 256 rows, from the best n_restarts x (niter + 1) starts, then
-    refines the `n_restarts` best end points on every row; its bootstrap refits are least squares
-    too. It runs every search of every target (e.g. the 22 per-domain laws) in one vectorised loop
-    (`fitting.fit_least_squares_batch`); search="scipy_least_squares" is the same search with one
-    scipy `least_squares` call per start (the reference it was checked against, ~8x slower). On
+    refines the `n_restarts` best end points on every row (Levenberg-Marquardt, up to 400
+    evaluations); its bootstrap refits are least squares too. It runs every search of every target
+    (e.g. the 22 per-domain laws) in one vectorised loop (`fitting.fit_least_squares_batch`), shared
+    by `n_jobs` threads (None or -1: every core; the results do not depend on it);
+    search="scipy_least_squares" is the same search with one scipy `least_squares` call per start
+    and trf refines (the reference it was checked against: every objective the same or higher). On
     RedPajama's 1,098 runs least squares reaches a lower optimum than basin-hopping; on small tables
     with one or two restarts it can stop in a worse basin; on the joint law (33 parameters) it
     stopped above basin-hopping's optimum. search="auto" (default) picks least_squares above 512
@@ -574,10 +577,12 @@ class MixtureLaw(LawEstimator):
         seed: int = 0,
         per_domain: bool | None = None,
         size_weight: float | None = None,
+        n_jobs: int | None = None,
     ) -> None:
         self.targets = targets
         self.per_domain = per_domain
         self.size_weight = size_weight
+        self.n_jobs = n_jobs
         self.n_starts = n_starts
         self.n_restarts = n_restarts
         self.search = search
@@ -606,17 +611,20 @@ class MixtureLaw(LawEstimator):
             settings.update(
                 n_searches=self.n_restarts * (self.niter + 1), explore_rows=int(_explore_rows(n_rows).size)
             )
+            vectorised = search == "least_squares"
             settings["method"] = (
                 "random starts; short least-squares searches (scipy trf, Huber) from the best "
                 "n_restarts x (niter + 1) on a row subsample; least squares on all rows from the best "
                 "n_restarts"
                 + (
-                    " (every search of every target in one vectorised loop)"
-                    if search == "least_squares"
-                    else ""
+                    f" ({fitting.REFINE_METHOD}; every search of every target in one vectorised loop)"
+                    if vectorised
+                    else " (scipy trf)"
                 )
             )
             settings["least_squares"] = dict(fitting.LEAST_SQUARES_OPTIONS)
+            if vectorised:
+                settings["least_squares"]["max_nfev"] = fitting.REFINE_NFEV
             settings["explore_nfev"] = fitting.EXPLORE_NFEV_PER_PARAM * n_params
         settings.update(lbfgs=dict(fitting.LBFGS_OPTIONS), objective_scale=self.huber_delta**2)
         return settings
@@ -659,16 +667,26 @@ class MixtureLaw(LawEstimator):
             n_searches=self.n_restarts * (self.niter + 1),
             explore_rows=_explore_rows(y.shape[1]),
             delta=self.huber_delta,
+            n_jobs=self._threads(),
         )
         thetas = np.array([result.theta for result in results])
         boots = fitting.bootstrap_least_squares_batch(
-            self.form.blocks, x, y, thetas, weights, groups, self.n_bootstrap, self.seed, self.huber_delta
-        )
+            self.form.blocks, x, y, thetas, weights, groups, self.n_bootstrap, self.seed, self.huber_delta,
+            self._threads(),
+        )  # fmt: skip
         settings = self._settings_for(search, y.shape[1], starts.shape[-1])
         return [
             self._make_fit(target, x, result, settings, boot)
             for target, result, boot in zip(targets, results, boots, strict=True)
         ]
+
+    def _threads(self) -> int:
+        """Threads of the vectorised search: `n_jobs`, or every core when None or -1."""
+        if self.n_jobs is None or self.n_jobs == -1:
+            return os.cpu_count() or 1
+        if not (isinstance(self.n_jobs, int) and self.n_jobs >= 1):
+            raise ValueError(f"n_jobs must be a positive int, -1 or None (every core), got {self.n_jobs!r}")
+        return self.n_jobs
 
     def n_searches(self, n_rows: int) -> int:
         """Local searches `fit` runs per fitted target on `n_rows` rows, bootstrap refits included (at

@@ -18,6 +18,7 @@ import contextlib
 import functools
 import itertools
 from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -272,6 +273,12 @@ LEAST_SQUARES_OPTIONS: dict[str, float | int] = {"ftol": 1e-12, "xtol": 1e-12, "
 # in all was enough for the additive law's 19 parameters but left the joint law's 33 in worse basins).
 EXPLORE_OPTIONS: dict[str, float | int] = {**LEAST_SQUARES_OPTIONS}
 EXPLORE_NFEV_PER_PARAM = 3
+# The full searches of the vectorised path are Levenberg-Marquardt ones (`batch_least_squares`,
+# method="lm"): no eigen-decomposition per step, so 400 evaluations cost about what trf's 300 did.
+# Searches that end in flat valleys (a domain's term switched off: log C -> -inf, gamma -> inf) were
+# still descending after trf's 300 evaluations, so their objective moved with rounding; with these
+# every RedPajama per-domain law ends at trf's objective or lower (bench/law_bench.py).
+REFINE_METHOD, REFINE_NFEV = "lm", 400  # trf and 300 before (bench/law_bench.py times both)
 
 
 def weighted_huber_rho(weights: np.ndarray) -> Callable[[np.ndarray], np.ndarray]:
@@ -430,45 +437,16 @@ def huber_normal_equations(
     """The summed Huber loss of B fits of a law given by its Jacobian `blocks`, with its gradient and
     Gauss-Newton curvature J^T diag(c) J (c = the row weight within delta, machine epsilon beyond it:
     scipy least_squares' robust-loss scaling). Built from the blocks: the residual's weights are
-    summed per size cell and per mixture (one matrix product), never the Jacobian expanded to every
-    row. A fit whose prediction or Jacobian is not finite gets the value +inf."""
-    n_rows, n_mixtures = x.log_n.size, x.unique_h.shape[0]
-    mixture_index = x.mixture_index
-    structure: dict[str, Any] = {}
-
-    def sums(cells: np.ndarray | None) -> dict[str, Any]:
-        """One-hot matrices that sum a row quantity per cell and per mixture, and where each row
-        falls in the (cell x mixture) grid."""
-        if not structure:
-            n_cells = n_rows if cells is None else int(cells.max()) + 1
-            index = np.arange(n_rows) if cells is None else cells
-            columns = [] if cells is None else [index[:, None] == np.arange(n_cells)]
-            columns.append(mixture_index[:, None] == np.arange(n_mixtures))
-            structure.update(
-                one_hot=np.concatenate(columns, axis=1).astype(float),
-                n_cells=n_cells,
-                grid=index * n_mixtures + mixture_index,
-                unique=np.unique(index * n_mixtures + mixture_index).size == n_rows,
-            )
-        return structure
+    summed per size cell and per mixture (`_Cells`), never the Jacobian expanded to every row. A fit
+    whose prediction or Jacobian is not finite gets the value +inf."""
+    cells: dict[str, _Cells] = {}
 
     def equations(thetas: np.ndarray, targets: np.ndarray, weights: np.ndarray | None):
         with np.errstate(all="ignore"):
             b = blocks(thetas, x)
-            s = sums(b.row_index)
-            residual = b.prediction - targets
-            absolute = np.abs(residual)
-            clipped = np.minimum(absolute, delta)
-            terms = clipped * (absolute - 0.5 * clipped)  # huber_terms: r^2/2 within delta, linear beyond
-            psi = np.copysign(clipped, residual)
-            inside = absolute <= delta
-            if weights is None:
-                curvature = np.where(inside, 1.0, EPS)  # EPS: scipy's floor on the robust loss's scaling
-                value = terms.sum(axis=-1)
-            else:
-                curvature = np.where(inside, np.maximum(weights, EPS), EPS)
-                psi *= weights
-                value = np.einsum("bn,bn->b", terms, weights)
+            if "cells" not in cells:
+                cells["cells"] = _Cells(x, b.row_index)
+            value, curvature, psi = _huber_weights(b.prediction - targets, weights, delta)
             rows, mixtures = b.rows, b.mixtures
             finite = np.isfinite(value + rows.sum(axis=(-2, -1)) + mixtures.sum(axis=(-2, -1)))
             if not finite.all():
@@ -477,48 +455,100 @@ def huber_normal_equations(
                 mixtures = np.where(finite[:, None, None], mixtures, 0.0)
                 curvature = np.where(finite[:, None], curvature, EPS)
                 psi = np.where(finite[:, None], psi, 0.0)
-            summed_curvature, summed_psi = curvature @ s["one_hot"], psi @ s["one_hot"]  # per cell, mixture
-            n_fits, n_cells = thetas.shape[0], s["n_cells"]
-            curvature_m, psi_m = summed_curvature[:, -n_mixtures:], summed_psi[:, -n_mixtures:]
-            rows_t = rows.transpose(0, 2, 1)
-            if b.row_index is None:
-                curvature_c, psi_c = curvature, psi
-            else:
-                curvature_c, psi_c = summed_curvature[:, :n_cells], summed_psi[:, :n_cells]
-            h_rr = np.matmul(rows_t * curvature_c[:, None, :], rows)
-            h_rm = np.matmul(_rows_by_mixture(rows_t, curvature, b.row_index, s, n_mixtures), mixtures)
-            h_mm = np.matmul(mixtures.transpose(0, 2, 1) * curvature_m[:, None, :], mixtures)
-            gradient_r = np.matmul(psi_c[:, None, :], rows)[:, 0]
-            gradient_m = np.matmul(psi_m[:, None, :], mixtures)[:, 0]
+            gradient, hessian = cells["cells"].normal_equations(rows, mixtures, curvature, psi)
         order = np.concatenate([b.row_columns, b.mixture_columns])
-        gradient = np.empty((n_fits, order.size))
-        gradient[:, order] = np.concatenate([gradient_r, gradient_m], axis=-1)
-        hessian = np.empty((n_fits, order.size, order.size))
-        hessian[:, order[:, None], order[None, :]] = np.block([[h_rr, h_rm], [h_rm.transpose(0, 2, 1), h_mm]])
+        if not np.array_equal(order, np.arange(order.size)):
+            gradient[:, order] = gradient.copy()
+            hessian[:, order[:, None], order[None, :]] = hessian.copy()
         return value, gradient, hessian
 
     return equations
 
 
-def _rows_by_mixture(
-    rows_t: np.ndarray,
-    curvature: np.ndarray,
-    row_index: np.ndarray | None,
-    s: dict[str, Any],
-    n_mixtures: int,
-) -> np.ndarray:
-    """sum over table rows i of c_i R[cell_i] e_{mixture_i}^T, (B, r, u): the row block's columns
-    summed per mixture, each row weighted by its curvature."""
-    if row_index is None:  # the row block is per table row
-        return np.matmul(rows_t * curvature[:, None, :], s["one_hot"][:, -n_mixtures:])
-    n_fits, n_cells = curvature.shape[0], s["n_cells"]
-    grid = np.zeros((n_fits, n_cells * n_mixtures))  # the curvature of each (size cell, mixture)
-    if s["unique"]:
-        grid[:, s["grid"]] = curvature
-    else:  # repeated (cell, mixture) rows
-        for i in range(n_fits):
-            grid[i] = np.bincount(s["grid"], curvature[i], minlength=grid.shape[1])
-    return np.matmul(rows_t, grid.reshape(n_fits, n_cells, n_mixtures))
+def _huber_weights(
+    residual: np.ndarray, weights: np.ndarray | None, delta: float
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per fit, the summed (weighted) Huber loss; per row, the Gauss-Newton weight (the row weight
+    within delta, EPS beyond: scipy's floor on the robust loss's scaling) and psi (the clipped
+    residual times the row weight)."""
+    absolute = np.abs(residual)
+    clipped = np.minimum(absolute, delta)
+    terms = clipped * (absolute - 0.5 * clipped)  # huber_terms: r^2/2 within delta, linear beyond
+    psi = np.copysign(clipped, residual)
+    inside = absolute <= delta
+    if weights is None:
+        return terms.sum(axis=-1), np.where(inside, 1.0, EPS), psi
+    psi *= weights
+    curvature = np.where(inside, np.maximum(weights, EPS), EPS)
+    return np.einsum("bn,bn->b", terms, weights), curvature, psi
+
+
+class _Cells:
+    """Where each table row falls: its size cell (or the row itself when the law's row block varies
+    by row) and its mixture; sums a row quantity per cell and per mixture (`np.add.reduceat` over
+    rows sorted once), and places it on the (cell x mixture) grid."""
+
+    def __init__(self, x: Features, row_index: np.ndarray | None) -> None:
+        n_rows = x.log_n.size
+        self.by_row = row_index is None
+        self.cell = np.arange(n_rows) if row_index is None else np.asarray(row_index)
+        self.mixture = x.mixture_index
+        self.n_cells, self.n_mixtures = int(self.cell.max()) + 1, x.unique_h.shape[0]
+        self.cell_order, self.cell_starts = self._sorted(self.cell)
+        self.mixture_order, self.mixture_starts = self._sorted(self.mixture)
+        self.grid = self.cell * self.n_mixtures + self.mixture
+        self.unique = np.unique(self.grid).size == n_rows
+
+    @staticmethod
+    def _sorted(index: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        order = np.argsort(index, kind="stable")
+        return order, np.flatnonzero(np.diff(index[order], prepend=-1))
+
+    def per_cell(self, values: np.ndarray) -> np.ndarray:
+        if self.by_row:
+            return values
+        return np.add.reduceat(values[:, self.cell_order], self.cell_starts, axis=1)
+
+    def per_mixture(self, values: np.ndarray) -> np.ndarray:
+        return np.add.reduceat(values[:, self.mixture_order], self.mixture_starts, axis=1)
+
+    def on_grid(self, values: np.ndarray) -> np.ndarray:
+        """(B, cells, mixtures): each row's value in its (cell, mixture) entry (summed if repeated)."""
+        n_fits = values.shape[0]
+        grid = np.zeros((n_fits, self.n_cells * self.n_mixtures))
+        if self.unique:
+            grid[:, self.grid] = values
+        else:
+            for i in range(n_fits):
+                grid[i] = np.bincount(self.grid, values[i], minlength=grid.shape[1])
+        return grid.reshape(n_fits, self.n_cells, self.n_mixtures)
+
+    def normal_equations(
+        self, rows: np.ndarray, mixtures: np.ndarray, curvature: np.ndarray, psi: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """J^T psi and J^T diag(curvature) J from the row block (B, cells, r) and the mixture block
+        (B, mixtures, s), in the blocks' column order (row columns first)."""
+        n_fits, r, s = rows.shape[0], rows.shape[-1], mixtures.shape[-1]
+        rows_t, mixtures_t = rows.transpose(0, 2, 1), mixtures.transpose(0, 2, 1)
+        curvature_m = self.per_mixture(curvature)
+        gradient = np.empty((n_fits, r + s))
+        gradient[:, :r] = np.matmul(rows_t, self.per_cell(psi)[..., None])[..., 0]
+        gradient[:, r:] = np.matmul(mixtures_t, self.per_mixture(psi)[..., None])[..., 0]
+        hessian = np.empty((n_fits, r + s, r + s))
+        hessian[:, :r, :r] = np.matmul(rows_t * self.per_cell(curvature)[:, None, :], rows)
+        if self.by_row:  # the row block is per table row: sum it per mixture first
+            h_rm = np.matmul(self._rows_per_mixture(rows_t * curvature[:, None, :]), mixtures)
+        else:
+            h_rm = np.matmul(np.matmul(rows_t, self.on_grid(curvature)), mixtures)
+        hessian[:, :r, r:] = h_rm
+        hessian[:, r:, :r] = h_rm.transpose(0, 2, 1)
+        hessian[:, r:, r:] = np.matmul(mixtures_t * curvature_m[:, None, :], mixtures)
+        return gradient, hessian
+
+    def _rows_per_mixture(self, weighted_rows_t: np.ndarray) -> np.ndarray:
+        """(B, r, n) -> (B, r, mixtures): each row's columns summed per mixture."""
+        ordered = weighted_rows_t[:, :, self.mixture_order]
+        return np.add.reduceat(ordered, self.mixture_starts, axis=2)
 
 
 @dataclass
@@ -670,26 +700,139 @@ class _TrustRegions:
         self.active[a[done]] = False
 
 
+@dataclass
+class _Damped:
+    """The state of B Levenberg-Marquardt searches: the step solves (J^T J + mu D^2) step = -g with
+    D the same column scaling as trf's x_scale="jac", one batched linear solve per iteration and no
+    eigen-decomposition; mu follows the gain ratio (Nielsen's rule)."""
+
+    x: np.ndarray
+    cost: np.ndarray
+    gradient: np.ndarray
+    hessian: np.ndarray
+    scale_inv: np.ndarray
+    mu: np.ndarray
+    nu: np.ndarray
+    nfev: np.ndarray
+    active: np.ndarray
+
+    @classmethod
+    def start(cls, x: np.ndarray, cost: np.ndarray, gradient: np.ndarray, hessian: np.ndarray, gtol: float):
+        scale_inv = np.sqrt(np.diagonal(hessian, axis1=-2, axis2=-1)).copy()
+        scale_inv[~(scale_inv > 0) | ~np.isfinite(scale_inv)] = 1.0
+        n = x.shape[0]
+        active = np.isfinite(cost) & (np.abs(gradient).max(axis=1) >= gtol)
+        return cls(
+            x,
+            cost,
+            gradient,
+            hessian,
+            scale_inv,
+            np.full(n, 1e-3),
+            np.full(n, 2.0),
+            np.ones(n, dtype=int),
+            active,
+        )
+
+    def steps(self, a: np.ndarray, n_rows: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The active fits' damped Gauss-Newton steps in scaled variables, their predicted
+        reductions, and the scale."""
+        d = 1.0 / self.scale_inv[a]
+        scaled = self.hessian[a] * d[:, :, None] * d[:, None, :]
+        gradient = self.gradient[a] * d
+        damped = scaled + np.maximum(self.mu[a], 1e-12)[:, None, None] * np.eye(d.shape[1])
+        step_h = -_solve(damped, gradient)
+        predicted = -np.einsum("bp,bp->b", gradient, step_h)
+        predicted -= 0.5 * np.einsum("bp,bpq,bq->b", step_h, scaled, step_h)
+        return step_h, predicted, d
+
+    def update(self, a, step_h, step, predicted, new, ftol, xtol, gtol, max_nfev) -> None:
+        """Nielsen's damping update, the stopping tests of trf (`_TrustRegions.update`), acceptance."""
+        new_cost, new_gradient, new_hessian = new
+        self.nfev[a] += 1
+        finite = np.isfinite(new_cost) & np.isfinite(predicted)
+        reduction = self.cost[a] - new_cost
+        ratio = np.where(finite & (predicted > 0), reduction / predicted, -1.0)
+        good = ratio > 0
+        self.mu[a] = np.where(
+            good, self.mu[a] * np.maximum(1 / 3, 1 - (2 * ratio - 1) ** 3), self.mu[a] * self.nu[a]
+        )
+        self.nu[a] = np.where(good, 2.0, 2 * self.nu[a])
+        ftol_met = (reduction < ftol * self.cost[a]) & (ratio > 0.25)
+        xtol_met = np.linalg.norm(step, axis=1) < xtol * (xtol + np.linalg.norm(self.x[a], axis=1))
+        accept = finite & (reduction > 0)
+        ok = a[accept]
+        self.x[ok] += step[accept]
+        self.cost[ok], self.gradient[ok] = new_cost[accept], new_gradient[accept]
+        self.hessian[ok] = new_hessian[accept]
+        column_norms = np.sqrt(np.diagonal(self.hessian[ok], axis1=-2, axis2=-1))
+        self.scale_inv[ok] = np.maximum(self.scale_inv[ok], column_norms)
+        done = (finite & (ftol_met | xtol_met)) | (self.nfev[a] >= max_nfev) | ~(self.mu[a] < 1e300)
+        done[accept] |= np.abs(self.gradient[ok]).max(axis=1) < gtol
+        self.active[a[done]] = False
+
+
+def _solve(matrices: np.ndarray, vectors: np.ndarray) -> np.ndarray:
+    """Batched solve of symmetric positive (semi)definite systems; a system with non-finite entries
+    gets the zero step, a singular one its least-squares solution."""
+    bad = ~(np.isfinite(matrices).all(axis=(1, 2)) & np.isfinite(vectors).all(axis=1))
+    if bad.any():
+        matrices = np.where(bad[:, None, None], np.eye(matrices.shape[1]), matrices)
+        vectors = np.where(bad[:, None], 0.0, vectors)
+    try:
+        return np.linalg.solve(matrices, vectors[..., None])[..., 0]
+    except np.linalg.LinAlgError:
+        return np.array(
+            [np.linalg.lstsq(m, v, rcond=None)[0] for m, v in zip(matrices, vectors, strict=True)]
+        )
+
+
+METHODS: dict[str, type[_TrustRegions] | type[_Damped]] = {"trf": _TrustRegions, "lm": _Damped}
+
+
 def batch_least_squares(
     equations: NormalEquations,
     thetas: np.ndarray,
     targets: np.ndarray,
     weights: np.ndarray | None = None,
     options: dict[str, float | int] | None = None,
+    method: str = "trf",
+    n_jobs: int = 1,
 ) -> BatchFit:
-    """B independent Huber fits in one vectorised loop: scipy's `least_squares(method="trf",
-    loss="huber", x_scale="jac")` without bounds, step for step (`least_squares_fit` runs it on one
-    start), on the normal equations instead of the Jacobian's SVD.
+    """B independent Huber fits in one vectorised loop. method="trf" is scipy's
+    `least_squares(method="trf", loss="huber", x_scale="jac")` without bounds, step for step
+    (`least_squares_fit` runs it on one start), on the normal equations instead of the Jacobian's SVD;
+    method="lm" is Levenberg-Marquardt with the same scaling and stopping tests (`_Damped`): no
+    eigen-decomposition, so each step costs a fraction of trf's, and it converges further in the
+    flat valleys where trf's trust region crawls.
 
     Fit b starts at `thetas[b]` and fits `targets[b]` with row weights `weights[b]`; `options` are
     least_squares' ftol, xtol, gtol and max_nfev (default `LEAST_SQUARES_OPTIONS`). A fit whose start
     is not finite stays there (value +inf); a step onto a point where the prediction or Jacobian is
-    not finite is refused with a smaller trust region."""
+    not finite is refused (a smaller trust region, or more damping). `n_jobs` > 1 splits the fits
+    into that many parts run in threads (numpy releases the GIL in its array loops; every fit is
+    independent, so the results are the same)."""
+    n_parts = min(n_jobs, thetas.shape[0] // 16)  # a few fits per thread at least
+    if n_parts > 1:
+        parts = np.array_split(np.arange(thetas.shape[0]), n_parts)
+        with ThreadPoolExecutor(n_parts) as pool:
+            fits = list(
+                pool.map(
+                    lambda rows: batch_least_squares(
+                        equations, thetas[rows], targets[rows], None if weights is None else weights[rows],
+                        options, method,
+                    ),
+                    parts,
+                )
+            )  # fmt: skip
+        return BatchFit(
+            *(np.concatenate([getattr(f, k) for f in fits]) for k in ("thetas", "values", "n_evaluations"))
+        )
     settings = {**LEAST_SQUARES_OPTIONS, **(options or {})}
     ftol, xtol, gtol, max_nfev = (settings[key] for key in ("ftol", "xtol", "gtol", "max_nfev"))
     x = np.array(thetas, dtype=float)
     with np.errstate(all="ignore"):  # diverging starts overflow: their steps are refused
-        state = _TrustRegions.start(x, *equations(x, targets, weights), gtol)
+        state = METHODS[method].start(x, *equations(x, targets, weights), gtol)
         while state.active.any():
             a = np.flatnonzero(state.active)
             step_h, predicted, d = state.steps(a, targets.shape[1])
@@ -736,14 +879,17 @@ def fit_least_squares_batch(
     n_searches: int = 54,
     explore_rows: np.ndarray | None = None,
     delta: float = HUBER_DELTA,
+    n_jobs: int = 1,
 ) -> list[MultiStartResult]:
     """`fit_least_squares` for T targets at once (e.g. 22 per-domain losses on the same runs), every
     search of every target in one vectorised loop (`batch_least_squares`).
 
     `targets` (T, n); `starts` (T, m, p), each target's random starts; `weights` (n,) row weights or
     None; `explore_rows` the row subsample of the short searches (default: all rows). Per target:
-    the `n_searches` starts with the lowest objective on the subsample, short searches from each,
-    full searches on every row from the `keep` best end points; one result per target."""
+    the `n_searches` starts with the lowest objective on the subsample, short trf searches from each
+    (they rank the basins: scipy's trf step for step, as `fit_least_squares`), then Levenberg-Marquardt
+    searches of up to `REFINE_NFEV` evaluations on every row from the `keep` best end points; one
+    result per target. `n_jobs` threads share the fits (the same results)."""
     n_targets, p = targets.shape[0], starts.shape[-1]
     rows = np.arange(targets.shape[1]) if explore_rows is None else explore_rows
     x_explore = x.subset(rows)
@@ -758,16 +904,19 @@ def fit_least_squares_batch(
     if missing:
         raise ValueError("no starting point gives a finite objective; check the runs table's losses")
 
-    def search(x_rows: Features, y: np.ndarray, w: np.ndarray | None, thetas, who, options) -> BatchFit:
+    def search(
+        x_rows: Features, y: np.ndarray, w: np.ndarray | None, thetas, who, options, method
+    ) -> BatchFit:
         equations = huber_normal_equations(blocks, x_rows, delta)
         w_rows = None if w is None else np.broadcast_to(w, (who.size, w.size))
-        return batch_least_squares(equations, thetas, y[who], w_rows, options)
+        return batch_least_squares(equations, thetas, y[who], w_rows, options, method, n_jobs)
 
     explore_nfev = {"max_nfev": EXPLORE_NFEV_PER_PARAM * p}
-    explore = search(x_explore, y_explore, w_explore, flat[chosen], owner[chosen], explore_nfev)
+    explore = search(x_explore, y_explore, w_explore, flat[chosen], owner[chosen], explore_nfev, "trf")
     _advance(chosen.size)
     best = np.concatenate(_best_per_group(explore.values, owner[chosen], n_targets, keep))
-    refined = search(x, targets, weights, explore.thetas[best], owner[chosen][best], None)
+    refine = {"max_nfev": REFINE_NFEV}
+    refined = search(x, targets, weights, explore.thetas[best], owner[chosen][best], refine, REFINE_METHOD)
     _advance(best.size)
     results = []
     for t in range(n_targets):
@@ -782,7 +931,7 @@ def fit_least_squares_batch(
                 thetas=refined.thetas[order],
                 n_evaluations=int(evaluations),
                 converged=True,
-                message="vectorised least squares (scipy trf, step for step)",
+                message="vectorised least squares (trf short searches, Levenberg-Marquardt on all rows)",
             )
         )
     return results
@@ -799,6 +948,7 @@ def bootstrap_least_squares_batch(
     n_bootstrap: int,
     seed: int,
     delta: float = HUBER_DELTA,
+    n_jobs: int = 1,
 ) -> list[np.ndarray]:
     """`bootstrap_least_squares` for T targets (`targets` (T, n), fitted `thetas` (T, p)) in one
     vectorised loop: the same resamples for every target (as row weights, times `weights`), each
@@ -811,7 +961,9 @@ def bootstrap_least_squares_batch(
         samples = samples * weights
     owner = np.repeat(np.arange(n_targets), n_bootstrap)
     equations = huber_normal_equations(blocks, x, delta)
-    refits = batch_least_squares(equations, thetas[owner], targets[owner], np.tile(samples, (n_targets, 1)))
+    refits = batch_least_squares(
+        equations, thetas[owner], targets[owner], np.tile(samples, (n_targets, 1)), n_jobs=n_jobs
+    )
     _advance(owner.size)
     finite = np.isfinite(refits.thetas).all(axis=1)
     return [refits.thetas[(owner == t) & finite] for t in range(n_targets)]
