@@ -4,11 +4,21 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
+import pyarrow as pa
 import pytest
 from tokenizers import Tokenizer
 
+from pipeline import tokenize
 from pipeline.corpus import CorpusOptions, build_corpus
-from pipeline.tokenize import TokenCounter, read_tokenizer_json, splits_like_python, train_byte_level_bpe
+from pipeline.tokenize import (
+    ChunkCounts,
+    TokenCounter,
+    chunk_hashes,
+    read_tokenizer_json,
+    splits_like_python,
+    train_byte_level_bpe,
+)
 
 ODD = [
     "tab\tand\x0bvt and\u00a0nbsp\u2003em  and\x1c\x1dseps\r\n",
@@ -103,3 +113,32 @@ def test_added_tokens_that_are_not_special_use_the_library(texts):
     assert counter.count(docs).tolist() == [
         len(e.ids) for e in raw.encode_batch(docs, add_special_tokens=False)
     ]
+
+
+def test_chunk_counts_store_and_find_exactly_even_when_hashes_collide():
+    chunks = pa.array([b" the", b" cat", b"\n  x", b" a" * 40, b" a" * 39 + b" b", "\u00e9t\u00e9".encode()])
+    hashes = chunk_hashes(chunks)
+    assert len(set(hashes.tolist())) == len(chunks)
+    assert chunk_hashes(chunks.slice(2, 2)).tolist() == hashes[2:4].tolist()  # a value's own bytes alone
+    index = ChunkCounts()
+    assert index.find(chunks, hashes).tolist() == [-1] * 6
+    assert index.add(chunks.slice(0, 4), hashes[:4], np.array([1, 2, 3, 4])).all()
+    assert index.find(chunks, hashes).tolist() == [1, 2, 3, 4, -1, -1]
+    same = np.zeros(2, np.uint64) + hashes[3]  # other chunks with a taken hash: never its count
+    assert index.find(chunks.slice(4, 2), same).tolist() == [-1, -1]
+    assert index.add(chunks.slice(4, 2), same, np.array([5, 6])).tolist() == [False, False]
+    assert len(index) == 4
+
+
+def test_counts_stay_exact_when_every_chunk_hash_collides(texts, monkeypatch):
+    """With a hash that collides all the time, chunks fall back to the dict and counts stay exact."""
+    spec = train_byte_level_bpe(texts, vocab_size=1000).to_str()
+    reference = Tokenizer.from_str(spec)
+    reference.encode_special_tokens = True
+    docs = texts[:60] + ODD
+    expected = [len(e.ids) for e in reference.encode_batch(docs, add_special_tokens=False)]
+    monkeypatch.setattr(tokenize, "chunk_hashes", lambda chunks: np.full(len(chunks), 7, np.uint64))
+    counter = TokenCounter(spec).setup()
+    assert counter.count(docs).tolist() == expected
+    assert counter.count(docs[::-1]).tolist() == expected[::-1]
+    assert len(counter._index) == 1 and len(counter._cache) > 100
