@@ -12,11 +12,10 @@ import os
 import re
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 
 TOKENIZER_FILE = "tokenizer.json"
 TOKENIZER_OPTIONS_FILE = "tokenizer_options.json"  # how a trained tokenizer.json was made
@@ -131,85 +130,102 @@ _ODD = [
 _POWERS = np.zeros(0, np.uint64)
 
 
-def _binary_parts(chunks: pa.Array) -> tuple[np.ndarray, np.ndarray]:
-    """(offsets as int64, values' bytes followed by 8 zero bytes) of a binary array."""
+class ChunkWords(NamedTuple):
+    """Binary values as little-endian 8-byte words: each value's bytes, zero-padded to whole words."""
+
+    words: np.ndarray  # uint64, the values' words one after another
+    first: np.ndarray  # int64, each value's first word
+    lengths: np.ndarray  # int64, each value's bytes
+
+
+def chunk_words(chunks: pa.Array) -> ChunkWords:
+    """The words of a binary array's values: a gather per word, not a pass per byte."""
+    if not len(chunks):
+        return ChunkWords(np.zeros(0, np.uint64), np.zeros(0, np.int64), np.zeros(0, np.int64))
     _, offsets_buf, data_buf = chunks.buffers()
     offset_type = np.int64 if pa.types.is_large_binary(chunks.type) else np.int32
     offsets = np.frombuffer(offsets_buf, offset_type)[chunks.offset : chunks.offset + len(chunks) + 1]
-    lo, hi = (int(offsets[0]), int(offsets[-1])) if len(offsets) else (0, 0)
-    data = np.zeros(hi - lo + 8, np.uint8)
-    if hi > lo:
-        data[: hi - lo] = np.frombuffer(data_buf, np.uint8, hi - lo, lo)
-    return offsets.astype(np.int64) - lo, data
+    lo, hi = int(offsets[0]), int(offsets[-1])
+    data = np.zeros(hi - lo + 8, np.uint8)  # 8 zero bytes after the last value
+    data[: hi - lo] = np.frombuffer(data_buf, np.uint8, hi - lo, lo) if hi > lo else []
+    starts, lengths = offsets[:-1].astype(np.int64) - lo, np.diff(offsets).astype(np.int64)
+    n_words = np.maximum((lengths + 7) // 8, 1)
+    first = np.cumsum(n_words) - n_words
+    k = np.arange(int(n_words.sum())) - np.repeat(first, n_words)  # word k of its value
+    left = np.repeat(lengths, n_words) - 8 * k  # the value's bytes from that word on
+    at_every_byte = np.ndarray((len(data) - 7,), "<u8", data, 0, (1,))
+    words = at_every_byte[np.repeat(starts, n_words) + 8 * k] & _LOW_BYTES[np.clip(left, 0, 8)]
+    return ChunkWords(words, first, lengths)
 
 
 def _word_powers(n: int) -> np.ndarray:
-    """ODD^k mod 2^64 for k < n (at least): the weights of a chunk's 8-byte words."""
+    """ODD^k mod 2^64 for k < n (at least): the weights of a chunk's words."""
     global _POWERS
     if len(_POWERS) < n:
         _POWERS = np.cumprod(np.full(max(n, 2 * len(_POWERS)), _ODD[0], np.uint64)) * _ODD[1]
     return _POWERS
 
 
-def chunk_hashes(chunks: pa.Array) -> np.ndarray:
-    """A 64-bit hash of each value of a binary array: its 8-byte words weighted by position (a
-    polynomial mod 2^64), a pass over the words rather than the bytes. `ChunkCounts` checks every
-    match byte for byte, so values whose hashes collide only cost a slower look-up."""
-    offsets, data = _binary_parts(chunks)
-    starts, lengths = offsets[:-1], np.diff(offsets)
-    n_words = np.maximum((lengths + 7) // 8, 1)
-    first = np.cumsum(n_words) - n_words
-    k = np.arange(int(first[-1] + n_words[-1]) if len(first) else 0) - np.repeat(first, n_words)
-    left = np.repeat(lengths, n_words) - 8 * k  # bytes of the chunk from this word on
-    words = np.ndarray((len(data) - 7,), "<u8", data, 0, (1,))[np.repeat(starts, n_words) + 8 * k]
-    terms = (words & _LOW_BYTES[np.clip(left, 0, 8)]) * _word_powers(int(n_words.max(initial=1)))[k]
-    hashed = np.add.reduceat(terms, first) if len(first) else np.zeros(0, np.uint64)
+def chunk_hashes(chunks: ChunkWords) -> np.ndarray:
+    """A 64-bit hash of each value: its words weighted by position (a polynomial mod 2^64) and its
+    length. `ChunkCounts` compares the words of every match, so colliding values only cost a slower
+    look-up."""
+    words, first, lengths = chunks
+    if not len(first):
+        return np.zeros(0, np.uint64)
+    k = np.arange(len(words)) - np.repeat(first, np.diff(first, append=len(words)))
+    hashed = np.add.reduceat(words * _word_powers(int(k.max()) + 1)[k], first)
     hashed ^= lengths.astype(np.uint64) * _ODD[2]
     return (hashed ^ (hashed >> np.uint64(29))) * _ODD[3]
 
 
+def _grown(buffer: np.ndarray, used: int, values: np.ndarray) -> np.ndarray:
+    """`buffer` holding `values` after its first `used` items, its room doubled when short."""
+    if used + len(values) > len(buffer):
+        buffer = np.concatenate([buffer[:used], np.zeros(max(used, len(values)), buffer.dtype)])
+    buffer[used : used + len(values)] = values
+    return buffer
+
+
 class ChunkCounts:
-    """Token counts of chunks (UTF-8 bytes) kept in numpy and Arrow, not as Python objects: the chunks'
-    hashes sorted (`chunk_hashes`), and each chunk's bytes and count. `find` looks a batch's distinct
-    chunks up with `np.searchsorted` and compares each match with the stored chunk byte for byte
-    (Arrow's `equal`), so a count is never another chunk's. A chunk whose hash is already taken is
-    not stored here (the caller keeps it)."""
+    """Token counts of chunks (UTF-8 bytes) kept in numpy, not as Python objects: the chunks' hashes
+    sorted (`chunk_hashes`), and each chunk's words (`chunk_words`) and count. `find` looks a batch's
+    distinct chunks up with `np.searchsorted` and compares the words of each match with the stored
+    chunk's, so a count is never another chunk's. A chunk whose hash is taken is not stored here (the
+    caller keeps it)."""
 
     def __init__(self) -> None:
         self.hashes = np.zeros(0, np.uint64)  # sorted
         self.entries = np.zeros(0, np.int64)  # the stored chunk of each hash
         self.counts = np.zeros(0, np.int64)  # per stored chunk
-        self._offsets = np.zeros(1, np.int64)
-        self._data = np.zeros(0, np.uint8)  # stored chunks' bytes, then spare room
+        self._first = np.zeros(0, np.int64)  # per stored chunk: its first word in _words
+        self._lengths = np.zeros(0, np.int64)
+        self._words = np.zeros(0, np.uint64)  # the stored chunks' words, then spare room
+        self._used = 0
 
     def __len__(self) -> int:
         return len(self.counts)
 
-    def _stored(self) -> pa.Array:
-        n, size = len(self.counts), int(self._offsets[len(self.counts)])
-        buffers = [None, pa.py_buffer(self._offsets[: n + 1]), pa.py_buffer(self._data[:size])]
-        return pa.Array.from_buffers(pa.large_binary(), n, buffers)
-
-    def find(self, chunks: pa.Array, hashes: np.ndarray) -> np.ndarray:
+    def find(self, chunks: ChunkWords, hashes: np.ndarray) -> np.ndarray:
         """The count of each chunk (-1 where not stored)."""
-        out = np.full(len(chunks), -1, np.int64)
-        if not len(self.counts) or not len(chunks):
-            return out
+        if not len(self.counts) or not len(hashes):
+            return np.full(len(hashes), -1, np.int64)
         order = np.argsort(hashes)  # sorted needles: searchsorted walks the table once
         at = np.minimum(np.searchsorted(self.hashes, hashes[order]), len(self.hashes) - 1)
-        entry = np.full(len(chunks), -1, np.int64)  # per chunk, in the chunks' order
-        entry[order] = np.where(self.hashes[at] == hashes[order], self.entries[at], -1)
-        rows = np.flatnonzero(entry >= 0)
-        mine = chunks if len(rows) == len(chunks) else chunks.take(pa.array(rows))
-        stored = self._stored().take(pa.array(entry[rows]))
-        same = pc.equal(stored, mine.cast(pa.large_binary())).to_numpy(zero_copy_only=False)
-        out[rows[same]] = self.counts[entry[rows[same]]]
-        return out
+        entry = np.zeros(len(hashes), np.int64)
+        entry[order] = self.entries[at]
+        hit = np.zeros(len(hashes), bool)
+        hit[order] = self.hashes[at] == hashes[order]
+        words, first, lengths = chunks
+        shift = np.repeat(self._first[entry] - first, np.diff(first, append=len(words)))
+        stored = self._words[np.minimum(np.arange(len(words)) + shift, self._used - 1)]
+        same = hit & (self._lengths[entry] == lengths) & np.logical_and.reduceat(words == stored, first)
+        return np.where(same, self.counts[entry], -1)
 
-    def add(self, chunks: pa.Array, hashes: np.ndarray, counts: np.ndarray) -> np.ndarray:
+    def add(self, chunks: ChunkWords, hashes: np.ndarray, counts: np.ndarray) -> np.ndarray:
         """Store new chunks (distinct, none stored) with their counts; returns which were stored (not
         those whose hash another chunk has)."""
-        order = np.argsort(hashes, kind="stable")  # (np.unique hashes: much slower than a sort)
+        order = np.argsort(hashes, kind="stable")  # (np.unique on hashes: much slower than a sort)
         ordered = hashes[order]
         at = np.searchsorted(self.hashes, ordered)
         taken = np.zeros(len(ordered), bool)
@@ -218,14 +234,14 @@ class ChunkCounts:
         keep = np.concatenate([[True], ordered[1:] != ordered[:-1]]) & ~taken
         new = np.zeros(len(hashes), bool)
         new[order[keep]] = True
-        offsets, data = _binary_parts(chunks.filter(pa.array(new)))
-        n, size, added = len(self.counts), int(self._offsets[-1]), len(data) - 8
-        if size + added > len(self._data):  # room doubles: appending costs O(1) per byte
-            self._data = np.concatenate([self._data[:size], np.zeros(max(size, added), np.uint8)])
-        self._data[size : size + added] = data[:added]
-        self._offsets = np.concatenate([self._offsets, offsets[1:] + size])
+        words, first, lengths = chunks
+        n_words = np.diff(first, append=len(words))
+        self._first = np.concatenate([self._first, self._used + np.cumsum(n_words[new]) - n_words[new]])
+        self._words = _grown(self._words, self._used, words[np.repeat(new, n_words)])
+        self._used += int(n_words[new].sum())
+        self._lengths = np.concatenate([self._lengths, lengths[new]])
+        stored_as = len(self.counts) + np.cumsum(new) - 1  # the new chunks are stored in their order
         self.counts = np.concatenate([self.counts, counts[new]])
-        stored_as = n + np.cumsum(new) - 1  # the store keeps the new chunks in their order
         self.hashes = np.insert(self.hashes, at[keep], ordered[keep])
         self.entries = np.insert(self.entries, at[keep], stored_as[order[keep]])
         return new
@@ -338,7 +354,8 @@ class TokenCounter:
         missing = np.flatnonzero(counts < 0)
         if len(missing):
             counts[missing] = self._chunk_counts([keys[i].decode("utf-8") for i in missing.tolist()])
-            stored = self._index.add(chunks.take(pa.array(missing)), hashes[missing], counts[missing])
+            new = chunk_words(chunks.take(pa.array(missing)))
+            stored = self._index.add(new, hashes[missing], counts[missing])
             cache.update((keys[i], int(counts[i])) for i in missing[~stored].tolist())
         return counts
 
@@ -372,8 +389,8 @@ class TokenCounter:
         chunks = pa.Array.from_buffers(dtype, len(bounds), [None, pa.py_buffer(chunk_offsets), data_buf])
         encoded = chunks.dictionary_encode()
         distinct = encoded.dictionary
-        hashes = chunk_hashes(distinct)
-        counts = self._index.find(distinct, hashes)
+        hashes = chunk_hashes(words := chunk_words(distinct))
+        counts = self._index.find(words, hashes)
         rest = np.flatnonzero(counts < 0)
         if len(rest):
             counts[rest] = self._other_counts(distinct.take(pa.array(rest)), hashes[rest])

@@ -15,6 +15,7 @@ from pipeline.tokenize import (
     ChunkCounts,
     TokenCounter,
     chunk_hashes,
+    chunk_words,
     read_tokenizer_json,
     splits_like_python,
     train_byte_level_bpe,
@@ -116,18 +117,27 @@ def test_added_tokens_that_are_not_special_use_the_library(texts):
 
 
 def test_chunk_counts_store_and_find_exactly_even_when_hashes_collide():
-    chunks = pa.array([b" the", b" cat", b"\n  x", b" a" * 40, b" a" * 39 + b" b", "\u00e9t\u00e9".encode()])
-    hashes = chunk_hashes(chunks)
+    values = [b" the", b" cat", b"\n  x", b" a" * 40, b" a" * 39 + b" b", "\u00e9t\u00e9".encode(), b"x" * 8]
+    chunks = pa.array(values)
+    words = chunk_words(chunks)
+    assert words.lengths.tolist() == [len(v) for v in values]
+    assert [
+        b"".join(int(w).to_bytes(8, "little") for w in words.words[a:b])[: len(v)]
+        for a, b, v in zip(words.first, [*words.first[1:], len(words.words)], values, strict=True)
+    ] == values
+    hashes = chunk_hashes(words)
     assert len(set(hashes.tolist())) == len(chunks)
-    assert chunk_hashes(chunks.slice(2, 2)).tolist() == hashes[2:4].tolist()  # a value's own bytes alone
+    assert chunk_hashes(chunk_words(chunks.slice(2, 2))).tolist() == hashes[2:4].tolist()  # own bytes alone
     index = ChunkCounts()
-    assert index.find(chunks, hashes).tolist() == [-1] * 6
-    assert index.add(chunks.slice(0, 4), hashes[:4], np.array([1, 2, 3, 4])).all()
-    assert index.find(chunks, hashes).tolist() == [1, 2, 3, 4, -1, -1]
-    same = np.zeros(2, np.uint64) + hashes[3]  # other chunks with a taken hash: never its count
-    assert index.find(chunks.slice(4, 2), same).tolist() == [-1, -1]
-    assert index.add(chunks.slice(4, 2), same, np.array([5, 6])).tolist() == [False, False]
-    assert len(index) == 4
+    assert index.find(words, hashes).tolist() == [-1] * 7
+    assert index.add(chunk_words(chunks.slice(0, 4)), hashes[:4], np.array([1, 2, 3, 4])).all()
+    assert index.find(words, hashes).tolist() == [1, 2, 3, 4, -1, -1, -1]
+    others = chunk_words(chunks.slice(4, 3))
+    same = np.zeros(3, np.uint64) + hashes[3]  # other chunks with a taken hash: never its count
+    assert index.find(others, same).tolist() == [-1, -1, -1]
+    assert index.add(others, same, np.array([5, 6, 7])).tolist() == [False, False, False]
+    assert index.add(others, hashes[4:], np.array([5, 6, 7])).all()
+    assert index.find(words, hashes).tolist() == [1, 2, 3, 4, 5, 6, 7] and len(index) == 7
 
 
 def test_counts_stay_exact_when_every_chunk_hash_collides(texts, monkeypatch):
@@ -137,7 +147,7 @@ def test_counts_stay_exact_when_every_chunk_hash_collides(texts, monkeypatch):
     reference.encode_special_tokens = True
     docs = texts[:60] + ODD
     expected = [len(e.ids) for e in reference.encode_batch(docs, add_special_tokens=False)]
-    monkeypatch.setattr(tokenize, "chunk_hashes", lambda chunks: np.full(len(chunks), 7, np.uint64))
+    monkeypatch.setattr(tokenize, "chunk_hashes", lambda words: np.full(len(words.first), 7, np.uint64))
     counter = TokenCounter(spec).setup()
     assert counter.count(docs).tolist() == expected
     assert counter.count(docs[::-1]).tolist() == expected[::-1]
