@@ -161,9 +161,10 @@ def chunk_words(chunks: pa.Array) -> ChunkWords:
 def _word_powers(n: int) -> np.ndarray:
     """ODD^k mod 2^64 for k < n (at least): the weights of a chunk's words."""
     global _POWERS
-    if len(_POWERS) < n:
-        _POWERS = np.cumprod(np.full(max(n, 2 * len(_POWERS)), _ODD[0], np.uint64)) * _ODD[1]
-    return _POWERS
+    powers = _POWERS  # this call's own reference: another thread may replace the module's
+    if len(powers) < n:
+        powers = _POWERS = np.cumprod(np.full(max(n, 2 * len(powers)), _ODD[0], np.uint64)) * _ODD[1]
+    return powers
 
 
 def chunk_hashes(chunks: ChunkWords) -> np.ndarray:
@@ -197,18 +198,18 @@ class ChunkCounts:
     def __init__(self) -> None:
         self.hashes = np.zeros(0, np.uint64)  # sorted
         self.entries = np.zeros(0, np.int64)  # the stored chunk of each hash
-        self.counts = np.zeros(0, np.int64)  # per stored chunk
-        self._first = np.zeros(0, np.int64)  # per stored chunk: its first word in _words
-        self._lengths = np.zeros(0, np.int64)
-        self._words = np.zeros(0, np.uint64)  # the stored chunks' words, then spare room
-        self._used = 0
+        # Per stored chunk (then spare room, so that storing costs O(1) per chunk): its count, first
+        # word in _words and length; and the stored chunks' words, then spare room.
+        self._counts, self._first, self._lengths = (np.zeros(0, np.int64) for _ in range(3))
+        self._words = np.zeros(0, np.uint64)
+        self._n = self._used = 0
 
     def __len__(self) -> int:
-        return len(self.counts)
+        return self._n
 
     def find(self, chunks: ChunkWords, hashes: np.ndarray) -> np.ndarray:
         """The count of each chunk (-1 where not stored)."""
-        if not len(self.counts) or not len(hashes):
+        if not self._n or not len(hashes):
             return np.full(len(hashes), -1, np.int64)
         order = np.argsort(hashes)  # sorted needles: searchsorted walks the table once
         at = np.minimum(np.searchsorted(self.hashes, hashes[order]), len(self.hashes) - 1)
@@ -220,7 +221,7 @@ class ChunkCounts:
         shift = np.repeat(self._first[entry] - first, np.diff(first, append=len(words)))
         stored = self._words[np.minimum(np.arange(len(words)) + shift, self._used - 1)]
         same = hit & (self._lengths[entry] == lengths) & np.logical_and.reduceat(words == stored, first)
-        return np.where(same, self.counts[entry], -1)
+        return np.where(same, self._counts[entry], -1)
 
     def add(self, chunks: ChunkWords, hashes: np.ndarray, counts: np.ndarray) -> np.ndarray:
         """Store new chunks (distinct, none stored) with their counts; returns which were stored (not
@@ -236,13 +237,15 @@ class ChunkCounts:
         new[order[keep]] = True
         words, first, lengths = chunks
         n_words = np.diff(first, append=len(words))
-        self._first = np.concatenate([self._first, self._used + np.cumsum(n_words[new]) - n_words[new]])
+        starts = self._used + np.cumsum(n_words[new]) - n_words[new]
         self._words = _grown(self._words, self._used, words[np.repeat(new, n_words)])
+        self._counts = _grown(self._counts, self._n, counts[new])
+        self._first = _grown(self._first, self._n, starts)
+        self._lengths = _grown(self._lengths, self._n, lengths[new])
+        stored_as = self._n + np.cumsum(new) - 1  # the new chunks are stored in their order
+        self._n += int(new.sum())
         self._used += int(n_words[new].sum())
-        self._lengths = np.concatenate([self._lengths, lengths[new]])
-        stored_as = len(self.counts) + np.cumsum(new) - 1  # the new chunks are stored in their order
-        self.counts = np.concatenate([self.counts, counts[new]])
-        self.hashes = np.insert(self.hashes, at[keep], ordered[keep])
+        self.hashes = np.insert(self.hashes, at[keep], ordered[keep])  # O(size): memmove, no sort
         self.entries = np.insert(self.entries, at[keep], stored_as[order[keep]])
         return new
 
@@ -361,8 +364,8 @@ class TokenCounter:
 
     def _count_array(self, texts: pa.Array) -> np.ndarray:
         """Chunks are found with numpy on the UTF-8 bytes and deduplicated by Arrow's hash kernel; the
-        distinct ones are looked up in `ChunkCounts` by numpy and Arrow, so Python touches only the
-        chunks it has not seen."""
+        distinct ones are looked up in `ChunkCounts` with numpy, so Python touches only the chunks it has
+        not seen."""
         if texts.null_count:
             texts = texts.fill_null("")
         if pa.types.is_large_string(texts.type):
@@ -385,7 +388,7 @@ class TokenCounter:
         starts[doc_starts[doc_starts < hi - lo]] = True
         bounds = np.flatnonzero(starts) + lo
         chunk_offsets = np.append(bounds, hi).astype(offset_type)
-        # Binary chunks: Python gets them as bytes, which are cheaper to make and look up than str.
+        # Binary chunks: a new one reaches Python as bytes, cheaper to make and look up than str.
         chunks = pa.Array.from_buffers(dtype, len(bounds), [None, pa.py_buffer(chunk_offsets), data_buf])
         encoded = chunks.dictionary_encode()
         distinct = encoded.dictionary
