@@ -151,10 +151,10 @@ def chunk_words(chunks: pa.Array) -> ChunkWords:
     starts, lengths = offsets[:-1].astype(np.int64) - lo, np.diff(offsets).astype(np.int64)
     n_words = np.maximum((lengths + 7) // 8, 1)
     first = np.cumsum(n_words) - n_words
-    k = np.arange(int(n_words.sum())) - np.repeat(first, n_words)  # word k of its value
-    left = np.repeat(lengths, n_words) - 8 * k  # the value's bytes from that word on
-    at_every_byte = np.ndarray((len(data) - 7,), "<u8", data, 0, (1,))
-    words = at_every_byte[np.repeat(starts, n_words) + 8 * k] & _LOW_BYTES[np.clip(left, 0, 8)]
+    at = np.repeat(starts - 8 * first, n_words) + 8 * np.arange(int(n_words.sum()))  # each word's byte
+    words = np.ndarray((len(data) - 7,), "<u8", data, 0, (1,))[at]  # the 8 bytes at every byte: a view
+    last = first + n_words - 1
+    words[last] &= _LOW_BYTES[lengths - 8 * (n_words - 1)]  # a value's bytes alone in its last word
     return ChunkWords(words, first, lengths)
 
 
