@@ -120,7 +120,7 @@ def _shard_parts(batch: pa.RecordBatch, shards: np.ndarray) -> Iterator[tuple[in
     of the shards; rows that alternate shards more often than that are gathered per shard."""
     cuts = np.flatnonzero(shards[1:] != shards[:-1]) + 1
     starts, ends = np.concatenate([[0], cuts]), np.concatenate([cuts, [len(shards)]])
-    present = np.unique(shards)
+    present = np.flatnonzero(np.bincount(shards))  # (np.unique: a hash table, ~25x slower here)
     if len(starts) > 2 * len(present):
         for shard in present.tolist():
             yield shard, batch.filter(pa.array(shards == shard))
@@ -331,8 +331,9 @@ def merge_parts(paths: Sequence[str], remove: bool = False) -> Iterator[pa.Table
             for s, e in zip(run_starts, run_ends, strict=True)
         ]
         yield pa.concat_tables(pieces, promote_options="permissive")
-        for batch, n in zip(*np.unique(b, return_counts=True), strict=True):
-            batches.taken(int(batch), int(n))
+        taken = np.bincount(b)
+        for batch in np.flatnonzero(taken).tolist():
+            batches.taken(batch, int(taken[batch]))
 
 
 # --- order and bytes ---------------------------------------------------------------------------
