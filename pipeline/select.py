@@ -161,7 +161,8 @@ def _cutoff(domain: str, state: tuple[int, int] | None) -> tuple[str, float]:
 
 def domain_scores(batch: pa.RecordBatch | pa.Table, column: str):
     """(domain, scores) per domain present in the batch, of documents no stage dropped."""
-    if S.DROP_REASON in batch.schema.names:
+    if S.DROP_REASON in batch.schema.names:  # the filter copies only these columns, not the text
+        batch = batch.select([S.DOMAIN, S.DROP_REASON, column])
         batch = batch.filter(pc.is_null(batch.column(S.DROP_REASON)))
     domains = batch.column(S.DOMAIN)
     for domain in pc.unique(domains).to_pylist():

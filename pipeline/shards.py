@@ -114,6 +114,21 @@ def _make_dirs(directory: str) -> None:
         os.makedirs(directory, exist_ok=True)
 
 
+def _shard_parts(batch: pa.RecordBatch, shards: np.ndarray) -> Iterator[tuple[int, pa.RecordBatch]]:
+    """(shard, rows) of a batch, each shard's rows in batch order. A file's batch holds a few runs of
+    BLOCK records of one shard: they are sent as zero-copy slices (no copy of the text), in the order
+    of the shards; rows that alternate shards more often than that are gathered per shard."""
+    cuts = np.flatnonzero(shards[1:] != shards[:-1]) + 1
+    starts, ends = np.concatenate([[0], cuts]), np.concatenate([cuts, [len(shards)]])
+    present = np.flatnonzero(np.bincount(shards))  # (np.unique: a hash table, ~25x slower here)
+    if len(starts) > 2 * len(present):
+        for shard in present.tolist():
+            yield shard, batch.filter(pa.array(shards == shard))
+        return
+    for i in np.argsort(shards[starts], kind="stable").tolist():
+        yield int(shards[starts[i]]), batch.slice(int(starts[i]), int(ends[i] - starts[i]))
+
+
 class PartWriters:
     """Arrow IPC files of the rows of each shard that this bundle touches, under `parts_dir`.
 
@@ -156,9 +171,7 @@ class PartWriters:
             return
         if shards is None:
             shards = shard_ids(batch, self.num_shards)
-        present = np.unique(shards).tolist()
-        for shard in present:
-            part = batch if len(present) == 1 else batch.filter(pa.array(shards == shard))
+        for shard, part in _shard_parts(batch, shards):
             if self.per_source:
                 self._rotate(shard, part)
             self._writer(shard, batch.schema).write_batch(part)
@@ -318,8 +331,9 @@ def merge_parts(paths: Sequence[str], remove: bool = False) -> Iterator[pa.Table
             for s, e in zip(run_starts, run_ends, strict=True)
         ]
         yield pa.concat_tables(pieces, promote_options="permissive")
-        for batch, n in zip(*np.unique(b, return_counts=True), strict=True):
-            batches.taken(int(batch), int(n))
+        taken = np.bincount(b)
+        for batch in np.flatnonzero(taken).tolist():
+            batches.taken(batch, int(taken[batch]))
 
 
 # --- order and bytes ---------------------------------------------------------------------------

@@ -12,7 +12,7 @@ import os
 import re
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import pyarrow as pa
@@ -123,6 +123,133 @@ def read_tokenizer_json(path: str | os.PathLike[str]) -> str:
     return text
 
 
+_LOW_BYTES = np.array([(1 << (8 * n)) - 1 for n in range(9)], np.uint64)  # masks of a word's low n bytes
+_ODD = [
+    np.uint64(k) for k in (0x9E3779B97F4A7C15, 0xBF58476D1CE4E5B9, 0x94D049BB133111EB, 0xD6E8FEB86659FD93)
+]
+_POWERS = np.zeros(0, np.uint64)
+
+
+class ChunkWords(NamedTuple):
+    """Binary values as little-endian 8-byte words: each value's bytes, zero-padded to whole words."""
+
+    words: np.ndarray  # uint64, the values' words one after another
+    first: np.ndarray  # int64, each value's first word
+    lengths: np.ndarray  # int64, each value's bytes
+
+
+def chunk_words(chunks: pa.Array) -> ChunkWords:
+    """The words of a binary array's values: a gather per word, not a pass per byte."""
+    if not len(chunks):
+        return ChunkWords(np.zeros(0, np.uint64), np.zeros(0, np.int64), np.zeros(0, np.int64))
+    _, offsets_buf, data_buf = chunks.buffers()
+    offset_type = np.int64 if pa.types.is_large_binary(chunks.type) else np.int32
+    offsets = np.frombuffer(offsets_buf, offset_type)[chunks.offset : chunks.offset + len(chunks) + 1]
+    lo, hi = int(offsets[0]), int(offsets[-1])
+    data = np.zeros(hi - lo + 8, np.uint8)  # 8 zero bytes after the last value
+    data[: hi - lo] = np.frombuffer(data_buf, np.uint8, hi - lo, lo) if hi > lo else []
+    starts, lengths = offsets[:-1].astype(np.int64) - lo, np.diff(offsets).astype(np.int64)
+    n_words = np.maximum((lengths + 7) // 8, 1)
+    first = np.cumsum(n_words) - n_words
+    at = np.repeat(starts - 8 * first, n_words) + 8 * np.arange(int(n_words.sum()))  # each word's byte
+    words = np.ndarray((len(data) - 7,), "<u8", data, 0, (1,))[at]  # the 8 bytes at every byte: a view
+    last = first + n_words - 1
+    words[last] &= _LOW_BYTES[lengths - 8 * (n_words - 1)]  # a value's bytes alone in its last word
+    return ChunkWords(words, first, lengths)
+
+
+def _word_powers(n: int) -> np.ndarray:
+    """ODD^k mod 2^64 for k < n (at least): the weights of a chunk's words."""
+    global _POWERS
+    powers = _POWERS  # this call's own reference: another thread may replace the module's
+    if len(powers) < n:
+        powers = _POWERS = np.cumprod(np.full(max(n, 2 * len(powers)), _ODD[0], np.uint64)) * _ODD[1]
+    return powers
+
+
+def chunk_hashes(chunks: ChunkWords) -> np.ndarray:
+    """A 64-bit hash of each value: its words weighted by position (a polynomial mod 2^64) and its
+    length. `ChunkCounts` compares the words of every match, so colliding values only cost a slower
+    look-up."""
+    words, first, lengths = chunks
+    if not len(first):
+        return np.zeros(0, np.uint64)
+    k = np.arange(len(words)) - np.repeat(first, np.diff(first, append=len(words)))
+    hashed = np.add.reduceat(words * _word_powers(int(k.max()) + 1)[k], first)
+    hashed ^= lengths.astype(np.uint64) * _ODD[2]
+    return (hashed ^ (hashed >> np.uint64(29))) * _ODD[3]
+
+
+def _grown(buffer: np.ndarray, used: int, values: np.ndarray) -> np.ndarray:
+    """`buffer` holding `values` after its first `used` items, its room doubled when short."""
+    if used + len(values) > len(buffer):
+        buffer = np.concatenate([buffer[:used], np.zeros(max(used, len(values)), buffer.dtype)])
+    buffer[used : used + len(values)] = values
+    return buffer
+
+
+class ChunkCounts:
+    """Token counts of chunks (UTF-8 bytes) kept in numpy, not as Python objects: the chunks' hashes
+    sorted (`chunk_hashes`), and each chunk's words (`chunk_words`) and count. `find` looks a batch's
+    distinct chunks up with `np.searchsorted` and compares the words of each match with the stored
+    chunk's, so a count is never another chunk's. A chunk whose hash is taken is not stored here (the
+    caller keeps it)."""
+
+    def __init__(self) -> None:
+        self.hashes = np.zeros(0, np.uint64)  # sorted
+        self.entries = np.zeros(0, np.int64)  # the stored chunk of each hash
+        # Per stored chunk (then spare room, so that storing costs O(1) per chunk): its count, first
+        # word in _words and length; and the stored chunks' words, then spare room.
+        self._counts, self._first, self._lengths = (np.zeros(0, np.int64) for _ in range(3))
+        self._words = np.zeros(0, np.uint64)
+        self._n = self._used = 0
+
+    def __len__(self) -> int:
+        return self._n
+
+    def find(self, chunks: ChunkWords, hashes: np.ndarray) -> np.ndarray:
+        """The count of each chunk (-1 where not stored)."""
+        if not self._n or not len(hashes):
+            return np.full(len(hashes), -1, np.int64)
+        order = np.argsort(hashes)  # sorted needles: searchsorted walks the table once
+        at = np.minimum(np.searchsorted(self.hashes, hashes[order]), len(self.hashes) - 1)
+        entry = np.zeros(len(hashes), np.int64)
+        entry[order] = self.entries[at]
+        hit = np.zeros(len(hashes), bool)
+        hit[order] = self.hashes[at] == hashes[order]
+        words, first, lengths = chunks
+        shift = np.repeat(self._first[entry] - first, np.diff(first, append=len(words)))
+        stored = self._words[np.minimum(np.arange(len(words)) + shift, self._used - 1)]
+        same = hit & (self._lengths[entry] == lengths) & np.logical_and.reduceat(words == stored, first)
+        return np.where(same, self._counts[entry], -1)
+
+    def add(self, chunks: ChunkWords, hashes: np.ndarray, counts: np.ndarray) -> np.ndarray:
+        """Store new chunks (distinct, none stored) with their counts; returns which were stored (not
+        those whose hash another chunk has)."""
+        order = np.argsort(hashes, kind="stable")  # (np.unique on hashes: much slower than a sort)
+        ordered = hashes[order]
+        at = np.searchsorted(self.hashes, ordered)
+        taken = np.zeros(len(ordered), bool)
+        if len(self):
+            taken = self.hashes[np.minimum(at, len(self.hashes) - 1)] == ordered
+        keep = np.concatenate([[True], ordered[1:] != ordered[:-1]]) & ~taken
+        new = np.zeros(len(hashes), bool)
+        new[order[keep]] = True
+        words, first, lengths = chunks
+        n_words = np.diff(first, append=len(words))
+        starts = self._used + np.cumsum(n_words[new]) - n_words[new]
+        self._words = _grown(self._words, self._used, words[np.repeat(new, n_words)])
+        self._counts = _grown(self._counts, self._n, counts[new])
+        self._first = _grown(self._first, self._n, starts)
+        self._lengths = _grown(self._lengths, self._n, lengths[new])
+        stored_as = self._n + np.cumsum(new) - 1  # the new chunks are stored in their order
+        self._n += int(new.sum())
+        self._used += int(n_words[new].sum())
+        self.hashes = np.insert(self.hashes, at[keep], ordered[keep])  # O(size): memmove, no sort
+        self.entries = np.insert(self.entries, at[keep], stored_as[order[keep]])
+        return new
+
+
 class TokenCounter:
     """Counts tokens of a batch of texts (no special tokens added). Built from the JSON text so it
     pickles small and loads once per worker in `setup()`.
@@ -133,17 +260,19 @@ class TokenCounter:
     end-of-text id, which the corpus does not contain).
 
     With our own BPE (see `splits_like_python`) a text is cut into chunks (a whitespace run and
-    the word after it), and each distinct chunk is counted once and cached: the same counts as
-    `encode`, about 25x faster than `encode_batch_fast` (the library's per-text pre-tokenization and
-    merges dominated the job's time). A new chunk is split into pieces by PRETOKENIZE_PATTERN and a
-    new piece counted by the library's byte-level mapping and model (`encode` per piece, without its
-    per-text overhead). Any other tokenizer.json is counted with `encode_batch_fast`."""
+    the word after it), and each distinct chunk is counted once and cached (`ChunkCounts`, with a
+    dict for the rare chunk whose hash another took): the same counts as `encode`, about 25x faster
+    than `encode_batch_fast` (the library's per-text pre-tokenization and merges dominated the job's
+    time). A new chunk is split into pieces by PRETOKENIZE_PATTERN and a new piece counted by the
+    library's byte-level mapping and model (`encode` per piece, without its per-text overhead). Any
+    other tokenizer.json is counted with `encode_batch_fast`."""
 
     def __init__(self, tokenizer_json: str) -> None:
         self.tokenizer_json = tokenizer_json
         self.tokenizer_: Any = None
         self.cached_ = False
-        self._cache: dict[bytes, int] = {}  # chunk (UTF-8) -> count
+        self._index = ChunkCounts()
+        self._cache: dict[bytes, int] = {}  # chunk (UTF-8) -> count, for chunks whose hash is taken
         self._piece_cache: dict[str, int] = {}
 
     def setup(self) -> TokenCounter:
@@ -209,7 +338,8 @@ class TokenCounter:
             if not isinstance(texts, list):
                 texts = texts.to_pylist() if hasattr(texts, "to_pylist") else list(texts)
             return np.array(self._encode_counts(texts), dtype=np.int64)
-        if len(self._cache) > CACHE_LIMIT or len(self._piece_cache) > CACHE_LIMIT:
+        if len(self._index) + len(self._cache) > CACHE_LIMIT or len(self._piece_cache) > CACHE_LIMIT:
+            self._index = ChunkCounts()
             self._cache.clear()
             self._piece_cache.clear()
         if isinstance(texts, pa.ChunkedArray):
@@ -218,9 +348,24 @@ class TokenCounter:
             texts = pa.array(list(texts), pa.string())
         return self._count_array(texts)
 
+    def _other_counts(self, chunks: pa.Array, hashes: np.ndarray) -> np.ndarray:
+        """Counts of distinct chunks not in the index: those whose hash another chunk took (in a dict),
+        and new ones, counted (`_chunk_counts`) and stored."""
+        cache = self._cache
+        keys = chunks.to_pylist()
+        counts = np.fromiter((cache.get(k, -1) for k in keys), np.int64, len(keys))
+        missing = np.flatnonzero(counts < 0)
+        if len(missing):
+            counts[missing] = self._chunk_counts([keys[i].decode("utf-8") for i in missing.tolist()])
+            new = chunk_words(chunks.take(pa.array(missing)))
+            stored = self._index.add(new, hashes[missing], counts[missing])
+            cache.update((keys[i], int(counts[i])) for i in missing[~stored].tolist())
+        return counts
+
     def _count_array(self, texts: pa.Array) -> np.ndarray:
-        """Chunks are found with numpy on the UTF-8 bytes and deduplicated by Arrow's hash kernel, so
-        Python touches each distinct chunk of the batch once (a few per document) instead of every one."""
+        """Chunks are found with numpy on the UTF-8 bytes and deduplicated by Arrow's hash kernel; the
+        distinct ones are looked up in `ChunkCounts` with numpy, so Python touches only the chunks it has
+        not seen."""
         if texts.null_count:
             texts = texts.fill_null("")
         if pa.types.is_large_string(texts.type):
@@ -243,18 +388,15 @@ class TokenCounter:
         starts[doc_starts[doc_starts < hi - lo]] = True
         bounds = np.flatnonzero(starts) + lo
         chunk_offsets = np.append(bounds, hi).astype(offset_type)
-        # Binary chunks: Python gets them as bytes, which are cheaper to make and look up than str.
+        # Binary chunks: a new one reaches Python as bytes, cheaper to make and look up than str.
         chunks = pa.Array.from_buffers(dtype, len(bounds), [None, pa.py_buffer(chunk_offsets), data_buf])
         encoded = chunks.dictionary_encode()
-        distinct = encoded.dictionary.to_pylist()
-        cache = self._cache
-        try:
-            counts = np.fromiter(map(cache.__getitem__, distinct), np.int64, len(distinct))
-        except KeyError:
-            missing = [c for c in distinct if c not in cache]
-            counted = self._chunk_counts([c.decode("utf-8") for c in missing])
-            cache.update(zip(missing, counted.tolist(), strict=True))
-            counts = np.fromiter(map(cache.__getitem__, distinct), np.int64, len(distinct))
+        distinct = encoded.dictionary
+        hashes = chunk_hashes(words := chunk_words(distinct))
+        counts = self._index.find(words, hashes)
+        rest = np.flatnonzero(counts < 0)
+        if len(rest):
+            counts[rest] = self._other_counts(distinct.take(pa.array(rest)), hashes[rest])
         per_chunk = counts[encoded.indices.to_numpy()]
         cumulative = np.concatenate([[0], np.cumsum(per_chunk)])
         first_chunk = np.searchsorted(bounds, offsets)

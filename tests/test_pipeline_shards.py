@@ -72,6 +72,25 @@ def test_parts_at_a_higher_zstd_level_are_smaller_and_read_the_same(tmp_path):
     assert n > 100 and sizes[shards.DEDUP_PART_LEVEL] < 0.95 * sizes[shards.PART_LEVEL]
 
 
+def test_shard_parts_hold_each_shards_rows_in_order_as_slices_or_gathered():
+    b = batch("a.jsonl", list(range(1, 5000, 2)))  # runs of BLOCK records: zero-copy slices
+    ids = shards.shard_ids(b, 4)
+    parts = list(shards._shard_parts(b, ids))
+    assert len(parts) > 4 and [s for s, _ in parts] == sorted(s for s, _ in parts)
+    text = b.column(S.TEXT)
+    for _, part in parts:  # a slice shares the batch's text buffer
+        assert part.column(S.TEXT).buffers()[2].address == text.buffers()[2].address
+    alternating = np.arange(b.num_rows) % 3  # rows that alternate shards: gathered per shard
+    for ids_ in (ids, alternating):
+        got: dict[int, list[str]] = {}
+        for shard, part in shards._shard_parts(b, ids_):
+            got.setdefault(shard, []).extend(part.column(S.ID).to_pylist())
+        assert got == {
+            int(s): b.filter(pa.array(ids_ == s)).column(S.ID).to_pylist() for s in np.unique(ids_)
+        }
+    assert len(list(shards._shard_parts(b, alternating))) == 3
+
+
 def test_parquet_bytes_do_not_depend_on_chunking(tmp_path, monkeypatch):
     monkeypatch.setattr(shards, "ROW_GROUP_BYTES", 20_000)  # several row groups
     schema = pa.schema([f for f in batch("x", [1]).schema if f.name != S.RECORD])

@@ -4,11 +4,22 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
+import pyarrow as pa
 import pytest
 from tokenizers import Tokenizer
 
+from pipeline import tokenize
 from pipeline.corpus import CorpusOptions, build_corpus
-from pipeline.tokenize import TokenCounter, read_tokenizer_json, splits_like_python, train_byte_level_bpe
+from pipeline.tokenize import (
+    ChunkCounts,
+    TokenCounter,
+    chunk_hashes,
+    chunk_words,
+    read_tokenizer_json,
+    splits_like_python,
+    train_byte_level_bpe,
+)
 
 ODD = [
     "tab\tand\x0bvt and\u00a0nbsp\u2003em  and\x1c\x1dseps\r\n",
@@ -103,3 +114,41 @@ def test_added_tokens_that_are_not_special_use_the_library(texts):
     assert counter.count(docs).tolist() == [
         len(e.ids) for e in raw.encode_batch(docs, add_special_tokens=False)
     ]
+
+
+def test_chunk_counts_store_and_find_exactly_even_when_hashes_collide():
+    values = [b" the", b" cat", b"\n  x", b" a" * 40, b" a" * 39 + b" b", "\u00e9t\u00e9".encode(), b"x" * 8]
+    chunks = pa.array(values)
+    words = chunk_words(chunks)
+    assert words.lengths.tolist() == [len(v) for v in values]
+    assert [
+        b"".join(int(w).to_bytes(8, "little") for w in words.words[a:b])[: len(v)]
+        for a, b, v in zip(words.first, [*words.first[1:], len(words.words)], values, strict=True)
+    ] == values
+    hashes = chunk_hashes(words)
+    assert len(set(hashes.tolist())) == len(chunks)
+    assert chunk_hashes(chunk_words(chunks.slice(2, 2))).tolist() == hashes[2:4].tolist()  # own bytes alone
+    index = ChunkCounts()
+    assert index.find(words, hashes).tolist() == [-1] * 7
+    assert index.add(chunk_words(chunks.slice(0, 4)), hashes[:4], np.array([1, 2, 3, 4])).all()
+    assert index.find(words, hashes).tolist() == [1, 2, 3, 4, -1, -1, -1]
+    others = chunk_words(chunks.slice(4, 3))
+    same = np.zeros(3, np.uint64) + hashes[3]  # other chunks with a taken hash: never its count
+    assert index.find(others, same).tolist() == [-1, -1, -1]
+    assert index.add(others, same, np.array([5, 6, 7])).tolist() == [False, False, False]
+    assert index.add(others, hashes[4:], np.array([5, 6, 7])).all()
+    assert index.find(words, hashes).tolist() == [1, 2, 3, 4, 5, 6, 7] and len(index) == 7
+
+
+def test_counts_stay_exact_when_every_chunk_hash_collides(texts, monkeypatch):
+    """With a hash that collides all the time, chunks fall back to the dict and counts stay exact."""
+    spec = train_byte_level_bpe(texts, vocab_size=1000).to_str()
+    reference = Tokenizer.from_str(spec)
+    reference.encode_special_tokens = True
+    docs = texts[:60] + ODD
+    expected = [len(e.ids) for e in reference.encode_batch(docs, add_special_tokens=False)]
+    monkeypatch.setattr(tokenize, "chunk_hashes", lambda words: np.full(len(words.first), 7, np.uint64))
+    counter = TokenCounter(spec).setup()
+    assert counter.count(docs).tolist() == expected
+    assert counter.count(docs[::-1]).tolist() == expected[::-1]
+    assert len(counter._index) == 1 and len(counter._cache) > 100
