@@ -164,6 +164,7 @@ def test_killed_sweep_restarts_where_it_stopped(score_dir: Path, tmp_path: Path,
     pd.testing.assert_frame_equal(table.iloc[: len(partial)].reset_index(drop=True), partial)
 
 
+@pytest.mark.slow  # ~10 s
 def test_one_pool_serves_sweeps_with_their_own_settings(data, tmp_path: Path) -> None:
     from pipeline.proxy.sweep import TrainingPool, plan_todo
 

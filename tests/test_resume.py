@@ -430,7 +430,8 @@ def test_a_file_read_block_by_block_gives_the_records_of_the_whole_file(tmp_path
     assert whole[1]  # the bad records are dead letters with their record numbers in the file
 
 
-@pytest.mark.parametrize("fmt", ["jsonl", pytest.param("parquet", marks=pytest.mark.slow)])
+@pytest.mark.slow  # ~8 s each; a file read by blocks is also checked in test_pipeline_job
+@pytest.mark.parametrize("fmt", ["jsonl", "parquet"])
 def test_one_large_file_killed_part_way_resumes_only_its_unfinished_blocks(
     tmp_path, model, files_read, monkeypatch, fmt
 ):
