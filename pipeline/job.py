@@ -58,6 +58,7 @@ from pipeline.read import (
 )
 from pipeline.registry import scoring_transform
 from pipeline.resume import (
+    Block,
     ResumeState,
     ShardCommits,
     StageUnits,
@@ -673,19 +674,19 @@ def prepare_tokenizer(
 def _run(
     config: ScoreJobConfig,
     files: list[tuple[str, str]],
+    blocks: dict[tuple[str, str], list[Block]],
     options: Any,
     out_dir: str,
     previous_output: str | None,
     target: Path | None = None,
 ) -> tuple[pa.Table, dict[str, int]]:
-    """Run the job into `out_dir`: (domain stats, `pipeline.resume.unit_counts` with --resume).
+    """Run the job into `out_dir`, reading `files` by `blocks` (`pipeline.resume.blocks_of`): (domain
+    stats, `pipeline.resume.unit_counts` with --resume).
 
     `target`, the local output, owns the resume state: kept and used with --resume, else cleared."""
-    from pipeline.direct_workers import direct_worker_count, direct_workers
+    from pipeline.direct_workers import direct_workers
 
     resume = None
-    input_bytes = sum(file_sizes([path for _, path in files]).values())
-    blocks = blocks_of(files, block_bytes(input_bytes, direct_worker_count(options)))
     units: list[tuple[Any, ...]] = units_of(files, blocks)
     with direct_workers(options, preload=[__name__]):  # workers import while the graph is built
         resume_target = target if config.resume else None
@@ -737,6 +738,7 @@ def run_score_job(
     when datamixer wrote it; never an input; one job at a time: see `mixer.files.atomic_path`); a
     remote one (gs://, s3://) is written in place, each file committed by Beam's sink."""
     from mixer.files import OutputLocked, atomic_path, output_lock
+    from pipeline.direct_workers import direct_worker_count
     from pipeline.options import pipeline_options
 
     remote = "://" in config.output
@@ -745,15 +747,16 @@ def run_score_job(
     files = expand_inputs(config.inputs, exclude=None if remote else config.output)
     input_bytes = sum(file_sizes([path for _, path in files]).values())
     options = pipeline_options(runner, beam_args, input_bytes=input_bytes)
+    blocks = blocks_of(files, block_bytes(input_bytes, direct_worker_count(options)))
     started = time.perf_counter()
     if remote:
-        table, units = _run(config, files, options, config.output, config.output)
+        table, units = _run(config, files, blocks, options, config.output, config.output)
     else:
         target = Path(config.output)
         with atomic_path(target, inputs=input_paths(config.inputs, files)) as tmp:
             tmp.mkdir(parents=True)
             previous = str(target) if target.is_dir() else None
-            table, units = _run(config, files, options, str(tmp), previous, target)
+            table, units = _run(config, files, blocks, options, str(tmp), previous, target)
         with contextlib.suppress(OutputLocked), output_lock(target):
             remove_state(target)  # committed: the staged units have served (unless a new job holds them)
     seconds = time.perf_counter() - started
