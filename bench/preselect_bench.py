@@ -23,7 +23,6 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from pipeline.corpus import CorpusOptions, build_corpus  # noqa: E402
-from pipeline.preselect import PreselectConfig, run_preselect_job  # noqa: E402
 from scorers import lm  # noqa: E402
 from scorers.preselect import ModelBits  # noqa: E402
 
@@ -106,6 +105,8 @@ def plain_loop(
 def job(
     models: list[str], pool: Path, out: Path, device: torch.device, threads: int | None, beam_args: list[str]
 ) -> float:
+    from pipeline.preselect import PreselectConfig, run_preselect_job  # Beam: not needed by --loop-only
+
     config = PreselectConfig(
         inputs=[str(pool)],
         models=models,
@@ -131,6 +132,7 @@ def main() -> None:
     parser.add_argument("--device", default=None)
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads per worker")
     parser.add_argument("--repeats", type=int, default=1)
+    parser.add_argument("--loop-only", action="store_true", help="the plain loop only (no apache-beam)")
     args = parser.parse_args()
 
     import logging
@@ -156,20 +158,11 @@ def main() -> None:
 
         loop_s, tokens = plain_loop(models, texts, device, threads, args.repeats)
         rows = [("plain loop, model after model", loop_s)]
-        rows.append(
-            (
-                "Beam job, DirectRunner in-process, 1 worker",
-                job(
-                    models,
-                    pool,
-                    root / "out1",
-                    device,
-                    threads,
-                    ["--direct_running_mode=in_memory", "--direct_num_workers=1"],
-                ),
-            )
-        )
-        if device.type == "cpu":
+        if not args.loop_only:
+            in_process = ["--direct_running_mode=in_memory", "--direct_num_workers=1"]
+            seconds = job(models, pool, root / "out1", device, threads, in_process)
+            rows.append(("Beam job, DirectRunner in-process, 1 worker", seconds))
+        if device.type == "cpu" and not args.loop_only:
             rows.append(
                 (
                     "Beam job, DirectRunner, one process per core",
