@@ -21,7 +21,7 @@ import threading
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import Any, TypeVar, overload
 
 import numpy as np
 from scipy.optimize import OptimizeResult, basinhopping, least_squares, minimize
@@ -860,6 +860,12 @@ def _in_threads(run: Callable[[np.ndarray], T], n_fits: int, n_jobs: int) -> lis
         return list(pool.map(run, parts))
 
 
+@overload
+def _of_fits(values: np.ndarray, a: np.ndarray) -> np.ndarray: ...
+@overload
+def _of_fits(values: None, a: np.ndarray) -> None: ...
+@overload
+def _of_fits(values: np.ndarray | None, a: np.ndarray) -> np.ndarray | None: ...
 def _of_fits(values: np.ndarray | None, a: np.ndarray) -> np.ndarray | None:
     """The rows of the fits `a` of a per-fit (B, n) array (itself when `a` is every fit); None and
     row weights shared by every fit ((n,)) as they are."""
