@@ -17,7 +17,6 @@ from __future__ import annotations
 import contextlib
 import functools
 import itertools
-import threading
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -501,7 +500,6 @@ class _Cells:
         self.mixture_order, self.mixture_starts = self._sorted(self.mixture)
         self.grid = self.cell * self.n_mixtures + self.mixture
         self.unique = np.unique(self.grid).size == n_rows
-        self._grids = threading.local()  # `on_grid`'s buffer, one per thread
 
     @staticmethod
     def _sorted(index: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -517,18 +515,12 @@ class _Cells:
         return np.add.reduceat(values[:, self.mixture_order], self.mixture_starts, axis=1)
 
     def on_grid(self, values: np.ndarray) -> np.ndarray:
-        """(B, cells, mixtures): each row's value in its (cell, mixture) entry (summed if repeated).
-        Where each row has its own entry, the grid is a buffer of this thread's, valid until the next
-        call: every call writes the same entries, so the others stay zero (no fresh zeroed pages)."""
+        """(B, cells, mixtures): each row's value in its (cell, mixture) entry (summed if repeated)."""
         n_fits = values.shape[0]
+        grid = np.zeros((n_fits, self.n_cells * self.n_mixtures))
         if self.unique:
-            buffer = getattr(self._grids, "grid", None)
-            if buffer is None or buffer.shape[0] < n_fits:
-                buffer = self._grids.grid = np.zeros((n_fits, self.n_cells * self.n_mixtures))
-            grid = buffer[:n_fits]
             grid[:, self.grid] = values
         else:
-            grid = np.zeros((n_fits, self.n_cells * self.n_mixtures))
             for i in range(n_fits):
                 grid[i] = np.bincount(self.grid, values[i], minlength=grid.shape[1])
         return grid.reshape(n_fits, self.n_cells, self.n_mixtures)
