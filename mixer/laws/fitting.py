@@ -811,11 +811,10 @@ def batch_least_squares(
 
     Fit b starts at `thetas[b]` and fits `targets[b]` with row weights `weights[b]` (or `weights`
     (n,) for every fit); `options` are least_squares' ftol, xtol, gtol and max_nfev (default
-    `LEAST_SQUARES_OPTIONS`). A fit whose start
-    is not finite stays there (value +inf); a step onto a point where the prediction or Jacobian is
-    not finite is refused (a smaller trust region, or more damping). `n_jobs` > 1 splits the fits
-    into that many parts run in threads (numpy releases the GIL in its array loops; every fit is
-    independent, so the results are the same)."""
+    `LEAST_SQUARES_OPTIONS`). A fit whose start is not finite stays there (value +inf); a step onto
+    a point where the prediction or Jacobian is not finite is refused (a smaller trust region, or
+    more damping). `n_jobs` > 1 splits the fits into that many parts run in threads (`_in_threads`:
+    the same results)."""
     if n_jobs > 1 and thetas.shape[0] >= 32:
         fits = _in_threads(
             lambda rows: batch_least_squares(
