@@ -20,16 +20,25 @@ shared machine CPU time is what compares between runs):
    combinations of the two settings are printed for the chinchilla and additive laws.
 The last line is JSON with the headline figures.
 
+With --against COMMIT the per-domain default is also fitted with that commit's code (mixer/ from
+`git archive`, in a subprocess that times its own fit) in the same run: old / new wall and CPU, and
+each of the 22 laws' objective beside the default's.
+
 Usage: python bench/law_bench.py [--skip-grid] [--skip-joint] [--joint-old] [--joint-per-domain]
-       [--only-speed] [--skip-per-domain-old] [--only-joint]
+       [--only-speed] [--skip-per-domain-old] [--only-joint] [--only-per-domain] [--against COMMIT]
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import io
 import json
 import os
+import subprocess
+import sys
+import tarfile
+import tempfile
 import time
 from pathlib import Path
 
@@ -38,7 +47,8 @@ import numpy as np
 from mixer.laws import AdditiveLaw, ChinchillaLaw, JointLaw, MixingLaw, evaluate, fitting
 from mixer.reference_data import chinchilla_runs, mixinglaws_runs
 
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+REPO = Path(__file__).resolve().parents[1]
+DATA = REPO.parent / "shared" / "data"
 OLD = {"per_domain": False, "size_weight": 0.0}  # the settings before the per-form defaults
 LAWS = {"chinchilla": ChinchillaLaw, "additive": AdditiveLaw, "joint": JointLaw, "mixing": MixingLaw}
 
@@ -119,6 +129,8 @@ def _compare(label: str, old: tuple, new: tuple) -> dict:
 # the default in the same run: the issue asks for the same optimum, every objective equal or lower).
 BEFORE = "least_squares (before: trf refine, 300 evaluations, 1 thread)"
 ONE_THREAD = "least_squares (1 thread)"
+COMMIT = "least_squares at commit "  # + a commit: that commit's code (--against)
+PER_DOMAIN = "22 per-domain laws (default)"
 
 
 @contextlib.contextmanager
@@ -140,8 +152,48 @@ def _fit(kind: str, label: str, settings: dict, runs):
         return timed(lambda: law.fit(runs))
 
 
+# The per-domain default fit with another commit's code, in a subprocess (its own wall and CPU
+# seconds, imports left out): the code before a change, timed in the same run as the code after it.
+_AT_COMMIT = """
+import json, sys, time
+from pathlib import Path
+import numpy as np
+from mixer.laws import AdditiveLaw
+from mixer.reference_data import mixinglaws_runs
+runs = mixinglaws_runs(Path(sys.argv[1]))
+wall, cpu = time.perf_counter(), time.process_time()
+law = AdditiveLaw(n_bootstrap=0).fit(runs)
+wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
+print(json.dumps({"objectives": [f.diagnostics["objective"] for f in law.fits_], "wall": wall, "cpu": cpu}))
+"""
+
+
+def _fit_at_commit(commit: str) -> tuple[np.ndarray, float, float]:
+    """(objectives, wall s, CPU s) of the default per-domain additive fit with `commit`'s mixer/."""
+    archive = subprocess.run(
+        ["git", "-C", str(REPO), "archive", commit, "mixer"], capture_output=True, check=True
+    ).stdout
+    with tempfile.TemporaryDirectory() as tmp:
+        with tarfile.open(fileobj=io.BytesIO(archive)) as tar:
+            tar.extractall(tmp, filter="data")
+        done = subprocess.run(
+            [sys.executable, "-c", _AT_COMMIT, str(DATA)],
+            capture_output=True,
+            text=True,
+            check=True,
+            env={**os.environ, "PYTHONPATH": tmp},
+        )
+    out = json.loads(done.stdout.splitlines()[-1])
+    return np.array(out["objectives"]), out["wall"], out["cpu"]
+
+
 def bench_fit_speed(
-    skip_joint: bool, joint_old: bool, skip_per_domain_old: bool, only_joint: bool = False
+    skip_joint: bool,
+    joint_old: bool,
+    skip_per_domain_old: bool,
+    only_joint: bool = False,
+    against: str | None = None,
+    only_per_domain: bool = False,
 ) -> dict:
     """Time and objective of each search on all RedPajama rows: the vectorised least squares
     (search="least_squares", the default above 512 rows; threads on every core) against itself on one
@@ -156,38 +208,51 @@ def bench_fit_speed(
     cases: list[tuple[str, str, dict, tuple[str, ...]]] = []
     if not only_joint:
         one = ("basinhopping", "scipy_least_squares", BEFORE, ONE_THREAD, "least_squares")
-        cases.append(("additive", "one law", OLD, one))
+        if not only_per_domain:
+            cases.append(("additive", "one law", OLD, one))
         old_per_domain = () if skip_per_domain_old else ("scipy_least_squares",)
+        at_commit = (f"{COMMIT}{against}",) if against else ()
         cases.append(
             (
                 "additive",
-                "22 per-domain laws (default)",
+                PER_DOMAIN,
                 {},
-                (*old_per_domain, BEFORE, ONE_THREAD, "least_squares"),
+                (*old_per_domain, BEFORE, ONE_THREAD, *at_commit, "least_squares"),
             )
         )
-    if not skip_joint:
+    if not skip_joint and not only_per_domain:
         joint = (("basinhopping",) if joint_old else ()) + ("scipy_least_squares", BEFORE, "least_squares")
         cases.append(("joint", "one law", OLD, joint))
     results, summary = {}, {}
+    targets: list[str] = []
     for kind, what, settings, searches in cases:
         for search in searches:
+            if search.startswith(COMMIT):
+                objectives, wall, cpu = _fit_at_commit(search.removeprefix(COMMIT))
+                print(f"  {kind}, {what}, {search}: {wall:.1f} s ({cpu:.1f} s CPU)", flush=True)
+                results[(kind, what, search)] = (objectives, wall, cpu)
+                continue
             law, wall, cpu = _fit(kind, search, settings, runs)
             print("  " + _fit_line(f"{kind}, {what}, {search}", law, wall, cpu), flush=True)
             results[(kind, what, search)] = (_objectives(law), wall, cpu)
+            if what == PER_DOMAIN:
+                targets = [f.target for f in law.fits_]
         new = results[(kind, what, "least_squares")]
         for old_search in searches[:-1]:
             key = f"{kind} {what}: {old_search} / least_squares"
             summary[key] = _compare(key, results[(kind, what, old_search)], new)
-    default = results.get(("additive", "22 per-domain laws (default)", "least_squares"))
+    default = results.get(("additive", PER_DOMAIN, "least_squares"))
     if default is not None:
-        met = (
-            default[1] < 5.0
-            and summary[f"additive 22 per-domain laws (default): {BEFORE} / least_squares"]["n_higher"] == 0
+        earlier = [s for s in (BEFORE, f"{COMMIT}{against}") if ("additive", PER_DOMAIN, s) in results]
+        _per_law_table(
+            targets, {s: results[("additive", PER_DOMAIN, s)][0] for s in [*earlier, ONE_THREAD]}, default[0]
         )
+        higher = sum(summary[f"additive {PER_DOMAIN}: {s} / least_squares"]["n_higher"] for s in earlier)
+        met = default[1] < 5.0 and higher == 0
         print(
-            f"  goal (per-domain default under 5 s wall, every objective equal or lower than before): "
-            f"{default[1]:.1f} s wall, {default[2]:.1f} s CPU: {'met' if met else 'NOT met'} ({load()})"
+            f"  goal (per-domain default under 5 s wall, every objective equal or lower than "
+            f"{' and '.join(earlier)}): {default[1]:.1f} s wall, {default[2]:.1f} s CPU: "
+            f"{'met' if met else 'NOT met'} ({load()})"
         )
         summary["per_domain_default_goal_met"] = met
     _side_by_side(
@@ -198,6 +263,19 @@ def bench_fit_speed(
         for (k, w, s), (o, wl, c) in results.items()
     }
     return summary
+
+
+def _per_law_table(targets: list[str], earlier: dict[str, np.ndarray], default: np.ndarray) -> None:
+    """Each per-domain law's objective with the default search, and its relative change from each
+    earlier search (negative: the default ends lower)."""
+    names = list(earlier)
+    print("  per-domain objectives, the default and its relative change from: " + "; ".join(
+        f"({i + 1}) {name}" for i, name in enumerate(names)
+    ))  # fmt: skip
+    print(f"  {'law':24s} {'default':>14s} " + " ".join(f"{f'({i + 1})':>10s}" for i in range(len(names))))
+    for t, target in enumerate(targets):
+        changes = " ".join(f"{(default[t] - earlier[n][t]) / earlier[n][t]:+10.1e}" for n in names)
+        print(f"  {target:24s} {default[t]:14.10f} {changes}")
 
 
 def _side_by_side(results: dict, defaults: dict[str, str]) -> None:
@@ -305,6 +383,14 @@ def main() -> None:
         "--only-joint", action="store_true", help="with --only-speed: the joint law's fits alone"
     )
     parser.add_argument(
+        "--against",
+        metavar="COMMIT",
+        help="also time the per-domain default fit with this commit's code (git archive, a subprocess)",
+    )
+    parser.add_argument(
+        "--only-per-domain", action="store_true", help="with --only-speed: the per-domain additive fits alone"
+    )
+    parser.add_argument(
         "--skip-per-domain-old",
         action="store_true",
         help="skip the per-domain additive fit with one scipy call per start (~70 s CPU)",
@@ -315,7 +401,12 @@ def main() -> None:
     if not args.only_speed:
         summary.update(bench_chinchilla(args.skip_grid))
     summary["fit_speed"] = bench_fit_speed(
-        args.skip_joint, args.joint_old, args.skip_per_domain_old, args.only_joint
+        args.skip_joint,
+        args.joint_old,
+        args.skip_per_domain_old,
+        args.only_joint,
+        args.against,
+        args.only_per_domain,
     )
     if not args.only_speed:
         summary["extrapolation"] = bench_extrapolation(args.skip_joint, args.joint_per_domain)

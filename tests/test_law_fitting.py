@@ -274,6 +274,16 @@ def test_vectorised_least_squares_follows_scipy_step_for_step() -> None:
         options,
     )
     np.testing.assert_array_equal(again.thetas[::-1], batch.thetas)  # deterministic, whatever the batch order
+    for method in ("trf", "lm"):  # row weights shared by every fit as one (n,) vector: the same fits
+        tiled = batch_least_squares(
+            huber_normal_equations(additive_blocks, x), starts, np.tile(y, (8, 1)), np.tile(weights, (8, 1)),
+            options, method,
+        )  # fmt: skip
+        shared = batch_least_squares(
+            huber_normal_equations(additive_blocks, x), starts, np.tile(y, (8, 1)), weights, options, method
+        )
+        np.testing.assert_array_equal(shared.thetas, tiled.thetas)
+        np.testing.assert_array_equal(shared.values, tiled.values)
     for i, start in enumerate(starts):
         single = least_squares_fit(objective, start, options, polish=False)
         assert batch.n_evaluations[i] == single.nfev

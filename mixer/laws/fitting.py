@@ -20,7 +20,7 @@ import itertools
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import Any, TypeVar, overload
 
 import numpy as np
 from scipy.optimize import OptimizeResult, basinhopping, least_squares, minimize
@@ -30,6 +30,7 @@ from mixer.laws.forms import Blocks, Features
 
 Model = Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]]
 F = TypeVar("F", bound=Callable[..., Any])
+T = TypeVar("T")
 
 HUBER_DELTA = 1e-3
 EPS = float(np.finfo(float).eps)
@@ -424,7 +425,7 @@ def bootstrap_least_squares(
 
 # --- Mixture laws, vectorised: many fits in one Levenberg-Marquardt loop ----------------------
 
-# (thetas (B, p), targets (B, n), row weights (B, n) or None) -> summed Huber loss (B,), gradient
+# (thetas (B, p), targets (B, n), row weights (B, n), (n,) or None) -> summed Huber loss (B,), gradient
 # (B, p), Gauss-Newton curvature (B, p, p)
 NormalEquations = Callable[
     [np.ndarray, np.ndarray, np.ndarray | None], tuple[np.ndarray, np.ndarray, np.ndarray]
@@ -480,7 +481,8 @@ def _huber_weights(
         return terms.sum(axis=-1), np.where(inside, 1.0, EPS), psi
     psi *= weights
     curvature = np.where(inside, np.maximum(weights, EPS), EPS)
-    return np.einsum("bn,bn->b", terms, weights), curvature, psi
+    value = np.einsum("bn,n->b" if weights.ndim == 1 else "bn,bn->b", terms, weights)
+    return value, curvature, psi
 
 
 class _Cells:
@@ -662,10 +664,11 @@ class _TrustRegions:
             scaled = self.hessian[redo] * scale[:, :, None] * scale[:, None, :]
             self.s2[redo], self.vectors[redo], self.suf[redo] = _eigen(scaled, self.gradient[redo] * scale)
             self.stale[redo] = False
+        vectors = self.vectors[a]
         step_h, self.alpha[a] = _trust_region_steps(
-            self.s2[a], self.vectors[a], self.suf[a], self.radius[a], self.alpha[a], n_rows
+            self.s2[a], vectors, self.suf[a], self.radius[a], self.alpha[a], n_rows
         )
-        rotated = np.einsum("bpq,bp->bq", self.vectors[a], step_h)
+        rotated = np.einsum("bpq,bp->bq", vectors, step_h)
         predicted = -0.5 * np.einsum("bq,bq->b", self.s2[a], rotated**2)
         predicted -= np.einsum("bp,bp->b", self.gradient[a] * d, step_h)
         return step_h, predicted, d
@@ -806,25 +809,20 @@ def batch_least_squares(
     eigen-decomposition, so each step costs a fraction of trf's, and it converges further in the
     flat valleys where trf's trust region crawls.
 
-    Fit b starts at `thetas[b]` and fits `targets[b]` with row weights `weights[b]`; `options` are
-    least_squares' ftol, xtol, gtol and max_nfev (default `LEAST_SQUARES_OPTIONS`). A fit whose start
-    is not finite stays there (value +inf); a step onto a point where the prediction or Jacobian is
-    not finite is refused (a smaller trust region, or more damping). `n_jobs` > 1 splits the fits
-    into that many parts run in threads (numpy releases the GIL in its array loops; every fit is
-    independent, so the results are the same)."""
-    n_parts = min(n_jobs, thetas.shape[0] // 16)  # a few fits per thread at least
-    if n_parts > 1:
-        parts = np.array_split(np.arange(thetas.shape[0]), n_parts)
-        with ThreadPoolExecutor(n_parts) as pool:
-            fits = list(
-                pool.map(
-                    lambda rows: batch_least_squares(
-                        equations, thetas[rows], targets[rows], None if weights is None else weights[rows],
-                        options, method,
-                    ),
-                    parts,
-                )
-            )  # fmt: skip
+    Fit b starts at `thetas[b]` and fits `targets[b]` with row weights `weights[b]` (or `weights`
+    (n,) for every fit); `options` are least_squares' ftol, xtol, gtol and max_nfev (default
+    `LEAST_SQUARES_OPTIONS`). A fit whose start is not finite stays there (value +inf); a step onto
+    a point where the prediction or Jacobian is not finite is refused (a smaller trust region, or
+    more damping). `n_jobs` > 1 splits the fits into that many parts run in threads (`_in_threads`:
+    the same results)."""
+    if n_jobs > 1 and thetas.shape[0] >= 32:
+        fits = _in_threads(
+            lambda rows: batch_least_squares(
+                equations, thetas[rows], targets[rows], _of_fits(weights, rows), options, method
+            ),
+            thetas.shape[0],
+            n_jobs,
+        )
         return BatchFit(
             *(np.concatenate([getattr(f, k) for f in fits]) for k in ("thetas", "values", "n_evaluations"))
         )
@@ -837,9 +835,34 @@ def batch_least_squares(
             a = np.flatnonzero(state.active)
             step_h, predicted, d = state.steps(a, targets.shape[1])
             step = d * step_h
-            new = equations(state.x[a] + step, targets[a], None if weights is None else weights[a])
+            new = equations(state.x[a] + step, _of_fits(targets, a), _of_fits(weights, a))
             state.update(a, step_h, step, predicted, new, ftol, xtol, gtol, max_nfev)
     return BatchFit(state.x, state.cost, state.nfev)
+
+
+def _in_threads(run: Callable[[np.ndarray], T], n_fits: int, n_jobs: int) -> list[T]:
+    """`run` on `n_jobs` consecutive parts of the fits (index arrays; 16 fits a part at least), in
+    threads: numpy releases the GIL in its array loops, and every fit is independent of the others,
+    so the results, in the parts' order, are the same as one call's."""
+    parts = np.array_split(np.arange(n_fits), max(1, min(n_jobs, n_fits // 16)))
+    if len(parts) == 1:
+        return [run(parts[0])]
+    with ThreadPoolExecutor(len(parts)) as pool:
+        return list(pool.map(run, parts))
+
+
+@overload
+def _of_fits(values: np.ndarray, a: np.ndarray) -> np.ndarray: ...
+@overload
+def _of_fits(values: None, a: np.ndarray) -> None: ...
+@overload
+def _of_fits(values: np.ndarray | None, a: np.ndarray) -> np.ndarray | None: ...
+def _of_fits(values: np.ndarray | None, a: np.ndarray) -> np.ndarray | None:
+    """The rows of the fits `a` of a per-fit (B, n) array (itself when `a` is every fit); None and
+    row weights shared by every fit ((n,)) as they are."""
+    if values is None or values.ndim == 1 or a.size == values.shape[0]:
+        return values
+    return values[a]
 
 
 def batch_values(
@@ -849,12 +872,18 @@ def batch_values(
     targets: np.ndarray,
     weights: np.ndarray | None,
     delta: float = HUBER_DELTA,
+    n_jobs: int = 1,
 ) -> np.ndarray:
     """The summed Huber loss of each row of `thetas` (B, p) against its row of `targets` (B, n); +inf
-    where the prediction is not finite."""
-    with np.errstate(all="ignore"):
-        terms = huber_terms(blocks(thetas, x).prediction - targets, delta)
-        values = (terms if weights is None else terms * weights).sum(axis=-1)
+    where the prediction is not finite. `weights` (B, n), (n,) or None; `n_jobs` threads."""
+
+    def values_of(rows: np.ndarray) -> np.ndarray:
+        w = _of_fits(weights, rows)
+        with np.errstate(all="ignore"):
+            terms = huber_terms(blocks(thetas[rows], x).prediction - targets[rows], delta)
+            return (terms if w is None else terms * w).sum(axis=-1)
+
+    values = np.concatenate(_in_threads(values_of, thetas.shape[0], n_jobs))
     return np.where(np.isfinite(values), values, np.inf)
 
 
@@ -897,7 +926,7 @@ def fit_least_squares_batch(
     w_explore = None if weights is None else weights[rows]
     flat = starts.reshape(-1, p)
     owner = np.repeat(np.arange(n_targets), starts.shape[1])
-    values = batch_values(blocks, x_explore, flat, y_explore[owner], w_explore, delta)
+    values = batch_values(blocks, x_explore, flat, y_explore[owner], w_explore, delta, n_jobs)
     chosen = np.concatenate(_best_per_group(values, owner, n_targets, n_searches))
     chosen = chosen[np.isfinite(values[chosen])]
     missing = sorted(set(range(n_targets)) - set(owner[chosen].tolist()))
@@ -908,8 +937,7 @@ def fit_least_squares_batch(
         x_rows: Features, y: np.ndarray, w: np.ndarray | None, thetas, who, options, method
     ) -> BatchFit:
         equations = huber_normal_equations(blocks, x_rows, delta)
-        w_rows = None if w is None else np.broadcast_to(w, (who.size, w.size))
-        return batch_least_squares(equations, thetas, y[who], w_rows, options, method, n_jobs)
+        return batch_least_squares(equations, thetas, y[who], w, options, method, n_jobs)
 
     explore_nfev = {"max_nfev": EXPLORE_NFEV_PER_PARAM * p}
     explore = search(x_explore, y_explore, w_explore, flat[chosen], owner[chosen], explore_nfev, "trf")

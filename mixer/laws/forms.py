@@ -155,7 +155,7 @@ def additive_blocks(theta: np.ndarray, x: Features) -> Blocks:
     t_d = np.exp(b - beta * x.cell_log_d)
     inv, d_mixture = mixture_term(theta[..., 5 : 5 + k], theta[..., 5 + k : 5 + 2 * k], x)
     cell = x.size_index
-    loss = big_e + inv[..., x.mixture_index] + t_n[..., cell] + t_d[..., cell]
+    loss = (big_e + inv)[..., x.mixture_index] + t_n[..., cell] + t_d[..., cell]  # E + 1/S per mixture
     rows = _stack([big_e, t_n, -t_n * x.cell_log_n * alpha, t_d, -t_d * x.cell_log_d * beta])
     return Blocks(loss, rows, d_mixture, np.arange(5), np.arange(5, 5 + 2 * k), cell)
 
