@@ -540,7 +540,7 @@ def test_a_recursive_glob_never_reads_the_resume_state(tmp_path, model):
 
 def test_block_size_gives_each_direct_worker_several_blocks_between_the_bounds():
     mib = 1 << 20
-    assert resume_module.block_bytes(200 * mib, 2) == 200 * mib // (2 * resume_module.BLOCKS_PER_WORKER)
+    assert resume_module.block_bytes(1024 * mib, 2) == 1024 * mib // (2 * resume_module.BLOCKS_PER_WORKER)
     assert resume_module.block_bytes(4096 * mib, 2) == resume_module.BLOCK_BYTES  # large input: the cap
     assert resume_module.block_bytes(8 * mib, 2) == resume_module.MIN_BLOCK_BYTES  # small: no tiny blocks
     for workers in (0, 1):  # one worker, or a runner that splits work itself: the largest blocks
