@@ -238,6 +238,16 @@ def units_of(files: Sequence[tuple[str, str]], blocks: dict[tuple[str, str], lis
     return [(domain, path, block) for domain, path in files for block in blocks.get((domain, path), [None])]
 
 
+def dealing_order(units: Sequence[tuple[Any, ...]], sizes: dict[str, int]) -> list[tuple[Any, ...]]:
+    """`units` in the order a job hands them to the runner: the largest files first (`sizes`: bytes by
+    path), a file's blocks in a row. A multi-processing DirectRunner deals them round its workers in
+    this order, once, so each worker gets every other block of a file, file after file: the shares
+    differ by about a block (each domain's too), and a worker's part files hold the rows of few files,
+    which the shard merge is done with early. (Ordered by unit size alone, the equal blocks of all
+    files came in turn, and at 1 GB the peak disk went from 1.00 to 1.04x the output.)"""
+    return sorted(units, key=lambda unit: (-sizes.get(unit[1], 0), unit))
+
+
 # --- the state on disk -------------------------------------------------------------------------
 
 
