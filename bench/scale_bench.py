@@ -17,7 +17,9 @@ same bench, the mean of the two), and documents per CPU-second of the job's proc
 start-up's (what the job costs, whatever share of the cores the machine's other load leaves it).
 Per size also: the job's phases (seconds until the first part file, until the parts peak, i.e. all
 staged, and the shard writing after it), when the largest process peaked, and the CPU seconds of
-each worker (their spread: how evenly the input files were dealt).
+each worker (their spread: how evenly the input files were dealt), the share of the run's time in
+which some process waited for a core (Linux's CPU pressure: the job's own processes, and any other
+load), and each size's three docs/s figures against the largest size's (the goal: within 10%).
 """
 
 from __future__ import annotations
@@ -132,11 +134,16 @@ def _tree_size(root: Path) -> tuple[int, int]:
 
 
 def _role(p: psutil.Process, root: psutil.Process) -> str:
-    """ "job" (the datamixer process, which runs Beam's runner), "worker" (an SDK worker) or its name."""
+    """ "job" (the datamixer process, which runs Beam's runner), "zygote" (the process the workers are
+    forked from, `pipeline.direct_workers`; they keep its command line), "worker" (an SDK worker) or its
+    name."""
     if p.pid == root.pid:
         return "job"
     try:
-        return "worker" if "sdk_worker" in " ".join(p.cmdline()) else p.name()
+        command = " ".join(p.cmdline())
+        if "sdk_worker" not in command:
+            return p.name()
+        return "zygote" if "zygote" in command and p.ppid() == root.pid else "worker"
     except psutil.Error:
         return "?"
 
@@ -178,6 +185,15 @@ def sample(proc: subprocess.Popen, out_parent: Path, peaks: Peaks, stop: threadi
         stop.wait(0.2)
 
 
+def cpu_wait_us() -> int | None:
+    """Microseconds in which some runnable process waited for a core (Linux PSI), None elsewhere."""
+    try:
+        line = Path("/proc/pressure/cpu").read_text().splitlines()[0]
+    except OSError:
+        return None
+    return int(line.rsplit("total=", 1)[1])
+
+
 def run_job(
     globs: dict[str, str], model: Path, tokenizer: Path, out_parent: Path, args: argparse.Namespace
 ) -> dict:
@@ -194,6 +210,7 @@ def run_job(
     cmd += ["--", "--direct_running_mode=multi_processing", f"--direct_num_workers={args.workers}"]
     peaks, stop = Peaks(), threading.Event()
     load_before = os.getloadavg()[0]
+    wait_before = cpu_wait_us()
     started = time.perf_counter()
     children = resource.getrusage(resource.RUSAGE_CHILDREN)
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True)
@@ -206,6 +223,7 @@ def run_job(
         raise SystemExit(f"score job failed ({proc.returncode}): {' '.join(cmd)}")
     result = json.loads(stdout.strip().splitlines()[-1])
     seconds = time.perf_counter() - started
+    wait_after = cpu_wait_us()
     after = resource.getrusage(resource.RUSAGE_CHILDREN)  # the job and every process it waited for
     cpu = after.ru_utime + after.ru_stime - children.ru_utime - children.ru_stime
     workers = [pid for pid, role in peaks.role.items() if role == "worker"]
@@ -239,6 +257,9 @@ def run_job(
         "disk_peak_mb": round(peaks.disk / 1e6),
         "output_mb": round(_tree_size(output)[0] / 1e6),
         "load": [round(load_before, 1), round(os.getloadavg()[0], 1)],
+        "cpu_wait_share": None
+        if wait_before is None or wait_after is None
+        else round((wait_after - wait_before) / 1e6 / seconds, 2),
     }
 
 
@@ -295,19 +316,31 @@ def main() -> None:
     for r in rows:
         r["docs_per_s_without_startup"] = round(r["docs"] / (r["job_seconds"] - wall), 1)
         r["docs_per_cpu_s_without_startup"] = round(r["docs"] / (r["cpu_s"] - cpu), 1)
+    largest = rows[-1]
+    for r in rows:  # each size against the largest: the goal is within 10%
+        r["vs_largest"] = {
+            key: round(r[key] / largest[key], 2)
+            for key in ("docs_per_s", "docs_per_s_without_startup", "docs_per_cpu_s_without_startup")
+        }
     print(
-        "| input | docs | docs/s | without start-up | docs per CPU-s | RSS sum | RSS max (process) "
-        "| peak `_parts` | peak disk | output | disk / output | load |",
+        "| input | docs | docs/s | without start-up | docs per CPU-s | vs largest (docs/s, without start-up, "
+        "per CPU-s) | worker CPU-s | RSS sum | RSS max (process) "
+        "| peak `_parts` | peak disk | output | disk / output | load | CPU wait |",
         file=sys.stderr,
     )
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|", file=sys.stderr)
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|", file=sys.stderr)
     for r in rows:
+        vs = r["vs_largest"]
         print(
             f"| {r['input_mb'] / 1e3:.2f} GB | {r['docs']:,} | {r['docs_per_s']:,.0f} "
             f"| {r['docs_per_s_without_startup']:,.0f} | {r['docs_per_cpu_s_without_startup']:,.0f} "
+            f"| {vs['docs_per_s']:.2f} / {vs['docs_per_s_without_startup']:.2f} "
+            f"/ {vs['docs_per_cpu_s_without_startup']:.2f} "
+            f"| {' / '.join(f'{c:.1f}' for c in r['worker_cpu_s'])} "
             f"| {r['rss_sum_mb']:,} MB | {r['rss_max_mb']:,} MB | {r['parts_mb']:,} MB "
             f"| {r['disk_peak_mb']:,} MB "
-            f"| {r['output_mb']:,} MB | {r['disk_over_output']:.2f} | {r['load'][0]}-{r['load'][1]} |",
+            f"| {r['output_mb']:,} MB | {r['disk_over_output']:.2f} | {r['load'][0]}-{r['load'][1]} "
+            f"| {r['cpu_wait_share']} |",
             file=sys.stderr,
         )
     first, last = rows[-2] if len(rows) > 1 else rows[0], rows[-1]  # the two largest sizes
@@ -319,6 +352,9 @@ def main() -> None:
         "docs_per_s_ratio": round(last["docs_per_s"] / first["docs_per_s"], 2),
         "docs_per_s_without_startup_min_over_max": round(min(steady) / max(steady), 2),
         "docs_per_cpu_s_without_startup_min_over_max": round(min(per_cpu) / max(per_cpu), 2),
+        "without_startup_vs_largest": {
+            f"{r['size_gb']:g}": r["vs_largest"]["docs_per_s_without_startup"] for r in rows
+        },
         "max_disk_over_output": max(r["disk_over_output"] for r in rows),
         "startup_s": startups,
     }

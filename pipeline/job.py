@@ -65,6 +65,7 @@ from pipeline.resume import (
     block_bytes,
     blocks_of,
     check_resumable,
+    dealing_order,
     forget_run,
     remove_state,
     resume_units,
@@ -548,11 +549,7 @@ def build_pipeline(
     sizes = file_sizes([f[1] for f in files])
     num_shards = job_num_shards(config, [f[:2] for f in files])
 
-    def size(unit: tuple[Any, ...]) -> int:
-        block = unit[2] if len(unit) > 2 else None
-        return sizes.get(unit[1], 0) if block is None else block[2] - block[1]
-
-    ordered = sorted(files, key=lambda f: (-size(f), f))  # largest first: even split
+    ordered = dealing_order(files, sizes)  # dealt round the workers in this order
     read = (
         pipeline
         | "Files" >> beam.Create(ordered, reshuffle=False)

@@ -63,7 +63,11 @@ BPE_DIR = "bpe"
 DEAD_LETTERS = "dead_letter.arrow"
 BLOCK_BYTES = 64 << 20  # the largest block a local plain-JSONL or Parquet file is read by
 MIN_BLOCK_BYTES = 4 << 20  # the smallest block cut to even out the workers' work
-BLOCKS_PER_WORKER = 8  # dealt largest first, the workers' shares then differ by at most one block
+# The DirectRunner deals the units round its workers once, before any runs (largest first, in turn),
+# so a worker's share is fixed: it differs from the others' by up to a block, and by what its blocks'
+# documents cost (a domain's text can cost 20% more per byte than another's). 32 blocks each keep that
+# to a few percent; with 8, a 0.2 or 1 GB input's 15 units left one worker 7-13% more work.
+BLOCKS_PER_WORKER = 32
 _SCAN = 8 << 20
 
 # A file's block: (index, start, end, number of its first record), start and end being bytes of a
@@ -170,7 +174,7 @@ def line_blocks(path: str, block_bytes: int) -> list[Block]:
             left = end - start
             while left:
                 chunk = fh.read(min(_SCAN, left))
-                first += chunk.count(b"\n")
+                first += int(np.count_nonzero(np.frombuffer(chunk, np.uint8) == 10))  # 2x bytes.count
                 left -= len(chunk)
             start = end
     return blocks
@@ -232,6 +236,16 @@ def blocks_of(files: Sequence[tuple[str, str]], size: int) -> dict[tuple[str, st
 def units_of(files: Sequence[tuple[str, str]], blocks: dict[tuple[str, str], list[Block]]) -> list[Unit]:
     """(domain, file, block or None) for every block of every file (None: the whole file)."""
     return [(domain, path, block) for domain, path in files for block in blocks.get((domain, path), [None])]
+
+
+def dealing_order(units: Sequence[tuple[Any, ...]], sizes: dict[str, int]) -> list[tuple[Any, ...]]:
+    """`units` in the order a job hands them to the runner: the largest files first (`sizes`: bytes by
+    path), a file's blocks in a row. A multi-processing DirectRunner deals them round its workers in
+    this order, once, so each worker gets every other block of a file, file after file: the shares
+    differ by about a block (each domain's too), and a worker's part files hold the rows of few files,
+    which the shard merge is done with early. (Ordered by unit size alone, the equal blocks of all
+    files came in turn, and at 1 GB the peak disk went from 1.00 to 1.04x the output.)"""
+    return sorted(units, key=lambda unit: (-sizes.get(unit[1], 0), unit))
 
 
 # --- the state on disk -------------------------------------------------------------------------

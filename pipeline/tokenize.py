@@ -349,17 +349,22 @@ class TokenCounter:
         return self._count_array(texts)
 
     def _other_counts(self, chunks: pa.Array, hashes: np.ndarray) -> np.ndarray:
-        """Counts of distinct chunks not in the index: those whose hash another chunk took (in a dict),
-        and new ones, counted (`_chunk_counts`) and stored."""
-        cache = self._cache
-        keys = chunks.to_pylist()
-        counts = np.fromiter((cache.get(k, -1) for k in keys), np.int64, len(keys))
+        """Counts of distinct chunks not in the index: those whose hash another chunk took (in a dict,
+        looked at only when it holds any), and new ones, counted (`_chunk_counts`) and stored. New
+        chunks reach Python once, as str (Arrow's cast: cut at ASCII whitespace, each is valid UTF-8)."""
+        counts = np.full(len(chunks), -1, np.int64)
+        if self._cache:
+            get = self._cache.get
+            counts = np.fromiter((get(k, -1) for k in chunks.to_pylist()), np.int64, len(chunks))
         missing = np.flatnonzero(counts < 0)
         if len(missing):
-            counts[missing] = self._chunk_counts([keys[i].decode("utf-8") for i in missing.tolist()])
-            new = chunk_words(chunks.take(pa.array(missing)))
-            stored = self._index.add(new, hashes[missing], counts[missing])
-            cache.update((keys[i], int(counts[i])) for i in missing[~stored].tolist())
+            new = chunks if len(missing) == len(chunks) else chunks.take(pa.array(missing))
+            text = pa.large_string() if pa.types.is_large_binary(new.type) else pa.string()
+            counts[missing] = self._chunk_counts(new.cast(text).to_pylist())
+            stored = self._index.add(chunk_words(new), hashes[missing], counts[missing])
+            if not stored.all():
+                unstored = new.filter(pa.array(~stored)).to_pylist()
+                self._cache.update(zip(unstored, counts[missing[~stored]].tolist(), strict=True))
         return counts
 
     def _count_array(self, texts: pa.Array) -> np.ndarray:

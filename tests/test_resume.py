@@ -540,8 +540,42 @@ def test_a_recursive_glob_never_reads_the_resume_state(tmp_path, model):
 
 def test_block_size_gives_each_direct_worker_several_blocks_between_the_bounds():
     mib = 1 << 20
-    assert resume_module.block_bytes(200 * mib, 2) == 200 * mib // (2 * resume_module.BLOCKS_PER_WORKER)
+    assert resume_module.block_bytes(1024 * mib, 2) == 1024 * mib // (2 * resume_module.BLOCKS_PER_WORKER)
     assert resume_module.block_bytes(4096 * mib, 2) == resume_module.BLOCK_BYTES  # large input: the cap
     assert resume_module.block_bytes(8 * mib, 2) == resume_module.MIN_BLOCK_BYTES  # small: no tiny blocks
     for workers in (0, 1):  # one worker, or a runner that splits work itself: the largest blocks
         assert resume_module.block_bytes(200 * mib, workers) == resume_module.BLOCK_BYTES
+
+
+def test_units_dealt_round_two_workers_give_even_shares_and_files_in_a_row():
+    """The order a DirectRunner deals the units in (unit i to worker i mod n): shares within about a
+    block, every other block of a file to each worker, and a worker's blocks of a file one after the
+    other; whole files of unequal sizes still go largest first."""
+    mib = 1 << 20
+    blocks = {"/in/a.jsonl": (5, 13 * mib), "/in/b.jsonl": (3, 12 * mib), "/in/c.jsonl": (4, 13 * mib)}
+    sizes = {path: count * size for path, (count, size) in blocks.items()}
+    sizes.update({"/in/d.jsonl": 9 * mib, "/in/e.jsonl": 2 * mib, "/in/f.jsonl": 7 * mib})
+    units = [("web", "/in/d.jsonl", None), ("code", "/in/e.jsonl", None), ("code", "/in/f.jsonl", None)]
+    for path, (count, size) in blocks.items():
+        domain = "code" if path.endswith("b.jsonl") else "web"
+        jitter = [(7 * i + len(path)) % 5 for i in range(count)]  # blocks end at line ends: unequal bytes
+        ends = [(i + 1) * size + jitter[i] for i in range(count)]
+        units += [(domain, path, (i, i * size, ends[i], 1 + 100 * i)) for i in range(count)]
+    ordered = resume_module.dealing_order(units[::-1], sizes)
+    assert sorted(ordered) == sorted(units)
+
+    def unit_bytes(unit):
+        return sizes[unit[1]] if unit[2] is None else unit[2][2] - unit[2][1]
+
+    shares = [ordered[worker::2] for worker in range(2)]
+    totals = [sum(map(unit_bytes, share)) for share in shares]
+    assert abs(totals[0] - totals[1]) <= 13 * mib  # a block at most
+    for share in shares:
+        paths = [unit[1] for unit in share]
+        runs = [path for i, path in enumerate(paths) if i == 0 or paths[i - 1] != path]
+        assert len(runs) == len(set(runs))  # each file's blocks in a row
+        for path in blocks:
+            indices = [unit[2][0] for unit in share if unit[1] == path]
+            assert indices == list(range(indices[0], indices[0] + 2 * len(indices), 2))
+    whole = [unit[1] for unit in ordered if unit[2] is None]
+    assert whole == ["/in/d.jsonl", "/in/f.jsonl", "/in/e.jsonl"]  # largest first
