@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import multiprocessing
 import os
 import re
 import resource
@@ -91,6 +92,20 @@ def predict_loop(model, texts: list[str]) -> tuple[float, float]:
     for text in texts:
         model.predict(normalize(text), k=-1)
     return rate(len(texts), time.perf_counter() - start), rate(len(texts), time.process_time() - cpu)
+
+
+def loops_at_once(model, texts: list[str], cores: int) -> float:
+    """Docs/s of one plain loop while `cores` of them run at once (forked, the mean): what a core gives
+    when every core is busy, as in the job (shared caches, clocks), against one core alone."""
+    context = multiprocessing.get_context("fork")
+    queue = context.Queue()
+    procs = [context.Process(target=lambda: queue.put(predict_loop(model, texts)[0])) for _ in range(cores)]
+    for proc in procs:
+        proc.start()
+    rates = [queue.get() for _ in procs]
+    for proc in procs:
+        proc.join()
+    return sum(rates) / len(rates)
 
 
 class StepClock:
@@ -308,6 +323,11 @@ def main() -> None:
             f"job without the start-up {steady_cpu:,.0f}"
         )
         cores = os.cpu_count() or 1
+        at_once = loops_at_once(model, texts[:200_000], cores)
+        print(
+            f"plain loop on {cores} cores at once:  {at_once:10,.0f} docs/s each "
+            f"({at_once / loop:.2f} of one core alone: the cores give {cores * at_once / loop:.2f} loops)"
+        )
         print(
             f"  ratio x {cores} cores (what free cores would give): {cores * job_cpu / loop_cpu:10.2f} "
             f"({cores * steady_cpu / loop_cpu:.2f} without the start-up)"
@@ -324,6 +344,7 @@ def main() -> None:
             "ratio_without_startup": round(steady / loop, 3),
             "cpu_ratio_x_cores": round(cores * job_cpu / loop_cpu, 3),
             "cpu_ratio_x_cores_without_startup": round(cores * steady_cpu / loop_cpu, 3),
+            "loop_at_once_vs_alone": round(at_once / loop, 3),
             "load_average": [round(v, 1) for v in os.getloadavg()],
             "cpu_s_per_100k_docs": {k: round(v, 3) for k, v in breakdown.items()},
         }
