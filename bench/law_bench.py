@@ -164,6 +164,8 @@ runs = mixinglaws_runs(Path(sys.argv[1]))
 wall, cpu = time.perf_counter(), time.process_time()
 law = AdditiveLaw(n_bootstrap=0).fit(runs)
 wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
+import mixer
+assert Path(mixer.__file__).resolve().is_relative_to(Path.cwd().resolve()), mixer.__file__
 print(json.dumps({"objectives": [f.diagnostics["objective"] for f in law.fits_], "wall": wall, "cpu": cpu}))
 """
 
@@ -181,6 +183,7 @@ def _fit_at_commit(commit: str) -> tuple[np.ndarray, float, float]:
             capture_output=True,
             text=True,
             check=True,
+            cwd=tmp,  # `python -c` puts the working directory first: there, the commit's mixer/
             env={**os.environ, "PYTHONPATH": tmp},
         )
     out = json.loads(done.stdout.splitlines()[-1])
