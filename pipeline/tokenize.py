@@ -36,13 +36,15 @@ PRETOKENIZE_PATTERN = (
 # non-whitespace byte.
 
 
-_WS_CHARS = frozenset(" \t\n\r\f\v")
+def _byte_chars() -> list[str]:
+    """The character that byte-level BPE (GPT-2's `bytes_to_unicode`, as `tokenizers`' ByteLevel)
+    gives each byte: printable Latin-1 bytes stay, the others move to 256 and up, in order."""
+    kept = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
+    moved = iter(range(256, 512))
+    return [chr(b) if b in kept else chr(next(moved)) for b in range(256)]
 
 
-def _byte_level():
-    from tokenizers import pre_tokenizers
-
-    return pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
+_BYTE_CHARS = _byte_chars()  # a `str.translate` table from Latin-1 text (one character per byte)
 
 
 def _is_whitespace(data: np.ndarray) -> np.ndarray:
@@ -56,7 +58,7 @@ def _pre_tokenizer():
     return pre_tokenizers.Sequence(
         [
             pre_tokenizers.Split(Regex(PRETOKENIZE_PATTERN), behavior="isolated"),
-            _byte_level(),
+            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
         ]
     )
 
@@ -159,6 +161,9 @@ class KeyTable:
     access per key."""
 
     def __init__(self, bits: int = 16) -> None:
+        self._empty(bits)
+
+    def _empty(self, bits: int) -> None:
         self._rows = np.zeros((1 << bits, 4), np.uint64)
         self._shift = np.uint64(64 - bits)
         self._n = 0
@@ -169,8 +174,9 @@ class KeyTable:
     def _slots(self, a: np.ndarray, b: np.ndarray, c: np.ndarray) -> np.ndarray:
         return (((a * _ODD[0] ^ b) * _ODD[1] ^ c) * _ODD[2] >> self._shift).astype(np.int64)
 
-    def find(self, a: np.ndarray, b: np.ndarray, c: np.ndarray) -> np.ndarray:
-        """The value of each key (-1 where not stored)."""
+    def find(self, keys: Sequence[np.ndarray]) -> np.ndarray:
+        """The value of each key (-1 where not stored); `keys`: the three words of each."""
+        a, b, c = keys
         slot = self._slots(a, b, c)
         rows = np.take(self._rows, slot, axis=0)  # the first probe of all keys: most end here
         hit = (rows[:, 0] == a) & (rows[:, 1] == b) & (rows[:, 2] == c)
@@ -186,12 +192,13 @@ class KeyTable:
             todo, a, b, c, slot = todo[on], a[on], b[on], c[on], slot[on]
         return out
 
-    def add(self, a: np.ndarray, b: np.ndarray, c: np.ndarray, values: np.ndarray) -> None:
+    def add(self, keys: Sequence[np.ndarray], values: np.ndarray) -> None:
         """Store keys (distinct, none stored) with their values; the table doubles past half full."""
+        a, b, c = keys
         if 2 * (self._n + len(a)) > len(self._rows):
             old = self._rows[self._rows[:, 2] != 0]
-            self.__init__(int(2 * (self._n + len(a))).bit_length())
-            self.add(old[:, 0], old[:, 1], old[:, 2], old[:, 3])
+            self._empty(int(2 * (self._n + len(a))).bit_length())
+            self.add(old[:, :3].T, old[:, 3])
         rows = np.stack([a, b, c, np.asarray(values).astype(np.uint64)], axis=1)
         todo, slot, mask = np.arange(len(a)), self._slots(a, b, c), len(self._rows) - 1
         while len(todo):
@@ -242,14 +249,14 @@ class ChunkCounts:
 
     def find(self, words: np.ndarray, starts: np.ndarray, lengths: np.ndarray) -> np.ndarray:
         """The count of each chunk (-1 where not stored)."""
-        found = self._table.find(*_first_keys(words, starts, lengths))
+        found = self._table.find(_first_keys(words, starts, lengths))
         on = lengths > SHORT_CHUNK
         counts = np.where(on, -1, found)
         more, offset = np.flatnonzero(on & (found >= 0)), SHORT_CHUNK
         nodes = found[more]
         while len(more):
             keys, last = _next_keys(words, starts[more], lengths[more], offset, nodes)
-            found = self._table.find(*keys)
+            found = self._table.find(keys)
             counts[more[last]] = found[last]
             on = ~last & (found >= 0)
             more, nodes, offset = more[on], found[on], offset + 16
@@ -259,12 +266,12 @@ class ChunkCounts:
         """Store chunks (distinct, none stored, up to LONG_CHUNK bytes) with their counts."""
         keys = _first_keys(words, starts, lengths)
         last = lengths <= SHORT_CHUNK
-        self._table.add(*(k[last] for k in keys), counts[last])
+        self._table.add([k[last] for k in keys], counts[last])
         more, offset = np.flatnonzero(~last), SHORT_CHUNK
         nodes = self._node_ids([k[more] for k in keys])
         while len(more):
             keys, last = _next_keys(words, starts[more], lengths[more], offset, nodes)
-            self._table.add(*(k[last] for k in keys), counts[more[last]])
+            self._table.add([k[last] for k in keys], counts[more[last]])
             more, nodes, offset = more[~last], self._node_ids([k[~last] for k in keys]), offset + 16
 
     def _node_ids(self, keys: list[np.ndarray]) -> np.ndarray:
@@ -277,11 +284,11 @@ class ChunkCounts:
         first = np.ones(len(ids), bool)  # the first of each distinct key in sorted order
         first[1:] = np.logical_or.reduce([k[1:] != k[:-1] for k in sorted_keys])
         distinct = [k[first] for k in sorted_keys]
-        found = self._table.find(*distinct)
+        found = self._table.find(distinct)
         new = np.flatnonzero(found < 0)
         found[new] = self._nodes + np.arange(len(new))
         self._nodes += len(new)
-        self._table.add(*(k[new] for k in distinct), found[new])
+        self._table.add([k[new] for k in distinct], found[new])
         ids[order] = found[np.cumsum(first) - 1]
         return ids
 
@@ -296,12 +303,12 @@ class TokenCounter:
     end-of-text id, which the corpus does not contain).
 
     With our own BPE (see `splits_like_python`) a text is cut into chunks (a whitespace run and
-    the word after it), and each distinct chunk is counted once and cached (`ChunkCounts`, with a
-    dict for the rare chunk whose hash another took): the same counts as `encode`, about 25x faster
-    than `encode_batch_fast` (the library's per-text pre-tokenization and merges dominated the job's
-    time). A new chunk is split into pieces by PRETOKENIZE_PATTERN and a new piece counted by the
-    library's byte-level mapping and model (`encode` per piece, without its per-text overhead). Any
-    other tokenizer.json is counted with `encode_batch_fast`."""
+    the word after it), and each distinct chunk is counted once and cached (`ChunkCounts`, exact,
+    with a dict for the rare chunk over LONG_CHUNK bytes): the same counts as `encode`, about 25x
+    faster than `encode_batch_fast` (the library's per-text pre-tokenization and merges dominated the
+    job's time). A new chunk is split into pieces by PRETOKENIZE_PATTERN and a new piece counted by
+    the byte-level mapping (`_BYTE_CHARS`) and the library's model (`encode` per piece, without its
+    per-text overhead). Any other tokenizer.json is counted with `encode_batch_fast`."""
 
     def __init__(self, tokenizer_json: str) -> None:
         self.tokenizer_json = tokenizer_json
@@ -319,49 +326,29 @@ class TokenCounter:
             self.tokenizer_.encode_special_tokens = True  # raw text is never a special token
             self.cached_ = splits_like_python(self.tokenizer_json)
             self._pieces = re.compile(PRETOKENIZE_PATTERN).findall
-            self._byte_level = _byte_level()
         return self
 
-    def _chunk_counts(self, chunks: list[str]) -> np.ndarray:
-        """Counts of new chunks from their pieces; only pieces never seen are encoded."""
-        pieces, firsts = self._split(chunks)
+    def _chunk_counts(self, chunks: pa.Array) -> np.ndarray:
+        """Token counts of new chunks (binary) from their pieces; only pieces never seen are counted. The
+        UTF-8 bytes are split as Latin-1 text, one character per byte (the pattern's classes are ASCII,
+        and every byte of a multi-byte character falls in its class of other characters, as the
+        character does), so pieces are cut where they are in the text and no chunk becomes a str."""
+        text, starts, ends = _joined(chunks)
+        pieces = self._pieces(text.tobytes().decode("latin-1"))
+        lengths = np.fromiter(map(len, pieces), np.int64, len(pieces))
+        piece_starts = np.cumsum(lengths) - lengths
+        first, last = np.searchsorted(piece_starts, starts), np.searchsorted(piece_starts, ends)
+        data, offsets = _binary_bytes(chunks)
+        for i in np.flatnonzero(ends < 0).tolist():  # ends with whitespace: split alone
+            first[i] = len(pieces)
+            pieces += self._pieces(_latin1(data, offsets, i))
+            last[i] = len(pieces)
         cache = self._piece_cache
-        missing = list({p for p in pieces if p not in cache})
-        if missing:
-            cache.update(zip(missing, self._piece_counts(missing), strict=True))
-        counts = np.fromiter(map(cache.__getitem__, pieces), np.int64, len(pieces))
-        order = np.argsort(firsts)  # chunks in the order of their pieces
-        out = np.empty(len(chunks), np.int64)
-        out[order] = np.add.reduceat(counts, firsts[order]) if len(chunks) else []
-        return out
-
-    def _split(self, chunks: list[str]) -> tuple[list[str], np.ndarray]:
-        """The pieces of `chunks` in order, and the index of each chunk's first piece.
-
-        A chunk that starts with whitespace and ends with a word splits alone as it does after another
-        such chunk (no piece crosses a word -> whitespace boundary), so those are split in one pass over
-        their concatenation; the others (a text's first word, its trailing whitespace) one by one."""
-        joinable = [c[0] in _WS_CHARS and c[-1] not in _WS_CHARS for c in chunks]
-        inner = [i for i, ok in enumerate(joinable) if ok]
-        outer = [i for i, ok in enumerate(joinable) if not ok]
-        joined = "".join(chunks[i] for i in inner)
-        pieces = self._pieces(joined)
-        ends = np.cumsum(np.fromiter(map(len, pieces), np.int64, len(pieces)))
-        starts = np.concatenate([[0], np.cumsum([len(chunks[i]) for i in inner], dtype=np.int64)[:-1]])
-        firsts = np.empty(len(chunks), np.int64)
-        firsts[inner] = np.searchsorted(ends, starts, side="right")
-        for i in outer:
-            firsts[i] = len(pieces)
-            pieces += self._pieces(chunks[i])
-        return pieces, firsts
-
-    def _piece_counts(self, pieces: list[str]) -> list[int]:
-        """Token counts of pre-tokenized pieces: the library's byte-level mapping of all of them at once
-        (one character per UTF-8 byte), then its model on each piece, as `encode` does per piece."""
-        mapped = self._byte_level.pre_tokenize_str("".join(pieces))[0][0]
-        ends = np.cumsum([len(p.encode("utf-8")) for p in pieces]).tolist()
+        missing = list(set(pieces).difference(cache))
         tokenize = self.tokenizer_.model.tokenize
-        return [len(tokenize(mapped[a:b])) for a, b in zip([0, *ends[:-1]], ends, strict=True)]
+        cache.update(zip(missing, [len(tokenize(p.translate(_BYTE_CHARS))) for p in missing], strict=True))
+        cumulative = np.concatenate([[0], np.cumsum(np.fromiter(map(cache.__getitem__, pieces), np.int64))])
+        return cumulative[last] - cumulative[first]
 
     def _encode_counts(self, texts: list[str]) -> list[int]:
         return [len(e) for e in self.tokenizer_.encode_batch_fast(texts, add_special_tokens=False)]
@@ -386,8 +373,7 @@ class TokenCounter:
 
     def _distinct_counts(self, chunks: pa.Array) -> np.ndarray:
         """Counts of distinct chunks: looked up in `ChunkCounts`, then those over LONG_CHUNK bytes in a
-        dict (looked at only when it holds any); new ones are counted (`_chunk_counts`; they reach
-        Python once, as str: Arrow's cast, cut at ASCII whitespace, each is valid UTF-8) and stored."""
+        dict (looked at only when it holds any); new ones are counted (`_chunk_counts`) and stored."""
         data, offsets = _binary_bytes(chunks)
         lengths = np.diff(offsets)
         counts = self._index.find(_word_view(data), offsets[:-1], lengths)
@@ -398,8 +384,7 @@ class TokenCounter:
         new = np.flatnonzero(counts < 0)
         if len(new):
             fresh = chunks.take(pa.array(new))
-            text = pa.large_string() if pa.types.is_large_binary(fresh.type) else pa.string()
-            counts[new] = self._chunk_counts(fresh.cast(text).to_pylist())
+            counts[new] = self._chunk_counts(fresh)
             short, long = new[lengths[new] <= LONG_CHUNK], new[lengths[new] > LONG_CHUNK]
             self._index.add(_word_view(data), offsets[short], lengths[short], counts[short])
             if len(long):
@@ -445,3 +430,27 @@ def _chunk_starts(data: np.ndarray, text_starts: np.ndarray) -> np.ndarray:
     np.greater(space[1:], space[:-1], out=starts[1:])
     starts[text_starts[text_starts < len(data)]] = True
     return np.flatnonzero(starts)
+
+
+def _joined(chunks: pa.Array) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The bytes of chunks put one after another so that PRETOKENIZE_PATTERN splits each as it does
+    alone (no piece crosses a word -> whitespace boundary): a chunk that starts with a word (a text's
+    first) goes after a newline, a piece of its own; one that ends with whitespace (its last piece could
+    run on) is left out, its end -1. Returns the bytes and each chunk's start and end in them."""
+    data, offsets = _binary_bytes(chunks)
+    lengths = np.diff(offsets)
+    space = _is_whitespace(data)
+    inner = ~space[offsets[1:] - 1]
+    newline = inner & ~space[offsets[:-1]]
+    sizes = np.where(inner, lengths + newline, 0)
+    ends = np.cumsum(sizes)
+    text = np.full(int(ends[-1]) if len(ends) else 0, ord("\n"), np.uint8)
+    is_chunk = np.ones(len(text), bool)
+    is_chunk[(ends - lengths - 1)[newline]] = False
+    text[is_chunk] = data[: offsets[-1]][np.repeat(inner, lengths)]
+    return text, np.where(inner, ends - lengths, -1), np.where(inner, ends, -1)
+
+
+def _latin1(data: np.ndarray, offsets: np.ndarray, i: int) -> str:
+    """Value `i` of `_binary_bytes` as Latin-1 text."""
+    return data[offsets[i] : offsets[i + 1]].tobytes().decode("latin-1")

@@ -117,6 +117,15 @@ def test_added_tokens_that_are_not_special_use_the_library(texts):
     ]
 
 
+def test_byte_chars_are_the_libraries_byte_level_mapping():
+    """Latin-1 text of UTF-8 bytes, translated by _BYTE_CHARS, is what ByteLevel makes of the text."""
+    from tokenizers import pre_tokenizers
+
+    text = "".join(ODD) + "".join(chr(i) for i in range(0x80, 0x800)) + "\U0001f600\u20ac\x00"
+    mapped = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False).pre_tokenize_str(text)
+    assert text.encode("utf-8").decode("latin-1").translate(tokenize._BYTE_CHARS) == mapped[0][0]
+
+
 def test_key_table_probes_past_taken_slots_and_grows(monkeypatch):
     """Every key in one slot: each look-up walks the run of taken slots; the table grows while keys go
     in (4 slots at first), and keys that differ in any word are never each other's."""
@@ -125,11 +134,11 @@ def test_key_table_probes_past_taken_slots_and_grows(monkeypatch):
     keys = [np.array([i % 3 for i in range(60)], np.uint64), np.arange(60, dtype=np.uint64) // 3]
     keys.append(np.full(60, 1 << 60, np.uint64) | np.arange(60, dtype=np.uint64) % 2)
     for part in (slice(0, 1), slice(1, 25), slice(25, 60)):
-        table.add(*(k[part] for k in keys), np.arange(60)[part] * 10)
+        table.add([k[part] for k in keys], np.arange(60)[part] * 10)
     assert len(table) == 60 and len(table._rows) >= 128
-    assert table.find(*keys).tolist() == list(range(0, 600, 10))
+    assert table.find(keys).tolist() == list(range(0, 600, 10))
     absent = [keys[0] + np.uint64(3), keys[1], keys[2]]
-    assert table.find(*absent).tolist() == [-1] * 60
+    assert table.find(absent).tolist() == [-1] * 60
 
 
 def test_chunk_counts_are_exact_for_every_length_and_shared_prefixes():
