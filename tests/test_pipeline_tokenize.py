@@ -61,6 +61,48 @@ def test_trained_bpe_is_deterministic_and_counts_exactly(texts):
     assert reference.decode(reference.encode(ODD[1]).ids) == ODD[1]  # byte-level: lossless
 
 
+def test_counts_match_the_library_on_random_hostile_text(texts):
+    """Random texts from pieces that meet at every kind of boundary (whitespace runs of every kind,
+    contractions, digits, punctuation, multi-byte characters, the special token's literal, long words)
+    in batches that share chunks: the library's counts, cold and warm."""
+    spec = train_byte_level_bpe(texts, vocab_size=800).to_str()
+    reference = Tokenizer.from_str(spec)
+    reference.encode_special_tokens = True
+    parts = [
+        " ",
+        "  ",
+        "\n",
+        "\t",
+        " \n ",
+        "\r\n",
+        "\x0b",
+        "a",
+        "the",
+        "'s",
+        "'",
+        "'ll",
+        "12",
+        "3",
+        ".",
+        "?!",
+        "é",
+        "日本",
+        "\u00a0",
+        "\U0001f600",
+        "<|endoftext|>",
+        "x" * 30,
+        "y" * 200,
+        "\x00",
+        "-",
+    ]
+    rng = np.random.default_rng(7)
+    docs = ["".join(rng.choice(parts, rng.integers(0, 40))) for _ in range(400)]
+    expected = [len(e.ids) for e in reference.encode_batch(docs, add_special_tokens=False)]
+    counter = TokenCounter(spec).setup()
+    assert sum((counter.count(docs[i : i + 50]).tolist() for i in range(0, 400, 50)), []) == expected
+    assert counter.count(pa.array(docs[::-1], pa.large_string())).tolist() == expected[::-1]
+
+
 def test_other_tokenizers_use_the_library(tmp_path):
     spec = (
         '{"version":"1.0","model":{"type":"WordLevel","vocab":{"[UNK]":0,"a":1},"unk_token":"[UNK]"},'
