@@ -316,7 +316,7 @@ class TokenCounter:
         self.cached_ = False
         self._index = ChunkCounts()
         self._cache: dict[bytes, int] = {}  # chunk (UTF-8) -> count, for chunks over LONG_CHUNK bytes
-        self._piece_cache: dict[str, int] = {}
+        self._piece_cache: dict[bytes, int] = {}
 
     def setup(self) -> TokenCounter:
         if self.tokenizer_ is None:
@@ -325,29 +325,35 @@ class TokenCounter:
             self.tokenizer_ = Tokenizer.from_str(self.tokenizer_json)
             self.tokenizer_.encode_special_tokens = True  # raw text is never a special token
             self.cached_ = splits_like_python(self.tokenizer_json)
-            self._pieces = re.compile(PRETOKENIZE_PATTERN).findall
+            self._pieces = re.compile(PRETOKENIZE_PATTERN.encode()).findall
         return self
 
     def _chunk_counts(self, chunks: pa.Array) -> np.ndarray:
         """Token counts of new chunks (binary) from their pieces; only pieces never seen are counted. The
-        UTF-8 bytes are split as Latin-1 text, one character per byte (the pattern's classes are ASCII,
-        and every byte of a multi-byte character falls in its class of other characters, as the
-        character does), so pieces are cut where they are in the text and no chunk becomes a str."""
+        UTF-8 bytes are split as bytes (the pattern's classes are ASCII, and every byte of a multi-byte
+        character falls in its class of other characters, as the character does), so pieces are cut
+        where they are in the text and no chunk becomes a str; the pieces are deduplicated by Arrow."""
         text, starts, ends = _joined(chunks)
-        pieces = self._pieces(text.tobytes().decode("latin-1"))
-        lengths = np.fromiter(map(len, pieces), np.int64, len(pieces))
-        piece_starts = np.cumsum(lengths) - lengths
-        first, last = np.searchsorted(piece_starts, starts), np.searchsorted(piece_starts, ends)
+        pieces = self._pieces(text.tobytes())
         data, offsets = _binary_bytes(chunks)
-        for i in np.flatnonzero(ends < 0).tolist():  # ends with whitespace: split alone
-            first[i] = len(pieces)
-            pieces += self._pieces(_latin1(data, offsets, i))
-            last[i] = len(pieces)
-        cache = self._piece_cache
-        missing = list(set(pieces).difference(cache))
-        tokenize = self.tokenizer_.model.tokenize
-        cache.update(zip(missing, [len(tokenize(p.translate(_BYTE_CHARS))) for p in missing], strict=True))
-        cumulative = np.concatenate([[0], np.cumsum(np.fromiter(map(cache.__getitem__, pieces), np.int64))])
+        alone = np.flatnonzero(ends < 0)  # ends with whitespace: split alone, after the others
+        firsts = np.zeros(len(alone) + 1, np.int64)
+        for k, i in enumerate(alone.tolist()):
+            firsts[k] = len(pieces)
+            pieces += self._pieces(data[offsets[i] : offsets[i + 1]].tobytes())
+        firsts[-1] = len(pieces)
+        array = pa.array(pieces, pa.large_binary())
+        piece_starts = np.frombuffer(array.buffers()[1], np.int64)[: len(pieces)]
+        first, last = np.searchsorted(piece_starts, starts), np.searchsorted(piece_starts, ends)
+        first[alone], last[alone] = firsts[:-1], firsts[1:]
+        encoded = array.dictionary_encode()
+        get, tokenize = self._piece_cache.get, self.tokenizer_.model.tokenize
+        distinct = encoded.dictionary.to_pylist()
+        counts = np.array([get(p, -1) for p in distinct], np.int64)
+        for i in np.flatnonzero(counts < 0).tolist():  # new pieces: byte-level characters, then the model
+            mapped = distinct[i].decode("latin-1").translate(_BYTE_CHARS)
+            counts[i] = self._piece_cache[distinct[i]] = len(tokenize(mapped))
+        cumulative = np.concatenate([[0], np.cumsum(counts[encoded.indices.to_numpy()])])
         return cumulative[last] - cumulative[first]
 
     def _encode_counts(self, texts: list[str]) -> list[int]:
@@ -449,8 +455,3 @@ def _joined(chunks: pa.Array) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     is_chunk[(ends - lengths - 1)[newline]] = False
     text[is_chunk] = data[: offsets[-1]][np.repeat(inner, lengths)]
     return text, np.where(inner, ends - lengths, -1), np.where(inner, ends, -1)
-
-
-def _latin1(data: np.ndarray, offsets: np.ndarray, i: int) -> str:
-    """Value `i` of `_binary_bytes` as Latin-1 text."""
-    return data[offsets[i] : offsets[i + 1]].tobytes().decode("latin-1")
