@@ -378,7 +378,7 @@ class TokenCounter:
     def _distinct_counts(self, chunks: pa.Array) -> np.ndarray:
         """Counts of distinct chunks: looked up in `ChunkCounts`; the others are counted
         (`_chunk_counts`) and stored, but for those over LONG_CHUNK bytes (rare; counted each time,
-        from their cached pieces)."""
+        their pieces cached, so that the cache never holds a corpus's long lines)."""
         data, offsets = _binary_bytes(chunks)
         lengths = np.diff(offsets)
         counts = self._index.find(_word_view(data), offsets[:-1], lengths)
