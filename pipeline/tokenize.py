@@ -127,7 +127,7 @@ def read_tokenizer_json(path: str | os.PathLike[str]) -> str:
 
 _ODD = [np.uint64(k) for k in (0x9E3779B97F4A7C15, 0xBF58476D1CE4E5B9, 0x94D049BB133111EB)]
 SHORT_CHUNK = 23  # bytes: a chunk up to this long is one key of `ChunkCounts` (most chunks)
-LONG_CHUNK = 135  # bytes: longer chunks (rare) are not cached, their pieces are
+LONG_CHUNK = 135  # bytes: longer chunks (rare) are cached in a dict
 PAD = 24  # zero bytes after the bytes that `ChunkCounts` reads
 _LOW = np.array([(1 << (8 * n)) - 1 for n in range(9)], np.uint64)  # masks of a word's low n bytes
 _N = np.arange(SHORT_CHUNK + 2)  # by min(length, 24), the first key's masks and tag (24: the chunk goes on)
@@ -303,8 +303,8 @@ class TokenCounter:
     end-of-text id, which the corpus does not contain).
 
     With our own BPE (see `splits_like_python`) a text is cut into chunks (a whitespace run and
-    the word after it), and each distinct chunk is counted once and cached (`ChunkCounts`, exact;
-    not the rare chunk over LONG_CHUNK bytes): the same counts as `encode`, about 25x
+    the word after it), and each distinct chunk is counted once and cached (`ChunkCounts`, exact,
+    with a dict for the rare chunk over LONG_CHUNK bytes): the same counts as `encode`, about 25x
     faster than `encode_batch_fast` (the library's per-text pre-tokenization and merges dominated the
     job's time). A new chunk is split into pieces by PRETOKENIZE_PATTERN and a new piece counted by
     the byte-level mapping (`_BYTE_CHARS`) and the library's model (`encode` per piece, without its
@@ -315,6 +315,7 @@ class TokenCounter:
         self.tokenizer_: Any = None
         self.cached_ = False
         self._index = ChunkCounts()
+        self._cache: dict[bytes, int] = {}  # chunk (UTF-8) -> count, for chunks over LONG_CHUNK bytes
         self._piece_cache: dict[bytes, int] = {}
 
     def setup(self) -> TokenCounter:
@@ -366,8 +367,9 @@ class TokenCounter:
             if not isinstance(texts, list):
                 texts = texts.to_pylist() if hasattr(texts, "to_pylist") else list(texts)
             return np.array(self._encode_counts(texts), dtype=np.int64)
-        if len(self._index) > CACHE_LIMIT or len(self._piece_cache) > CACHE_LIMIT:
+        if len(self._index) + len(self._cache) > CACHE_LIMIT or len(self._piece_cache) > CACHE_LIMIT:
             self._index = ChunkCounts()
+            self._cache.clear()
             self._piece_cache.clear()
         if isinstance(texts, pa.ChunkedArray):
             texts = texts.combine_chunks()
@@ -376,17 +378,24 @@ class TokenCounter:
         return self._count_array(texts)
 
     def _distinct_counts(self, chunks: pa.Array) -> np.ndarray:
-        """Counts of distinct chunks: looked up in `ChunkCounts`; the others are counted
-        (`_chunk_counts`) and stored, but for those over LONG_CHUNK bytes (rare; counted each time,
-        their pieces cached, so that the cache never holds a corpus's long lines)."""
+        """Counts of distinct chunks: looked up in `ChunkCounts`, then those over LONG_CHUNK bytes in a
+        dict (looked at only when it holds any); new ones are counted (`_chunk_counts`) and stored."""
         data, offsets = _binary_bytes(chunks)
         lengths = np.diff(offsets)
         counts = self._index.find(_word_view(data), offsets[:-1], lengths)
+        long = np.flatnonzero(lengths > LONG_CHUNK)
+        if self._cache and len(long):
+            get = self._cache.get
+            counts[long] = [get(k, -1) for k in chunks.take(pa.array(long)).to_pylist()]
         new = np.flatnonzero(counts < 0)
         if len(new):
-            counts[new] = self._chunk_counts(chunks.take(pa.array(new)))
-            new = new[lengths[new] <= LONG_CHUNK]
-            self._index.add(_word_view(data), offsets[new], lengths[new], counts[new])
+            fresh = chunks.take(pa.array(new))
+            counts[new] = self._chunk_counts(fresh)
+            short, long = new[lengths[new] <= LONG_CHUNK], new[lengths[new] > LONG_CHUNK]
+            self._index.add(_word_view(data), offsets[short], lengths[short], counts[short])
+            if len(long):
+                unstored = chunks.take(pa.array(long)).to_pylist()
+                self._cache.update(zip(unstored, counts[long].tolist(), strict=True))
         return counts
 
     def _count_array(self, texts: pa.Array) -> np.ndarray:
