@@ -12,7 +12,7 @@ import os
 import re
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -36,13 +36,15 @@ PRETOKENIZE_PATTERN = (
 # non-whitespace byte.
 
 
-_WS_CHARS = frozenset(" \t\n\r\f\v")
+def _byte_chars() -> list[str]:
+    """The character that byte-level BPE (GPT-2's `bytes_to_unicode`, as `tokenizers`' ByteLevel)
+    gives each byte: printable Latin-1 bytes stay, the others move to 256 and up, in order."""
+    kept = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
+    moved = iter(range(256, 512))
+    return [chr(b) if b in kept else chr(next(moved)) for b in range(256)]
 
 
-def _byte_level():
-    from tokenizers import pre_tokenizers
-
-    return pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
+_BYTE_CHARS = _byte_chars()  # a `str.translate` table from Latin-1 text (one character per byte)
 
 
 def _is_whitespace(data: np.ndarray) -> np.ndarray:
@@ -56,7 +58,7 @@ def _pre_tokenizer():
     return pre_tokenizers.Sequence(
         [
             pre_tokenizers.Split(Regex(PRETOKENIZE_PATTERN), behavior="isolated"),
-            _byte_level(),
+            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
         ]
     )
 
@@ -123,131 +125,172 @@ def read_tokenizer_json(path: str | os.PathLike[str]) -> str:
     return text
 
 
-_LOW_BYTES = np.array([(1 << (8 * n)) - 1 for n in range(9)], np.uint64)  # masks of a word's low n bytes
-_ODD = [
-    np.uint64(k) for k in (0x9E3779B97F4A7C15, 0xBF58476D1CE4E5B9, 0x94D049BB133111EB, 0xD6E8FEB86659FD93)
-]
-_POWERS = np.zeros(0, np.uint64)
+_ODD = [np.uint64(k) for k in (0x9E3779B97F4A7C15, 0xBF58476D1CE4E5B9, 0x94D049BB133111EB)]
+SHORT_CHUNK = 23  # bytes: a chunk up to this long is one key of `ChunkCounts` (most chunks)
+LONG_CHUNK = 135  # bytes: longer chunks (rare) are cached in a dict
+PAD = 24  # zero bytes after the bytes that `ChunkCounts` reads
+_LOW = np.array([(1 << (8 * n)) - 1 for n in range(9)], np.uint64)  # masks of a word's low n bytes
+_N = np.arange(SHORT_CHUNK + 2)  # by min(length, 24), the first key's masks and tag (24: the chunk goes on)
+_FIRST_MASKS = [_LOW[np.clip(_N - 8 * k, 0, 8 if k < 2 else 7)] for k in range(3)]
+_FIRST_TAG = _N.astype(np.uint64) << np.uint64(56)
+_NEXT = np.arange(18)  # by min(bytes left, 17), the next key's masks (17: the chunk goes on)
+_NEXT_MASKS = [_LOW[np.clip(_NEXT - 8 * k, 0, 8)] for k in range(2)]
+_NEXT_TAG = np.uint64(0xFF << 56)
 
 
-class ChunkWords(NamedTuple):
-    """Binary values as little-endian 8-byte words: each value's bytes, zero-padded to whole words."""
-
-    words: np.ndarray  # uint64, the values' words one after another
-    first: np.ndarray  # int64, each value's first word
-    lengths: np.ndarray  # int64, each value's bytes
+def _word_view(data: np.ndarray) -> np.ndarray:
+    """The 8 bytes (a little-endian uint64) at every byte of `data` but its last 7: a view."""
+    return np.ndarray((len(data) - 7,), "<u8", data, 0, (1,))
 
 
-def chunk_words(chunks: pa.Array) -> ChunkWords:
-    """The words of a binary array's values: a gather per word, not a pass per byte."""
-    if not len(chunks):
-        return ChunkWords(np.zeros(0, np.uint64), np.zeros(0, np.int64), np.zeros(0, np.int64))
-    _, offsets_buf, data_buf = chunks.buffers()
-    offset_type = np.int64 if pa.types.is_large_binary(chunks.type) else np.int32
-    offsets = np.frombuffer(offsets_buf, offset_type)[chunks.offset : chunks.offset + len(chunks) + 1]
-    lo, hi = int(offsets[0]), int(offsets[-1])
-    data = np.zeros(hi - lo + 8, np.uint8)  # 8 zero bytes after the last value
-    data[: hi - lo] = np.frombuffer(data_buf, np.uint8, hi - lo, lo) if hi > lo else []
-    starts, lengths = offsets[:-1].astype(np.int64) - lo, np.diff(offsets).astype(np.int64)
-    n_words = np.maximum((lengths + 7) // 8, 1)
-    first = np.cumsum(n_words) - n_words
-    at = np.repeat(starts - 8 * first, n_words) + 8 * np.arange(int(n_words.sum()))  # each word's byte
-    words = np.ndarray((len(data) - 7,), "<u8", data, 0, (1,))[at]  # the 8 bytes at every byte: a view
-    last = first + n_words - 1
-    words[last] &= _LOW_BYTES[lengths - 8 * (n_words - 1)]  # a value's bytes alone in its last word
-    return ChunkWords(words, first, lengths)
+def _binary_bytes(values: pa.Array) -> tuple[np.ndarray, np.ndarray]:
+    """A binary or string array's bytes followed by PAD zero bytes (a copy), and its offsets from 0."""
+    offset_type = np.int64 if values.type in (pa.large_binary(), pa.large_string()) else np.int32
+    _, offsets_buf, data_buf = values.buffers()
+    offsets = np.frombuffer(offsets_buf, offset_type)[values.offset : values.offset + len(values) + 1]
+    lo, size = int(offsets[0]), int(offsets[-1] - offsets[0])
+    data = np.zeros(size + PAD, np.uint8)
+    data[:size] = np.frombuffer(data_buf, np.uint8, size, lo) if size else []
+    return data, (offsets - lo).astype(np.int64)
 
 
-def _word_powers(n: int) -> np.ndarray:
-    """ODD^k mod 2^64 for k < n (at least): the weights of a chunk's words."""
-    global _POWERS
-    powers = _POWERS  # this call's own reference: another thread may replace the module's
-    if len(powers) < n:
-        powers = _POWERS = np.cumprod(np.full(max(n, 2 * len(powers)), _ODD[0], np.uint64)) * _ODD[1]
-    return powers
+class KeyTable:
+    """Distinct keys of three uint64 words (a last word of 0 marks an empty slot) -> int64 values, in
+    numpy: open addressing with linear probing, probed for a whole batch of keys at once, so a look-up's
+    cost does not grow with the table. A slot is one 32-byte row (the key, its value): one memory
+    access per key."""
 
+    def __init__(self, bits: int = 16) -> None:
+        self._empty(bits)
 
-def chunk_hashes(chunks: ChunkWords) -> np.ndarray:
-    """A 64-bit hash of each value: its words weighted by position (a polynomial mod 2^64) and its
-    length. `ChunkCounts` compares the words of every match, so colliding values only cost a slower
-    look-up."""
-    words, first, lengths = chunks
-    if not len(first):
-        return np.zeros(0, np.uint64)
-    k = np.arange(len(words)) - np.repeat(first, np.diff(first, append=len(words)))
-    hashed = np.add.reduceat(words * _word_powers(int(k.max()) + 1)[k], first)
-    hashed ^= lengths.astype(np.uint64) * _ODD[2]
-    return (hashed ^ (hashed >> np.uint64(29))) * _ODD[3]
-
-
-def _grown(buffer: np.ndarray, used: int, values: np.ndarray) -> np.ndarray:
-    """`buffer` holding `values` after its first `used` items, its room doubled when short."""
-    if used + len(values) > len(buffer):
-        buffer = np.concatenate([buffer[:used], np.zeros(max(used, len(values)), buffer.dtype)])
-    buffer[used : used + len(values)] = values
-    return buffer
-
-
-class ChunkCounts:
-    """Token counts of chunks (UTF-8 bytes) kept in numpy, not as Python objects: the chunks' hashes
-    sorted (`chunk_hashes`), and each chunk's words (`chunk_words`) and count. `find` looks a batch's
-    distinct chunks up with `np.searchsorted` and compares the words of each match with the stored
-    chunk's, so a count is never another chunk's. A chunk whose hash is taken is not stored here (the
-    caller keeps it)."""
-
-    def __init__(self) -> None:
-        self.hashes = np.zeros(0, np.uint64)  # sorted
-        self.entries = np.zeros(0, np.int64)  # the stored chunk of each hash
-        # Per stored chunk (then spare room, so that storing costs O(1) per chunk): its count, first
-        # word in _words and length; and the stored chunks' words, then spare room.
-        self._counts, self._first, self._lengths = (np.zeros(0, np.int64) for _ in range(3))
-        self._words = np.zeros(0, np.uint64)
-        self._n = self._used = 0
+    def _empty(self, bits: int) -> None:
+        self._rows = np.zeros((1 << bits, 4), np.uint64)
+        self._shift = np.uint64(64 - bits)
+        self._n = 0
 
     def __len__(self) -> int:
         return self._n
 
-    def find(self, chunks: ChunkWords, hashes: np.ndarray) -> np.ndarray:
-        """The count of each chunk (-1 where not stored)."""
-        if not self._n or not len(hashes):
-            return np.full(len(hashes), -1, np.int64)
-        order = np.argsort(hashes)  # sorted needles: searchsorted walks the table once
-        at = np.minimum(np.searchsorted(self.hashes, hashes[order]), len(self.hashes) - 1)
-        entry = np.zeros(len(hashes), np.int64)
-        entry[order] = self.entries[at]
-        hit = np.zeros(len(hashes), bool)
-        hit[order] = self.hashes[at] == hashes[order]
-        words, first, lengths = chunks
-        shift = np.repeat(self._first[entry] - first, np.diff(first, append=len(words)))
-        stored = self._words[np.minimum(np.arange(len(words)) + shift, self._used - 1)]
-        same = hit & (self._lengths[entry] == lengths) & np.logical_and.reduceat(words == stored, first)
-        return np.where(same, self._counts[entry], -1)
+    def _slots(self, a: np.ndarray, b: np.ndarray, c: np.ndarray) -> np.ndarray:
+        return (((a * _ODD[0] ^ b) * _ODD[1] ^ c) * _ODD[2] >> self._shift).astype(np.int64)
 
-    def add(self, chunks: ChunkWords, hashes: np.ndarray, counts: np.ndarray) -> np.ndarray:
-        """Store new chunks (distinct, none stored) with their counts; returns which were stored (not
-        those whose hash another chunk has)."""
-        order = np.argsort(hashes, kind="stable")  # (np.unique on hashes: much slower than a sort)
-        ordered = hashes[order]
-        at = np.searchsorted(self.hashes, ordered)
-        taken = np.zeros(len(ordered), bool)
-        if len(self):
-            taken = self.hashes[np.minimum(at, len(self.hashes) - 1)] == ordered
-        keep = np.concatenate([[True], ordered[1:] != ordered[:-1]]) & ~taken
-        new = np.zeros(len(hashes), bool)
-        new[order[keep]] = True
-        words, first, lengths = chunks
-        n_words = np.diff(first, append=len(words))
-        starts = self._used + np.cumsum(n_words[new]) - n_words[new]
-        self._words = _grown(self._words, self._used, words[np.repeat(new, n_words)])
-        self._counts = _grown(self._counts, self._n, counts[new])
-        self._first = _grown(self._first, self._n, starts)
-        self._lengths = _grown(self._lengths, self._n, lengths[new])
-        stored_as = self._n + np.cumsum(new) - 1  # the new chunks are stored in their order
-        self._n += int(new.sum())
-        self._used += int(n_words[new].sum())
-        self.hashes = np.insert(self.hashes, at[keep], ordered[keep])  # O(size): memmove, no sort
-        self.entries = np.insert(self.entries, at[keep], stored_as[order[keep]])
-        return new
+    def find(self, keys: Sequence[np.ndarray]) -> np.ndarray:
+        """The value of each key (-1 where not stored); `keys`: the three words of each."""
+        a, b, c = keys
+        slot = self._slots(a, b, c)
+        rows = np.take(self._rows, slot, axis=0)  # the first probe of all keys: most end here
+        hit = (rows[:, 0] == a) & (rows[:, 1] == b) & (rows[:, 2] == c)
+        out = np.where(hit, rows[:, 3].view(np.int64), -1)
+        todo, mask = np.flatnonzero(~hit & (rows[:, 2] != 0)), len(self._rows) - 1
+        a, b, c, slot = a[todo], b[todo], c[todo], slot[todo]
+        while len(todo):  # a slot taken by another key: try the next one
+            slot = (slot + 1) & mask
+            rows = np.take(self._rows, slot, axis=0)
+            hit = (rows[:, 0] == a) & (rows[:, 1] == b) & (rows[:, 2] == c)
+            out[todo[hit]] = rows[hit, 3]
+            on = ~hit & (rows[:, 2] != 0)
+            todo, a, b, c, slot = todo[on], a[on], b[on], c[on], slot[on]
+        return out
+
+    def add(self, keys: Sequence[np.ndarray], values: np.ndarray) -> None:
+        """Store keys (distinct, none stored) with their values; the table doubles past half full."""
+        a, b, c = keys
+        if 2 * (self._n + len(a)) > len(self._rows):
+            old = self._rows[self._rows[:, 2] != 0]
+            self._empty(int(2 * (self._n + len(a))).bit_length())
+            self.add(old[:, :3].T, old[:, 3])
+        rows = np.stack([a, b, c, np.asarray(values).astype(np.uint64)], axis=1)
+        todo, slot, mask = np.arange(len(a)), self._slots(a, b, c), len(self._rows) - 1
+        while len(todo):
+            free = self._rows[slot, 2] == 0
+            _, first = np.unique(slot[free], return_index=True)  # one key per free slot in this round
+            won = np.flatnonzero(free)[first]
+            self._rows[slot[won]] = rows[todo[won]]
+            on = np.ones(len(todo), bool)
+            on[won] = False
+            todo, slot = todo[on], (slot[on] + 1) & mask
+        self._n += len(a)
+
+
+def _first_keys(words: np.ndarray, starts: np.ndarray, lengths: np.ndarray) -> tuple[np.ndarray, ...]:
+    """Each chunk's first key: its first 8 bytes, the next 8, the next 7 with min(length, 24) in the
+    top byte (zero-padded)."""
+    n = np.minimum(lengths, SHORT_CHUNK + 1)
+    a = words[starts] & np.take(_FIRST_MASKS[0], n)
+    b = words[starts + 8] & np.take(_FIRST_MASKS[1], n)
+    return a, b, words[starts + 16] & np.take(_FIRST_MASKS[2], n) | np.take(_FIRST_TAG, n)
+
+
+def _next_keys(
+    words: np.ndarray, starts: np.ndarray, lengths: np.ndarray, offset: int, nodes: np.ndarray
+) -> tuple[tuple[np.ndarray, ...], np.ndarray]:
+    """Keys of the 16 bytes at `offset` of chunks that go on past it: the bytes, then the previous
+    key's node with the bytes left (1 to 16; 17: the chunk goes on); and which chunks end here."""
+    left = np.minimum(lengths - offset, 17)
+    at = starts + offset
+    a = words[at] & np.take(_NEXT_MASKS[0], left)
+    b = words[at + 8] & np.take(_NEXT_MASKS[1], left)
+    return (a, b, _NEXT_TAG | nodes.astype(np.uint64) << np.uint64(8) | left.astype(np.uint64)), left <= 16
+
+
+class ChunkCounts:
+    """Exact token counts of chunks (UTF-8 bytes, up to LONG_CHUNK) in one `KeyTable`, without hashes
+    to verify: a chunk's first 23 bytes and its length are one key (exact for chunks up to SHORT_CHUNK
+    bytes, most of them); a longer chunk goes on 16 bytes a key, each key holding the node id that the
+    previous key maps to (a trie), and its last key maps to the count. The chunks are given as starts
+    and lengths in bytes seen through `_word_view`, with PAD bytes after each chunk's end."""
+
+    def __init__(self) -> None:
+        self._table = KeyTable()
+        self._nodes = 0  # node ids given to keys of chunks that go on
+
+    def __len__(self) -> int:
+        return len(self._table)
+
+    def find(self, words: np.ndarray, starts: np.ndarray, lengths: np.ndarray) -> np.ndarray:
+        """The count of each chunk (-1 where not stored)."""
+        found = self._table.find(_first_keys(words, starts, lengths))
+        on = lengths > SHORT_CHUNK
+        counts = np.where(on, -1, found)
+        more, offset = np.flatnonzero(on & (found >= 0)), SHORT_CHUNK
+        nodes = found[more]
+        while len(more):
+            keys, last = _next_keys(words, starts[more], lengths[more], offset, nodes)
+            found = self._table.find(keys)
+            counts[more[last]] = found[last]
+            on = ~last & (found >= 0)
+            more, nodes, offset = more[on], found[on], offset + 16
+        return counts
+
+    def add(self, words: np.ndarray, starts: np.ndarray, lengths: np.ndarray, counts: np.ndarray) -> None:
+        """Store chunks (distinct, none stored, up to LONG_CHUNK bytes) with their counts."""
+        keys = _first_keys(words, starts, lengths)
+        last = lengths <= SHORT_CHUNK
+        self._table.add([k[last] for k in keys], counts[last])
+        more, offset = np.flatnonzero(~last), SHORT_CHUNK
+        nodes = self._node_ids([k[more] for k in keys])
+        while len(more):
+            keys, last = _next_keys(words, starts[more], lengths[more], offset, nodes)
+            self._table.add([k[last] for k in keys], counts[more[last]])
+            more, nodes, offset = more[~last], self._node_ids([k[~last] for k in keys]), offset + 16
+
+    def _node_ids(self, keys: list[np.ndarray]) -> np.ndarray:
+        """The node id of each key of chunks that go on (several chunks may share one), new ones stored."""
+        ids = np.full(len(keys[0]), -1, np.int64)
+        if not len(ids):
+            return ids
+        order = np.lexsort(keys)
+        sorted_keys = [k[order] for k in keys]
+        first = np.ones(len(ids), bool)  # the first of each distinct key in sorted order
+        first[1:] = np.logical_or.reduce([k[1:] != k[:-1] for k in sorted_keys])
+        distinct = [k[first] for k in sorted_keys]
+        found = self._table.find(distinct)
+        new = np.flatnonzero(found < 0)
+        found[new] = self._nodes + np.arange(len(new))
+        self._nodes += len(new)
+        self._table.add([k[new] for k in distinct], found[new])
+        ids[order] = found[np.cumsum(first) - 1]
+        return ids
 
 
 class TokenCounter:
@@ -260,20 +303,20 @@ class TokenCounter:
     end-of-text id, which the corpus does not contain).
 
     With our own BPE (see `splits_like_python`) a text is cut into chunks (a whitespace run and
-    the word after it), and each distinct chunk is counted once and cached (`ChunkCounts`, with a
-    dict for the rare chunk whose hash another took): the same counts as `encode`, about 25x faster
-    than `encode_batch_fast` (the library's per-text pre-tokenization and merges dominated the job's
-    time). A new chunk is split into pieces by PRETOKENIZE_PATTERN and a new piece counted by the
-    library's byte-level mapping and model (`encode` per piece, without its per-text overhead). Any
-    other tokenizer.json is counted with `encode_batch_fast`."""
+    the word after it), and each distinct chunk is counted once and cached (`ChunkCounts`, exact,
+    with a dict for the rare chunk over LONG_CHUNK bytes): the same counts as `encode`, about 25x
+    faster than `encode_batch_fast` (the library's per-text pre-tokenization and merges dominated the
+    job's time). A new chunk is split into pieces by PRETOKENIZE_PATTERN and a new piece counted by
+    the byte-level mapping (`_BYTE_CHARS`) and the library's model (`encode` per piece, without its
+    per-text overhead). Any other tokenizer.json is counted with `encode_batch_fast`."""
 
     def __init__(self, tokenizer_json: str) -> None:
         self.tokenizer_json = tokenizer_json
         self.tokenizer_: Any = None
         self.cached_ = False
         self._index = ChunkCounts()
-        self._cache: dict[bytes, int] = {}  # chunk (UTF-8) -> count, for chunks whose hash is taken
-        self._piece_cache: dict[str, int] = {}
+        self._cache: dict[bytes, int] = {}  # chunk (UTF-8) -> count, for chunks over LONG_CHUNK bytes
+        self._piece_cache: dict[bytes, int] = {}
 
     def setup(self) -> TokenCounter:
         if self.tokenizer_ is None:
@@ -282,50 +325,36 @@ class TokenCounter:
             self.tokenizer_ = Tokenizer.from_str(self.tokenizer_json)
             self.tokenizer_.encode_special_tokens = True  # raw text is never a special token
             self.cached_ = splits_like_python(self.tokenizer_json)
-            self._pieces = re.compile(PRETOKENIZE_PATTERN).findall
-            self._byte_level = _byte_level()
+            self._pieces = re.compile(PRETOKENIZE_PATTERN.encode()).findall
         return self
 
-    def _chunk_counts(self, chunks: list[str]) -> np.ndarray:
-        """Counts of new chunks from their pieces; only pieces never seen are encoded."""
-        pieces, firsts = self._split(chunks)
-        cache = self._piece_cache
-        missing = list({p for p in pieces if p not in cache})
-        if missing:
-            cache.update(zip(missing, self._piece_counts(missing), strict=True))
-        counts = np.fromiter(map(cache.__getitem__, pieces), np.int64, len(pieces))
-        order = np.argsort(firsts)  # chunks in the order of their pieces
-        out = np.empty(len(chunks), np.int64)
-        out[order] = np.add.reduceat(counts, firsts[order]) if len(chunks) else []
-        return out
-
-    def _split(self, chunks: list[str]) -> tuple[list[str], np.ndarray]:
-        """The pieces of `chunks` in order, and the index of each chunk's first piece.
-
-        A chunk that starts with whitespace and ends with a word splits alone as it does after another
-        such chunk (no piece crosses a word -> whitespace boundary), so those are split in one pass over
-        their concatenation; the others (a text's first word, its trailing whitespace) one by one."""
-        joinable = [c[0] in _WS_CHARS and c[-1] not in _WS_CHARS for c in chunks]
-        inner = [i for i, ok in enumerate(joinable) if ok]
-        outer = [i for i, ok in enumerate(joinable) if not ok]
-        joined = "".join(chunks[i] for i in inner)
-        pieces = self._pieces(joined)
-        ends = np.cumsum(np.fromiter(map(len, pieces), np.int64, len(pieces)))
-        starts = np.concatenate([[0], np.cumsum([len(chunks[i]) for i in inner], dtype=np.int64)[:-1]])
-        firsts = np.empty(len(chunks), np.int64)
-        firsts[inner] = np.searchsorted(ends, starts, side="right")
-        for i in outer:
-            firsts[i] = len(pieces)
-            pieces += self._pieces(chunks[i])
-        return pieces, firsts
-
-    def _piece_counts(self, pieces: list[str]) -> list[int]:
-        """Token counts of pre-tokenized pieces: the library's byte-level mapping of all of them at once
-        (one character per UTF-8 byte), then its model on each piece, as `encode` does per piece."""
-        mapped = self._byte_level.pre_tokenize_str("".join(pieces))[0][0]
-        ends = np.cumsum([len(p.encode("utf-8")) for p in pieces]).tolist()
-        tokenize = self.tokenizer_.model.tokenize
-        return [len(tokenize(mapped[a:b])) for a, b in zip([0, *ends[:-1]], ends, strict=True)]
+    def _chunk_counts(self, chunks: pa.Array) -> np.ndarray:
+        """Token counts of new chunks (binary) from their pieces; only pieces never seen are counted. The
+        UTF-8 bytes are split as bytes (the pattern's classes are ASCII, and every byte of a multi-byte
+        character falls in its class of other characters, as the character does), so pieces are cut
+        where they are in the text and no chunk becomes a str; the pieces are deduplicated by Arrow."""
+        text, starts, ends = _joined(chunks)
+        pieces = self._pieces(text.tobytes())
+        data, offsets = _binary_bytes(chunks)
+        alone = np.flatnonzero(ends < 0)  # ends with whitespace: split alone, after the others
+        firsts = np.zeros(len(alone) + 1, np.int64)
+        for k, i in enumerate(alone.tolist()):
+            firsts[k] = len(pieces)
+            pieces += self._pieces(data[offsets[i] : offsets[i + 1]].tobytes())
+        firsts[-1] = len(pieces)
+        array = pa.array(pieces, pa.large_binary())
+        piece_starts = np.frombuffer(array.buffers()[1], np.int64)[: len(pieces)]
+        first, last = np.searchsorted(piece_starts, starts), np.searchsorted(piece_starts, ends)
+        first[alone], last[alone] = firsts[:-1], firsts[1:]
+        encoded = array.dictionary_encode()
+        get, tokenize = self._piece_cache.get, self.tokenizer_.model.tokenize
+        distinct = encoded.dictionary.to_pylist()
+        counts = np.array([get(p, -1) for p in distinct], np.int64)
+        for i in np.flatnonzero(counts < 0).tolist():  # new pieces: byte-level characters, then the model
+            mapped = distinct[i].decode("latin-1").translate(_BYTE_CHARS)
+            counts[i] = self._piece_cache[distinct[i]] = len(tokenize(mapped))
+        cumulative = np.concatenate([[0], np.cumsum(counts[encoded.indices.to_numpy()])])
+        return cumulative[last] - cumulative[first]
 
     def _encode_counts(self, texts: list[str]) -> list[int]:
         return [len(e) for e in self.tokenizer_.encode_batch_fast(texts, add_special_tokens=False)]
@@ -348,23 +377,25 @@ class TokenCounter:
             texts = pa.array(list(texts), pa.string())
         return self._count_array(texts)
 
-    def _other_counts(self, chunks: pa.Array, hashes: np.ndarray) -> np.ndarray:
-        """Counts of distinct chunks not in the index: those whose hash another chunk took (in a dict,
-        looked at only when it holds any), and new ones, counted (`_chunk_counts`) and stored. New
-        chunks reach Python once, as str (Arrow's cast: cut at ASCII whitespace, each is valid UTF-8)."""
-        counts = np.full(len(chunks), -1, np.int64)
-        if self._cache:
+    def _distinct_counts(self, chunks: pa.Array) -> np.ndarray:
+        """Counts of distinct chunks: looked up in `ChunkCounts`, then those over LONG_CHUNK bytes in a
+        dict (looked at only when it holds any); new ones are counted (`_chunk_counts`) and stored."""
+        data, offsets = _binary_bytes(chunks)
+        lengths = np.diff(offsets)
+        counts = self._index.find(_word_view(data), offsets[:-1], lengths)
+        long = np.flatnonzero(lengths > LONG_CHUNK)
+        if self._cache and len(long):
             get = self._cache.get
-            counts = np.fromiter((get(k, -1) for k in chunks.to_pylist()), np.int64, len(chunks))
-        missing = np.flatnonzero(counts < 0)
-        if len(missing):
-            new = chunks if len(missing) == len(chunks) else chunks.take(pa.array(missing))
-            text = pa.large_string() if pa.types.is_large_binary(new.type) else pa.string()
-            counts[missing] = self._chunk_counts(new.cast(text).to_pylist())
-            stored = self._index.add(chunk_words(new), hashes[missing], counts[missing])
-            if not stored.all():
-                unstored = new.filter(pa.array(~stored)).to_pylist()
-                self._cache.update(zip(unstored, counts[missing[~stored]].tolist(), strict=True))
+            counts[long] = [get(k, -1) for k in chunks.take(pa.array(long)).to_pylist()]
+        new = np.flatnonzero(counts < 0)
+        if len(new):
+            fresh = chunks.take(pa.array(new))
+            counts[new] = self._chunk_counts(fresh)
+            short, long = new[lengths[new] <= LONG_CHUNK], new[lengths[new] > LONG_CHUNK]
+            self._index.add(_word_view(data), offsets[short], lengths[short], counts[short])
+            if len(long):
+                unstored = chunks.take(pa.array(long)).to_pylist()
+                self._cache.update(zip(unstored, counts[long].tolist(), strict=True))
         return counts
 
     def _count_array(self, texts: pa.Array) -> np.ndarray:
@@ -385,24 +416,42 @@ class TokenCounter:
         lo, hi = int(offsets[0]), int(offsets[-1])
         if hi == lo:
             return np.zeros(len(texts), dtype=np.int64)
-        space = _is_whitespace(np.frombuffer(data_buf, np.uint8, hi - lo, lo))
-        starts = np.empty(hi - lo, dtype=bool)
-        starts[0] = True
-        np.greater(space[1:], space[:-1], out=starts[1:])
-        doc_starts = offsets[:-1] - lo
-        starts[doc_starts[doc_starts < hi - lo]] = True
-        bounds = np.flatnonzero(starts) + lo
-        chunk_offsets = np.append(bounds, hi).astype(offset_type)
+        bounds = _chunk_starts(np.frombuffer(data_buf, np.uint8, hi - lo, lo), offsets[:-1] - lo) + lo
+        chunk_offsets = pa.py_buffer(np.append(bounds, hi).astype(offset_type))
         # Binary chunks: a new one reaches Python as bytes, cheaper to make and look up than str.
-        chunks = pa.Array.from_buffers(dtype, len(bounds), [None, pa.py_buffer(chunk_offsets), data_buf])
+        chunks = pa.Array.from_buffers(dtype, len(bounds), [None, chunk_offsets, data_buf])
         encoded = chunks.dictionary_encode()
-        distinct = encoded.dictionary
-        hashes = chunk_hashes(words := chunk_words(distinct))
-        counts = self._index.find(words, hashes)
-        rest = np.flatnonzero(counts < 0)
-        if len(rest):
-            counts[rest] = self._other_counts(distinct.take(pa.array(rest)), hashes[rest])
-        per_chunk = counts[encoded.indices.to_numpy()]
+        per_chunk = self._distinct_counts(encoded.dictionary)[encoded.indices.to_numpy()]
         cumulative = np.concatenate([[0], np.cumsum(per_chunk)])
         first_chunk = np.searchsorted(bounds, offsets)
         return cumulative[first_chunk[1:]] - cumulative[first_chunk[:-1]]
+
+
+def _chunk_starts(data: np.ndarray, text_starts: np.ndarray) -> np.ndarray:
+    """Where each chunk of `data` (UTF-8 bytes) starts: at each text's start, and where whitespace
+    follows a byte that is not whitespace."""
+    space = _is_whitespace(data)
+    starts = np.empty(len(data), dtype=bool)
+    starts[0] = True
+    np.greater(space[1:], space[:-1], out=starts[1:])
+    starts[text_starts[text_starts < len(data)]] = True
+    return np.flatnonzero(starts)
+
+
+def _joined(chunks: pa.Array) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The bytes of chunks put one after another so that PRETOKENIZE_PATTERN splits each as it does
+    alone (no piece crosses a word -> whitespace boundary): a chunk that starts with a word (a text's
+    first) goes after a newline, a piece of its own; one that ends with whitespace (its last piece could
+    run on) is left out, its end -1. Returns the bytes and each chunk's start and end in them."""
+    data, offsets = _binary_bytes(chunks)
+    lengths = np.diff(offsets)
+    space = _is_whitespace(data)
+    inner = ~space[offsets[1:] - 1]
+    newline = inner & ~space[offsets[:-1]]
+    sizes = np.where(inner, lengths + newline, 0)
+    ends = np.cumsum(sizes)
+    text = np.full(int(ends[-1]) if len(ends) else 0, ord("\n"), np.uint8)
+    is_chunk = np.ones(len(text), bool)
+    is_chunk[(ends - lengths - 1)[newline]] = False
+    text[is_chunk] = data[: offsets[-1]][np.repeat(inner, lengths)]
+    return text, np.where(inner, ends - lengths, -1), np.where(inner, ends, -1)

@@ -12,10 +12,11 @@ from tokenizers import Tokenizer
 from pipeline import tokenize
 from pipeline.corpus import CorpusOptions, build_corpus
 from pipeline.tokenize import (
+    LONG_CHUNK,
+    SHORT_CHUNK,
     ChunkCounts,
+    KeyTable,
     TokenCounter,
-    chunk_hashes,
-    chunk_words,
     read_tokenizer_json,
     splits_like_python,
     train_byte_level_bpe,
@@ -58,6 +59,48 @@ def test_trained_bpe_is_deterministic_and_counts_exactly(texts):
     assert counter.count(docs).tolist() == expected
     assert counter.count(docs[::-1]).tolist() == expected[::-1]  # warm cache, same answer
     assert reference.decode(reference.encode(ODD[1]).ids) == ODD[1]  # byte-level: lossless
+
+
+def test_counts_match_the_library_on_random_hostile_text(texts):
+    """Random texts from pieces that meet at every kind of boundary (whitespace runs of every kind,
+    contractions, digits, punctuation, multi-byte characters, the special token's literal, long words)
+    in batches that share chunks: the library's counts, cold and warm."""
+    spec = train_byte_level_bpe(texts, vocab_size=800).to_str()
+    reference = Tokenizer.from_str(spec)
+    reference.encode_special_tokens = True
+    parts = [
+        " ",
+        "  ",
+        "\n",
+        "\t",
+        " \n ",
+        "\r\n",
+        "\x0b",
+        "a",
+        "the",
+        "'s",
+        "'",
+        "'ll",
+        "12",
+        "3",
+        ".",
+        "?!",
+        "é",
+        "日本",
+        "\u00a0",
+        "\U0001f600",
+        "<|endoftext|>",
+        "x" * 30,
+        "y" * 200,
+        "\x00",
+        "-",
+    ]
+    rng = np.random.default_rng(7)
+    docs = ["".join(rng.choice(parts, rng.integers(0, 40))) for _ in range(400)]
+    expected = [len(e.ids) for e in reference.encode_batch(docs, add_special_tokens=False)]
+    counter = TokenCounter(spec).setup()
+    assert sum((counter.count(docs[i : i + 50]).tolist() for i in range(0, 400, 50)), []) == expected
+    assert counter.count(pa.array(docs[::-1], pa.large_string())).tolist() == expected[::-1]
 
 
 def test_other_tokenizers_use_the_library(tmp_path):
@@ -116,39 +159,71 @@ def test_added_tokens_that_are_not_special_use_the_library(texts):
     ]
 
 
-def test_chunk_counts_store_and_find_exactly_even_when_hashes_collide():
-    values = [b" the", b" cat", b"\n  x", b" a" * 40, b" a" * 39 + b" b", "\u00e9t\u00e9".encode(), b"x" * 8]
-    chunks = pa.array(values)
-    words = chunk_words(chunks)
-    assert words.lengths.tolist() == [len(v) for v in values]
-    assert [
-        b"".join(int(w).to_bytes(8, "little") for w in words.words[a:b])[: len(v)]
-        for a, b, v in zip(words.first, [*words.first[1:], len(words.words)], values, strict=True)
-    ] == values
-    hashes = chunk_hashes(words)
-    assert len(set(hashes.tolist())) == len(chunks)
-    assert chunk_hashes(chunk_words(chunks.slice(2, 2))).tolist() == hashes[2:4].tolist()  # own bytes alone
+def test_byte_chars_are_the_libraries_byte_level_mapping():
+    """Latin-1 text of UTF-8 bytes, translated by _BYTE_CHARS, is what ByteLevel makes of the text."""
+    from tokenizers import pre_tokenizers
+
+    text = "".join(ODD) + "".join(chr(i) for i in range(0x80, 0x800)) + "\U0001f600\u20ac\x00"
+    mapped = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False).pre_tokenize_str(text)
+    assert text.encode("utf-8").decode("latin-1").translate(tokenize._BYTE_CHARS) == mapped[0][0]
+
+
+def test_key_table_probes_past_taken_slots_and_grows(monkeypatch):
+    """Every key in one slot: each look-up walks the run of taken slots; the table grows while keys go
+    in (4 slots at first), and keys that differ in any word are never each other's."""
+    monkeypatch.setattr(KeyTable, "_slots", lambda self, a, b, c: np.zeros(len(a), np.int64))
+    table = KeyTable(bits=2)
+    keys = [np.array([i % 3 for i in range(60)], np.uint64), np.arange(60, dtype=np.uint64) // 3]
+    keys.append(np.full(60, 1 << 60, np.uint64) | np.arange(60, dtype=np.uint64) % 2)
+    for part in (slice(0, 1), slice(1, 25), slice(25, 60)):
+        table.add([k[part] for k in keys], np.arange(60)[part] * 10)
+    assert len(table) == 60 and len(table._rows) >= 128
+    assert table.find(keys).tolist() == list(range(0, 600, 10))
+    absent = [keys[0] + np.uint64(3), keys[1], keys[2]]
+    assert table.find(absent).tolist() == [-1] * 60
+
+
+def test_chunk_counts_are_exact_for_every_length_and_shared_prefixes():
+    """Chunks of every length up to LONG_CHUNK, sharing long prefixes, with zero bytes: each finds its
+    own count; a stored chunk's prefix or extension is not stored."""
+    rng = np.random.default_rng(0)
+    base = bytes(rng.integers(0, 256, LONG_CHUNK, dtype=np.uint8))
+    values = [base[:n] for n in range(1, LONG_CHUNK + 1)]  # each a prefix of the longer ones
+    values += [b"a", b"a\x00", b"\x00a", b" the", b"x" * SHORT_CHUNK, b"x" * (SHORT_CHUNK + 1)]
+    values += [base[:40] + b"!" + base[41:90]]  # shares 40 bytes with another, then differs
+    chunks = pa.array(values, pa.binary())
     index = ChunkCounts()
-    assert index.find(words, hashes).tolist() == [-1] * 7
-    assert index.add(chunk_words(chunks.slice(0, 4)), hashes[:4], np.array([1, 2, 3, 4])).all()
-    assert index.find(words, hashes).tolist() == [1, 2, 3, 4, -1, -1, -1]
-    others = chunk_words(chunks.slice(4, 3))
-    same = np.zeros(3, np.uint64) + hashes[3]  # other chunks with a taken hash: never its count
-    assert index.find(others, same).tolist() == [-1, -1, -1]
-    assert index.add(others, same, np.array([5, 6, 7])).tolist() == [False, False, False]
-    assert index.add(others, hashes[4:], np.array([5, 6, 7])).all()
-    assert index.find(words, hashes).tolist() == [1, 2, 3, 4, 5, 6, 7] and len(index) == 7
+    stored = list(range(0, len(values), 2))
+    data, offsets = _chunk_bytes(chunks.take(pa.array(stored)))
+    index.add(data, offsets[:-1], np.diff(offsets), np.array(stored) * 7)
+    data, offsets = _chunk_bytes(chunks)
+    found = index.find(data, offsets[:-1], np.diff(offsets))
+    assert found.tolist() == [7 * i if i % 2 == 0 else -1 for i in range(len(values))]
+    rest = [i for i in range(len(values)) if i % 2]
+    data, offsets = _chunk_bytes(chunks.take(pa.array(rest)))
+    index.add(data, offsets[:-1], np.diff(offsets), np.array(rest) * 7)
+    data, offsets = _chunk_bytes(chunks)
+    assert index.find(data, offsets[:-1], np.diff(offsets)).tolist() == [7 * i for i in range(len(values))]
 
 
-def test_counts_stay_exact_when_every_chunk_hash_collides(texts, monkeypatch):
-    """With a hash that collides all the time, chunks fall back to the dict and counts stay exact."""
+def _chunk_bytes(chunks: pa.Array) -> tuple[np.ndarray, np.ndarray]:
+    data, offsets = tokenize._binary_bytes(chunks)
+    return tokenize._word_view(data), offsets
+
+
+def test_counts_stay_exact_when_the_cache_starts_again(texts, monkeypatch):
+    """Past CACHE_LIMIT chunks the cache is emptied and fills again; long chunks go to the dict."""
     spec = train_byte_level_bpe(texts, vocab_size=1000).to_str()
     reference = Tokenizer.from_str(spec)
     reference.encode_special_tokens = True
     docs = texts[:60] + ODD
     expected = [len(e.ids) for e in reference.encode_batch(docs, add_special_tokens=False)]
-    monkeypatch.setattr(tokenize, "chunk_hashes", lambda words: np.full(len(words.first), 7, np.uint64))
+    monkeypatch.setattr(tokenize, "CACHE_LIMIT", 500)
     counter = TokenCounter(spec).setup()
-    assert counter.count(docs).tolist() == expected
+    got, caches = [], []
+    for i in range(0, len(docs), 7):
+        got += counter.count(docs[i : i + 7]).tolist()
+        caches.append(counter._index)  # kept alive: distinct ids are distinct caches
+    assert got == expected and len({id(c) for c in caches}) > 2  # started again more than once
+    assert counter._cache  # "x" * 5000: over LONG_CHUNK bytes
     assert counter.count(docs[::-1]).tolist() == expected[::-1]
-    assert len(counter._index) == 1 and len(counter._cache) > 100
