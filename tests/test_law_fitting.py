@@ -288,3 +288,46 @@ def test_vectorised_least_squares_follows_scipy_step_for_step() -> None:
         single = least_squares_fit(objective, start, options, polish=False)
         assert batch.n_evaluations[i] == single.nfev
         assert batch.values[i] == pytest.approx(objective.value(single.x), rel=1e-6)
+
+
+def test_pruned_searches_keep_the_best_of_each_group_going(monkeypatch) -> None:
+    """With `prune=(k, keep)` only the `keep` lowest fits of each group go on after k evaluations:
+    they end exactly where unpruned fits end (every fit is independent), the others stop at k; with
+    threads (whole groups per thread) the result is the same bit for bit."""
+    from mixer.laws import fitting
+    from mixer.laws.fitting import batch_least_squares, huber_normal_equations
+    from mixer.laws.forms import FORMS, additive_blocks
+
+    runs = synthetic_runs()
+    h = runs[[f"h_{d}" for d in DOMAINS]].to_numpy()
+    x = Features(np.log(runs["N"].to_numpy() / 1e7), np.log(runs["D"].to_numpy() / 1e9), h)
+    y = runs["loss"].to_numpy()
+    targets = np.stack([y, y * 1.01 + 0.02, y * 0.98])  # three groups (targets), 6 fits each
+    starts = np.concatenate(
+        [
+            FORMS["additive"].random_starts(len(DOMAINS), t, 6, np.random.default_rng(i))
+            for i, t in enumerate(targets)
+        ]
+    )
+    groups = np.repeat(np.arange(3), 6)
+    equations = huber_normal_equations(additive_blocks, x)
+    options = {"max_nfev": 60}
+    full = batch_least_squares(equations, starts, targets[groups], None, options, "lm")
+    pruned = batch_least_squares(
+        equations, starts, targets[groups], None, options, "lm", groups=groups, prune=(20, 2)
+    )
+    early = batch_least_squares(equations, starts, targets[groups], None, {"max_nfev": 20}, "lm")
+    for g in range(3):
+        mine = np.flatnonzero(groups == g)
+        kept = mine[np.argsort(early.values[mine], kind="stable")[:2]]
+        cut = np.setdiff1d(mine, kept)
+        np.testing.assert_array_equal(pruned.thetas[kept], full.thetas[kept])
+        np.testing.assert_array_equal(pruned.thetas[cut], early.thetas[cut])
+        assert (pruned.n_evaluations[cut] <= 20).all()
+    assert (full.n_evaluations > 20).sum() > (pruned.n_evaluations > 20).sum()  # it cut some searches
+    monkeypatch.setattr(fitting, "FITS_PER_THREAD", 4)  # threads for these few fits: whole groups each
+    threaded = batch_least_squares(
+        equations, starts, targets[groups], None, options, "lm", n_jobs=2, groups=groups, prune=(20, 2)
+    )
+    np.testing.assert_array_equal(threaded.thetas, pruned.thetas)
+    np.testing.assert_array_equal(threaded.values, pruned.values)

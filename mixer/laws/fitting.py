@@ -280,6 +280,10 @@ EXPLORE_NFEV_PER_PARAM = 3
 # still descending after trf's 300 evaluations, so their objective moved with rounding; with these
 # every RedPajama per-domain law ends at trf's objective or lower (bench/law_bench.py).
 REFINE_METHOD, REFINE_NFEV = "lm", 400  # trf and 300 before (bench/law_bench.py times both)
+# After 100 evaluations only the 2 lowest full searches of each target go on: on the 22 RedPajama
+# per-domain laws the search that ends lowest after 400 (or 2,000) evaluations was always among
+# them, while the best after 50 was not (docs/laws.md).
+REFINE_PRUNE = (150, 2)
 
 
 def weighted_huber_rho(weights: np.ndarray) -> Callable[[np.ndarray], np.ndarray]:
@@ -625,35 +629,59 @@ def _more_alpha(
 
 
 @dataclass
-class _TrustRegions:
-    """The state of B trust-region searches (scipy trf's variables, one row per fit)."""
+class _Searches:
+    """The state of B local searches (one row per fit) that every method shares."""
 
     x: np.ndarray
     cost: np.ndarray
     gradient: np.ndarray
     hessian: np.ndarray  # J^T diag(c) J
     scale_inv: np.ndarray  # x_scale="jac": the largest column norms of J seen so far
-    radius: np.ndarray
-    alpha: np.ndarray  # the Levenberg-Marquardt parameter of the last step
     nfev: np.ndarray
     active: np.ndarray
-    s2: np.ndarray  # eigen-decomposition of the scaled J^T J, redone only after an accepted step
-    vectors: np.ndarray
-    suf: np.ndarray
-    stale: np.ndarray
 
     @classmethod
     def start(cls, x: np.ndarray, cost: np.ndarray, gradient: np.ndarray, hessian: np.ndarray, gtol: float):
         scale_inv = np.sqrt(np.diagonal(hessian, axis1=-2, axis2=-1)).copy()
-        scale_inv[scale_inv == 0] = 1.0
-        radius = np.linalg.norm(x * scale_inv, axis=1)
-        radius[radius == 0] = 1.0
-        n = x.shape[0]
+        scale_inv[~(scale_inv > 0) | ~np.isfinite(scale_inv)] = 1.0
         active = np.isfinite(cost) & (np.abs(gradient).max(axis=1) >= gtol)
-        return cls(
-            x, cost, gradient, hessian, scale_inv, radius, np.zeros(n), np.ones(n, dtype=int), active,
-            np.zeros_like(x), np.zeros(hessian.shape), np.zeros_like(x), np.ones(n, dtype=bool),
-        )  # fmt: skip
+        state = cls(x, cost, gradient, hessian, scale_inv, np.ones(x.shape[0], dtype=int), active)
+        state.reset()
+        return state
+
+    def reset(self) -> None:
+        """Set the method's own variables for the start."""
+
+    def accept(self, a: np.ndarray, accept: np.ndarray, step: np.ndarray, new) -> np.ndarray:
+        """Move the fits `a[accept]` by their step to the new point `new` (cost, gradient, J^T J at
+        every fit of `a`); returns the indices of the moved fits."""
+        ok = a[accept]
+        self.x[ok] += step[accept]
+        self.cost[ok], self.gradient[ok], self.hessian[ok] = (v[accept] for v in new)
+        column_norms = np.sqrt(np.diagonal(self.hessian[ok], axis1=-2, axis2=-1))
+        self.scale_inv[ok] = np.maximum(self.scale_inv[ok], column_norms)
+        return ok
+
+
+@dataclass
+class _TrustRegions(_Searches):
+    """B trust-region searches: scipy trf's variables."""
+
+    radius: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    alpha: np.ndarray = field(default_factory=lambda: np.zeros(0))  # the last step's damping
+    # eigen-decomposition of the scaled J^T J, redone only after an accepted step
+    s2: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    vectors: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    suf: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    stale: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=bool))
+
+    def reset(self) -> None:
+        self.radius = np.linalg.norm(self.x * self.scale_inv, axis=1)
+        self.radius[self.radius == 0] = 1.0
+        self.alpha = np.zeros(self.x.shape[0])
+        self.s2, self.suf = np.zeros_like(self.x), np.zeros_like(self.x)
+        self.vectors = np.zeros(self.hessian.shape)
+        self.stale = np.ones(self.x.shape[0], dtype=bool)
 
     def steps(self, a: np.ndarray, n_rows: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """The active fits' steps in scaled variables, their predicted reductions, and the scale."""
@@ -675,7 +703,7 @@ class _TrustRegions:
 
     def update(self, a, step_h, step, predicted, new, ftol, xtol, gtol, max_nfev) -> None:
         """scipy trf's radius update, stopping tests and acceptance for the active fits `a`."""
-        new_cost, new_gradient, new_hessian = new
+        new_cost = new[0]
         self.nfev[a] += 1
         step_h_norm = np.linalg.norm(step_h, axis=1)
         finite = np.isfinite(new_cost)
@@ -691,51 +719,24 @@ class _TrustRegions:
         self.alpha[a[going]] *= radius[going] / new_radius[going]
         self.radius[a] = np.where(going, new_radius, np.where(finite, radius, 0.25 * step_h_norm))
         accept = finite & (reduction > 0)
-        ok = a[accept]
-        self.x[ok] += step[accept]
-        self.cost[ok], self.gradient[ok] = new_cost[accept], new_gradient[accept]
-        self.hessian[ok] = new_hessian[accept]
+        ok = self.accept(a, accept, step, new)
         self.stale[ok] = True
-        column_norms = np.sqrt(np.diagonal(self.hessian[ok], axis1=-2, axis2=-1))
-        self.scale_inv[ok] = np.maximum(self.scale_inv[ok], column_norms)
         done = stop | (self.nfev[a] >= max_nfev)
         done[accept] |= np.abs(self.gradient[ok]).max(axis=1) < gtol
         self.active[a[done]] = False
 
 
 @dataclass
-class _Damped:
-    """The state of B Levenberg-Marquardt searches: the step solves (J^T J + mu D^2) step = -g with
-    D the same column scaling as trf's x_scale="jac", one batched linear solve per iteration and no
+class _Damped(_Searches):
+    """B Levenberg-Marquardt searches: the step solves (J^T J + mu D^2) step = -g with D the same
+    column scaling as trf's x_scale="jac", one batched linear solve per iteration and no
     eigen-decomposition; mu follows the gain ratio (Nielsen's rule)."""
 
-    x: np.ndarray
-    cost: np.ndarray
-    gradient: np.ndarray
-    hessian: np.ndarray
-    scale_inv: np.ndarray
-    mu: np.ndarray
-    nu: np.ndarray
-    nfev: np.ndarray
-    active: np.ndarray
+    mu: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    nu: np.ndarray = field(default_factory=lambda: np.zeros(0))
 
-    @classmethod
-    def start(cls, x: np.ndarray, cost: np.ndarray, gradient: np.ndarray, hessian: np.ndarray, gtol: float):
-        scale_inv = np.sqrt(np.diagonal(hessian, axis1=-2, axis2=-1)).copy()
-        scale_inv[~(scale_inv > 0) | ~np.isfinite(scale_inv)] = 1.0
-        n = x.shape[0]
-        active = np.isfinite(cost) & (np.abs(gradient).max(axis=1) >= gtol)
-        return cls(
-            x,
-            cost,
-            gradient,
-            hessian,
-            scale_inv,
-            np.full(n, 1e-3),
-            np.full(n, 2.0),
-            np.ones(n, dtype=int),
-            active,
-        )
+    def reset(self) -> None:
+        self.mu, self.nu = np.full(self.x.shape[0], 1e-3), np.full(self.x.shape[0], 2.0)
 
     def steps(self, a: np.ndarray, n_rows: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """The active fits' damped Gauss-Newton steps in scaled variables, their predicted
@@ -751,7 +752,7 @@ class _Damped:
 
     def update(self, a, step_h, step, predicted, new, ftol, xtol, gtol, max_nfev) -> None:
         """Nielsen's damping update, the stopping tests of trf (`_TrustRegions.update`), acceptance."""
-        new_cost, new_gradient, new_hessian = new
+        new_cost = new[0]
         self.nfev[a] += 1
         finite = np.isfinite(new_cost) & np.isfinite(predicted)
         reduction = self.cost[a] - new_cost
@@ -764,12 +765,7 @@ class _Damped:
         ftol_met = (reduction < ftol * self.cost[a]) & (ratio > 0.25)
         xtol_met = np.linalg.norm(step, axis=1) < xtol * (xtol + np.linalg.norm(self.x[a], axis=1))
         accept = finite & (reduction > 0)
-        ok = a[accept]
-        self.x[ok] += step[accept]
-        self.cost[ok], self.gradient[ok] = new_cost[accept], new_gradient[accept]
-        self.hessian[ok] = new_hessian[accept]
-        column_norms = np.sqrt(np.diagonal(self.hessian[ok], axis1=-2, axis2=-1))
-        self.scale_inv[ok] = np.maximum(self.scale_inv[ok], column_norms)
+        ok = self.accept(a, accept, step, new)
         done = (finite & (ftol_met | xtol_met)) | (self.nfev[a] >= max_nfev) | ~(self.mu[a] < 1e300)
         done[accept] |= np.abs(self.gradient[ok]).max(axis=1) < gtol
         self.active[a[done]] = False
@@ -801,6 +797,8 @@ def batch_least_squares(
     options: dict[str, float | int] | None = None,
     method: str = "trf",
     n_jobs: int = 1,
+    groups: np.ndarray | None = None,
+    prune: tuple[int, int] | None = None,
 ) -> BatchFit:
     """B independent Huber fits in one vectorised loop. method="trf" is scipy's
     `least_squares(method="trf", loss="huber", x_scale="jac")` without bounds, step for step
@@ -813,16 +811,20 @@ def batch_least_squares(
     (n,) for every fit); `options` are least_squares' ftol, xtol, gtol and max_nfev (default
     `LEAST_SQUARES_OPTIONS`). A fit whose start is not finite stays there (value +inf); a step onto
     a point where the prediction or Jacobian is not finite is refused (a smaller trust region, or
-    more damping). `n_jobs` > 1 splits the fits into that many parts run in threads (`_in_threads`:
-    the same results)."""
-    if n_jobs > 1 and thetas.shape[0] >= 32:
+    more damping). `prune` = (n_evaluations, keep) with `groups` (B,) (e.g. the target each fit
+    belongs to): after that many evaluations only the `keep` lowest fits of each group go on, the
+    others end where they are. `n_jobs` > 1 splits the fits (whole groups) into that many parts run
+    in threads (`_in_threads`: the same results)."""
+    if n_jobs > 1 and thetas.shape[0] >= 2 * FITS_PER_THREAD:
         fits = _in_threads(
             lambda rows: batch_least_squares(
-                equations, thetas[rows], targets[rows], _of_fits(weights, rows), options, method
+                equations, thetas[rows], targets[rows], _of_fits(weights, rows), options, method,
+                groups=None if groups is None else groups[rows], prune=prune,
             ),
             thetas.shape[0],
             n_jobs,
-        )
+            groups,
+        )  # fmt: skip
         return BatchFit(
             *(np.concatenate([getattr(f, k) for f in fits]) for k in ("thetas", "values", "n_evaluations"))
         )
@@ -831,20 +833,39 @@ def batch_least_squares(
     x = np.array(thetas, dtype=float)
     with np.errstate(all="ignore"):  # diverging starts overflow: their steps are refused
         state = METHODS[method].start(x, *equations(x, targets, weights), gtol)
-        while state.active.any():
+        for evaluations in itertools.count(2):
+            if not state.active.any():
+                break
             a = np.flatnonzero(state.active)
             step_h, predicted, d = state.steps(a, targets.shape[1])
             step = d * step_h
             new = equations(state.x[a] + step, _of_fits(targets, a), _of_fits(weights, a))
             state.update(a, step_h, step, predicted, new, ftol, xtol, gtol, max_nfev)
+            if prune is not None and groups is not None and evaluations == prune[0]:
+                kept = np.concatenate(_best_per_group(state.cost, groups, int(groups.max()) + 1, prune[1]))
+                state.active &= np.isin(np.arange(x.shape[0]), kept)
     return BatchFit(state.x, state.cost, state.nfev)
 
 
-def _in_threads(run: Callable[[np.ndarray], T], n_fits: int, n_jobs: int) -> list[T]:
-    """`run` on `n_jobs` consecutive parts of the fits (index arrays; 16 fits a part at least), in
-    threads: numpy releases the GIL in its array loops, and every fit is independent of the others,
-    so the results, in the parts' order, are the same as one call's."""
-    parts = np.array_split(np.arange(n_fits), max(1, min(n_jobs, n_fits // 16)))
+# Fits a thread gets at least: a step's Python overhead is the same for 66 fits as for 594, so a
+# small batch gains no wall time from a second thread and pays its overhead twice (the 132 full
+# searches of the per-domain additive fit: 2.7 CPU-s on two threads against 1.8 on one, the same
+# wall time).
+FITS_PER_THREAD = 256
+
+
+def _in_threads(
+    run: Callable[[np.ndarray], T], n_fits: int, n_jobs: int, groups: np.ndarray | None = None
+) -> list[T]:
+    """`run` on `n_jobs` consecutive parts of the fits (index arrays; `FITS_PER_THREAD` fits a part
+    at least; whole `groups` when given, consecutive), in threads: numpy releases the GIL in its
+    array loops, and every fit (group) is independent of the others, so the results, in the parts'
+    order, are the same as one call's."""
+    n_parts = max(1, min(n_jobs, n_fits // FITS_PER_THREAD))
+    if groups is None:
+        parts = np.array_split(np.arange(n_fits), n_parts)
+    else:
+        parts = [np.flatnonzero(np.isin(groups, g)) for g in np.array_split(np.unique(groups), n_parts)]
     if len(parts) == 1:
         return [run(parts[0])]
     with ThreadPoolExecutor(len(parts)) as pool:
@@ -934,17 +955,19 @@ def fit_least_squares_batch(
         raise ValueError("no starting point gives a finite objective; check the runs table's losses")
 
     def search(
-        x_rows: Features, y: np.ndarray, w: np.ndarray | None, thetas, who, options, method
+        x_rows: Features, y: np.ndarray, w: np.ndarray | None, thetas, who, options, method, prune=None
     ) -> BatchFit:
         equations = huber_normal_equations(blocks, x_rows, delta)
-        return batch_least_squares(equations, thetas, y[who], w, options, method, n_jobs)
+        return batch_least_squares(equations, thetas, y[who], w, options, method, n_jobs, who, prune)
 
     explore_nfev = {"max_nfev": EXPLORE_NFEV_PER_PARAM * p}
     explore = search(x_explore, y_explore, w_explore, flat[chosen], owner[chosen], explore_nfev, "trf")
     _advance(chosen.size)
     best = np.concatenate(_best_per_group(explore.values, owner[chosen], n_targets, keep))
     refine = {"max_nfev": REFINE_NFEV}
-    refined = search(x, targets, weights, explore.thetas[best], owner[chosen][best], refine, REFINE_METHOD)
+    refined = search(
+        x, targets, weights, explore.thetas[best], owner[chosen][best], refine, REFINE_METHOD, REFINE_PRUNE
+    )
     _advance(best.size)
     results = []
     for t in range(n_targets):
