@@ -601,29 +601,31 @@ def _more_alpha(
     s2: np.ndarray, suf: np.ndarray, radius: np.ndarray, alpha: np.ndarray, full_rank: np.ndarray
 ) -> np.ndarray:
     """The Levenberg-Marquardt parameter whose step has norm `radius` (to 1%), by scipy's Newton
-    iteration on phi(alpha) = |p(alpha)| - radius, started from the last step's `alpha`."""
+    iteration on phi(alpha) = |p(alpha)| - radius, started from the last step's `alpha`; each
+    iteration evaluates only the systems still searching."""
 
-    def phi(a: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        denom = s2 + a[:, None]
-        p_norm = np.linalg.norm(suf / denom, axis=1)
-        return p_norm - radius, -np.sum(suf**2 / denom**3, axis=1) / p_norm
+    def phi(a: np.ndarray, s: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        denom = s2[s] + a[:, None]
+        p_norm = np.linalg.norm(suf[s] / denom, axis=1)
+        return p_norm - radius[s], -np.sum(suf[s] ** 2 / denom**3, axis=1) / p_norm
 
+    everyone = np.arange(alpha.size)
     upper = np.linalg.norm(suf, axis=1) / radius
-    phi0, dphi0 = phi(np.zeros_like(radius))
+    phi0, dphi0 = phi(np.zeros_like(radius), everyone)
     lower = np.where(full_rank, -phi0 / dphi0, 0.0)
     fresh = (alpha == 0) & ~full_rank
     alpha = np.where(fresh, np.maximum(0.001 * upper, np.sqrt(lower * upper)), alpha)
-    searching = np.ones(alpha.size, dtype=bool)
+    s = everyone  # the systems still searching
     for _ in range(10):
-        outside = (alpha < lower) | (alpha > upper)
-        alpha = np.where(searching & outside, np.maximum(0.001 * upper, np.sqrt(lower * upper)), alpha)
-        value, derivative = phi(alpha)
-        upper = np.where(searching & (value < 0), alpha, upper)
+        a, low, up = alpha[s], lower[s], upper[s]
+        a = np.where((a < low) | (a > up), np.maximum(0.001 * up, np.sqrt(low * up)), a)
+        value, derivative = phi(a, s)
+        upper[s] = np.where(value < 0, a, up)
         ratio = value / derivative
-        lower = np.where(searching, np.maximum(lower, alpha - ratio), lower)
-        alpha = np.where(searching, alpha - (value + radius) * ratio / radius, alpha)
-        searching &= ~(np.abs(value) < 0.01 * radius)
-        if not searching.any():
+        lower[s] = np.maximum(low, a - ratio)
+        alpha[s] = a - (value + radius[s]) * ratio / radius[s]
+        s = s[~(np.abs(value) < 0.01 * radius[s])]
+        if not s.size:
             break
     return alpha
 
