@@ -280,9 +280,10 @@ EXPLORE_NFEV_PER_PARAM = 3
 # still descending after trf's 300 evaluations, so their objective moved with rounding; with these
 # every RedPajama per-domain law ends at trf's objective or lower (bench/law_bench.py).
 REFINE_METHOD, REFINE_NFEV = "lm", 400  # trf and 300 before (bench/law_bench.py times both)
-# After 100 evaluations only the 2 lowest full searches of each target go on: on the 22 RedPajama
-# per-domain laws the search that ends lowest after 400 (or 2,000) evaluations was always among
-# them, while the best after 50 was not (docs/laws.md).
+# After 150 evaluations only the 2 lowest full searches of each target go on: on the 22 RedPajama
+# per-domain laws the search that ends lowest after 400 (or 2,000) evaluations was always among them
+# (every objective the same bit for bit), while after 50 it was not (docs/laws.md). Most of the
+# others have stopped by then; the rest crawl along flat valleys to max_nfev.
 REFINE_PRUNE = (150, 2)
 
 
@@ -940,8 +941,9 @@ def fit_least_squares_batch(
     None; `explore_rows` the row subsample of the short searches (default: all rows). Per target:
     the `n_searches` starts with the lowest objective on the subsample, short trf searches from each
     (they rank the basins: scipy's trf step for step, as `fit_least_squares`), then Levenberg-Marquardt
-    searches of up to `REFINE_NFEV` evaluations on every row from the `keep` best end points; one
-    result per target. `n_jobs` threads share the fits (the same results)."""
+    searches of up to `REFINE_NFEV` evaluations on every row from the `keep` best end points, of
+    which the 2 lowest go on after 150 (`REFINE_PRUNE`: the others' objectives are where they
+    stopped); one result per target. `n_jobs` threads share the fits (the same results)."""
     n_targets, p = targets.shape[0], starts.shape[-1]
     rows = np.arange(targets.shape[1]) if explore_rows is None else explore_rows
     x_explore = x.subset(rows)
