@@ -430,21 +430,22 @@ def bootstrap_least_squares(
 
 # --- Mixture laws, vectorised: many fits in one Levenberg-Marquardt loop ----------------------
 
-# (thetas (B, p), targets (B, n), row weights (B, n), (n,) or None) -> summed Huber loss (B,), gradient
-# (B, p), Gauss-Newton curvature (B, p, p)
-NormalEquations = Callable[
-    [np.ndarray, np.ndarray, np.ndarray | None], tuple[np.ndarray, np.ndarray, np.ndarray]
-]
+# The gradient (b, p) and Gauss-Newton curvature (b, p, p) of the fits picked by a mask (B,): a search
+# needs them only where it takes the step (about 80% of the steps on RedPajama).
+Derivatives = Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]]
+# (thetas (B, p), targets (B, n), row weights (B, n), (n,) or None) -> summed Huber loss (B,), Derivatives
+NormalEquations = Callable[[np.ndarray, np.ndarray, np.ndarray | None], tuple[np.ndarray, Derivatives]]
 
 
 def huber_normal_equations(
     blocks: Callable[[np.ndarray, Features], Blocks], x: Features, delta: float = HUBER_DELTA
 ) -> NormalEquations:
-    """The summed Huber loss of B fits of a law given by its Jacobian `blocks`, with its gradient and
-    Gauss-Newton curvature J^T diag(c) J (c = the row weight within delta, machine epsilon beyond it:
-    scipy least_squares' robust-loss scaling). Built from the blocks: the residual's weights are
-    summed per size cell and per mixture (`_Cells`), never the Jacobian expanded to every row. A fit
-    whose prediction or Jacobian is not finite gets the value +inf."""
+    """The summed Huber loss of B fits of a law given by its Jacobian `blocks`, and on demand its
+    gradient and Gauss-Newton curvature J^T diag(c) J (c = the row weight within delta, machine
+    epsilon beyond it: scipy least_squares' robust-loss scaling) for the fits asked. Built from the
+    blocks: the residual's weights are summed per size cell and per mixture (`_Cells`), never the
+    Jacobian expanded to every row. A fit whose prediction or Jacobian is not finite gets the value
+    +inf (and zero derivatives)."""
     cells: dict[str, _Cells] = {}
 
     def equations(thetas: np.ndarray, targets: np.ndarray, weights: np.ndarray | None):
@@ -453,20 +454,24 @@ def huber_normal_equations(
             if "cells" not in cells:
                 cells["cells"] = _Cells(x, b.row_index)
             value, curvature, psi = _huber_weights(b.prediction - targets, weights, delta)
-            rows, mixtures = b.rows, b.mixtures
-            finite = np.isfinite(value + rows.sum(axis=(-2, -1)) + mixtures.sum(axis=(-2, -1)))
-            if not finite.all():
-                value = np.where(finite, value, np.inf)
-                rows = np.where(finite[:, None, None], rows, 0.0)
-                mixtures = np.where(finite[:, None, None], mixtures, 0.0)
-                curvature = np.where(finite[:, None], curvature, EPS)
-                psi = np.where(finite[:, None], psi, 0.0)
-            gradient, hessian = cells["cells"].normal_equations(rows, mixtures, curvature, psi)
-        order = np.concatenate([b.row_columns, b.mixture_columns])
-        if not np.array_equal(order, np.arange(order.size)):
-            gradient[:, order] = gradient.copy()
-            hessian[:, order[:, None], order[None, :]] = hessian.copy()
-        return value, gradient, hessian
+            finite = np.isfinite(value + b.rows.sum(axis=(-2, -1)) + b.mixtures.sum(axis=(-2, -1)))
+
+        def derivatives(fits: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+            ok = finite[fits]
+            rows, mixtures, c, p = b.rows[fits], b.mixtures[fits], curvature[fits], psi[fits]
+            if not ok.all():
+                rows = np.where(ok[:, None, None], rows, 0.0)
+                mixtures = np.where(ok[:, None, None], mixtures, 0.0)
+                c, p = np.where(ok[:, None], c, EPS), np.where(ok[:, None], p, 0.0)
+            with np.errstate(all="ignore"):
+                gradient, hessian = cells["cells"].normal_equations(rows, mixtures, c, p)
+            order = np.concatenate([b.row_columns, b.mixture_columns])
+            if not np.array_equal(order, np.arange(order.size)):
+                gradient[:, order] = gradient.copy()
+                hessian[:, order[:, None], order[None, :]] = hessian.copy()
+            return gradient, hessian
+
+        return np.where(finite, value, np.inf), derivatives
 
     return equations
 
@@ -656,11 +661,12 @@ class _Searches:
         """Set the method's own variables for the start."""
 
     def accept(self, a: np.ndarray, accept: np.ndarray, step: np.ndarray, new) -> np.ndarray:
-        """Move the fits `a[accept]` by their step to the new point `new` (cost, gradient, J^T J at
-        every fit of `a`); returns the indices of the moved fits."""
+        """Move the fits `a[accept]` by their step to the new point `new` (the cost at every fit of
+        `a`, and its `Derivatives`); returns the indices of the moved fits."""
         ok = a[accept]
         self.x[ok] += step[accept]
-        self.cost[ok], self.gradient[ok], self.hessian[ok] = (v[accept] for v in new)
+        self.cost[ok] = new[0][accept]
+        self.gradient[ok], self.hessian[ok] = new[1](accept)
         column_norms = np.sqrt(np.diagonal(self.hessian[ok], axis1=-2, axis2=-1))
         self.scale_inv[ok] = np.maximum(self.scale_inv[ok], column_norms)
         return ok
@@ -835,7 +841,8 @@ def batch_least_squares(
     ftol, xtol, gtol, max_nfev = (settings[key] for key in ("ftol", "xtol", "gtol", "max_nfev"))
     x = np.array(thetas, dtype=float)
     with np.errstate(all="ignore"):  # diverging starts overflow: their steps are refused
-        state = METHODS[method].start(x, *equations(x, targets, weights), gtol)
+        cost, derivatives = equations(x, targets, weights)
+        state = METHODS[method].start(x, cost, *derivatives(np.ones(x.shape[0], dtype=bool)), gtol)
         for evaluations in itertools.count(2):
             if not state.active.any():
                 break
