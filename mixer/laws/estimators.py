@@ -552,8 +552,7 @@ class MixtureLaw(LawEstimator):
     but short trust-region least-squares ones (scipy's trf step for step, loss="huber", analytic
     Jacobian) on a subsample of about 256 rows, from the best n_restarts x (niter + 1) starts, then
     refines the `n_restarts` best end points on every row (Levenberg-Marquardt, up to 400
-    evaluations; the 2 lowest of each target go on after 150, `fitting.REFINE_PRUNE`); its
-    bootstrap refits are least squares too. It runs every search of every target
+    evaluations); its bootstrap refits are least squares too. It runs every search of every target
     (e.g. the 22 per-domain laws) in one vectorised loop (`fitting.fit_least_squares_batch`), shared
     by `n_jobs` threads (None or -1: every core; the results do not depend on it);
     search="scipy_least_squares" is the same search with one scipy `least_squares` call per start
@@ -626,8 +625,6 @@ class MixtureLaw(LawEstimator):
             settings["least_squares"] = dict(fitting.LEAST_SQUARES_OPTIONS)
             if vectorised:
                 settings["least_squares"]["max_nfev"] = fitting.REFINE_NFEV
-                after, kept = fitting.REFINE_PRUNE
-                settings["refine_prune"] = {"after_nfev": after, "keep": kept}
             settings["explore_nfev"] = fitting.EXPLORE_NFEV_PER_PARAM * n_params
         settings.update(lbfgs=dict(fitting.LBFGS_OPTIONS), objective_scale=self.huber_delta**2)
         return settings

@@ -280,11 +280,6 @@ EXPLORE_NFEV_PER_PARAM = 3
 # still descending after trf's 300 evaluations, so their objective moved with rounding; with these
 # every RedPajama per-domain law ends at trf's objective or lower (bench/law_bench.py).
 REFINE_METHOD, REFINE_NFEV = "lm", 400  # trf and 300 before (bench/law_bench.py times both)
-# After 150 evaluations only the 2 lowest full searches of each target go on: on the 22 RedPajama
-# per-domain laws the search that ends lowest after 400 (or 2,000) evaluations was always among them
-# (every objective the same bit for bit), while after 50 it was not (docs/laws.md). Most of the
-# others have stopped by then; the rest crawl along flat valleys to max_nfev.
-REFINE_PRUNE = (150, 2)
 
 
 def weighted_huber_rho(weights: np.ndarray) -> Callable[[np.ndarray], np.ndarray]:
@@ -806,8 +801,6 @@ def batch_least_squares(
     options: dict[str, float | int] | None = None,
     method: str = "trf",
     n_jobs: int = 1,
-    groups: np.ndarray | None = None,
-    prune: tuple[int, int] | None = None,
 ) -> BatchFit:
     """B independent Huber fits in one vectorised loop. method="trf" is scipy's
     `least_squares(method="trf", loss="huber", x_scale="jac")` without bounds, step for step
@@ -820,20 +813,16 @@ def batch_least_squares(
     (n,) for every fit); `options` are least_squares' ftol, xtol, gtol and max_nfev (default
     `LEAST_SQUARES_OPTIONS`). A fit whose start is not finite stays there (value +inf); a step onto
     a point where the prediction or Jacobian is not finite is refused (a smaller trust region, or
-    more damping). `prune` = (n_evaluations, keep) with `groups` (B,) (e.g. the target each fit
-    belongs to): after that many evaluations only the `keep` lowest fits of each group go on, the
-    others end where they are. `n_jobs` > 1 splits the fits (whole groups) into that many parts run
-    in threads (`_in_threads`: the same results)."""
+    more damping). `n_jobs` > 1 splits the fits into that many parts run in threads (`_in_threads`:
+    the same results)."""
     if n_jobs > 1 and thetas.shape[0] >= 2 * FITS_PER_THREAD:
         fits = _in_threads(
             lambda rows: batch_least_squares(
-                equations, thetas[rows], targets[rows], _of_fits(weights, rows), options, method,
-                groups=None if groups is None else groups[rows], prune=prune,
+                equations, thetas[rows], targets[rows], _of_fits(weights, rows), options, method
             ),
             thetas.shape[0],
             n_jobs,
-            groups,
-        )  # fmt: skip
+        )
         return BatchFit(
             *(np.concatenate([getattr(f, k) for f in fits]) for k in ("thetas", "values", "n_evaluations"))
         )
@@ -843,17 +832,12 @@ def batch_least_squares(
     with np.errstate(all="ignore"):  # diverging starts overflow: their steps are refused
         cost, derivatives = equations(x, targets, weights)
         state = METHODS[method].start(x, cost, *derivatives(np.ones(x.shape[0], dtype=bool)), gtol)
-        for evaluations in itertools.count(2):
-            if not state.active.any():
-                break
+        while state.active.any():
             a = np.flatnonzero(state.active)
             step_h, predicted, d = state.steps(a, targets.shape[1])
             step = d * step_h
             new = equations(state.x[a] + step, _of_fits(targets, a), _of_fits(weights, a))
             state.update(a, step_h, step, predicted, new, ftol, xtol, gtol, max_nfev)
-            if prune is not None and groups is not None and evaluations == prune[0]:
-                kept = np.concatenate(_best_per_group(state.cost, groups, int(groups.max()) + 1, prune[1]))
-                state.active &= np.isin(np.arange(x.shape[0]), kept)
     return BatchFit(state.x, state.cost, state.nfev)
 
 
@@ -864,18 +848,11 @@ def batch_least_squares(
 FITS_PER_THREAD = 256
 
 
-def _in_threads(
-    run: Callable[[np.ndarray], T], n_fits: int, n_jobs: int, groups: np.ndarray | None = None
-) -> list[T]:
+def _in_threads(run: Callable[[np.ndarray], T], n_fits: int, n_jobs: int) -> list[T]:
     """`run` on `n_jobs` consecutive parts of the fits (index arrays; `FITS_PER_THREAD` fits a part
-    at least; whole `groups` when given, consecutive), in threads: numpy releases the GIL in its
-    array loops, and every fit (group) is independent of the others, so the results, in the parts'
-    order, are the same as one call's."""
-    n_parts = max(1, min(n_jobs, n_fits // FITS_PER_THREAD))
-    if groups is None:
-        parts = np.array_split(np.arange(n_fits), n_parts)
-    else:
-        parts = [np.flatnonzero(np.isin(groups, g)) for g in np.array_split(np.unique(groups), n_parts)]
+    at least), in threads: numpy releases the GIL in its array loops, and every fit is independent
+    of the others, so the results, in the parts' order, are the same as one call's."""
+    parts = np.array_split(np.arange(n_fits), max(1, min(n_jobs, n_fits // FITS_PER_THREAD)))
     if len(parts) == 1:
         return [run(parts[0])]
     with ThreadPoolExecutor(len(parts)) as pool:
@@ -948,9 +925,8 @@ def fit_least_squares_batch(
     None; `explore_rows` the row subsample of the short searches (default: all rows). Per target:
     the `n_searches` starts with the lowest objective on the subsample, short trf searches from each
     (they rank the basins: scipy's trf step for step, as `fit_least_squares`), then Levenberg-Marquardt
-    searches of up to `REFINE_NFEV` evaluations on every row from the `keep` best end points, of
-    which the 2 lowest go on after 150 (`REFINE_PRUNE`: the others' objectives are where they
-    stopped); one result per target. `n_jobs` threads share the fits (the same results)."""
+    searches of up to `REFINE_NFEV` evaluations on every row from the `keep` best end points; one
+    result per target. `n_jobs` threads share the fits (the same results)."""
     n_targets, p = targets.shape[0], starts.shape[-1]
     rows = np.arange(targets.shape[1]) if explore_rows is None else explore_rows
     x_explore = x.subset(rows)
@@ -966,19 +942,17 @@ def fit_least_squares_batch(
         raise ValueError("no starting point gives a finite objective; check the runs table's losses")
 
     def search(
-        x_rows: Features, y: np.ndarray, w: np.ndarray | None, thetas, who, options, method, prune=None
+        x_rows: Features, y: np.ndarray, w: np.ndarray | None, thetas, who, options, method
     ) -> BatchFit:
         equations = huber_normal_equations(blocks, x_rows, delta)
-        return batch_least_squares(equations, thetas, y[who], w, options, method, n_jobs, who, prune)
+        return batch_least_squares(equations, thetas, y[who], w, options, method, n_jobs)
 
     explore_nfev = {"max_nfev": EXPLORE_NFEV_PER_PARAM * p}
     explore = search(x_explore, y_explore, w_explore, flat[chosen], owner[chosen], explore_nfev, "trf")
     _advance(chosen.size)
     best = np.concatenate(_best_per_group(explore.values, owner[chosen], n_targets, keep))
     refine = {"max_nfev": REFINE_NFEV}
-    refined = search(
-        x, targets, weights, explore.thetas[best], owner[chosen][best], refine, REFINE_METHOD, REFINE_PRUNE
-    )
+    refined = search(x, targets, weights, explore.thetas[best], owner[chosen][best], refine, REFINE_METHOD)
     _advance(best.size)
     results = []
     for t in range(n_targets):
