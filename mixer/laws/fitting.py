@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import itertools
+import threading
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -121,12 +122,15 @@ def local_fit(
 
 
 _SEARCH_LISTENERS: list[Callable[[int], None]] = []
+_ADVANCING = threading.Lock()  # searches finish in several threads (`fit_least_squares_batch`)
 
 
 def _advance(n_searches: int) -> None:
-    """Tell the progress listeners that `n_searches` more local searches finished."""
-    for listener in list(_SEARCH_LISTENERS):
-        listener(n_searches)
+    """Tell the progress listeners that `n_searches` more local searches finished (one call at a
+    time, whichever thread finished them)."""
+    with _ADVANCING:
+        for listener in list(_SEARCH_LISTENERS):
+            listener(n_searches)
 
 
 @contextlib.contextmanager
@@ -793,9 +797,10 @@ def _solve(matrices: np.ndarray, vectors: np.ndarray) -> np.ndarray:
 METHODS: dict[str, type[_TrustRegions] | type[_Damped]] = {"trf": _TrustRegions, "lm": _Damped}
 
 
-# Fits a thread gets at least: the 132 full searches of the per-domain additive fit took 2.7 CPU-s on
+# Fits a thread gets at least when one batch is split (several targets are split by target instead,
+# `fit_least_squares_batch`): the 132 full searches of the per-domain additive fit took 2.7 CPU-s on
 # two threads against 1.8 on one, in no less wall time (each thread steps until its slowest search,
-# crawling along a flat valley, ends); the 1,188 short searches run 1.9x faster on two.
+# crawling along a flat valley, ends); the 1,188 short searches ran 1.9x faster on two.
 FITS_PER_THREAD = 256
 
 
@@ -847,11 +852,13 @@ def batch_least_squares(
     return BatchFit(state.x, state.cost, state.nfev)
 
 
-def _in_threads(run: Callable[[np.ndarray], T], n_fits: int, n_jobs: int) -> list[T]:
-    """`run` on `n_jobs` consecutive parts of the fits (index arrays; `FITS_PER_THREAD` fits a part
-    at least), in threads: numpy releases the GIL in its array loops, and every fit is independent
-    of the others, so the results, in the parts' order, are the same as one call's."""
-    parts = np.array_split(np.arange(n_fits), max(1, min(n_jobs, n_fits // FITS_PER_THREAD)))
+def _in_threads(
+    run: Callable[[np.ndarray], T], n_fits: int, n_jobs: int, at_least: int | None = None
+) -> list[T]:
+    """`run` on `n_jobs` consecutive parts of the fits (or targets; index arrays, `at_least` a part,
+    default `FITS_PER_THREAD`), in threads: numpy releases the GIL in its array loops, and every fit
+    is independent of the others, so the results, in the parts' order, are the same as one call's."""
+    parts = np.array_split(np.arange(n_fits), max(1, min(n_jobs, n_fits // (at_least or FITS_PER_THREAD))))
     if len(parts) == 1:
         return [run(parts[0])]
     with ThreadPoolExecutor(len(parts)) as pool:
@@ -925,7 +932,33 @@ def fit_least_squares_batch(
     the `n_searches` starts with the lowest objective on the subsample, short trf searches from each
     (they rank the basins: scipy's trf step for step, as `fit_least_squares`), then Levenberg-Marquardt
     searches of up to `REFINE_NFEV` evaluations on every row from the `keep` best end points; one
-    result per target. `n_jobs` threads share the fits (the same results)."""
+    result per target. `n_jobs` threads share the targets, each thread all the searches of its own
+    (the same results; with one target, the fits)."""
+    settings = (keep, n_searches, explore_rows, delta)
+    if n_jobs > 1 and targets.shape[0] > 1:
+        parts = _in_threads(
+            lambda t: _fit_batch(blocks, x, targets[t], starts[t], weights, *settings, 1),
+            targets.shape[0],
+            n_jobs,
+            at_least=1,
+        )
+        return [result for part in parts for result in part]
+    return _fit_batch(blocks, x, targets, starts, weights, *settings, n_jobs)
+
+
+def _fit_batch(
+    blocks: Callable[[np.ndarray, Features], Blocks],
+    x: Features,
+    targets: np.ndarray,
+    starts: np.ndarray,
+    weights: np.ndarray | None,
+    keep: int,
+    n_searches: int,
+    explore_rows: np.ndarray | None,
+    delta: float,
+    n_jobs: int,
+) -> list[MultiStartResult]:
+    """`fit_least_squares_batch` in the calling thread (`n_jobs` threads for the fits)."""
     n_targets, p = targets.shape[0], starts.shape[-1]
     rows = np.arange(targets.shape[1]) if explore_rows is None else explore_rows
     x_explore = x.subset(rows)
