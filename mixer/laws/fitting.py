@@ -925,7 +925,7 @@ def fit_least_squares_batch(
     n_jobs: int = 1,
 ) -> list[MultiStartResult]:
     """`fit_least_squares` for T targets at once (e.g. 22 per-domain losses on the same runs), every
-    search of every target in one vectorised loop (`batch_least_squares`).
+    search of every target in one vectorised loop (`batch_least_squares`), one loop per thread.
 
     `targets` (T, n); `starts` (T, m, p), each target's random starts; `weights` (n,) row weights or
     None; `explore_rows` the row subsample of the short searches (default: all rows). Per target:
