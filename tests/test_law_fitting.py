@@ -218,7 +218,8 @@ def test_mixture_gradient_is_finite_where_a_per_domain_fit_diverged() -> None:
 def test_normal_equations_match_the_dense_jacobian(kind: str) -> None:
     """The vectorised search's loss, gradient and Gauss-Newton matrix, built from the Jacobian blocks
     (per size cell and per mixture), equal J^T diag(c) J and J^T psi from the full Jacobian, for a
-    batch of thetas, with row weights, a repeated row and a diverged theta."""
+    batch of thetas, with row weights, a repeated row and a diverged theta; the derivatives of some of
+    the fits are those fits' rows of everyone's, bit for bit."""
     from mixer.laws.fitting import EPS, huber_normal_equations
     from mixer.laws.forms import FORMS
 
@@ -234,7 +235,11 @@ def test_normal_equations_match_the_dense_jacobian(kind: str) -> None:
         prediction, jacobian = form.model(thetas, x)
     targets = prediction + rng.normal(0, 2e-3, prediction.shape)  # residuals on both sides of delta
     weights = rng.uniform(0.5, 2.0, prediction.shape)
-    value, gradient, hessian = huber_normal_equations(form.blocks, x)(thetas, targets, weights)
+    value, derivatives = huber_normal_equations(form.blocks, x)(thetas, targets, weights)
+    gradient, hessian = derivatives(np.ones(4, dtype=bool))
+    some = np.array([False, True, False, True])
+    np.testing.assert_array_equal(derivatives(some)[0], gradient[some])
+    np.testing.assert_array_equal(derivatives(some)[1], hessian[some])
     assert np.isinf(value[3]) and np.all(np.isfinite(gradient)) and np.all(np.isfinite(hessian))
     for i in range(3):
         residual = prediction[i] - targets[i]
@@ -288,3 +293,31 @@ def test_vectorised_least_squares_follows_scipy_step_for_step() -> None:
         single = least_squares_fit(objective, start, options, polish=False)
         assert batch.n_evaluations[i] == single.nfev
         assert batch.values[i] == pytest.approx(objective.value(single.x), rel=1e-6)
+
+
+def test_several_targets_fit_in_threads_as_in_one() -> None:
+    """`fit_least_squares_batch` on several targets gives each thread whole targets: the same
+    results, bit for bit, as one thread, and every search counted once by the progress listeners."""
+    from mixer.laws.fitting import counting_searches, fit_least_squares_batch
+    from mixer.laws.forms import FORMS, additive_blocks
+
+    runs = synthetic_runs()
+    h = runs[[f"h_{d}" for d in DOMAINS]].to_numpy()
+    x = Features(np.log(runs["N"].to_numpy() / 1e7), np.log(runs["D"].to_numpy() / 1e9), h)
+    y = runs["loss"].to_numpy()
+    targets = np.stack([y, y * 1.01 + 0.02, y * 0.98])
+    starts = np.stack(
+        [FORMS["additive"].random_starts(len(DOMAINS), t, 12, np.random.default_rng(0)) for t in targets]
+    )
+    fits = {}
+    for n_jobs in (1, 2):
+        seen: list[int] = []
+        with counting_searches(seen.append):
+            fits[n_jobs] = fit_least_squares_batch(
+                additive_blocks, x, targets, starts, keep=2, n_searches=4, n_jobs=n_jobs
+            )
+        assert sum(seen) == 3 * (4 + 2)
+    for one, two in zip(fits[1], fits[2], strict=True):
+        np.testing.assert_array_equal(one.thetas, two.thetas)
+        np.testing.assert_array_equal(one.objectives, two.objectives)
+    assert len({f.objective for f in fits[1]}) == 3  # three different targets, three different fits

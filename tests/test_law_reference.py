@@ -9,7 +9,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from mixer.laws import AdditiveLaw, ChinchillaLaw, Features, chinchilla_law, data_hash, evaluate, load_law
+from mixer.laws import (
+    AdditiveLaw,
+    ChinchillaLaw,
+    Features,
+    chinchilla_law,
+    data_hash,
+    evaluate,
+    fitting,
+    load_law,
+)
 from mixer.laws.fitting import HuberObjective, fit_from_starts, hoffmann_grid
 from mixer.reference_data import REDPAJAMA_DOMAINS, chinchilla_runs, mixinglaws_runs
 
@@ -135,7 +144,7 @@ def test_vectorised_search_reaches_the_scipy_searchs_optimum(redpajama) -> None:
     assert evaluate(fast, runs)["mre"] == pytest.approx(evaluate(reference, runs)["mre"], rel=0.05)
 
 
-def test_levenberg_marquardt_refine_reaches_scipys_optimum(redpajama) -> None:
+def test_levenberg_marquardt_refine_reaches_scipys_optimum(redpajama, monkeypatch) -> None:
     """The vectorised refine (batch_least_squares, method="lm") ends, from the same starts, at an
     objective no higher than scipy's least_squares (trf) from each start, best of the starts, on
     real per-domain losses (70M and 160M runs, two Pile domains), with the same threads or none;
@@ -163,6 +172,7 @@ def test_levenberg_marquardt_refine_reaches_scipys_optimum(redpajama) -> None:
         scipy_values = [objective.value(least_squares_fit(objective, s, polish=False).x) for s in short]
         refine = {"max_nfev": REFINE_NFEV}
         fit = batch_least_squares(equations, short, ys, ws, refine, method="lm")
+        monkeypatch.setattr(fitting, "FITS_PER_THREAD", 4)  # threads for these few fits too
         threaded = batch_least_squares(
             equations, np.tile(short, (8, 1)), np.tile(ys, (8, 1)), np.tile(ws, (8, 1)), refine, "lm", 2
         )

@@ -553,8 +553,9 @@ class MixtureLaw(LawEstimator):
     Jacobian) on a subsample of about 256 rows, from the best n_restarts x (niter + 1) starts, then
     refines the `n_restarts` best end points on every row (Levenberg-Marquardt, up to 400
     evaluations); its bootstrap refits are least squares too. It runs every search of every target
-    (e.g. the 22 per-domain laws) in one vectorised loop (`fitting.fit_least_squares_batch`), shared
-    by `n_jobs` threads (None or -1: every core; the results do not depend on it);
+    (e.g. the 22 per-domain laws) in one vectorised loop (`fitting.fit_least_squares_batch`), one
+    loop per thread with `n_jobs` threads, each fitting whole targets (None or -1: every core; the
+    results do not depend on it);
     search="scipy_least_squares" is the same search with one scipy `least_squares` call per start
     and trf refines (the reference it was checked against: every objective the same or higher). On
     RedPajama's 1,098 runs least squares reaches a lower optimum than basin-hopping; on small tables

@@ -110,11 +110,17 @@ def mixture_term(c: np.ndarray, g: np.ndarray, x: Features) -> tuple[np.ndarray,
     """1/S with S = sum_i C_i h_i^gamma_i at each distinct mixture, and its derivatives in
     (c, g) = (log C, log gamma): c and g are (k,) or a batch (B, k); the results (..., u) and (..., u, 2k)."""
     gamma = np.exp(g)[..., None, :]
-    log_h = x.log_h
-    powered = np.where(x.positive, np.exp(gamma * log_h + c[..., None, :]), 0.0)  # C_i h_i^gamma_i
+    log_h, k = x.log_h, x.log_h.shape[-1]
+    powered = gamma * log_h  # in place from here: this runs at every step of every vectorised fit
+    powered += c[..., None, :]
+    np.exp(powered, out=powered)
+    powered[..., ~x.positive] = 0.0  # C_i h_i^gamma_i, 0 where h_i = 0
     inv = 1.0 / powered.sum(axis=-1)
-    d_c = -(inv**2)[..., None] * powered
-    return inv, np.concatenate([d_c, d_c * log_h * gamma], axis=-1)
+    derivatives = np.empty((*powered.shape[:-1], 2 * k))
+    d_c = np.multiply(-(inv**2)[..., None], powered, out=derivatives[..., :k])
+    np.multiply(d_c, log_h, out=derivatives[..., k:])
+    derivatives[..., k:] *= gamma
+    return inv, derivatives
 
 
 @dataclass(frozen=True)
