@@ -333,9 +333,9 @@ class TokenCounter:
         UTF-8 bytes are split as bytes (the pattern's classes are ASCII, and every byte of a multi-byte
         character falls in its class of other characters, as the character does), so pieces are cut
         where they are in the text and no chunk becomes a str; the pieces are deduplicated by Arrow."""
-        text, starts, ends = _joined(chunks)
-        pieces = self._pieces(text.tobytes())
         data, offsets = _binary_bytes(chunks)
+        text, starts, ends = _joined(data, offsets)
+        pieces = self._pieces(text.tobytes())
         alone = np.flatnonzero(ends < 0)  # ends with whitespace: split alone, after the others
         firsts = np.zeros(len(alone) + 1, np.int64)
         for k, i in enumerate(alone.tolist()):
@@ -438,12 +438,11 @@ def _chunk_starts(data: np.ndarray, text_starts: np.ndarray) -> np.ndarray:
     return np.flatnonzero(starts)
 
 
-def _joined(chunks: pa.Array) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """The bytes of chunks put one after another so that PRETOKENIZE_PATTERN splits each as it does
-    alone (no piece crosses a word -> whitespace boundary): a chunk that starts with a word (a text's
-    first) goes after a newline, a piece of its own; one that ends with whitespace (its last piece could
-    run on) is left out, its end -1. Returns the bytes and each chunk's start and end in them."""
-    data, offsets = _binary_bytes(chunks)
+def _joined(data: np.ndarray, offsets: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The bytes of chunks (`_binary_bytes`) put one after another so that PRETOKENIZE_PATTERN splits each
+    as it does alone (no piece crosses a word -> whitespace boundary): a chunk that starts with a word (a
+    text's first) goes after a newline, a piece of its own; one that ends with whitespace (its last piece
+    could run on) is left out, its end -1. Returns the bytes and each chunk's start and end in them."""
     lengths = np.diff(offsets)
     space = _is_whitespace(data)
     inner = ~space[offsets[1:] - 1]

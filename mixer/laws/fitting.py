@@ -934,31 +934,16 @@ def fit_least_squares_batch(
     searches of up to `REFINE_NFEV` evaluations on every row from the `keep` best end points; one
     result per target. `n_jobs` threads share the targets, each thread all the searches of its own
     (the same results; with one target, the fits)."""
-    settings = (keep, n_searches, explore_rows, delta)
     if n_jobs > 1 and targets.shape[0] > 1:
         parts = _in_threads(
-            lambda t: _fit_batch(blocks, x, targets[t], starts[t], weights, *settings, 1),
+            lambda t: fit_least_squares_batch(
+                blocks, x, targets[t], starts[t], weights, keep, n_searches, explore_rows, delta
+            ),
             targets.shape[0],
             n_jobs,
             at_least=1,
         )
         return [result for part in parts for result in part]
-    return _fit_batch(blocks, x, targets, starts, weights, *settings, n_jobs)
-
-
-def _fit_batch(
-    blocks: Callable[[np.ndarray, Features], Blocks],
-    x: Features,
-    targets: np.ndarray,
-    starts: np.ndarray,
-    weights: np.ndarray | None,
-    keep: int,
-    n_searches: int,
-    explore_rows: np.ndarray | None,
-    delta: float,
-    n_jobs: int,
-) -> list[MultiStartResult]:
-    """`fit_least_squares_batch` in the calling thread (`n_jobs` threads for the fits)."""
     n_targets, p = targets.shape[0], starts.shape[-1]
     rows = np.arange(targets.shape[1]) if explore_rows is None else explore_rows
     x_explore = x.subset(rows)
