@@ -12,15 +12,12 @@ from tokenizers import Tokenizer
 from pipeline import tokenize
 from pipeline.corpus import CorpusOptions, build_corpus
 from pipeline.tokenize import (
-    LONG_CHUNK,
-    SHORT_CHUNK,
-    ChunkCounts,
-    KeyTable,
     TokenCounter,
     read_tokenizer_json,
     splits_like_python,
     train_byte_level_bpe,
 )
+from scorers.chunks import LONG_CHUNK, SHORT_CHUNK, ChunkTable, KeyTable, binary_bytes, word_view
 
 ODD = [
     "tab\tand\x0bvt and\u00a0nbsp\u2003em  and\x1c\x1dseps\r\n",
@@ -192,7 +189,7 @@ def test_chunk_counts_are_exact_for_every_length_and_shared_prefixes():
     values += [b"a", b"a\x00", b"\x00a", b" the", b"x" * SHORT_CHUNK, b"x" * (SHORT_CHUNK + 1)]
     values += [base[:40] + b"!" + base[41:90]]  # shares 40 bytes with another, then differs
     chunks = pa.array(values, pa.binary())
-    index = ChunkCounts()
+    index = ChunkTable()
     stored = list(range(0, len(values), 2))
     data, offsets = _chunk_bytes(chunks.take(pa.array(stored)))
     index.add(data, offsets[:-1], np.diff(offsets), np.array(stored) * 7)
@@ -207,8 +204,8 @@ def test_chunk_counts_are_exact_for_every_length_and_shared_prefixes():
 
 
 def _chunk_bytes(chunks: pa.Array) -> tuple[np.ndarray, np.ndarray]:
-    data, offsets = tokenize._binary_bytes(chunks)
-    return tokenize._word_view(data), offsets
+    data, offsets = binary_bytes(chunks)
+    return word_view(data), offsets
 
 
 def test_counts_stay_exact_when_the_cache_starts_again(texts, monkeypatch):

@@ -1,0 +1,177 @@
+"""Exact tables from short byte strings (chunks of UTF-8 text) to int64 values, in numpy: a batch of
+chunks is looked up in one pass, so Python touches only the chunks a table has not seen. Token counts
+(`pipeline.tokenize.TokenCounter`) and the fastText scorer cache what they compute per chunk here."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import pyarrow as pa
+
+_ODD = [np.uint64(k) for k in (0x9E3779B97F4A7C15, 0xBF58476D1CE4E5B9, 0x94D049BB133111EB)]
+SHORT_CHUNK = 23  # bytes: a chunk up to this long is one key of `ChunkTable` (most chunks)
+LONG_CHUNK = 135  # bytes: longer chunks (rare) are cached in a dict
+PAD = 24  # zero bytes after the bytes that `ChunkTable` reads
+_LOW = np.array([(1 << (8 * n)) - 1 for n in range(9)], np.uint64)  # masks of a word's low n bytes
+_N = np.arange(SHORT_CHUNK + 2)  # by min(length, 24), the first key's masks and tag (24: the chunk goes on)
+_FIRST_MASKS = [_LOW[np.clip(_N - 8 * k, 0, 8 if k < 2 else 7)] for k in range(3)]
+_FIRST_TAG = _N.astype(np.uint64) << np.uint64(56)
+_NEXT = np.arange(18)  # by min(bytes left, 17), the next key's masks (17: the chunk goes on)
+_NEXT_MASKS = [_LOW[np.clip(_NEXT - 8 * k, 0, 8)] for k in range(2)]
+_NEXT_TAG = np.uint64(0xFF << 56)
+
+
+def word_view(data: np.ndarray) -> np.ndarray:
+    """The 8 bytes (a little-endian uint64) at every byte of `data` but its last 7: a view."""
+    return np.ndarray((len(data) - 7,), "<u8", data, 0, (1,))
+
+
+def binary_bytes(values: pa.Array) -> tuple[np.ndarray, np.ndarray]:
+    """A binary or string array's bytes followed by PAD zero bytes (a copy), and its offsets from 0."""
+    offset_type = np.int64 if values.type in (pa.large_binary(), pa.large_string()) else np.int32
+    _, offsets_buf, data_buf = values.buffers()
+    offsets = np.frombuffer(offsets_buf, offset_type)[values.offset : values.offset + len(values) + 1]
+    lo, size = int(offsets[0]), int(offsets[-1] - offsets[0])
+    data = np.zeros(size + PAD, np.uint8)
+    data[:size] = np.frombuffer(data_buf, np.uint8, size, lo) if size else []
+    return data, (offsets - lo).astype(np.int64)
+
+
+class KeyTable:
+    """Distinct keys of three uint64 words (a last word of 0 marks an empty slot) -> int64 values, in
+    numpy: open addressing with linear probing, probed for a whole batch of keys at once, so a look-up's
+    cost does not grow with the table. A slot is one 32-byte row (the key, its value): one memory
+    access per key."""
+
+    def __init__(self, bits: int = 16) -> None:
+        self._empty(bits)
+
+    def _empty(self, bits: int) -> None:
+        self._rows = np.zeros((1 << bits, 4), np.uint64)
+        self._shift = np.uint64(64 - bits)
+        self._n = 0
+
+    def __len__(self) -> int:
+        return self._n
+
+    def _slots(self, a: np.ndarray, b: np.ndarray, c: np.ndarray) -> np.ndarray:
+        return (((a * _ODD[0] ^ b) * _ODD[1] ^ c) * _ODD[2] >> self._shift).astype(np.int64)
+
+    def find(self, keys: Sequence[np.ndarray]) -> np.ndarray:
+        """The value of each key (-1 where not stored); `keys`: the three words of each."""
+        a, b, c = keys
+        slot = self._slots(a, b, c)
+        rows = np.take(self._rows, slot, axis=0)  # the first probe of all keys: most end here
+        hit = (rows[:, 0] == a) & (rows[:, 1] == b) & (rows[:, 2] == c)
+        out = np.where(hit, rows[:, 3].view(np.int64), -1)
+        todo, mask = np.flatnonzero(~hit & (rows[:, 2] != 0)), len(self._rows) - 1
+        a, b, c, slot = a[todo], b[todo], c[todo], slot[todo]
+        while len(todo):  # a slot taken by another key: try the next one
+            slot = (slot + 1) & mask
+            rows = np.take(self._rows, slot, axis=0)
+            hit = (rows[:, 0] == a) & (rows[:, 1] == b) & (rows[:, 2] == c)
+            out[todo[hit]] = rows[hit, 3]
+            on = ~hit & (rows[:, 2] != 0)
+            todo, a, b, c, slot = todo[on], a[on], b[on], c[on], slot[on]
+        return out
+
+    def add(self, keys: Sequence[np.ndarray], values: np.ndarray) -> None:
+        """Store keys (distinct, none stored) with their values; the table doubles past half full."""
+        a, b, c = keys
+        if 2 * (self._n + len(a)) > len(self._rows):
+            old = self._rows[self._rows[:, 2] != 0]
+            self._empty(int(2 * (self._n + len(a))).bit_length())
+            self.add(old[:, :3].T, old[:, 3])
+        rows = np.stack([a, b, c, np.asarray(values).astype(np.uint64)], axis=1)
+        todo, slot, mask = np.arange(len(a)), self._slots(a, b, c), len(self._rows) - 1
+        while len(todo):
+            free = self._rows[slot, 2] == 0
+            _, first = np.unique(slot[free], return_index=True)  # one key per free slot in this round
+            won = np.flatnonzero(free)[first]
+            self._rows[slot[won]] = rows[todo[won]]
+            on = np.ones(len(todo), bool)
+            on[won] = False
+            todo, slot = todo[on], (slot[on] + 1) & mask
+        self._n += len(a)
+
+
+def _first_keys(words: np.ndarray, starts: np.ndarray, lengths: np.ndarray) -> tuple[np.ndarray, ...]:
+    """Each chunk's first key: its first 8 bytes, the next 8, the next 7 with min(length, 24) in the
+    top byte (zero-padded)."""
+    n = np.minimum(lengths, SHORT_CHUNK + 1)
+    a = words[starts] & np.take(_FIRST_MASKS[0], n)
+    b = words[starts + 8] & np.take(_FIRST_MASKS[1], n)
+    return a, b, words[starts + 16] & np.take(_FIRST_MASKS[2], n) | np.take(_FIRST_TAG, n)
+
+
+def _next_keys(
+    words: np.ndarray, starts: np.ndarray, lengths: np.ndarray, offset: int, nodes: np.ndarray
+) -> tuple[tuple[np.ndarray, ...], np.ndarray]:
+    """Keys of the 16 bytes at `offset` of chunks that go on past it: the bytes, then the previous
+    key's node with the bytes left (1 to 16; 17: the chunk goes on); and which chunks end here."""
+    left = np.minimum(lengths - offset, 17)
+    at = starts + offset
+    a = words[at] & np.take(_NEXT_MASKS[0], left)
+    b = words[at + 8] & np.take(_NEXT_MASKS[1], left)
+    return (a, b, _NEXT_TAG | nodes.astype(np.uint64) << np.uint64(8) | left.astype(np.uint64)), left <= 16
+
+
+class ChunkTable:
+    """Exact int64 values (>= 0; e.g. token counts) of chunks (UTF-8 bytes, up to LONG_CHUNK) in one
+    `KeyTable`, without hashes to verify: a chunk's first 23 bytes and its length are one key (exact for
+    chunks up to SHORT_CHUNK bytes, most of them); a longer chunk goes on 16 bytes a key, each key holding the
+    node id that the previous key maps to (a trie), and its last key maps to the count. The chunks are given
+    as starts and lengths in bytes seen through `word_view`, with PAD bytes after each chunk's end."""
+
+    def __init__(self) -> None:
+        self._table = KeyTable()
+        self._nodes = 0  # node ids given to keys of chunks that go on
+
+    def __len__(self) -> int:
+        return len(self._table)
+
+    def find(self, words: np.ndarray, starts: np.ndarray, lengths: np.ndarray) -> np.ndarray:
+        """The value of each chunk (-1 where not stored)."""
+        found = self._table.find(_first_keys(words, starts, lengths))
+        on = lengths > SHORT_CHUNK
+        counts = np.where(on, -1, found)
+        more, offset = np.flatnonzero(on & (found >= 0)), SHORT_CHUNK
+        nodes = found[more]
+        while len(more):
+            keys, last = _next_keys(words, starts[more], lengths[more], offset, nodes)
+            found = self._table.find(keys)
+            counts[more[last]] = found[last]
+            on = ~last & (found >= 0)
+            more, nodes, offset = more[on], found[on], offset + 16
+        return counts
+
+    def add(self, words: np.ndarray, starts: np.ndarray, lengths: np.ndarray, counts: np.ndarray) -> None:
+        """Store chunks (distinct, none stored, up to LONG_CHUNK bytes) with their values."""
+        keys = _first_keys(words, starts, lengths)
+        last = lengths <= SHORT_CHUNK
+        self._table.add([k[last] for k in keys], counts[last])
+        more, offset = np.flatnonzero(~last), SHORT_CHUNK
+        nodes = self._node_ids([k[more] for k in keys])
+        while len(more):
+            keys, last = _next_keys(words, starts[more], lengths[more], offset, nodes)
+            self._table.add([k[last] for k in keys], counts[more[last]])
+            more, nodes, offset = more[~last], self._node_ids([k[~last] for k in keys]), offset + 16
+
+    def _node_ids(self, keys: list[np.ndarray]) -> np.ndarray:
+        """The node id of each key of chunks that go on (several chunks may share one), new ones stored."""
+        ids = np.full(len(keys[0]), -1, np.int64)
+        if not len(ids):
+            return ids
+        order = np.lexsort(keys)
+        sorted_keys = [k[order] for k in keys]
+        first = np.ones(len(ids), bool)  # the first of each distinct key in sorted order
+        first[1:] = np.logical_or.reduce([k[1:] != k[:-1] for k in sorted_keys])
+        distinct = [k[first] for k in sorted_keys]
+        found = self._table.find(distinct)
+        new = np.flatnonzero(found < 0)
+        found[new] = self._nodes + np.arange(len(new))
+        self._nodes += len(new)
+        self._table.add([k[new] for k in distinct], found[new])
+        ids[order] = found[np.cumsum(first) - 1]
+        return ids
