@@ -1,0 +1,187 @@
+"""fastText's supervised prediction as a linear map: fast batch scoring with the binding's results.
+
+A supervised fastText model's output for a line is a function of W_out . mean(E[rows]), where rows are
+the line's word ids, then its word n-gram buckets. That is mean((E W_out^T)[rows]): the input matrix is
+projected on the labels once (P = E W_out^T in float64, in row blocks; for a 2-label softmax only the
+difference of the two columns is needed), and a document then gathers one float per row and column
+instead of `dim`. Words, their hashes and n-gram buckets are found as fastText's `Dictionary` finds them
+(src/dictionary.cc), once per distinct chunk of text (`scorers.chunks.ChunkCache`), so Python touches only
+chunks that it has not seen. Models with subword n-grams (maxn > 0), hierarchical softmax, quantized
+models and a label prefix other than `__label__` are not linear here: `linear_support` says why, and
+`scorers.fasttext.FastTextScorer` scores them with the binding.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+
+from scorers.chunks import ChunkCache, split_chunks
+from scorers.fasttext import LABEL_ESCAPE, LABEL_PREFIX
+
+EOS = b"</s>"  # fastText's end-of-line word: the line's '\n' gives one; a literal one ends the line too
+FASTTEXT_SPACE = b" \n\r\t\v\f\0"  # the bytes that separate fastText's words
+NGRAM_PRIME = np.uint64(116049371)
+SIGMOID_TABLE_SIZE, MAX_SIGMOID = 512, 8  # fastText's sigmoid table (ova, ns losses)
+PROBABILITY_FLOOR = 1e-5  # fastText returns exp(log(p + 1e-5))
+LINEAR_LOSSES = ("softmax", "ova", "ns")
+BLOCK_ROWS = 1 << 16  # rows of the input matrix projected at a time (float64 copies stay small)
+CACHE_LIMIT = 2_000_000  # distinct chunks cached before the cache starts again
+ID_BITS = 29  # a chunk's value: bit 0 a word, bit 1 the word is EOS, bits 2-33 its hash, 34-62 its id + 1
+
+
+def linear_support(model: Any) -> str | None:
+    """Why `model` (a loaded fastText model) cannot be scored as a linear map; None when it can."""
+    args = model.f.getArgs()
+    if model.f.isQuant():
+        return "quantized model"
+    if args.model.name != "supervised":
+        return f"not a supervised model ({args.model.name})"
+    if args.loss.name not in LINEAR_LOSSES:
+        return f"loss {args.loss.name}"
+    if args.maxn > 0:
+        return f"subword n-grams (maxn {args.maxn})"
+    if args.label != LABEL_PREFIX:
+        return f"label prefix {args.label!r}"
+    rows = np.asarray(model.f.getInputMatrix()).shape[0]
+    if args.wordNgrams > 1 and args.bucket <= 0 or rows - args.bucket >= (1 << ID_BITS) - 1:
+        return "dictionary or buckets out of range"
+    return None
+
+
+def fnv1a(word: bytes) -> int:
+    """fastText's word hash: 32-bit FNV-1a over the bytes, each sign-extended (`uint32_t(int8_t(c))`)."""
+    h = 2166136261
+    for c in word:
+        h = ((h ^ (c | 0xFFFFFF00 if c >= 128 else c)) * 16777619) & 0xFFFFFFFF
+    return h
+
+
+def fasttext_sigmoid(x: np.ndarray) -> np.ndarray:
+    """fastText's sigmoid: a table of SIGMOID_TABLE_SIZE + 1 float32 values over [-8, 8], 0 and 1 outside."""
+    grid = np.arange(SIGMOID_TABLE_SIZE + 1, dtype=np.float32) * np.float32(2 * MAX_SIGMOID)
+    grid = grid / np.float32(SIGMOID_TABLE_SIZE) - np.float32(MAX_SIGMOID)
+    table = (1.0 / (1.0 + np.exp(-grid).astype(np.float64))).astype(np.float32).astype(np.float64)
+    inside = np.clip(x, -MAX_SIGMOID, MAX_SIGMOID)
+    index = ((inside + MAX_SIGMOID) * SIGMOID_TABLE_SIZE / MAX_SIGMOID / 2).astype(np.int64)
+    return np.where(x < -MAX_SIGMOID, 0.0, np.where(x > MAX_SIGMOID, 1.0, table[index]))
+
+
+def project(model: Any, label: str) -> tuple[np.ndarray, str]:
+    """The input matrix projected on the output (float64, one row per column: rows of the input matrix)
+    and how columns become the label's probability: "difference" (2-label softmax: the label's logit
+    minus the other's), "softmax" (a column per label, the label's first), or "sigmoid" (ova, ns)."""
+    inputs, outputs = np.asarray(model.f.getInputMatrix()), np.asarray(model.f.getOutputMatrix())
+    index = list(model.get_labels()).index(label)
+    order = [index] + [i for i in range(len(outputs)) if i != index]
+    weights = outputs[order].astype(np.float64)
+    kind = model.f.getArgs().loss.name
+    if kind == "softmax" and len(outputs) == 2:
+        weights, kind = weights[:1] - weights[1:], "difference"
+    elif kind != "softmax":
+        weights, kind = weights[:1], "sigmoid"
+    out = np.empty((len(weights), len(inputs)), np.float64)
+    for start in range(0, len(inputs), BLOCK_ROWS):
+        block = inputs[start : start + BLOCK_ROWS].astype(np.float64)
+        out[:, start : start + BLOCK_ROWS] = weights @ block.T
+    return out, kind
+
+
+class LinearFastText:
+    """Probability of one label of a supervised fastText model for a batch of texts, as the binding's
+    `predict` gives it (normalised as `scorers.fasttext.normalize`, clamped to [0, 1], 0.0 for a text with
+    no input rows), from the model projected on its labels (`project`). Build it only for a model that
+    `linear_support` accepts."""
+
+    def __init__(self, model: Any, label: str) -> None:
+        args = model.f.getArgs()
+        self.model = model
+        self.projection_, self.kind_ = project(model, label)
+        self.word_ngrams = int(args.wordNgrams)
+        self.bucket = int(args.bucket)
+        self.nwords = self.projection_.shape[1] - self.bucket
+        self._cache = ChunkCache()
+        self._eos = self._pack_word(EOS)
+
+    def _pack_word(self, word: bytes) -> int:
+        """A word's value (see ID_BITS): a word, whether it is EOS, its hash and its id + 1 (0: unknown)."""
+        word_id = self.model.get_word_id(word.decode("utf-8", "replace"))
+        return 1 | (word == EOS) << 1 | fnv1a(word) << 2 | (word_id + 1) << 34
+
+    def _pack_chunks(self, chunks: pa.Array) -> np.ndarray:
+        """Values of new chunks (whitespace, then a word or nothing): their word's, escaped as
+        `normalize` escapes it (a byte replacement inside the word); 0 for whitespace alone."""
+        out = np.zeros(len(chunks), np.int64)
+        for k, chunk in enumerate(chunks.to_pylist()):
+            word = chunk.lstrip(FASTTEXT_SPACE).replace(LABEL_PREFIX.encode(), LABEL_ESCAPE.encode())
+            if word:
+                out[k] = self._pack_word(word)
+        return out
+
+    def _words(self, texts: pa.Array) -> tuple[np.ndarray, np.ndarray]:
+        """The words of each text as fastText reads its line (the words, then EOS; words after a literal
+        EOS are not read), as chunk values, and the text of each."""
+        if len(self._cache) > CACHE_LIMIT:
+            self._cache = ChunkCache()
+        chunks, first = split_chunks(texts, nul=True)
+        packed = np.zeros(0, np.int64)
+        if len(chunks):
+            encoded = chunks.dictionary_encode()
+            packed = self._cache.values(encoded.dictionary, self._pack_chunks)[encoded.indices.to_numpy()]
+        is_word = (packed & 1).astype(bool)
+        per_text = np.diff(np.concatenate([[0], np.cumsum(is_word)])[first])
+        ends = np.cumsum(per_text + 1) - 1  # where each text's EOS goes
+        words = np.full(int(ends[-1]) + 1, self._eos, np.int64)
+        inner = np.ones(len(words), bool)
+        inner[ends] = False
+        words[inner] = packed[is_word]
+        text = np.repeat(np.arange(len(per_text)), per_text + 1)
+        if np.count_nonzero(packed & 2):  # a literal EOS: the line ends there
+            is_eos = (words & 2).astype(np.int64)
+            before = np.cumsum(is_eos) - is_eos
+            keep = before == before[ends - per_text][text]
+            words, text = words[keep], text[keep]
+        return words, text
+
+    def _rows(self, words: np.ndarray, text: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Input-matrix rows of the words (known words' ids, then word n-gram buckets) and their texts."""
+        ids = (words >> 34) - 1
+        known = ids >= 0
+        rows, texts = [ids[known]], [text[known]]
+        hashes = ((words >> 2) & 0xFFFFFFFF).astype(np.uint32).view(np.int32).astype(np.int64).view(np.uint64)
+        ngram = hashes
+        for k in range(1, self.word_ngrams):
+            same = text[k:] == text[:-k]
+            ngram = ngram[:-1] * NGRAM_PRIME + hashes[k:]
+            rows.append((ngram[same] % np.uint64(self.bucket)).astype(np.int64) + self.nwords)
+            texts.append(text[:-k][same])
+        return np.concatenate(rows), np.concatenate(texts)
+
+    def scores(self, texts: Sequence[str] | pa.Array | pa.ChunkedArray) -> np.ndarray:
+        """The label's probability for each text (a list of str, or an Arrow string array)."""
+        if isinstance(texts, pa.ChunkedArray):
+            texts = texts.combine_chunks()
+        if not isinstance(texts, pa.Array):
+            texts = pa.array(list(texts), pa.string())
+        if texts.null_count:
+            texts = texts.fill_null("")
+        if not pa.types.is_large_string(texts.type):
+            texts = texts.cast(pa.string())
+        n = len(texts)
+        if n == 0:
+            return np.zeros(0, np.float64)
+        rows, text = self._rows(*self._words(texts))
+        counts = np.bincount(text, minlength=n)
+        means = np.stack([np.bincount(text, weights=c[rows], minlength=n) for c in self.projection_])
+        means /= np.maximum(counts, 1)
+        if self.kind_ == "difference":
+            p = 0.5 + 0.5 * np.tanh(0.5 * means[0])
+        elif self.kind_ == "sigmoid":
+            p = fasttext_sigmoid(means[0])
+        else:
+            e = np.exp(means - means.max(axis=0))
+            p = e[0] / e.sum(axis=0)
+        return np.where(counts > 0, np.clip(p + PROBABILITY_FLOOR, 0.0, 1.0), 0.0)
