@@ -175,8 +175,8 @@ class LinearFastText:
             return np.zeros(0, np.float64)
         rows, text = self._rows(*self._words(texts))
         counts = np.bincount(text, minlength=n)
-        means = np.stack([np.bincount(text, weights=c[rows], minlength=n) for c in self.projection_])
-        means /= np.maximum(counts, 1)
+        sums = [np.bincount(text, weights=column[rows], minlength=n) for column in self.projection_]
+        means = np.stack(sums) / np.maximum(counts, 1)
         if self.kind_ == "difference":
             p = 0.5 + 0.5 * np.tanh(0.5 * means[0])
         elif self.kind_ == "sigmoid":

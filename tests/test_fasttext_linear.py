@@ -57,10 +57,8 @@ def _corpus(path, labels, n=600, seed=0):
         for i in range(n):
             k = i % len(labels)
             favoured = WORDS[k * 20 : k * 20 + 40] or WORDS
-            words = [
-                favoured[rng.integers(len(favoured))] if rng.random() < 0.6 else WORDS[rng.integers(len(WORDS))]
-                for _ in range(rng.integers(3, 25))
-            ]
+            pool = [favoured if rng.random() < 0.6 else WORDS for _ in range(rng.integers(3, 25))]
+            words = [p[rng.integers(len(p))] for p in pool]
             fh.write(f"{labels[k]} {normalize(' '.join(words))}\n")
     return path
 
@@ -160,7 +158,11 @@ def test_models_that_are_not_linear_fall_back_to_the_binding(tmp_path):
     model.save_model(str(tmp_path / "q.ftz"))
     scorer, _ = _check(tmp_path / "q.ftz", path_kind="binding")
     reasons["q.ftz"] = scorer.fallback_reason_
-    assert reasons == {"subwords.bin": "subword n-grams (maxn 4)", "hs.bin": "loss hs", "q.ftz": "quantized model"}
+    assert reasons == {
+        "subwords.bin": "subword n-grams (maxn 4)",
+        "hs.bin": "loss hs",
+        "q.ftz": "quantized model",
+    }
 
 
 def test_fasttext_hash_and_sigmoid():
