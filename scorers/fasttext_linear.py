@@ -19,11 +19,13 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from scorers.chunks import ChunkCache, split_chunks
+import pyarrow.compute as pc
+
+from scorers.chunks import ChunkCache, binary_bytes, split_chunks
 from scorers.fasttext import LABEL_ESCAPE, LABEL_PREFIX
 
 EOS = b"</s>"  # fastText's end-of-line word: the line's '\n' gives one; a literal one ends the line too
-FASTTEXT_SPACE = b" \n\r\t\v\f\0"  # the bytes that separate fastText's words
+FASTTEXT_SPACE = " \n\r\t\v\f\0"  # the bytes that separate fastText's words
 NGRAM_PRIME = np.uint64(116049371)
 SIGMOID_TABLE_SIZE, MAX_SIGMOID = 512, 8  # fastText's sigmoid table (ova, ns losses)
 PROBABILITY_FLOOR = 1e-5  # fastText returns exp(log(p + 1e-5))
@@ -52,12 +54,22 @@ def linear_support(model: Any) -> str | None:
     return None
 
 
-def fnv1a(word: bytes) -> int:
-    """fastText's word hash: 32-bit FNV-1a over the bytes, each sign-extended (`uint32_t(int8_t(c))`)."""
-    h = 2166136261
-    for c in word:
-        h = ((h ^ (c | 0xFFFFFF00 if c >= 128 else c)) * 16777619) & 0xFFFFFFFF
-    return h
+def fnv1a(words: pa.Array) -> np.ndarray:
+    """fastText's word hash of each of `words` (a string or binary array), as uint32: 32-bit FNV-1a over
+    the bytes, each sign-extended (`uint32_t(int8_t(c))`). Vectorised over the words, longest first, so
+    that the words still going on at byte j are the first ones."""
+    data, offsets = binary_bytes(words)
+    lengths = np.diff(offsets)
+    order = np.argsort(-lengths, kind="stable")
+    starts, lengths = offsets[:-1][order], lengths[order]
+    signed = data.view(np.int8).astype(np.int32).view(np.uint32)
+    hashes = np.full(len(order), 2166136261, np.uint32)
+    going_on = np.searchsorted(-lengths, -np.arange(int(lengths.max(initial=0))), side="left")
+    for j, m in enumerate(going_on.tolist()):
+        hashes[:m] = (hashes[:m] ^ signed[starts[:m] + j]) * np.uint32(16777619)
+    out = np.empty_like(hashes)
+    out[order] = hashes
+    return out
 
 
 def fasttext_sigmoid(x: np.ndarray) -> np.ndarray:
@@ -104,22 +116,22 @@ class LinearFastText:
         self.bucket = int(args.bucket)
         self.nwords = self.projection_.shape[1] - self.bucket
         self._cache = ChunkCache()
-        self._eos = self._pack_word(EOS)
+        self._eos = int(self._pack_words(pa.array([EOS.decode()]))[0])
 
-    def _pack_word(self, word: bytes) -> int:
-        """A word's value (see ID_BITS): a word, whether it is EOS, its hash and its id + 1 (0: unknown)."""
-        word_id = self.model.get_word_id(word.decode("utf-8", "replace"))
-        return 1 | (word == EOS) << 1 | fnv1a(word) << 2 | (word_id + 1) << 34
+    def _pack_words(self, words: pa.Array) -> np.ndarray:
+        """Values of words (a string array; see ID_BITS): a word (if not empty), whether it is EOS, its hash
+        and its id + 1 (0: unknown)."""
+        get_id = self.model.get_word_id
+        ids = np.array([get_id(w) for w in words.to_pylist()], np.int64)
+        flags = (pc.binary_length(words).to_numpy(zero_copy_only=False) > 0).astype(np.int64)
+        flags |= pc.equal(words, EOS.decode()).to_numpy(zero_copy_only=False).astype(np.int64) << 1
+        return np.where(flags > 0, flags | fnv1a(words).astype(np.int64) << 2 | (ids + 1) << 34, 0)
 
     def _pack_chunks(self, chunks: pa.Array) -> np.ndarray:
-        """Values of new chunks (whitespace, then a word or nothing): their word's, escaped as
-        `normalize` escapes it (a byte replacement inside the word); 0 for whitespace alone."""
-        out = np.zeros(len(chunks), np.int64)
-        for k, chunk in enumerate(chunks.to_pylist()):
-            word = chunk.lstrip(FASTTEXT_SPACE).replace(LABEL_PREFIX.encode(), LABEL_ESCAPE.encode())
-            if word:
-                out[k] = self._pack_word(word)
-        return out
+        """Values of new chunks (whitespace, then a word or nothing): their word's, escaped as `normalize`
+        escapes it (a replacement inside the word); 0 for whitespace alone."""
+        words = pc.utf8_ltrim(chunks.cast(pa.string()), characters=FASTTEXT_SPACE)
+        return self._pack_words(pc.replace_substring(words, LABEL_PREFIX, LABEL_ESCAPE))
 
     def _words(self, texts: pa.Array) -> tuple[np.ndarray, np.ndarray]:
         """The words of each text as fastText reads its line (the words, then EOS; words after a literal

@@ -165,10 +165,21 @@ def test_models_that_are_not_linear_fall_back_to_the_binding(tmp_path):
     }
 
 
+def _fnv1a(word: bytes) -> int:
+    """fastText's hash, byte by byte as dictionary.cc writes it: h ^ uint32_t(int8_t(c)), times the prime."""
+    h = 2166136261
+    for c in word:
+        h = ((h ^ (c - 256 if c >= 128 else c) & 0xFFFFFFFF) * 16777619) & 0xFFFFFFFF
+    return h
+
+
 def test_fasttext_hash_and_sigmoid():
-    assert fnv1a(b"") == 2166136261 and fnv1a(b"a") == 0xE40C292C  # FNV-1a's published values
-    # a byte >= 128 is sign-extended before the xor (fastText's int8_t cast), unlike plain FNV-1a
-    assert fnv1a(b"\xe9") == ((2166136261 ^ 0xFFFFFFE9) * 16777619) & 0xFFFFFFFF
+    assert _fnv1a(b"a") == 0xE40C292C  # FNV-1a's published value for "a"
+    rng = np.random.default_rng(0)
+    words = [b"", b"a", b"\xe9", "漢字😀".encode()] + [rng.bytes(int(k)) for k in rng.integers(0, 300, 200)]
+    expected = [_fnv1a(w) for w in words]
+    assert fnv1a(pa.array(words, pa.binary())).tolist() == expected
+    assert fnv1a(pa.array(words[::-1], pa.large_binary()).slice(3)).tolist() == expected[::-1][3:]
     x = np.array([-9.0, -8.0, 0.0, 1e-3, 8.0, 9.0])
     got = fasttext_sigmoid(x)
     assert got[0] == 0.0 and got[-1] == 1.0 and got[2] == 0.5 and got[3] == 0.5
