@@ -30,7 +30,7 @@ NGRAM_PRIME = np.uint64(116049371)
 SIGMOID_TABLE_SIZE, MAX_SIGMOID = 512, 8  # fastText's sigmoid table (ova, ns losses)
 PROBABILITY_FLOOR = 1e-5  # fastText returns exp(log(p + 1e-5))
 LINEAR_LOSSES = ("softmax", "ova", "ns")
-BLOCK_ROWS = 1 << 16  # rows of the input matrix projected at a time (float64 copies stay small)
+BLOCK_ROWS = 1 << 14  # rows of the input matrix projected at a time (float64 copies stay small)
 CACHE_LIMIT = 2_000_000  # distinct chunks cached before the cache starts again
 ID_BITS = 29  # a chunk's value: bit 0 a word, bit 1 the word is EOS, bits 2-33 its hash, 34-62 its id + 1
 
