@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from scorers.chunks import ChunkCache, binary_bytes, is_whitespace, split_chunks
+from scorers.chunks import ChunkCache, binary_bytes, encode_chunks, is_whitespace
 
 TOKENIZER_FILE = "tokenizer.json"
 TOKENIZER_OPTIONS_FILE = "tokenizer_options.json"  # how a trained tokenizer.json was made
@@ -211,14 +211,13 @@ class TokenCounter:
             texts = texts.cast(pa.string())
         if len(texts) == 0:
             return np.zeros(0, dtype=np.int64)
-        chunks, first_chunk = split_chunks(texts)
-        if not len(chunks):
+        chunks = encode_chunks(texts)
+        if not len(chunks.indices):
             return np.zeros(len(texts), dtype=np.int64)
         # Binary chunks: a new one reaches Python as bytes, cheaper to make and look up than str.
-        encoded = chunks.dictionary_encode()
-        per_chunk = self._chunks.values(encoded.dictionary, self._chunk_counts)[encoded.indices.to_numpy()]
+        per_chunk = self._chunks.values(chunks.distinct, self._chunk_counts)[chunks.indices]
         cumulative = np.concatenate([[0], np.cumsum(per_chunk)])
-        return cumulative[first_chunk[1:]] - cumulative[first_chunk[:-1]]
+        return cumulative[chunks.first[1:]] - cumulative[chunks.first[:-1]]
 
 
 def _joined(data: np.ndarray, offsets: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

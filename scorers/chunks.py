@@ -4,7 +4,9 @@ chunks is looked up in one pass, so Python touches only the chunks a table has n
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 import numpy as np
 import pyarrow as pa
@@ -206,6 +208,49 @@ def split_chunks(texts: pa.Array, nul: bool = False) -> tuple[pa.Array, np.ndarr
     chunk_offsets = pa.py_buffer(np.append(bounds, hi).astype(offset_type))
     chunks = pa.Array.from_buffers(dtype, len(bounds), [None, chunk_offsets, data_buf])
     return chunks, np.searchsorted(bounds, offsets)
+
+
+@dataclass(frozen=True)
+class EncodedChunks:
+    """A batch's chunks deduplicated: the distinct chunks (binary), each chunk's index into them, and
+    where each text's chunks begin (len(texts) + 1 indices)."""
+
+    distinct: pa.Array
+    indices: np.ndarray
+    first: np.ndarray
+
+
+_LAST = threading.local()  # this thread's last batch: (key, nul, whether it has a NUL byte, chunks, texts)
+
+
+def _batch_key(texts: pa.Array) -> tuple[int, int, int, int, str]:
+    """The memory a string array reads (its buffers' addresses, offset, length) and its type."""
+    _, offsets, data = texts.buffers()
+    return offsets.address, data.address if data is not None else 0, texts.offset, len(texts), str(texts.type)
+
+
+def encode_chunks(texts: pa.Array, nul: bool = False) -> EncodedChunks:
+    """`split_chunks`, deduplicated by Arrow's `dictionary_encode`. The last batch's result is kept (per
+    thread, with the texts, so their memory stays theirs): token counts and fastText scores of one batch
+    split and encode it once. fastText also splits at NUL, so a batch with a NUL byte is encoded again."""
+    key, last = _batch_key(texts), getattr(_LAST, "batch", None)
+    if last is not None and last[0] == key and (last[1] == nul or not last[2]):
+        return last[3]
+    chunks, first = split_chunks(texts, nul)
+    encoded = chunks.dictionary_encode()
+    result = EncodedChunks(encoded.dictionary, encoded.indices.to_numpy(), first)
+    has_nul = len(chunks) > 0 and not np.all(_text_bytes(texts))
+    _LAST.batch = (key, nul, has_nul, result, texts)
+    return result
+
+
+def _text_bytes(texts: pa.Array) -> np.ndarray:
+    """The bytes of a string array's texts (a view)."""
+    large = pa.types.is_large_string(texts.type) or pa.types.is_large_binary(texts.type)
+    _, offsets_buf, data_buf = texts.buffers()
+    offsets = np.frombuffer(offsets_buf, np.int64 if large else np.int32)
+    lo, hi = int(offsets[texts.offset]), int(offsets[texts.offset + len(texts)])
+    return np.frombuffer(data_buf, np.uint8, hi - lo, lo)
 
 
 class ChunkCache:

@@ -18,10 +18,9 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
-
 import pyarrow.compute as pc
 
-from scorers.chunks import ChunkCache, binary_bytes, split_chunks
+from scorers.chunks import ChunkCache, binary_bytes, encode_chunks
 from scorers.fasttext import LABEL_ESCAPE, LABEL_PREFIX
 
 EOS = b"</s>"  # fastText's end-of-line word: the line's '\n' gives one; a literal one ends the line too
@@ -138,11 +137,10 @@ class LinearFastText:
         EOS are not read), as chunk values, and the text of each."""
         if len(self._cache) > CACHE_LIMIT:
             self._cache = ChunkCache()
-        chunks, first = split_chunks(texts, nul=True)
-        packed = np.zeros(0, np.int64)
-        if len(chunks):
-            encoded = chunks.dictionary_encode()
-            packed = self._cache.values(encoded.dictionary, self._pack_chunks)[encoded.indices.to_numpy()]
+        chunks = encode_chunks(texts, nul=True)
+        first, packed = chunks.first, np.zeros(0, np.int64)
+        if len(chunks.indices):
+            packed = self._cache.values(chunks.distinct, self._pack_chunks)[chunks.indices]
         is_word = (packed & 1).astype(bool)
         per_text = np.diff(np.concatenate([[0], np.cumsum(is_word)])[first])
         ends = np.cumsum(per_text + 1) - 1  # where each text's EOS goes

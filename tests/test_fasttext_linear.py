@@ -184,3 +184,37 @@ def test_fasttext_hash_and_sigmoid():
     got = fasttext_sigmoid(x)
     assert got[0] == 0.0 and got[-1] == 1.0 and got[2] == 0.5 and got[3] == 0.5
     assert abs(got[1] - 1 / (1 + np.exp(8))) < 1e-7 and abs(got[4] - 1 / (1 + np.exp(-8))) < 1e-7
+
+
+def test_token_counts_and_scores_of_one_batch_share_its_chunks(tmp_path, monkeypatch):
+    """The last batch's chunks are reused by the other step unless a NUL splits them differently."""
+    from pipeline.tokenize import TokenCounter, train_byte_level_bpe
+    from scorers import chunks
+
+    scorer = FastTextScorer(str(_model(tmp_path, "shared.bin", wordNgrams=2))).setup()
+    texts = _texts(seed=7)
+    spec = train_byte_level_bpe(texts, vocab_size=400).to_str()
+    splits = []
+    split_chunks = chunks.split_chunks
+    monkeypatch.setattr(chunks, "split_chunks", lambda *a, **k: splits.append(1) or split_chunks(*a, **k))
+    for batch in ([t.replace("\0", " ") for t in texts], texts):
+        array = pa.array(batch, pa.string())
+        expected_scores = label_probabilities(scorer.model_, batch, "__label__hq")
+        expected_counts = TokenCounter(spec).setup()._encode_counts(batch)
+        for slice_ in (array, array.slice(5, 100), array.slice(6, 100)):
+            start = slice_.offset
+            for first in ("counts", "scores"):
+                counter = TokenCounter(spec).setup()
+                splits.clear()
+                chunks._LAST.batch = None  # a fresh batch
+                if first == "scores":
+                    got_scores = scorer.score_batch(slice_)
+                got_counts = counter.count(slice_).tolist()
+                if first == "counts":
+                    got_scores = scorer.score_batch(slice_)
+                assert got_counts == expected_counts[start : start + len(slice_)]
+                np.testing.assert_allclose(
+                    got_scores, expected_scores[start : start + len(slice_)], atol=1e-6
+                )
+                nul = "\0" in "".join(batch[start : start + len(slice_)])
+                assert len(splits) == 1 + nul  # split once, unless a NUL splits fastText's words
