@@ -82,9 +82,10 @@ def fasttext_sigmoid(x: np.ndarray) -> np.ndarray:
 
 
 def project(model: Any, label: str) -> tuple[np.ndarray, str]:
-    """The input matrix projected on the output (float64, one row per column: rows of the input matrix)
-    and how columns become the label's probability: "difference" (2-label softmax: the label's logit
-    minus the other's), "softmax" (a column per label, the label's first), or "sigmoid" (ova, ns)."""
+    """The input matrix projected on the output (float64, one row per column: rows of the input matrix,
+    then a 0.0 that unknown words' id -1 gathers) and how columns become the label's probability:
+    "difference" (2-label softmax: the label's logit minus the other's), "softmax" (a column per label,
+    the label's first), or "sigmoid" (ova, ns)."""
     inputs, outputs = np.asarray(model.f.getInputMatrix()), np.asarray(model.f.getOutputMatrix())
     index = list(model.get_labels()).index(label)
     order = [index] + [i for i in range(len(outputs)) if i != index]
@@ -94,11 +95,17 @@ def project(model: Any, label: str) -> tuple[np.ndarray, str]:
         weights, kind = weights[:1] - weights[1:], "difference"
     elif kind != "softmax":
         weights, kind = weights[:1], "sigmoid"
-    out = np.empty((len(weights), len(inputs)), np.float64)
+    out = np.zeros((len(weights), len(inputs) + 1), np.float64)
     for start in range(0, len(inputs), BLOCK_ROWS):
         block = inputs[start : start + BLOCK_ROWS].astype(np.float64)
-        out[:, start : start + BLOCK_ROWS] = weights @ block.T
+        out[:, start : start + len(block)] = weights @ block.T
     return out, kind
+
+
+def _segment_sums(values: np.ndarray, begins: np.ndarray, ends: np.ndarray) -> np.ndarray:
+    """Sums of `values` over [begins[i], ends[i]) (clipped to the values), from one cumulative sum."""
+    cumulative = np.concatenate([[0], np.cumsum(values)])
+    return cumulative[np.minimum(ends, len(values))] - cumulative[np.minimum(begins, len(values))]
 
 
 class LinearFastText:
@@ -113,7 +120,7 @@ class LinearFastText:
         self.projection_, self.kind_ = project(model, label)
         self.word_ngrams = int(args.wordNgrams)
         self.bucket = int(args.bucket)
-        self.nwords = self.projection_.shape[1] - self.bucket
+        self.nwords = self.projection_.shape[1] - 1 - self.bucket
         self._cache = ChunkCache()
         self._eos = int(self._pack_words(pa.array([EOS.decode()]))[0])
 
@@ -134,41 +141,49 @@ class LinearFastText:
 
     def _words(self, texts: pa.Array) -> tuple[np.ndarray, np.ndarray]:
         """The words of each text as fastText reads its line (the words, then EOS; words after a literal
-        EOS are not read), as chunk values, and the text of each."""
+        EOS are not read), as chunk values, and where each text's words begin (len(texts) + 1)."""
         if len(self._cache) > CACHE_LIMIT:
             self._cache = ChunkCache()
         chunks = encode_chunks(texts, nul=True)
-        first, packed = chunks.first, np.zeros(0, np.int64)
+        packed = np.zeros(0, np.int64)
         if len(chunks.indices):
             packed = self._cache.values(chunks.distinct, self._pack_chunks)[chunks.indices]
         is_word = (packed & 1).astype(bool)
-        per_text = np.diff(np.concatenate([[0], np.cumsum(is_word)])[first])
-        ends = np.cumsum(per_text + 1) - 1  # where each text's EOS goes
-        words = np.full(int(ends[-1]) + 1, self._eos, np.int64)
+        per_text = np.diff(np.concatenate([[0], np.cumsum(is_word)])[chunks.first]) + 1
+        starts = np.concatenate([[0], np.cumsum(per_text)])
+        words = np.full(int(starts[-1]), self._eos, np.int64)
         inner = np.ones(len(words), bool)
-        inner[ends] = False
+        inner[starts[1:] - 1] = False  # each text's EOS
         words[inner] = packed[is_word]
-        text = np.repeat(np.arange(len(per_text)), per_text + 1)
         if np.count_nonzero(packed & 2):  # a literal EOS: the line ends there
             is_eos = (words & 2).astype(np.int64)
             before = np.cumsum(is_eos) - is_eos
-            keep = before == before[ends - per_text][text]
-            words, text = words[keep], text[keep]
-        return words, text
+            keep = before == np.repeat(before[starts[:-1]], per_text)
+            kept = np.cumsum(keep)
+            words, starts = words[keep], np.concatenate([[0], kept[starts[1:] - 1]])
+        return words, starts
 
-    def _rows(self, words: np.ndarray, text: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Input-matrix rows of the words (known words' ids, then word n-gram buckets) and their texts."""
+    def _sums(self, words: np.ndarray, starts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Each text's sum of its rows' projected values (a row per projection column) and its number of
+        rows: known words' ids (an unknown word's -1 gathers the 0.0 that ends each column), then word
+        n-gram buckets from the hashes (sign-extended to 64 bits), the last k - 1 of a text's k-grams
+        running into the next text and so left out of its sum."""
         ids = (words >> 34) - 1
-        known = ids >= 0
-        rows, texts = [ids[known]], [text[known]]
-        hashes = ((words >> 2) & 0xFFFFFFFF).astype(np.uint32).view(np.int32).astype(np.int64).view(np.uint64)
-        ngram = hashes
+        hashes = ((words << 30) >> 32).view(np.uint64)  # bits 2-33, sign-extended
+        begins = starts[:-1]
+        counts = _segment_sums(ids >= 0, begins, starts[1:])
+        parts, ngram = [(ids, starts[1:])], hashes
         for k in range(1, self.word_ngrams):
-            same = text[k:] == text[:-k]
             ngram = ngram[:-1] * NGRAM_PRIME + hashes[k:]
-            rows.append((ngram[same] % np.uint64(self.bucket)).astype(np.int64) + self.nwords)
-            texts.append(text[:-k][same])
-        return np.concatenate(rows), np.concatenate(texts)
+            rows = (ngram % np.uint64(self.bucket) + np.uint64(self.nwords)).view(np.int64)
+            ends = np.maximum(starts[1:] - k, begins)
+            parts.append((rows, ends))
+            counts += ends - begins
+        sums = [
+            sum(_segment_sums(column[rows], begins, ends) for rows, ends in parts)
+            for column in self.projection_
+        ]
+        return np.stack(sums), counts
 
     def scores(self, texts: Sequence[str] | pa.Array | pa.ChunkedArray) -> np.ndarray:
         """The label's probability for each text (a list of str, or an Arrow string array)."""
@@ -183,10 +198,8 @@ class LinearFastText:
         n = len(texts)
         if n == 0:
             return np.zeros(0, np.float64)
-        rows, text = self._rows(*self._words(texts))
-        counts = np.bincount(text, minlength=n)
-        sums = [np.bincount(text, weights=column[rows], minlength=n) for column in self.projection_]
-        means = np.stack(sums) / np.maximum(counts, 1)
+        sums, counts = self._sums(*self._words(texts))
+        means = sums / np.maximum(counts, 1)
         if self.kind_ == "difference":
             p = 0.5 + 0.5 * np.tanh(0.5 * means[0])
         elif self.kind_ == "sigmoid":
