@@ -17,6 +17,8 @@ from typing import Any
 
 import numpy as np
 
+from scorers.fasttext_linear import LABEL_ESCAPE, LABEL_PREFIX, LinearFastText, linear_support
+
 HQ_LABEL = "__label__hq"
 LQ_LABEL = "__label__lq"
 
@@ -34,12 +36,6 @@ DEFAULT_TRAIN_PARAMS: dict[str, Any] = {
     "thread": 1,
     "verbose": 0,
 }
-
-
-LABEL_PREFIX = "__label__"
-# A `__label__` inside a text becomes this word, never a label; no character after "label" is "_",
-# so no replacement can join its neighbours into a new `__label__` (as "__label___x" -> "__label__x" would).
-LABEL_ESCAPE = "__label:"
 
 
 PRESETS = ("auto", "dclm")
@@ -212,8 +208,6 @@ class FastTextScorer:
 
     def setup(self) -> FastTextScorer:
         if self.model_ is None:
-            from scorers.fasttext_linear import LinearFastText, linear_support
-
             model = load_model(self.model_path)
             check_labels(self.model_path, model.get_labels(), self.label)
             self.fallback_reason_ = linear_support(model)

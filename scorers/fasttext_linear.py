@@ -21,8 +21,11 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from scorers.chunks import ChunkCache, binary_bytes, encode_chunks
-from scorers.fasttext import LABEL_ESCAPE, LABEL_PREFIX
 
+LABEL_PREFIX = "__label__"
+# A `__label__` inside a text becomes this word, never a label; no character after "label" is "_",
+# so no replacement can join its neighbours into a new `__label__` (as "__label___x" -> "__label__x" would).
+LABEL_ESCAPE = "__label:"
 EOS = b"</s>"  # fastText's end-of-line word: the line's '\n' gives one; a literal one ends the line too
 FASTTEXT_SPACE = " \n\r\t\v\f\0"  # the bytes that separate fastText's words
 NGRAM_PRIME = np.uint64(116049371)
