@@ -169,24 +169,26 @@ class LinearFastText:
     def _sums(self, words: np.ndarray, starts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Each text's sum of its rows' projected values (a row per projection column) and its number of
         rows: known words' ids (an unknown word's -1 gathers the 0.0 that ends each column), then word
-        n-gram buckets from the hashes (sign-extended to 64 bits), the last k - 1 of a text's k-grams
-        running into the next text and so left out of its sum."""
+        n-gram buckets from the hashes (sign-extended to 64 bits). Values are added at the position of
+        the n-gram's first word, and each text's positions summed on their own (`np.add.reduceat`; every
+        text has one, its EOS), so a text's score does not depend on the others in its batch."""
         ids = (words >> 34) - 1
         hashes = ((words << 30) >> 32).view(np.uint64)  # bits 2-33, sign-extended
-        begins = starts[:-1]
-        counts = _segment_sums(ids >= 0, begins, starts[1:])
-        parts, ngram = [(ids, starts[1:])], hashes
+        begins, ends = starts[:-1], starts[1:]
+        counts = _segment_sums(ids >= 0, begins, ends)
+        totals = [column[ids] for column in self.projection_]
+        ngram = hashes
         for k in range(1, self.word_ngrams):
             ngram = ngram[:-1] * NGRAM_PRIME + hashes[k:]
             rows = (ngram % np.uint64(self.bucket) + np.uint64(self.nwords)).view(np.int64)
-            ends = np.maximum(starts[1:] - k, begins)
-            parts.append((rows, ends))
-            counts += ends - begins
-        sums = [
-            sum(_segment_sums(column[rows], begins, ends) for rows, ends in parts)
-            for column in self.projection_
-        ]
-        return np.stack(sums), counts
+            last = np.concatenate([ends - j for j in range(1, k + 1)])  # k-grams that run into the next text
+            last = last[(last >= np.tile(begins, k)) & (last < len(rows))]
+            for total, column in zip(totals, self.projection_, strict=True):
+                values = column[rows]
+                values[last] = 0.0
+                total[:-k] += values
+            counts += np.maximum(ends - begins - k, 0)
+        return np.stack([np.add.reduceat(total, begins) for total in totals]), counts
 
     def scores(self, texts: Sequence[str] | pa.Array | pa.ChunkedArray) -> np.ndarray:
         """The label's probability for each text (a list of str, or an Arrow string array)."""

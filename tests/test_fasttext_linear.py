@@ -98,6 +98,7 @@ def _check(path, label="__label__hq", path_kind="linear"):
     large = pa.array(texts, pa.large_string())
     parts = [scorer.score_batch(large.slice(i, 7)) for i in range(0, len(texts), 7)]
     np.testing.assert_allclose(np.concatenate(parts), expected, rtol=0, atol=1e-6)
+    assert np.array_equal(warm, cold) and np.array_equal(np.concatenate(parts), cold)  # whatever the batch
     chunked = pa.chunked_array([pa.array(texts[:50]), pa.array(texts[50:])])
     np.testing.assert_allclose(scorer.score_batch(chunked), expected, rtol=0, atol=1e-6)
     again = FastTextScorer(str(path), label).setup().score_batch(texts)
