@@ -232,7 +232,8 @@ def _batch_key(texts: pa.Array) -> tuple[int, int, int, int, str]:
 def encode_chunks(texts: pa.Array, nul: bool = False) -> EncodedChunks:
     """`split_chunks`, deduplicated by Arrow's `dictionary_encode`. The last batch's result is kept (per
     thread, with the texts, so their memory stays theirs): token counts and fastText scores of one batch
-    split and encode it once. fastText also splits at NUL, so a batch with a NUL byte is encoded again."""
+    split and encode it once. fastText also splits at NUL, so a batch with a NUL byte is encoded again.
+    A batch is known by the memory it reads: Arrow's buffers do not change once written."""
     key, last = _batch_key(texts), getattr(_LAST, "batch", None)
     if last is not None and last[0] == key and (last[1] == nul or not last[2]):
         return last[3]

@@ -51,7 +51,7 @@ def linear_support(model: Any) -> str | None:
     if args.label != LABEL_PREFIX:
         return f"label prefix {args.label!r}"
     rows = np.asarray(model.f.getInputMatrix()).shape[0]
-    if args.wordNgrams > 1 and args.bucket <= 0 or rows - args.bucket >= (1 << ID_BITS) - 1:
+    if (args.wordNgrams > 1 and args.bucket <= 0) or rows - args.bucket >= (1 << ID_BITS) - 1:
         return "dictionary or buckets out of range"
     return None
 
