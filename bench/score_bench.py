@@ -16,7 +16,9 @@ plain loop more than the job: compare runs at similar load). Before the job it p
 the CPU-seconds per 100,000 documents of each step of the job (read and validate, token counts,
 fastText, part files, cut-off histograms, the shard writers' merge and Parquet) run in one
 process without Beam on the first `--breakdown-docs` documents, beside the plain loop's on the same
-documents, and the Parquet output's size. The last line is JSON.
+documents, and the Parquet output's size. It also times fastText's scores by the binding's batch predict
+and by the linear path (`scorers.fasttext_linear`, what the job uses) alternately on the same documents,
+with the max |difference| of the two. The last line is JSON.
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+import numpy as np  # noqa: E402
 import pyarrow as pa  # noqa: E402
 
 from pipeline import direct_workers  # noqa: E402
@@ -48,7 +51,13 @@ from pipeline.select import BinCounts, Selection, domain_scores, level_bins, mar
 from pipeline.shards import PartWriters, merge_parts, row_groups, write_row_groups  # noqa: E402
 from pipeline.stages import conform  # noqa: E402
 from pipeline.tokenize import TokenCounter, train_byte_level_bpe  # noqa: E402
-from scorers.fasttext import FastTextQualityClassifier, FastTextScorer, load_model, normalize  # noqa: E402
+from scorers.fasttext import (  # noqa: E402
+    FastTextQualityClassifier,
+    FastTextScorer,
+    label_probabilities,
+    load_model,
+    normalize,
+)
 
 DOMAINS = ("prose", "code", "legal")
 
@@ -92,6 +101,34 @@ def predict_loop(model, texts: list[str]) -> tuple[float, float]:
     for text in texts:
         model.predict(normalize(text), k=-1)
     return rate(len(texts), time.perf_counter() - start), rate(len(texts), time.process_time() - cpu)
+
+
+def fasttext_paths(model: str, texts: list[str], batch_size: int, rounds: int = 3) -> dict[str, float]:
+    """Seconds per 100,000 documents of the binding's batch predict (`label_probabilities`) and of the
+    linear path (`FastTextScorer` on a linear model), timed alternately on the same Arrow batches: the
+    linear path's first round (its chunk cache cold) and the mean of the later rounds of each (warm), and
+    the max |difference| of their scores."""
+    scorer = FastTextScorer(model).setup()
+    if scorer.linear_ is None:
+        raise ValueError(f"the bench model is not linear: {scorer.fallback_reason_}")
+    batches = [pa.array(texts[i : i + batch_size], pa.string()) for i in range(0, len(texts), batch_size)]
+    seconds: dict[str, list[float]] = {"binding": [], "linear": []}
+    diff = 0.0
+    for _ in range(rounds):
+        start = time.process_time()
+        reference = [label_probabilities(scorer.model_, b, scorer.label) for b in batches]
+        seconds["binding"].append(time.process_time() - start)
+        start = time.process_time()
+        got = [scorer.linear_.scores(b) for b in batches]
+        seconds["linear"].append(time.process_time() - start)
+        diff = max(diff, float(np.abs(np.concatenate(reference) - np.concatenate(got)).max(initial=0.0)))
+    scale = 100_000 / len(texts)
+    return {
+        "binding_s": scale * sum(seconds["binding"][1:]) / (rounds - 1),
+        "linear_s": scale * sum(seconds["linear"][1:]) / (rounds - 1),
+        "linear_cold_s": scale * seconds["linear"][0],
+        "max_abs_diff": diff,
+    }
 
 
 def loops_at_once(model, texts: list[str], cores: int) -> float:
@@ -265,6 +302,13 @@ def main() -> None:
         print(f"raw fastText predict, plain loop, one core:   {loop_before:10,.0f} docs/s (before the job)")
         print(f"token counts, tokenizers encode_batch_fast:   {encode:10,.0f} docs/s")
         print(f"token counts, TokenCounter (cached chunks):   {tokens:10,.0f} docs/s")
+        paths = fasttext_paths(str(tmp / "quality.bin"), subset, args.batch_size)
+        print(
+            f"fastText scores, CPU-s per 100,000 documents, alternately on the same batches: binding "
+            f"{paths['binding_s']:.2f} s, linear path {paths['linear_s']:.2f} s warm "
+            f"({paths['linear_s'] / paths['binding_s']:.2f} x the binding; {paths['linear_cold_s']:.2f} s "
+            f"with its chunk cache cold), max |difference| {paths['max_abs_diff']:.1e}"
+        )
 
         breakdown: dict[str, float] = {}
         if args.breakdown_docs > 0:
@@ -347,6 +391,11 @@ def main() -> None:
             "loop_at_once_vs_alone": round(at_once / loop, 3),
             "load_average": [round(v, 1) for v in os.getloadavg()],
             "cpu_s_per_100k_docs": {k: round(v, 3) for k, v in breakdown.items()},
+            "fasttext_binding_cpu_s_per_100k_docs": round(paths["binding_s"], 3),
+            "fasttext_linear_cpu_s_per_100k_docs": round(paths["linear_s"], 3),
+            "fasttext_linear_cold_cpu_s_per_100k_docs": round(paths["linear_cold_s"], 3),
+            "fasttext_linear_vs_binding": round(paths["linear_s"] / paths["binding_s"], 3),
+            "fasttext_linear_max_abs_diff": paths["max_abs_diff"],
         }
         print(json.dumps(headline))
 

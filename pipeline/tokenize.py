@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from scorers.chunks import LONG_CHUNK, ChunkTable, binary_bytes, word_view
+from scorers.chunks import ChunkCache, binary_bytes, encode_chunks, is_whitespace
 
 TOKENIZER_FILE = "tokenizer.json"
 TOKENIZER_OPTIONS_FILE = "tokenizer_options.json"  # how a trained tokenizer.json was made
@@ -47,11 +47,6 @@ def _byte_chars() -> list[str]:
 
 
 _BYTE_CHARS = _byte_chars()  # a `str.translate` table from Latin-1 text (one character per byte)
-
-
-def _is_whitespace(data: np.ndarray) -> np.ndarray:
-    """Which UTF-8 bytes are whitespace in _WS (9 to 13, and 32): comparisons, ~20x faster than a table."""
-    return (data == 32) | ((data >= 9) & (data <= 13))
 
 
 def _pre_tokenizer():
@@ -134,7 +129,7 @@ class TokenCounter:
     add_special_tokens=False).ids)` with `tokenizer.encode_special_tokens = True` (a plain `encode` would turn
     the literal into the one end-of-text id, which the corpus does not contain). With our own BPE (see
     `splits_like_python`) a text is cut into chunks (a whitespace run and the word after it), and each
-    distinct chunk is counted once and cached (`scorers.chunks.ChunkTable`, exact, with a dict for the rare
+    distinct chunk is counted once and cached (`scorers.chunks.ChunkCache`, exact, with a dict for the rare
     chunk over LONG_CHUNK bytes): the same counts as `encode`, about 25x faster than `encode_batch_fast` (the
     library's per-text pre-tokenization and merges dominated the job's time). A new chunk is split into pieces
     by PRETOKENIZE_PATTERN and a new piece counted by the byte-level mapping (`_BYTE_CHARS`) and the library's
@@ -145,8 +140,7 @@ class TokenCounter:
         self.tokenizer_json = tokenizer_json
         self.tokenizer_: Any = None
         self.cached_ = False
-        self._index = ChunkTable()
-        self._cache: dict[bytes, int] = {}  # chunk (UTF-8) -> count, for chunks over LONG_CHUNK bytes
+        self._chunks = ChunkCache()  # chunk (UTF-8) -> count
         self._piece_cache: dict[bytes, int] = {}
 
     def setup(self) -> TokenCounter:
@@ -198,9 +192,8 @@ class TokenCounter:
             if not isinstance(texts, list):
                 texts = texts.to_pylist() if hasattr(texts, "to_pylist") else list(texts)
             return np.array(self._encode_counts(texts), dtype=np.int64)
-        if len(self._index) + len(self._cache) > CACHE_LIMIT or len(self._piece_cache) > CACHE_LIMIT:
-            self._index = ChunkTable()
-            self._cache.clear()
+        if len(self._chunks) > CACHE_LIMIT or len(self._piece_cache) > CACHE_LIMIT:
+            self._chunks = ChunkCache()
             self._piece_cache.clear()
         if isinstance(texts, pa.ChunkedArray):
             texts = texts.combine_chunks()
@@ -208,66 +201,23 @@ class TokenCounter:
             texts = pa.array(list(texts), pa.string())
         return self._count_array(texts)
 
-    def _distinct_counts(self, chunks: pa.Array) -> np.ndarray:
-        """Counts of distinct chunks: looked up in `scorers.chunks.ChunkTable`, then those over LONG_CHUNK
-        bytes in a dict (looked at only when it holds any); new ones are counted (`_chunk_counts`) and
-        stored."""
-        data, offsets = binary_bytes(chunks)
-        lengths = np.diff(offsets)
-        counts = self._index.find(word_view(data), offsets[:-1], lengths)
-        long = np.flatnonzero(lengths > LONG_CHUNK)
-        if self._cache and len(long):
-            get = self._cache.get
-            counts[long] = [get(k, -1) for k in chunks.take(pa.array(long)).to_pylist()]
-        new = np.flatnonzero(counts < 0)
-        if len(new):
-            fresh = chunks.take(pa.array(new))
-            counts[new] = self._chunk_counts(fresh)
-            short, long = new[lengths[new] <= LONG_CHUNK], new[lengths[new] > LONG_CHUNK]
-            self._index.add(word_view(data), offsets[short], lengths[short], counts[short])
-            if len(long):
-                unstored = chunks.take(pa.array(long)).to_pylist()
-                self._cache.update(zip(unstored, counts[long].tolist(), strict=True))
-        return counts
-
     def _count_array(self, texts: pa.Array) -> np.ndarray:
         """Chunks are found with numpy on the UTF-8 bytes and deduplicated by Arrow's hash kernel; the
-        distinct ones are looked up in `scorers.chunks.ChunkTable` with numpy, so Python touches only the
-        chunks it has not seen."""
+        distinct ones are looked up in `scorers.chunks.ChunkCache` with numpy, so Python touches only the
+        chunks it has not seen (`_chunk_counts`)."""
         if texts.null_count:
             texts = texts.fill_null("")
-        if pa.types.is_large_string(texts.type):
-            offset_type, dtype = np.int64, pa.large_binary()
-        else:
+        if not pa.types.is_large_string(texts.type):
             texts = texts.cast(pa.string())
-            offset_type, dtype = np.int32, pa.binary()
         if len(texts) == 0:
             return np.zeros(0, dtype=np.int64)
-        _, offsets_buf, data_buf = texts.buffers()
-        offsets = np.frombuffer(offsets_buf, offset_type)[texts.offset : texts.offset + len(texts) + 1]
-        lo, hi = int(offsets[0]), int(offsets[-1])
-        if hi == lo:
+        chunks = encode_chunks(texts)
+        if not len(chunks.indices):
             return np.zeros(len(texts), dtype=np.int64)
-        bounds = _chunk_starts(np.frombuffer(data_buf, np.uint8, hi - lo, lo), offsets[:-1] - lo) + lo
-        chunk_offsets = pa.py_buffer(np.append(bounds, hi).astype(offset_type))
         # Binary chunks: a new one reaches Python as bytes, cheaper to make and look up than str.
-        chunks = pa.Array.from_buffers(dtype, len(bounds), [None, chunk_offsets, data_buf])
-        encoded = chunks.dictionary_encode()
-        per_chunk = self._distinct_counts(encoded.dictionary)[encoded.indices.to_numpy()]
+        per_chunk = self._chunks.values(chunks.distinct, self._chunk_counts)[chunks.indices]
         cumulative = np.concatenate([[0], np.cumsum(per_chunk)])
-        first_chunk = np.searchsorted(bounds, offsets)
-        return cumulative[first_chunk[1:]] - cumulative[first_chunk[:-1]]
-
-
-def _chunk_starts(data: np.ndarray, text_starts: np.ndarray) -> np.ndarray:
-    """Where each chunk of `data` (UTF-8 bytes) starts: at each text's start, and where whitespace
-    follows a byte that is not whitespace."""
-    space = _is_whitespace(data)
-    starts = np.empty(len(data), dtype=bool)
-    starts[0] = True
-    np.greater(space[1:], space[:-1], out=starts[1:])
-    starts[text_starts[text_starts < len(data)]] = True
-    return np.flatnonzero(starts)
+        return cumulative[chunks.first[1:]] - cumulative[chunks.first[:-1]]
 
 
 def _joined(data: np.ndarray, offsets: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -276,7 +226,7 @@ def _joined(data: np.ndarray, offsets: np.ndarray) -> tuple[np.ndarray, np.ndarr
     word (a text's first) goes after a newline, a piece of its own; one that ends with whitespace (its last
     piece could run on) is left out, its end -1. Returns the bytes and each chunk's start and end in them."""
     lengths = np.diff(offsets)
-    space = _is_whitespace(data)
+    space = is_whitespace(data)
     inner = ~space[offsets[1:] - 1]
     newline = inner & ~space[offsets[:-1]]
     sizes = np.where(inner, lengths + newline, 0)

@@ -220,7 +220,7 @@ def test_counts_stay_exact_when_the_cache_starts_again(texts, monkeypatch):
     got, caches = [], []
     for i in range(0, len(docs), 7):
         got += counter.count(docs[i : i + 7]).tolist()
-        caches.append(counter._index)  # kept alive: distinct ids are distinct caches
+        caches.append(counter._chunks)  # kept alive: distinct ids are distinct caches
     assert got == expected and len({id(c) for c in caches}) > 2  # started again more than once
-    assert counter._cache  # "x" * 5000: over LONG_CHUNK bytes
+    assert counter._chunks._long  # "x" * 5000: over LONG_CHUNK bytes
     assert counter.count(docs[::-1]).tolist() == expected[::-1]
