@@ -127,3 +127,26 @@ def test_law_fit_runs_the_searches_it_announces(search):
     with counting_searches(seen.append):
         law.fit(table)
     assert sum(seen) == law.n_searches(len(table))
+
+
+def test_record_count_is_the_readers_over_read_blocks(tmp_path, monkeypatch):
+    """Lines across many small read blocks (a line cut by every block end), blank lines of every kind of
+    whitespace, lines that start with whitespace and hold a record, no newline at the end (after a record
+    or a blank line), gzip: the
+    count is the number of records the reader's line chunks hold."""
+    import gzip
+    import random
+
+    from pipeline import read
+
+    monkeypatch.setattr(read, "_READ_BLOCK", 7)
+    rng = random.Random(5)
+    kinds = ['{"text": "a b"}', "", "  ", "\t\r", ' {"text": "c"}', '{"text": "' + "d" * 30 + '"}', "\x0b"]
+    text = "\n".join(rng.choice(kinds) for _ in range(300))
+    (tmp_path / "a.jsonl").write_text(text + '\n{"text": "last"}')
+    (tmp_path / "b.jsonl").write_text(text + "\n \t")  # ends in a blank line without a newline
+    (tmp_path / "c.jsonl.gz").write_bytes(gzip.compress(text.encode()))
+    for name in ("a.jsonl", "b.jsonl", "c.jsonl.gz"):
+        with read._open_jsonl(str(tmp_path / name)) as stream:
+            expected = sum(len(numbers) for numbers, _ in read._line_chunks(stream, 16))
+        assert count_records({"one": [str(tmp_path / name)]}) == expected > 100
