@@ -141,16 +141,16 @@ class TokenCounter:
     distinct chunk is counted once and cached (`scorers.chunks.ChunkCache`, exact): the same counts as
     `encode`, about 25x faster than `encode_batch_fast` (the library's per-text pre-tokenization and merges
     dominated the job's time). A new chunk is split into pieces of PRETOKENIZE_PATTERN with numpy
-    (`piece_starts`), the pieces are cached the same way, and a new piece is counted by the byte-level mapping
-    (`_BYTE_CHARS`) and the library's model (`encode` per piece, without its per-text overhead). Any other
-    tokenizer.json is counted with `encode_batch_fast`."""
+    (`piece_starts`), and a new piece is counted by the byte-level mapping (`_BYTE_CHARS`) and the library's
+    model (`encode` per piece, without its per-text overhead). Any other tokenizer.json is counted with
+    `encode_batch_fast`."""
 
     def __init__(self, tokenizer_json: str) -> None:
         self.tokenizer_json = tokenizer_json
         self.tokenizer_: Any = None
         self.cached_ = False
-        self._chunks = ChunkCache()  # chunk (UTF-8) -> token count
-        self._pieces = ChunkCache()  # piece of PRETOKENIZE_PATTERN (UTF-8) -> token count
+        self._chunks = ChunkCache()  # chunk (UTF-8) -> count
+        self._piece_cache: dict[bytes, int] = {}
 
     def __getstate__(self) -> dict[str, bytes]:
         """Pickled as its tokenizer JSON alone, zlib-compressed: Beam pickles a DoFn again (bz2, level 9)
@@ -173,22 +173,22 @@ class TokenCounter:
     def _chunk_counts(self, chunks: pa.Array) -> np.ndarray:
         """Token counts of new chunks (binary) from their pieces; only pieces never seen are counted. The
         pieces are cut on the UTF-8 bytes with numpy (`piece_starts`), so no chunk or piece becomes a
-        Python object (the regex and the pieces as bytes took about 40% of a new chunk's cost); they are
-        deduplicated by Arrow and looked up in a `scorers.chunks.ChunkCache` as the chunks are."""
+        Python object (the regex and the pieces as bytes took about 40% of a new chunk's cost), and are
+        deduplicated by Arrow; the distinct ones are looked up in a dict (a `scorers.chunks.ChunkCache`
+        cost as much on the scale bench's input and 1.3x as much for a batch of new words)."""
         data, offsets = binary_bytes(chunks)
         starts = piece_starts(data, offsets)
         bounds = pa.py_buffer(np.append(starts, offsets[-1]))
         pieces = pa.Array.from_buffers(pa.large_binary(), len(starts), [None, bounds, pa.py_buffer(data)])
         encoded = pieces.dictionary_encode()
-        counts = self._pieces.values(encoded.dictionary, self._piece_counts)
+        get, tokenize = self._piece_cache.get, self.tokenizer_.model.tokenize
+        distinct = encoded.dictionary.to_pylist()
+        counts = np.array([get(p, -1) for p in distinct], np.int64)
+        for i in np.flatnonzero(counts < 0).tolist():  # new pieces: byte-level characters, then the model
+            mapped = distinct[i].decode("latin-1").translate(_BYTE_CHARS)
+            counts[i] = self._piece_cache[distinct[i]] = len(tokenize(mapped))
         cumulative = np.concatenate([[0], np.cumsum(counts[encoded.indices.to_numpy()])])
         return np.diff(cumulative[np.searchsorted(starts, offsets)])
-
-    def _piece_counts(self, pieces: pa.Array) -> np.ndarray:
-        """Token counts of new pieces: their byte-level characters (`_BYTE_CHARS`), then the model."""
-        tokenize = self.tokenizer_.model.tokenize
-        mapped = (p.decode("latin-1").translate(_BYTE_CHARS) for p in pieces.to_pylist())
-        return np.array([len(tokenize(m)) for m in mapped], np.int64)
 
     def _encode_counts(self, texts: list[str]) -> list[int]:
         return [len(e) for e in self.tokenizer_.encode_batch_fast(texts, add_special_tokens=False)]
@@ -201,8 +201,9 @@ class TokenCounter:
             if not isinstance(texts, list):
                 texts = texts.to_pylist() if hasattr(texts, "to_pylist") else list(texts)
             return np.array(self._encode_counts(texts), dtype=np.int64)
-        if len(self._chunks) > CACHE_LIMIT or len(self._pieces) > CACHE_LIMIT:
-            self._chunks, self._pieces = ChunkCache(), ChunkCache()
+        if len(self._chunks) > CACHE_LIMIT or len(self._piece_cache) > CACHE_LIMIT:
+            self._chunks = ChunkCache()
+            self._piece_cache.clear()
         if isinstance(texts, pa.ChunkedArray):
             texts = texts.combine_chunks()
         if not isinstance(texts, pa.Array):
