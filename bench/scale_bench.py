@@ -1,6 +1,7 @@
 """Memory and disk of the score job against input size: is its cost a flat curve?
 
     python bench/scale_bench.py [--sizes 0.2,1,4] [--root /tmp/datamixer-scale] [--workers 2] [--dedup]
+                                [--against COMMIT]
 
 Generates (once, cached under --root; never in the repository) JSONL inputs of about the given
 sizes in GB from the bundled corpus (`pipeline.corpus`): documents cycled per domain, each copy
@@ -20,25 +21,35 @@ staged, and the shard writing after it), when the largest process peaked, and th
 each worker (their spread: how evenly the input files were dealt), the share of the run's time in
 which some process waited for a core (Linux's CPU pressure: the job's own processes, and any other
 load), and each size's three docs/s figures against the largest size's (the goal: within 10%).
+
+With --against COMMIT the same jobs also run with that commit's code (extracted by `git archive` to a
+temporary folder, run from there: its `datamixer`, `pipeline`, `scorers`), the two codes in turn at each
+size (this tree first at the first size, then alternately), each with its own start-up: on a shared
+machine both see about the same load, and their rows, worker CPU and outputs (sha256 of every output
+file: the same bytes, or the bench says so) compare directly.
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import resource
 import shutil
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import psutil
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
 
 from pipeline.corpus import DOMAINS, CorpusOptions, build_corpus  # noqa: E402
 
@@ -195,9 +206,14 @@ def cpu_wait_us() -> int | None:
 
 
 def run_job(
-    globs: dict[str, str], model: Path, tokenizer: Path, out_parent: Path, args: argparse.Namespace
+    globs: dict[str, str],
+    model: Path,
+    tokenizer: Path,
+    out_parent: Path,
+    args: argparse.Namespace,
+    src: Path = ROOT,
 ) -> dict:
-    """One `datamixer score` run, sampled; its JSON line plus the peaks and sizes."""
+    """One `datamixer score` run of the code under `src`, sampled; its JSON line plus the peaks and sizes."""
     output = out_parent / "scored"
     shutil.rmtree(out_parent, ignore_errors=True)  # this bench's own earlier output: disk starts at 0
     cmd = [sys.executable, "-m", "datamixer", "score", "--output", str(output)]
@@ -213,7 +229,8 @@ def run_job(
     wait_before = cpu_wait_us()
     started = time.perf_counter()
     children = resource.getrusage(resource.RUSAGE_CHILDREN)
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True)
+    env = dict(os.environ, PYTHONPATH=str(src))  # `python -m` also puts its folder first
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True, cwd=src, env=env)
     sampler = threading.Thread(target=sample, args=(proc, out_parent, peaks, stop))
     sampler.start()
     stdout, _ = proc.communicate()
@@ -256,11 +273,33 @@ def run_job(
         "parts_mb": round(peaks.parts / 1e6),
         "disk_peak_mb": round(peaks.disk / 1e6),
         "output_mb": round(_tree_size(output)[0] / 1e6),
+        "output_sha256": _output_digest(output),
         "load": [round(load_before, 1), round(os.getloadavg()[0], 1)],
         "cpu_wait_share": None
         if wait_before is None or wait_after is None
         else round((wait_after - wait_before) / 1e6 / seconds, 2),
     }
+
+
+def _output_digest(output: Path) -> str:
+    """sha256 over every output file's path and sha256, in path order (the same bytes: the same digest)."""
+    digest = hashlib.sha256()
+    for path in sorted(p for p in output.rglob("*") if p.is_file()):
+        file_digest = hashlib.sha256()
+        with path.open("rb") as fh:
+            while block := fh.read(1 << 24):
+                file_digest.update(block)
+        digest.update(f"{path.relative_to(output)} {file_digest.hexdigest()}\n".encode())
+    return digest.hexdigest()
+
+
+def extract_commit(commit: str, parent: Path) -> Path:
+    """The tracked files of `commit` (`git archive`) in a folder under `parent`, to run its code."""
+    folder = parent / f"code-{commit.replace('/', '_')}"
+    folder.mkdir()
+    archive = subprocess.run(["git", "archive", commit], cwd=ROOT, check=True, capture_output=True).stdout
+    subprocess.run(["tar", "-x", "-C", str(folder)], input=archive, check=True)
+    return folder
 
 
 def tiny_inputs(globs: dict[str, str], out: Path, lines: int) -> dict[str, str]:
@@ -276,77 +315,63 @@ def tiny_inputs(globs: dict[str, str], out: Path, lines: int) -> dict[str, str]:
     return tiny
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--sizes", default="0.2,1,4", help="input sizes in GB, comma-separated")
-    parser.add_argument("--root", type=Path, default=Path("/tmp/datamixer-scale"))
-    parser.add_argument("--workers", type=int, default=2, help="DirectRunner worker processes")
-    parser.add_argument("--dedup", action="store_true", help="also run MinHash dedup in the job")
-    args = parser.parse_args()
-    sizes = [float(s) for s in args.sizes.split(",")]
-    args.root.mkdir(parents=True, exist_ok=True)
-    corpus, model, tokenizer = prepare(args.root)
-    print(f"cores: {os.cpu_count()}, load average: {os.getloadavg()[0]:.1f}", file=sys.stderr)
+def run_sizes(
+    sizes: list[float], codes: dict[str, Path], prepared: tuple[Path, Path, Path], args: argparse.Namespace
+) -> tuple[list[dict], dict[str, list[tuple[float, float]]]]:
+    """Every size's job with each code (in turn, alternating which goes first), and each code's start-up
+    (the job on 200 documents) before and after the sizes: (rows, code -> [(seconds, CPU-s)] * 2)."""
+    corpus, model, tokenizer = prepared
     rows: list[dict] = []
-    startup: tuple[float, float] | None = None
-    for size in sizes:
+    startups: dict[str, list[tuple[float, float]]] = {code: [] for code in codes}
+    tiny: dict[str, str] = {}
+    for i, size in enumerate(sizes):
         inputs = args.root / f"in-{size:g}gb"
         t0 = time.perf_counter()
         globs = generate(corpus, inputs, int(size * GB))
         input_mb = _tree_size(inputs)[0] / 1e6
         print(f"{size:g} GB: {input_mb:,.0f} MB of JSONL ({time.perf_counter() - t0:.0f} s)", file=sys.stderr)
         out_parent = args.root / f"out-{size:g}gb{'-dedup' if args.dedup else ''}"
-        if startup is None:  # the same job on 200 documents: its start-up, in this run
+        if not tiny:  # the same job on 200 documents: its start-up, in this run
             tiny = tiny_inputs(globs, args.root / "in-tiny", 200 // len(globs))
-            first = run_job(tiny, model, tokenizer, args.root / "out-tiny", args)
-            startup = first["job_seconds"], first["cpu_s"]
-            print(f"start-up (the job on 200 documents): {startup} s, CPU s", file=sys.stderr)
-        row = {"size_gb": size, "input_mb": round(input_mb)}
-        row.update(run_job(globs, model, tokenizer, out_parent, args))
-        row["disk_over_output"] = round(row["disk_peak_mb"] / max(row["output_mb"], 1), 2)
-        row["parts_over_output"] = round(row["parts_mb"] / max(row["output_mb"], 1), 2)
-        print(json.dumps(row), file=sys.stderr)
-        rows.append(row)
-    assert startup is not None
-    last_run = run_job(tiny, model, tokenizer, args.root / "out-tiny", args)
-    again = last_run["job_seconds"], last_run["cpu_s"]
-    print(f"start-up again, after the sizes: {again} s, CPU s", file=sys.stderr)
-    startups = [startup, again]
-    wall, cpu = (sum(run[i] for run in startups) / 2 for i in (0, 1))  # mean of before and after
+            for code, src in codes.items():
+                first = run_job(tiny, model, tokenizer, args.root / "out-tiny", args, src)
+                startups[code].append((first["job_seconds"], first["cpu_s"]))
+                print(
+                    f"{code}: start-up (the job on 200 documents): {startups[code][0]} s, CPU s",
+                    file=sys.stderr,
+                )
+        for code in list(codes)[:: 1 if i % 2 == 0 else -1]:
+            row: dict[str, Any] = {"size_gb": size, "input_mb": round(input_mb), "code": code}
+            row.update(run_job(globs, model, tokenizer, out_parent, args, codes[code]))
+            row["disk_over_output"] = round(row["disk_peak_mb"] / max(row["output_mb"], 1), 2)
+            row["parts_over_output"] = round(row["parts_mb"] / max(row["output_mb"], 1), 2)
+            print(json.dumps(row), file=sys.stderr)
+            rows.append(row)
+    for code, src in codes.items():
+        last_run = run_job(tiny, model, tokenizer, args.root / "out-tiny", args, src)
+        startups[code].append((last_run["job_seconds"], last_run["cpu_s"]))
+        print(f"{code}: start-up again, after the sizes: {startups[code][1]}", file=sys.stderr)
+    return rows, startups
+
+
+def code_ratios(rows: list[dict], startups: list[tuple[float, float]]) -> dict:
+    """One code's rows (in size order) completed with the figures without the start-up (the mean of its
+    two start-up runs) and against its largest size; the headline ratios."""
+    wall, cpu = (sum(run[i] for run in startups) / 2 for i in (0, 1))
     for r in rows:
         r["docs_per_s_without_startup"] = round(r["docs"] / (r["job_seconds"] - wall), 1)
         r["docs_per_cpu_s_without_startup"] = round(r["docs"] / (r["cpu_s"] - cpu), 1)
+        r["worker_cpu_ms_per_doc"] = round(1e3 * sum(r["worker_cpu_s"]) / r["docs"], 3)
     largest = rows[-1]
     for r in rows:  # each size against the largest: the goal is within 10%
         r["vs_largest"] = {
             key: round(r[key] / largest[key], 2)
             for key in ("docs_per_s", "docs_per_s_without_startup", "docs_per_cpu_s_without_startup")
         }
-    print(
-        "| input | docs | docs/s | without start-up | docs per CPU-s | vs largest (docs/s, without start-up, "
-        "per CPU-s) | worker CPU-s | RSS sum | RSS max (process) "
-        "| peak `_parts` | peak disk | output | disk / output | load | CPU wait |",
-        file=sys.stderr,
-    )
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|", file=sys.stderr)
-    for r in rows:
-        vs = r["vs_largest"]
-        print(
-            f"| {r['input_mb'] / 1e3:.2f} GB | {r['docs']:,} | {r['docs_per_s']:,.0f} "
-            f"| {r['docs_per_s_without_startup']:,.0f} | {r['docs_per_cpu_s_without_startup']:,.0f} "
-            f"| {vs['docs_per_s']:.2f} / {vs['docs_per_s_without_startup']:.2f} "
-            f"/ {vs['docs_per_cpu_s_without_startup']:.2f} "
-            f"| {' / '.join(f'{c:.1f}' for c in r['worker_cpu_s'])} "
-            f"| {r['rss_sum_mb']:,} MB | {r['rss_max_mb']:,} MB | {r['parts_mb']:,} MB "
-            f"| {r['disk_peak_mb']:,} MB "
-            f"| {r['output_mb']:,} MB | {r['disk_over_output']:.2f} | {r['load'][0]}-{r['load'][1]} "
-            f"| {r['cpu_wait_share']} |",
-            file=sys.stderr,
-        )
     first, last = rows[-2] if len(rows) > 1 else rows[0], rows[-1]  # the two largest sizes
     steady = [r["docs_per_s_without_startup"] for r in rows]
     per_cpu = [r["docs_per_cpu_s_without_startup"] for r in rows]
-    ratios = {
+    return {
         "rss_sum_ratio": round(last["rss_sum_mb"] / first["rss_sum_mb"], 2),
         "rss_max_ratio": round(last["rss_max_mb"] / first["rss_max_mb"], 2),
         "docs_per_s_ratio": round(last["docs_per_s"] / first["docs_per_s"], 2),
@@ -358,8 +383,65 @@ def main() -> None:
         "max_disk_over_output": max(r["disk_over_output"] for r in rows),
         "startup_s": startups,
     }
-    print(f"{last['size_gb']:g} GB / {first['size_gb']:g} GB: {ratios}", file=sys.stderr)
-    print(json.dumps({"rows": rows, **ratios, "load_average": round(os.getloadavg()[0], 1)}))
+
+
+def print_table(rows: list[dict], several: bool) -> None:
+    """The rows as a Markdown table on stderr (with a code column when several codes ran)."""
+    code = "| code " if several else ""
+    print(
+        f"| input {code}| docs | docs/s | without start-up | docs per CPU-s | vs largest (docs/s, without "
+        "start-up, per CPU-s) | worker CPU-s | worker ms per doc | RSS sum | RSS max (process) "
+        "| peak `_parts` | peak disk | output | disk / output | load | CPU wait |",
+        file=sys.stderr,
+    )
+    print("|---" * (16 + several) + "|", file=sys.stderr)
+    for r in rows:
+        vs = r["vs_largest"]
+        code_cell = f"| {r['code']} " if several else ""
+        print(
+            f"| {r['input_mb'] / 1e3:.2f} GB {code_cell}"
+            f"| {r['docs']:,} | {r['docs_per_s']:,.0f} "
+            f"| {r['docs_per_s_without_startup']:,.0f} | {r['docs_per_cpu_s_without_startup']:,.0f} "
+            f"| {vs['docs_per_s']:.2f} / {vs['docs_per_s_without_startup']:.2f} "
+            f"/ {vs['docs_per_cpu_s_without_startup']:.2f} "
+            f"| {' / '.join(f'{c:.1f}' for c in r['worker_cpu_s'])} | {r['worker_cpu_ms_per_doc']:.3f} "
+            f"| {r['rss_sum_mb']:,} MB | {r['rss_max_mb']:,} MB | {r['parts_mb']:,} MB "
+            f"| {r['disk_peak_mb']:,} MB "
+            f"| {r['output_mb']:,} MB | {r['disk_over_output']:.2f} | {r['load'][0]}-{r['load'][1]} "
+            f"| {r['cpu_wait_share']} |",
+            file=sys.stderr,
+        )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sizes", default="0.2,1,4", help="input sizes in GB, comma-separated")
+    parser.add_argument("--root", type=Path, default=Path("/tmp/datamixer-scale"))
+    parser.add_argument("--workers", type=int, default=2, help="DirectRunner worker processes")
+    parser.add_argument("--dedup", action="store_true", help="also run MinHash dedup in the job")
+    parser.add_argument("--against", help="also run the jobs with this commit's code, in turn")
+    args = parser.parse_args()
+    sizes = [float(s) for s in args.sizes.split(",")]
+    args.root.mkdir(parents=True, exist_ok=True)
+    prepared = prepare(args.root)
+    print(f"cores: {os.cpu_count()}, load average: {os.getloadavg()[0]:.1f}", file=sys.stderr)
+    with tempfile.TemporaryDirectory(prefix="scale-bench-") as tmp:
+        codes = {"this tree": ROOT}
+        if args.against:
+            codes[f"at {args.against}"] = extract_commit(args.against, Path(tmp))
+        rows, startups = run_sizes(sizes, codes, prepared, args)
+    ratios = {code: code_ratios([r for r in rows if r["code"] == code], startups[code]) for code in codes}
+    print_table(rows, len(codes) > 1)
+    headline = {"rows": rows, **ratios["this tree"], "load_average": round(os.getloadavg()[0], 1)}
+    if args.against:
+        against = f"at {args.against}"
+        headline["against"] = {"commit": args.against, **ratios[against]}
+        digests = {size: {r["output_sha256"] for r in rows if r["size_gb"] == size} for size in sizes}
+        headline["same_output"] = all(len(d) == 1 for d in digests.values())
+        print(f"the two codes' outputs are the same bytes: {headline['same_output']}", file=sys.stderr)
+    for code in codes:
+        print(f"{code}: {ratios[code]}", file=sys.stderr)
+    print(json.dumps(headline))
 
 
 if __name__ == "__main__":

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import os
-import re
+import zlib
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from scorers.chunks import ChunkCache, binary_bytes, encode_chunks, is_whitespace
+from scorers.chunks import ChunkCache, binary_bytes, encode_chunks
 
 TOKENIZER_FILE = "tokenizer.json"
 TOKENIZER_OPTIONS_FILE = "tokenizer_options.json"  # how a trained tokenizer.json was made
@@ -47,6 +47,15 @@ def _byte_chars() -> list[str]:
 
 
 _BYTE_CHARS = _byte_chars()  # a `str.translate` table from Latin-1 text (one character per byte)
+
+
+# Byte classes of PRETOKENIZE_PATTERN: 0 whitespace (_WS), 1 ASCII letter, 2 ASCII digit, 3 any other.
+_CLASSES = np.full(256, 3, np.uint8)
+_CLASSES[[9, 10, 11, 12, 13, 32]] = 0  # _WS
+_CLASSES[[*range(ord("A"), ord("Z") + 1), *range(ord("a"), ord("z") + 1)]] = 1
+_CLASSES[ord("0") : ord("9") + 1] = 2
+_CONTRACTION_ONE = np.frombuffer(b"stmd", np.uint8)  # after an apostrophe: 's 't 'm 'd
+_CONTRACTION_TWO = np.array([(ord(a) << 8) | ord(b) for a, b in ("re", "ve", "ll")], np.uint16)
 
 
 def _pre_tokenizer():
@@ -129,10 +138,10 @@ class TokenCounter:
     add_special_tokens=False).ids)` with `tokenizer.encode_special_tokens = True` (a plain `encode` would turn
     the literal into the one end-of-text id, which the corpus does not contain). With our own BPE (see
     `splits_like_python`) a text is cut into chunks (a whitespace run and the word after it), and each
-    distinct chunk is counted once and cached (`scorers.chunks.ChunkCache`, exact, with a dict for the rare
-    chunk over LONG_CHUNK bytes): the same counts as `encode`, about 25x faster than `encode_batch_fast` (the
-    library's per-text pre-tokenization and merges dominated the job's time). A new chunk is split into pieces
-    by PRETOKENIZE_PATTERN and a new piece counted by the byte-level mapping (`_BYTE_CHARS`) and the library's
+    distinct chunk is counted once and cached (`scorers.chunks.ChunkCache`, exact): the same counts as
+    `encode`, about 25x faster than `encode_batch_fast` (the library's per-text pre-tokenization and merges
+    dominated the job's time). A new chunk is split into pieces of PRETOKENIZE_PATTERN with numpy
+    (`piece_starts`), and a new piece is counted by the byte-level mapping (`_BYTE_CHARS`) and the library's
     model (`encode` per piece, without its per-text overhead). Any other tokenizer.json is counted with
     `encode_batch_fast`."""
 
@@ -143,6 +152,15 @@ class TokenCounter:
         self._chunks = ChunkCache()  # chunk (UTF-8) -> count
         self._piece_cache: dict[bytes, int] = {}
 
+    def __getstate__(self) -> dict[str, bytes]:
+        """Pickled as its tokenizer JSON alone, zlib-compressed: Beam pickles a DoFn again (bz2, level 9)
+        each time a worker sets up a bundle, and the JSON as it is with the empty caches took about 0.1
+        CPU-s each time. The caches and the loaded tokenizer start empty where it is unpickled."""
+        return {"tokenizer_json_zlib": zlib.compress(self.tokenizer_json.encode("utf-8"))}
+
+    def __setstate__(self, state: dict[str, bytes]) -> None:
+        self.__init__(zlib.decompress(state["tokenizer_json_zlib"]).decode("utf-8"))  # type: ignore[misc]
+
     def setup(self) -> TokenCounter:
         if self.tokenizer_ is None:
             from tokenizers import Tokenizer
@@ -150,28 +168,19 @@ class TokenCounter:
             self.tokenizer_ = Tokenizer.from_str(self.tokenizer_json)
             self.tokenizer_.encode_special_tokens = True  # raw text is never a special token
             self.cached_ = splits_like_python(self.tokenizer_json)
-            self._pieces = re.compile(PRETOKENIZE_PATTERN.encode()).findall
         return self
 
     def _chunk_counts(self, chunks: pa.Array) -> np.ndarray:
         """Token counts of new chunks (binary) from their pieces; only pieces never seen are counted. The
-        UTF-8 bytes are split as bytes (the pattern's classes are ASCII, and every byte of a multi-byte
-        character falls in its class of other characters, as the character does), so pieces are cut
-        where they are in the text and no chunk becomes a str; the pieces are deduplicated by Arrow."""
+        pieces are cut on the UTF-8 bytes with numpy (`piece_starts`), so no chunk or piece becomes a
+        Python object (the regex and the pieces as bytes took about 40% of a new chunk's cost), and are
+        deduplicated by Arrow; the distinct ones are looked up in a dict (a `scorers.chunks.ChunkCache`
+        cost as much on the scale bench's input and 1.3x as much for a batch of new words)."""
         data, offsets = binary_bytes(chunks)
-        text, starts, ends = _joined(data, offsets)
-        pieces = self._pieces(text.tobytes())
-        alone = np.flatnonzero(ends < 0)  # ends with whitespace: split alone, after the others
-        firsts = np.zeros(len(alone) + 1, np.int64)
-        for k, i in enumerate(alone.tolist()):
-            firsts[k] = len(pieces)
-            pieces += self._pieces(data[offsets[i] : offsets[i + 1]].tobytes())
-        firsts[-1] = len(pieces)
-        array = pa.array(pieces, pa.large_binary())
-        piece_starts = np.frombuffer(array.buffers()[1], np.int64)[: len(pieces)]
-        first, last = np.searchsorted(piece_starts, starts), np.searchsorted(piece_starts, ends)
-        first[alone], last[alone] = firsts[:-1], firsts[1:]
-        encoded = array.dictionary_encode()
+        starts = piece_starts(data, offsets)
+        bounds = pa.py_buffer(np.append(starts, offsets[-1]))
+        pieces = pa.Array.from_buffers(pa.large_binary(), len(starts), [None, bounds, pa.py_buffer(data)])
+        encoded = pieces.dictionary_encode()
         get, tokenize = self._piece_cache.get, self.tokenizer_.model.tokenize
         distinct = encoded.dictionary.to_pylist()
         counts = np.array([get(p, -1) for p in distinct], np.int64)
@@ -179,7 +188,7 @@ class TokenCounter:
             mapped = distinct[i].decode("latin-1").translate(_BYTE_CHARS)
             counts[i] = self._piece_cache[distinct[i]] = len(tokenize(mapped))
         cumulative = np.concatenate([[0], np.cumsum(counts[encoded.indices.to_numpy()])])
-        return cumulative[last] - cumulative[first]
+        return np.diff(cumulative[np.searchsorted(starts, offsets)])
 
     def _encode_counts(self, texts: list[str]) -> list[int]:
         return [len(e) for e in self.tokenizer_.encode_batch_fast(texts, add_special_tokens=False)]
@@ -220,19 +229,30 @@ class TokenCounter:
         return cumulative[chunks.first[1:]] - cumulative[chunks.first[:-1]]
 
 
-def _joined(data: np.ndarray, offsets: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """The bytes of chunks (`scorers.chunks.binary_bytes`) put one after another so that PRETOKENIZE_PATTERN
-    splits each as it does alone (no piece crosses a word -> whitespace boundary): a chunk that starts with a
-    word (a text's first) goes after a newline, a piece of its own; one that ends with whitespace (its last
-    piece could run on) is left out, its end -1. Returns the bytes and each chunk's start and end in them."""
-    lengths = np.diff(offsets)
-    space = is_whitespace(data)
-    inner = ~space[offsets[1:] - 1]
-    newline = inner & ~space[offsets[:-1]]
-    sizes = np.where(inner, lengths + newline, 0)
-    ends = np.cumsum(sizes)
-    text = np.full(int(ends[-1]) if len(ends) else 0, ord("\n"), np.uint8)
-    is_chunk = np.ones(len(text), bool)
-    is_chunk[(ends - lengths - 1)[newline]] = False
-    text[is_chunk] = data[: offsets[-1]][np.repeat(inner, lengths)]
-    return text, np.where(inner, ends - lengths, -1), np.where(inner, ends, -1)
+def piece_starts(data: np.ndarray, offsets: np.ndarray) -> np.ndarray:
+    """Where PRETOKENIZE_PATTERN's pieces start in chunks (UTF-8 bytes one after another, chunk i at
+    `offsets[i]`, PAD bytes after the last), each chunk split alone, as `re.findall` splits it, with
+    numpy. A chunk is a whitespace run and the word after it. The word's pieces are its runs of letters,
+    digits and other bytes (every byte of a multi-byte character is "other", as the character is), a
+    piece that starts with an apostrophe starting with a contraction ('s, 't, 're, 've, 'm, 'll, 'd) when it
+    is one. The whitespace run is one piece without its last byte; that byte is a piece of its own, or,
+    when it is a space, the start of the word's first piece (which then starts no contraction). A chunk
+    of whitespace alone is one piece."""
+    n = int(offsets[-1])
+    classes = _CLASSES[data[:n]]
+    space = classes == 0
+    first = np.zeros(n + 3, bool)  # chunk starts, and the end (for the look-ahead of contractions)
+    first[offsets] = True
+    starts = first[:n].copy()
+    starts[1:] |= (classes[1:] != classes[:-1]) & ~space[1:]  # runs of one class in a word
+    words = np.flatnonzero(~space[1:] & space[:-1] & ~first[1:n]) + 1  # a word after whitespace
+    starts[words - 1] = True
+    starts[words[data[words - 1] == 32]] = False  # a space starts the word's first piece
+    quotes = np.flatnonzero(starts & (data[:n] == ord("'")))
+    one, two = data[quotes + 1], (data[quotes + 1].astype(np.uint16) << 8) | data[quotes + 2]
+    short = np.isin(one, _CONTRACTION_ONE) & ~first[quotes + 1]
+    long = np.isin(two, _CONTRACTION_TWO) & ~first[quotes + 1] & ~first[quotes + 2]
+    starts[quotes[short | long] + 1] = False  # the letters after it were a run of their own
+    ends = np.concatenate([quotes[short] + 2, quotes[long] + 3])
+    starts[ends[ends < n]] = True  # the piece after a contraction
+    return np.flatnonzero(starts)

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import pickle
+import re
 
 import numpy as np
 import pyarrow as pa
@@ -17,7 +19,15 @@ from pipeline.tokenize import (
     splits_like_python,
     train_byte_level_bpe,
 )
-from scorers.chunks import LONG_CHUNK, SHORT_CHUNK, ChunkTable, KeyTable, binary_bytes, word_view
+from scorers.chunks import (
+    LONG_CHUNK,
+    SHORT_CHUNK,
+    ChunkTable,
+    KeyTable,
+    binary_bytes,
+    split_chunks,
+    word_view,
+)
 
 ODD = [
     "tab\tand\x0bvt and\u00a0nbsp\u2003em  and\x1c\x1dseps\r\n",
@@ -224,3 +234,35 @@ def test_counts_stay_exact_when_the_cache_starts_again(texts, monkeypatch):
     assert got == expected and len({id(c) for c in caches}) > 2  # started again more than once
     assert counter._chunks._long  # "x" * 5000: over LONG_CHUNK bytes
     assert counter.count(docs[::-1]).tolist() == expected[::-1]
+
+
+def test_piece_starts_split_every_chunk_as_the_pattern_does():
+    """Chunks of random hostile text (every contraction, apostrophes in runs and after whitespace of each
+    kind, upper case, digits, multi-byte characters, NUL), all split at once with numpy: the pieces that
+    `re.findall(PRETOKENIZE_PATTERN)` gives each chunk alone, in order."""
+    pattern = re.compile(tokenize.PRETOKENIZE_PATTERN.encode())
+    parts = [*"sStmdrevlLa1Z9!-'", *" \t\n\r\x0b\x0c", "'s", "'re", "'ve", "'ll", "'d", "'m", "'t"]
+    parts += [" '", "''", "é", "€", "\U0001f600", "\x00", "  ", " \n"]
+    rng = np.random.default_rng(3)
+    chunks = []
+    for _ in range(3000):
+        text = "".join(parts[i] for i in rng.integers(0, len(parts), rng.integers(1, 40))).encode()
+        chunks += split_chunks(pa.array([text.decode()], pa.string()))[0].to_pylist()
+    chunks += [b"x'r", b"e", b"'", b"s", b"'l", b"l"]  # texts of their own: no contraction across them
+    data, offsets = binary_bytes(pa.array(chunks, pa.binary()))
+    bounds = [*tokenize.piece_starts(data, offsets).tolist(), int(offsets[-1])]
+    pieces = [data[a:b].tobytes() for a, b in zip(bounds[:-1], bounds[1:], strict=True)]
+    assert pieces == [piece for chunk in chunks for piece in pattern.findall(chunk)]
+    assert {b"'s", b"'re", b"'ll", b" '", b"\x0c", b"'d"} <= set(pieces)  # the cases were met
+
+
+def test_counter_pickles_as_its_compressed_json_and_counts_the_same(texts):
+    """A used counter pickles small (its JSON compressed, no caches: what Beam pickles per bundle set-up)
+    and counts the same where it is unpickled."""
+    spec = train_byte_level_bpe(texts, vocab_size=1000).to_str()
+    counter = TokenCounter(spec).setup()
+    expected = counter.count(texts[:50] + ODD).tolist()
+    copy = pickle.loads(pickle.dumps(counter))
+    assert len(pickle.dumps(counter)) < len(spec) / 2
+    assert copy.tokenizer_json == spec and copy.tokenizer_ is None and not len(copy._chunks)
+    assert copy.count(texts[:50] + ODD).tolist() == expected

@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import gzip
 import io
 import json
 import os
+import random
 import subprocess
 import sys
 from pathlib import Path
@@ -18,6 +20,7 @@ import pytest
 from rich.console import Console
 
 from datamixer.commands._common import stage_progress
+from pipeline import read
 from pipeline.progress import COUNTER_DIR_ENV, document_progress, documents_done, worker_documents
 from pipeline.read import count_records
 
@@ -127,3 +130,20 @@ def test_law_fit_runs_the_searches_it_announces(search):
     with counting_searches(seen.append):
         law.fit(table)
     assert sum(seen) == law.n_searches(len(table))
+
+
+def test_record_count_is_the_readers_over_read_blocks(tmp_path, monkeypatch):
+    """Lines across many small read blocks (a line cut by every block end), blank lines of every kind of
+    whitespace, lines that start with whitespace and hold a record, no newline at the end (after a record
+    or a blank line), gzip: the count is the number of records the reader's line chunks hold."""
+    monkeypatch.setattr(read, "_READ_BLOCK", 7)
+    rng = random.Random(5)
+    kinds = ['{"text": "a b"}', "", "  ", "\t\r", ' {"text": "c"}', '{"text": "' + "d" * 30 + '"}', "\x0b"]
+    text = "\n".join(rng.choice(kinds) for _ in range(300))
+    (tmp_path / "a.jsonl").write_text(text + '\n{"text": "last"}')
+    (tmp_path / "b.jsonl").write_text(text + "\n \t")  # ends in a blank line without a newline
+    (tmp_path / "c.jsonl.gz").write_bytes(gzip.compress(text.encode()))
+    for name in ("a.jsonl", "b.jsonl", "c.jsonl.gz"):
+        with read._open_jsonl(str(tmp_path / name)) as stream:
+            expected = sum(len(numbers) for numbers, _ in read._line_chunks(stream, 16))
+        assert count_records({"one": [str(tmp_path / name)]}) == expected > 100
