@@ -17,14 +17,13 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from scorers.chunks import ChunkCache, binary_bytes, encode_chunks
+from scorers.chunks import CACHE_LIMIT, ChunkCache, binary_bytes, encode_chunks, string_array
 
 TOKENIZER_FILE = "tokenizer.json"
 TOKENIZER_OPTIONS_FILE = "tokenizer_options.json"  # how a trained tokenizer.json was made
 DEFAULT_VOCAB_SIZE = 8192
 END_OF_TEXT = "<|endoftext|>"
 MIN_VOCAB_SIZE = 257  # the 256 byte tokens and END_OF_TEXT
-CACHE_LIMIT = 2_000_000
 
 # GPT-2's pre-tokenization with ASCII character classes only, so that Python's `re` and the
 # library's Oniguruma split text identically: token counting can then cache counts per piece.
@@ -204,20 +203,12 @@ class TokenCounter:
         if len(self._chunks) > CACHE_LIMIT or len(self._piece_cache) > CACHE_LIMIT:
             self._chunks = ChunkCache()
             self._piece_cache.clear()
-        if isinstance(texts, pa.ChunkedArray):
-            texts = texts.combine_chunks()
-        if not isinstance(texts, pa.Array):
-            texts = pa.array(list(texts), pa.string())
-        return self._count_array(texts)
+        return self._count_array(string_array(texts))
 
     def _count_array(self, texts: pa.Array) -> np.ndarray:
         """Chunks are found with numpy on the UTF-8 bytes and deduplicated by Arrow's hash kernel; the
         distinct ones are looked up in `scorers.chunks.ChunkCache` with numpy, so Python touches only the
-        chunks it has not seen (`_chunk_counts`)."""
-        if texts.null_count:
-            texts = texts.fill_null("")
-        if not pa.types.is_large_string(texts.type):
-            texts = texts.cast(pa.string())
+        chunks it has not seen (`_chunk_counts`). `texts` as `scorers.chunks.string_array` gives them."""
         if len(texts) == 0:
             return np.zeros(0, dtype=np.int64)
         chunks = encode_chunks(texts)

@@ -24,6 +24,29 @@ _NEXT_MASKS = [_LOW[np.clip(_NEXT - 8 * k, 0, 8)] for k in range(2)]
 _NEXT_TAG = np.uint64(0xFF << 56)
 
 
+CACHE_LIMIT = 2_000_000  # distinct chunks a cache holds before it starts again (token counts, fastText)
+
+
+def _offsets(values: pa.Array) -> tuple[np.ndarray, pa.Buffer]:
+    """A string or binary array's offsets (its own slice, len(values) + 1) and its data buffer."""
+    large = pa.types.is_large_string(values.type) or pa.types.is_large_binary(values.type)
+    _, offsets_buf, data_buf = values.buffers()
+    offsets = np.frombuffer(offsets_buf, np.int64 if large else np.int32)
+    return offsets[values.offset : values.offset + len(values) + 1], data_buf
+
+
+def string_array(texts: Sequence[str] | pa.Array | pa.ChunkedArray) -> pa.Array:
+    """Texts (a list of str, or an Arrow string array, chunked or not) as one string or large_string
+    array without nulls (a null is the empty text)."""
+    if isinstance(texts, pa.ChunkedArray):
+        texts = texts.combine_chunks()
+    if not isinstance(texts, pa.Array):
+        texts = pa.array(list(texts), pa.string())
+    if texts.null_count:
+        texts = texts.fill_null("")
+    return texts if pa.types.is_large_string(texts.type) else texts.cast(pa.string())
+
+
 def word_view(data: np.ndarray) -> np.ndarray:
     """The 8 bytes (a little-endian uint64) at every byte of `data` but its last 7: a view."""
     return np.ndarray((len(data) - 7,), "<u8", data, 0, (1,))
@@ -31,9 +54,7 @@ def word_view(data: np.ndarray) -> np.ndarray:
 
 def binary_bytes(values: pa.Array) -> tuple[np.ndarray, np.ndarray]:
     """A binary or string array's bytes followed by PAD zero bytes (a copy), and its offsets from 0."""
-    offset_type = np.int64 if values.type in (pa.large_binary(), pa.large_string()) else np.int32
-    _, offsets_buf, data_buf = values.buffers()
-    offsets = np.frombuffer(offsets_buf, offset_type)[values.offset : values.offset + len(values) + 1]
+    offsets, data_buf = _offsets(values)
     lo, size = int(offsets[0]), int(offsets[-1] - offsets[0])
     data = np.zeros(size + PAD, np.uint8)
     data[:size] = np.frombuffer(data_buf, np.uint8, size, lo) if size else []
@@ -191,10 +212,8 @@ def split_chunks(texts: pa.Array, nul: bool = False) -> tuple[pa.Array, np.ndarr
     array on the texts' bytes (no copy), and where each text's chunks begin (len(texts) + 1 indices).
 
     A chunk starts at each text's start and where whitespace follows a byte that is not whitespace."""
-    large = pa.types.is_large_string(texts.type) or pa.types.is_large_binary(texts.type)
-    offset_type, dtype = (np.int64, pa.large_binary()) if large else (np.int32, pa.binary())
-    _, offsets_buf, data_buf = texts.buffers()
-    offsets = np.frombuffer(offsets_buf, offset_type)[texts.offset : texts.offset + len(texts) + 1]
+    offsets, data_buf = _offsets(texts)
+    dtype = pa.large_binary() if offsets.dtype == np.int64 else pa.binary()
     lo, hi = int(offsets[0]), int(offsets[-1])
     if hi == lo:
         return pa.array([], dtype), np.zeros(len(texts) + 1, np.int64)
@@ -205,7 +224,7 @@ def split_chunks(texts: pa.Array, nul: bool = False) -> tuple[pa.Array, np.ndarr
     text_starts = offsets[:-1] - lo
     starts[text_starts[text_starts < len(space)]] = True
     bounds = np.flatnonzero(starts) + lo
-    chunk_offsets = pa.py_buffer(np.append(bounds, hi).astype(offset_type))
+    chunk_offsets = pa.py_buffer(np.append(bounds, hi).astype(offsets.dtype))
     chunks = pa.Array.from_buffers(dtype, len(bounds), [None, chunk_offsets, data_buf])
     return chunks, np.searchsorted(bounds, offsets)
 
@@ -247,10 +266,8 @@ def encode_chunks(texts: pa.Array, nul: bool = False) -> EncodedChunks:
 
 def _text_bytes(texts: pa.Array) -> np.ndarray:
     """The bytes of a string array's texts (a view)."""
-    large = pa.types.is_large_string(texts.type) or pa.types.is_large_binary(texts.type)
-    _, offsets_buf, data_buf = texts.buffers()
-    offsets = np.frombuffer(offsets_buf, np.int64 if large else np.int32)
-    lo, hi = int(offsets[texts.offset]), int(offsets[texts.offset + len(texts)])
+    offsets, data_buf = _offsets(texts)
+    lo, hi = int(offsets[0]), int(offsets[-1])
     return np.frombuffer(data_buf, np.uint8, hi - lo, lo)
 
 

@@ -20,7 +20,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from scorers.chunks import ChunkCache, binary_bytes, encode_chunks
+from scorers.chunks import CACHE_LIMIT, ChunkCache, binary_bytes, encode_chunks, string_array
 
 LABEL_PREFIX = "__label__"
 # A `__label__` inside a text becomes this word, never a label; no character after "label" is "_",
@@ -33,7 +33,6 @@ SIGMOID_TABLE_SIZE, MAX_SIGMOID = 512, 8  # fastText's sigmoid table (ova, ns lo
 PROBABILITY_FLOOR = 1e-5  # fastText returns exp(log(p + 1e-5))
 LINEAR_LOSSES = ("softmax", "ova", "ns")
 BLOCK_ROWS = 1 << 14  # rows of the input matrix projected at a time (float64 copies stay small)
-CACHE_LIMIT = 2_000_000  # distinct chunks cached before the cache starts again
 ID_BITS = 29  # a chunk's value: bit 0 a word, bit 1 the word is EOS, bits 2-33 its hash, 34-62 its id + 1
 
 
@@ -192,14 +191,7 @@ class LinearFastText:
 
     def scores(self, texts: Sequence[str] | pa.Array | pa.ChunkedArray) -> np.ndarray:
         """The label's probability for each text (a list of str, or an Arrow string array)."""
-        if isinstance(texts, pa.ChunkedArray):
-            texts = texts.combine_chunks()
-        if not isinstance(texts, pa.Array):
-            texts = pa.array(list(texts), pa.string())
-        if texts.null_count:
-            texts = texts.fill_null("")
-        if not pa.types.is_large_string(texts.type):
-            texts = texts.cast(pa.string())
+        texts = string_array(texts)
         n = len(texts)
         if n == 0:
             return np.zeros(0, np.float64)
