@@ -148,7 +148,7 @@ class TokenCounter:
         self.tokenizer_json = tokenizer_json
         self.tokenizer_: Any = None
         self.cached_ = False
-        self._chunks = ChunkCache()  # chunk (UTF-8) -> count
+        self._chunks = ChunkCache(CACHE_LIMIT)  # chunk (UTF-8) -> count
         self._piece_cache: dict[bytes, int] = {}
 
     def __getstate__(self) -> dict[str, bytes]:
@@ -200,8 +200,7 @@ class TokenCounter:
             if not isinstance(texts, list):
                 texts = texts.to_pylist() if hasattr(texts, "to_pylist") else list(texts)
             return np.array(self._encode_counts(texts), dtype=np.int64)
-        if len(self._chunks) > CACHE_LIMIT or len(self._piece_cache) > CACHE_LIMIT:
-            self._chunks = ChunkCache()
+        if len(self._piece_cache) > CACHE_LIMIT:
             self._piece_cache.clear()
         return self._count_array(string_array(texts))
 

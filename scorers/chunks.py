@@ -65,10 +65,12 @@ class KeyTable:
     """Distinct keys of three uint64 words (a last word of 0 marks an empty slot) -> int64 values, in
     numpy: open addressing with linear probing, probed for a whole batch of keys at once, so a look-up's
     cost does not grow with the table. A slot is one 32-byte row (the key, its value): one memory
-    access per key."""
+    access per key. Made with room for `capacity` keys (at most half full; the rows are zero pages
+    until touched), it doubles only past that: a doubling stores every key again (a table grown
+    from the smallest size to 700,000 random keys cost 2.2x the CPU to fill of one made for them)."""
 
-    def __init__(self, bits: int = 16) -> None:
-        self._empty(bits)
+    def __init__(self, capacity: int = 1 << 15) -> None:
+        self._empty(max(2, (2 * capacity - 1).bit_length()))
 
     def _empty(self, bits: int) -> None:
         self._rows = np.zeros((1 << bits, 4), np.uint64)
@@ -109,12 +111,13 @@ class KeyTable:
         rows = np.stack([a, b, c, np.asarray(values).astype(np.uint64)], axis=1)
         todo, slot, mask = np.arange(len(a)), self._slots(a, b, c), len(self._rows) - 1
         while len(todo):
-            free = self._rows[slot, 2] == 0
-            _, first = np.unique(slot[free], return_index=True)  # one key per free slot in this round
-            won = np.flatnonzero(free)[first]
-            self._rows[slot[won]] = rows[todo[won]]
+            free = np.flatnonzero(self._rows[slot, 2] == 0)
+            claim, who = slot[free], todo[free]
+            self._rows[claim, 3] = who  # each free slot keeps one claim: its key goes in (no sort)
+            won = self._rows[claim, 3].view(np.int64) == who
+            self._rows[claim[won]] = rows[who[won]]
             on = np.ones(len(todo), bool)
-            on[won] = False
+            on[free[won]] = False
             todo, slot = todo[on], (slot[on] + 1) & mask
         self._n += len(a)
 
@@ -147,8 +150,8 @@ class ChunkTable:
     node id that the previous key maps to (a trie), and its last key maps to the count. The chunks are given
     as starts and lengths in bytes seen through `word_view`, with PAD bytes after each chunk's end."""
 
-    def __init__(self) -> None:
-        self._table = KeyTable()
+    def __init__(self, capacity: int = 1 << 15) -> None:
+        self._table = KeyTable(capacity)
         self._nodes = 0  # node ids given to keys of chunks that go on
 
     def __len__(self) -> int:
@@ -168,6 +171,12 @@ class ChunkTable:
             on = ~last & (found >= 0)
             more, nodes, offset = more[on], found[on], offset + 16
         return counts
+
+    @staticmethod
+    def keys_for(lengths: np.ndarray) -> int:
+        """At most how many keys storing chunks of these lengths (in bytes, up to LONG_CHUNK) adds."""
+        more = np.maximum(lengths - SHORT_CHUNK, 0)
+        return len(lengths) + int(np.sum((more + 15) // 16))
 
     def add(self, words: np.ndarray, starts: np.ndarray, lengths: np.ndarray, counts: np.ndarray) -> None:
         """Store chunks (distinct, none stored, up to LONG_CHUNK bytes) with their values."""
@@ -273,10 +282,13 @@ def _text_bytes(texts: pa.Array) -> np.ndarray:
 
 class ChunkCache:
     """Exact values (int64 >= 0) of distinct chunks: a `ChunkTable`, and a dict for the rare chunk over
-    LONG_CHUNK bytes (looked at only when it holds any). `values` computes the new ones and stores them."""
+    LONG_CHUNK bytes (looked at only when it holds any). `values` computes the new ones and stores them;
+    when they would take the table past `limit` keys it starts again, empty, at the size it was made
+    with (room for `limit` keys: it never doubles)."""
 
-    def __init__(self) -> None:
-        self._table = ChunkTable()
+    def __init__(self, limit: int = CACHE_LIMIT) -> None:
+        self._limit = limit
+        self._table = ChunkTable(limit)
         self._long: dict[bytes, int] = {}
 
     def __len__(self) -> int:
@@ -295,6 +307,8 @@ class ChunkCache:
         if len(new):
             values[new] = compute(chunks.take(pa.array(new)))
             short, long = new[lengths[new] <= LONG_CHUNK], new[lengths[new] > LONG_CHUNK]
+            if len(self) + ChunkTable.keys_for(lengths[short]) + len(long) > self._limit:
+                self._table, self._long = ChunkTable(self._limit), {}
             self._table.add(word_view(data), offsets[short], lengths[short], values[short])
             if len(long):
                 unstored = chunks.take(pa.array(long)).to_pylist()

@@ -123,7 +123,7 @@ class LinearFastText:
         self.word_ngrams = int(args.wordNgrams)
         self.bucket = int(args.bucket)
         self.nwords = self.projection_.shape[1] - 1 - self.bucket
-        self._cache = ChunkCache()
+        self._cache = ChunkCache(CACHE_LIMIT)
         self._eos = int(self._pack_words(pa.array([EOS.decode()]))[0])
 
     def _pack_words(self, words: pa.Array) -> np.ndarray:
@@ -145,7 +145,7 @@ class LinearFastText:
         """The words of each text as fastText reads its line (the words, then EOS; words after a literal
         EOS are not read), as chunk values, and where each text's words begin (len(texts) + 1)."""
         if len(self._cache) > CACHE_LIMIT:
-            self._cache = ChunkCache()
+            self._cache = ChunkCache(CACHE_LIMIT)
         chunks = encode_chunks(texts, nul=True)
         packed = np.zeros(0, np.int64)
         if len(chunks.indices):

@@ -179,7 +179,7 @@ def test_key_table_probes_past_taken_slots_and_grows(monkeypatch):
     """Every key in one slot: each look-up walks the run of taken slots; the table grows while keys go
     in (4 slots at first), and keys that differ in any word are never each other's."""
     monkeypatch.setattr(KeyTable, "_slots", lambda self, a, b, c: np.zeros(len(a), np.int64))
-    table = KeyTable(bits=2)
+    table = KeyTable(capacity=2)
     keys = [np.array([i % 3 for i in range(60)], np.uint64), np.arange(60, dtype=np.uint64) // 3]
     keys.append(np.full(60, 1 << 60, np.uint64) | np.arange(60, dtype=np.uint64) % 2)
     for part in (slice(0, 1), slice(1, 25), slice(25, 60)):
@@ -230,8 +230,9 @@ def test_counts_stay_exact_when_the_cache_starts_again(texts, monkeypatch):
     got, caches = [], []
     for i in range(0, len(docs), 7):
         got += counter.count(docs[i : i + 7]).tolist()
-        caches.append(counter._chunks)  # kept alive: distinct ids are distinct caches
+        caches.append(counter._chunks._table)  # kept alive: distinct ids are distinct tables
     assert got == expected and len({id(c) for c in caches}) > 2  # started again more than once
+    assert len(counter._chunks._table._table._rows) == 1024  # made for 500 keys, never doubled
     assert counter._chunks._long  # "x" * 5000: over LONG_CHUNK bytes
     assert counter.count(docs[::-1]).tolist() == expected[::-1]
 
