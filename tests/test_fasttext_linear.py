@@ -10,7 +10,7 @@ import pytest
 from scorers import fasttext_linear
 from scorers.chunks import LONG_CHUNK
 from scorers.fasttext import FastTextScorer, _fasttext, label_probabilities, normalize
-from scorers.fasttext_linear import fasttext_sigmoid, fnv1a
+from scorers.fasttext_linear import WordIds, fasttext_sigmoid, fnv1a
 
 WORDS = (
     "the of and a to in is was he for it with as his on be at by had are but from or have an they "
@@ -220,3 +220,28 @@ def test_token_counts_and_scores_of_one_batch_share_its_chunks(tmp_path, monkeyp
                 )
                 nul = "\0" in "".join(batch[start : start + len(slice_)])
                 assert len(splits) == 1 + nul  # split once, unless a NUL splits fastText's words
+
+
+def test_word_ids_are_the_bindings(tmp_path):
+    """Words of every length up to past LONG_CHUNK bytes, sharing long prefixes, multi-byte: the table
+    gives each vocabulary word its id and -1 to every other word, as `get_word_id` does."""
+    rng = np.random.default_rng(3)
+    base = "".join(rng.choice(list("abcdefghé漢😀"), LONG_CHUNK + 40))
+    vocab = [base[:n] for n in range(1, len(base), 3)] + list(WORDS)
+    train = tmp_path / "long.txt"
+    train.write_text(
+        "".join(f"__label__{'hq' if i % 2 else 'lq'} {' '.join(vocab[i::7])}\n" for i in range(70))
+    )
+    model = _fasttext().train_supervised(input=str(train), **SMALL)
+    words = model.get_words()
+    assert max(len(w.encode()) for w in words) > LONG_CHUNK  # the dict's words too
+    others = [
+        "",
+        "</s>",
+        "x" * (LONG_CHUNK + 9),
+        "\u20ac",
+        *(w + "!" for w in words),
+        *(w[:-1] for w in words),
+    ]
+    queries = pa.array(words + others + [w.upper() for w in WORDS])
+    assert WordIds(model)(queries).tolist() == [model.get_word_id(w) for w in queries.to_pylist()]
