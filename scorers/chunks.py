@@ -1,9 +1,12 @@
 """Exact tables from short byte strings (chunks of UTF-8 text) to int64 values, in numpy: a batch of
-chunks is looked up in one pass, so Python touches only the chunks a table has not seen. Token counts
-(`pipeline.tokenize.TokenCounter`) and the fastText scorer cache what they compute per chunk here."""
+chunks is looked up in one pass, so Python touches only the chunks a table has not seen. A batch's
+distinct chunks get ids in the process's one `ChunkIds` table (`encode_chunks`), and token counts
+(`pipeline.tokenize.TokenCounter`) and the fastText scorer keep what they compute per chunk by id
+(`ChunkValues`)."""
 
 from __future__ import annotations
 
+import itertools
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -240,12 +243,15 @@ def split_chunks(texts: pa.Array, nul: bool = False) -> tuple[pa.Array, np.ndarr
 
 @dataclass(frozen=True)
 class EncodedChunks:
-    """A batch's chunks deduplicated: the distinct chunks (binary), each chunk's index into them, and
-    where each text's chunks begin (len(texts) + 1 indices)."""
+    """A batch's chunks deduplicated: the distinct chunks (binary), each chunk's index into them, where
+    each text's chunks begin (len(texts) + 1 indices), and the distinct chunks' `ChunkIds` ids with the
+    generation they belong to."""
 
     distinct: pa.Array
     indices: np.ndarray
     first: np.ndarray
+    ids: np.ndarray
+    generation: int
 
 
 _LAST = threading.local()  # this thread's last batch: (key, nul, whether it has a NUL byte, chunks, texts)
@@ -258,16 +264,21 @@ def _batch_key(texts: pa.Array) -> tuple[int, int, int, int, str]:
 
 
 def encode_chunks(texts: pa.Array, nul: bool = False) -> EncodedChunks:
-    """`split_chunks`, deduplicated by Arrow's `dictionary_encode`. The last batch's result is kept (per
-    thread, with the texts, so their memory stays theirs): token counts and fastText scores of one batch
-    split and encode it once. fastText also splits at NUL, so a batch with a NUL byte is encoded again.
-    A batch is known by the memory it reads: Arrow's buffers do not change once written."""
+    """`split_chunks`, deduplicated by Arrow's `dictionary_encode`, with the process's `ChunkIds` ids of
+    the distinct chunks. The last batch's result is kept (per thread, with the texts, so their memory
+    stays theirs): token counts and fastText scores of one batch split, encode and look it up once.
+    fastText also splits at NUL, so a batch with a NUL byte is encoded again. A batch is known by the
+    memory it reads: Arrow's buffers do not change once written."""
     key, last = _batch_key(texts), getattr(_LAST, "batch", None)
     if last is not None and last[0] == key and (last[1] == nul or not last[2]):
         return last[3]
     chunks, first = split_chunks(texts, nul)
     encoded = chunks.dictionary_encode()
-    result = EncodedChunks(encoded.dictionary, encoded.indices.to_numpy(), first)
+    with _SHARED_LOCK:
+        table = shared_chunk_ids()
+        ids = table.ids(encoded.dictionary)
+        generation = table.generation
+    result = EncodedChunks(encoded.dictionary, encoded.indices.to_numpy(), first, ids, generation)
     has_nul = len(chunks) > 0 and not np.all(_text_bytes(texts))
     _LAST.batch = (key, nul, has_nul, result, texts)
     return result
@@ -280,37 +291,89 @@ def _text_bytes(texts: pa.Array) -> np.ndarray:
     return np.frombuffer(data_buf, np.uint8, hi - lo, lo)
 
 
-class ChunkCache:
-    """Exact values (int64 >= 0) of distinct chunks: a `ChunkTable`, and a dict for the rare chunk over
-    LONG_CHUNK bytes (looked at only when it holds any). `values` computes the new ones and stores them;
-    when they would take the table past `limit` keys it starts again, empty, at the size it was made
-    with (room for `limit` keys: it never doubles)."""
+_GENERATIONS = itertools.count()  # every start of every `ChunkIds` gets its own number
+
+
+class ChunkIds:
+    """Dense ids (0, 1, ...) of distinct chunks, exact: a `ChunkTable` from a chunk to its id, and a dict
+    for the rare chunk over LONG_CHUNK bytes (looked at only when it holds any). It holds at most `limit`
+    keys: when a batch's new chunks would take it past that, it starts again, empty, at the size it was
+    made with (it never doubles), and its `generation` changes (earlier ids then mean nothing)."""
 
     def __init__(self, limit: int = CACHE_LIMIT) -> None:
-        self._limit = limit
-        self._table = ChunkTable(limit)
+        self.limit = limit
+        self._start()
+
+    def _start(self) -> None:
+        self._table = ChunkTable(self.limit)
         self._long: dict[bytes, int] = {}
+        self._next = 0
+        self.generation = next(_GENERATIONS)
 
     def __len__(self) -> int:
         return len(self._table) + len(self._long)
 
-    def values(self, chunks: pa.Array, compute: Callable[[pa.Array], np.ndarray]) -> np.ndarray:
-        """The value of each of `chunks` (distinct, binary); `compute(new chunks)` gives the new ones'."""
+    def ids(self, chunks: pa.Array) -> np.ndarray:
+        """The id of each of `chunks` (distinct, binary); new chunks get the next ids."""
         data, offsets = binary_bytes(chunks)
         lengths = np.diff(offsets)
-        values = self._table.find(word_view(data), offsets[:-1], lengths)
+        ids = self._table.find(word_view(data), offsets[:-1], lengths)
         long = np.flatnonzero(lengths > LONG_CHUNK)
         if self._long and len(long):
             get = self._long.get
-            values[long] = [get(k, -1) for k in chunks.take(pa.array(long)).to_pylist()]
+            ids[long] = [get(k, -1) for k in chunks.take(pa.array(long)).to_pylist()]
+        new = np.flatnonzero(ids < 0)
+        if not len(new):
+            return ids
+        short, long = new[lengths[new] <= LONG_CHUNK], new[lengths[new] > LONG_CHUNK]
+        if len(self) and len(self) + ChunkTable.keys_for(lengths[short]) + len(long) > self.limit:
+            self._start()
+            return self.ids(chunks)
+        ids[new] = self._next + np.arange(len(new))
+        self._next += len(new)
+        self._table.add(word_view(data), offsets[short], lengths[short], ids[short])
+        if len(long):
+            self._long.update(zip(chunks.take(pa.array(long)).to_pylist(), ids[long].tolist(), strict=True))
+        return ids
+
+
+_SHARED: list[ChunkIds] = []  # the process's ids, shared by every `ChunkValues` (token counts, fastText)
+_SHARED_LOCK = threading.Lock()
+
+
+def shared_chunk_ids() -> ChunkIds:
+    """The process's `ChunkIds` (made anew when CACHE_LIMIT changed): the one hash table that the
+    consumers of a batch's chunks look them up in, once per batch (`encode_chunks`). One table for
+    token counts and fastText halved the look-ups and stores of each batch's distinct chunks, and the
+    memory (a table made for CACHE_LIMIT keys is 128 MB)."""
+    if not _SHARED or _SHARED[0].limit != CACHE_LIMIT:
+        _SHARED[:] = [ChunkIds(CACHE_LIMIT)]
+    return _SHARED[0]
+
+
+class ChunkValues:
+    """One consumer's exact values (int64 >= 0) of chunks by their `ChunkIds` id, e.g. token counts:
+    `values` computes the values of chunks it has not seen and keeps them until the ids start again."""
+
+    def __init__(self) -> None:
+        self._values = np.zeros(0, np.int64)
+        self._generation = -1
+
+    def __len__(self) -> int:
+        return int(np.count_nonzero(self._values >= 0))
+
+    def values(self, chunks: EncodedChunks, compute: Callable[[pa.Array], np.ndarray]) -> np.ndarray:
+        """The value of each of `chunks.distinct`; `compute(new chunks)` gives the new ones'."""
+        ids = chunks.ids
+        if chunks.generation != self._generation:
+            self._values, self._generation = np.zeros(0, np.int64), chunks.generation
+        if len(ids) and ids.max() >= len(self._values):
+            grown = np.full(max(2 * len(self._values), int(ids.max()) + 1), -1, np.int64)
+            grown[: len(self._values)] = self._values
+            self._values = grown
+        values = self._values[ids]
         new = np.flatnonzero(values < 0)
         if len(new):
-            values[new] = compute(chunks.take(pa.array(new)))
-            short, long = new[lengths[new] <= LONG_CHUNK], new[lengths[new] > LONG_CHUNK]
-            if len(self) + ChunkTable.keys_for(lengths[short]) + len(long) > self._limit:
-                self._table, self._long = ChunkTable(self._limit), {}
-            self._table.add(word_view(data), offsets[short], lengths[short], values[short])
-            if len(long):
-                unstored = chunks.take(pa.array(long)).to_pylist()
-                self._long.update(zip(unstored, values[long].tolist(), strict=True))
+            values[new] = compute(chunks.distinct.take(pa.array(new)))
+            self._values[ids[new]] = values[new]
         return values

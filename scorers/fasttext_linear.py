@@ -5,7 +5,7 @@ the line's word ids, then its word n-gram buckets. That is mean((E W_out^T)[rows
 projected on the labels once (P = E W_out^T in float64, in row blocks; for a 2-label softmax only the
 difference of the two columns is needed), and a document then gathers one float per row and column
 instead of `dim`. Words, their hashes and n-gram buckets are found as fastText's `Dictionary` finds them
-(src/dictionary.cc), once per distinct chunk of text (`scorers.chunks.ChunkCache`), so Python touches only
+(src/dictionary.cc), once per distinct chunk of text (`scorers.chunks.ChunkValues`), so Python touches only
 chunks that it has not seen. Models with subword n-grams (maxn > 0), hierarchical softmax, quantized
 models and a label prefix other than `__label__` are not linear here: `linear_support` says why, and
 `scorers.fasttext.FastTextScorer` scores them with the binding.
@@ -21,10 +21,9 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from scorers.chunks import (
-    CACHE_LIMIT,
     LONG_CHUNK,
-    ChunkCache,
     ChunkTable,
+    ChunkValues,
     binary_bytes,
     encode_chunks,
     string_array,
@@ -164,7 +163,7 @@ class LinearFastText:
         self.word_ngrams = int(args.wordNgrams)
         self.bucket = int(args.bucket)
         self.nwords = self.projection_.shape[1] - 1 - self.bucket
-        self._cache = ChunkCache(CACHE_LIMIT)
+        self._cache = ChunkValues()
         self._word_ids = WordIds(model)
         self._eos = int(self._pack_words(pa.array([EOS.decode()]))[0])
 
@@ -188,7 +187,7 @@ class LinearFastText:
         chunks = encode_chunks(texts, nul=True)
         packed = np.zeros(0, np.int64)
         if len(chunks.indices):
-            packed = self._cache.values(chunks.distinct, self._pack_chunks)[chunks.indices]
+            packed = self._cache.values(chunks, self._pack_chunks)[chunks.indices]
         is_word = (packed & 1).astype(bool)
         per_text = np.diff(np.concatenate([[0], np.cumsum(is_word)])[chunks.first]) + 1
         starts = np.concatenate([[0], np.cumsum(per_text)])

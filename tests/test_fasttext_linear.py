@@ -7,7 +7,7 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from scorers import fasttext_linear
+from scorers import chunks
 from scorers.chunks import LONG_CHUNK
 from scorers.fasttext import FastTextScorer, _fasttext, label_probabilities, normalize
 from scorers.fasttext_linear import WordIds, fasttext_sigmoid, fnv1a
@@ -133,18 +133,18 @@ def test_one_vs_all_and_negative_sampling(tmp_path, loss):
 
 def test_scores_stay_exact_when_the_cache_starts_again(tmp_path, monkeypatch):
     path = _model(tmp_path, "cache.bin", wordNgrams=2)
-    monkeypatch.setattr(fasttext_linear, "CACHE_LIMIT", 50)
+    monkeypatch.setattr(chunks, "CACHE_LIMIT", 50)
     scorer = FastTextScorer(str(path)).setup()
     texts = _texts(seed=5)
     expected = label_probabilities(scorer.model_, texts, "__label__hq")
-    tables, long = [], False
+    generations, long = set(), False
     got = []
     for i in range(0, len(texts), 20):
         got.append(scorer.score_batch(texts[i : i + 20]))
-        tables.append(scorer.linear_._cache._table)  # kept alive: distinct ids are distinct tables
-        long = long or bool(scorer.linear_._cache._long)
+        generations.add(scorer.linear_._cache._generation)
+        long = long or bool(chunks.shared_chunk_ids()._long)
     np.testing.assert_allclose(np.concatenate(got), expected, rtol=0, atol=1e-6)
-    assert len({id(t) for t in tables}) > 2  # started again more than once
+    assert len(generations) > 2  # started again more than once
     assert long  # chunks over LONG_CHUNK bytes went to the dict
 
 
@@ -191,7 +191,6 @@ def test_fasttext_hash_and_sigmoid():
 def test_token_counts_and_scores_of_one_batch_share_its_chunks(tmp_path, monkeypatch):
     """The last batch's chunks are reused by the other step unless a NUL splits them differently."""
     from pipeline.tokenize import TokenCounter, train_byte_level_bpe
-    from scorers import chunks
 
     scorer = FastTextScorer(str(_model(tmp_path, "shared.bin", wordNgrams=2))).setup()
     texts = _texts(seed=7)

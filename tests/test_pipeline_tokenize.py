@@ -19,6 +19,7 @@ from pipeline.tokenize import (
     splits_like_python,
     train_byte_level_bpe,
 )
+from scorers import chunks
 from scorers.chunks import (
     LONG_CHUNK,
     SHORT_CHUNK,
@@ -219,21 +220,23 @@ def _chunk_bytes(chunks: pa.Array) -> tuple[np.ndarray, np.ndarray]:
 
 
 def test_counts_stay_exact_when_the_cache_starts_again(texts, monkeypatch):
-    """Past CACHE_LIMIT chunks the cache is emptied and fills again; long chunks go to the dict."""
+    """Past CACHE_LIMIT keys the process's chunk ids start again (the table keeps its size) and the
+    counts kept by id are dropped; long chunks go to the dict."""
     spec = train_byte_level_bpe(texts, vocab_size=1000).to_str()
     reference = Tokenizer.from_str(spec)
     reference.encode_special_tokens = True
     docs = texts[:60] + ODD
     expected = [len(e.ids) for e in reference.encode_batch(docs, add_special_tokens=False)]
-    monkeypatch.setattr(tokenize, "CACHE_LIMIT", 500)
+    monkeypatch.setattr(chunks, "CACHE_LIMIT", 500)
     counter = TokenCounter(spec).setup()
-    got, caches = [], []
+    got, generations, long = [], set(), False
     for i in range(0, len(docs), 7):
         got += counter.count(docs[i : i + 7]).tolist()
-        caches.append(counter._chunks._table)  # kept alive: distinct ids are distinct tables
-    assert got == expected and len({id(c) for c in caches}) > 2  # started again more than once
-    assert len(counter._chunks._table._table._rows) == 1024  # made for 500 keys, never doubled
-    assert counter._chunks._long  # "x" * 5000: over LONG_CHUNK bytes
+        generations.add(counter._chunks._generation)
+        long = long or bool(chunks.shared_chunk_ids()._long)  # "x" * 5000: over LONG_CHUNK bytes
+    assert got == expected and len(generations) > 2  # started again more than once
+    assert len(chunks.shared_chunk_ids()._table._table._rows) == 1024  # made for 500 keys, never doubled
+    assert long
     assert counter.count(docs[::-1]).tolist() == expected[::-1]
 
 
