@@ -1,7 +1,7 @@
 """Memory and disk of the score job against input size: is its cost a flat curve?
 
     python bench/scale_bench.py [--sizes 0.2,1,4] [--root /tmp/datamixer-scale] [--workers 2] [--dedup]
-                                [--against COMMIT]
+                                [--against COMMIT] [--rounds N]
 
 Generates (once, cached under --root; never in the repository) JSONL inputs of about the given
 sizes in GB from the bundled corpus (`pipeline.corpus`): documents cycled per domain, each copy
@@ -20,7 +20,12 @@ Per size also: the job's phases (seconds until the first part file, until the pa
 staged, and the shard writing after it), when the largest process peaked, and the CPU seconds of
 each worker (their spread: how evenly the input files were dealt), the share of the run's time in
 which some process waited for a core (Linux's CPU pressure: the job's own processes, and any other
-load), and each size's three docs/s figures against the largest size's (the goal: within 10%).
+load) and the share of all cores' time the hypervisor gave to other machines (steal), and each size's
+three docs/s figures against the largest size's (the goal: within 10%).
+
+With --rounds N the whole sweep (its start-up runs too) runs N times and the headline ratios are the
+medians of the rounds' (each round's listed beside): the same job's docs/s moved by up to 25% between
+runs minutes apart on the shared 2-core machine, so one sweep's ratio is one sample of that noise.
 
 With --against COMMIT the same jobs also run with that commit's code (extracted by `git archive` to a
 temporary folder, run from there: its `datamixer`, `pipeline`, `scorers`), the two codes in turn at each
@@ -37,6 +42,7 @@ import json
 import os
 import resource
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -55,6 +61,7 @@ from pipeline.corpus import DOMAINS, CorpusOptions, build_corpus  # noqa: E402
 
 FILE_BYTES = 64 << 20  # inputs are cut into JSONL files of about this size
 GB = 1e9
+CORES = os.cpu_count() or 1
 
 
 def prepare(root: Path) -> tuple[Path, Path, Path]:
@@ -205,6 +212,15 @@ def cpu_wait_us() -> int | None:
     return int(line.rsplit("total=", 1)[1])
 
 
+def steal_ticks() -> int | None:
+    """Clock ticks the hypervisor gave this machine's cores to others (Linux /proc/stat), None elsewhere."""
+    try:
+        fields = Path("/proc/stat").read_text().split("\n", 1)[0].split()
+    except OSError:
+        return None
+    return int(fields[8]) if len(fields) > 8 else None
+
+
 def run_job(
     globs: dict[str, str],
     model: Path,
@@ -226,7 +242,7 @@ def run_job(
     cmd += ["--", "--direct_running_mode=multi_processing", f"--direct_num_workers={args.workers}"]
     peaks, stop = Peaks(), threading.Event()
     load_before = os.getloadavg()[0]
-    wait_before = cpu_wait_us()
+    wait_before, steal_before = cpu_wait_us(), steal_ticks()
     started = time.perf_counter()
     children = resource.getrusage(resource.RUSAGE_CHILDREN)
     env = dict(os.environ, PYTHONPATH=str(src))  # `python -m` also puts its folder first
@@ -240,7 +256,7 @@ def run_job(
         raise SystemExit(f"score job failed ({proc.returncode}): {' '.join(cmd)}")
     result = json.loads(stdout.strip().splitlines()[-1])
     seconds = time.perf_counter() - started
-    wait_after = cpu_wait_us()
+    wait_after, steal_after = cpu_wait_us(), steal_ticks()
     after = resource.getrusage(resource.RUSAGE_CHILDREN)  # the job and every process it waited for
     cpu = after.ru_utime + after.ru_stime - children.ru_utime - children.ru_stime
     workers = [pid for pid, role in peaks.role.items() if role == "worker"]
@@ -278,6 +294,11 @@ def run_job(
         "cpu_wait_share": None
         if wait_before is None or wait_after is None
         else round((wait_after - wait_before) / 1e6 / seconds, 2),
+        "cpu_steal_share": None  # of all cores' time: taken by the hypervisor for other machines
+        if steal_before is None or steal_after is None
+        else round(
+            (steal_after - steal_before) / os.sysconf("SC_CLK_TCK") / seconds / (os.cpu_count() or 1), 3
+        ),
     }
 
 
@@ -380,6 +401,9 @@ def code_ratios(rows: list[dict], startups: list[tuple[float, float]]) -> dict:
         "without_startup_vs_largest": {
             f"{r['size_gb']:g}": r["vs_largest"]["docs_per_s_without_startup"] for r in rows
         },
+        "per_cpu_s_vs_largest": {
+            f"{r['size_gb']:g}": r["vs_largest"]["docs_per_cpu_s_without_startup"] for r in rows
+        },
         "max_disk_over_output": max(r["disk_over_output"] for r in rows),
         "startup_s": startups,
     }
@@ -391,7 +415,7 @@ def print_table(rows: list[dict], several: bool) -> None:
     print(
         f"| input {code}| docs | docs/s | without start-up | docs per CPU-s | vs largest (docs/s, without "
         "start-up, per CPU-s) | worker CPU-s | worker ms per doc | RSS sum | RSS max (process) "
-        "| peak `_parts` | peak disk | output | disk / output | load | CPU wait |",
+        "| peak `_parts` | peak disk | output | disk / output | load | CPU wait / steal |",
         file=sys.stderr,
     )
     print("|---" * (16 + several) + "|", file=sys.stderr)
@@ -408,7 +432,7 @@ def print_table(rows: list[dict], several: bool) -> None:
             f"| {r['rss_sum_mb']:,} MB | {r['rss_max_mb']:,} MB | {r['parts_mb']:,} MB "
             f"| {r['disk_peak_mb']:,} MB "
             f"| {r['output_mb']:,} MB | {r['disk_over_output']:.2f} | {r['load'][0]}-{r['load'][1]} "
-            f"| {r['cpu_wait_share']} |",
+            f"| {r['cpu_wait_share']} / {r['cpu_steal_share']} |",
             file=sys.stderr,
         )
 
@@ -420,6 +444,12 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=2, help="DirectRunner worker processes")
     parser.add_argument("--dedup", action="store_true", help="also run MinHash dedup in the job")
     parser.add_argument("--against", help="also run the jobs with this commit's code, in turn")
+    parser.add_argument(
+        "--rounds",
+        type=int,
+        default=1,
+        help="sweeps of all sizes, each with its own start-up: the ratios' medians",
+    )
     args = parser.parse_args()
     sizes = [float(s) for s in args.sizes.split(",")]
     args.root.mkdir(parents=True, exist_ok=True)
@@ -429,9 +459,22 @@ def main() -> None:
         codes = {"this tree": ROOT}
         if args.against:
             codes[f"at {args.against}"] = extract_commit(args.against, Path(tmp))
-        rows, startups = run_sizes(sizes, codes, prepared, args)
-    ratios = {code: code_ratios([r for r in rows if r["code"] == code], startups[code]) for code in codes}
-    print_table(rows, len(codes) > 1)
+        rounds = []
+        for number in range(1, args.rounds + 1):
+            rows, startups = run_sizes(sizes, codes, prepared, args)
+            ratios = {
+                code: code_ratios([r for r in rows if r["code"] == code], startups[code]) for code in codes
+            }
+            for r in rows:
+                r["round"] = number
+            if args.rounds > 1:
+                print(f"round {number} of {args.rounds}:", file=sys.stderr)
+            print_table(rows, len(codes) > 1)
+            rounds.append((rows, ratios))
+    rows = [r for round_rows, _ in rounds for r in round_rows]
+    ratios = (
+        rounds[-1][1] if args.rounds == 1 else {code: medians([r[code] for _, r in rounds]) for code in codes}
+    )
     headline = {"rows": rows, **ratios["this tree"], "load_average": round(os.getloadavg()[0], 1)}
     if args.against:
         against = f"at {args.against}"
@@ -442,6 +485,26 @@ def main() -> None:
     for code in codes:
         print(f"{code}: {ratios[code]}", file=sys.stderr)
     print(json.dumps(headline))
+
+
+def medians(rounds: list[dict]) -> dict:
+    """One code's headline ratios over several rounds: the median of each, and every round's value."""
+    out: dict[str, Any] = {"rounds": len(rounds)}
+    for key in (
+        "rss_sum_ratio",
+        "rss_max_ratio",
+        "docs_per_s_ratio",
+        "docs_per_s_without_startup_min_over_max",
+        "docs_per_cpu_s_without_startup_min_over_max",
+        "max_disk_over_output",
+    ):
+        values = [r[key] for r in rounds]
+        out[key] = {"median": round(statistics.median(values), 2), "each": values}
+    for key in ("without_startup_vs_largest", "per_cpu_s_vs_largest"):
+        each = {size: [r[key][size] for r in rounds] for size in rounds[0][key]}
+        out[key] = {size: {"median": round(statistics.median(v), 2), "each": v} for size, v in each.items()}
+    out["startup_s"] = [s for r in rounds for s in r["startup_s"]]
+    return out
 
 
 if __name__ == "__main__":

@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from scorers.chunks import CACHE_LIMIT, ChunkCache, binary_bytes, encode_chunks, string_array
+from scorers.chunks import CACHE_LIMIT, ChunkValues, binary_bytes, encode_chunks, string_array
 
 TOKENIZER_FILE = "tokenizer.json"
 TOKENIZER_OPTIONS_FILE = "tokenizer_options.json"  # how a trained tokenizer.json was made
@@ -137,7 +137,7 @@ class TokenCounter:
     add_special_tokens=False).ids)` with `tokenizer.encode_special_tokens = True` (a plain `encode` would turn
     the literal into the one end-of-text id, which the corpus does not contain). With our own BPE (see
     `splits_like_python`) a text is cut into chunks (a whitespace run and the word after it), and each
-    distinct chunk is counted once and cached (`scorers.chunks.ChunkCache`, exact): the same counts as
+    distinct chunk is counted once and cached (`scorers.chunks.ChunkValues`, exact): the same counts as
     `encode`, about 25x faster than `encode_batch_fast` (the library's per-text pre-tokenization and merges
     dominated the job's time). A new chunk is split into pieces of PRETOKENIZE_PATTERN with numpy
     (`piece_starts`), and a new piece is counted by the byte-level mapping (`_BYTE_CHARS`) and the library's
@@ -148,7 +148,7 @@ class TokenCounter:
         self.tokenizer_json = tokenizer_json
         self.tokenizer_: Any = None
         self.cached_ = False
-        self._chunks = ChunkCache()  # chunk (UTF-8) -> count
+        self._chunks = ChunkValues()  # chunk id -> count
         self._piece_cache: dict[bytes, int] = {}
 
     def __getstate__(self) -> dict[str, bytes]:
@@ -173,7 +173,7 @@ class TokenCounter:
         """Token counts of new chunks (binary) from their pieces; only pieces never seen are counted. The
         pieces are cut on the UTF-8 bytes with numpy (`piece_starts`), so no chunk or piece becomes a
         Python object (the regex and the pieces as bytes took about 40% of a new chunk's cost), and are
-        deduplicated by Arrow; the distinct ones are looked up in a dict (a `scorers.chunks.ChunkCache`
+        deduplicated by Arrow; the distinct ones are looked up in a dict (a `scorers.chunks.ChunkTable`
         cost as much on the scale bench's input and 1.3x as much for a batch of new words)."""
         data, offsets = binary_bytes(chunks)
         starts = piece_starts(data, offsets)
@@ -200,22 +200,22 @@ class TokenCounter:
             if not isinstance(texts, list):
                 texts = texts.to_pylist() if hasattr(texts, "to_pylist") else list(texts)
             return np.array(self._encode_counts(texts), dtype=np.int64)
-        if len(self._chunks) > CACHE_LIMIT or len(self._piece_cache) > CACHE_LIMIT:
-            self._chunks = ChunkCache()
+        if len(self._piece_cache) > CACHE_LIMIT:
             self._piece_cache.clear()
         return self._count_array(string_array(texts))
 
     def _count_array(self, texts: pa.Array) -> np.ndarray:
         """Chunks are found with numpy on the UTF-8 bytes and deduplicated by Arrow's hash kernel; the
-        distinct ones are looked up in `scorers.chunks.ChunkCache` with numpy, so Python touches only the
-        chunks it has not seen (`_chunk_counts`). `texts` as `scorers.chunks.string_array` gives them."""
+        distinct ones' counts are looked up by id (`scorers.chunks.ChunkValues`) with numpy, so Python
+        touches only the chunks it has not seen (`_chunk_counts`). `texts` as `scorers.chunks.string_array`
+        gives them."""
         if len(texts) == 0:
             return np.zeros(0, dtype=np.int64)
         chunks = encode_chunks(texts)
         if not len(chunks.indices):
             return np.zeros(len(texts), dtype=np.int64)
         # Binary chunks: a new one reaches Python as bytes, cheaper to make and look up than str.
-        per_chunk = self._chunks.values(chunks.distinct, self._chunk_counts)[chunks.indices]
+        per_chunk = self._chunks.values(chunks, self._chunk_counts)[chunks.indices]
         cumulative = np.concatenate([[0], np.cumsum(per_chunk)])
         return cumulative[chunks.first[1:]] - cumulative[chunks.first[:-1]]
 

@@ -1,9 +1,12 @@
 """Exact tables from short byte strings (chunks of UTF-8 text) to int64 values, in numpy: a batch of
-chunks is looked up in one pass, so Python touches only the chunks a table has not seen. Token counts
-(`pipeline.tokenize.TokenCounter`) and the fastText scorer cache what they compute per chunk here."""
+chunks is looked up in one pass, so Python touches only the chunks a table has not seen. A batch's
+distinct chunks get ids in the process's one `ChunkIds` table (`encode_chunks`), and token counts
+(`pipeline.tokenize.TokenCounter`) and the fastText scorer keep what they compute per chunk by id
+(`ChunkValues`)."""
 
 from __future__ import annotations
 
+import itertools
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -65,10 +68,12 @@ class KeyTable:
     """Distinct keys of three uint64 words (a last word of 0 marks an empty slot) -> int64 values, in
     numpy: open addressing with linear probing, probed for a whole batch of keys at once, so a look-up's
     cost does not grow with the table. A slot is one 32-byte row (the key, its value): one memory
-    access per key."""
+    access per key. Made with room for `capacity` keys (at most half full; the rows are zero pages
+    until touched), it doubles only past that: a doubling stores every key again (a table grown
+    from the smallest size to 700,000 random keys cost 2.2x the CPU to fill of one made for them)."""
 
-    def __init__(self, bits: int = 16) -> None:
-        self._empty(bits)
+    def __init__(self, capacity: int = 1 << 15) -> None:
+        self._empty(max(2, (2 * capacity - 1).bit_length()))
 
     def _empty(self, bits: int) -> None:
         self._rows = np.zeros((1 << bits, 4), np.uint64)
@@ -109,12 +114,13 @@ class KeyTable:
         rows = np.stack([a, b, c, np.asarray(values).astype(np.uint64)], axis=1)
         todo, slot, mask = np.arange(len(a)), self._slots(a, b, c), len(self._rows) - 1
         while len(todo):
-            free = self._rows[slot, 2] == 0
-            _, first = np.unique(slot[free], return_index=True)  # one key per free slot in this round
-            won = np.flatnonzero(free)[first]
-            self._rows[slot[won]] = rows[todo[won]]
+            free = np.flatnonzero(self._rows[slot, 2] == 0)
+            claim, who = slot[free], todo[free]
+            self._rows[claim, 3] = who  # each free slot keeps one claim: its key goes in (no sort)
+            won = self._rows[claim, 3].view(np.int64) == who
+            self._rows[claim[won]] = rows[who[won]]
             on = np.ones(len(todo), bool)
-            on[won] = False
+            on[free[won]] = False
             todo, slot = todo[on], (slot[on] + 1) & mask
         self._n += len(a)
 
@@ -147,8 +153,8 @@ class ChunkTable:
     node id that the previous key maps to (a trie), and its last key maps to the count. The chunks are given
     as starts and lengths in bytes seen through `word_view`, with PAD bytes after each chunk's end."""
 
-    def __init__(self) -> None:
-        self._table = KeyTable()
+    def __init__(self, capacity: int = 1 << 15) -> None:
+        self._table = KeyTable(capacity)
         self._nodes = 0  # node ids given to keys of chunks that go on
 
     def __len__(self) -> int:
@@ -168,6 +174,12 @@ class ChunkTable:
             on = ~last & (found >= 0)
             more, nodes, offset = more[on], found[on], offset + 16
         return counts
+
+    @staticmethod
+    def keys_for(lengths: np.ndarray) -> int:
+        """At most how many keys storing chunks of these lengths (in bytes, up to LONG_CHUNK) adds."""
+        more = np.maximum(lengths - SHORT_CHUNK, 0)
+        return len(lengths) + int(np.sum((more + 15) // 16))
 
     def add(self, words: np.ndarray, starts: np.ndarray, lengths: np.ndarray, counts: np.ndarray) -> None:
         """Store chunks (distinct, none stored, up to LONG_CHUNK bytes) with their values."""
@@ -231,12 +243,15 @@ def split_chunks(texts: pa.Array, nul: bool = False) -> tuple[pa.Array, np.ndarr
 
 @dataclass(frozen=True)
 class EncodedChunks:
-    """A batch's chunks deduplicated: the distinct chunks (binary), each chunk's index into them, and
-    where each text's chunks begin (len(texts) + 1 indices)."""
+    """A batch's chunks deduplicated: the distinct chunks (binary), each chunk's index into them, where
+    each text's chunks begin (len(texts) + 1 indices), and the distinct chunks' `ChunkIds` ids with the
+    generation they belong to."""
 
     distinct: pa.Array
     indices: np.ndarray
     first: np.ndarray
+    ids: np.ndarray
+    generation: int
 
 
 _LAST = threading.local()  # this thread's last batch: (key, nul, whether it has a NUL byte, chunks, texts)
@@ -249,16 +264,21 @@ def _batch_key(texts: pa.Array) -> tuple[int, int, int, int, str]:
 
 
 def encode_chunks(texts: pa.Array, nul: bool = False) -> EncodedChunks:
-    """`split_chunks`, deduplicated by Arrow's `dictionary_encode`. The last batch's result is kept (per
-    thread, with the texts, so their memory stays theirs): token counts and fastText scores of one batch
-    split and encode it once. fastText also splits at NUL, so a batch with a NUL byte is encoded again.
-    A batch is known by the memory it reads: Arrow's buffers do not change once written."""
+    """`split_chunks`, deduplicated by Arrow's `dictionary_encode`, with the process's `ChunkIds` ids of
+    the distinct chunks. The last batch's result is kept (per thread, with the texts, so their memory
+    stays theirs): token counts and fastText scores of one batch split, encode and look it up once.
+    fastText also splits at NUL, so a batch with a NUL byte is encoded again. A batch is known by the
+    memory it reads: Arrow's buffers do not change once written."""
     key, last = _batch_key(texts), getattr(_LAST, "batch", None)
     if last is not None and last[0] == key and (last[1] == nul or not last[2]):
         return last[3]
     chunks, first = split_chunks(texts, nul)
     encoded = chunks.dictionary_encode()
-    result = EncodedChunks(encoded.dictionary, encoded.indices.to_numpy(), first)
+    with _SHARED_LOCK:
+        table = shared_chunk_ids()
+        ids = table.ids(encoded.dictionary)
+        generation = table.generation
+    result = EncodedChunks(encoded.dictionary, encoded.indices.to_numpy(), first, ids, generation)
     has_nul = len(chunks) > 0 and not np.all(_text_bytes(texts))
     _LAST.batch = (key, nul, has_nul, result, texts)
     return result
@@ -271,32 +291,89 @@ def _text_bytes(texts: pa.Array) -> np.ndarray:
     return np.frombuffer(data_buf, np.uint8, hi - lo, lo)
 
 
-class ChunkCache:
-    """Exact values (int64 >= 0) of distinct chunks: a `ChunkTable`, and a dict for the rare chunk over
-    LONG_CHUNK bytes (looked at only when it holds any). `values` computes the new ones and stores them."""
+_GENERATIONS = itertools.count()  # every start of every `ChunkIds` gets its own number
 
-    def __init__(self) -> None:
-        self._table = ChunkTable()
+
+class ChunkIds:
+    """Dense ids (0, 1, ...) of distinct chunks, exact: a `ChunkTable` from a chunk to its id, and a dict
+    for the rare chunk over LONG_CHUNK bytes (looked at only when it holds any). It holds at most `limit`
+    keys: when a batch's new chunks would take it past that, it starts again, empty, at the size it was
+    made with (it never doubles), and its `generation` changes (earlier ids then mean nothing)."""
+
+    def __init__(self, limit: int = CACHE_LIMIT) -> None:
+        self.limit = limit
+        self._start()
+
+    def _start(self) -> None:
+        self._table = ChunkTable(self.limit)
         self._long: dict[bytes, int] = {}
+        self._next = 0
+        self.generation = next(_GENERATIONS)
 
     def __len__(self) -> int:
         return len(self._table) + len(self._long)
 
-    def values(self, chunks: pa.Array, compute: Callable[[pa.Array], np.ndarray]) -> np.ndarray:
-        """The value of each of `chunks` (distinct, binary); `compute(new chunks)` gives the new ones'."""
+    def ids(self, chunks: pa.Array) -> np.ndarray:
+        """The id of each of `chunks` (distinct, binary); new chunks get the next ids."""
         data, offsets = binary_bytes(chunks)
         lengths = np.diff(offsets)
-        values = self._table.find(word_view(data), offsets[:-1], lengths)
+        ids = self._table.find(word_view(data), offsets[:-1], lengths)
         long = np.flatnonzero(lengths > LONG_CHUNK)
         if self._long and len(long):
             get = self._long.get
-            values[long] = [get(k, -1) for k in chunks.take(pa.array(long)).to_pylist()]
+            ids[long] = [get(k, -1) for k in chunks.take(pa.array(long)).to_pylist()]
+        new = np.flatnonzero(ids < 0)
+        if not len(new):
+            return ids
+        short, long = new[lengths[new] <= LONG_CHUNK], new[lengths[new] > LONG_CHUNK]
+        if len(self) and len(self) + ChunkTable.keys_for(lengths[short]) + len(long) > self.limit:
+            self._start()
+            return self.ids(chunks)
+        ids[new] = self._next + np.arange(len(new))
+        self._next += len(new)
+        self._table.add(word_view(data), offsets[short], lengths[short], ids[short])
+        if len(long):
+            self._long.update(zip(chunks.take(pa.array(long)).to_pylist(), ids[long].tolist(), strict=True))
+        return ids
+
+
+_SHARED: list[ChunkIds] = []  # the process's ids, shared by every `ChunkValues` (token counts, fastText)
+_SHARED_LOCK = threading.Lock()
+
+
+def shared_chunk_ids() -> ChunkIds:
+    """The process's `ChunkIds` (made anew when CACHE_LIMIT changed): the one hash table that the
+    consumers of a batch's chunks look them up in, once per batch (`encode_chunks`). One table for
+    token counts and fastText halved the look-ups and stores of each batch's distinct chunks, and the
+    memory (a table made for CACHE_LIMIT keys is 128 MB)."""
+    if not _SHARED or _SHARED[0].limit != CACHE_LIMIT:
+        _SHARED[:] = [ChunkIds(CACHE_LIMIT)]
+    return _SHARED[0]
+
+
+class ChunkValues:
+    """One consumer's exact values (int64 >= 0) of chunks by their `ChunkIds` id, e.g. token counts:
+    `values` computes the values of chunks it has not seen and keeps them until the ids start again."""
+
+    def __init__(self) -> None:
+        self._values = np.zeros(0, np.int64)
+        self._generation = -1
+
+    def __len__(self) -> int:
+        return int(np.count_nonzero(self._values >= 0))
+
+    def values(self, chunks: EncodedChunks, compute: Callable[[pa.Array], np.ndarray]) -> np.ndarray:
+        """The value of each of `chunks.distinct`; `compute(new chunks)` gives the new ones'."""
+        ids = chunks.ids
+        if chunks.generation != self._generation:
+            self._values, self._generation = np.zeros(0, np.int64), chunks.generation
+        if len(ids) and ids.max() >= len(self._values):
+            grown = np.full(max(2 * len(self._values), int(ids.max()) + 1), -1, np.int64)
+            grown[: len(self._values)] = self._values
+            self._values = grown
+        values = self._values[ids]
         new = np.flatnonzero(values < 0)
         if len(new):
-            values[new] = compute(chunks.take(pa.array(new)))
-            short, long = new[lengths[new] <= LONG_CHUNK], new[lengths[new] > LONG_CHUNK]
-            self._table.add(word_view(data), offsets[short], lengths[short], values[short])
-            if len(long):
-                unstored = chunks.take(pa.array(long)).to_pylist()
-                self._long.update(zip(unstored, values[long].tolist(), strict=True))
+            values[new] = compute(chunks.distinct.take(pa.array(new)))
+            self._values[ids[new]] = values[new]
         return values

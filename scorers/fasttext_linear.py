@@ -5,7 +5,7 @@ the line's word ids, then its word n-gram buckets. That is mean((E W_out^T)[rows
 projected on the labels once (P = E W_out^T in float64, in row blocks; for a 2-label softmax only the
 difference of the two columns is needed), and a document then gathers one float per row and column
 instead of `dim`. Words, their hashes and n-gram buckets are found as fastText's `Dictionary` finds them
-(src/dictionary.cc), once per distinct chunk of text (`scorers.chunks.ChunkCache`), so Python touches only
+(src/dictionary.cc), once per distinct chunk of text (`scorers.chunks.ChunkValues`), so Python touches only
 chunks that it has not seen. Models with subword n-grams (maxn > 0), hierarchical softmax, quantized
 models and a label prefix other than `__label__` are not linear here: `linear_support` says why, and
 `scorers.fasttext.FastTextScorer` scores them with the binding.
@@ -20,7 +20,15 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from scorers.chunks import CACHE_LIMIT, ChunkCache, binary_bytes, encode_chunks, string_array
+from scorers.chunks import (
+    LONG_CHUNK,
+    ChunkTable,
+    ChunkValues,
+    binary_bytes,
+    encode_chunks,
+    string_array,
+    word_view,
+)
 
 LABEL_PREFIX = "__label__"
 # A `__label__` inside a text becomes this word, never a label; no character after "label" is "_",
@@ -110,6 +118,38 @@ def _segment_sums(values: np.ndarray, begins: np.ndarray, ends: np.ndarray) -> n
     return cumulative[np.minimum(ends, len(values))] - cumulative[np.minimum(begins, len(values))]
 
 
+class WordIds:
+    """fastText's word ids (`get_word_id`: -1 for a word not in the dictionary) of a whole string array
+    at once: the model's words in a `scorers.chunks.ChunkTable` (the rare word over LONG_CHUNK bytes in a
+    dict), built once. The binding's one call per new word cost about 1 µs, 10% of a worker's CPU on the
+    0.2 GB input of `bench/scale_bench.py`."""
+
+    def __init__(self, model: Any) -> None:
+        words = [
+            w.encode("utf-8", "surrogateescape") for w in model.get_words(on_unicode_error="surrogateescape")
+        ]
+        data, offsets = binary_bytes(pa.array(words, pa.binary()))
+        lengths = np.diff(offsets)
+        short = np.flatnonzero((lengths > 0) & (lengths <= LONG_CHUNK))
+        self._table = ChunkTable(len(short))
+        self._table.add(word_view(data), offsets[short], lengths[short], short)
+        self._long = {words[i]: i for i in np.flatnonzero(lengths > LONG_CHUNK).tolist()}
+
+    def __call__(self, words: pa.Array) -> np.ndarray:
+        """The id of each of `words` (a string or binary array without nulls)."""
+        data, offsets = binary_bytes(words)
+        lengths = np.diff(offsets)
+        ids = np.full(len(lengths), -1, np.int64)
+        some = np.flatnonzero(lengths > 0)  # an empty key would be an empty slot's
+        ids[some] = self._table.find(word_view(data), offsets[some], lengths[some])
+        long = np.flatnonzero(lengths > LONG_CHUNK)
+        if len(long):
+            ids[long] = [
+                self._long.get(w, -1) for w in words.take(pa.array(long)).cast(pa.binary()).to_pylist()
+            ]
+        return ids
+
+
 class LinearFastText:
     """Probability of one label of a supervised fastText model for a batch of texts, as the binding's
     `predict` gives it (normalised as `scorers.fasttext.normalize`, clamped to [0, 1], 0.0 for a text with
@@ -123,14 +163,14 @@ class LinearFastText:
         self.word_ngrams = int(args.wordNgrams)
         self.bucket = int(args.bucket)
         self.nwords = self.projection_.shape[1] - 1 - self.bucket
-        self._cache = ChunkCache()
+        self._cache = ChunkValues()
+        self._word_ids = WordIds(model)
         self._eos = int(self._pack_words(pa.array([EOS.decode()]))[0])
 
     def _pack_words(self, words: pa.Array) -> np.ndarray:
         """Values of words (a string array; see ID_BITS): a word (if not empty), whether it is EOS, its hash
         and its id + 1 (0: unknown)."""
-        get_id = self.model.get_word_id
-        ids = np.array([get_id(w) for w in words.to_pylist()], np.int64)
+        ids = self._word_ids(words)
         flags = (pc.binary_length(words).to_numpy(zero_copy_only=False) > 0).astype(np.int64)
         flags |= pc.equal(words, EOS.decode()).to_numpy(zero_copy_only=False).astype(np.int64) << 1
         return np.where(flags > 0, flags | fnv1a(words).astype(np.int64) << 2 | (ids + 1) << 34, 0)
@@ -144,12 +184,10 @@ class LinearFastText:
     def _words(self, texts: pa.Array) -> tuple[np.ndarray, np.ndarray]:
         """The words of each text as fastText reads its line (the words, then EOS; words after a literal
         EOS are not read), as chunk values, and where each text's words begin (len(texts) + 1)."""
-        if len(self._cache) > CACHE_LIMIT:
-            self._cache = ChunkCache()
         chunks = encode_chunks(texts, nul=True)
         packed = np.zeros(0, np.int64)
         if len(chunks.indices):
-            packed = self._cache.values(chunks.distinct, self._pack_chunks)[chunks.indices]
+            packed = self._cache.values(chunks, self._pack_chunks)[chunks.indices]
         is_word = (packed & 1).astype(bool)
         per_text = np.diff(np.concatenate([[0], np.cumsum(is_word)])[chunks.first]) + 1
         starts = np.concatenate([[0], np.cumsum(per_text)])

@@ -7,10 +7,10 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from scorers import fasttext_linear
+from scorers import chunks
 from scorers.chunks import LONG_CHUNK
 from scorers.fasttext import FastTextScorer, _fasttext, label_probabilities, normalize
-from scorers.fasttext_linear import fasttext_sigmoid, fnv1a
+from scorers.fasttext_linear import WordIds, fasttext_sigmoid, fnv1a
 
 WORDS = (
     "the of and a to in is was he for it with as his on be at by had are but from or have an they "
@@ -133,18 +133,19 @@ def test_one_vs_all_and_negative_sampling(tmp_path, loss):
 
 def test_scores_stay_exact_when_the_cache_starts_again(tmp_path, monkeypatch):
     path = _model(tmp_path, "cache.bin", wordNgrams=2)
-    monkeypatch.setattr(fasttext_linear, "CACHE_LIMIT", 50)
+    monkeypatch.setattr(chunks, "CACHE_LIMIT", 50)
     scorer = FastTextScorer(str(path)).setup()
     texts = _texts(seed=5)
     expected = label_probabilities(scorer.model_, texts, "__label__hq")
-    caches = []
+    generations, long = set(), False
     got = []
     for i in range(0, len(texts), 20):
         got.append(scorer.score_batch(texts[i : i + 20]))
-        caches.append(scorer.linear_._cache)
+        generations.add(scorer.linear_._cache._generation)
+        long = long or bool(chunks.shared_chunk_ids()._long)
     np.testing.assert_allclose(np.concatenate(got), expected, rtol=0, atol=1e-6)
-    assert len({id(c) for c in caches}) > 2  # started again more than once
-    assert any(c._long for c in caches)  # chunks over LONG_CHUNK bytes went to the dict
+    assert len(generations) > 2  # started again more than once
+    assert long  # chunks over LONG_CHUNK bytes went to the dict
 
 
 def test_models_that_are_not_linear_fall_back_to_the_binding(tmp_path):
@@ -190,7 +191,6 @@ def test_fasttext_hash_and_sigmoid():
 def test_token_counts_and_scores_of_one_batch_share_its_chunks(tmp_path, monkeypatch):
     """The last batch's chunks are reused by the other step unless a NUL splits them differently."""
     from pipeline.tokenize import TokenCounter, train_byte_level_bpe
-    from scorers import chunks
 
     scorer = FastTextScorer(str(_model(tmp_path, "shared.bin", wordNgrams=2))).setup()
     texts = _texts(seed=7)
@@ -219,3 +219,28 @@ def test_token_counts_and_scores_of_one_batch_share_its_chunks(tmp_path, monkeyp
                 )
                 nul = "\0" in "".join(batch[start : start + len(slice_)])
                 assert len(splits) == 1 + nul  # split once, unless a NUL splits fastText's words
+
+
+def test_word_ids_are_the_bindings(tmp_path):
+    """Words of every length up to past LONG_CHUNK bytes, sharing long prefixes, multi-byte: the table
+    gives each vocabulary word its id and -1 to every other word, as `get_word_id` does."""
+    rng = np.random.default_rng(3)
+    base = "".join(rng.choice(list("abcdefghé漢😀"), LONG_CHUNK + 40))
+    vocab = [base[:n] for n in range(1, len(base), 3)] + list(WORDS)
+    train = tmp_path / "long.txt"
+    train.write_text(
+        "".join(f"__label__{'hq' if i % 2 else 'lq'} {' '.join(vocab[i::7])}\n" for i in range(70))
+    )
+    model = _fasttext().train_supervised(input=str(train), **SMALL)
+    words = model.get_words()
+    assert max(len(w.encode()) for w in words) > LONG_CHUNK  # the dict's words too
+    others = [
+        "",
+        "</s>",
+        "x" * (LONG_CHUNK + 9),
+        "\u20ac",
+        *(w + "!" for w in words),
+        *(w[:-1] for w in words),
+    ]
+    queries = pa.array(words + others + [w.upper() for w in WORDS])
+    assert WordIds(model)(queries).tolist() == [model.get_word_id(w) for w in queries.to_pylist()]

@@ -19,6 +19,7 @@ from pipeline.tokenize import (
     splits_like_python,
     train_byte_level_bpe,
 )
+from scorers import chunks
 from scorers.chunks import (
     LONG_CHUNK,
     SHORT_CHUNK,
@@ -179,7 +180,7 @@ def test_key_table_probes_past_taken_slots_and_grows(monkeypatch):
     """Every key in one slot: each look-up walks the run of taken slots; the table grows while keys go
     in (4 slots at first), and keys that differ in any word are never each other's."""
     monkeypatch.setattr(KeyTable, "_slots", lambda self, a, b, c: np.zeros(len(a), np.int64))
-    table = KeyTable(bits=2)
+    table = KeyTable(capacity=2)
     keys = [np.array([i % 3 for i in range(60)], np.uint64), np.arange(60, dtype=np.uint64) // 3]
     keys.append(np.full(60, 1 << 60, np.uint64) | np.arange(60, dtype=np.uint64) % 2)
     for part in (slice(0, 1), slice(1, 25), slice(25, 60)):
@@ -219,20 +220,23 @@ def _chunk_bytes(chunks: pa.Array) -> tuple[np.ndarray, np.ndarray]:
 
 
 def test_counts_stay_exact_when_the_cache_starts_again(texts, monkeypatch):
-    """Past CACHE_LIMIT chunks the cache is emptied and fills again; long chunks go to the dict."""
+    """Past CACHE_LIMIT keys the process's chunk ids start again (the table keeps its size) and the
+    counts kept by id are dropped; long chunks go to the dict."""
     spec = train_byte_level_bpe(texts, vocab_size=1000).to_str()
     reference = Tokenizer.from_str(spec)
     reference.encode_special_tokens = True
     docs = texts[:60] + ODD
     expected = [len(e.ids) for e in reference.encode_batch(docs, add_special_tokens=False)]
-    monkeypatch.setattr(tokenize, "CACHE_LIMIT", 500)
+    monkeypatch.setattr(chunks, "CACHE_LIMIT", 500)
     counter = TokenCounter(spec).setup()
-    got, caches = [], []
+    got, generations, long = [], set(), False
     for i in range(0, len(docs), 7):
         got += counter.count(docs[i : i + 7]).tolist()
-        caches.append(counter._chunks)  # kept alive: distinct ids are distinct caches
-    assert got == expected and len({id(c) for c in caches}) > 2  # started again more than once
-    assert counter._chunks._long  # "x" * 5000: over LONG_CHUNK bytes
+        generations.add(counter._chunks._generation)
+        long = long or bool(chunks.shared_chunk_ids()._long)  # "x" * 5000: over LONG_CHUNK bytes
+    assert got == expected and len(generations) > 2  # started again more than once
+    assert len(chunks.shared_chunk_ids()._table._table._rows) == 1024  # made for 500 keys, never doubled
+    assert long
     assert counter.count(docs[::-1]).tolist() == expected[::-1]
 
 
