@@ -9,7 +9,7 @@ import sys
 import apache_beam as beam
 import pytest
 
-from pipeline.direct_workers import _ZYGOTES, direct_workers
+from pipeline.direct_workers import _ZYGOTES, _Zygote, direct_workers
 from pipeline.options import pipeline_options
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the zygote is Linux only")
@@ -56,3 +56,15 @@ def test_without_the_zygote_beam_starts_its_workers_itself(tmp_path):
 def test_no_zygote_in_process():
     with direct_workers(pipeline_options("direct", ["--direct_running_mode=in_memory"])):
         assert not _ZYGOTES
+
+
+def test_a_worker_that_fails_exits_with_1_and_its_traceback(capfd):
+    """Beam's worker main fails (no pipeline options to read): the forked worker says why on stderr and
+    exits with 1, without running on as a second zygote."""
+    zygote = _Zygote([])
+    try:
+        worker = zygote.spawn({"PATH": os.environ.get("PATH", ""), "PIPELINE_OPTIONS": "not json"})
+        assert worker is not None and worker.wait(60) == 1
+    finally:
+        zygote.close()
+    assert "Traceback" in capfd.readouterr().err
