@@ -313,15 +313,27 @@ class ChunkIds:
     def __len__(self) -> int:
         return len(self._table) + len(self._long)
 
-    def ids(self, chunks: pa.Array) -> np.ndarray:
-        """The id of each of `chunks` (distinct, binary); new chunks get the next ids."""
-        data, offsets = binary_bytes(chunks)
+    def _find(self, chunks: pa.Array, data: np.ndarray, offsets: np.ndarray) -> np.ndarray:
         lengths = np.diff(offsets)
-        ids = self._table.find(word_view(data), offsets[:-1], lengths)
+        ids = np.full(len(lengths), -1, np.int64)
+        some = np.flatnonzero(lengths > 0)  # an empty key would be an empty slot's: never stored
+        ids[some] = self._table.find(word_view(data), offsets[some], lengths[some])
         long = np.flatnonzero(lengths > LONG_CHUNK)
         if self._long and len(long):
             get = self._long.get
-            ids[long] = [get(k, -1) for k in chunks.take(pa.array(long)).to_pylist()]
+            ids[long] = [get(k, -1) for k in chunks.take(pa.array(long)).cast(pa.binary()).to_pylist()]
+        return ids
+
+    def find(self, chunks: pa.Array) -> np.ndarray:
+        """The id of each of `chunks` (a binary or string array without nulls; -1 for one not held)."""
+        return self._find(chunks, *binary_bytes(chunks))
+
+    def ids(self, chunks: pa.Array) -> np.ndarray:
+        """The id of each of `chunks` (distinct, non-empty, binary); new chunks get the next ids, in
+        their order."""
+        data, offsets = binary_bytes(chunks)
+        lengths = np.diff(offsets)
+        ids = self._find(chunks, data, offsets)
         new = np.flatnonzero(ids < 0)
         if not len(new):
             return ids

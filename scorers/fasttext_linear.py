@@ -20,15 +20,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from scorers.chunks import (
-    LONG_CHUNK,
-    ChunkTable,
-    ChunkValues,
-    binary_bytes,
-    encode_chunks,
-    string_array,
-    word_view,
-)
+from scorers.chunks import ChunkIds, ChunkValues, binary_bytes, encode_chunks, string_array
 
 LABEL_PREFIX = "__label__"
 # A `__label__` inside a text becomes this word, never a label; no character after "label" is "_",
@@ -120,35 +112,18 @@ def _segment_sums(values: np.ndarray, begins: np.ndarray, ends: np.ndarray) -> n
 
 class WordIds:
     """fastText's word ids (`get_word_id`: -1 for a word not in the dictionary) of a whole string array
-    at once: the model's words in a `scorers.chunks.ChunkTable` (the rare word over LONG_CHUNK bytes in a
-    dict), built once (64 to 128 bytes a word: 6 to 13 MB for a model of 100,000 words). The binding's
-    one call per new word cost about 1 µs, 10% of a worker's CPU on the 0.2 GB input of
-    `bench/scale_bench.py`."""
+    at once: the model's words, in order, given ids 0, 1, ... by a `scorers.chunks.ChunkIds` at set-up
+    (64 to 128 bytes a word: 6 to 13 MB for a model of 100,000 words). The binding's one call per new
+    word cost about 1 µs, 10% of a worker's CPU on the 0.2 GB input of `bench/scale_bench.py`."""
 
     def __init__(self, model: Any) -> None:
-        words = [
-            w.encode("utf-8", "surrogateescape") for w in model.get_words(on_unicode_error="surrogateescape")
-        ]
-        data, offsets = binary_bytes(pa.array(words, pa.binary()))
-        lengths = np.diff(offsets)
-        short = np.flatnonzero((lengths > 0) & (lengths <= LONG_CHUNK))
-        self._table = ChunkTable(len(short))
-        self._table.add(word_view(data), offsets[short], lengths[short], short)
-        self._long = {words[i]: i for i in np.flatnonzero(lengths > LONG_CHUNK).tolist()}
+        words = model.get_words(on_unicode_error="surrogateescape")
+        self._ids = ChunkIds(len(words))
+        self._ids.ids(pa.array([w.encode("utf-8", "surrogateescape") for w in words], pa.binary()))
 
     def __call__(self, words: pa.Array) -> np.ndarray:
         """The id of each of `words` (a string or binary array without nulls)."""
-        data, offsets = binary_bytes(words)
-        lengths = np.diff(offsets)
-        ids = np.full(len(lengths), -1, np.int64)
-        some = np.flatnonzero(lengths > 0)  # an empty key would be an empty slot's
-        ids[some] = self._table.find(word_view(data), offsets[some], lengths[some])
-        long = np.flatnonzero(lengths > LONG_CHUNK)
-        if len(long):
-            ids[long] = [
-                self._long.get(w, -1) for w in words.take(pa.array(long)).cast(pa.binary()).to_pylist()
-            ]
-        return ids
+        return self._ids.find(words)
 
 
 class LinearFastText:
