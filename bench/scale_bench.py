@@ -296,9 +296,7 @@ def run_job(
         else round((wait_after - wait_before) / 1e6 / seconds, 2),
         "cpu_steal_share": None  # of all cores' time: taken by the hypervisor for other machines
         if steal_before is None or steal_after is None
-        else round(
-            (steal_after - steal_before) / os.sysconf("SC_CLK_TCK") / seconds / (os.cpu_count() or 1), 3
-        ),
+        else round((steal_after - steal_before) / os.sysconf("SC_CLK_TCK") / seconds / CORES, 3),
     }
 
 
@@ -454,7 +452,7 @@ def main() -> None:
     sizes = [float(s) for s in args.sizes.split(",")]
     args.root.mkdir(parents=True, exist_ok=True)
     prepared = prepare(args.root)
-    print(f"cores: {os.cpu_count()}, load average: {os.getloadavg()[0]:.1f}", file=sys.stderr)
+    print(f"cores: {CORES}, load average: {os.getloadavg()[0]:.1f}", file=sys.stderr)
     with tempfile.TemporaryDirectory(prefix="scale-bench-") as tmp:
         codes = {"this tree": ROOT}
         if args.against:

@@ -78,8 +78,8 @@ def worker(env):
     try:
         importlib.import_module({_WORKER_MODULE!r}).main(sys.argv)  # what `python -m` runs
         code = 0
-    except SystemExit as exit:
-        code = exit.code if isinstance(exit.code, int) else int(exit.code is not None)
+    except SystemExit as stop:
+        code = stop.code if isinstance(stop.code, int) else int(stop.code is not None)
     except BaseException:
         traceback.print_exc()
     finally:  # the work is done and its logs sent: skip tearing down the interpreter (as forked
