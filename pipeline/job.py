@@ -43,6 +43,7 @@ from pipeline.dedup import (
     read_removed,
     removed_scores,
 )
+from pipeline.direct_workers import direct_worker_count, direct_workers
 from pipeline.domains import read_domains_yaml
 from pipeline.filters import ApplyFilters
 from pipeline.langid import IdentifyLanguage, LanguageOptions, check_model
@@ -549,7 +550,8 @@ def build_pipeline(
     sizes = file_sizes([f[1] for f in files])
     num_shards = job_num_shards(config, [f[:2] for f in files])
 
-    ordered = dealing_order(files, sizes)  # dealt round the workers in this order
+    # dealt round the workers in this order
+    ordered = dealing_order(files, sizes, direct_worker_count(pipeline.options))
     read = (
         pipeline
         | "Files" >> beam.Create(ordered, reshuffle=False)
@@ -681,8 +683,6 @@ def _run(
     stats, `pipeline.resume.unit_counts` with --resume).
 
     `target`, the local output, owns the resume state: kept and used with --resume, else cleared."""
-    from pipeline.direct_workers import direct_workers
-
     resume = None
     units: list[tuple[Any, ...]] = units_of(files, blocks)
     with direct_workers(options, preload=[__name__]):  # workers import while the graph is built
@@ -735,7 +735,6 @@ def run_score_job(
     when datamixer wrote it; never an input; one job at a time: see `mixer.files.atomic_path`); a
     remote one (gs://, s3://) is written in place, each file committed by Beam's sink."""
     from mixer.files import OutputLocked, atomic_path, output_lock
-    from pipeline.direct_workers import direct_worker_count
     from pipeline.options import pipeline_options
 
     remote = "://" in config.output
@@ -744,7 +743,8 @@ def run_score_job(
     files = expand_inputs(config.inputs, exclude=None if remote else config.output)
     input_bytes = sum(file_sizes([path for _, path in files]).values())
     options = pipeline_options(runner, beam_args, input_bytes=input_bytes)
-    blocks = blocks_of(files, block_bytes(input_bytes, direct_worker_count(options)))
+    workers = direct_worker_count(options)
+    blocks = blocks_of(files, block_bytes(input_bytes, workers), workers)
     started = time.perf_counter()
     if remote:
         table, units = _run(config, files, blocks, options, config.output, config.output)
