@@ -13,9 +13,10 @@ the bytes under the job's output directory. It prints per size: docs/s, peak RSS
 tree and the largest single process's peak, peak temporary disk (`_parts`, and everything the job
 held beside its output), output size, and their ratios between the two largest sizes, with the
 load average. Beside docs/s it prints docs/s without the start-up: the job's seconds less those of
-the same job on 200 documents (Beam, worker processes, graph; run before and after the sizes in the
-same bench, the mean of the two), and documents per CPU-second of the job's processes without the
-start-up's (what the job costs, whatever share of the cores the machine's other load leaves it).
+the same job on 200 documents (Beam, worker processes, graph; run STARTUP_RUNS times before and as
+many after the sizes in the same bench, the median of them: one run's start-up moved by up to 1 s),
+and documents per CPU-second of the job's processes without the start-up's (what the job costs,
+whatever share of the cores the machine's other load leaves it).
 Per size also: the job's phases (seconds until the first part file, until the parts peak, i.e. all
 staged, and the shard writing after it), when the largest process peaked, and the CPU seconds of
 each worker (their spread: how evenly the input files were dealt), the share of the run's time in
@@ -62,6 +63,7 @@ from pipeline.corpus import DOMAINS, CorpusOptions, build_corpus  # noqa: E402
 FILE_BYTES = 64 << 20  # inputs are cut into JSONL files of about this size
 GB = 1e9
 CORES = os.cpu_count() or 1
+STARTUP_RUNS = 3  # runs of the 200-document job before the sizes, and as many after
 
 
 def prepare(root: Path) -> tuple[Path, Path, Path]:
@@ -338,7 +340,8 @@ def run_sizes(
     sizes: list[float], codes: dict[str, Path], prepared: tuple[Path, Path, Path], args: argparse.Namespace
 ) -> tuple[list[dict], dict[str, list[tuple[float, float]]]]:
     """Every size's job with each code (in turn, alternating which goes first), and each code's start-up
-    (the job on 200 documents) before and after the sizes: (rows, code -> [(seconds, CPU-s)] * 2)."""
+    (the job on 200 documents, STARTUP_RUNS times) before and after the sizes: (rows, code -> [(seconds,
+    CPU-s)] * 2 * STARTUP_RUNS)."""
     corpus, model, tokenizer = prepared
     rows: list[dict] = []
     startups: dict[str, list[tuple[float, float]]] = {code: [] for code in codes}
@@ -353,12 +356,8 @@ def run_sizes(
         if not tiny:  # the same job on 200 documents: its start-up, in this run
             tiny = tiny_inputs(globs, args.root / "in-tiny", 200 // len(globs))
             for code, src in codes.items():
-                first = run_job(tiny, model, tokenizer, args.root / "out-tiny", args, src)
-                startups[code].append((first["job_seconds"], first["cpu_s"]))
-                print(
-                    f"{code}: start-up (the job on 200 documents): {startups[code][0]} s, CPU s",
-                    file=sys.stderr,
-                )
+                startups[code] += startup_runs(tiny, model, tokenizer, args, src)
+                print(f"{code}: start-up (the job on 200 documents): {startups[code]}", file=sys.stderr)
         for code in list(codes)[:: 1 if i % 2 == 0 else -1]:
             row: dict[str, Any] = {"size_gb": size, "input_mb": round(input_mb), "code": code}
             row.update(run_job(globs, model, tokenizer, out_parent, args, codes[code]))
@@ -367,16 +366,24 @@ def run_sizes(
             print(json.dumps(row), file=sys.stderr)
             rows.append(row)
     for code, src in codes.items():
-        last_run = run_job(tiny, model, tokenizer, args.root / "out-tiny", args, src)
-        startups[code].append((last_run["job_seconds"], last_run["cpu_s"]))
-        print(f"{code}: start-up again, after the sizes: {startups[code][1]}", file=sys.stderr)
+        after = startup_runs(tiny, model, tokenizer, args, src)
+        startups[code] += after
+        print(f"{code}: start-up again, after the sizes: {after}", file=sys.stderr)
     return rows, startups
 
 
+def startup_runs(
+    tiny: dict[str, str], model: Path, tokenizer: Path, args: argparse.Namespace, src: Path
+) -> list[tuple[float, float]]:
+    """(seconds, CPU-s) of STARTUP_RUNS runs of the job on 200 documents."""
+    runs = [run_job(tiny, model, tokenizer, args.root / "out-tiny", args, src) for _ in range(STARTUP_RUNS)]
+    return [(run["job_seconds"], run["cpu_s"]) for run in runs]
+
+
 def code_ratios(rows: list[dict], startups: list[tuple[float, float]]) -> dict:
-    """One code's rows (in size order) completed with the figures without the start-up (the mean of its
-    two start-up runs) and against its largest size; the headline ratios."""
-    wall, cpu = (sum(run[i] for run in startups) / 2 for i in (0, 1))
+    """One code's rows (in size order) completed with the figures without the start-up (the median of
+    its start-up runs) and against its largest size; the headline ratios."""
+    wall, cpu = (statistics.median(run[i] for run in startups) for i in (0, 1))
     for r in rows:
         r["docs_per_s_without_startup"] = round(r["docs"] / (r["job_seconds"] - wall), 1)
         r["docs_per_cpu_s_without_startup"] = round(r["docs"] / (r["cpu_s"] - cpu), 1)
