@@ -68,8 +68,8 @@ MIN_BLOCK_BYTES = 4 << 20  # the smallest block cut to even out the workers' wor
 # worker's share is fixed. Each file cut into a multiple of the workers' blocks (`file_blocks`), the
 # shares are equal in bytes and in domains (a domain's text can cost 20% more per byte than another's);
 # what is left between them is the speed of their cores. Blocks of about 1/32 of a worker's share keep
-# the rest (whole files, files under MIN_BLOCK_BYTES per worker) to a few percent, and a resumed job's
-# lost work to a block.
+# the rest (the whole files: under about 1.5 blocks) to a few percent, and a resumed job's lost work
+# to a block.
 BLOCKS_PER_WORKER = 32
 _SCAN = 8 << 20
 
@@ -168,7 +168,9 @@ def line_blocks(path: str, block_bytes: int) -> list[Block]:
     `block_bytes` that each end just after a newline (the last one at the end of the file)."""
     blocks: list[Block] = []
     start, first = 0, 1
-    with open(path, "rb") as fh:
+    buffer = bytearray(_SCAN)  # read into, and compared into, the same memory: no fresh pages per read
+    data, newline = np.frombuffer(buffer, np.uint8), np.empty(_SCAN, bool)
+    with open(path, "rb", buffering=0) as fh:
         size = os.fstat(fh.fileno()).st_size
         while start < size:
             end = _next_line_end(fh, start + block_bytes - 1, size) if start + block_bytes < size else size
@@ -176,9 +178,12 @@ def line_blocks(path: str, block_bytes: int) -> list[Block]:
             fh.seek(start)
             left = end - start
             while left:
-                chunk = fh.read(min(_SCAN, left))
-                first += int(np.count_nonzero(np.frombuffer(chunk, np.uint8) == 10))  # 2x bytes.count
-                left -= len(chunk)
+                n = fh.readinto(memoryview(buffer)[: min(_SCAN, left)])
+                if not n:
+                    raise OSError(f"{path} ended at byte {end - left} while it was read ({size} bytes)")
+                np.equal(data[:n], 10, out=newline[:n])
+                first += int(np.count_nonzero(newline[:n]))  # about 3x bytes.count
+                left -= n
             start = end
     return blocks
 
@@ -217,9 +222,10 @@ def file_blocks(path: str, size: int | None = None, workers: int = 1) -> list[Bl
     defaults to BLOCK_BYTES), or None when it is one unit: a remote file, a compressed JSONL file (it
     cannot be cut by bytes), and a file that would make one block.
 
-    With `workers` > 1 (a DirectRunner's processes) a file of at least MIN_BLOCK_BYTES per worker is
-    cut into a multiple of `workers` blocks, at least one each: dealt in turn (`dealing_order`), every
-    worker then reads an equal share of every such file, and so of every domain."""
+    With `workers` > 1 (a DirectRunner's processes) a file that is cut is cut into a multiple of
+    `workers` blocks: dealt in turn (`dealing_order`), every worker then reads an equal share of every
+    such file, and so of every domain. (Cutting a file costs the job a pass over it to number its
+    lines: whole files stay whole.)"""
     if "://" in path:
         return None
     parquet = path.lower().endswith(PARQUET_SUFFIXES)
@@ -227,8 +233,8 @@ def file_blocks(path: str, size: int | None = None, workers: int = 1) -> list[Bl
         return None
     file_bytes = os.path.getsize(path)
     count = round(file_bytes / (BLOCK_BYTES if size is None else size))
-    if workers > 1 and file_bytes >= workers * MIN_BLOCK_BYTES:
-        count = workers * max(1, -(-count // workers))
+    if workers > 1 and count > 1:
+        count = -(-count // workers) * workers
     if count <= 1:
         return None
     target = -(-file_bytes // count)
