@@ -17,6 +17,7 @@ the same job on 200 documents (Beam, worker processes, graph; run STARTUP_RUNS t
 many after the sizes in the same bench, the median of them: one run's start-up moved by up to 1 s),
 and documents per CPU-second of the job's processes without the start-up's (what the job costs,
 whatever share of the cores the machine's other load leaves it).
+Every job starts with the earlier jobs' writes on disk (`os.sync()` before it, outside its time).
 Per size also: the job's phases (seconds until the first part file, until the parts peak, i.e. all
 staged, and the shard writing after it), when the largest process peaked, and the CPU seconds of
 each worker (their spread: how evenly the input files were dealt), the share of the run's time in
@@ -242,6 +243,9 @@ def run_job(
     if args.dedup:
         cmd += ["--dedup", "minhash"]
     cmd += ["--", "--direct_running_mode=multi_processing", f"--direct_num_workers={args.workers}"]
+    # The earlier jobs' writes go to disk now, not while this job runs: the 4 GB job leaves about 1 GB
+    # of output to write back, which took about 0.5 s from the 0.2 GB job run after it.
+    os.sync()
     peaks, stop = Peaks(), threading.Event()
     load_before = os.getloadavg()[0]
     wait_before, steal_before = cpu_wait_us(), steal_ticks()
