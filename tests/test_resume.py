@@ -358,6 +358,22 @@ def test_line_blocks_cut_at_line_ends_and_number_lines_from_the_file_start(tmp_p
     assert line_blocks(str(path), len(data)) == [(0, 0, len(data), 1)]
 
 
+def test_line_blocks_of_a_file_that_shrinks_while_it_is_read_raise(tmp_path, monkeypatch):
+    """A file shorter than its size when it was looked at: a clear error, not a read that never ends."""
+    path = tmp_path / "big.jsonl"
+    _big_file(path, 400)
+    real = os.fstat
+
+    def larger(fd: int) -> os.stat_result:
+        stat = list(real(fd))
+        stat[6] += 10_000  # st_size
+        return os.stat_result(stat)
+
+    monkeypatch.setattr(resume_module.os, "fstat", larger)
+    with pytest.raises(OSError, match="ended at byte"):
+        line_blocks(str(path), 4_000)
+
+
 def _big_input(directory: Path, fmt: str) -> tuple[Path, int, dict[tuple, int]]:
     """(a large JSONL or Parquet file with bad records, block size, records of each of its blocks)."""
     directory.mkdir(parents=True)
