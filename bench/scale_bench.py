@@ -31,9 +31,9 @@ runs minutes apart on the shared 2-core machine, so one sweep's ratio is one sam
 
 With --against COMMIT the same jobs also run with that commit's code (extracted by `git archive` to a
 temporary folder, run from there: its `datamixer`, `pipeline`, `scorers`), the two codes in turn at each
-size (this tree first at the first size, then alternately), each with its own start-up: on a shared
-machine both see about the same load, and their rows, worker CPU and outputs (sha256 of every output
-file: the same bytes, or the bench says so) compare directly.
+size (this tree first at the first size, then alternately, and the other way round in the next round),
+each with its own start-up: on a shared machine both see about the same load, and their rows, worker
+CPU and outputs (sha256 of every output file: the same bytes, or the bench says so) compare directly.
 """
 
 from __future__ import annotations
@@ -341,9 +341,14 @@ def tiny_inputs(globs: dict[str, str], out: Path, lines: int) -> dict[str, str]:
 
 
 def run_sizes(
-    sizes: list[float], codes: dict[str, Path], prepared: tuple[Path, Path, Path], args: argparse.Namespace
+    sizes: list[float],
+    codes: dict[str, Path],
+    prepared: tuple[Path, Path, Path],
+    args: argparse.Namespace,
+    number: int = 1,
 ) -> tuple[list[dict], dict[str, list[tuple[float, float]]]]:
-    """Every size's job with each code (in turn, alternating which goes first), and each code's start-up
+    """Every size's job with each code (in turn, alternating which goes first, from size to size and from
+    round `number` to the next: the first job after the start-up runs was slower), and each code's start-up
     (the job on 200 documents, STARTUP_RUNS times) before and after the sizes: (rows, code -> [(seconds,
     CPU-s)] * 2 * STARTUP_RUNS)."""
     corpus, model, tokenizer = prepared
@@ -362,7 +367,7 @@ def run_sizes(
             for code, src in codes.items():
                 startups[code] += startup_runs(tiny, model, tokenizer, args, src)
                 print(f"{code}: start-up (the job on 200 documents): {startups[code]}", file=sys.stderr)
-        for code in list(codes)[:: 1 if i % 2 == 0 else -1]:
+        for code in list(codes)[:: 1 if (i + number) % 2 == 1 else -1]:
             row: dict[str, Any] = {"size_gb": size, "input_mb": round(input_mb), "code": code}
             row.update(run_job(globs, model, tokenizer, out_parent, args, codes[code]))
             row["disk_over_output"] = round(row["disk_peak_mb"] / max(row["output_mb"], 1), 2)
@@ -470,7 +475,7 @@ def main() -> None:
             codes[f"at {args.against}"] = extract_commit(args.against, Path(tmp))
         rounds = []
         for number in range(1, args.rounds + 1):
-            rows, startups = run_sizes(sizes, codes, prepared, args)
+            rows, startups = run_sizes(sizes, codes, prepared, args, number)
             ratios = {
                 code: code_ratios([r for r in rows if r["code"] == code], startups[code]) for code in codes
             }
