@@ -13,9 +13,11 @@ the bytes under the job's output directory. It prints per size: docs/s, peak RSS
 tree and the largest single process's peak, peak temporary disk (`_parts`, and everything the job
 held beside its output), output size, and their ratios between the two largest sizes, with the
 load average. Beside docs/s it prints docs/s without the start-up: the job's seconds less those of
-the same job on 200 documents (Beam, worker processes, graph; run before and after the sizes in the
-same bench, the mean of the two), and documents per CPU-second of the job's processes without the
-start-up's (what the job costs, whatever share of the cores the machine's other load leaves it).
+the same job on 200 documents (Beam, worker processes, graph; run STARTUP_RUNS times before and as
+many after the sizes in the same bench, the median of them: one run's start-up moved by up to 1 s),
+and documents per CPU-second of the job's processes without the start-up's (what the job costs,
+whatever share of the cores the machine's other load leaves it).
+Every job starts with the earlier jobs' writes on disk (`os.sync()` before it, outside its time).
 Per size also: the job's phases (seconds until the first part file, until the parts peak, i.e. all
 staged, and the shard writing after it), when the largest process peaked, and the CPU seconds of
 each worker (their spread: how evenly the input files were dealt), the share of the run's time in
@@ -29,9 +31,9 @@ runs minutes apart on the shared 2-core machine, so one sweep's ratio is one sam
 
 With --against COMMIT the same jobs also run with that commit's code (extracted by `git archive` to a
 temporary folder, run from there: its `datamixer`, `pipeline`, `scorers`), the two codes in turn at each
-size (this tree first at the first size, then alternately), each with its own start-up: on a shared
-machine both see about the same load, and their rows, worker CPU and outputs (sha256 of every output
-file: the same bytes, or the bench says so) compare directly.
+size (this tree first at the first size, then alternately, and the other way round in the next round),
+each with its own start-up: on a shared machine both see about the same load, and their rows, worker
+CPU and outputs (sha256 of every output file: the same bytes, or the bench says so) compare directly.
 """
 
 from __future__ import annotations
@@ -62,6 +64,7 @@ from pipeline.corpus import DOMAINS, CorpusOptions, build_corpus  # noqa: E402
 FILE_BYTES = 64 << 20  # inputs are cut into JSONL files of about this size
 GB = 1e9
 CORES = os.cpu_count() or 1
+STARTUP_RUNS = 3  # runs of the 200-document job before the sizes, and as many after
 
 
 def prepare(root: Path) -> tuple[Path, Path, Path]:
@@ -240,6 +243,9 @@ def run_job(
     if args.dedup:
         cmd += ["--dedup", "minhash"]
     cmd += ["--", "--direct_running_mode=multi_processing", f"--direct_num_workers={args.workers}"]
+    # The earlier jobs' writes go to disk now, not while this job runs: the 4 GB job leaves about 1 GB
+    # of output to write back, which took about 0.5 s from the 0.2 GB job run after it.
+    os.sync()
     peaks, stop = Peaks(), threading.Event()
     load_before = os.getloadavg()[0]
     wait_before, steal_before = cpu_wait_us(), steal_ticks()
@@ -335,10 +341,16 @@ def tiny_inputs(globs: dict[str, str], out: Path, lines: int) -> dict[str, str]:
 
 
 def run_sizes(
-    sizes: list[float], codes: dict[str, Path], prepared: tuple[Path, Path, Path], args: argparse.Namespace
+    sizes: list[float],
+    codes: dict[str, Path],
+    prepared: tuple[Path, Path, Path],
+    args: argparse.Namespace,
+    number: int = 1,
 ) -> tuple[list[dict], dict[str, list[tuple[float, float]]]]:
-    """Every size's job with each code (in turn, alternating which goes first), and each code's start-up
-    (the job on 200 documents) before and after the sizes: (rows, code -> [(seconds, CPU-s)] * 2)."""
+    """Every size's job with each code (in turn, alternating which goes first, from size to size and from
+    round `number` to the next: the first job after the start-up runs was slower), and each code's start-up
+    (the job on 200 documents, STARTUP_RUNS times) before and after the sizes: (rows, code -> [(seconds,
+    CPU-s)] * 2 * STARTUP_RUNS)."""
     corpus, model, tokenizer = prepared
     rows: list[dict] = []
     startups: dict[str, list[tuple[float, float]]] = {code: [] for code in codes}
@@ -353,13 +365,9 @@ def run_sizes(
         if not tiny:  # the same job on 200 documents: its start-up, in this run
             tiny = tiny_inputs(globs, args.root / "in-tiny", 200 // len(globs))
             for code, src in codes.items():
-                first = run_job(tiny, model, tokenizer, args.root / "out-tiny", args, src)
-                startups[code].append((first["job_seconds"], first["cpu_s"]))
-                print(
-                    f"{code}: start-up (the job on 200 documents): {startups[code][0]} s, CPU s",
-                    file=sys.stderr,
-                )
-        for code in list(codes)[:: 1 if i % 2 == 0 else -1]:
+                startups[code] += startup_runs(tiny, model, tokenizer, args, src)
+                print(f"{code}: start-up (the job on 200 documents): {startups[code]}", file=sys.stderr)
+        for code in list(codes)[:: 1 if (i + number) % 2 == 1 else -1]:
             row: dict[str, Any] = {"size_gb": size, "input_mb": round(input_mb), "code": code}
             row.update(run_job(globs, model, tokenizer, out_parent, args, codes[code]))
             row["disk_over_output"] = round(row["disk_peak_mb"] / max(row["output_mb"], 1), 2)
@@ -367,16 +375,24 @@ def run_sizes(
             print(json.dumps(row), file=sys.stderr)
             rows.append(row)
     for code, src in codes.items():
-        last_run = run_job(tiny, model, tokenizer, args.root / "out-tiny", args, src)
-        startups[code].append((last_run["job_seconds"], last_run["cpu_s"]))
-        print(f"{code}: start-up again, after the sizes: {startups[code][1]}", file=sys.stderr)
+        after = startup_runs(tiny, model, tokenizer, args, src)
+        startups[code] += after
+        print(f"{code}: start-up again, after the sizes: {after}", file=sys.stderr)
     return rows, startups
 
 
+def startup_runs(
+    tiny: dict[str, str], model: Path, tokenizer: Path, args: argparse.Namespace, src: Path
+) -> list[tuple[float, float]]:
+    """(seconds, CPU-s) of STARTUP_RUNS runs of the job on 200 documents."""
+    runs = [run_job(tiny, model, tokenizer, args.root / "out-tiny", args, src) for _ in range(STARTUP_RUNS)]
+    return [(run["job_seconds"], run["cpu_s"]) for run in runs]
+
+
 def code_ratios(rows: list[dict], startups: list[tuple[float, float]]) -> dict:
-    """One code's rows (in size order) completed with the figures without the start-up (the mean of its
-    two start-up runs) and against its largest size; the headline ratios."""
-    wall, cpu = (sum(run[i] for run in startups) / 2 for i in (0, 1))
+    """One code's rows (in size order) completed with the figures without the start-up (the median of
+    its start-up runs) and against its largest size; the headline ratios."""
+    wall, cpu = (statistics.median(run[i] for run in startups) for i in (0, 1))
     for r in rows:
         r["docs_per_s_without_startup"] = round(r["docs"] / (r["job_seconds"] - wall), 1)
         r["docs_per_cpu_s_without_startup"] = round(r["docs"] / (r["cpu_s"] - cpu), 1)
@@ -459,7 +475,7 @@ def main() -> None:
             codes[f"at {args.against}"] = extract_commit(args.against, Path(tmp))
         rounds = []
         for number in range(1, args.rounds + 1):
-            rows, startups = run_sizes(sizes, codes, prepared, args)
+            rows, startups = run_sizes(sizes, codes, prepared, args, number)
             ratios = {
                 code: code_ratios([r for r in rows if r["code"] == code], startups[code]) for code in codes
             }

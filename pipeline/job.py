@@ -43,6 +43,7 @@ from pipeline.dedup import (
     read_removed,
     removed_scores,
 )
+from pipeline.direct_workers import direct_worker_count, direct_workers
 from pipeline.domains import read_domains_yaml
 from pipeline.filters import ApplyFilters
 from pipeline.langid import IdentifyLanguage, LanguageOptions, check_model
@@ -58,7 +59,6 @@ from pipeline.read import (
 )
 from pipeline.registry import scoring_transform
 from pipeline.resume import (
-    Block,
     ResumeState,
     ShardCommits,
     StageUnits,
@@ -549,7 +549,8 @@ def build_pipeline(
     sizes = file_sizes([f[1] for f in files])
     num_shards = job_num_shards(config, [f[:2] for f in files])
 
-    ordered = dealing_order(files, sizes)  # dealt round the workers in this order
+    # dealt round the workers in this order
+    ordered = dealing_order(files, sizes, direct_worker_count(pipeline.options))
     read = (
         pipeline
         | "Files" >> beam.Create(ordered, reshuffle=False)
@@ -671,21 +672,23 @@ def prepare_tokenizer(
 def _run(
     config: ScoreJobConfig,
     files: list[tuple[str, str]],
-    blocks: dict[tuple[str, str], list[Block]],
+    input_bytes: int,
     options: Any,
     out_dir: str,
     previous_output: str | None,
     target: Path | None = None,
 ) -> tuple[pa.Table, dict[str, int]]:
-    """Run the job into `out_dir`, reading `files` by `blocks` (`pipeline.resume.blocks_of`): (domain
-    stats, `pipeline.resume.unit_counts` with --resume).
+    """Run the job into `out_dir`, reading `files` (`input_bytes` in all) by blocks
+    (`pipeline.resume.blocks_of`): (domain stats, `pipeline.resume.unit_counts` with --resume).
 
     `target`, the local output, owns the resume state: kept and used with --resume, else cleared."""
-    from pipeline.direct_workers import direct_workers
-
     resume = None
-    units: list[tuple[Any, ...]] = units_of(files, blocks)
-    with direct_workers(options, preload=[__name__]):  # workers import while the graph is built
+    # The workers' zygote imports while the job cuts its files (a pass over each file that is cut)
+    # and builds its graph.
+    with direct_workers(options, preload=[__name__]):
+        workers = direct_worker_count(options)
+        blocks = blocks_of(files, block_bytes(input_bytes, workers), workers)
+        units: list[tuple[Any, ...]] = units_of(files, blocks)
         resume_target = target if config.resume else None
         tokenizer_json = prepare_tokenizer(config, files, out_dir, previous_output, resume_target)
         if target is not None:
@@ -735,25 +738,23 @@ def run_score_job(
     when datamixer wrote it; never an input; one job at a time: see `mixer.files.atomic_path`); a
     remote one (gs://, s3://) is written in place, each file committed by Beam's sink."""
     from mixer.files import OutputLocked, atomic_path, output_lock
-    from pipeline.direct_workers import direct_worker_count
     from pipeline.options import pipeline_options
 
+    started = time.perf_counter()  # the job's time: finding and cutting its inputs too
     remote = "://" in config.output
     if config.resume:
         check_resumable(runner, config.output, config.dedup is not None)
     files = expand_inputs(config.inputs, exclude=None if remote else config.output)
     input_bytes = sum(file_sizes([path for _, path in files]).values())
     options = pipeline_options(runner, beam_args, input_bytes=input_bytes)
-    blocks = blocks_of(files, block_bytes(input_bytes, direct_worker_count(options)))
-    started = time.perf_counter()
     if remote:
-        table, units = _run(config, files, blocks, options, config.output, config.output)
+        table, units = _run(config, files, input_bytes, options, config.output, config.output)
     else:
         target = Path(config.output)
         with atomic_path(target, inputs=input_paths(config.inputs, files)) as tmp:
             tmp.mkdir(parents=True)
             previous = str(target) if target.is_dir() else None
-            table, units = _run(config, files, blocks, options, str(tmp), previous, target)
+            table, units = _run(config, files, input_bytes, options, str(tmp), previous, target)
         with contextlib.suppress(OutputLocked), output_lock(target):
             remove_state(target)  # committed: the staged units have served (unless a new job holds them)
     seconds = time.perf_counter() - started

@@ -38,6 +38,7 @@ import os
 import shutil
 import threading
 import uuid
+from collections import Counter
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -63,10 +64,12 @@ BPE_DIR = "bpe"
 DEAD_LETTERS = "dead_letter.arrow"
 BLOCK_BYTES = 64 << 20  # the largest block a local plain-JSONL or Parquet file is read by
 MIN_BLOCK_BYTES = 4 << 20  # the smallest block cut to even out the workers' work
-# The DirectRunner deals the units round its workers once, before any runs (largest first, in turn),
-# so a worker's share is fixed: it differs from the others' by up to a block, and by what its blocks'
-# documents cost (a domain's text can cost 20% more per byte than another's). 32 blocks each keep that
-# to a few percent; with 8, a 0.2 or 1 GB input's 15 units left one worker 7-13% more work.
+# The DirectRunner deals the units round its workers once, before any runs (`dealing_order`), so a
+# worker's share is fixed. Each file cut into a multiple of the workers' blocks (`file_blocks`), the
+# shares are equal in bytes and in domains (a domain's text can cost 20% more per byte than another's);
+# what is left between them is the speed of their cores. Blocks of about 1/32 of a worker's share keep
+# the rest (the whole files: under about 1.5 blocks) to a few percent, and a resumed job's lost work
+# to a block.
 BLOCKS_PER_WORKER = 32
 _SCAN = 8 << 20
 
@@ -165,7 +168,9 @@ def line_blocks(path: str, block_bytes: int) -> list[Block]:
     `block_bytes` that each end just after a newline (the last one at the end of the file)."""
     blocks: list[Block] = []
     start, first = 0, 1
-    with open(path, "rb") as fh:
+    buffer = bytearray(_SCAN)  # read into, and compared into, the same memory: no fresh pages per read
+    data, newline = np.frombuffer(buffer, np.uint8), np.empty(_SCAN, bool)
+    with open(path, "rb", buffering=0) as fh:
         size = os.fstat(fh.fileno()).st_size
         while start < size:
             end = _next_line_end(fh, start + block_bytes - 1, size) if start + block_bytes < size else size
@@ -173,9 +178,12 @@ def line_blocks(path: str, block_bytes: int) -> list[Block]:
             fh.seek(start)
             left = end - start
             while left:
-                chunk = fh.read(min(_SCAN, left))
-                first += int(np.count_nonzero(np.frombuffer(chunk, np.uint8) == 10))  # 2x bytes.count
-                left -= len(chunk)
+                n = fh.readinto(memoryview(buffer)[: min(_SCAN, left)])
+                if not n:
+                    raise OSError(f"{path} ended at byte {end - left} while it was read ({size} bytes)")
+                np.equal(data[:n], 10, out=newline[:n])
+                first += int(np.count_nonzero(newline[:n]))  # about 3x bytes.count
+                left -= n
             start = end
     return blocks
 
@@ -209,10 +217,15 @@ def block_bytes(input_bytes: int, workers: int) -> int:
     return min(BLOCK_BYTES, max(MIN_BLOCK_BYTES, even))
 
 
-def file_blocks(path: str, size: int | None = None) -> list[Block] | None:
+def file_blocks(path: str, size: int | None = None, workers: int = 1) -> list[Block] | None:
     """The blocks an input file is read by: round(file size / `size`) blocks of equal bytes (`size`
     defaults to BLOCK_BYTES), or None when it is one unit: a remote file, a compressed JSONL file (it
-    cannot be cut by bytes), and a file that would make one block."""
+    cannot be cut by bytes), and a file that would make one block.
+
+    With `workers` > 1 (a DirectRunner's processes) a file that is cut is cut into a multiple of
+    `workers` blocks: dealt in turn (`dealing_order`), every worker then reads an equal share of every
+    such file, and so of every domain. (Cutting a file costs the job a pass over it to number its
+    lines: whole files stay whole.)"""
     if "://" in path:
         return None
     parquet = path.lower().endswith(PARQUET_SUFFIXES)
@@ -220,6 +233,8 @@ def file_blocks(path: str, size: int | None = None) -> list[Block] | None:
         return None
     file_bytes = os.path.getsize(path)
     count = round(file_bytes / (BLOCK_BYTES if size is None else size))
+    if workers > 1 and count > 1:
+        count = -(-count // workers) * workers
     if count <= 1:
         return None
     target = -(-file_bytes // count)
@@ -227,9 +242,12 @@ def file_blocks(path: str, size: int | None = None) -> list[Block] | None:
     return blocks if len(blocks) > 1 else None
 
 
-def blocks_of(files: Sequence[tuple[str, str]], size: int) -> dict[tuple[str, str], list[Block]]:
-    """The files of `files` that are read by blocks of about `size` bytes, with their blocks."""
-    blocks = {(domain, path): file_blocks(path, size) for domain, path in files}
+def blocks_of(
+    files: Sequence[tuple[str, str]], size: int, workers: int = 1
+) -> dict[tuple[str, str], list[Block]]:
+    """The files of `files` that are read by blocks of about `size` bytes, with their blocks (see
+    `file_blocks` for `workers`)."""
+    blocks = {(domain, path): file_blocks(path, size, workers) for domain, path in files}
     return {key: value for key, value in blocks.items() if value is not None}
 
 
@@ -238,14 +256,19 @@ def units_of(files: Sequence[tuple[str, str]], blocks: dict[tuple[str, str], lis
     return [(domain, path, block) for domain, path in files for block in blocks.get((domain, path), [None])]
 
 
-def dealing_order(units: Sequence[tuple[Any, ...]], sizes: dict[str, int]) -> list[tuple[Any, ...]]:
-    """`units` in the order a job hands them to the runner: the largest files first (`sizes`: bytes by
-    path), a file's blocks in a row. A multi-processing DirectRunner deals them round its workers in
-    this order, once, so each worker gets every other block of a file, file after file: the shares
-    differ by about a block (each domain's too), and a worker's part files hold the rows of few files,
-    which the shard merge is done with early. (Ordered by unit size alone, the equal blocks of all
-    files came in turn, and at 1 GB the peak disk went from 1.00 to 1.04x the output.)"""
-    return sorted(units, key=lambda unit: (-sizes.get(unit[1], 0), unit))
+def dealing_order(
+    units: Sequence[tuple[Any, ...]], sizes: dict[str, int], workers: int = 1
+) -> list[tuple[Any, ...]]:
+    """`units` in the order a job hands them to the runner: the files cut into a multiple of `workers`
+    blocks first, then the rest (whole files among them), each group largest file first (`sizes`:
+    bytes by path), a file's blocks in a row. A multi-processing DirectRunner of `workers` processes
+    deals them round its workers in this order, once: each worker gets every `workers`-th block of
+    each file of the first group, the same share of it (`file_blocks`), and the rest in turn, largest
+    first. A worker's part files hold the rows of few files, which the shard merge is done with early.
+    (Ordered by unit size alone, the equal blocks of all files came in turn, and at 1 GB the peak disk
+    went from 1.00 to 1.04x the output.)"""
+    count = Counter(unit[:2] for unit in units)
+    return sorted(units, key=lambda u: (workers > 1 and count[u[:2]] % workers != 0, -sizes.get(u[1], 0), u))
 
 
 # --- the state on disk -------------------------------------------------------------------------

@@ -253,13 +253,13 @@ def test_same_inputs_give_byte_identical_outputs(setup, first_run, reference_run
     files = expand_inputs(config.inputs)
     monkeypatch.setattr(resume, "MIN_BLOCK_BYTES", 4_000)  # the small inputs' files cut into blocks
     size = resume.block_bytes(sum(Path(path).stat().st_size for _, path in files), 2)
-    assert len(resume.units_of(files, resume.blocks_of(files, size))) > len(files) + 3
+    assert len(resume.units_of(files, resume.blocks_of(files, size, 2))) > len(files) + 3
     planned: list = []
     monkeypatch.setattr(job_module, "units_of", lambda *a: planned.extend(resume.units_of(*a)) or planned)
     result = run_score_job(
         config, "direct", ["--direct_running_mode=multi_processing", "--direct_num_workers=2"]
     )
-    assert planned == resume.units_of(files, resume.blocks_of(files, size))  # the job read these blocks
+    assert planned == resume.units_of(files, resume.blocks_of(files, size, 2))  # the job read these blocks
     expected = output_bytes(reference_run["out"])
     names = [MARKER, S.DOMAIN_STATS_FILE, S.DOMAIN_STATS_JSON] + [
         f"{prefix}-{i:05d}-of-00004.parquet" for prefix in ("dead_letter", "scored") for i in range(4)

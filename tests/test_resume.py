@@ -358,6 +358,22 @@ def test_line_blocks_cut_at_line_ends_and_number_lines_from_the_file_start(tmp_p
     assert line_blocks(str(path), len(data)) == [(0, 0, len(data), 1)]
 
 
+def test_line_blocks_of_a_file_that_shrinks_while_it_is_read_raise(tmp_path, monkeypatch):
+    """A file shorter than its size when it was looked at: a clear error, not a read that never ends."""
+    path = tmp_path / "big.jsonl"
+    _big_file(path, 400)
+    real = os.fstat
+
+    def larger(fd: int) -> os.stat_result:
+        stat = list(real(fd))
+        stat[6] += 10_000  # st_size
+        return os.stat_result(stat)
+
+    monkeypatch.setattr(resume_module.os, "fstat", larger)
+    with pytest.raises(OSError, match="ended at byte"):
+        line_blocks(str(path), 4_000)
+
+
 def _big_input(directory: Path, fmt: str) -> tuple[Path, int, dict[tuple, int]]:
     """(a large JSONL or Parquet file with bad records, block size, records of each of its blocks)."""
     directory.mkdir(parents=True)
@@ -409,6 +425,60 @@ def test_large_plain_jsonl_and_parquet_files_are_cut_into_blocks_compressed_ones
     assert resume_module.file_blocks(str(jsonl)) is None  # not over BLOCK_BYTES: one unit
     monkeypatch.setattr(resume_module, "BLOCK_BYTES", parquet.stat().st_size)
     assert resume_module.file_blocks(str(parquet)) is None  # one run of row groups: one unit
+
+
+def _note_worker(unit: tuple, directory: str) -> None:
+    """Leave the unit's position and this worker's pid in `directory` (a test's Beam step)."""
+    Path(directory, str(unit[0])).write_text(str(os.getpid()))
+
+
+def test_every_worker_of_a_direct_runner_reads_an_equal_share_of_every_file(tmp_path, monkeypatch):
+    """Files cut into a multiple of the workers' blocks and dealt in turn: a multi_processing
+    DirectRunner, reading them as the job does (Create, then Reshuffle), gives each worker the same
+    bytes of every file up to a line; a file too small to cut goes after the cut ones, whole."""
+    import apache_beam as beam
+    from apache_beam.internal.cloudpickle import cloudpickle
+    from apache_beam.options.pipeline_options import PipelineOptions
+
+    from pipeline.direct_workers import direct_workers
+
+    monkeypatch.setattr(resume_module, "MIN_BLOCK_BYTES", 10_000)
+    files = []
+    for name, lines in [("a", 3_000), ("b", 1_100), ("c", 60)]:  # about 290, 106 and 6 kB
+        _big_file(tmp_path / f"{name}.jsonl", lines)
+        files.append((name, str(tmp_path / f"{name}.jsonl")))
+    sizes = {path: os.path.getsize(path) for _, path in files}
+    longest = max(len(line) + 1 for path in sizes for line in Path(path).read_bytes().split(b"\n"))
+    size = resume_module.block_bytes(sum(sizes.values()), 2)
+    units = resume_module.units_of(files, resume_module.blocks_of(files, size, 2))
+    order = resume_module.dealing_order(units, sizes, 2)
+    assert [u[0] for u in order if u[2] is None] == ["c"] == [order[-1][0]]  # whole, and last
+    counts = {name: sum(1 for u in units if u[0] == name) for name, _ in files}
+    assert counts["a"] > counts["b"] > 2 and counts["a"] % 2 == counts["b"] % 2 == 0
+    seen = tmp_path / "seen"
+    seen.mkdir()
+    options = PipelineOptions(["--direct_running_mode=multi_processing", "--direct_num_workers=2"])
+    cloudpickle.register_pickle_by_value(sys.modules[__name__])  # the workers cannot import tests
+    try:
+        with direct_workers(options), beam.Pipeline(options=options) as pipeline:
+            _ = (
+                pipeline
+                | beam.Create(list(enumerate(order)), reshuffle=False)
+                | beam.Reshuffle()
+                | beam.Map(_note_worker, str(seen))
+            )
+    finally:
+        cloudpickle.unregister_pickle_by_value(sys.modules[__name__])
+    pids = [(seen / str(i)).read_text() for i in range(len(order))]
+    assert len(set(pids)) == 2 and all(pids[i] == pids[i % 2] for i in range(len(pids)))  # dealt in turn
+    for name in ("a", "b"):
+        shares = {pid: 0 for pid in set(pids)}
+        for pid, (domain, _, block) in zip(pids, order, strict=True):
+            if domain == name:
+                shares[pid] += block[2] - block[1]
+        # blocks of at least the target, cut after a line: the first worker's k/2 exceed the rest by
+        # under a line each (a block's worth with an odd count)
+        assert max(shares.values()) - min(shares.values()) <= counts[name] * longest, (name, shares)
 
 
 @pytest.mark.parametrize("fmt", ["jsonl", "parquet"])
