@@ -218,8 +218,11 @@ def test_default_per_domain_fit_keeps_every_objective_with_any_threads() -> None
     runs = mixinglaws_runs(DATA)
     one, two = (AdditiveLaw(n_bootstrap=0, n_jobs=n).fit(runs) for n in (1, 2))
     assert [f.target for f in one.fits_] == list(PER_DOMAIN_OBJECTIVES)
+    # Recorded on one machine; the multi-start search's path follows the CPU's floating-point (numpy's
+    # SIMD kernels round sums differently): on an AMD EPYC with AVX-512, 20 laws ended within 1e-11 of
+    # these and two in a neighbouring optimum, Pile-CC 9.9e-5 and OpenWebText2 2.2e-5 above.
     for fit in one.fits_:
-        assert fit.diagnostics["objective"] <= PER_DOMAIN_OBJECTIVES[fit.target] * (1 + 1e-9), fit.target
+        assert fit.diagnostics["objective"] <= PER_DOMAIN_OBJECTIVES[fit.target] * (1 + 1e-3), fit.target
     for a, b in zip(one.fits_, two.fits_, strict=True):
         np.testing.assert_array_equal(a.restarts, b.restarts)
         assert a.diagnostics["objectives_top"] == b.diagnostics["objectives_top"]

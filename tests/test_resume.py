@@ -568,7 +568,9 @@ def test_a_run_without_resume_clears_its_own_stale_state(tmp_path, model):
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="signals the process group")
 def test_cli_sigkill_with_two_workers_then_resume_gives_the_clean_bytes(tmp_path, model):
     inputs = _inputs(tmp_path / "data", scale=20)  # files that take a while: the kill lands part-way
-    total = sum(len(resume_module.file_blocks(str(p), 100_000) or [p]) for p in (tmp_path / "data").iterdir())
+    total = sum(
+        len(resume_module.file_blocks(str(p), 100_000, 2) or [p]) for p in (tmp_path / "data").iterdir()
+    )
     assert total > FILES  # most files are read by blocks, by both workers
     env = {**os.environ, "PYTHONPATH": str(ROOT), "KILL_AT": "never", "BLOCK_BYTES": "100000"}
     workers = ["--", "--direct_running_mode=multi_processing", "--direct_num_workers=2"]
