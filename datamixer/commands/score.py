@@ -136,11 +136,13 @@ def score(
     from pipeline.filters import parse_filters
     from pipeline.job import ScoreJobConfig, run_score_job
     from pipeline.langid import LanguageOptions
+    from pipeline.options import check_flags
     from pipeline.progress import document_progress
     from pipeline.read import ReadOptions, count_records
     from pipeline.select import Selection
 
     quiet_beam()
+    check_flags(ctx.args)  # before any input is read: a stray file is an unquoted glob's
     if scorer is None and model is not None:
         scorer = "fasttext"
     language = None
