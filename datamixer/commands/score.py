@@ -3,6 +3,7 @@ select, write)."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -19,6 +20,7 @@ from datamixer.options import (
     quiet_beam,
     split_list,
 )
+from pipeline.direct_workers import SINGLE_THREADED_BLAS
 from pipeline.domains import domain_inputs
 
 
@@ -132,6 +134,8 @@ def score(
 ) -> None:
     """Language ID, filters, dedup, score and select per domain (each optional); write scored-*,
     dead_letter-*.parquet and domain_stats (per-stage drops)."""
+    for name, value in SINGLE_THREADED_BLAS.items():  # before numpy loads (see pipeline.direct_workers)
+        os.environ.setdefault(name, value)
     from pipeline.dedup import DedupOptions
     from pipeline.filters import parse_filters
     from pipeline.job import ScoreJobConfig, run_score_job
