@@ -17,13 +17,17 @@ the same job on 200 documents (Beam, worker processes, graph; run STARTUP_RUNS t
 many after the sizes in the same bench, the median of them: one run's start-up moved by up to 1 s),
 and documents per CPU-second of the job's processes without the start-up's (what the job costs,
 whatever share of the cores the machine's other load leaves it).
-Every job starts with the earlier jobs' writes on disk (`os.sync()` before it, outside its time).
+Every job starts with the earlier jobs' writes on disk (`os.sync()` before it, outside its time) and
+its input read once (in the page cache: the job's time is its own work, not the disk's).
 Per size also: the job's phases (seconds until the first part file, until the parts peak, i.e. all
 staged, and the shard writing after it), when the largest process peaked, and the CPU seconds of
 each worker (their spread: how evenly the input files were dealt), the share of the run's time in
 which some process waited for a core (Linux's CPU pressure: the job's own processes, and any other
 load) and the share of all cores' time the hypervisor gave to other machines (steal), and each size's
-three docs/s figures against the largest size's (the goal: within 10%).
+three docs/s figures against the largest size's (the goal: within 10%). And what needs no start-up
+estimate: the docs/s of the documents each size adds over the size before (the job's seconds and
+documents, differenced), with the first step's against the last step's, and the workers' CPU per
+document spent in the kernel (first touches of memory: page faults and the zeroing of fresh pages).
 
 With --rounds N the whole sweep (its start-up runs too) runs N times and the headline ratios are the
 medians of the rounds' (each round's listed beside): the same job's docs/s moved by up to 25% between
@@ -51,6 +55,7 @@ import tempfile
 import threading
 import time
 from dataclasses import dataclass, field
+from glob import glob as expand
 from pathlib import Path
 from typing import Any
 
@@ -135,6 +140,7 @@ class Peaks:
     disk: int = 0
     parts: int = 0
     cpu: dict[int, float] = field(default_factory=dict)
+    kernel: dict[int, float] = field(default_factory=dict)  # of `cpu`: in the kernel (page faults, I/O)
     rss_at_s: dict[int, float] = field(default_factory=dict)  # when each process peaked, since the start
     first_part_s: float | None = None  # since the job started
     parts_peak_s: float = 0.0
@@ -186,7 +192,7 @@ def sample(proc: subprocess.Popen, out_parent: Path, peaks: Peaks, stop: threadi
                 cpu = p.cpu_times()
             except psutil.NoSuchProcess:
                 continue
-            peaks.cpu[p.pid] = cpu.user + cpu.system
+            peaks.cpu[p.pid], peaks.kernel[p.pid] = cpu.user + cpu.system, cpu.system
             total += rss
             if rss > peaks.rss.get(p.pid, 0):
                 peaks.rss[p.pid], peaks.rss_at_s[p.pid] = rss, time.monotonic() - started
@@ -246,6 +252,14 @@ def run_job(
     # The earlier jobs' writes go to disk now, not while this job runs: the 4 GB job leaves about 1 GB
     # of output to write back, which took about 0.5 s from the 0.2 GB job run after it.
     os.sync()
+    # And the job's input is read once before it (page cache), so that every job reads it from memory:
+    # the machine kept only part of an input cached from one job to the next, and one 1 GB job that
+    # read its input from the disk waited 35 s before its first part file (4 s otherwise).
+    for pattern in globs.values():
+        for path in expand(pattern):
+            with open(path, "rb") as f:
+                while f.read(1 << 24):
+                    pass
     peaks, stop = Peaks(), threading.Event()
     load_before = os.getloadavg()[0]
     wait_before, steal_before = cpu_wait_us(), steal_ticks()
@@ -277,6 +291,7 @@ def run_job(
         "staged_s": round(peaks.parts_peak_s, 1),
         "write_s": round(seconds - peaks.parts_peak_s, 1),
         "worker_cpu_s": sorted((round(peaks.cpu[pid], 1) for pid in workers), reverse=True),
+        "worker_kernel_cpu_s": round(sum(peaks.kernel[pid] for pid in workers), 2),
         "cpu_s": round(cpu, 1),
         "rss_max_at_s": round(peaks.rss_at_s[largest], 1),
         "rss_sum_mb": round(peaks.rss_sum / 1e6),
@@ -397,6 +412,11 @@ def code_ratios(rows: list[dict], startups: list[tuple[float, float]]) -> dict:
         r["docs_per_s_without_startup"] = round(r["docs"] / (r["job_seconds"] - wall), 1)
         r["docs_per_cpu_s_without_startup"] = round(r["docs"] / (r["cpu_s"] - cpu), 1)
         r["worker_cpu_ms_per_doc"] = round(1e3 * sum(r["worker_cpu_s"]) / r["docs"], 3)
+        r["worker_kernel_ms_per_doc"] = round(1e3 * r["worker_kernel_cpu_s"] / r["docs"], 4)
+    for before, r in zip(rows, rows[1:], strict=False):  # the documents one size adds over the one before
+        r["marginal_docs_per_s"] = round(
+            (r["docs"] - before["docs"]) / (r["job_seconds"] - before["job_seconds"]), 1
+        )
     largest = rows[-1]
     for r in rows:  # each size against the largest: the goal is within 10%
         r["vs_largest"] = {
@@ -419,6 +439,11 @@ def code_ratios(rows: list[dict], startups: list[tuple[float, float]]) -> dict:
             f"{r['size_gb']:g}": r["vs_largest"]["docs_per_cpu_s_without_startup"] for r in rows
         },
         "max_disk_over_output": max(r["disk_over_output"] for r in rows),
+        # docs/s of the documents each size adds over the one before, the first step against the last:
+        # whether a document costs the same at every size, with no start-up to estimate
+        "marginal_first_over_last": round(rows[1]["marginal_docs_per_s"] / last["marginal_docs_per_s"], 2)
+        if len(rows) > 2
+        else None,
         "startup_s": startups,
     }
 
@@ -428,11 +453,12 @@ def print_table(rows: list[dict], several: bool) -> None:
     code = "| code " if several else ""
     print(
         f"| input {code}| docs | docs/s | without start-up | docs per CPU-s | vs largest (docs/s, without "
-        "start-up, per CPU-s) | worker CPU-s | worker ms per doc | RSS sum | RSS max (process) "
+        "start-up, per CPU-s) | docs/s added over the size before | worker CPU-s "
+        "| worker ms per doc (in the kernel) | RSS sum | RSS max (process) "
         "| peak `_parts` | peak disk | output | disk / output | load | CPU wait / steal |",
         file=sys.stderr,
     )
-    print("|---" * (16 + several) + "|", file=sys.stderr)
+    print("|---" * (17 + several) + "|", file=sys.stderr)
     for r in rows:
         vs = r["vs_largest"]
         code_cell = f"| {r['code']} " if several else ""
@@ -441,8 +467,9 @@ def print_table(rows: list[dict], several: bool) -> None:
             f"| {r['docs']:,} | {r['docs_per_s']:,.0f} "
             f"| {r['docs_per_s_without_startup']:,.0f} | {r['docs_per_cpu_s_without_startup']:,.0f} "
             f"| {vs['docs_per_s']:.2f} / {vs['docs_per_s_without_startup']:.2f} "
-            f"/ {vs['docs_per_cpu_s_without_startup']:.2f} "
+            f"/ {vs['docs_per_cpu_s_without_startup']:.2f} | {r.get('marginal_docs_per_s', '-')} "
             f"| {' / '.join(f'{c:.1f}' for c in r['worker_cpu_s'])} | {r['worker_cpu_ms_per_doc']:.3f} "
+            f"({r['worker_kernel_ms_per_doc']:.4f}) "
             f"| {r['rss_sum_mb']:,} MB | {r['rss_max_mb']:,} MB | {r['parts_mb']:,} MB "
             f"| {r['disk_peak_mb']:,} MB "
             f"| {r['output_mb']:,} MB | {r['disk_over_output']:.2f} | {r['load'][0]}-{r['load'][1]} "
@@ -511,8 +538,11 @@ def medians(rounds: list[dict]) -> dict:
         "docs_per_s_without_startup_min_over_max",
         "docs_per_cpu_s_without_startup_min_over_max",
         "max_disk_over_output",
+        "marginal_first_over_last",
     ):
-        values = [r[key] for r in rounds]
+        values = [r[key] for r in rounds if r[key] is not None]
+        if not values:
+            continue
         out[key] = {"median": round(statistics.median(values), 2), "each": values}
     for key in ("without_startup_vs_largest", "per_cpu_s_vs_largest"):
         each = {size: [r[key][size] for r in rounds] for size in rounds[0][key]}

@@ -121,16 +121,31 @@ def runner_args(runner: str) -> list[str]:
     raise ValueError(f"unknown runner {runner!r}; use one of {RUNNERS} (and pass its flags after --)")
 
 
+def check_flags(args: Sequence[str]) -> None:
+    """Refuse an argument that is neither a `--flag` nor the value after one: Beam would drop it with a
+    warning. It is most often a file of an unquoted --input glob that the shell expanded, which the job
+    would otherwise never read."""
+    for i, arg in enumerate(args):
+        after_flag = i > 0 and args[i - 1].startswith("--") and "=" not in args[i - 1] and args[i - 1] != "--"
+        if arg != "--" and not arg.startswith("--") and not after_flag:
+            raise ValueError(
+                f"unexpected argument {arg!r}: quote a glob so that the shell does not expand it "
+                "(--input 'data/*.jsonl'), and give runner flags after -- as --name=value"
+            )
+
+
 def pipeline_options(runner: str = "direct", extra_args: Sequence[str] = (), input_bytes: int | None = None):
     """`PipelineOptions` for `runner` plus the user's flags (a later flag overrides an earlier one).
 
-    A `--runner=...` among `extra_args` replaces the named runner's defaults entirely. With
+    An argument that is not a flag or a flag's value is refused (`check_flags`). A `--runner=...` among
+    `extra_args` replaces the named runner's defaults entirely. With
     `input_bytes`, the DirectRunner picks in-process or multi-processing by input size unless
     the flags name `--direct_running_mode`.
     """
     from apache_beam.options.pipeline_options import PipelineOptions
 
     extra = list(extra_args)
+    check_flags(extra)
     if any(a.startswith("--runner") for a in extra):
         defaults = []
     elif (
@@ -148,6 +163,7 @@ __all__ = [
     "RUNNERS",
     "auto_direct_args",
     "bind_direct_workers_to_job",
+    "check_flags",
     "dataflow_args",
     "direct_args",
     "direct_workers",

@@ -148,3 +148,17 @@ def test_local_runs_leave_out_slow_tests_and_ci_runs_all(monkeypatch, ci, markex
     config = _Config(markexpr, slow)
     pytest_configure(config)  # type: ignore[arg-type]
     assert config.option.markexpr == expected
+
+
+def test_a_file_of_an_unquoted_glob_is_refused_before_the_job_not_dropped(tmp_path, capsys):
+    """`--input data/*.jsonl` unquoted: the shell passes the second file as an extra argument, which Beam
+    would discard with a warning, and the job would never read it."""
+    files = [tmp_path / f"d-{i}.jsonl" for i in range(2)]
+    for f in files:
+        f.write_text('{"id": "a", "text": "some words"}\n')
+    out = tmp_path / "out"
+    args = ["score", "--input", str(files[0]), str(files[1]), "--domain", "d", "--output", str(out)]
+    assert main(args) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and f"unexpected argument '{files[1]}'" in err[0] and "quote a glob" in err[0]
+    assert not out.exists()

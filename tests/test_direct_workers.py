@@ -68,3 +68,18 @@ def test_a_worker_that_fails_exits_with_1_and_its_traceback(capfd):
     finally:
         zygote.close()
     assert "Traceback" in capfd.readouterr().err
+
+
+@pytest.mark.parametrize("user", [None, "2"])
+def test_the_zygote_loads_blas_single_threaded_unless_the_user_says(monkeypatch, user):
+    """Its OpenBLAS threads would spin beside the workers (one per core already); a user's setting wins."""
+    if user is None:
+        monkeypatch.delenv("OPENBLAS_NUM_THREADS", raising=False)
+    else:
+        monkeypatch.setenv("OPENBLAS_NUM_THREADS", user)
+    zygote = _Zygote([])
+    try:
+        environ = open(f"/proc/{zygote._process.pid}/environ", "rb").read().split(b"\0")
+    finally:
+        zygote.close()
+    assert f"OPENBLAS_NUM_THREADS={user or 1}".encode() in environ

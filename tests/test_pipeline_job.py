@@ -394,6 +394,15 @@ def test_dataflow_gpu_and_container_flags():
     assert O.pipeline_options().get_all_options()["direct_num_workers"] == 0  # all cores
 
 
+def test_an_argument_that_is_no_flag_or_value_is_refused_not_dropped_by_beam():
+    args = ["--direct_num_workers", "3", "--experiments=a", "--save_main_session"]
+    opts = O.pipeline_options("direct", args)
+    assert opts.get_all_options()["direct_num_workers"] == 3
+    for args in (["b.jsonl"], ["--direct_num_workers=2", "b.jsonl"], ["--", "b.jsonl"]):
+        with pytest.raises(ValueError, match="unexpected argument 'b.jsonl': quote a glob"):
+            O.pipeline_options("direct", args)
+
+
 def test_registry_seam(setup):
     class Length:
         def setup(self):

@@ -59,11 +59,13 @@ def label(
     batch_size: Annotated[int, typer.Option("--batch-size", help="Documents per Arrow batch.")] = 1024,
 ) -> None:
     """Score each document's loss under every model, rank models per document, label top and bottom."""
+    from pipeline.options import check_flags
     from pipeline.preselect import PreselectConfig, run_preselect_job
     from pipeline.read import ReadOptions
     from scorers.preselect import parse_scores
 
     quiet_beam()
+    check_flags(ctx.args)  # before any input is read: a stray file is an unquoted glob's
     config = PreselectConfig(
         inputs=list(input),
         models=split_list(models),

@@ -3,6 +3,7 @@ select, write)."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -19,6 +20,7 @@ from datamixer.options import (
     quiet_beam,
     split_list,
 )
+from pipeline.direct_workers import SINGLE_THREADED_BLAS
 from pipeline.domains import domain_inputs
 
 
@@ -132,15 +134,19 @@ def score(
 ) -> None:
     """Language ID, filters, dedup, score and select per domain (each optional); write scored-*,
     dead_letter-*.parquet and domain_stats (per-stage drops)."""
+    for name, value in SINGLE_THREADED_BLAS.items():  # before numpy loads (see pipeline.direct_workers)
+        os.environ.setdefault(name, value)
     from pipeline.dedup import DedupOptions
     from pipeline.filters import parse_filters
     from pipeline.job import ScoreJobConfig, run_score_job
     from pipeline.langid import LanguageOptions
+    from pipeline.options import check_flags
     from pipeline.progress import document_progress
     from pipeline.read import ReadOptions, count_records
     from pipeline.select import Selection
 
     quiet_beam()
+    check_flags(ctx.args)  # before any input is read: a stray file is an unquoted glob's
     if scorer is None and model is not None:
         scorer = "fasttext"
     language = None
