@@ -149,7 +149,10 @@ def test_twenty_runs_all_exit_0(tmp_path, model):
 def _children(pid: int) -> set[int]:
     out = set()
     for task in Path(f"/proc/{pid}/task").glob("*"):
-        children = (task / "children").read_text().split() if (task / "children").exists() else []
+        try:
+            children = (task / "children").read_text().split()
+        except OSError:  # the thread (or its process) ended since the listing
+            continue
         out.update(int(c) for c in children)
     return out
 
