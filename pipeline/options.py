@@ -125,9 +125,9 @@ def check_flags(args: Sequence[str]) -> None:
     """Refuse an argument that is neither a `--flag` nor the value after one: Beam would drop it with a
     warning. It is most often a file of an unquoted --input glob that the shell expanded, which the job
     would otherwise never read."""
-    for i, arg in enumerate(args):
-        after_flag = i > 0 and args[i - 1].startswith("--") and "=" not in args[i - 1] and args[i - 1] != "--"
-        if arg != "--" and not arg.startswith("--") and not after_flag:
+    for previous, arg in zip(["--", *args], args, strict=False):
+        takes_value = previous.startswith("--") and previous != "--" and "=" not in previous
+        if not arg.startswith("--") and not takes_value:
             raise ValueError(
                 f"unexpected argument {arg!r}: quote a glob so that the shell does not expand it "
                 "(--input 'data/*.jsonl'), and give runner flags after -- as --name=value"
@@ -138,9 +138,8 @@ def pipeline_options(runner: str = "direct", extra_args: Sequence[str] = (), inp
     """`PipelineOptions` for `runner` plus the user's flags (a later flag overrides an earlier one).
 
     An argument that is not a flag or a flag's value is refused (`check_flags`). A `--runner=...` among
-    `extra_args` replaces the named runner's defaults entirely. With
-    `input_bytes`, the DirectRunner picks in-process or multi-processing by input size unless
-    the flags name `--direct_running_mode`.
+    `extra_args` replaces the named runner's defaults entirely. With `input_bytes`, the DirectRunner
+    picks in-process or multi-processing by input size unless the flags name `--direct_running_mode`.
     """
     from apache_beam.options.pipeline_options import PipelineOptions
 
