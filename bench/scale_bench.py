@@ -2,12 +2,14 @@
 
     python bench/scale_bench.py [--sizes 0.2,1,4] [--root /tmp/datamixer-scale] [--workers 2] [--dedup]
                                 [--against COMMIT] [--rounds N] [--doc-kb KB] [--format FORMAT]
+                                [--file-mb MB]
 
 Generates (once, cached under --root; never in the repository) JSONL inputs of about the given sizes
 in GB from the bundled corpus (`pipeline.corpus`): documents cycled per domain, each copy with a
 unique id and a light variation (every 4th word of copy c gets the suffix c), so copies are neither
 exact nor near duplicates (with --doc-kb, long documents of consecutive copies; with --format,
-gzip'd JSONL or Parquet files: a worker's memory should not grow with either). Then it runs
+gzip'd JSONL or Parquet files, with --file-mb of another size: a worker's memory should not grow
+with any of them). Then it runs
 `datamixer score` (fastText, --keep-top 0.3, a fixed tokenizer; with --dedup also `--dedup minhash`)
 on each with a DirectRunner of --workers processes and samples, every 0.2 s, the RSS of every
 process of the job's tree and, every second, the bytes under the job's output directory. It prints
@@ -103,11 +105,19 @@ def vary(text: str, copy: int) -> str:
     return " ".join(words)
 
 
-def generate(corpus: Path, out: Path, size_bytes: int, doc_kb: int = 0, fmt: str = "jsonl") -> dict[str, str]:
+def generate(
+    corpus: Path,
+    out: Path,
+    size_bytes: int,
+    doc_kb: int = 0,
+    fmt: str = "jsonl",
+    file_bytes: int = FILE_BYTES,
+) -> dict[str, str]:
     """Inputs of about `size_bytes` of JSONL under `out` (cached); domain -> glob. Each domain gets its
     share of the corpus's bytes, cycled with `vary`. With `doc_kb` a document joins consecutive copies (a
     blank line between) up to about that many KB; `fmt` writes the files as JSONL, gzip'd JSONL (level 1)
-    or Parquet (the same documents; sizes count their JSONL bytes)."""
+    or Parquet (the same documents; sizes count their JSONL bytes), of about `file_bytes` each (Parquet
+    in one row group)."""
     done = out / "DONE"
     docs = {d: [json.loads(x)["text"] for x in (corpus / f"{d}.jsonl").open()] for d in DOMAINS}
     globs = {d: str(out / f"{d}-*.{fmt}") for d in DOMAINS}
@@ -122,16 +132,16 @@ def generate(corpus: Path, out: Path, size_bytes: int, doc_kb: int = 0, fmt: str
         budget, written, i, part = size_bytes * corpus_bytes[domain] / total, 0, 0, 0
         texts = docs[domain]
         while written < budget:
-            records, file_bytes = [], 0
-            while file_bytes < FILE_BYTES and written + file_bytes < budget:
+            records, in_file = [], 0
+            while in_file < file_bytes and written + in_file < budget:
                 doc_id, parts = f"{domain}-{i // len(texts)}-{i % len(texts)}", []
                 while not parts or sum(map(len, parts)) < doc_kb * 1000:
                     parts.append(vary(texts[i % len(texts)], i // len(texts)))
                     i += 1
                 records.append({"id": doc_id, "text": "\n\n".join(parts)})
-                file_bytes += len(json.dumps(records[-1])) + 1
+                in_file += len(json.dumps(records[-1])) + 1
             write_records(out / f"{domain}-{part:04d}.{fmt}", records, fmt)
-            written += file_bytes
+            written += in_file
             part += 1
     done.write_text(str(size_bytes))
     return globs
@@ -140,7 +150,7 @@ def generate(corpus: Path, out: Path, size_bytes: int, doc_kb: int = 0, fmt: str
 def write_records(path: Path, records: list[dict[str, str]], fmt: str) -> None:
     """Records as a JSONL, gzip'd JSONL or Parquet file."""
     if fmt == "parquet":
-        pq.write_table(pa.Table.from_pylist(records), path)
+        pq.write_table(pa.Table.from_pylist(records), path, row_group_size=len(records))
         return
     lines = "".join(json.dumps(record) + "\n" for record in records)
     with gzip.open(path, "wt", compresslevel=1) if fmt == "jsonl.gz" else path.open("w") as fh:
@@ -389,12 +399,12 @@ def run_sizes(
     startups: dict[str, list[tuple[float, float]]] = {code: [] for code in codes}
     tiny: dict[str, str] = {}
     for i, size in enumerate(sizes):
-        shape = (f"-{args.doc_kb}kb" if args.doc_kb else "") + (
-            f"-{args.format}" if args.format != "jsonl" else ""
-        )
+        shape = f"-{args.doc_kb}kb" if args.doc_kb else ""
+        shape += f"-{args.format}" if args.format != "jsonl" else ""
+        shape += f"-{args.file_mb}mb" if args.file_mb != FILE_BYTES >> 20 else ""
         inputs = args.root / f"in-{size:g}gb{shape}"
         t0 = time.perf_counter()
-        globs = generate(corpus, inputs, int(size * GB), args.doc_kb, args.format)
+        globs = generate(corpus, inputs, int(size * GB), args.doc_kb, args.format, args.file_mb << 20)
         input_mb = _tree_size(inputs)[0] / 1e6
         print(
             f"{size:g} GB: {input_mb:,.0f} MB of {args.format} ({time.perf_counter() - t0:.0f} s)",
@@ -512,6 +522,9 @@ def main() -> None:
     parser.add_argument("--against", help="also run the jobs with this commit's code, in turn")
     parser.add_argument("--doc-kb", type=int, default=0, help="join documents up to about this many KB")
     parser.add_argument("--format", default="jsonl", choices=["jsonl", "jsonl.gz", "parquet"])
+    parser.add_argument(
+        "--file-mb", type=int, default=FILE_BYTES >> 20, help="input files of about this many MB"
+    )
     parser.add_argument(
         "--rounds",
         type=int,
