@@ -1,22 +1,26 @@
 """Memory and disk of the score job against input size: is its cost a flat curve?
 
     python bench/scale_bench.py [--sizes 0.2,1,4] [--root /tmp/datamixer-scale] [--workers 2] [--dedup]
-                                [--against COMMIT] [--rounds N]
+                                [--against COMMIT] [--rounds N] [--doc-kb KB] [--format FORMAT]
+                                [--file-mb MB]
 
-Generates (once, cached under --root; never in the repository) JSONL inputs of about the given
-sizes in GB from the bundled corpus (`pipeline.corpus`): documents cycled per domain, each copy
-with a unique id and a light variation (every 4th word of copy c gets the suffix c), so copies
-are neither exact nor near duplicates. Then it runs `datamixer score` (fastText, --keep-top 0.3,
-a fixed tokenizer; with --dedup also `--dedup minhash`) on each with a DirectRunner of --workers
-processes and samples, every 0.2 s, the RSS of every process of the job's tree and, every second,
-the bytes under the job's output directory. It prints per size: docs/s, peak RSS summed over the
-tree and the largest single process's peak, peak temporary disk (`_parts`, and everything the job
-held beside its output), output size, and their ratios between the two largest sizes, with the
-load average. Beside docs/s it prints docs/s without the start-up: the job's seconds less those of
-the same job on 200 documents (Beam, worker processes, graph; run STARTUP_RUNS times before and as
-many after the sizes in the same bench, the median of them: one run's start-up moved by up to 1 s),
-and documents per CPU-second of the job's processes without the start-up's (what the job costs,
-whatever share of the cores the machine's other load leaves it).
+Generates (once, cached under --root; never in the repository) JSONL inputs of about the given sizes
+in GB from the bundled corpus (`pipeline.corpus`): documents cycled per domain, each copy with a
+unique id and a light variation (every 4th word of copy c gets the suffix c), so copies are neither
+exact nor near duplicates (with --doc-kb, long documents of consecutive copies; with --format,
+gzip'd JSONL or Parquet files, with --file-mb of another size: a worker's memory should not grow
+with any of them). Then it runs
+`datamixer score` (fastText, --keep-top 0.3, a fixed tokenizer; with --dedup also `--dedup minhash`)
+on each with a DirectRunner of --workers processes and samples, every 0.2 s, the RSS of every
+process of the job's tree and, every second, the bytes under the job's output directory. It prints
+per size: docs/s, peak RSS summed over the tree and the largest single process's peak, peak
+temporary disk (`_parts`, and everything the job held beside its output), output size, and their
+ratios between the two largest sizes, with the load average. Beside docs/s it prints docs/s without
+the start-up: the job's seconds less those of the same job on 200 documents (Beam, worker processes,
+graph; run STARTUP_RUNS times before and as many after the sizes in the same bench, the median of
+them: one run's start-up moved by up to 1 s), and documents per CPU-second of the job's processes
+without the start-up's (what the job costs, whatever share of the cores the machine's other load
+leaves it).
 Every job starts with the earlier jobs' writes on disk (`os.sync()` before it, outside its time) and
 its input read once (in the page cache: the job's time is its own work, not the disk's).
 Per size also: the job's phases (seconds until the first part file, until the parts peak, i.e. all
@@ -43,6 +47,7 @@ CPU and outputs (sha256 of every output file: the same bytes, or the bench says 
 from __future__ import annotations
 
 import argparse
+import gzip
 import hashlib
 import json
 import os
@@ -60,6 +65,8 @@ from pathlib import Path
 from typing import Any
 
 import psutil
+import pyarrow as pa
+import pyarrow.parquet as pq
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -98,16 +105,26 @@ def vary(text: str, copy: int) -> str:
     return " ".join(words)
 
 
-def generate(corpus: Path, out: Path, size_bytes: int) -> dict[str, str]:
-    """JSONL inputs of about `size_bytes` under `out` (cached); domain -> glob. Each domain gets its
-    share of the corpus's bytes, cycled with `vary`."""
+def generate(
+    corpus: Path,
+    out: Path,
+    size_bytes: int,
+    doc_kb: int = 0,
+    fmt: str = "jsonl",
+    file_bytes: int = FILE_BYTES,
+) -> dict[str, str]:
+    """Inputs of about `size_bytes` of JSONL under `out` (cached); domain -> glob. Each domain gets its
+    share of the corpus's bytes, cycled with `vary`. With `doc_kb` a document joins consecutive copies (a
+    blank line between) up to about that many KB; `fmt` writes the files as JSONL, gzip'd JSONL (level 1)
+    or Parquet (the same documents; sizes count their JSONL bytes), of about `file_bytes` each (Parquet
+    in one row group)."""
     done = out / "DONE"
     docs = {d: [json.loads(x)["text"] for x in (corpus / f"{d}.jsonl").open()] for d in DOMAINS}
-    globs = {d: str(out / f"{d}-*.jsonl") for d in DOMAINS}
+    globs = {d: str(out / f"{d}-*.{fmt}") for d in DOMAINS}
     if done.exists() and done.read_text() == str(size_bytes):
         return globs
     out.mkdir(parents=True, exist_ok=True)
-    for old in out.glob("*.jsonl"):
+    for old in out.glob(f"*.{fmt}"):
         old.unlink()
     corpus_bytes = {d: sum(len(t.encode()) for t in docs[d]) for d in DOMAINS}
     total = sum(corpus_bytes.values())
@@ -115,18 +132,29 @@ def generate(corpus: Path, out: Path, size_bytes: int) -> dict[str, str]:
         budget, written, i, part = size_bytes * corpus_bytes[domain] / total, 0, 0, 0
         texts = docs[domain]
         while written < budget:
-            with open(out / f"{domain}-{part:04d}.jsonl", "w") as fh:
-                file_bytes = 0
-                while file_bytes < FILE_BYTES and written + file_bytes < budget:
-                    copy, j = divmod(i, len(texts))
-                    line = json.dumps({"id": f"{domain}-{copy}-{j}", "text": vary(texts[j], copy)}) + "\n"
-                    fh.write(line)
-                    file_bytes += len(line)
+            records, in_file = [], 0
+            while in_file < file_bytes and written + in_file < budget:
+                doc_id, parts = f"{domain}-{i // len(texts)}-{i % len(texts)}", []
+                while not parts or sum(map(len, parts)) < doc_kb * 1000:
+                    parts.append(vary(texts[i % len(texts)], i // len(texts)))
                     i += 1
-            written += file_bytes
+                records.append({"id": doc_id, "text": "\n\n".join(parts)})
+                in_file += len(json.dumps(records[-1])) + 1
+            write_records(out / f"{domain}-{part:04d}.{fmt}", records, fmt)
+            written += in_file
             part += 1
     done.write_text(str(size_bytes))
     return globs
+
+
+def write_records(path: Path, records: list[dict[str, str]], fmt: str) -> None:
+    """Records as a JSONL, gzip'd JSONL or Parquet file."""
+    if fmt == "parquet":
+        pq.write_table(pa.Table.from_pylist(records), path, row_group_size=len(records))
+        return
+    lines = "".join(json.dumps(record) + "\n" for record in records)
+    with gzip.open(path, "wt", compresslevel=1) if fmt == "jsonl.gz" else path.open("w") as fh:
+        fh.write(lines)
 
 
 @dataclass
@@ -371,14 +399,21 @@ def run_sizes(
     startups: dict[str, list[tuple[float, float]]] = {code: [] for code in codes}
     tiny: dict[str, str] = {}
     for i, size in enumerate(sizes):
-        inputs = args.root / f"in-{size:g}gb"
+        shape = f"-{args.doc_kb}kb" if args.doc_kb else ""
+        shape += f"-{args.format}" if args.format != "jsonl" else ""
+        shape += f"-{args.file_mb}mb" if args.file_mb != FILE_BYTES >> 20 else ""
+        inputs = args.root / f"in-{size:g}gb{shape}"
         t0 = time.perf_counter()
-        globs = generate(corpus, inputs, int(size * GB))
+        globs = generate(corpus, inputs, int(size * GB), args.doc_kb, args.format, args.file_mb << 20)
         input_mb = _tree_size(inputs)[0] / 1e6
-        print(f"{size:g} GB: {input_mb:,.0f} MB of JSONL ({time.perf_counter() - t0:.0f} s)", file=sys.stderr)
-        out_parent = args.root / f"out-{size:g}gb{'-dedup' if args.dedup else ''}"
-        if not tiny:  # the same job on 200 documents: its start-up, in this run
-            tiny = tiny_inputs(globs, args.root / "in-tiny", 200 // len(globs))
+        print(
+            f"{size:g} GB: {input_mb:,.0f} MB of {args.format} ({time.perf_counter() - t0:.0f} s)",
+            file=sys.stderr,
+        )
+        out_parent = args.root / f"out-{size:g}gb{shape}{'-dedup' if args.dedup else ''}"
+        if not tiny:  # the same job on 200 documents (plain JSONL): its start-up, in this run
+            plain = globs if not shape else generate(corpus, args.root / f"in-{size:g}gb", int(size * GB))
+            tiny = tiny_inputs(plain, args.root / "in-tiny", 200 // len(globs))
             for code, src in codes.items():
                 startups[code] += startup_runs(tiny, model, tokenizer, args, src)
                 print(f"{code}: start-up (the job on 200 documents): {startups[code]}", file=sys.stderr)
@@ -485,6 +520,11 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=2, help="DirectRunner worker processes")
     parser.add_argument("--dedup", action="store_true", help="also run MinHash dedup in the job")
     parser.add_argument("--against", help="also run the jobs with this commit's code, in turn")
+    parser.add_argument("--doc-kb", type=int, default=0, help="join documents up to about this many KB")
+    parser.add_argument("--format", default="jsonl", choices=["jsonl", "jsonl.gz", "parquet"])
+    parser.add_argument(
+        "--file-mb", type=int, default=FILE_BYTES >> 20, help="input files of about this many MB"
+    )
     parser.add_argument(
         "--rounds",
         type=int,

@@ -1,9 +1,10 @@
 """Reading corpora into Arrow batches of documents, and the reasons a record is dead-lettered.
 
-JSONL (plain, .gz, .zst, ... by suffix) and Parquet files are read through Beam's FileSystems,
-so local paths and gs:// / s3:// / hdfs:// globs work alike. A file yields batches of a few
-thousand documents; each bad record becomes one dead-letter row naming its file, record number
-and reason. No Beam transforms here: `pipeline.job` wraps these functions.
+JSONL (plain, .gz, .zst, ... by suffix) and Parquet files are read through Beam's FileSystems, so
+local paths and gs:// / s3:// / hdfs:// globs work alike. A file yields batches of up to a few
+thousand documents and tens of MB of records (`BATCH_BYTES`); each bad record becomes one
+dead-letter row naming its file, record number and reason. No Beam transforms here: `pipeline.job`
+wraps these functions.
 """
 
 from __future__ import annotations
@@ -28,6 +29,11 @@ DEFAULT_MAX_CHARS = 1_000_000
 OVERSIZE_POLICIES = ("dead-letter", "truncate")
 PARQUET_SUFFIXES = (".parquet", ".pq")
 _READ_BLOCK = 8 << 20
+# A batch ends at the record that brings it to this many bytes, so a worker's memory for a batch (about
+# ten times its text, in the scorers' arrays) does not grow with the documents' length. Batches of
+# documents up to 8 KB on average (web text, most code) keep their `ReadOptions.batch_size` records:
+# a smaller cap made the scale bench's 4 GB job up to 17% slower (more batches, each deduplicated alone).
+BATCH_BYTES = 32 << 20
 # A text needs one character outside these Unicode categories (spaces, controls, format characters
 # such as zero-width spaces); the same rule in Arrow's regex syntax for whole batches.
 INVISIBLE_CATEGORIES = frozenset({"Zs", "Zl", "Zp", "Cc", "Cf"})
@@ -36,20 +42,23 @@ VISIBLE_PATTERN = r"[^\p{Z}\p{Cc}\p{Cf}]"
 
 @dataclass(frozen=True)
 class ReadOptions:
-    """How records become documents. `oversize` applies to texts longer than `max_chars`."""
+    """How records become documents. `oversize` applies to texts longer than `max_chars`. A batch holds
+    at most `batch_size` records, and ends at the record that brings it to `batch_bytes` (JSONL lines;
+    Parquet rows as their row groups' uncompressed size per row)."""
 
     text_field: str = "text"
     id_field: str = "id"
     max_chars: int = DEFAULT_MAX_CHARS
     oversize: str = "dead-letter"
     batch_size: int = 4096
+    batch_bytes: int = BATCH_BYTES
     keep_fields: tuple[str, ...] | None = None  # other input fields kept in `metadata` (None: all)
 
     def __post_init__(self) -> None:
         if self.oversize not in OVERSIZE_POLICIES:
             raise ValueError(f"oversize must be one of {OVERSIZE_POLICIES}; got {self.oversize!r}")
-        if self.max_chars < 1 or self.batch_size < 1:
-            raise ValueError("max_chars and batch_size must be positive")
+        if self.max_chars < 1 or self.batch_size < 1 or self.batch_bytes < 1:
+            raise ValueError("max_chars, batch_size and batch_bytes must be positive")
 
 
 class BadRecord(ValueError):
@@ -352,11 +361,14 @@ def _open_jsonl(path: str) -> Any:
     return _Decompressed(raw, suffix)
 
 
-def _line_chunks(stream: Any, batch_size: int, first_line: int = 1) -> Iterator[tuple[list[int], bytes]]:
+def _line_chunks(
+    stream: Any, batch_size: int, batch_bytes: int, first_line: int = 1
+) -> Iterator[tuple[list[int], bytes]]:
     """(line numbers, lines) chunks of `batch_size` non-blank lines of a byte stream whose first line is
-    line `first_line` (blank lines are not records): the lines as the bytes from the first to the last
-    of them, any blank lines between them included (`chunk_lines` splits them). Newlines are found
-    with numpy: no Python object per line.
+    line `first_line` (blank lines are not records), or fewer: a chunk ends at the line that brings it
+    to `batch_bytes`. The lines come as the bytes from the first to the last of them, any blank lines
+    between them included (`chunk_lines` splits them). Newlines are found with numpy: no Python object
+    per line.
 
     When the stream breaks (`stream.broken`), the partial last line is not a record: it is left in
     `stream.partial` as (line number, bytes) for the caller to dead-letter with the reason."""
@@ -364,6 +376,7 @@ def _line_chunks(stream: Any, batch_size: int, first_line: int = 1) -> Iterator[
     line_no = first_line - 1
     numbers: list[int] = []
     parts: list[bytes] = []
+    size = 0  # bytes in parts, with the newlines that join them
     while True:
         block = stream.read(_READ_BLOCK)
         if not block:
@@ -381,12 +394,15 @@ def _line_chunks(stream: Any, batch_size: int, first_line: int = 1) -> Iterator[
         i = 0
         while i < len(here):
             take = min(batch_size - len(numbers), len(here) - i)
+            spans = ends[kept[i : i + take]] - starts[kept[i]]  # from this line's start to each line's end
+            take = min(take, int(np.searchsorted(spans, batch_bytes - size)) + 1)
             parts.append(data[starts[kept[i]] : ends[kept[i + take - 1]]])
+            size += len(parts[-1]) + 1
             numbers += here[i : i + take]
             i += take
-            if len(numbers) >= batch_size:
+            if len(numbers) >= batch_size or size >= batch_bytes:
                 yield numbers, b"\n".join(parts)
-                numbers, parts = [], []
+                numbers, parts, size = [], [], 0
     if getattr(stream, "broken", None) is not None:
         stream.partial = (line_no + 1, carry)
     elif carry.strip():
@@ -539,10 +555,10 @@ def _chunk_documents(
 
 
 def read_jsonl(domain: str, path: str, opts: ReadOptions) -> Iterator[tuple[pa.RecordBatch | None, list]]:
-    """(documents batch, dead-letter rows) per chunk of `opts.batch_size` lines; a compressed file that
+    """(documents batch, dead-letter rows) per chunk of lines (`_line_chunks`); a compressed file that
     ends early keeps every record before the break and dead-letters the break itself."""
     with _open_jsonl(path) as stream:
-        for numbers, data in _line_chunks(stream, opts.batch_size):
+        for numbers, data in _line_chunks(stream, opts.batch_size, opts.batch_bytes):
             yield _chunk_documents(domain, path, numbers, data, opts)
         broken = getattr(stream, "broken", None)
         if broken is not None:
@@ -591,7 +607,7 @@ def read_jsonl_block(
     """`read_jsonl` of the bytes [start, end) of an uncompressed local JSONL file, cut at line ends,
     whose first line is line `first_line` of the file: records keep their line numbers in the file."""
     with _ByteRange(path, start, end) as stream:
-        for numbers, data in _line_chunks(stream, opts.batch_size, first_line):
+        for numbers, data in _line_chunks(stream, opts.batch_size, opts.batch_bytes, first_line):
             yield _chunk_documents(domain, path, numbers, data, opts)
 
 
@@ -643,8 +659,9 @@ def read_parquet(
         other = [n for n in names if n not in (opts.text_field, opts.id_field)]
         other = [n for n in other if opts.keep_fields is None or n in opts.keep_fields]
         row = first_row - 1
-        batches = parquet.iter_batches(batch_size=opts.batch_size, row_groups=row_groups, use_threads=local)
-        for batch in batches:
+        rows = batch_rows(parquet.metadata, row_groups, opts)
+        read = parquet.iter_batches(batch_size=rows, row_groups=row_groups, use_threads=local)
+        for batch in (part for whole in read for part in byte_slices(whole, opts)):
             meta_rows = batch.select(other).to_pylist() if other else None
             texts_in = _as_python(batch.column(opts.text_field)) if opts.text_field in names else None
             raw_ids = _as_python(batch.column(opts.id_field)) if opts.id_field in names else None
@@ -671,6 +688,39 @@ def read_parquet(
                 metadata.append(record_metadata(meta_rows[i], opts) if meta_rows else None)
             row += batch.num_rows
             yield (docs_batch(domain, path, ids, texts, records, metadata) if ids else None), dead
+
+
+def batch_rows(metadata: Any, row_groups: range | None, opts: ReadOptions) -> int:
+    """Rows a Parquet batch reads: `opts.batch_size`, or fewer where the densest of the row groups
+    (their uncompressed bytes per row) would bring a batch past `opts.batch_bytes`."""
+    groups = [
+        metadata.row_group(i)
+        for i in (row_groups if row_groups is not None else range(metadata.num_row_groups))
+    ]
+    per_row = max((g.total_byte_size / g.num_rows for g in groups if g.num_rows), default=0.0)
+    return max(1, min(opts.batch_size, int(opts.batch_bytes // per_row) if per_row else opts.batch_size))
+
+
+def byte_slices(batch: pa.RecordBatch, opts: ReadOptions) -> Iterator[pa.RecordBatch]:
+    """A Parquet batch in slices that each end at the row that brings their text to `opts.batch_bytes`
+    (row groups' sizes per row misjudge texts that the file dictionary-encodes, e.g. repeated ones)."""
+    names = batch.schema.names
+    column = batch.column(opts.text_field) if opts.text_field in names else None
+    if column is None or not (
+        pa.types.is_string(column.type)
+        or pa.types.is_binary(column.type)
+        or pa.types.is_large_string(column.type)
+        or pa.types.is_large_binary(column.type)
+    ):
+        yield batch
+        return
+    ends = np.cumsum(pc.binary_length(column).fill_null(0).to_numpy(zero_copy_only=False))
+    start = 0
+    while start < len(batch):
+        before = int(ends[start - 1]) if start else 0
+        stop = min(len(batch), int(np.searchsorted(ends, before + opts.batch_bytes)) + 1)
+        yield batch.slice(start, stop - start)
+        start = stop
 
 
 def _decode(value: bytes) -> str:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import random
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -105,6 +106,39 @@ def test_parquet_bad_rows(tmp_path):
     assert not docs and all("int, not a string" in r[S.ERROR] for r in dead) and len(dead) == 2
 
 
+def test_batches_end_at_batch_bytes_for_long_documents(tmp_path):
+    """Long documents make smaller batches (JSONL, compressed or not, and Parquet), each at most one
+    record past `batch_bytes`, so a batch's memory does not grow with the documents' length; every
+    record is read once, numbered as in its file."""
+    rng = random.Random(3)
+    words = ["alpha", "beta", "gamma", "delta", "epsilon"]
+    texts = [" ".join(rng.choices(words, k=rng.choice([10, 600, 2000]))) for _ in range(300)]
+    lines = "".join(json.dumps({"id": str(i), "text": t}) + "\n" for i, t in enumerate(texts))
+    (tmp_path / "a.jsonl").write_text(lines)
+    (tmp_path / "b.jsonl.gz").write_bytes(gzip.compress(lines.encode()))
+    pq.write_table(
+        pa.table({"text": texts, "id": [str(i) for i in range(300)]}),
+        tmp_path / "c.parquet",
+        row_group_size=64,
+    )
+    opts = ReadOptions(batch_bytes=20_000)
+    for name in ("a.jsonl", "b.jsonl.gz", "c.parquet"):
+        batches = [batch for batch, dead in read_file("d", str(tmp_path / name), opts) if not dead]
+        assert [t for b in batches for t in b.column(S.TEXT).to_pylist()] == texts
+        assert [r for b in batches for r in b.column(S.RECORD).to_pylist()] == list(range(1, 301))
+        assert len(batches) > 15  # 300 records of 1.6 MB in all: not one batch of 4,096
+        assert all(sum(map(len, b.column(S.TEXT).to_pylist()[:-1])) < 20_000 for b in batches)
+    assert [len(b) for b, _ in read_file("d", str(tmp_path / "c.parquet"), ReadOptions())] == [
+        300
+    ]  # under 4 MiB
+    pq.write_table(pa.table({"text": ["the same long text " * 500] * 300}), tmp_path / "d.parquet")
+    batches = [b for b, _ in read_file("d", str(tmp_path / "d.parquet"), opts)]  # dictionary-encoded
+    assert (
+        sum(map(len, batches)) == 300
+        and max(b.column(S.N_CHARS)[0].as_py() * len(b) for b in batches) < 30_000
+    )
+
+
 def test_unmatched_glob_is_an_error(tmp_path):
     with pytest.raises(FileNotFoundError, match="no files match"):
         expand_inputs({"web": [str(tmp_path / "*.jsonl")]})
@@ -112,8 +146,9 @@ def test_unmatched_glob_is_an_error(tmp_path):
 
 @pytest.mark.parametrize("block", [7, 64, 1 << 20])
 def test_line_chunks_are_the_non_blank_lines_in_batches(monkeypatch, block):
-    """Chunks hold `batch_size` non-blank lines numbered as in the file, whatever the read block size
-    (lines and batches across blocks), with blank lines of every kind between and around them."""
+    """Chunks hold `batch_size` non-blank lines numbered as in the file, or end at the line that
+    brings them to `batch_bytes`, whatever the read block size (lines and batches across blocks),
+    with blank lines of every kind between and around them."""
     import io
 
     import pipeline.read as read
@@ -123,9 +158,22 @@ def test_line_chunks_are_the_non_blank_lines_in_batches(monkeypatch, block):
     data = b"\n".join(lines * 5)
     expected = [(i + 1, line) for i, line in enumerate(data.split(b"\n")) if line.strip()]
     monkeypatch.setattr(read, "_READ_BLOCK", block)
-    for batch_size in (1, 3, 1000):
-        got = []
-        for numbers, chunk in read._line_chunks(io.BytesIO(data), batch_size):
+    for batch_size, batch_bytes in [
+        (1, 1 << 20),
+        (3, 1 << 20),
+        (1000, 1 << 20),
+        (1000, 1),
+        (1000, 120),
+        (3, 40),
+    ]:
+        got, chunks = [], list(read._line_chunks(io.BytesIO(data), batch_size, batch_bytes))
+        for k, (numbers, chunk) in enumerate(chunks):
+            lines = read.chunk_lines(chunk)
             assert len(numbers) <= batch_size
-            got += list(zip(numbers, read.chunk_lines(chunk), strict=True))
+            assert len(chunk) - len(lines[-1]) <= batch_bytes  # at most one line past batch_bytes
+            if k < len(chunks) - 1:  # cut for one of the two reasons
+                assert len(numbers) == batch_size or len(chunk) + 1 >= batch_bytes
+            got += list(zip(numbers, lines, strict=True))
         assert got == expected
+        if batch_bytes == 1:
+            assert all(len(numbers) == 1 for numbers, _ in chunks)

@@ -145,5 +145,5 @@ def test_record_count_is_the_readers_over_read_blocks(tmp_path, monkeypatch):
     (tmp_path / "c.jsonl.gz").write_bytes(gzip.compress(text.encode()))
     for name in ("a.jsonl", "b.jsonl", "c.jsonl.gz"):
         with read._open_jsonl(str(tmp_path / name)) as stream:
-            expected = sum(len(numbers) for numbers, _ in read._line_chunks(stream, 16))
+            expected = sum(len(numbers) for numbers, _ in read._line_chunks(stream, 16, read.BATCH_BYTES))
         assert count_records({"one": [str(tmp_path / name)]}) == expected > 100
