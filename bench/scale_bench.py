@@ -9,18 +9,17 @@ in GB from the bundled corpus (`pipeline.corpus`): documents cycled per domain, 
 unique id and a light variation (every 4th word of copy c gets the suffix c), so copies are neither
 exact nor near duplicates (with --doc-kb, long documents of consecutive copies; with --format,
 gzip'd JSONL or Parquet files, with --file-mb of another size: a worker's memory should not grow
-with any of them). Then it runs
-`datamixer score` (fastText, --keep-top 0.3, a fixed tokenizer; with --dedup also `--dedup minhash`)
-on each with a DirectRunner of --workers processes and samples, every 0.2 s, the RSS of every
-process of the job's tree and, every second, the bytes under the job's output directory. It prints
-per size: docs/s, peak RSS summed over the tree and the largest single process's peak, peak
-temporary disk (`_parts`, and everything the job held beside its output), output size, and their
-ratios between the two largest sizes, with the load average. Beside docs/s it prints docs/s without
-the start-up: the job's seconds less those of the same job on 200 documents (Beam, worker processes,
-graph; run STARTUP_RUNS times before and as many after the sizes in the same bench, the median of
-them: one run's start-up moved by up to 1 s), and documents per CPU-second of the job's processes
-without the start-up's (what the job costs, whatever share of the cores the machine's other load
-leaves it).
+with any of them). Then it runs `datamixer score` (fastText, --keep-top 0.3, a fixed tokenizer; with
+--dedup also `--dedup minhash`) on each with a DirectRunner of --workers processes and samples,
+every 0.2 s, the RSS of every process of the job's tree and, every second, the bytes under the job's
+output directory. It prints per size: docs/s, peak RSS summed over the tree and the largest single
+process's peak, peak temporary disk (`_parts`, and everything the job held beside its output),
+output size, and their ratios between the two largest sizes, with the load average. Beside docs/s it
+prints docs/s without the start-up: the job's seconds less those of the same job on 200 documents
+(Beam, worker processes, graph; run STARTUP_RUNS times before and as many after the sizes in the
+same bench, the median of them: one run's start-up moved by up to 1 s), and documents per CPU-second
+of the job's processes without the start-up's (what the job costs, whatever share of the cores the
+machine's other load leaves it).
 Every job starts with the earlier jobs' writes on disk (`os.sync()` before it, outside its time) and
 its input read once (in the page cache: the job's time is its own work, not the disk's).
 Per size also: the job's phases (seconds until the first part file, until the parts peak, i.e. all

@@ -43,8 +43,8 @@ VISIBLE_PATTERN = r"[^\p{Z}\p{Cc}\p{Cf}]"
 @dataclass(frozen=True)
 class ReadOptions:
     """How records become documents. `oversize` applies to texts longer than `max_chars`. A batch holds
-    at most `batch_size` records, and ends at the record that brings it to `batch_bytes` (JSONL lines;
-    Parquet rows as their row groups' uncompressed size per row)."""
+    at most `batch_size` records, and ends at the record that brings it to `batch_bytes` (JSONL lines
+    as read; Parquet rows by `batch_rows` and `byte_slices`)."""
 
     text_field: str = "text"
     id_field: str = "id"
