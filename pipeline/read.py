@@ -32,7 +32,7 @@ _READ_BLOCK = 8 << 20
 # A batch ends at the record that brings it to this many bytes, so a worker's memory for a batch (about
 # ten times its text, in the scorers' arrays) does not grow with the documents' length. Batches of
 # documents up to 8 KB on average (web text, most code) keep their `ReadOptions.batch_size` records
-# (with a 4 MiB cap the scale bench's 4 GB job ran up to 17% slower; docs/scale.md).
+# (with a 4 MiB cap the scale bench's 4 GB job ran up to 20% slower; docs/scale.md).
 BATCH_BYTES = 32 << 20
 # A text needs one character outside these Unicode categories (spaces, controls, format characters
 # such as zero-width spaces); the same rule in Arrow's regex syntax for whole batches.
