@@ -58,8 +58,10 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from glob import glob as expand
+from itertools import islice
 from pathlib import Path
 from typing import Any
 
@@ -86,7 +88,7 @@ def prepare(root: Path) -> tuple[Path, Path, Path]:
     corpus, model, tokenizer = root / "corpus", root / "quality.bin", root / "tokenizer.json"
     if not (corpus / "legal.jsonl").exists():
         build_corpus(corpus, CorpusOptions())
-    texts = {d: [json.loads(x)["text"] for x in (corpus / f"{d}.jsonl").open()] for d in DOMAINS}
+    texts = corpus_texts(corpus)
     if not model.exists():
         FastTextQualityClassifier(preset="dclm").fit(texts["prose"], texts["code"]).save(model)
     if not tokenizer.exists():
@@ -118,7 +120,7 @@ def generate(
     or Parquet (the same documents; sizes count their JSONL bytes), of about `file_bytes` each (Parquet
     in one row group)."""
     done = out / "DONE"
-    docs = {d: [json.loads(x)["text"] for x in (corpus / f"{d}.jsonl").open()] for d in DOMAINS}
+    docs = corpus_texts(corpus)
     globs = {d: str(out / f"{d}-*.{fmt}") for d in DOMAINS}
     if done.exists() and done.read_text() == str(size_bytes):
         return globs
@@ -128,22 +130,35 @@ def generate(
     corpus_bytes = {d: sum(len(t.encode()) for t in docs[d]) for d in DOMAINS}
     total = sum(corpus_bytes.values())
     for domain in DOMAINS:
-        budget, written, i, part = size_bytes * corpus_bytes[domain] / total, 0, 0, 0
-        texts = docs[domain]
+        budget, written, part = size_bytes * corpus_bytes[domain] / total, 0, 0
+        stream = documents(domain, docs[domain], doc_kb)
         while written < budget:
             records, in_file = [], 0
             while in_file < file_bytes and written + in_file < budget:
-                doc_id, parts = f"{domain}-{i // len(texts)}-{i % len(texts)}", []
-                while not parts or sum(map(len, parts)) < doc_kb * 1000:
-                    parts.append(vary(texts[i % len(texts)], i // len(texts)))
-                    i += 1
-                records.append({"id": doc_id, "text": "\n\n".join(parts)})
+                records.append(next(stream))
                 in_file += len(json.dumps(records[-1])) + 1
             write_records(out / f"{domain}-{part:04d}.{fmt}", records, fmt)
             written += in_file
             part += 1
     done.write_text(str(size_bytes))
     return globs
+
+
+def corpus_texts(corpus: Path) -> dict[str, list[str]]:
+    """The bundled corpus's texts per domain."""
+    return {d: [json.loads(x)["text"] for x in (corpus / f"{d}.jsonl").open()] for d in DOMAINS}
+
+
+def documents(domain: str, texts: list[str], doc_kb: int = 0) -> Iterator[dict[str, str]]:
+    """A domain's records, endlessly: its texts cycled with `vary`, each a document (with `doc_kb`,
+    consecutive copies joined by a blank line up to about that many KB), named by its first copy."""
+    i = 0
+    while True:
+        doc_id, parts = f"{domain}-{i // len(texts)}-{i % len(texts)}", []
+        while not parts or sum(map(len, parts)) < doc_kb * 1000:
+            parts.append(vary(texts[i % len(texts)], i // len(texts)))
+            i += 1
+        yield {"id": doc_id, "text": "\n\n".join(parts)}
 
 
 def write_records(path: Path, records: list[dict[str, str]], fmt: str) -> None:
@@ -369,17 +384,14 @@ def extract_commit(commit: str, parent: Path) -> Path:
     return folder
 
 
-def tiny_inputs(globs: dict[str, str], out: Path, lines: int) -> dict[str, str]:
-    """The first `lines` documents of each domain's first file, under `out`; domain -> glob."""
+def tiny_inputs(corpus: Path, out: Path, lines: int) -> dict[str, str]:
+    """The first `lines` documents of each domain as the default inputs begin (plain JSONL, the
+    corpus's own documents), under `out`; domain -> file."""
     out.mkdir(parents=True, exist_ok=True)
-    tiny = {}
-    for domain, pattern in globs.items():
-        first = sorted(Path(pattern).parent.glob(Path(pattern).name))[0]
-        with first.open() as fh:
-            head = [line for _, line in zip(range(lines), fh, strict=False)]
-        (out / f"{domain}.jsonl").write_text("".join(head))
-        tiny[domain] = str(out / f"{domain}.jsonl")
-    return tiny
+    texts = corpus_texts(corpus)
+    for domain in DOMAINS:
+        write_records(out / f"{domain}.jsonl", list(islice(documents(domain, texts[domain]), lines)), "jsonl")
+    return {domain: str(out / f"{domain}.jsonl") for domain in DOMAINS}
 
 
 def run_sizes(
@@ -411,8 +423,7 @@ def run_sizes(
         )
         out_parent = args.root / f"out-{size:g}gb{shape}{'-dedup' if args.dedup else ''}"
         if not tiny:  # the same job on 200 documents (plain JSONL): its start-up, in this run
-            plain = globs if not shape else generate(corpus, args.root / f"in-{size:g}gb", int(size * GB))
-            tiny = tiny_inputs(plain, args.root / "in-tiny", 200 // len(globs))
+            tiny = tiny_inputs(corpus, args.root / "in-tiny", 200 // len(globs))
             for code, src in codes.items():
                 startups[code] += startup_runs(tiny, model, tokenizer, args, src)
                 print(f"{code}: start-up (the job on 200 documents): {startups[code]}", file=sys.stderr)

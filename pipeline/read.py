@@ -706,12 +706,7 @@ def byte_slices(batch: pa.RecordBatch, opts: ReadOptions) -> Iterator[pa.RecordB
     (row groups' sizes per row misjudge texts that the file dictionary-encodes, e.g. repeated ones)."""
     names = batch.schema.names
     column = batch.column(opts.text_field) if opts.text_field in names else None
-    if column is None or not (
-        pa.types.is_string(column.type)
-        or pa.types.is_binary(column.type)
-        or pa.types.is_large_string(column.type)
-        or pa.types.is_large_binary(column.type)
-    ):
+    if column is None or column.type not in (pa.string(), pa.large_string(), pa.binary(), pa.large_binary()):
         yield batch
         return
     ends = np.cumsum(pc.binary_length(column).fill_null(0).to_numpy(zero_copy_only=False))
